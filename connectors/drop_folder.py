@@ -1,0 +1,91 @@
+"""Transport: file drops in the store's landing area, `landing/<department>/<feed>/…`.
+
+Lists waiting files, opens them, and keeps the ledger of processed drops under
+`_catalog/drops/<department>/<feed>/` so a drop is never ingested twice. A file whose name was
+seen before but whose content changed is detected (different SHA-256) and ingested again as a
+new version; the clean step lets the newest version of a file name win.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from safetynet.store import ObjectStore
+from schemas.contract import Contract
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".csv", ".txt", ".tsv", ".xlsx", ".xlsm", ".jsonl", ".ndjson")
+_STAMP = re.compile(r"(?<!\d)(20\d{2})[-_]?(0[1-9]|1[0-2])(?:[-_]?(0[1-9]|[12]\d|3[01]))?(?!\d)")
+
+
+@dataclass
+class Drop:
+    path: str  # store-relative, landing/...
+    name: str
+    data: bytes
+    sha256: str
+    previous_sha256: str | None  # set when the same name was ingested before with other content
+
+    @property
+    def version(self) -> str:
+        return self.sha256[:12]
+
+    @property
+    def stamp(self) -> str | None:
+        """The data date a department put in the file name (`…_20261101.csv`, `…202610…`), ISO."""
+        m = _STAMP.search(self.name)
+        if not m:
+            return None
+        return f"{m.group(1)}-{m.group(2)}-{m.group(3) or '01'}"
+
+
+class DropFolderSource:
+    """Waiting drops of one feed, in name order (departments stamp names with dates)."""
+
+    def __init__(self, store: ObjectStore, contract: Contract):
+        self.store = store
+        self.c = contract
+
+    @property
+    def landing(self) -> str:
+        return f"landing/{self.c.prefix}/"
+
+    def _ledger_path(self, name: str) -> str:
+        return f"_catalog/drops/{self.c.prefix}/{name}.json"
+
+    def waiting(self) -> Iterator[Drop]:
+        for e in self.store.list(self.landing):
+            name = e.path[len(self.landing):]
+            if not name.lower().endswith(SUFFIXES):
+                log.warning("drop: %s/%s is not a known file type (%s); left in place", self.c.feed_id, name,
+                            ", ".join(SUFFIXES))
+                continue
+            data = self.store.read_bytes(e.path)
+            sha = hashlib.sha256(data).hexdigest()
+            ledger = self._ledger(name)
+            seen = {v["sha256"] for v in ledger}
+            if sha in seen:
+                continue
+            prev = ledger[-1]["sha256"] if ledger else None
+            if prev:
+                log.warning("drop: %s/%s changed since it was ingested (sha256 %s… → %s…); ingesting the new "
+                            "version, which supersedes the old one", self.c.feed_id, name, prev[:12], sha[:12])
+            yield Drop(e.path, name, data, sha, prev)
+
+    def _ledger(self, name: str) -> list[dict]:
+        try:
+            return json.loads(self.store.read_bytes(self._ledger_path(name)))
+        except FileNotFoundError:
+            return []
+
+    def mark_done(self, d: Drop, record: dict) -> None:
+        """Record the drop as processed (after its raw/quarantine files are durable)."""
+        ledger = self._ledger(d.name)
+        ledger.append({"sha256": d.sha256, "size": len(d.data), **record})
+        self.store.write_bytes(self._ledger_path(d.name), json.dumps(ledger, ensure_ascii=False, indent=1).encode())

@@ -1,0 +1,196 @@
+"""Transport: a Kafka topic, read in bounded, resumable batches with kafka-python.
+
+Lifecycle: `open()` assigns every partition of the topic and positions at the group's
+committed offset; `batches()` yields per-partition batches up to the high watermark seen when
+the read started (never an endless loop); the caller writes each batch durably and then calls
+`commit(batch)`; `close()`. Offsets are committed only after the batch's Parquet is durable.
+
+Replays are exact: before a batch is written its offset range is recorded as an *intent*
+(`_catalog/kafka/<group>/<topic>/<partition>.json`). After a crash the consumer restarts at the
+committed offset, finds the intent starting there and re-reads exactly that range, so the same
+`(topic, partition, first, last)` file is rewritten instead of a second, overlapping one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from safetynet.settings import Settings
+from safetynet.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KafkaBatch:
+    topic: str
+    partition: int
+    first: int
+    last: int
+    ingest_date: str
+    values: list[bytes] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The file name every zone uses for this batch: (topic, partition, first, last)."""
+        return f"{self.topic}+{self.partition}+{self.first:020d}+{self.last:020d}"
+
+
+def consumer_config(settings: Settings) -> dict:
+    """kafka-python settings shared by the connector and the benchmark's baseline."""
+    cfg = dict(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.batch_max_records,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        security_protocol=settings.kafka_security_protocol,
+        request_timeout_ms=30_000,
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=2_000,
+    )
+    if settings.kafka_sasl_mechanism:
+        cfg.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_sasl_username,
+                   sasl_plain_password=settings.kafka_sasl_password.get_secret_value()
+                   if settings.kafka_sasl_password else None)
+    return cfg
+
+
+class KafkaTopicSource:
+    """A bounded reader of one topic for one consumer group."""
+
+    def __init__(self, settings: Settings, topic: str, store: ObjectStore, *, batch_max: int | None = None,
+                 idle_polls: int = 5):
+        self.settings = settings
+        self.topic = topic
+        self.store = store
+        self.batch_max = batch_max or settings.batch_max_records
+        self.idle_polls = idle_polls
+        self.group = settings.kafka_group
+        self.consumer: KafkaConsumer | None = None
+        self.partitions: list[TopicPartition] = []
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def open(self) -> KafkaTopicSource:
+        self.consumer = KafkaConsumer(group_id=self.group, **consumer_config(self.settings))
+        parts = self.consumer.partitions_for_topic(self.topic)
+        if parts is None:  # metadata not loaded yet or topic absent
+            self.consumer.topics()
+            parts = self.consumer.partitions_for_topic(self.topic) or set()
+        self.partitions = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        # manual assignment: no group join (a bounded batch job owns its partitions); the group
+        # still stores the committed offsets
+        self.consumer.assign(self.partitions)
+        for tp in self.partitions:
+            committed = self.consumer.committed(tp)
+            if committed is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+        return self
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)
+            self.consumer = None
+
+    def __enter__(self) -> KafkaTopicSource:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- intents ------------------------------------------------------------------------------
+    def _intent_path(self, partition: int) -> str:
+        return f"_catalog/kafka/{self.group}/{self.topic}/{partition}.json"
+
+    def _read_intent(self, partition: int) -> dict | None:
+        try:
+            return json.loads(self.store.read_bytes(self._intent_path(partition)))
+        except FileNotFoundError:
+            return None
+
+    def record_intent(self, b: KafkaBatch) -> None:
+        """Record the batch's range before its files are written (see the module doc)."""
+        self.store.write_bytes(self._intent_path(b.partition), json.dumps(
+            {"first": b.first, "last": b.last, "ingest_date": b.ingest_date}).encode())
+
+    # ---- reading ------------------------------------------------------------------------------
+    def batches(self) -> Iterator[KafkaBatch]:
+        """Yield batches until every partition reaches the high watermark seen at its first fetch."""
+        c = self.consumer
+        assert c is not None, "open() first"
+        today = dt.datetime.now(dt.UTC).date().isoformat()
+        start = {tp: c.position(tp) for tp in self.partitions}
+        intents = {tp: self._read_intent(tp.partition) for tp in self.partitions}
+        replay_end = {tp: i["last"] for tp, i in intents.items() if i and i["first"] == start[tp]}
+        replay_date = {tp: i["ingest_date"] for tp, i in intents.items() if i and i["first"] == start[tp]}
+        target: dict[TopicPartition, int] = {}
+        pending: dict[TopicPartition, KafkaBatch] = {}
+        done: set[TopicPartition] = set()
+        idle = 0
+        while len(done) < len(self.partitions):
+            records = c.poll(timeout_ms=self.settings.poll_timeout_ms, max_records=self.batch_max)
+            got = 0
+            for tp in self.partitions:
+                if tp in done:
+                    continue
+                hw = c.highwater(tp)
+                if hw is not None and tp not in target:
+                    target[tp] = hw
+                for m in records.get(tp, ()):
+                    if tp in target and m.offset >= target[tp]:
+                        break
+                    b = pending.get(tp)
+                    if b is None:
+                        b = pending[tp] = KafkaBatch(self.topic, tp.partition, m.offset, m.offset,
+                                                     replay_date.pop(tp, today))
+                    b.values.append(m.value)
+                    b.offsets.append(m.offset)
+                    b.timestamps.append(m.timestamp)
+                    b.last = m.offset
+                    got += 1
+                    end = replay_end.get(tp)
+                    if (end is not None and m.offset >= end) or (end is None and len(b.values) >= self.batch_max):
+                        replay_end.pop(tp, None)
+                        yield pending.pop(tp)
+                if tp in target and c.position(tp) >= target[tp]:
+                    if tp in pending:
+                        yield pending.pop(tp)
+                    done.add(tp)
+                    c.pause(tp)
+            idle = 0 if got else idle + 1
+            if idle >= self.idle_polls and len(done) < len(self.partitions):
+                # no high watermark and no data after several polls: nothing to read there now
+                missing = [tp.partition for tp in self.partitions if tp not in done]
+                log.info("kafka: %s partitions %s gave no watermark after %d polls; stopping this run",
+                         self.topic, missing, idle)
+                for tp in self.partitions:
+                    if tp in pending:
+                        yield pending.pop(tp)
+                break
+
+    def commit(self, b: KafkaBatch) -> None:
+        """Commit the batch's offsets (call only after its files are durable)."""
+        assert self.consumer is not None
+        tp = TopicPartition(b.topic, b.partition)
+        for attempt in range(6):
+            try:
+                self.consumer.commit({tp: OffsetAndMetadata(b.last + 1, "", -1)})
+                return
+            except Exception as e:  # kafka-python raises CommitFailedError/KafkaError subtypes
+                if attempt == 5:
+                    raise
+                log.warning("kafka: commit of %s failed (%s); retrying", b.name, e)
+                time.sleep(0.5 * 2 ** attempt)

@@ -1,0 +1,162 @@
+"""Clean: `raw/` → `clean/<department>/<feed>/`, the typed, normalised current state per key.
+
+Named SQL steps over every raw file of a feed (DuckDB reading the store through pyarrow):
+`typed` types and normalises each record with the contract's SQL (the same SQL that admitted it
+into `raw/`); `fresh` drops redelivered events (same `event_id`), superseded versions of a
+changed drop file, and — for snapshot feeds — rows of older snapshots; `current` keeps the latest
+version per key (event time, then offset/row) and applies deletes. Every row dropped is counted
+by reason in the clean manifest (`_catalog/clean/<department>/<feed>.json`), written after the
+data, so a reader can reconcile raw → clean.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import asdict, dataclass
+
+import duckdb
+import pyarrow as pa
+
+from safetynet import normalise
+from safetynet.normalise import _q
+from safetynet.store import ObjectStore
+from schemas.contract import Contract
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CleanCounts:
+    feed_id: str
+    raw_rows: int = 0
+    invalid: int = 0  # raw rows that fail the contract (never expected: raw is validated on entry)
+    redelivered: int = 0
+    superseded_file_versions: int = 0
+    older_snapshots: int = 0
+    superseded: int = 0
+    deleted: int = 0
+    rows: int = 0
+
+    @property
+    def reconciles(self) -> bool:
+        return self.raw_rows == (self.invalid + self.redelivered + self.superseded_file_versions
+                                 + self.older_snapshots + self.superseded + self.deleted + self.rows)
+
+
+def clean_path(c: Contract) -> str:
+    return f"clean/{c.prefix}/part-00000.parquet"
+
+
+def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection | None = None) -> CleanCounts:
+    """Rebuild the feed's clean state from all of its raw files (idempotent: same raw → same bytes)."""
+    own = con is None
+    con = con or normalise.connect()
+    counts = CleanCounts(c.feed_id)
+    try:
+        raw = store.dataset(f"raw/{c.prefix}/", schema=c.raw_schema())
+        if raw is None:
+            table = c.arrow_schema().empty_table()
+        else:
+            con.register("__raw", raw)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE __flagged AS {_flag_sql(c)}")
+            con.unregister("__raw")
+            agg = con.execute("SELECT count(*), count(*) FILTER (__why = 'invalid'), "
+                          "count(*) FILTER (__why = 'redelivered'), count(*) FILTER (__why = 'file_version'), "
+                          "count(*) FILTER (__why = 'older_snapshot'), count(*) FILTER (__why = 'superseded'), "
+                          "count(*) FILTER (__why = 'deleted'), count(*) FILTER (__why IS NULL) FROM __flagged").fetchall()[0]
+            (counts.raw_rows, counts.invalid, counts.redelivered, counts.superseded_file_versions,
+             counts.older_snapshots, counts.superseded, counts.deleted, counts.rows) = agg
+            cols = ", ".join(_q(n) for n in c.names)
+            order = ", ".join(_q(k) for k in c.key)
+            table = con.sql(f"SELECT {cols}, _event_id, __ts AS _occurred_at FROM __flagged WHERE __why IS NULL "
+                            f"ORDER BY {order}").to_arrow_table()
+            con.execute("DROP TABLE __flagged")
+            table = table.cast(c.arrow_schema())
+        if counts.invalid:
+            log.error("clean %s: %d raw rows fail the contract and were left out", c.feed_id, counts.invalid)
+        store.write_parquet(clean_path(c), table)
+        watermarks = _watermarks(store, c)
+        manifest = {"feed_id": c.feed_id, "contract_version": c.version, "path": clean_path(c),
+                    "written_at": dt.datetime.now(dt.UTC).isoformat(), "counts": asdict(counts),
+                    "reconciles": counts.reconciles, "watermarks": watermarks}
+        store.write_bytes(f"_catalog/clean/{c.prefix}.json", json.dumps(manifest, ensure_ascii=False, indent=1).encode())
+        log.info("clean %s: raw=%d → rows=%d (redelivered=%d superseded=%d deleted=%d)", c.feed_id, counts.raw_rows,
+                 counts.rows, counts.redelivered, counts.superseded, counts.deleted,
+                 extra={"event": "clean_feed", **asdict(counts)})
+        return counts
+    finally:
+        if own:
+            con.close()
+
+
+def _flag_sql(c: Contract) -> str:
+    """Each raw row with `__why`: NULL if it is in the clean state, else why it is not."""
+    typed = normalise.validate_sql(c, "__raw", typed=True)
+    key = ", ".join(_q(k) for k in c.key)
+    tiebreak = "".join(f", {_q(f)} DESC NULLS LAST" for f in c.order_by)
+    snapshot = c.mode == "snapshot"
+    return f"""
+    WITH typed AS ({typed}),
+    t AS (
+        SELECT *, coalesce(sn_datetime(_occurred_at), _ingested_at) AS __ts,
+               CASE WHEN _source = 'file' THEN split_part(_event_id, ':', 2) END AS __ver
+        FROM typed),
+    versions AS (  -- the newest ingested version of every drop-file name
+        SELECT _source_file, arg_max(__ver, _ingested_at) AS __latest_ver FROM t
+        WHERE _source = 'file' GROUP BY _source_file),
+    snap AS (  -- the newest snapshot drop (by its data date, then name)
+        SELECT max(__ts) AS __snap_ts, arg_max(_source_file, (__ts, _source_file)) AS __snap_file
+        FROM t WHERE _source = 'file'),
+    f AS (
+        SELECT t.*,
+          row_number() OVER (PARTITION BY _event_id ORDER BY _ingested_at, _kafka_offset, _row_number) AS __n,
+          CASE
+            WHEN _rule IS NOT NULL THEN 'invalid'
+            WHEN _source = 'file' AND __ver <> v.__latest_ver THEN 'file_version'
+            WHEN {str(snapshot).lower()} AND s.__snap_file IS NOT NULL AND (
+                 (_source = 'file' AND _source_file <> s.__snap_file)
+                 OR (_source = 'kafka' AND __ts <= s.__snap_ts)) THEN 'older_snapshot'
+          END AS __pre_why
+        FROM t LEFT JOIN versions v USING (_source_file) CROSS JOIN snap s),
+    g AS (
+        SELECT *, CASE WHEN __pre_why IS NOT NULL THEN __pre_why WHEN __n > 1 THEN 'redelivered' END AS __why0
+        FROM f),
+    r AS (
+        SELECT *, row_number() OVER (PARTITION BY {key} ORDER BY (__why0 IS NULL) DESC, __ts DESC{tiebreak},
+                                     _ingested_at DESC, _kafka_offset DESC NULLS LAST, _row_number DESC NULLS LAST) AS __rank
+        FROM g)
+    SELECT * EXCLUDE (__why0, __pre_why, __n, __rank, __ver),
+      CASE WHEN __why0 IS NOT NULL THEN __why0
+           WHEN __rank > 1 THEN 'superseded'
+           WHEN _op = 'delete' THEN 'deleted' END AS __why
+    FROM r
+    """
+
+
+def _watermarks(store: ObjectStore, c: Contract) -> dict:
+    """What the clean state covers: per Kafka partition the last offset, and the drop files."""
+    out: dict = {"kafka": {}, "files": []}
+    for e in store.list(f"raw/{c.prefix}/", ".parquet"):
+        name = e.path.rsplit("/", 1)[-1][: -len(".parquet")]
+        parts = name.split("+")
+        if parts[0] == "file":
+            out["files"].append(parts[1])
+        elif len(parts) == 4:
+            p = parts[1]
+            out["kafka"][p] = max(out["kafka"].get(p, -1), int(parts[3]))
+    out["files"] = sorted(set(out["files"]))
+    return out
+
+
+def clean_all(store: ObjectStore, contracts: list[Contract]) -> dict[str, CleanCounts]:
+    con = normalise.connect()
+    try:
+        return {c.feed_id: clean_feed(store, c, con) for c in contracts}
+    finally:
+        con.close()
+
+
+def read_clean(store: ObjectStore, c: Contract) -> pa.Table:
+    return store.read_parquet(clean_path(c))

@@ -1,0 +1,222 @@
+"""Validate and normalise records against their contract — vectorised, in DuckDB SQL.
+
+The SQL is generated from the contract (`schemas/`), one value expression and one rule
+expression per field, so a new feed needs no code here. The same function serves the Kafka
+connector, the file-drop connector (validation before `raw/`) and the clean step (typing
+`raw/` into `clean/`), so a record accepted into `raw/` is exactly one that cleans.
+
+`safetynet.idno` is the pure-Python reference of the ID rules; `tests/test_normalise.py`
+holds the two to agreement with property-based tests.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from schemas.contract import Contract, Field
+
+_FW_FROM = "０１２３４５６７８９ｘＸ．－／"
+_FW_TO = "0123456789xX.-/"
+_WS = " \t\r\n\u3000\u00a0"
+
+#: Quarantine rules: stable identifiers → what they mean (used in reasons and docs).
+RULES: dict[str, str] = {
+    "json_malformed": "the message is not valid JSON",
+    "envelope_invalid": "the event envelope is incomplete or wrong (event_id, op, payload, source/feed)",
+    "unknown_field": "a field the contract does not know (the feed's evolution mode is frozen)",
+    "required_missing": "a required field is missing or empty",
+    "id_no_format": "not an 18-digit (or legacy 15-digit) ID number",
+    "id_no_birth_date": "the birth date inside the ID number is not a real date",
+    "id_no_checksum": "the ID number's check character is wrong (GB 11643)",
+    "region_code_format": "not a 12-digit statistical division code",
+    "credit_code_format": "not an 18-character unified social credit code",
+    "date_format": "not a date in an accepted format (YYYY-MM-DD, YYYY/M/D, YYYYMMDD, YYYY年M月D日)",
+    "datetime_format": "not a date-time in an accepted format (YYYY-MM-DD HH:MM:SS[+08:00])",
+    "month_format": "not a month (YYYY-MM, YYYYMM, YYYY年M月)",
+    "money_format": "not an amount in yuan with at most 2 decimals (1234.50, 1,234.50, 1234.5元)",
+    "decimal_format": "not a decimal number",
+    "int_format": "not a whole number",
+    "bool_format": "not a yes/no value (true/false, 是/否, 1/0, Y/N)",
+    "enum_value": "not one of the contract's values",
+    "members_format": "not a JSON array of {id_no, relation} with valid ID numbers",
+    "out_of_range": "outside the contract's allowed range",
+    "row_shape": "the row has more cells than the header",
+    "file_header": "the file lacks a required column",
+    "file_encoding": "the file is not UTF-8, GBK/GB18030 or a readable XLSX",
+}
+
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+
+MACROS = [
+    # check character of a 17-digit string (GB 11643)
+    "CREATE OR REPLACE MACRO sn_idcheck(s) AS substr('10X98765432', (("
+    + " + ".join(f"CAST(substr(s, {i + 1}, 1) AS INTEGER) * {w}" for i, w in enumerate(_ID_WEIGHTS))
+    + ") % 11) + 1, 1)",
+    f"CREATE OR REPLACE MACRO sn_fw(x) AS translate(x, '{_FW_FROM}', '{_FW_TO}')",
+    # ID: full-width → ASCII, upper-case, 15 → 18 digits
+    "CREATE OR REPLACE MACRO sn_id_pre(x) AS upper(replace(sn_fw(x), ' ', ''))",
+    "CREATE OR REPLACE MACRO sn_id_norm(x) AS CASE WHEN regexp_full_match(sn_id_pre(x), '[0-9]{15}') "
+    "THEN substr(sn_id_pre(x), 1, 6) || '19' || substr(sn_id_pre(x), 7) "
+    "|| sn_idcheck(substr(sn_id_pre(x), 1, 6) || '19' || substr(sn_id_pre(x), 7)) ELSE sn_id_pre(x) END",
+    "CREATE OR REPLACE MACRO sn_id_rule(n) AS CASE "
+    "WHEN NOT regexp_full_match(n, '[0-9]{17}[0-9X]') THEN 'id_no_format' "
+    "WHEN try_strptime(substr(n, 7, 8), '%Y%m%d') IS NULL OR substr(n, 7, 4) < '1900' OR substr(n, 7, 4) > '2099' "
+    "THEN 'id_no_birth_date' "
+    "WHEN sn_idcheck(substr(n, 1, 17)) <> substr(n, 18, 1) THEN 'id_no_checksum' END",
+    "CREATE OR REPLACE MACRO sn_date(x) AS CAST(try_strptime(sn_fw(x), "
+    "['%Y-%m-%d', '%Y/%m/%d', '%Y%m%d', '%Y年%m月%d日', '%Y.%m.%d', '%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%S']) AS DATE)",
+    "CREATE OR REPLACE MACRO sn_date_ok(d) AS d IS NOT NULL AND year(d) BETWEEN 1900 AND 2100",
+    "CREATE OR REPLACE MACRO sn_datetime(x) AS coalesce("
+    "timezone('Asia/Shanghai', try_strptime(sn_fw(x), ['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%S', '%Y/%m/%d %H:%M:%S', "
+    "'%Y-%m-%d %H:%M', '%Y-%m-%d'])), "
+    "try_strptime(sn_fw(x), ['%Y-%m-%dT%H:%M:%S%z', '%Y-%m-%d %H:%M:%S%z', '%Y-%m-%dT%H:%M:%S.%f%z']))",
+    "CREATE OR REPLACE MACRO sn_month(x) AS strftime(try_strptime(sn_fw(x), ['%Y-%m', '%Y%m', '%Y/%m', '%Y年%m月']), '%Y-%m')",
+    "CREATE OR REPLACE MACRO sn_money_pre(x) AS "
+    "replace(replace(replace(replace(replace(replace(sn_fw(x), ',', ''), '，', ''), '元', ''), '￥', ''), '¥', ''), ' ', '')",
+    "CREATE OR REPLACE MACRO sn_bool(x) AS CASE WHEN lower(x) IN ('true', '1', '是', 'y', 'yes', 't') THEN true "
+    "WHEN lower(x) IN ('false', '0', '否', 'n', 'no', 'f') THEN false END",
+    "CREATE OR REPLACE MACRO sn_urban(x) AS CASE WHEN x IN ('城镇', '城市', 'urban', '城镇户口', '非农业') THEN '城镇' "
+    "WHEN x IN ('农村', 'rural', '农村户口', '农业') THEN '农村' END",
+]
+
+
+def connect(memory_limit: str | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the normaliser's macros installed."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    for m in MACROS:
+        con.execute(m)
+    return con
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def field_sql(f: Field, x: str) -> tuple[str, str]:
+    """(value expression, rule expression) of one field over the trimmed, non-empty text `x`.
+
+    The rule expression is NULL when the value is valid; it is only evaluated for non-NULL `x`.
+    """
+    k = f.kind
+    if k == "string":
+        return x, "NULL"
+    if k == "id_no":
+        return f"sn_id_norm({x})", f"sn_id_rule(sn_id_norm({x}))"
+    if k == "region_code":
+        v = f"sn_fw({x})"
+        return v, f"CASE WHEN NOT regexp_full_match({v}, '[0-9]{{12}}') THEN 'region_code_format' END"
+    if k == "credit_code":
+        v = f"upper(sn_fw({x}))"
+        return v, f"CASE WHEN NOT regexp_full_match({v}, '[0-9A-Z]{{18}}') THEN 'credit_code_format' END"
+    if k == "date":
+        v = f"sn_date({x})"
+        return v, f"CASE WHEN NOT sn_date_ok({v}) THEN 'date_format' END"
+    if k == "datetime":
+        v = f"sn_datetime({x})"
+        return v, f"CASE WHEN {v} IS NULL OR year({v}) NOT BETWEEN 1900 AND 2100 THEN 'datetime_format' END"
+    if k == "month":
+        v = f"sn_month({x})"
+        return v, f"CASE WHEN {v} IS NULL OR {v} < '1900' THEN 'month_format' END"
+    if k in ("money", "decimal"):
+        scale, typ, rule = (2, "DECIMAL(14,2)", "money_format") if k == "money" else (4, "DECIMAL(12,4)", "decimal_format")
+        intd = 12 if k == "money" else 8
+        pre = f"sn_money_pre({x})" if k == "money" else f"replace(sn_fw({x}), ' ', '')"
+        ok = f"regexp_full_match({pre}, '[-+]?[0-9]{{1,{intd}}}(\\.[0-9]{{0,{scale}}})?')"
+        v = f"CASE WHEN {ok} THEN CAST({pre} AS {typ}) END"
+        return v, _range(f, v, f"CASE WHEN NOT {ok} THEN '{rule}' END")
+    if k == "int":
+        pre = f"regexp_replace(sn_fw({x}), '\\.0+$', '')"
+        ok = f"regexp_full_match({pre}, '[-+]?[0-9]{{1,9}}')"
+        v = f"CASE WHEN {ok} THEN CAST({pre} AS INTEGER) END"
+        return v, _range(f, v, f"CASE WHEN NOT {ok} THEN 'int_format' END")
+    if k == "bool":
+        v = f"sn_bool({x})"
+        return v, f"CASE WHEN {v} IS NULL THEN 'bool_format' END"
+    if k == "enum":
+        vals = ", ".join(_lit(s) for s in f.values)
+        return x, f"CASE WHEN {x} NOT IN ({vals}) THEN 'enum_value' END"
+    if k == "urban_rural":
+        v = f"sn_urban({x})"
+        return v, f"CASE WHEN {v} IS NULL THEN 'enum_value' END"
+    if k == "text_list":
+        v = (f"CASE WHEN starts_with({x}, '[') AND json_valid({x}) THEN from_json({x}, '[\"VARCHAR\"]') "
+             f"ELSE list_filter(list_transform(string_split_regex({x}, '[,;、，；]'), s -> trim(s)), s -> s <> '') END")
+        return v, "NULL"
+    if k == "members":
+        parsed = (f"CASE WHEN json_valid({x}) AND json_type({x}) = 'ARRAY' "
+                  f"THEN from_json({x}, '[{{\"id_no\":\"VARCHAR\",\"relation\":\"VARCHAR\"}}]') END")
+        v = f"list_transform({parsed}, e -> struct_pack(id_no := sn_id_norm(e.id_no), relation := e.relation))"
+        bad = f"len(list_filter({v}, e -> e.id_no IS NULL OR sn_id_rule(e.id_no) IS NOT NULL)) > 0"
+        return v, f"CASE WHEN {parsed} IS NULL OR len({parsed}) = 0 OR {bad} THEN 'members_format' END"
+    raise ValueError(f"{f.name}: unknown kind {k!r}")
+
+
+def _range(f: Field, v: str, fmt_rule: str) -> str:
+    conds = []
+    if f.min is not None:
+        conds.append(f"{v} < {f.min}")
+    if f.max is not None:
+        conds.append(f"{v} > {f.max}")
+    if not conds:
+        return fmt_rule
+    return f"coalesce({fmt_rule}, CASE WHEN {' OR '.join(conds)} THEN 'out_of_range' END)"
+
+
+def validate_sql(c: Contract, source: str, *, pre_rule: str | None = None, typed: bool = True) -> str:
+    """SQL over `source` (a relation with one text column per field, `_op`, and any other columns).
+
+    Returns every source column, the fields as typed values (`typed`) or as received, and
+    `_rule` / `_field` (NULL for a valid record). `pre_rule` is a record-level rule expression
+    (envelope checks) evaluated before any field rule. A `delete` only needs its key fields.
+    """
+    trims, vals, rules = [], [], []
+    for f in c.fields:
+        col = _q(f.name)
+        t = _q("__t_" + f.name)
+        trims.append(f"nullif(trim(CAST({col} AS VARCHAR), {_lit(_WS)}), '') AS {t}")
+        v, r = field_sql(f, t)
+        need = "true" if f.name in c.key else ("_op IS DISTINCT FROM 'delete'" if f.required else "false")
+        skip = "" if f.name in c.key else "WHEN _op = 'delete' THEN NULL "
+        rules.append((f.name, f"CASE WHEN {t} IS NULL THEN CASE WHEN {need} THEN 'required_missing' END "
+                               f"{skip}ELSE {r} END"))
+        vals.append(f"{v if typed else col} AS {col}")
+    rule_cols = ", ".join(f"{r} AS {_q('__r_' + n)}" for n, r in rules)
+    first_rule = "coalesce(" + ", ".join(_q("__r_" + n) for n, _ in rules) + ")"
+    first_field = "CASE " + " ".join(f"WHEN {_q('__r_' + n)} IS NOT NULL THEN {_lit(n)}" for n, _ in rules) + " END"
+    names = ", ".join(_q(n) for n in c.names)
+    if pre_rule:
+        first_rule = f"coalesce({pre_rule}, {first_rule})"
+        first_field = f"CASE WHEN {pre_rule} IS NOT NULL THEN '' ELSE {first_field} END"
+    return (
+        f"WITH __s AS (SELECT *, {', '.join(trims)} FROM {source}), "
+        f"__v AS (SELECT * EXCLUDE ({names}), {', '.join(vals)}, {rule_cols} FROM __s) "
+        f"SELECT * EXCLUDE ({', '.join(_q('__t_' + n) for n in c.names)}, "
+        f"{', '.join(_q('__r_' + n) for n in c.names)}), {first_rule} AS _rule, {first_field} AS _field FROM __v"
+    )
+
+
+def reason(c: Contract, rule: str, field: str, where: str) -> str:
+    """One readable line naming feed, field, rule and a non-personal key — never a value."""
+    if field:
+        f = c.field(field)
+        return f"{c.feed_id}: field {field} ({f.label_zh}) — {rule}: {RULES.get(rule, rule)} [{where}]"
+    return f"{c.feed_id}: record — {rule}: {RULES.get(rule, rule)} [{where}]"
+
+
+def normalise_table(con: duckdb.DuckDBPyConnection, c: Contract, table: pa.Table) -> pa.Table:
+    """Type a table of text fields (e.g. from `raw/`) by the contract; adds `_rule`/`_field`."""
+    con.register("__src", table)
+    try:
+        return con.sql(validate_sql(c, "__src")).to_arrow_table()
+    finally:
+        con.unregister("__src")

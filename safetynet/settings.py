@@ -1,0 +1,71 @@
+"""Typed, frozen settings, built once at the edge (CLI, Airflow task, web app) and passed down.
+
+Library code never reads `os.environ`: it receives a `Settings`. Every variable is
+`SAFETYNET_<NAME>`; `safetynet check-config` shows what is in force and where it came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All configuration of the hub. Env vars: `SAFETYNET_` + the upper-case field name."""
+
+    model_config = SettingsConfigDict(env_prefix="SAFETYNET_", frozen=True, extra="ignore")
+
+    # --- object store ---------------------------------------------------------------------
+    store: str = Field("./var/store", description="Store root: a local path, file:// URL, or s3://bucket[/prefix]")
+    s3_endpoint: str | None = Field(None, description="S3/MinIO endpoint URL, e.g. http://minio:9000")
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    store_retries: int = Field(8, ge=0, description="Retries of a failed store call (exponential backoff)")
+    store_backoff_max_s: float = Field(30.0, gt=0, description="Cap of one backoff sleep")
+
+    # --- Kafka ----------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        None, description="host:port[,host:port]; unset → an embedded broker is started for the demo")
+    kafka_group: str = Field("safetynet-connector", description="Consumer group the connector commits to")
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    batch_max_records: int = Field(50_000, gt=0, description="Max records in one Parquet batch file")
+    poll_timeout_ms: int = Field(1_000, gt=0)
+
+    # --- misc -----------------------------------------------------------------------------
+    work_dir: Path = Field(Path("./var"), description="Local scratch: embedded broker data, temp files")
+    pseudonym_secret: SecretStr = Field(SecretStr("dev-only-change-me"),
+                                        description="HMAC key of the id_no pseudonym in downstream datasets")
+    progress: bool = Field(True, description="Show progress bars on a terminal")
+
+    @field_validator("store")
+    @classmethod
+    def _store_scheme(cls, v: str) -> str:
+        if "://" in v and not v.startswith(("file://", "s3://")):
+            raise ValueError(f"store must be a local path, file:// or s3:// URL, got scheme of {v.split('://')[0]!r}")
+        return v
+
+    def with_store(self, store: str | None) -> Settings:
+        """A copy pointing at another store (the CLI's `--store`)."""
+        return self if not store else self.model_copy(update={"store": store})
+
+    def problems(self) -> list[str]:
+        """Every configuration problem at once (Singer-style: report all, not the first)."""
+        out: list[str] = []
+        if self.store.startswith("s3://"):
+            if not self.s3_endpoint:
+                out.append("SAFETYNET_STORE is s3:// but SAFETYNET_S3_ENDPOINT is not set")
+            if self.s3_access_key is None or self.s3_secret_key is None:
+                out.append("SAFETYNET_STORE is s3:// but SAFETYNET_S3_ACCESS_KEY / SAFETYNET_S3_SECRET_KEY are not set")
+            if len(self.store[5:].split("/", 1)[0]) < 3:
+                out.append("SAFETYNET_STORE s3:// URL needs a bucket name of 3+ characters")
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
+            out.append("SAFETYNET_KAFKA_SECURITY_PROTOCOL uses SASL but SAFETYNET_KAFKA_SASL_USERNAME is not set")
+        if self.pseudonym_secret.get_secret_value() == "dev-only-change-me" and self.store.startswith("s3://"):
+            out.append("SAFETYNET_PSEUDONYM_SECRET is the development default; set a real secret for a shared store")
+        return out
