@@ -57,7 +57,7 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool) -> str:
         meta = "NULL::VARCHAR AS _event_id, 'upsert' AS _op, NULL::VARCHAR AS _occurred_at"
     if c.evolution == "frozen":
         known = ", ".join(_lit(n) for n in c.names)
-        pre += (f"WHEN len(list_filter(json_keys(_value, '{base}'), k -> k NOT IN ({known}))) > 0 "
+        pre += (f"WHEN len(list_filter(json_keys(_value, '{base}'), lambda k: k NOT IN ({known}))) > 0 "
                 "THEN 'unknown_field' ")
     pre += "END"
     return (

@@ -147,7 +147,7 @@ def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Co
         store.write_parquet(f"quarantine/{part}", pa.table(q, schema=c.quarantine_schema()))
         written.append(f"quarantine/{part}")
         for r, why in zip(rows[:3], reasons[:3], strict=False):
-            log.warning("quarantined: %s", why, extra={"event": "quarantine", "feed": c.feed_id, "rule": r["_rule"]})
+            log.info("quarantined: %s", why, extra={"event": "quarantine", "feed": c.feed_id, "rule": r["_rule"]})
     assert acc.num_rows + sum(rejected.values()) == n
     return acc.num_rows, rejected, written
 

@@ -11,6 +11,8 @@ holds the two to agreement with property-based tests.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import duckdb
 import pyarrow as pa
 
@@ -56,9 +58,9 @@ MACROS = [
     f"CREATE OR REPLACE MACRO sn_fw(x) AS translate(x, '{_FW_FROM}', '{_FW_TO}')",
     # ID: full-width → ASCII, upper-case, 15 → 18 digits
     "CREATE OR REPLACE MACRO sn_id_pre(x) AS upper(replace(sn_fw(x), ' ', ''))",
-    "CREATE OR REPLACE MACRO sn_id_norm(x) AS CASE WHEN regexp_full_match(sn_id_pre(x), '[0-9]{15}') "
-    "THEN substr(sn_id_pre(x), 1, 6) || '19' || substr(sn_id_pre(x), 7) "
-    "|| sn_idcheck(substr(sn_id_pre(x), 1, 6) || '19' || substr(sn_id_pre(x), 7)) ELSE sn_id_pre(x) END",
+    # 15 → 18 digits over an already pre-normalised column `p`
+    "CREATE OR REPLACE MACRO sn_id_up(p) AS CASE WHEN length(p) = 15 AND regexp_full_match(p, '[0-9]{15}') "
+    "THEN substr(p, 1, 6) || '19' || substr(p, 7) || sn_idcheck(substr(p, 1, 6) || '19' || substr(p, 7)) ELSE p END",
     "CREATE OR REPLACE MACRO sn_id_rule(n) AS CASE "
     "WHEN NOT regexp_full_match(n, '[0-9]{17}[0-9X]') THEN 'id_no_format' "
     "WHEN try_strptime(substr(n, 7, 8), '%Y%m%d') IS NULL OR substr(n, 7, 4) < '1900' OR substr(n, 7, 4) > '2099' "
@@ -102,74 +104,78 @@ def _lit(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def field_sql(f: Field, x: str) -> tuple[str, str]:
-    """(value expression, rule expression) of one field over the trimmed, non-empty text `x`.
+@dataclass(frozen=True)
+class FieldSQL:
+    """The staged SQL of one field: `pre` over the trimmed text `t`; `value` over the pre-normalised
+    column `p`; `rule` over `p` and the value column `v` (NULL when valid). Stages keep the
+    expressions small: each refers to the previous stage's columns, never re-expands it."""
 
-    The rule expression is NULL when the value is valid; it is only evaluated for non-NULL `x`.
-    """
+    pre: str
+    value: str
+    rule: str
+
+
+def field_sql(f: Field) -> FieldSQL:
+    """The staged SQL of one field (placeholders `{t}`, `{p}`, `{v}` are column names)."""
     k = f.kind
-    if k == "string":
-        return x, "NULL"
+    if k in ("string", "enum"):
+        rule = "NULL" if k == "string" else f"CASE WHEN {{p}} NOT IN ({', '.join(_lit(s) for s in f.values)}) THEN 'enum_value' END"
+        return FieldSQL("{t}", "{p}", rule)
     if k == "id_no":
-        return f"sn_id_norm({x})", f"sn_id_rule(sn_id_norm({x}))"
+        return FieldSQL("sn_id_pre({t})", "sn_id_up({p})", "sn_id_rule({v})")
     if k == "region_code":
-        v = f"sn_fw({x})"
-        return v, f"CASE WHEN NOT regexp_full_match({v}, '[0-9]{{12}}') THEN 'region_code_format' END"
+        return FieldSQL("sn_fw({t})", "{p}", "CASE WHEN NOT regexp_full_match({v}, '[0-9]{{12}}') THEN 'region_code_format' END")
     if k == "credit_code":
-        v = f"upper(sn_fw({x}))"
-        return v, f"CASE WHEN NOT regexp_full_match({v}, '[0-9A-Z]{{18}}') THEN 'credit_code_format' END"
+        return FieldSQL("upper(sn_fw({t}))", "{p}",
+                        "CASE WHEN NOT regexp_full_match({v}, '[0-9A-Z]{{18}}') THEN 'credit_code_format' END")
     if k == "date":
-        v = f"sn_date({x})"
-        return v, f"CASE WHEN NOT sn_date_ok({v}) THEN 'date_format' END"
+        return FieldSQL("{t}", "sn_date({p})", "CASE WHEN NOT sn_date_ok({v}) THEN 'date_format' END")
     if k == "datetime":
-        v = f"sn_datetime({x})"
-        return v, f"CASE WHEN {v} IS NULL OR year({v}) NOT BETWEEN 1900 AND 2100 THEN 'datetime_format' END"
+        return FieldSQL("{t}", "sn_datetime({p})",
+                        "CASE WHEN {v} IS NULL OR year({v}) NOT BETWEEN 1900 AND 2100 THEN 'datetime_format' END")
     if k == "month":
-        v = f"sn_month({x})"
-        return v, f"CASE WHEN {v} IS NULL OR {v} < '1900' THEN 'month_format' END"
+        return FieldSQL("{t}", "sn_month({p})", "CASE WHEN {v} IS NULL OR {v} < '1900' THEN 'month_format' END")
     if k in ("money", "decimal"):
         scale, typ, rule = (2, "DECIMAL(14,2)", "money_format") if k == "money" else (4, "DECIMAL(12,4)", "decimal_format")
         intd = 12 if k == "money" else 8
-        pre = f"sn_money_pre({x})" if k == "money" else f"replace(sn_fw({x}), ' ', '')"
-        ok = f"regexp_full_match({pre}, '[-+]?[0-9]{{1,{intd}}}(\\.[0-9]{{0,{scale}}})?')"
-        v = f"CASE WHEN {ok} THEN CAST({pre} AS {typ}) END"
-        return v, _range(f, v, f"CASE WHEN NOT {ok} THEN '{rule}' END")
+        pre = "sn_money_pre({t})" if k == "money" else "replace(sn_fw({t}), ' ', '')"
+        ok = f"regexp_full_match({{p}}, '[-+]?[0-9]{{{{1,{intd}}}}}(\\.[0-9]{{{{0,{scale}}}}})?')"
+        return FieldSQL(pre, f"CASE WHEN {ok} THEN CAST({{p}} AS {typ}) END",
+                        _range(f, f"CASE WHEN {{v}} IS NULL THEN '{rule}' END"))
     if k == "int":
-        pre = f"regexp_replace(sn_fw({x}), '\\.0+$', '')"
-        ok = f"regexp_full_match({pre}, '[-+]?[0-9]{{1,9}}')"
-        v = f"CASE WHEN {ok} THEN CAST({pre} AS INTEGER) END"
-        return v, _range(f, v, f"CASE WHEN NOT {ok} THEN 'int_format' END")
+        ok = "regexp_full_match({p}, '[-+]?[0-9]{{1,9}}')"
+        return FieldSQL("regexp_replace(sn_fw({t}), '\\.0+$', '')", f"CASE WHEN {ok} THEN CAST({{p}} AS INTEGER) END",
+                        _range(f, "CASE WHEN {v} IS NULL THEN 'int_format' END"))
     if k == "bool":
-        v = f"sn_bool({x})"
-        return v, f"CASE WHEN {v} IS NULL THEN 'bool_format' END"
-    if k == "enum":
-        vals = ", ".join(_lit(s) for s in f.values)
-        return x, f"CASE WHEN {x} NOT IN ({vals}) THEN 'enum_value' END"
+        return FieldSQL("{t}", "sn_bool({p})", "CASE WHEN {v} IS NULL THEN 'bool_format' END")
     if k == "urban_rural":
-        v = f"sn_urban({x})"
-        return v, f"CASE WHEN {v} IS NULL THEN 'enum_value' END"
+        return FieldSQL("{t}", "sn_urban({p})", "CASE WHEN {v} IS NULL THEN 'enum_value' END")
     if k == "text_list":
-        v = (f"CASE WHEN starts_with({x}, '[') AND json_valid({x}) THEN from_json({x}, '[\"VARCHAR\"]') "
-             f"ELSE list_filter(list_transform(string_split_regex({x}, '[,;、，；]'), s -> trim(s)), s -> s <> '') END")
-        return v, "NULL"
+        return FieldSQL("{t}", "CASE WHEN starts_with({p}, '[') AND json_valid({p}) THEN from_json({p}, '[\"VARCHAR\"]') "
+                        "ELSE list_filter(list_transform(string_split_regex({p}, '[,;、，；]'), lambda s: trim(s)), "
+                        "lambda s: s <> '') END", "NULL")
     if k == "members":
-        parsed = (f"CASE WHEN json_valid({x}) AND json_type({x}) = 'ARRAY' "
-                  f"THEN from_json({x}, '[{{\"id_no\":\"VARCHAR\",\"relation\":\"VARCHAR\"}}]') END")
-        v = f"list_transform({parsed}, e -> struct_pack(id_no := sn_id_norm(e.id_no), relation := e.relation))"
-        bad = f"len(list_filter({v}, e -> e.id_no IS NULL OR sn_id_rule(e.id_no) IS NOT NULL)) > 0"
-        return v, f"CASE WHEN {parsed} IS NULL OR len({parsed}) = 0 OR {bad} THEN 'members_format' END"
+        parsed = ("CASE WHEN json_valid({t}) AND json_type({t}) = 'ARRAY' "
+                  "THEN from_json({t}, '[{{\"id_no\":\"VARCHAR\",\"relation\":\"VARCHAR\"}}]') END")
+        value = "list_transform({p}, lambda e: struct_pack(id_no := sn_id_up(sn_id_pre(e.id_no)), relation := e.relation))"
+        bad = "len(list_filter({v}, lambda e: e.id_no IS NULL OR sn_id_rule(e.id_no) IS NOT NULL)) > 0"
+        return FieldSQL(parsed, value, f"CASE WHEN {{p}} IS NULL OR len({{p}}) = 0 OR {bad} THEN 'members_format' END")
     raise ValueError(f"{f.name}: unknown kind {k!r}")
 
 
-def _range(f: Field, v: str, fmt_rule: str) -> str:
+def _range(f: Field, fmt_rule: str) -> str:
     conds = []
     if f.min is not None:
-        conds.append(f"{v} < {f.min}")
+        conds.append(f"{{v}} < {f.min}")
     if f.max is not None:
-        conds.append(f"{v} > {f.max}")
+        conds.append(f"{{v}} > {f.max}")
     if not conds:
         return fmt_rule
     return f"coalesce({fmt_rule}, CASE WHEN {' OR '.join(conds)} THEN 'out_of_range' END)"
+
+
+def _fill(expr: str, **cols: str) -> str:
+    return expr.format(**{k: _q(v) for k, v in cols.items()})
 
 
 def validate_sql(c: Contract, source: str, *, pre_rule: str | None = None, typed: bool = True) -> str:
@@ -178,30 +184,33 @@ def validate_sql(c: Contract, source: str, *, pre_rule: str | None = None, typed
     Returns every source column, the fields as typed values (`typed`) or as received, and
     `_rule` / `_field` (NULL for a valid record). `pre_rule` is a record-level rule expression
     (envelope checks) evaluated before any field rule. A `delete` only needs its key fields.
+    Named steps: `__s` trims, `__p` pre-normalises, `__v` types, `__r` applies the rules.
     """
-    trims, vals, rules = [], [], []
+    trims, pres, vals, rules = [], [], [], []
     for f in c.fields:
-        col = _q(f.name)
-        t = _q("__t_" + f.name)
-        trims.append(f"nullif(trim(CAST({col} AS VARCHAR), {_lit(_WS)}), '') AS {t}")
-        v, r = field_sql(f, t)
+        sql = field_sql(f)
+        t, p, v = "__t_" + f.name, "__p_" + f.name, "__v_" + f.name
+        trims.append(f"nullif(trim(CAST({_q(f.name)} AS VARCHAR), {_lit(_WS)}), '') AS {_q(t)}")
+        pres.append(f"{_fill(sql.pre, t=t)} AS {_q(p)}")
+        vals.append(f"{_fill(sql.value, p=p, t=t)} AS {_q(v)}")
         need = "true" if f.name in c.key else ("_op IS DISTINCT FROM 'delete'" if f.required else "false")
         skip = "" if f.name in c.key else "WHEN _op = 'delete' THEN NULL "
-        rules.append((f.name, f"CASE WHEN {t} IS NULL THEN CASE WHEN {need} THEN 'required_missing' END "
-                               f"{skip}ELSE {r} END"))
-        vals.append(f"{v if typed else col} AS {col}")
-    rule_cols = ", ".join(f"{r} AS {_q('__r_' + n)}" for n, r in rules)
-    first_rule = "coalesce(" + ", ".join(_q("__r_" + n) for n, _ in rules) + ")"
-    first_field = "CASE " + " ".join(f"WHEN {_q('__r_' + n)} IS NOT NULL THEN {_lit(n)}" for n, _ in rules) + " END"
-    names = ", ".join(_q(n) for n in c.names)
+        rules.append(f"CASE WHEN {_q(t)} IS NULL THEN CASE WHEN {need} THEN 'required_missing' END "
+                     f"{skip}ELSE {_fill(sql.rule, p=p, v=v, t=t)} END AS {_q('__r_' + f.name)}")
+    first_rule = "coalesce(" + ", ".join(_q("__r_" + n) for n in c.names) + ")"
+    first_field = "CASE " + " ".join(f"WHEN {_q('__r_' + n)} IS NOT NULL THEN {_lit(n)}" for n in c.names) + " END"
     if pre_rule:
         first_rule = f"coalesce({pre_rule}, {first_rule})"
         first_field = f"CASE WHEN {pre_rule} IS NOT NULL THEN '' ELSE {first_field} END"
+    names = ", ".join(_q(n) for n in c.names)
+    helper = ", ".join(_q(f"__{s}_{n}") for n in c.names for s in "tpvr")
+    out = ", ".join(f"{_q(('__v_' if typed else '') + n)} AS {_q(n)}" for n in c.names)
     return (
         f"WITH __s AS (SELECT *, {', '.join(trims)} FROM {source}), "
-        f"__v AS (SELECT * EXCLUDE ({names}), {', '.join(vals)}, {rule_cols} FROM __s) "
-        f"SELECT * EXCLUDE ({', '.join(_q('__t_' + n) for n in c.names)}, "
-        f"{', '.join(_q('__r_' + n) for n in c.names)}), {first_rule} AS _rule, {first_field} AS _field FROM __v"
+        f"__p AS (SELECT *, {', '.join(pres)} FROM __s), "
+        f"__v AS (SELECT *, {', '.join(vals)} FROM __p), "
+        f"__r AS (SELECT *, {', '.join(rules)} FROM __v) "
+        f"SELECT * EXCLUDE ({names}, {helper}), {out}, {first_rule} AS _rule, {first_field} AS _field FROM __r"
     )
 
 

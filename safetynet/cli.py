@@ -1,0 +1,335 @@
+"""`safetynet` — the command line. The same functions the Airflow tasks call, nothing more.
+
+Settings are built once here (env vars `SAFETYNET_*`, then flags) and passed down. Errors are
+one actionable line; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import SecretStr, ValidationError
+
+log = logging.getLogger("safetynet")
+
+
+# ---- output helpers ---------------------------------------------------------------------------
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, total: int | None, label: str) -> Iterator:
+    """A rich progress bar on a terminal; a no-op callable elsewhere (CI logs stay clean)."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda *a, **k: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[detail]}"), TimeRemainingColumn(), transient=False) as p:
+        task = p.add_task(label, total=total, detail="")
+
+        def advance(n: int, detail: str = "") -> None:
+            p.update(task, advance=n, detail=detail)
+
+        yield advance
+
+
+def _settings(args: argparse.Namespace):
+    from safetynet.settings import Settings
+
+    s = Settings()
+    upd = {}
+    if getattr(args, "store", None):
+        upd["store"] = args.store
+    if getattr(args, "kafka", None):
+        upd["kafka_bootstrap"] = args.kafka
+    if getattr(args, "no_progress", False):
+        upd["progress"] = False
+    return s.model_copy(update=upd) if upd else s
+
+
+# ---- commands ---------------------------------------------------------------------------------
+def cmd_feeds(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from connectors.base import connectors
+    from schemas.registry import contracts
+
+    if args.json:
+        print(json.dumps([c.describe() for c in contracts().values()], ensure_ascii=False, indent=1))
+        return 0
+    conns = connectors()
+    t = Table(title="部门数据源 Department feeds")
+    for col in ("feed id", "部门", "名称", "ver", "topic", "key", "mode", "evolution", "cadence", "fields", "PII"):
+        t.add_column(col)
+    for fid, c in contracts().items():
+        t.add_row(fid, c.department_zh, c.title_zh, str(c.version), c.topic, ",".join(c.key), c.mode, c.evolution,
+                  f"{c.cadence_hours}h", str(len(c.fields)), ",".join(c.pii_fields) + ("" if fid in conns else " (no connector!)"))
+    _console().print(t)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from safetynet.settings import Settings
+
+    s = _settings(args)
+    con = _console()
+    for name, field in Settings.model_fields.items():
+        v = getattr(s, name)
+        shown = "********" if isinstance(v, SecretStr) else v
+        con.print(f"  SAFETYNET_{name.upper():<24} = {shown}   [dim]{field.description or ''}[/dim]")
+    problems = s.problems()
+    try:
+        from safetynet.store import open_store
+
+        st = open_store(s)
+        st.write_bytes("_catalog/.check", b"ok")
+        st.delete("_catalog/.check")
+        con.print(f"[green]store reachable[/green]: {st.url}")
+    except Exception as e:
+        problems.append(f"store {s.store} not usable: {e}")
+    if s.kafka_bootstrap:
+        try:
+            from kafka import KafkaAdminClient
+
+            KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=5000).close()
+            con.print(f"[green]kafka reachable[/green]: {s.kafka_bootstrap}")
+        except Exception as e:
+            problems.append(f"kafka {s.kafka_bootstrap} not reachable: {e}")
+    else:
+        con.print("kafka: not configured (SAFETYNET_KAFKA_BOOTSTRAP); `safetynet demo` starts an embedded broker")
+    for p in problems:
+        con.print(f"[red]problem[/red]: {p}")
+    return 1 if problems else 0
+
+
+def _load_district(args: argparse.Namespace):
+    from safetynet.synth import emit, generate
+
+    t0 = time.perf_counter()
+    d = generate(persons=args.persons, seed=args.seed)
+    em = emit(d)
+    log.info("generated %d persons in %.1fs", args.persons, time.perf_counter() - t0)
+    return d, em
+
+
+def publish_emission(settings, store, em, enabled: bool) -> None:
+    """Publish the generated events to their topics and drop the files (with progress)."""
+    from safetynet.broker import ensure_topics
+    from safetynet.publish import drop_files, publish
+    from schemas.registry import get
+
+    total = sum(len(v) for v in em.events.values())
+    if total:
+        ensure_topics(settings.kafka_bootstrap, [get(f).topic for f in em.events])
+    with progress_bar(enabled, total, "发布事件 publishing events") as adv:
+        for fid, msgs in em.events.items():
+            publish(settings.kafka_bootstrap, get(fid).topic, msgs, progress=lambda n, f=fid: adv(n, f))
+    drop_files(store, em.files)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from safetynet.store import open_store
+
+    s = _settings(args)
+    d, em = _load_district(args)
+    con = _console()
+    if args.out:
+        from safetynet.synth.emit import write_files, write_truth_parquet
+
+        out = Path(args.out)
+        write_files(em, out)
+        write_truth_parquet(d, out / "truth")
+        con.print(f"wrote landing files and truth Parquet under {out}")
+        return 0
+    store = open_store(s)
+    if not s.kafka_bootstrap:
+        con.print("[red]error[/red]: no Kafka to publish to (SAFETYNET_KAFKA_BOOTSTRAP or --kafka); "
+                  "use `safetynet demo` for an embedded broker, or --out DIR to write files only")
+        return 2
+    publish_emission(s, store, em, s.progress)
+    con.print(f"published {em.total_events:,} events and dropped {len(em.files)} files into {store.url}/landing/")
+    return 0
+
+
+def run_ingest(settings, store, feeds=None, kafka=True, files=True):
+    """Ingest + clean with a progress bar; returns (ingest report, clean counts)."""
+    from connectors.base import connectors
+    from safetynet.clean import clean_all
+    from safetynet.ingest import ingest
+
+    selected = feeds or list(connectors())
+    with progress_bar(settings.progress, None, "接入 ingesting") as adv:
+        report = ingest(settings, store, selected, kafka=kafka, files=files, progress=lambda f, n: adv(n, f))
+    with progress_bar(settings.progress, len(selected), "清洗 cleaning") as adv:
+        from schemas.registry import get
+
+        cleaned = {}
+        for f in selected:
+            cleaned.update(clean_all(store, [get(f)]))
+            adv(1, f)
+    return report, cleaned
+
+
+def print_summary(report, cleaned, expected=None) -> bool:
+    """The per-feed table: input, accepted, quarantined by reason, clean rows; True if all reconcile."""
+    from rich.table import Table
+
+    from schemas.registry import get
+
+    t = Table(title=f"接入汇总 Ingest run {report.run_id}", show_lines=False)
+    for col in ("feed", "名称", "kafka", "files", "input", "accepted", "quarantined", "by reason", "clean rows", "ok"):
+        t.add_column(col, justify="right" if col in ("kafka", "files", "input", "accepted", "quarantined", "clean rows") else "left")
+    all_ok = True
+    tot = [0, 0, 0, 0, 0, 0]
+    for fid, fc in report.feeds.items():
+        cc = cleaned.get(fid)
+        ok = fc.reconciles and (cc is None or cc.reconciles)
+        if expected and fid in expected:
+            e = expected[fid]
+            ok = ok and e.input == fc.input and e.accepted == fc.accepted and dict(e.quarantined) == {
+                k: v for k, v in fc.quarantined.items() if v}
+        all_ok &= ok
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(fc.quarantined.items()))
+        t.add_row(fid, get(fid).title_zh, f"{fc.kafka_records:,}", f"{fc.file_records:,}", f"{fc.input:,}",
+                  f"{fc.accepted:,}", f"{fc.quarantined_total:,}", reasons, f"{cc.rows:,}" if cc else "-",
+                  "[green]✓[/green]" if ok else "[red]✗[/red]")
+        for i, v in enumerate((fc.kafka_records, fc.file_records, fc.input, fc.accepted, fc.quarantined_total,
+                               cc.rows if cc else 0)):
+            tot[i] += v
+    t.add_row("[bold]total[/bold]", "", *(f"{v:,}" for v in tot[:5]), "", f"{tot[5]:,}",
+              "[green]✓[/green]" if all_ok else "[red]✗[/red]")
+    con = _console()
+    con.print(t)
+    con.print(f"input = accepted + quarantined for every feed: {'yes' if report.reconciles else 'NO'}"
+              + ("; matches the generator's expected counts" if expected and all_ok else ""))
+    con.print(f"run manifest: {report.manifest}")
+    return all_ok
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from safetynet.store import open_store
+
+    s = _settings(args)
+    store = open_store(s)
+    report, cleaned = run_ingest(s, store, args.feed or None, kafka=not args.no_kafka and bool(s.kafka_bootstrap),
+                                 files=not args.no_files)
+    if not s.kafka_bootstrap and not args.no_kafka:
+        _console().print("note: SAFETYNET_KAFKA_BOOTSTRAP is not set, so only file drops were ingested")
+    return 0 if print_summary(report, cleaned) else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from safetynet.broker import EmbeddedBroker
+    from safetynet.store import open_store
+
+    s = _settings(args)
+    con = _console()
+    if args.fresh and not s.store.startswith("s3://"):
+        import shutil
+
+        shutil.rmtree(Path(s.store.removeprefix("file://")), ignore_errors=True)
+    store = open_store(s)
+    con.print(f"[bold]兜底保障数据枢纽 demo[/bold]: {args.persons:,} persons (seed {args.seed}), store {store.url}")
+    t0 = time.perf_counter()
+    d, em = _load_district(args)
+    con.print(f"generated the district in {time.perf_counter() - t0:.1f}s: {em.total_events:,} events, "
+              f"{len(em.files)} drop files")
+    broker = None
+    if not s.kafka_bootstrap:
+        s.work_dir.mkdir(parents=True, exist_ok=True)
+        broker = EmbeddedBroker(log_file=s.work_dir / "broker.log").start()
+        s = s.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        con.print(f"started the embedded Kafka-protocol broker (tansu) at {broker.bootstrap}")
+    try:
+        t1 = time.perf_counter()
+        publish_emission(s, store, em, s.progress)
+        con.print(f"published events and dropped files in {time.perf_counter() - t1:.1f}s")
+        t2 = time.perf_counter()
+        report, cleaned = run_ingest(s, store)
+        con.print(f"ingested and cleaned in {time.perf_counter() - t2:.1f}s")
+    finally:
+        if broker:
+            broker.stop()
+    ok = print_summary(report, cleaned, em.expected)
+    con.print(f"clean datasets: {store.url}/clean/   quarantine: {store.url}/quarantine/")
+    return 0 if ok else 1
+
+
+# ---- entry point ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="safetynet", description="兜底保障数据枢纽 Safety-Net Data Hub")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("-v", "--verbose", action="store_true", help="info-level logs")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def store_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--store", help="store URL: path, file://…, or s3://bucket (default: $SAFETYNET_STORE)")
+        sp.add_argument("--kafka", help="Kafka bootstrap host:port (default: $SAFETYNET_KAFKA_BOOTSTRAP)")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    sp = sub.add_parser("feeds", help="list the department feeds and their contracts")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_feeds)
+
+    sp = sub.add_parser("check-config", help="show settings in force and check store and Kafka")
+    store_opts(sp)
+    sp.set_defaults(func=cmd_check_config)
+
+    for name, fn, hlp in (("generate", cmd_generate, "generate a synthetic district and send its data"),
+                          ("demo", cmd_demo, "generate, publish, ingest and summarise (embedded broker)")):
+        sp = sub.add_parser(name, help=hlp)
+        store_opts(sp)
+        sp.add_argument("--persons", type=int, default=20_000)
+        sp.add_argument("--seed", type=int, default=20261101)
+        if name == "generate":
+            sp.add_argument("--out", help="write landing files and truth Parquet to this directory instead")
+        else:
+            sp.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=True,
+                            help="start from an empty local store (default: yes)")
+        sp.set_defaults(func=fn)
+
+    sp = sub.add_parser("ingest", help="ingest everything waiting on the topics and in landing/, then clean")
+    store_opts(sp)
+    sp.add_argument("--feed", action="append", help="only this feed id (repeatable)")
+    sp.add_argument("--no-kafka", action="store_true")
+    sp.add_argument("--no-files", action="store_true")
+    sp.set_defaults(func=cmd_ingest)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[RichHandler(show_path=False)])
+    if not args.debug:
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    try:
+        return args.func(args)
+    except ValidationError as e:
+        print(f"safetynet: configuration error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"safetynet: error: {type(e).__name__}: {e}  (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

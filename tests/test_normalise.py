@@ -1,0 +1,165 @@
+"""The SQL normaliser against the pure-Python reference, with property-based tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from safetynet import idno
+from safetynet.normalise import _fill, connect, field_sql
+from schemas.contract import F
+
+FW = str.maketrans("0123456789X", "０１２３４５６７８９Ｘ")
+
+
+@pytest.fixture(scope="module")
+def con():
+    c = connect()
+    yield c
+    c.close()
+
+
+def run(con, kind: str, values: list[str | None], **kw) -> list[tuple]:
+    """(value, rule) per input through the generated SQL of one field kind."""
+    sql = field_sql(F("x", kind, "x", **kw))
+    pre, val, rule = (_fill(sql.pre, t="t"), _fill(sql.value, p="p", t="t"), _fill(sql.rule, p="p", v="v", t="t"))
+    con.register("__in", pa.table({"t": pa.array(values, pa.string())}))
+    try:
+        return con.sql(f"SELECT v, {rule} AS r FROM (SELECT *, {val} AS v FROM (SELECT t, {pre} AS p FROM __in))"
+                       ).fetchall()
+    finally:
+        con.unregister("__in")
+
+
+births = st.dates(min_value=dt.date(1900, 1, 1), max_value=dt.date(2025, 12, 31))
+regions = st.sampled_from(["430103", "430102", "431302", "429006", "340304"])
+
+
+@st.composite
+def valid_ids(draw) -> str:
+    s17 = draw(regions) + draw(births).strftime("%Y%m%d") + f"{draw(st.integers(0, 999)):03d}"
+    return s17 + idno.check_char(s17)
+
+
+def spellings(i: str) -> list[str]:
+    """Ways departments write a valid number: lower-case x, spaces, full-width digits."""
+    return [i, i.lower(), f"  {i} ", i.translate(FW), f"\u3000{i.lower()}"]
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(valid_ids(), min_size=1, max_size=20))
+def test_valid_ids_in_every_spelling_normalise_to_themselves(con, ids):
+    vals = [s for i in ids for s in spellings(i)]
+    got = run(con, "id_no", [v.strip().strip("\u3000") for v in vals])
+    for v, (n, rule) in zip(vals, got, strict=True):
+        assert rule is None
+        assert n == idno.normalise(v)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.builds(lambda r, b, s: r + b.strftime("%y%m%d") + f"{s:03d}", regions,
+                          st.dates(min_value=dt.date(1900, 1, 1), max_value=dt.date(1999, 12, 31)),
+                          st.integers(0, 999)), min_size=1, max_size=20))
+def test_legacy_15_digit_ids_upgrade_like_the_reference(con, ids):
+    got = run(con, "id_no", ids)
+    for i, (n, rule) in zip(ids, got, strict=True):
+        ref = idno.normalise(i)
+        assert (n, rule) == (ref, None)
+        assert ref[:6] == i[:6] and ref[6:8] == "19" and len(ref) == 18
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(alphabet="0123456789Xx０１２ -", min_size=0, max_size=20), min_size=1, max_size=30))
+def test_sql_and_reference_agree_on_arbitrary_strings(con, vals):
+    vals = [v.strip() for v in vals if v.strip()]
+    if not vals:
+        return
+    got = run(con, "id_no", vals)
+    for v, (n, rule) in zip(vals, got, strict=True):
+        try:
+            ref, ref_rule = idno.normalise(v), None
+        except idno.IdError as e:
+            ref, ref_rule = None, e.rule
+        assert rule == ref_rule, v
+        if ref is not None:
+            assert n == ref
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(valid_ids(), st.integers(1, 10))
+def test_a_wrong_check_character_is_never_repaired(con, i, bump):
+    wrong = i[:17] + idno.CHECK[(idno.CHECK.index(i[17]) + bump) % 11]
+    [(n, rule)] = run(con, "id_no", [wrong])
+    assert rule == "id_no_checksum"
+    with pytest.raises(idno.IdError) as e:
+        idno.normalise(wrong)
+    assert e.value.rule == "id_no_checksum"
+
+
+def test_impossible_birth_dates_are_their_own_rule(con):
+    s17 = "43010319900230123"  # 30 February
+    bad = s17 + idno.check_char(s17)
+    assert run(con, "id_no", [bad]) == [(bad, "id_no_birth_date")]
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.dates(min_value=dt.date(1900, 1, 1), max_value=dt.date(2100, 12, 31)), min_size=1, max_size=10))
+def test_dates_in_every_accepted_format_parse_to_the_same_day(con, days):
+    fmts = [lambda d: d.isoformat(), lambda d: f"{d.year}/{d.month}/{d.day}", lambda d: d.strftime("%Y%m%d"),
+            lambda d: f"{d.year}年{d.month}月{d.day}日", lambda d: f"{d.year}-{d.month}-{d.day}",
+            lambda d: d.isoformat().translate(FW)]
+    vals = [f(d) for d in days for f in fmts]
+    got = run(con, "date", vals)
+    assert [g for g in got] == [(d, None) for d in days for _ in fmts]
+
+
+@pytest.mark.parametrize("bad", ["2024-13-01", "2024-02-30", "昨天", "2024-1", "0001-01-01", "31/12/2024"])
+def test_bad_dates_are_quarantined(con, bad):
+    assert run(con, "date", [bad])[0][1] == "date_format"
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.decimals(min_value=0, max_value=Decimal("999999999.99"), places=2, allow_nan=False),
+                min_size=1, max_size=10))
+def test_money_in_every_accepted_format_parses_exactly(con, amounts):
+    fmts = [lambda a: f"{a:.2f}", lambda a: f"{a:,.2f}", lambda a: f"{a}元", lambda a: f"￥{a:,}",
+            lambda a: f"{a:.2f}".translate(FW)]
+    vals = [f(a) for a in amounts for f in fmts]
+    got = run(con, "money", vals, min=0)
+    assert got == [(Decimal(a).quantize(Decimal("0.01")), None) for a in amounts for _ in fmts]
+
+
+@pytest.mark.parametrize("bad,rule", [("12,34a", "money_format"), ("1.234", "money_format"), ("abc", "money_format"),
+                                      ("-5.00", "out_of_range"), ("1e5", "money_format")])
+def test_bad_money_is_quarantined(con, bad, rule):
+    assert run(con, "money", [bad], min=0)[0][1] == rule
+
+
+def test_booleans_urban_rural_lists_and_months(con):
+    assert [r[0] for r in run(con, "bool", ["是", "否", "Y", "n", "1", "0", "TRUE"])] == [True, False, True, False,
+                                                                                       True, False, True]
+    assert run(con, "bool", ["maybe"])[0][1] == "bool_format"
+    assert [r[0] for r in run(con, "urban_rural", ["城镇", "城市", "农村"])] == ["城镇", "城镇", "农村"]
+    assert run(con, "text_list", ["困难残疾人生活补贴、重度残疾人护理补贴"])[0][0] == ["困难残疾人生活补贴", "重度残疾人护理补贴"]
+    assert run(con, "text_list", ['["a","b"]'])[0][0] == ["a", "b"]
+    assert [r for r in run(con, "month", ["2026-10", "202610", "2026年10月", "2026-13"])] == [
+        ("2026-10", None), ("2026-10", None), ("2026-10", None), (None, "month_format")]
+
+
+def test_members_need_valid_ids(con):
+    s17 = "43010319800101123"
+    good = s17 + idno.check_char(s17)
+    ok = run(con, "members", [f'[{{"id_no": "{good.lower()}", "relation": "户主"}}]'])[0]
+    assert ok[1] is None and ok[0] == [{"id_no": good, "relation": "户主"}]
+    assert run(con, "members", ['[{"id_no": "123", "relation": "户主"}]'])[0][1] == "members_format"
+    assert run(con, "members", ["not json"])[0][1] == "members_format"
+
+
+def test_mask_keeps_first_six_and_last_four():
+    assert idno.mask("430103199001011234") == "430103********1234"
+    assert idno.mask(None) == ""
