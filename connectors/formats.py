@@ -92,7 +92,10 @@ def decode_text(data: bytes) -> tuple[str, str]:
     if data.startswith(codecs.BOM_UTF8):
         return data[3:].decode("utf-8"), "utf-8-sig"
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return data.decode("utf-16"), "utf-16"
+        try:
+            return data.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError:
+            raise FileFormatError("file_encoding", "the file starts like UTF-16 but does not decode") from None
     try:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:

@@ -1,0 +1,125 @@
+"""File drops: encodings, formats, headers, the ledger, changed files, file-level faults."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+
+import openpyxl
+import pytest
+
+from safetynet import idno
+from safetynet.clean import clean_feed, read_clean
+from safetynet.ingest import ingest
+from schemas.registry import get
+
+S17 = "43010319800101123"
+ID = S17 + idno.check_char(S17)
+CLAIM = get("medical_insurance.claim")
+ZH = ["结算单号", "公民身份号码", "结算日期", "定点医疗机构", "是否住院", "疾病诊断编码", "医疗费用总额", "基金支付", "个人自付"]
+
+
+def csv_bytes(rows: list[list[str]], header=ZH, enc="gbk", bom=False) -> bytes:
+    text = "\r\n".join(",".join(f'"{c}"' if "," in c else c for c in r) for r in [header, *rows]) + "\r\n"
+    return (b"\xef\xbb\xbf" if bom else b"") + text.encode(enc)
+
+
+def run(settings, store):
+    return ingest(settings, store, [CLAIM.feed_id], kafka=False).feeds[CLAIM.feed_id]
+
+
+@pytest.mark.parametrize("enc,bom", [("gbk", False), ("gb18030", False), ("utf-8", False), ("utf-8", True)])
+def test_csv_in_each_encoding_is_decoded_without_mojibake(local_settings, local_store, enc, bom):
+    rows = [["C1", ID.lower(), "2026年9月3日", "长沙市第一医院", "是", "I10", "1,234.50", "1000元", "234.5"]]
+    local_store.write_bytes("landing/medical_insurance/claim/claim_20261001.csv", csv_bytes(rows, enc=enc, bom=bom))
+    fc = run(local_settings, local_store)
+    assert (fc.input, fc.accepted) == (1, 1)
+    clean_feed(local_store, CLAIM)
+    [r] = read_clean(local_store, CLAIM).to_pylist()
+    assert r["hospital_name"] == "长沙市第一医院" and r["id_no"] == ID and str(r["total_amount"]) == "1234.50"
+    assert r["settle_date"] == dt.date(2026, 9, 3)
+
+
+def test_xlsx_with_real_date_cells_and_english_headers(local_settings, local_store):
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["claim_id", "id_no", "settle_date", "hospital_name", "inpatient", "diagnosis_code", "total_amount",
+               "fund_paid", "out_of_pocket", "an_extra_column"])
+    ws.append(["X1", ID, dt.datetime(2026, 9, 3), "医院", True, "J06.9", 100.5, 80, 20.5, "ignored"])
+    ws.append(["X2", ID, "20260904", "医院", "否", "J06.9", "100", "80", "20", None])
+    buf = io.BytesIO()
+    wb.save(buf)
+    local_store.write_bytes("landing/medical_insurance/claim/claims.xlsx", buf.getvalue())
+    fc = run(local_settings, local_store)
+    assert (fc.input, fc.accepted, fc.quarantined_total) == (2, 2, 0)
+    clean_feed(local_store, CLAIM)
+    got = {r["claim_id"]: r for r in read_clean(local_store, CLAIM).to_pylist()}
+    assert got["X1"]["settle_date"] == dt.date(2026, 9, 3) and str(got["X1"]["total_amount"]) == "100.50"
+    assert got["X2"]["inpatient"] is False
+
+
+def test_json_lines_drop_with_a_malformed_line(local_settings, local_store):
+    lines = [json.dumps({"claim_id": "J1", "id_no": ID, "settle_date": "2026-09-01", "hospital_name": "h",
+                         "inpatient": True, "diagnosis_code": "I10", "total_amount": 10, "fund_paid": 5,
+                         "out_of_pocket": 5}, ensure_ascii=False), '{"claim_id": "J2", "id_no": ']
+    local_store.write_bytes("landing/medical_insurance/claim/claim_20261001.jsonl", "\n".join(lines).encode())
+    fc = run(local_settings, local_store)
+    assert (fc.input, fc.accepted, dict(fc.quarantined)) == (2, 1, {"json_malformed": 1})
+
+
+def test_a_drop_is_never_ingested_twice_and_a_changed_file_supersedes(local_settings, local_store):
+    path = "landing/medical_insurance/claim/claim_20261001.csv"
+    v1 = [["C1", ID, "2026-09-01", "h", "是", "I10", "100", "80", "20"],
+          ["C2", ID, "2026-09-01", "h", "是", "I10", "100", "80", "20"]]
+    local_store.write_bytes(path, csv_bytes(v1))
+    assert run(local_settings, local_store).input == 2
+    assert run(local_settings, local_store).input == 0  # same file: nothing new
+    v2 = [["C1", ID, "2026-09-01", "h", "是", "I10", "100", "70", "30"]]  # corrected re-export, C2 withdrawn
+    local_store.write_bytes(path, csv_bytes(v2))
+    assert run(local_settings, local_store).input == 1
+    counts = clean_feed(local_store, CLAIM)
+    rows = read_clean(local_store, CLAIM).to_pylist()
+    assert [(r["claim_id"], str(r["out_of_pocket"])) for r in rows] == [("C1", "30.00")]
+    assert counts.superseded_file_versions == 2 and counts.reconciles
+    ledger = json.loads(local_store.read_bytes("_catalog/drops/medical_insurance/claim/claim_20261001.csv.json"))
+    assert len(ledger) == 2 and ledger[0]["sha256"] != ledger[1]["sha256"]
+
+
+def test_snapshot_feeds_keep_only_the_newest_snapshot(local_settings, local_store):
+    prop = get("housing.property")
+    hdr = ["不动产单元号", "权利人证件号码", "共有份额", "房屋用途", "建筑面积", "登记日期", "权属状态"]
+    old = [["P1", ID, "1", "住宅", "80.5", "2010-01-01", "现势"], ["P2", ID, "1", "住宅", "60", "2015-01-01", "现势"]]
+    new = [["P1", ID, "1", "住宅", "80.5", "2010-01-01", "现势"]]
+    local_store.write_bytes("landing/housing/property/property_20261001.csv", csv_bytes(old, hdr))
+    local_store.write_bytes("landing/housing/property/property_20261101.csv", csv_bytes(new, hdr))
+    ingest(local_settings, local_store, [prop.feed_id], kafka=False)
+    counts = clean_feed(local_store, prop)
+    assert [r["property_id"] for r in read_clean(local_store, prop).to_pylist()] == ["P1"]
+    assert counts.older_snapshots == 2 and counts.reconciles
+
+
+def test_missing_required_column_quarantines_the_file_with_a_clear_reason(local_settings, local_store):
+    local_store.write_bytes("landing/medical_insurance/claim/bad.csv", csv_bytes([["C1", ID]], header=ZH[:2]))
+    fc = run(local_settings, local_store)
+    assert dict(fc.quarantined) == {"file_header": 1} and fc.accepted == 0
+    q = local_store.dataset("quarantine/medical_insurance/claim/").to_table().to_pylist()
+    assert "结算日期" in q[0]["_reason"] and "bad.csv" in q[0]["_reason"]
+    assert any(e.path.endswith("/files/bad.csv") for e in local_store.list("quarantine/"))
+
+
+def test_undecodable_file_is_quarantined_whole(local_settings, local_store):
+    local_store.write_bytes("landing/medical_insurance/claim/junk.csv", b"\xff\xfe\x00\xd8\x00garbage\x81\x30")
+    fc = run(local_settings, local_store)
+    assert fc.input == fc.quarantined_total == 1
+
+
+def test_quarantine_keeps_raw_text_but_reasons_never_show_personal_values(local_settings, local_store):
+    bad = ID[:17] + ("0" if ID[17] != "0" else "1")
+    rows = [["C1", bad, "2026-09-01", "h", "是", "I10", "100", "80", "20"]]
+    local_store.write_bytes("landing/medical_insurance/claim/claim_20261001.csv", csv_bytes(rows))
+    fc = run(local_settings, local_store)
+    assert dict(fc.quarantined) == {"id_no_checksum": 1}
+    [q] = local_store.dataset("quarantine/medical_insurance/claim/").to_table().to_pylist()
+    assert bad in q["_raw"]  # the record is kept as received, for the department to fix
+    assert bad not in q["_reason"] and "row 2" in q["_reason"] and "id_no" in q["_reason"]

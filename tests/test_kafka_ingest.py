@@ -1,0 +1,148 @@
+"""Kafka connector against the real (embedded) broker: batches, commits, replay, SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from connectors.kafka_topic import KafkaTopicSource
+from safetynet import normalise
+from safetynet.broker import ensure_topics
+from safetynet.clean import clean_feed, clean_path
+from safetynet.ingest import ingest, write_kafka_batch
+from safetynet.publish import publish
+from safetynet.settings import Settings
+from safetynet.store import ObjectStore
+from schemas.registry import get
+from tests.kafka_events import claim_events
+
+pytestmark = pytest.mark.integration
+CLAIM = get("medical_insurance.claim")
+
+
+@pytest.fixture
+def topic(broker, monkeypatch) -> str:
+    """A unique topic for this test, standing in for the claim feed's topic."""
+    name = f"dept.medical_insurance.claim.v1.{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker.bootstrap, [name], partitions=3)
+    monkeypatch.setattr(type(CLAIM), "topic", property(lambda c: name if c is CLAIM else f"dept.{c.department}.{c.feed}.v{c.version}"))
+    return name
+
+
+def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: c.committed(TopicPartition(topic, p)) for p in sorted(c.partitions_for_topic(topic) or [])}
+    finally:
+        c.close()
+
+
+def raw_snapshot(store: ObjectStore, zone: str = "raw") -> dict[str, pa.Table]:
+    """Every file of a zone for the claim feed, minus the wall-clock `_ingested_at` column."""
+    out = {}
+    for e in store.list(f"{zone}/{CLAIM.prefix}/", ".parquet"):
+        t = store.read_parquet(e.path)
+        out[e.path.rsplit("/", 1)[-1]] = t.drop_columns(["_ingested_at"])
+    return out
+
+
+def test_events_reconcile_and_clean_applies_dedup_corrections_deletes(broker, topic, local_settings, local_store):
+    msgs, exp = claim_events(3000)
+    publish(broker.bootstrap, topic, msgs)
+    s = local_settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, "batch_max_records": 700})
+    fc = ingest(s, local_store, [CLAIM.feed_id], files=False).feeds[CLAIM.feed_id]
+    assert fc.input == exp["messages"] and fc.reconciles
+    assert dict(fc.quarantined) == {"json_malformed": exp["bad"]}
+    cc = clean_feed(local_store, CLAIM)
+    assert (cc.redelivered, cc.deleted, cc.rows) == (exp["redelivered"], exp["deletes"], exp["clean_rows"])
+    # offsets committed to the end, and every file is named (topic, partition, first, last)
+    ends = committed(broker.bootstrap, s.kafka_group, topic)
+    files = raw_snapshot(local_store)
+    assert sum(ends.values()) == exp["messages"]
+    for name, t in files.items():
+        _, part, first, last = name[: -len(".parquet")].split("+")
+        offs = t["_kafka_offset"].to_pylist()
+        assert min(offs) >= int(first) and max(offs) <= int(last) and set(t["_kafka_partition"].to_pylist()) == {int(part)}
+    # a second run finds nothing new
+    assert ingest(s, local_store, [CLAIM.feed_id], files=False).feeds[CLAIM.feed_id].input == 0
+
+
+def test_a_batch_written_but_not_committed_is_rewritten_under_the_same_name(broker, topic, local_settings, local_store):
+    msgs, exp = claim_events(500)
+    publish(broker.bootstrap, topic, msgs)
+    s = local_settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, "batch_max_records": 100})
+    con = normalise.connect()
+    with KafkaTopicSource(s, topic, local_store) as src:  # "crash" after writing the first batch, before commit
+        b = next(src.batches())
+        src.record_intent(b)
+        write_kafka_batch(local_store, con, CLAIM, b)
+    first_files = set(raw_snapshot(local_store))
+    publish(broker.bootstrap, topic, claim_events(50, seed=99)[0])  # more data arrives meanwhile
+    s2 = s.model_copy(update={"batch_max_records": 130})  # and the batch size changed: the intent still wins
+    fc = ingest(s2, local_store, [CLAIM.feed_id], files=False).feeds[CLAIM.feed_id]
+    assert first_files <= set(raw_snapshot(local_store))
+    total = sum(t.num_rows for t in raw_snapshot(local_store).values()) + sum(
+        t.num_rows for t in raw_snapshot(local_store, "quarantine").values())
+    assert total == fc.input == exp["messages"] + len(claim_events(50, seed=99)[0])  # no duplicate row
+
+
+@pytest.mark.slow
+def test_sigkill_mid_batch_then_restart_equals_an_uninterrupted_run(broker, topic, tmp_path):
+    msgs, exp = claim_events(40_000)
+    publish(broker.bootstrap, topic, msgs)
+    env = {**os.environ, "SAFETYNET_KAFKA_BOOTSTRAP": broker.bootstrap, "SAFETYNET_BATCH_MAX_RECORDS": "400",
+           "SAFETYNET_PROGRESS": "false"}
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys; from schemas.registry import get; c = get('medical_insurance.claim'); "
+            f"type(c).topic = property(lambda self: {topic!r} if self is c else f'dept.{{self.department}}.{{self.feed}}.v1'); "
+            "from safetynet.cli import main; sys.exit(main(['ingest', '--feed', 'medical_insurance.claim', '--no-files']))")
+
+    def run(store: Path, group: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env={**env, "SAFETYNET_STORE": str(store),
+                                                             "SAFETYNET_KAFKA_GROUP": group})
+
+    # the reference: one uninterrupted run
+    ref_store = tmp_path / "ref"
+    p = run(ref_store, "ref-" + uuid.uuid4().hex[:6])
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+
+    # the victim: killed with SIGKILL three times at different points, then run to the end
+    store_dir, group = tmp_path / "victim", "victim-" + uuid.uuid4().hex[:6]
+    victim = ObjectStore.from_settings(Settings(store=str(store_dir)))
+    kills = 0
+    for wait_files in (2, 8, 20):
+        p = run(store_dir, group)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            if len(victim.list(f"raw/{CLAIM.prefix}/")) >= wait_files:
+                break
+            time.sleep(0.01)
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+            kills += 1
+    assert kills >= 2, "the consumer finished before it could be killed: make the test data larger"
+    p = run(store_dir, group)
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+
+    ref = ObjectStore.from_settings(Settings(store=str(ref_store)))
+    a, b = raw_snapshot(ref), raw_snapshot(victim)
+    assert sorted(a) == sorted(b)  # the same files, named by the same offset ranges
+    for name in a:
+        assert a[name].equals(b[name]), name
+    assert raw_snapshot(ref, "quarantine").keys() == raw_snapshot(victim, "quarantine").keys()
+    clean_feed(ref, CLAIM)
+    clean_feed(victim, CLAIM)
+    assert ref.read_bytes(clean_path(CLAIM)) == victim.read_bytes(clean_path(CLAIM))  # byte-identical clean state
+    rows = sum(t.num_rows for t in a.values()) + sum(t.num_rows for t in raw_snapshot(ref, "quarantine").values())
+    assert rows == exp["messages"]
