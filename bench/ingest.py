@@ -1,0 +1,143 @@
+"""Benchmark: the Kafka connector against raw kafka-python consumption, measured in the same run.
+
+On the embedded broker, N claim events (default 1,000,000) are produced once; then, alternately,
+(a) a bare kafka-python consumer with the connector's own consumer settings reads every message
+of the topic, and (b) the connector reads the same topic to durable Parquet (decode, validate,
+split, write, commit). Each measurement runs in a fresh child process, so its peak RSS is its
+own. Prints records/s and peak memory of both; the last line is `ratio=<(b)/(a)>`.
+
+    .venv/bin/python bench/ingest.py [--events 1000000] [--rounds 2] [--partitions 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from safetynet import idno  # noqa: E402
+from safetynet.broker import EmbeddedBroker, ensure_topics  # noqa: E402
+from safetynet.publish import producer  # noqa: E402
+from safetynet.settings import Settings  # noqa: E402
+
+FEED = "medical_insurance.claim"
+
+
+def make_events(n: int, dirt_every: int = 500):
+    """Claim events as a department sends them; every `dirt_every`-th one is broken (quarantined)."""
+    for i in range(n):
+        s17 = f"430103{1950 + i % 50}{1 + i % 12:02d}{1 + i % 28:02d}{i % 1000:03d}"
+        pid = s17 + idno.check_char(s17)
+        if i % dirt_every == 7:
+            pid = pid[:17] + ("0" if pid[17] != "0" else "1")
+        v = ('{"event_id":"e%d","source":"medical_insurance","feed":"claim","op":"upsert",'
+             '"occurred_at":"2026-10-%02dT08:00:00+08:00","schema_version":1,"payload":{"claim_id":"CL%09d",'
+             '"id_no":"%s","settle_date":"2026-09-%02d","hospital_name":"长沙市第%d人民医院","inpatient":%s,'
+             '"diagnosis_code":"I10","diagnosis_name":"特发性(原发性)高血压","total_amount":"%d.50",'
+             '"fund_paid":"%d.00","out_of_pocket":"%d.50","serious_illness":false}}'
+             % (i, 1 + i % 28, i, pid, 1 + i % 28, 1 + i % 9, "true" if i % 3 == 0 else "false",
+                1000 + i % 5000, 700 + i % 3000, 300 + i % 2000))
+        yield f"CL{i:09d}".encode(), v.encode()
+
+
+def _baseline(bootstrap: str, topic: str, settings: Settings, q: mp.Queue) -> None:
+    from kafka import KafkaConsumer, TopicPartition
+
+    from connectors.kafka_topic import consumer_config
+
+    c = KafkaConsumer(group_id=f"bench-raw-{uuid.uuid4().hex[:6]}", **consumer_config(settings))
+    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic))]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    t0 = time.perf_counter()
+    n = nbytes = 0
+    done: set = set()
+    while len(done) < len(tps):
+        for tp, msgs in c.poll(timeout_ms=1000, max_records=settings.batch_max_records).items():
+            n += len(msgs)
+            nbytes += sum(len(m.value) for m in msgs)
+        for tp in tps:
+            hw = c.highwater(tp)
+            if hw is not None and c.position(tp) >= hw:
+                done.add(tp)
+    secs = time.perf_counter() - t0
+    c.close()
+    q.put({"records": n, "bytes": nbytes, "seconds": secs,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def _connector(bootstrap: str, topic: str, settings: Settings, q: mp.Queue) -> None:
+    from safetynet.ingest import ingest
+    from safetynet.store import ObjectStore
+    from schemas.registry import get
+
+    c = get(FEED)
+    type(c).topic = property(lambda self: topic if self is c else f"dept.{self.department}.{self.feed}.v1")
+    root = tempfile.mkdtemp(prefix="bench-store-")
+    s = settings.model_copy(update={"store": root, "kafka_group": f"bench-conn-{uuid.uuid4().hex[:6]}"})
+    store = ObjectStore.from_settings(s)
+    t0 = time.perf_counter()
+    fc = ingest(s, store, [FEED], files=False).feeds[FEED]
+    secs = time.perf_counter() - t0
+    size = sum(e.size for e in store.list("raw/")) + sum(e.size for e in store.list("quarantine/"))
+    shutil.rmtree(root, ignore_errors=True)
+    q.put({"records": fc.input, "accepted": fc.accepted, "quarantined": fc.quarantined_total, "seconds": secs,
+           "parquet_bytes": size, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def measure(fn, *args) -> dict:
+    q: mp.Queue = mp.get_context("spawn").Queue()
+    p = mp.get_context("spawn").Process(target=fn, args=(*args, q))
+    p.start()
+    out = q.get(timeout=1800)
+    p.join()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--partitions", type=int, default=3)
+    args = ap.parse_args()
+    with EmbeddedBroker() as b:
+        topic = f"dept.medical_insurance.claim.v1.bench{uuid.uuid4().hex[:6]}"
+        ensure_topics(b.bootstrap, [topic], partitions=args.partitions)
+        t0 = time.perf_counter()
+        p = producer(b.bootstrap)
+        for k, v in make_events(args.events):
+            p.send(topic, key=k, value=v)
+        p.flush()
+        p.close()
+        print(f"produced {args.events:,} events in {time.perf_counter() - t0:.1f}s", flush=True)
+        settings = Settings(kafka_bootstrap=b.bootstrap, progress=False)
+        base, conn = [], []
+        for r in range(args.rounds):
+            base.append(measure(_baseline, b.bootstrap, topic, settings))
+            conn.append(measure(_connector, b.bootstrap, topic, settings))
+            print(f"round {r + 1}: raw {base[-1]['records'] / base[-1]['seconds']:,.0f} rec/s, "
+                  f"connector {conn[-1]['records'] / conn[-1]['seconds']:,.0f} rec/s", flush=True)
+    for x in base + conn:
+        assert x["records"] == args.events, x
+    a = statistics.median(x["records"] / x["seconds"] for x in base)
+    c = statistics.median(x["records"] / x["seconds"] for x in conn)
+    print(json.dumps({"events": args.events, "partitions": args.partitions, "baseline": base, "connector": conn}))
+    print(f"(a) raw kafka-python consumption: {a:,.0f} records/s, peak RSS {max(x['peak_rss_mb'] for x in base):,.0f} MB")
+    print(f"(b) connector topic → durable Parquet: {c:,.0f} records/s, peak RSS {max(x['peak_rss_mb'] for x in conn):,.0f} MB"
+          f" ({conn[-1]['accepted']:,} accepted, {conn[-1]['quarantined']:,} quarantined, "
+          f"{conn[-1]['parquet_bytes'] / 1e6:,.1f} MB Parquet)")
+    print(f"ratio={c / a:.3f}")
+
+
+if __name__ == "__main__":
+    main()
