@@ -149,20 +149,34 @@ class KafkaTopicSource:
                 hw = c.highwater(tp)
                 if hw is not None and tp not in target:
                     target[tp] = hw
-                for m in records.get(tp, ()):
-                    if tp in target and m.offset >= target[tp]:
-                        break
+                msgs = records.get(tp, ())
+                if msgs and tp in target and msgs[-1].offset >= target[tp]:
+                    msgs = [m for m in msgs if m.offset < target[tp]]
+                i = 0
+                while i < len(msgs):  # slices, not a per-message loop: this thread is the bottleneck
                     b = pending.get(tp)
                     if b is None:
-                        b = pending[tp] = KafkaBatch(self.topic, tp.partition, m.offset, m.offset,
+                        b = pending[tp] = KafkaBatch(self.topic, tp.partition, msgs[i].offset, msgs[i].offset,
                                                      replay_date.pop(tp, today))
-                    b.values.append(m.value)
-                    b.offsets.append(m.offset)
-                    b.timestamps.append(m.timestamp)
-                    b.last = m.offset
-                    got += 1
                     end = replay_end.get(tp)
-                    if (end is not None and m.offset >= end) or (end is None and len(b.values) >= self.batch_max):
+                    if end is None:
+                        chunk = msgs[i:i + self.batch_max - len(b.values)]
+                    else:  # replaying a recorded intent: exactly its range
+                        chunk = [m for m in msgs[i:] if m.offset <= end]
+                        if not chunk:  # the range ended in a gap (e.g. transaction markers)
+                            replay_end.pop(tp)
+                            if pending[tp].values:
+                                yield pending.pop(tp)
+                            else:
+                                del pending[tp]
+                            continue
+                    b.values.extend([m.value for m in chunk])
+                    b.offsets.extend([m.offset for m in chunk])
+                    b.timestamps.extend([m.timestamp for m in chunk])
+                    b.last = chunk[-1].offset
+                    got += len(chunk)
+                    i += len(chunk)
+                    if (end is not None and b.last >= end) or (end is None and len(b.values) >= self.batch_max):
                         replay_end.pop(tp, None)
                         yield pending.pop(tp)
                 if tp in target and c.position(tp) >= target[tp]:

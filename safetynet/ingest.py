@@ -18,6 +18,11 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
+import multiprocessing as mp
+import os
+import signal
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import duckdb
@@ -153,21 +158,119 @@ def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Co
 
 
 # ---- Kafka ------------------------------------------------------------------------------------
+class BatchWriter:
+    """Writes Kafka batches, overlapping with fetching.
+
+    DuckDB re-takes the GIL while it runs, so a writer *thread* would fight the fetching thread
+    (kafka-python decodes in Python); big batches therefore go to one writer *process*
+    (spawned on first need, reused for every feed of the run), small ones are written inline.
+    Either way the same function writes the same bytes.
+    """
+
+    def __init__(self, settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyConnection):
+        self.settings, self.store, self.con = settings, store, con
+        self._pool: ProcessPoolExecutor | None = None
+
+    def submit(self, c: Contract, b: KafkaBatch) -> Future:
+        if len(b.values) >= self.settings.writer_process_min_records:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
+                                                 initializer=_writer_init, initargs=(self.settings,))
+            return self._pool.submit(_writer_write, c.feed_id, b)
+        # inline: run now, in this thread's order (a thread here would only contend for the GIL)
+        fut: Future = Future()
+        try:
+            fut.set_result(write_kafka_batch(self.store, self.con, c, b))
+        except BaseException as e:  # handed to the caller through the future, like the process path
+            fut.set_exception(e)
+        return fut
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+_worker: dict = {}
+
+
+def _writer_init(settings: Settings) -> None:
+    _exit_with_parent()
+    _worker["store"] = ObjectStore.from_settings(settings)
+    _worker["con"] = normalise.connect()
+
+
+def _exit_with_parent() -> None:
+    """End this writer process when its parent dies (e.g. SIGKILL): nothing else would stop it.
+
+    Its unfinished write is harmless: files are written atomically and the batch is not
+    committed, so the next run rewrites it under the same name.
+    """
+    parent = os.getppid()
+    try:  # Linux: the kernel delivers SIGKILL when the parent goes
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # died before prctl took effect
+        os._exit(70)
+
+    def watch() -> None:  # elsewhere (and as a backstop): poll
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _writer_write(feed_id: str, b: KafkaBatch) -> tuple[int, Counter, list[str]]:
+    return write_kafka_batch(_worker["store"], _worker["con"], contracts()[feed_id], b)
+
+
 def ingest_topic(settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract,
-                 counts: FeedCounts, progress: Progress | None = None) -> None:
-    """Read the feed's topic up to the watermark; write, then commit, batch by batch."""
-    with KafkaTopicSource(settings, c.topic, store).open() as src:
-        if not src.partitions:
-            log.info("kafka: topic %s does not exist (yet); nothing to read", c.topic)
-            return
-        for b in src.batches():
-            src.record_intent(b)
-            _, rejected, files = write_kafka_batch(store, con, c, b)
-            src.commit(b)
-            counts.add(len(b.values) - sum(rejected.values()), rejected, kafka=True)
-            counts.files += files
-            if progress:
-                progress(c.feed_id, len(b.values))
+                 counts: FeedCounts, progress: Progress | None = None, writer: BatchWriter | None = None) -> None:
+    """Read the feed's topic up to the watermark; write, then commit, batch by batch.
+
+    Fetching and writing overlap: while the writer validates and writes batch N, this thread
+    fetches batch N+1 from Kafka. The durable steps stay strictly sequential: N+1's intent is
+    recorded only after N is written and committed, so a crash at any point leaves at most one
+    uncommitted batch, exactly as without the overlap (see `connectors.kafka_topic`). The
+    consumer is only ever used by this thread.
+    """
+    own = writer is None
+    writer = writer or BatchWriter(settings, store, con)
+    inflight: tuple[KafkaBatch, Future] | None = None
+
+    def finish(b: KafkaBatch, fut: Future) -> None:
+        _, rejected, files = fut.result()  # re-raises a write failure here: nothing committed
+        src.commit(b)
+        counts.add(len(b.values) - sum(rejected.values()), rejected, kafka=True)
+        counts.files += files
+        if progress:
+            progress(c.feed_id, len(b.values))
+
+    try:
+        with KafkaTopicSource(settings, c.topic, store).open() as src:
+            if not src.partitions:
+                log.info("kafka: topic %s does not exist (yet); nothing to read", c.topic)
+                return
+            try:
+                for b in src.batches():
+                    if inflight:
+                        finish(*inflight)
+                        inflight = None
+                    src.record_intent(b)
+                    inflight = (b, writer.submit(c, b))
+                if inflight:
+                    finish(*inflight)
+                    inflight = None
+            finally:
+                if inflight:  # failed while fetching: let the write end before leaving (uncommitted)
+                    inflight[1].exception()
+    finally:
+        if own:
+            writer.close()
 
 
 def write_kafka_batch(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, b: KafkaBatch
@@ -263,6 +366,7 @@ def ingest(settings: Settings, store: ObjectStore, feeds: Iterable[str] | None =
     selected = [contracts()[f] for f in feeds] if feeds else list(contracts().values())
     report = IngestReport(run_id, started.isoformat(), {c.feed_id: FeedCounts(c.feed_id) for c in selected})
     con = normalise.connect()
+    writer = BatchWriter(settings, store, con)
     try:
         for c in selected:
             t0 = time.perf_counter()
@@ -273,13 +377,14 @@ def ingest(settings: Settings, store: ObjectStore, feeds: Iterable[str] | None =
                 if not settings.kafka_bootstrap:
                     raise ValueError("no Kafka bootstrap configured (SAFETYNET_KAFKA_BOOTSTRAP) — "
                                      "use --no-kafka, or `safetynet demo`, which starts an embedded broker")
-                ingest_topic(settings, store, con, c, counts, progress)
+                ingest_topic(settings, store, con, c, counts, progress, writer)
             counts.seconds = time.perf_counter() - t0
             log.info("ingest %s: input=%d accepted=%d quarantined=%d", c.feed_id, counts.input, counts.accepted,
                      counts.quarantined_total, extra={"event": "ingest_feed", **counts.as_dict()})
             if not counts.reconciles:  # a bug, never expected: stop loudly rather than publish it
                 raise AssertionError(f"{c.feed_id}: counts do not reconcile: {counts.as_dict()}")
     finally:
+        writer.close()
         con.close()
     report.manifest = f"_catalog/ingest/{run_id}.json"
     store.write_bytes(report.manifest, json.dumps(report.as_dict(), ensure_ascii=False, indent=1).encode())

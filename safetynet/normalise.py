@@ -51,28 +51,41 @@ RULES: dict[str, str] = {
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 
 MACROS = [
-    # check character of a 17-digit string (GB 11643)
-    "CREATE OR REPLACE MACRO sn_idcheck(s) AS substr('10X98765432', (("
-    + " + ".join(f"CAST(substr(s, {i + 1}, 1) AS INTEGER) * {w}" for i, w in enumerate(_ID_WEIGHTS))
-    + ") % 11) + 1, 1)",
-    f"CREATE OR REPLACE MACRO sn_fw(x) AS translate(x, '{_FW_FROM}', '{_FW_TO}')",
+    # check character of a 17-digit string (GB 11643): the digits are read off one BIGINT (17 digits
+    # fit), which is several times faster than 17 substring casts
+    "CREATE OR REPLACE MACRO sn_idcheck(s) AS substr('10X98765432', ((("
+    + " + ".join(f"(TRY_CAST(substr(s, 1, 17) AS BIGINT) // {10 ** (16 - i)} % 10) * {w}"
+                 for i, w in enumerate(_ID_WEIGHTS))
+    + ") % 11) + 1)::INTEGER, 1)",
+    # full-width → ASCII; pure-ASCII text (byte length = character length) skips the translation
+    f"CREATE OR REPLACE MACRO sn_fw(x) AS CASE WHEN strlen(x) = length(x) THEN x ELSE translate(x, '{_FW_FROM}', '{_FW_TO}') END",
     # ID: full-width → ASCII, upper-case, 15 → 18 digits
     "CREATE OR REPLACE MACRO sn_id_pre(x) AS upper(replace(sn_fw(x), ' ', ''))",
     # 15 → 18 digits over an already pre-normalised column `p`
     "CREATE OR REPLACE MACRO sn_id_up(p) AS CASE WHEN length(p) = 15 AND regexp_full_match(p, '[0-9]{15}') "
     "THEN substr(p, 1, 6) || '19' || substr(p, 7) || sn_idcheck(substr(p, 1, 6) || '19' || substr(p, 7)) ELSE p END",
-    "CREATE OR REPLACE MACRO sn_id_rule(n) AS CASE "
-    "WHEN NOT regexp_full_match(n, '[0-9]{17}[0-9X]') THEN 'id_no_format' "
-    "WHEN try_strptime(substr(n, 7, 8), '%Y%m%d') IS NULL OR substr(n, 7, 4) < '1900' OR substr(n, 7, 4) > '2099' "
-    "THEN 'id_no_birth_date' "
-    "WHEN sn_idcheck(substr(n, 1, 17)) <> substr(n, 18, 1) THEN 'id_no_checksum' END",
-    "CREATE OR REPLACE MACRO sn_date(x) AS CAST(try_strptime(sn_fw(x), "
-    "['%Y-%m-%d', '%Y/%m/%d', '%Y%m%d', '%Y年%m月%d日', '%Y.%m.%d', '%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%S']) AS DATE)",
+    # a coalesce of one CASE per rule runs about 3× faster in DuckDB than one CASE with three WHENs
+    "CREATE OR REPLACE MACRO sn_id_rule(n) AS coalesce("
+    "CASE WHEN NOT regexp_full_match(n, '[0-9]{17}[0-9X]') THEN 'id_no_format' END, "
+    "CASE WHEN try_strptime(substr(n, 7, 8), '%Y%m%d') IS NULL OR substr(n, 7, 4) NOT BETWEEN '1900' AND '2099' "
+    "THEN 'id_no_birth_date' END, "
+    "CASE WHEN sn_idcheck(substr(n, 1, 17)) <> substr(n, 18, 1) THEN 'id_no_checksum' END)",
+    # ISO dates (nearly all of them) take the fast cast; coalesce evaluates the formats only for the rest
+    "CREATE OR REPLACE MACRO sn_date(x) AS coalesce("
+    "CASE WHEN length(x) = 10 AND substr(x, 5, 1) = '-' AND substr(x, 8, 1) = '-' THEN TRY_CAST(x AS DATE) END, "
+    "CAST(try_strptime(sn_fw(x), "
+    "['%Y-%m-%d', '%Y/%m/%d', '%Y%m%d', '%Y年%m月%d日', '%Y.%m.%d', '%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%S']) AS DATE))",
     "CREATE OR REPLACE MACRO sn_date_ok(d) AS d IS NOT NULL AND year(d) BETWEEN 1900 AND 2100",
+    # an ISO instant with its offset (every event envelope) takes the fast cast
     "CREATE OR REPLACE MACRO sn_datetime(x) AS coalesce("
+    "CASE WHEN length(x) = 25 AND substr(x, 11, 1) = 'T' AND substr(x, 20, 1) IN ('+', '-') "
+    "THEN TRY_CAST(x AS TIMESTAMPTZ) END, "
     "timezone('Asia/Shanghai', try_strptime(sn_fw(x), ['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%S', '%Y/%m/%d %H:%M:%S', "
     "'%Y-%m-%d %H:%M', '%Y-%m-%d'])), "
     "try_strptime(sn_fw(x), ['%Y-%m-%dT%H:%M:%S%z', '%Y-%m-%d %H:%M:%S%z', '%Y-%m-%dT%H:%M:%S.%f%z']))",
+    # trim only values with white space at an edge (most have none; trim with a set is slow)
+    f"CREATE OR REPLACE MACRO sn_trim(x) AS CASE WHEN contains('{_WS}', left(x, 1)) "
+    f"OR contains('{_WS}', right(x, 1)) THEN trim(x, '{_WS}') ELSE x END",
     "CREATE OR REPLACE MACRO sn_month(x) AS strftime(try_strptime(sn_fw(x), ['%Y-%m', '%Y%m', '%Y/%m', '%Y年%m月']), '%Y-%m')",
     "CREATE OR REPLACE MACRO sn_money_pre(x) AS "
     "replace(replace(replace(replace(replace(replace(sn_fw(x), ',', ''), '，', ''), '元', ''), '￥', ''), '¥', ''), ' ', '')",
@@ -184,32 +197,37 @@ def validate_sql(c: Contract, source: str, *, pre_rule: str | None = None, typed
     Returns every source column, the fields as typed values (`typed`) or as received, and
     `_rule` / `_field` (NULL for a valid record). `pre_rule` is a record-level rule expression
     (envelope checks) evaluated before any field rule. A `delete` only needs its key fields.
-    Named steps: `__s` trims, `__p` pre-normalises, `__v` types, `__r` applies the rules.
+    Named steps: `__s` trims, `__p` pre-normalises, `__v` types, `__c` checks values, `__r` applies
+    the rules (required, deletes, first failing field).
     """
-    trims, pres, vals, rules = [], [], [], []
+    trims, pres, vals, checks, rules = [], [], [], [], []
     for f in c.fields:
         sql = field_sql(f)
         t, p, v = "__t_" + f.name, "__p_" + f.name, "__v_" + f.name
-        trims.append(f"nullif(trim(CAST({_q(f.name)} AS VARCHAR), {_lit(_WS)}), '') AS {_q(t)}")
+        trims.append(f"nullif(sn_trim(CAST({_q(f.name)} AS VARCHAR)), '') AS {_q(t)}")
         pres.append(f"{_fill(sql.pre, t=t)} AS {_q(p)}")
         vals.append(f"{_fill(sql.value, p=p, t=t)} AS {_q(v)}")
         need = "true" if f.name in c.key else ("_op IS DISTINCT FROM 'delete'" if f.required else "false")
         skip = "" if f.name in c.key else "WHEN _op = 'delete' THEN NULL "
+        # the value rule is its own column, evaluated for every row: DuckDB runs an expensive
+        # expression inside a CASE branch (a partial selection) several times slower
+        checks.append(f"{_fill(sql.rule, p=p, v=v, t=t)} AS {_q('__c_' + f.name)}")
         rules.append(f"CASE WHEN {_q(t)} IS NULL THEN CASE WHEN {need} THEN 'required_missing' END "
-                     f"{skip}ELSE {_fill(sql.rule, p=p, v=v, t=t)} END AS {_q('__r_' + f.name)}")
+                     f"{skip}ELSE {_q('__c_' + f.name)} END AS {_q('__r_' + f.name)}")
     first_rule = "coalesce(" + ", ".join(_q("__r_" + n) for n in c.names) + ")"
     first_field = "CASE " + " ".join(f"WHEN {_q('__r_' + n)} IS NOT NULL THEN {_lit(n)}" for n in c.names) + " END"
     if pre_rule:
         first_rule = f"coalesce({pre_rule}, {first_rule})"
         first_field = f"CASE WHEN {pre_rule} IS NOT NULL THEN '' ELSE {first_field} END"
     names = ", ".join(_q(n) for n in c.names)
-    helper = ", ".join(_q(f"__{s}_{n}") for n in c.names for s in "tpvr")
+    helper = ", ".join(_q(f"__{s}_{n}") for n in c.names for s in "tpvcr")
     out = ", ".join(f"{_q(('__v_' if typed else '') + n)} AS {_q(n)}" for n in c.names)
     return (
         f"WITH __s AS (SELECT *, {', '.join(trims)} FROM {source}), "
         f"__p AS (SELECT *, {', '.join(pres)} FROM __s), "
         f"__v AS (SELECT *, {', '.join(vals)} FROM __p), "
-        f"__r AS (SELECT *, {', '.join(rules)} FROM __v) "
+        f"__c AS (SELECT *, {', '.join(checks)} FROM __v), "
+        f"__r AS (SELECT *, {', '.join(rules)} FROM __c) "
         f"SELECT * EXCLUDE ({names}, {helper}), {out}, {first_rule} AS _rule, {first_field} AS _field FROM __r"
     )
 

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     batch_max_records: int = Field(50_000, gt=0, description="Max records in one Parquet batch file")
     poll_timeout_ms: int = Field(1_000, gt=0)
+    writer_process_min_records: int = Field(
+        10_000, ge=0, description="Kafka batches of at least this many records are validated and written by a "
+        "separate writer process while the next batch is fetched (0: always; a large number: never)")
 
     # --- misc -----------------------------------------------------------------------------
     work_dir: Path = Field(Path("./var"), description="Local scratch: embedded broker data, temp files")

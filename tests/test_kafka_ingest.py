@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import psutil
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
@@ -99,8 +100,9 @@ def test_a_batch_written_but_not_committed_is_rewritten_under_the_same_name(brok
 def test_sigkill_mid_batch_then_restart_equals_an_uninterrupted_run(broker, topic, tmp_path):
     msgs, exp = claim_events(40_000)
     publish(broker.bootstrap, topic, msgs)
+    # batches of 400 go to the separate writer process (min 200), so the kill hits both processes
     env = {**os.environ, "SAFETYNET_KAFKA_BOOTSTRAP": broker.bootstrap, "SAFETYNET_BATCH_MAX_RECORDS": "400",
-           "SAFETYNET_PROGRESS": "false"}
+           "SAFETYNET_WRITER_PROCESS_MIN_RECORDS": "200", "SAFETYNET_PROGRESS": "false"}
     root = Path(__file__).resolve().parents[1]
     code = ("import sys; from schemas.registry import get; c = get('medical_insurance.claim'); "
             f"type(c).topic = property(lambda self: {topic!r} if self is c else f'dept.{{self.department}}.{{self.feed}}.v1'); "
@@ -128,9 +130,13 @@ def test_sigkill_mid_batch_then_restart_equals_an_uninterrupted_run(broker, topi
                 break
             time.sleep(0.01)
         if p.poll() is None:
+            writers = psutil.Process(p.pid).children(recursive=True)
             os.kill(p.pid, signal.SIGKILL)
             p.wait()
             kills += 1
+            # the orphaned writer process notices its parent is gone and exits
+            _, alive = psutil.wait_procs(writers, timeout=30)
+            assert not alive, f"writer processes outlived the killed consumer: {alive}"
     assert kills >= 2, "the consumer finished before it could be killed: make the test data larger"
     p = run(store_dir, group)
     assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
