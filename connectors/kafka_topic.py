@@ -17,7 +17,7 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
@@ -127,8 +127,12 @@ class KafkaTopicSource:
             {"first": b.first, "last": b.last, "ingest_date": b.ingest_date}).encode())
 
     # ---- reading ------------------------------------------------------------------------------
-    def batches(self) -> Iterator[KafkaBatch]:
-        """Yield batches until every partition reaches the high watermark seen at its first fetch."""
+    def batches(self, on_fetched: Callable[[int], None] | None = None) -> Iterator[KafkaBatch]:
+        """Yield batches until every partition reaches the high watermark seen at its first fetch.
+
+        `on_fetched(n)` is told the running count of records fetched after every poll (a caller
+        may prepare for a big backlog early).
+        """
         c = self.consumer
         assert c is not None, "open() first"
         today = dt.datetime.now(dt.UTC).date().isoformat()
@@ -139,7 +143,7 @@ class KafkaTopicSource:
         target: dict[TopicPartition, int] = {}
         pending: dict[TopicPartition, KafkaBatch] = {}
         done: set[TopicPartition] = set()
-        idle = 0
+        idle = fetched = 0
         while len(done) < len(self.partitions):
             records = c.poll(timeout_ms=self.settings.poll_timeout_ms, max_records=self.batch_max)
             got = 0
@@ -185,6 +189,9 @@ class KafkaTopicSource:
                     done.add(tp)
                     c.pause(tp)
             idle = 0 if got else idle + 1
+            fetched += got
+            if on_fetched and got:
+                on_fetched(fetched)
             if idle >= self.idle_polls and len(done) < len(self.partitions):
                 # no high watermark and no data after several polls: nothing to read there now
                 missing = [tp.partition for tp in self.partitions if tp not in done]

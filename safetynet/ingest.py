@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
+import atexit
 import multiprocessing as mp
 import os
 import signal
@@ -171,12 +172,21 @@ class BatchWriter:
         self.settings, self.store, self.con = settings, store, con
         self._pool: ProcessPoolExecutor | None = None
 
+    def _process(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
+                                             initializer=_writer_init, initargs=(self.settings,))
+        return self._pool
+
+    def fetched(self, n: int) -> None:
+        """A topic's backlog reached n records: start the writer process early (its imports take
+        a second or two, better spent while the first batch is still being fetched)."""
+        if self._pool is None and n >= self.settings.writer_process_min_records:
+            self._process().submit(int)  # a no-op that makes the pool spawn its process now
+
     def submit(self, c: Contract, b: KafkaBatch) -> Future:
         if len(b.values) >= self.settings.writer_process_min_records:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
-                                                 initializer=_writer_init, initargs=(self.settings,))
-            return self._pool.submit(_writer_write, c.feed_id, b)
+            return self._process().submit(_writer_write, c.feed_id, b)
         # inline: run now, in this thread's order (a thread here would only contend for the GIL)
         fut: Future = Future()
         try:
@@ -197,7 +207,8 @@ _worker: dict = {}
 def _writer_init(settings: Settings) -> None:
     _exit_with_parent()
     _worker["store"] = ObjectStore.from_settings(settings)
-    _worker["con"] = normalise.connect()
+    _worker["con"] = con = normalise.connect()
+    atexit.register(con.close)
 
 
 def _exit_with_parent() -> None:
@@ -232,17 +243,18 @@ def ingest_topic(settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyCon
                  counts: FeedCounts, progress: Progress | None = None, writer: BatchWriter | None = None) -> None:
     """Read the feed's topic up to the watermark; write, then commit, batch by batch.
 
-    Fetching and writing overlap: while the writer validates and writes batch N, this thread
-    fetches batch N+1 from Kafka. The durable steps stay strictly sequential: N+1's intent is
-    recorded only after N is written and committed, so a crash at any point leaves at most one
-    uncommitted batch, exactly as without the overlap (see `connectors.kafka_topic`). The
-    consumer is only ever used by this thread.
+    Fetching and writing overlap: while the writer validates and writes a batch, this thread
+    fetches the next ones. Per partition the durable steps stay strictly sequential: a
+    partition's next intent is recorded only after its previous batch is written and committed,
+    so a crash leaves at most one uncommitted batch per partition, exactly as without the
+    overlap (see `connectors.kafka_topic`). The consumer is only ever used by this thread.
     """
     own = writer is None
     writer = writer or BatchWriter(settings, store, con)
-    inflight: tuple[KafkaBatch, Future] | None = None
+    inflight: dict[int, tuple[KafkaBatch, Future]] = {}  # partition → its batch being written
 
-    def finish(b: KafkaBatch, fut: Future) -> None:
+    def finish(partition: int) -> None:
+        b, fut = inflight.pop(partition)
         _, rejected, files = fut.result()  # re-raises a write failure here: nothing committed
         src.commit(b)
         counts.add(len(b.values) - sum(rejected.values()), rejected, kafka=True)
@@ -256,18 +268,20 @@ def ingest_topic(settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyCon
                 log.info("kafka: topic %s does not exist (yet); nothing to read", c.topic)
                 return
             try:
-                for b in src.batches():
-                    if inflight:
-                        finish(*inflight)
-                        inflight = None
+                for b in src.batches(on_fetched=writer.fetched):
+                    # one batch in flight per partition: a partition's next intent is recorded
+                    # only after its previous batch is written and committed
+                    if b.partition in inflight:
+                        finish(b.partition)
+                    for p in [p for p, (_, f) in inflight.items() if f.done()]:
+                        finish(p)
                     src.record_intent(b)
-                    inflight = (b, writer.submit(c, b))
-                if inflight:
-                    finish(*inflight)
-                    inflight = None
+                    inflight[b.partition] = (b, writer.submit(c, b))
+                for p in list(inflight):
+                    finish(p)
             finally:
-                if inflight:  # failed while fetching: let the write end before leaving (uncommitted)
-                    inflight[1].exception()
+                for _, fut in inflight.values():  # failed: let the writes end (uncommitted) before leaving
+                    fut.exception()
     finally:
         if own:
             writer.close()
