@@ -60,6 +60,31 @@ def _settings(args: argparse.Namespace):
 
 
 # ---- commands ---------------------------------------------------------------------------------
+def cmd_policy(args: argparse.Namespace) -> int:
+    from safetynet import policy
+
+    con = _console()
+    if args.action == "init":
+        out = Path(args.out)
+        if out.exists() and not args.force:
+            con.print(f"[red]error[/red]: {out} exists (use --force to overwrite)")
+            return 2
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(policy.init_text(args.region, args.year, args.urban_dibao, args.rural_dibao, args.name or ""),
+                       encoding="utf-8")
+        con.print(f"wrote {out}: region {args.region}, year {args.year}, 低保 urban {args.urban_dibao:g} / rural "
+                  f"{args.rural_dibao:g} 元/人/月, default thresholds — check them before use")
+        return 0
+    try:
+        pol = policy.load(args.file) if args.file else policy.for_region(args.region, args.year)
+    except policy.PolicyError as e:
+        con.print(f"[red]error[/red]: {e}")
+        return 2
+    print(json.dumps({"version": pol.version, "checksum": pol.checksum, **pol.model_dump(exclude={"checksum"})},
+                     ensure_ascii=False, indent=1))
+    return 0
+
+
 def cmd_feeds(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -299,6 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=True,
                             help="start from an empty local store (default: yes)")
         sp.set_defaults(func=fn)
+
+    sp = sub.add_parser("policy", help="policy parameters per region and year (quality/policy/)")
+    psub = sp.add_subparsers(dest="action", required=True)
+    pi = psub.add_parser("init", help="write a complete policy file for a new region with default thresholds")
+    pi.add_argument("--region", required=True, help="6-digit county code (GB/T 2260)")
+    pi.add_argument("--year", type=int, required=True)
+    pi.add_argument("--urban-dibao", type=float, required=True, help="城市低保标准 元/人/月")
+    pi.add_argument("--rural-dibao", type=float, required=True, help="农村低保标准 元/人/月")
+    pi.add_argument("--name", help="region name, e.g. 长沙市天心区")
+    pi.add_argument("--out", required=True, help="file to write (quality/policy/<region>-<year>.toml to ship it)")
+    pi.add_argument("--force", action="store_true")
+    ps = psub.add_parser("show", help="validate and print the policy in force for a region and year, or a file")
+    ps.add_argument("--region", default="430103")
+    ps.add_argument("--year", type=int, default=2026)
+    ps.add_argument("--file", help="a policy file instead")
+    sp.set_defaults(func=cmd_policy)
 
     sp = sub.add_parser("ingest", help="ingest everything waiting on the topics and in landing/, then clean")
     store_opts(sp)
