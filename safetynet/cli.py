@@ -24,7 +24,12 @@ log = logging.getLogger("safetynet")
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, width=_width())
+
+
+def _width() -> int | None:
+    """A terminal's own width; wide lines in logs and pipes (CI), where rich would assume 80."""
+    return None if sys.stdout.isatty() else 200
 
 
 @contextlib.contextmanager
@@ -353,9 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[RichHandler(show_path=False)])
+    logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[RichHandler(show_path=False, console=Console(stderr=True, width=_width()))])
     if not args.debug:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:

@@ -22,6 +22,7 @@ import atexit
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -208,7 +209,14 @@ def _writer_init(settings: Settings) -> None:
     _exit_with_parent()
     _worker["store"] = ObjectStore.from_settings(settings)
     _worker["con"] = con = normalise.connect()
-    atexit.register(con.close)
+
+    def bye() -> None:  # skip interpreter teardown, where DuckDB's bindings print leak warnings
+        con.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    atexit.register(bye)
 
 
 def _exit_with_parent() -> None:
