@@ -1,0 +1,262 @@
+"""Warning rules: declarative, each one explaining itself.
+
+A rule is data: id, version, Chinese title, severity, kind (forward risk or reverse
+eligibility check), the policy parameters it reads, and one SQL query over the monitoring
+build's views (`monitoring_person`, `monitoring_household`, `case_member`, and the clean feeds)
+returning one row per warning with
+
+* `household_no` — the registration household the warning is about (a household-level rule
+  counts every member's facts: a spouse's car counts);
+* `subject_id_no` — the person concerned, or NULL for a household-wide fact;
+* `facts` — list of {feed, record_key, id_no, field, value, date}: every fact that fired it,
+  with the feed it came from;
+* `summary_zh` — one line in Chinese with the figures and the thresholds;
+* `magnitude` — how far past the threshold (≥ 1), which weights the risk score.
+
+Parameters are bound (`$name`), never formatted into the SQL. Conventions (windows, income, per
+capita, active case, recipient) are those of `safetynet.monitoring`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SEVERITY_WEIGHT = {"S1": 50.0, "S2": 30.0, "S3": 10.0}
+SEVERITY_ZH = {"S1": "紧急", "S2": "重要", "S3": "一般"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    version: int
+    title_zh: str
+    severity: str  # S1 (act now) … S3 (review)
+    kind: str  # forward | reverse
+    params: tuple[str, ...]  # policy parameter names recorded as the thresholds used
+    sql: str
+    description: str = ""
+
+
+def _fact(feed: str, key: str, id_no: str, field: str, value: str, date: str) -> str:
+    return (f"struct_pack(feed := '{feed}', record_key := CAST({key} AS VARCHAR), id_no := {id_no}, "
+            f"field := '{field}', value := CAST({value} AS VARCHAR), date := CAST({date} AS DATE))")
+
+
+# households of every member of the cases selected by a CTE `sel(case_no)`
+_CASE_HOUSEHOLDS = "SELECT DISTINCT sel.case_no, pb.household_no FROM sel JOIN case_member cm USING (case_no) JOIN person_base pb USING (id_no)"
+
+_LOW_OR_EDGE = """(SELECT household_no FROM monitoring_household WHERE income_per_capita < low_income_line
+                   UNION SELECT pb.household_no FROM case_member cm JOIN person_base pb USING (id_no)
+                   WHERE cm.active AND cm.category IN ('低保边缘', '低收入'))"""
+
+_HOUSEHOLD_INCOME = _fact("monitoring.household", "h.household_no", "NULL", "income_per_capita", "h.income_per_capita",
+                          "$snapshot")
+_HOUSEHOLD_INCOME_AGG = _fact("monitoring.household", "any_value(h.household_no)", "NULL", "income_per_capita",
+                              "any_value(h.income_per_capita)", "$snapshot")
+
+RULES: tuple[Rule, ...] = (
+    Rule("medical_burden", 1, "大额医疗支出", "S2", "forward",
+         ("medical_burden_oop_12m", "medical_burden_income_share"), f"""
+        WITH c AS (SELECT pb.household_no, cl.* FROM claim cl JOIN person_base pb USING (id_no)
+                   WHERE cl.settle_date >= $win12::DATE AND cl.settle_date < $snapshot::DATE),
+             hi AS (SELECT household_no, sum(income_monthly) * 12 AS income12 FROM monitoring_person GROUP BY household_no),
+             h AS (SELECT c.household_no, sum(c.out_of_pocket) AS oop, any_value(hi.income12) AS income12
+                   FROM c LEFT JOIN hi USING (household_no) GROUP BY c.household_no)
+        SELECT h.household_no, NULL AS subject_id_no,
+               list({_fact('medical_insurance.claim', 'c.claim_id', 'c.id_no', 'out_of_pocket', 'c.out_of_pocket', 'c.settle_date')}
+                    ORDER BY c.settle_date, c.claim_id) AS facts,
+               printf('近12个月家庭医疗个人自付 %.2f 元，达到阈值（%.0f 元，或家庭年收入 %.2f 元的 %.0f%%）',
+                      any_value(h.oop), $medical_burden_oop_12m, coalesce(any_value(h.income12), 0),
+                      $medical_burden_income_share * 100) AS summary_zh,
+               greatest(any_value(h.oop) / $medical_burden_oop_12m,
+                        CASE WHEN coalesce(any_value(h.income12), 0) > 0
+                             THEN any_value(h.oop) / ($medical_burden_income_share * any_value(h.income12)) ELSE 0 END) AS magnitude
+        FROM h JOIN c USING (household_no)
+        WHERE h.oop >= $medical_burden_oop_12m OR h.oop >= $medical_burden_income_share * coalesce(h.income12, 0)
+        GROUP BY h.household_no"""),
+    Rule("income_drop", 1, "家庭收入骤降", "S2", "forward", ("income_drop_ratio",), f"""
+        WITH e AS (SELECT pb.household_no, em.month, sum(em.wage) AS wage
+                   FROM employment em JOIN person_base pb USING (id_no)
+                   WHERE list_contains($months12, em.month) GROUP BY pb.household_no, em.month),
+             h AS (SELECT household_no,
+                          coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0) / 3 AS last3,
+                          coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0) / 9 AS prev9
+                   FROM e GROUP BY household_no)
+        SELECT h.household_no, NULL AS subject_id_no,
+               list({_fact('human_resources.employment', 'e.month', 'NULL', 'household_wage', 'round(e.wage, 2)', "e.month || '-01'")}
+                    ORDER BY e.month) AS facts,
+               printf('家庭工资收入由前9个月月均 %.2f 元降至近3个月月均 %.2f 元，降幅 %.0f%%（阈值 %.0f%%）',
+                      any_value(h.prev9), any_value(h.last3), (1 - any_value(h.last3) / any_value(h.prev9)) * 100,
+                      $income_drop_ratio * 100) AS summary_zh,
+               (1 - any_value(h.last3) / any_value(h.prev9)) / $income_drop_ratio AS magnitude
+        FROM h JOIN e USING (household_no)
+        WHERE h.prev9 > 0 AND h.last3 <= (1 - $income_drop_ratio) * h.prev9
+        GROUP BY h.household_no"""),
+    Rule("unemployment", 1, "劳动年龄成员失业或断缴", "S2", "forward",
+         ("unemployment_contribution_gap_months", "unemployment_min_history_months", "working_age_min",
+          "working_age_max"), f"""
+        WITH wa AS (SELECT * FROM person_base WHERE alive AND age BETWEEN $working_age_min AND $working_age_max),
+             stopped AS (SELECT wa.id_no, wa.household_no, max(em.month) AS last_month, count(DISTINCT em.month) AS n
+                         FROM wa JOIN employment em USING (id_no) WHERE list_contains($months12, em.month)
+                         GROUP BY wa.id_no, wa.household_no
+                         HAVING max(em.month) <= $gap_month AND count(DISTINCT em.month) >= $unemployment_min_history_months),
+             reg AS (SELECT wa.id_no, wa.household_no, u.registered_date, u.status
+                     FROM wa JOIN unemployment u USING (id_no) WHERE u.status IN ('登记', '领取中')),
+             f AS (SELECT id_no, household_no,
+                          {_fact('human_resources.employment', 'last_month', 'id_no', 'last_contribution_month', 'last_month', "last_month || '-01'")} AS fact
+                   FROM stopped
+                   UNION ALL
+                   SELECT id_no, household_no,
+                          {_fact('human_resources.unemployment', 'registered_date', 'id_no', 'status', 'status', 'registered_date')}
+                   FROM reg)
+        SELECT household_no, id_no AS subject_id_no, list(fact ORDER BY fact.date, fact.feed) AS facts,
+               CASE WHEN bool_or(fact.feed = 'human_resources.unemployment')
+                    THEN printf('劳动年龄成员已办理失业登记（%s）', string_agg(DISTINCT fact.value, '、' ORDER BY fact.value) FILTER (WHERE fact.feed = 'human_resources.unemployment'))
+                    ELSE '' END
+               || CASE WHEN bool_or(fact.feed = 'human_resources.employment')
+                       THEN printf('%s劳动年龄成员社保缴费自 %s 后中断（阈值：连续 %d 个月未缴、此前至少缴费 %d 个月）',
+                                   CASE WHEN bool_or(fact.feed = 'human_resources.unemployment') THEN '；' ELSE '' END,
+                                   max(fact.value) FILTER (WHERE fact.feed = 'human_resources.employment'),
+                                   $unemployment_contribution_gap_months, $unemployment_min_history_months)
+                       ELSE '' END AS summary_zh,
+               1.0 AS magnitude
+        FROM f GROUP BY household_no, id_no"""),
+    Rule("earner_death", 1, "劳动力成员死亡", "S1", "forward",
+         ("earner_death_lookback_months", "working_age_min", "working_age_max"), f"""
+        SELECT pb.household_no, pb.id_no AS subject_id_no,
+               [{_fact('public_security.person', "'status'", 'pb.id_no', 'status', 'pb.status', 'pb.status_date')}]
+               || list({_fact('human_resources.employment', 'em.month', 'pb.id_no', 'wage', 'em.wage', "em.month || '-01'")}
+                       ORDER BY em.month) AS facts,
+               printf('有收入的劳动年龄成员（%d 岁）于 %s 死亡（回溯 %d 个月）', any_value(pb.age),
+                      strftime(any_value(pb.status_date), '%Y-%m-%d'), $earner_death_lookback_months) AS summary_zh,
+               1.0 AS magnitude
+        FROM person_base pb JOIN employment em USING (id_no)
+        WHERE pb.status = '死亡' AND pb.status_date >= $death_since::DATE
+          AND pb.age BETWEEN $working_age_min AND $working_age_max
+        GROUP BY pb.household_no, pb.id_no, pb.status, pb.status_date"""),
+    Rule("serious_illness", 1, "低收入家庭成员患重特大疾病", "S2", "forward",
+         ("serious_illness_lookback_months", "serious_illness_prefixes", "low_income_multiple"), f"""
+        WITH s AS (SELECT pb.household_no, cl.* FROM claim cl JOIN person_base pb USING (id_no)
+                   WHERE cl.settle_date >= $serious_since::DATE AND cl.settle_date < $snapshot::DATE
+                     AND (coalesce(cl.serious_illness, false)
+                          OR len(list_filter($serious_prefixes, lambda p: starts_with(cl.diagnosis_code, p))) > 0))
+        SELECT s.household_no, s.id_no AS subject_id_no,
+               list({_fact('medical_insurance.claim', 's.claim_id', 's.id_no', 'diagnosis_code', "s.diagnosis_code || ' ' || coalesce(s.diagnosis_name, '')", 's.settle_date')}
+                    ORDER BY s.settle_date, s.claim_id)
+               || [{_HOUSEHOLD_INCOME_AGG}] AS facts,
+               printf('成员确诊重特大疾病（%s），家庭人均月收入 %.2f 元，低于低收入线 %.2f 元或属低保边缘/低收入家庭',
+                      arg_max(s.diagnosis_code, s.settle_date), coalesce(any_value(h.income_per_capita), 0),
+                      any_value(h.low_income_line)) AS summary_zh,
+               1.0 AS magnitude
+        FROM s JOIN monitoring_household h USING (household_no)
+        WHERE s.household_no IN {_LOW_OR_EDGE}
+        GROUP BY s.household_no, s.id_no"""),
+    Rule("uncovered_low_income", 1, "低收入未纳入救助", "S2", "forward", ("urban_dibao", "rural_dibao"), f"""
+        SELECT h.household_no, NULL AS subject_id_no, [{_HOUSEHOLD_INCOME}] AS facts,
+               printf('家庭人均月收入 %.2f 元，低于低保标准 %.2f 元，且无在保救助', h.income_per_capita, h.dibao_standard) AS summary_zh,
+               h.dibao_standard / greatest(h.income_per_capita, 1) AS magnitude
+        FROM monitoring_household h
+        WHERE h.income_per_capita < h.dibao_standard
+          AND h.household_no NOT IN (SELECT pb.household_no FROM case_member cm JOIN person_base pb USING (id_no) WHERE cm.active)"""),
+    Rule("dangerous_house", 1, "住房安全风险（危房）", "S1", "forward",
+         ("dangerous_house_ratings", "dangerous_house_lookback_months"), f"""
+        SELECT d.household_no, NULL AS subject_id_no,
+               [{_fact('housing.dangerous_house', 'd.household_no', 'NULL', 'rating', 'd.rating', 'd.assessed_date')},
+                {_fact('housing.dangerous_house', 'd.household_no', 'NULL', 'renovated', 'd.renovated', 'd.assessed_date')}] AS facts,
+               printf('住房于 %s 鉴定为 %s 级危房，尚未改造', strftime(d.assessed_date, '%Y-%m-%d'), d.rating) AS summary_zh,
+               CASE d.rating WHEN 'D' THEN 1.5 ELSE 1.0 END AS magnitude
+        FROM dangerous_house d
+        WHERE list_contains($dangerous_house_ratings, d.rating) AND NOT d.renovated
+          AND d.assessed_date >= $dangerous_since::DATE"""),
+    Rule("repeat_temporary_aid", 1, "多次临时救助", "S2", "forward",
+         ("repeat_temporary_aid_count", "repeat_temporary_aid_window_months"), f"""
+        WITH t AS (SELECT DISTINCT pb.household_no, cm.case_no, cm.start_date
+                   FROM case_member cm JOIN person_base pb USING (id_no)
+                   WHERE cm.category = '临时救助' AND cm.start_date >= $temp_since::DATE)
+        SELECT household_no, NULL AS subject_id_no,
+               list({_fact('civil_affairs.assistance_case', 'case_no', 'NULL', 'category', "'临时救助'", 'start_date')}
+                    ORDER BY start_date, case_no) AS facts,
+               printf('%d 个月内获临时救助 %d 次（阈值 %d 次）', $repeat_temporary_aid_window_months, count(*),
+                      $repeat_temporary_aid_count) AS summary_zh,
+               count(*) / $repeat_temporary_aid_count AS magnitude
+        FROM t GROUP BY household_no HAVING count(*) >= $repeat_temporary_aid_count"""),
+    Rule("phase_out_risk", 1, "渐退期即将届满", "S3", "forward", ("phase_out_expiry_days",), f"""
+        WITH sel AS (SELECT DISTINCT case_no FROM case_member
+                     WHERE case_status = '渐退期' AND end_date >= $snapshot::DATE AND end_date <= $expiry::DATE)
+        SELECT ch.household_no, NULL AS subject_id_no,
+               list(DISTINCT {_fact('civil_affairs.assistance_case', 'cm.case_no', 'NULL', 'end_date', 'cm.end_date', 'cm.end_date')}) AS facts,
+               printf('%s 救助渐退期将于 %s 届满（%d 天内）', min(cm.category), strftime(min(cm.end_date), '%Y-%m-%d'),
+                      $phase_out_expiry_days) AS summary_zh,
+               1.0 AS magnitude
+        FROM ({_CASE_HOUSEHOLDS}) ch JOIN case_member cm USING (case_no)
+        GROUP BY ch.household_no"""),
+    Rule("severe_disability", 1, "低收入家庭重度残疾", "S2", "forward", ("severe_disability_grades", "low_income_multiple"), f"""
+        SELECT pb.household_no, d.id_no AS subject_id_no,
+               [{_fact('disabled_persons_federation.disability', 'd.id_no', 'd.id_no', 'grade', "d.category || ' ' || d.grade || '级'", 'd.issued_date')},
+                {_HOUSEHOLD_INCOME}] AS facts,
+               printf('成员持%s残疾 %d 级证，家庭人均月收入 %.2f 元（低收入线 %.2f 元）或属低保边缘/低收入家庭',
+                      d.category, d.grade, coalesce(h.income_per_capita, 0), h.low_income_line) AS summary_zh,
+               1.0 AS magnitude
+        FROM disability d JOIN person_base pb USING (id_no) JOIN monitoring_household h ON h.household_no = pb.household_no
+        WHERE list_contains($severe_disability_grades, d.grade) AND pb.household_no IN {_LOW_OR_EDGE}"""),
+    Rule("deceased_recipient", 1, "死亡人员仍在保", "S1", "reverse", (), f"""
+        WITH dead AS (SELECT cm.case_no, cm.category, pb.id_no, pb.status_date
+                      FROM case_member cm JOIN person_base pb USING (id_no) WHERE cm.active AND pb.status = '死亡'),
+             sel AS (SELECT DISTINCT case_no FROM dead)
+        SELECT ch.household_no, min(dead.id_no) AS subject_id_no,
+               list(DISTINCT {_fact('public_security.person', "'status'", 'dead.id_no', 'status', "'死亡'", 'dead.status_date')})
+               || list(DISTINCT {_fact('civil_affairs.assistance_case', 'dead.case_no', 'NULL', 'status', "'在保/渐退期'", '$snapshot')}) AS facts,
+               printf('救助对象（%s）已于 %s 死亡，救助仍在保', min(dead.category),
+                      strftime(min(dead.status_date), '%Y-%m-%d')) AS summary_zh,
+               1.0 AS magnitude
+        FROM ({_CASE_HOUSEHOLDS}) ch JOIN dead USING (case_no)
+        GROUP BY ch.household_no"""),
+    Rule("recipient_vehicle", 1, "救助对象家庭有机动车", "S2", "reverse", ("recipient_vehicle_exempt_types",), f"""
+        WITH cars AS (SELECT cm.case_no, v.* FROM case_member cm JOIN vehicle v ON v.owner_id_no = cm.id_no
+                      WHERE cm.active AND cm.category IN ('低保', '特困') AND v.status = '正常'
+                        AND NOT list_contains($recipient_vehicle_exempt_types, v.vehicle_type)),
+             sel AS (SELECT DISTINCT case_no FROM cars)
+        SELECT ch.household_no, min(cars.owner_id_no) AS subject_id_no,
+               list(DISTINCT {_fact('public_security.vehicle', 'cars.plate_no', 'cars.owner_id_no', 'vehicle_type', 'cars.vehicle_type', 'cars.registered_date')}) AS facts,
+               printf('低保/特困家庭成员名下有机动车 %d 辆（%s）', count(DISTINCT cars.plate_no),
+                      string_agg(DISTINCT cars.vehicle_type, '、' ORDER BY cars.vehicle_type)) AS summary_zh,
+               count(DISTINCT cars.plate_no) AS magnitude
+        FROM ({_CASE_HOUSEHOLDS}) ch JOIN cars USING (case_no)
+        GROUP BY ch.household_no"""),
+    Rule("recipient_property", 1, "救助对象家庭多套住房", "S2", "reverse", ("recipient_property_max_residences",), f"""
+        WITH homes AS (SELECT DISTINCT cm.case_no, p.property_id, p.owner_id_no, p.share, p.registered_date
+                       FROM case_member cm JOIN property p ON p.owner_id_no = cm.id_no
+                       WHERE cm.active AND cm.category IN ('低保', '特困') AND p.usage = '住宅' AND p.status = '现势'),
+             sel AS (SELECT case_no FROM homes GROUP BY case_no
+                     HAVING count(DISTINCT property_id) > $recipient_property_max_residences)
+        SELECT ch.household_no, NULL AS subject_id_no,
+               list(DISTINCT {_fact('housing.property', 'homes.property_id', 'homes.owner_id_no', 'share', 'homes.share', 'homes.registered_date')}) AS facts,
+               printf('低保/特困家庭成员名下住宅 %d 套（允许 %d 套）', count(DISTINCT homes.property_id),
+                      $recipient_property_max_residences) AS summary_zh,
+               count(DISTINCT homes.property_id) / greatest($recipient_property_max_residences, 1) AS magnitude
+        FROM ({_CASE_HOUSEHOLDS}) ch JOIN homes USING (case_no)
+        GROUP BY ch.household_no"""),
+    Rule("recipient_high_income", 1, "救助对象家庭收入超标", "S2", "reverse", ("recipient_high_income_multiple",), f"""
+        WITH rh AS (SELECT DISTINCT pb.household_no FROM case_member cm JOIN person_base pb USING (id_no)
+                    WHERE cm.active AND cm.category IN ('低保', '特困'))
+        SELECT h.household_no, NULL AS subject_id_no, [{_HOUSEHOLD_INCOME}] AS facts,
+               printf('低保/特困家庭人均月收入 %.2f 元，超过低保标准的 %.1f 倍（%.2f 元）', h.income_per_capita,
+                      $recipient_high_income_multiple, h.dibao_standard * $recipient_high_income_multiple) AS summary_zh,
+               h.income_per_capita / (h.dibao_standard * $recipient_high_income_multiple) AS magnitude
+        FROM monitoring_household h JOIN rh USING (household_no)
+        WHERE h.income_per_capita > h.dibao_standard * $recipient_high_income_multiple"""),
+    Rule("duplicate_enrolment", 1, "重复享受救助", "S1", "reverse", (), f"""
+        WITH d AS (SELECT id_no FROM case_member WHERE active GROUP BY id_no HAVING count(DISTINCT case_no) > 1)
+        SELECT pb.household_no, d.id_no AS subject_id_no,
+               list({_fact('civil_affairs.assistance_case', 'cm.case_no', 'd.id_no', 'category', 'cm.category', 'cm.start_date')}
+                    ORDER BY cm.start_date, cm.case_no) AS facts,
+               printf('同一人同时在 %d 个在保救助案件中（%s）', count(DISTINCT cm.case_no),
+                      string_agg(DISTINCT cm.category, '、' ORDER BY cm.category)) AS summary_zh,
+               1.0 AS magnitude
+        FROM d JOIN case_member cm ON cm.id_no = d.id_no AND cm.active JOIN person_base pb ON pb.id_no = d.id_no
+        GROUP BY pb.household_no, d.id_no"""),
+)
+
+
+def by_id() -> dict[str, Rule]:
+    return {r.id: r for r in RULES}

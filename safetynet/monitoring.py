@@ -1,0 +1,271 @@
+"""The 低收入人口动态监测 dataset: person and household tables for one snapshot date.
+
+Named SQL steps over the `clean/` feeds (DuckDB; every value bound as a parameter, identifiers
+only from the contracts), portable SQL — joins, group-bys, window-free aggregates — so a
+distributed engine could run the same steps partitioned by county. Conventions (shared with the
+warning rules and the synthetic district's planted households, `safetynet.synth.plant`):
+
+* windows count back from the snapshot date D: the 12 months are the calendar months before D
+  (D = 2026-11-01 → 2025-11 … 2026-10); "last 3" are the newest three of them, "previous 9"
+  the rest; dated facts count when on/after D − 12 months and before D;
+* income of a person = average monthly wage over the 12 months (all employers) + average
+  pension + unemployment benefit being drawn (领取中); assistance payments are not income;
+* a household is the registration household (户号); per capita = divided by its living
+  (正常) members; a roster case may span households and is kept as `case_member`;
+* an active case is 在保 or 渐退期; a recipient is on an active 低保 or 特困 case.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from safetynet.policy import Policy
+from safetynet.store import ObjectStore
+from schemas.registry import contracts
+
+log = logging.getLogger(__name__)
+
+#: source feed → the name its clean table has in the SQL steps
+SOURCES = {
+    "public_security.person": "person", "public_security.vehicle": "vehicle",
+    "human_resources.employment": "employment", "human_resources.unemployment": "unemployment",
+    "human_resources.pension": "pension", "medical_insurance.claim": "claim",
+    "medical_insurance.enrollment": "enrollment", "housing.property": "property",
+    "housing.housing_aid": "housing_aid", "housing.dangerous_house": "dangerous_house",
+    "civil_affairs.assistance_case": "assistance_case", "civil_affairs.assistance_payment": "assistance_payment",
+    "civil_affairs.income_check": "income_check", "disabled_persons_federation.disability": "disability",
+}
+
+
+def months_before(snapshot: dt.date, n: int = 12) -> list[str]:
+    """The n calendar months before the snapshot date's month, oldest first ('YYYY-MM')."""
+    y, m = snapshot.year, snapshot.month
+    out = []
+    for _ in range(n):
+        m -= 1
+        if m == 0:
+            y, m = y - 1, 12
+        out.append(f"{y:04d}-{m:02d}")
+    return out[::-1]
+
+
+def add_months(d: dt.date, n: int) -> dt.date:
+    y, m = divmod(d.month - 1 + n, 12)
+    y += d.year
+    m += 1
+    last = [31, 29 if y % 4 == 0 and (y % 100 or y % 400 == 0) else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][m - 1]
+    return dt.date(y, m, min(d.day, last))
+
+
+def parameters(snapshot: dt.date, pol: Policy) -> dict:
+    """Every value the steps bind, from the snapshot date and the policy file."""
+    t = pol.thresholds
+    months = months_before(snapshot)
+    return {
+        "snapshot": snapshot,
+        "win12": add_months(snapshot, -12),
+        "months12": months, "last3": months[-3:], "prev9": months[:-3],
+        "wa_min": t.working_age_min, "wa_max": t.working_age_max,
+        "serious_prefixes": list(pol.diagnoses.serious_illness_prefixes),
+        "serious_since": add_months(snapshot, -t.serious_illness_lookback_months),
+        "vehicle_exempt": list(t.recipient_vehicle_exempt_types),
+        "severe_grades": list(t.severe_disability_grades),
+        "urban_dibao": pol.standards.urban_dibao, "rural_dibao": pol.standards.rural_dibao,
+        "low_income_multiple": pol.standards.low_income_multiple,
+    }
+
+
+#: (step name, SQL, the parameters it binds). Steps are views except the two published tables.
+STEPS: list[tuple[str, str]] = [
+    ("person_base", """
+        SELECT id_no, name, gender, birth_date,
+               CAST(date_diff('year', birth_date, $snapshot::DATE)
+                    - CASE WHEN strftime(birth_date, '%m-%d') > strftime($snapshot::DATE, '%m-%d') THEN 1 ELSE 0 END
+                    AS INTEGER) AS age,
+               household_no, relation_to_head, region_code, substr(region_code, 1, 9) AS street_code,
+               substr(region_code, 1, 6) AS county_code, hukou_type, status, status_date,
+               status = '正常' AS alive
+        FROM person"""),
+    ("wage_person", """
+        SELECT id_no,
+               CAST(count(DISTINCT month) AS INTEGER) AS wage_months_12m,
+               CAST(sum(wage) / 12 AS DECIMAL(14,2)) AS wage_12m_avg,
+               CAST(coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0) / 3 AS DECIMAL(14,2)) AS wage_last3_avg,
+               CAST(coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0) / 9 AS DECIMAL(14,2)) AS wage_prev9_avg,
+               max(month) AS last_wage_month,
+               arg_max(employer_name, month) AS employer_name
+        FROM employment WHERE list_contains($months12, month) GROUP BY id_no"""),
+    ("pension_person", """
+        SELECT id_no, CAST(avg(amount) AS DECIMAL(14,2)) AS pension_monthly, arg_max(scheme, month) AS pension_scheme
+        FROM pension WHERE list_contains($months12, month) GROUP BY id_no"""),
+    ("unemployment_person", """
+        SELECT id_no, arg_max(status, registered_date) AS unemployment_status,
+               max(registered_date) AS unemployment_registered_date,
+               CAST(coalesce(sum(benefit_monthly) FILTER (WHERE status = '领取中'), 0) AS DECIMAL(14,2)) AS unemployment_benefit
+        FROM unemployment GROUP BY id_no"""),
+    ("claim_person", """
+        SELECT id_no, CAST(count(*) AS INTEGER) AS claims_12m,
+               CAST(sum(total_amount) AS DECIMAL(14,2)) AS medical_total_12m,
+               CAST(sum(out_of_pocket) AS DECIMAL(14,2)) AS oop_12m
+        FROM claim WHERE settle_date >= $win12::DATE AND settle_date < $snapshot::DATE GROUP BY id_no"""),
+    ("serious_person", """
+        SELECT id_no, max(settle_date) AS serious_illness_date,
+               arg_max(diagnosis_code, settle_date) AS serious_illness_code,
+               arg_max(diagnosis_name, settle_date) AS serious_illness_name
+        FROM claim
+        WHERE settle_date >= $serious_since::DATE AND settle_date < $snapshot::DATE
+          AND (coalesce(serious_illness, false)
+               OR len(list_filter($serious_prefixes, lambda p: starts_with(diagnosis_code, p))) > 0)
+        GROUP BY id_no"""),
+    ("vehicle_person", """
+        SELECT owner_id_no AS id_no, CAST(count(*) AS INTEGER) AS vehicles_active,
+               CAST(count(*) FILTER (WHERE NOT list_contains($vehicle_exempt, vehicle_type)) AS INTEGER) AS vehicles_non_exempt,
+               list(vehicle_type ORDER BY plate_no) AS vehicle_types
+        FROM vehicle WHERE status = '正常' GROUP BY owner_id_no"""),
+    ("property_person", """
+        SELECT owner_id_no AS id_no,
+               CAST(count(DISTINCT property_id) FILTER (WHERE usage = '住宅') AS INTEGER) AS residences,
+               CAST(count(DISTINCT property_id) FILTER (WHERE usage <> '住宅') AS INTEGER) AS properties_other
+        FROM property WHERE status = '现势' GROUP BY owner_id_no"""),
+    ("disability_person", """
+        SELECT id_no, category AS disability_category, grade AS disability_grade, subsidies AS disability_subsidies
+        FROM disability"""),
+    ("enrollment_person", """
+        SELECT id_no, arg_max(scheme, month) AS medical_scheme, arg_max(status, month) AS medical_status
+        FROM enrollment GROUP BY id_no"""),
+    ("case_member", """
+        SELECT c.case_no, c.category, c.status AS case_status, c.urban_rural, c.region_code AS case_region_code,
+               c.monthly_amount, c.start_date, c.end_date, c.applicant_id_no,
+               m.id_no, m.relation, c.status IN ('在保', '渐退期') AS active
+        FROM assistance_case c, unnest(c.members) AS u(m)"""),
+    ("programme_person", """
+        SELECT id_no,
+               list(struct_pack(case_no := case_no, category := category, status := case_status,
+                                start_date := start_date, end_date := end_date) ORDER BY start_date, case_no) AS programmes,
+               CAST(count(DISTINCT case_no) FILTER (WHERE active) AS INTEGER) AS active_cases,
+               list_sort(list_distinct(list(category) FILTER (WHERE active))) AS active_categories
+        FROM case_member GROUP BY id_no"""),
+    ("monitoring_person", """
+        SELECT $snapshot::DATE AS snapshot_date, b.*,
+               b.alive AND b.age BETWEEN $wa_min AND $wa_max AS working_age,
+               coalesce(w.wage_months_12m, 0) AS wage_months_12m,
+               coalesce(w.wage_12m_avg, 0)::DECIMAL(14,2) AS wage_12m_avg,
+               coalesce(w.wage_last3_avg, 0)::DECIMAL(14,2) AS wage_last3_avg,
+               coalesce(w.wage_prev9_avg, 0)::DECIMAL(14,2) AS wage_prev9_avg,
+               w.last_wage_month, w.employer_name,
+               coalesce(p.pension_monthly, 0)::DECIMAL(14,2) AS pension_monthly, p.pension_scheme,
+               u.unemployment_status, u.unemployment_registered_date,
+               coalesce(u.unemployment_benefit, 0)::DECIMAL(14,2) AS unemployment_benefit,
+               (coalesce(w.wage_12m_avg, 0) + coalesce(p.pension_monthly, 0)
+                + coalesce(u.unemployment_benefit, 0))::DECIMAL(14,2) AS income_monthly,
+               coalesce(c.claims_12m, 0) AS claims_12m,
+               coalesce(c.medical_total_12m, 0)::DECIMAL(14,2) AS medical_total_12m,
+               coalesce(c.oop_12m, 0)::DECIMAL(14,2) AS oop_12m,
+               s.id_no IS NOT NULL AS serious_illness, s.serious_illness_date, s.serious_illness_code,
+               s.serious_illness_name,
+               coalesce(v.vehicles_active, 0) AS vehicles_active,
+               coalesce(v.vehicles_non_exempt, 0) AS vehicles_non_exempt, v.vehicle_types,
+               coalesce(r.residences, 0) AS residences, coalesce(r.properties_other, 0) AS properties_other,
+               d.disability_category, d.disability_grade, d.disability_subsidies,
+               coalesce(list_contains($severe_grades, d.disability_grade), false) AS severe_disability,
+               e.medical_scheme, e.medical_status,
+               g.programmes, coalesce(g.active_cases, 0) AS active_cases, g.active_categories
+        FROM person_base b
+        LEFT JOIN wage_person w USING (id_no) LEFT JOIN pension_person p USING (id_no)
+        LEFT JOIN unemployment_person u USING (id_no) LEFT JOIN claim_person c USING (id_no)
+        LEFT JOIN serious_person s USING (id_no) LEFT JOIN vehicle_person v USING (id_no)
+        LEFT JOIN property_person r USING (id_no) LEFT JOIN disability_person d USING (id_no)
+        LEFT JOIN enrollment_person e USING (id_no) LEFT JOIN programme_person g USING (id_no)"""),
+    ("household_cases", """
+        SELECT b.household_no,
+               list_sort(list_distinct(list(cm.case_no) FILTER (WHERE cm.active))) AS active_case_nos,
+               list_sort(list_distinct(list(cm.category) FILTER (WHERE cm.active))) AS active_categories
+        FROM case_member cm JOIN person_base b USING (id_no) GROUP BY b.household_no"""),
+    ("monitoring_household", """
+        WITH h AS (
+            SELECT household_no,
+                   coalesce(min(region_code) FILTER (WHERE relation_to_head = '户主'), min(region_code)) AS region_code,
+                   coalesce(min(hukou_type) FILTER (WHERE relation_to_head = '户主'), min(hukou_type)) AS hukou_type,
+                   CAST(count(*) AS INTEGER) AS members_total,
+                   CAST(count(*) FILTER (WHERE alive) AS INTEGER) AS members_alive,
+                   CAST(count(*) FILTER (WHERE working_age) AS INTEGER) AS working_age_members,
+                   CAST(count(*) FILTER (WHERE alive AND wage_months_12m > 0) AS INTEGER) AS earners,
+                   CAST(count(*) FILTER (WHERE status = '死亡' AND status_date >= $win12::DATE) AS INTEGER) AS deceased_12m,
+                   sum(income_monthly) FILTER (WHERE alive)::DECIMAL(14,2) AS income_monthly,
+                   sum(wage_last3_avg)::DECIMAL(14,2) AS wage_last3_avg,
+                   sum(wage_prev9_avg)::DECIMAL(14,2) AS wage_prev9_avg,
+                   sum(oop_12m)::DECIMAL(14,2) AS oop_12m,
+                   sum(medical_total_12m)::DECIMAL(14,2) AS medical_total_12m,
+                   CAST(count(*) FILTER (WHERE serious_illness) AS INTEGER) AS serious_ill_members,
+                   CAST(count(*) FILTER (WHERE severe_disability AND alive) AS INTEGER) AS severe_disabled_members,
+                   CAST(count(*) FILTER (WHERE unemployment_status IN ('登记', '领取中')) AS INTEGER) AS unemployed_members,
+                   CAST(sum(vehicles_non_exempt) AS INTEGER) AS vehicles_non_exempt,
+                   CAST(sum(residences) AS INTEGER) AS residences
+            FROM monitoring_person GROUP BY household_no)
+        SELECT $snapshot::DATE AS snapshot_date, h.household_no, h.region_code, substr(h.region_code, 1, 9) AS street_code,
+               substr(h.region_code, 1, 6) AS county_code, h.hukou_type,
+               h.members_total, h.members_alive, h.working_age_members, h.earners, h.deceased_12m,
+               h.income_monthly,
+               CASE WHEN h.members_alive > 0 THEN (h.income_monthly / h.members_alive)::DECIMAL(14,2) END AS income_per_capita,
+               h.wage_last3_avg, h.wage_prev9_avg, h.oop_12m, h.medical_total_12m,
+               h.serious_ill_members, h.severe_disabled_members, h.unemployed_members,
+               h.vehicles_non_exempt, h.residences,
+               dh.rating AS dangerous_house_rating, dh.assessed_date AS dangerous_house_assessed_date,
+               dh.renovated AS dangerous_house_renovated,
+               coalesce(hc.active_case_nos, []) AS active_case_nos,
+               coalesce(hc.active_categories, []) AS active_categories,
+               (CASE WHEN h.hukou_type = '城镇' THEN $urban_dibao ELSE $rural_dibao END)::DECIMAL(14,2) AS dibao_standard,
+               (CASE WHEN h.hukou_type = '城镇' THEN $urban_dibao ELSE $rural_dibao END
+                * $low_income_multiple)::DECIMAL(14,2) AS low_income_line
+        FROM h LEFT JOIN dangerous_house dh USING (household_no)
+        LEFT JOIN household_cases hc USING (household_no)"""),
+]
+
+#: the steps whose result is published, and their sort keys (deterministic bytes)
+PUBLISHED = {"monitoring_person": ("household_no", "id_no"), "monitoring_household": ("household_no",)}
+
+
+@dataclass
+class Build:
+    snapshot_date: dt.date
+    person: pa.Table
+    household: pa.Table
+    con: duckdb.DuckDBPyConnection
+    params: dict
+
+
+def register_clean(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> dict[str, str]:
+    """Register every feed's `clean/` table under its step name; returns feed → clean watermark source."""
+    from safetynet.clean import clean_path
+
+    seen = {}
+    for fid, name in SOURCES.items():
+        c = contracts()[fid]
+        path = clean_path(c)
+        if store.exists(path):
+            con.register(name, store.read_parquet(path))
+            seen[fid] = path
+        else:  # a feed with no data yet: an empty table of the right schema, and the caller is told
+            con.register(name, c.arrow_schema().empty_table())
+    return seen
+
+
+def build(con: duckdb.DuckDBPyConnection, snapshot: dt.date, pol: Policy) -> Build:
+    """Run every step for the snapshot date; the clean tables must be registered on `con`."""
+    params = parameters(snapshot, pol)
+    out: dict[str, pa.Table] = {}
+    for name, sql in STEPS:
+        used = {k: v for k, v in params.items() if f"${k}" in sql}
+        log.debug("monitoring step %s", name, extra={"event": "sql_step", "step": name, "sql": sql})
+        if name in PUBLISHED:  # sorted, so the published bytes are the same on every run
+            sql = f"SELECT * FROM ({sql}) ORDER BY {', '.join(PUBLISHED[name])}"
+        t = con.sql(sql, params=used).to_arrow_table()
+        if name in PUBLISHED:
+            out[name] = t
+        con.register(name, t)
+    return Build(snapshot, out["monitoring_person"], out["monitoring_household"], con, params)
