@@ -220,6 +220,14 @@ def _money_variant(s: str, kind: str) -> str | None:
     raise KeyError(kind)
 
 
+#: rule → (field kind, a value of that kind no parser accepts)
+_UNPARSEABLE = {
+    "date_format": ("date", "2026-02-30"), "datetime_format": ("datetime", "2026-13-01 10:00:00"),
+    "month_format": ("month", "2026-13"), "money_format": ("money", "约500元"), "decimal_format": ("decimal", "一半"),
+    "int_format": ("int", "二级"), "bool_format": ("bool", "不详"),
+}
+
+
 def _breaker(c: Contract, rule: str, rec: dict, rng: np.random.Generator) -> dict:
     """A copy of `rec` breaking exactly `rule` (first failing field in contract order)."""
     r = dict(rec)
@@ -242,33 +250,13 @@ def _breaker(c: Contract, rule: str, rec: dict, rng: np.random.Generator) -> dic
             r[f.name] = s17 + idno.check_char(s17)
         else:
             r[f.name] = s[:17] + idno.CHECK[(idno.CHECK.index(s[17]) + 1) % 11]
-    elif rule == "region_code_format":
-        f = pick(lambda f: f.kind == "region_code")
+    elif rule in ("region_code_format", "credit_code_format"):  # a code cut short
+        f = pick(lambda f, k=rule.removesuffix("_format"): f.kind == k)
         r[f.name] = rec[f.name][:10]
-    elif rule == "credit_code_format":
-        f = pick(lambda f: f.kind == "credit_code")
-        r[f.name] = rec[f.name][:10]
-    elif rule == "date_format":
-        f = pick(lambda f: f.kind == "date")
-        r[f.name] = "2026-02-30"
-    elif rule == "datetime_format":
-        f = pick(lambda f: f.kind == "datetime")
-        r[f.name] = "2026-13-01 10:00:00"
-    elif rule == "month_format":
-        f = pick(lambda f: f.kind == "month")
-        r[f.name] = "2026-13"
-    elif rule == "money_format":
-        f = pick(lambda f: f.kind == "money")
-        r[f.name] = "约500元"
-    elif rule == "decimal_format":
-        f = pick(lambda f: f.kind == "decimal")
-        r[f.name] = "一半"
-    elif rule == "int_format":
-        f = pick(lambda f: f.kind == "int")
-        r[f.name] = "二级"
-    elif rule == "bool_format":
-        f = pick(lambda f: f.kind == "bool")
-        r[f.name] = "不详"
+    elif rule in _UNPARSEABLE:
+        kind, bad = _UNPARSEABLE[rule]
+        f = pick(lambda f, k=kind: f.kind == k)
+        r[f.name] = bad
     elif rule == "enum_value":
         f = pick(lambda f: f.kind in ("enum", "urban_rural"))
         r[f.name] = _BAD_ENUM.get(f.name, "未知")
