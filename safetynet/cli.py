@@ -7,6 +7,7 @@ one actionable line; `--debug` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import contextlib
 import json
 import logging
@@ -289,12 +290,120 @@ def cmd_demo(args: argparse.Namespace) -> int:
         t2 = time.perf_counter()
         report, cleaned = run_ingest(s, store)
         con.print(f"ingested and cleaned in {time.perf_counter() - t2:.1f}s")
+        ok = print_summary(report, cleaned, em.expected)
+        con.print(f"clean datasets: {store.url}/clean/   quarantine: {store.url}/quarantine/")
+        t3 = time.perf_counter()
+        res = run_build(s, store, d.as_of)
+        con.print(f"quality gate, monitoring build, warnings and publish in {time.perf_counter() - t3:.1f}s"
+                  + (f"; {res.kafka_published:,} warnings produced to hub.warnings.v1" if res.kafka_published else ""))
     finally:
         if broker:
             broker.stop()
-    ok = print_summary(report, cleaned, em.expected)
-    con.print(f"clean datasets: {store.url}/clean/   quarantine: {store.url}/quarantine/")
+    print_warnings(res, con)
+    from safetynet import export
+
+    out = Path(s.work_dir) / f"warnings-{d.as_of}.xlsx"
+    export.write(_published_warnings(store, d.as_of), out)
+    con.print(f"published snapshot {d.as_of}: {res.persons:,} persons, {res.households:,} households, "
+              f"{res.warnings.num_rows:,} warnings; manifest {store.url}/_catalog/snapshots/{d.as_of}.json")
+    if res.docs or getattr(res.quality, "ok", None) is not None:
+        con.print(f"data quality: {'passed' if res.quality.ok else 'FAILED'}; Data Docs {store.url}/docs/quality/")
+    con.print(f"warning list (Excel, masked IDs): {out}")
     return 0 if ok else 1
+
+
+def _published_warnings(store, snapshot_date):
+    from safetynet import snapshot
+
+    return snapshot.read(store, "warnings", snapshot_date, identified=True)  # masked on export
+
+
+def _date(v: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {v!r}") from None
+
+
+def run_build(settings, store, snapshot_date: dt.date, policy_file: str | None = None):
+    """Quality gate, build, warnings and publish from clean/ (shared by `run` and `demo`)."""
+    from safetynet import pipeline
+
+    pol = pipeline.load_policy(pipeline.county_of(store), snapshot_date, policy_file)
+    return pipeline.build_snapshot(settings, store, snapshot_date, pol, gate=_quality_gate(store))
+
+
+def _quality_gate(store):
+    try:
+        from quality import gx
+    except ImportError:  # the GX gate is optional only while quality/gx.py does not exist
+        return None
+
+    def gate(clean_tables, outputs):
+        report = gx.validate(clean_tables, outputs=outputs)
+        gx.build_docs(report, store)
+        return report
+
+    return gate
+
+
+def print_warnings(res, con) -> None:
+    """Counts by rule and by street, and the top of the ranked list (masked)."""
+    import pyarrow.compute as pc
+    from rich.table import Table
+
+    from quality.rules import RULES
+    from safetynet import snapshot
+    from safetynet.synth.district import region_tree
+
+    w = res.warnings
+    titles = {r.id: (r.title_zh, r.severity) for r in RULES}
+    t = Table(title=f"预警汇总 Warnings {res.snapshot_date} (policy {res.policy_version})")
+    for col in ("rule", "规则", "级别", "warnings"):
+        t.add_column(col, justify="right" if col == "warnings" else "left")
+    counts = dict(snapshot.count_by(w, "rule_id")) if w.num_rows else {}
+    for r in RULES:
+        t.add_row(r.id, titles[r.id][0], titles[r.id][1], f"{counts.get(r.id, 0):,}")
+    t.add_row("[bold]total[/bold]", "", "", f"{w.num_rows:,}")
+    con.print(t)
+    rt = region_tree().table()  # names of the demo county's streets (blank for others)
+    streets = dict(zip(rt["street_code"].to_pylist(), rt["street_name"].to_pylist(), strict=True))
+    t2 = Table(title="按街道 by street")
+    for col in ("street", "街道", "warnings", "households"):
+        t2.add_column(col, justify="right" if col in ("warnings", "households") else "left")
+    for code, n in sorted(snapshot.count_by(w, "street_code")):
+        hh = len(set(w.filter(pc.equal(w["street_code"], code))["household_no"].to_pylist()))
+        t2.add_row(code, streets.get(code, ""), f"{n:,}", f"{hh:,}")
+    con.print(t2)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from safetynet.store import open_store
+
+    s = _settings(args)
+    store = open_store(s)
+    con = _console()
+    report, cleaned = run_ingest(s, store, kafka=bool(s.kafka_bootstrap) and not args.no_kafka)
+    ok = print_summary(report, cleaned)
+    res = run_build(s, store, args.snapshot_date, args.policy)
+    print_warnings(res, con)
+    con.print(f"published snapshot {args.snapshot_date}: {res.persons:,} persons, {res.households:,} households, "
+              f"{res.warnings.num_rows:,} warnings → {store.url}/_catalog/snapshots/{args.snapshot_date}.json"
+              + (f"; {res.kafka_published:,} warnings produced to hub.warnings.v1" if res.kafka_published else ""))
+    return 0 if ok else 1
+
+
+def cmd_warnings(args: argparse.Namespace) -> int:
+    from safetynet import export, snapshot
+    from safetynet.store import open_store
+
+    s = _settings(args)
+    store = open_store(s)
+    w = snapshot.read(store, "warnings", args.snapshot_date, identified=True)  # masked on export
+    n = export.write(w, Path(args.out))
+    _console().print(f"wrote {n:,} warnings of snapshot {w['snapshot_date'][0] if n else args.snapshot_date} "
+                     f"to {args.out}")
+    return 0
 
 
 # ---- entry point ------------------------------------------------------------------------------
@@ -329,6 +438,21 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=True,
                             help="start from an empty local store (default: yes)")
         sp.set_defaults(func=fn)
+
+    sp = sub.add_parser("run", help="ingest, clean, quality gate, build, warnings and publish one snapshot")
+    store_opts(sp)
+    sp.add_argument("--snapshot-date", type=_date, required=True, help="YYYY-MM-DD: facts before this day")
+    sp.add_argument("--policy", help="policy file (default: quality/policy/<county>-<year>.toml)")
+    sp.add_argument("--no-kafka", action="store_true", help="file drops only")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("warnings", help="published warnings")
+    wsub = sp.add_subparsers(dest="action", required=True)
+    we = wsub.add_parser("export", help="export a snapshot's warnings to .csv (UTF-8 with BOM) or .xlsx")
+    store_opts(we)
+    we.add_argument("--snapshot-date", type=_date, help="default: the latest published snapshot")
+    we.add_argument("--out", required=True, help="file ending .csv or .xlsx")
+    we.set_defaults(func=cmd_warnings)
 
     sp = sub.add_parser("policy", help="policy parameters per region and year (quality/policy/)")
     psub = sp.add_subparsers(dest="action", required=True)
@@ -378,5 +502,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The console script: exit without interpreter teardown, where DuckDB's bindings print
+    spurious leak warnings; logs and output are flushed first."""
+    import os
+
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         10_000, ge=0, description="Kafka batches of at least this many records are validated and written by a "
         "separate writer process while the next batch is fetched (0: always; a large number: never)")
 
+    # --- monitoring build -------------------------------------------------------------------
+    duckdb_memory_limit: str = Field("4GB", description="Memory cap of the DuckDB build; beyond it DuckDB spills to disk")
+
     # --- misc -----------------------------------------------------------------------------
     work_dir: Path = Field(Path("./var"), description="Local scratch: embedded broker data, temp files")
     pseudonym_secret: SecretStr = Field(SecretStr("dev-only-change-me"),

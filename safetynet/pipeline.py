@@ -1,0 +1,121 @@
+"""The whole run for one snapshot date: ingest → clean → quality gate → build → warnings → publish.
+
+The CLI (`safetynet run`) and the Airflow tasks call these same functions. Each step is
+idempotent for a snapshot date: a re-run rewrites identical bytes and the same warning ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from safetynet import monitoring, normalise, policy, snapshot, warnings
+from safetynet.settings import Settings
+from safetynet.store import ObjectStore
+from schemas.registry import contracts
+
+log = logging.getLogger(__name__)
+
+WARNINGS_TOPIC = "hub.warnings.v1"
+
+
+class QualityGateFailed(RuntimeError):
+    """A critical expectation failed: the snapshot is not published."""
+
+    def __init__(self, message: str, report: object):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class RunResult:
+    snapshot_date: dt.date
+    policy_version: str
+    persons: int = 0
+    households: int = 0
+    warnings: pa.Table | None = None
+    manifest: dict = field(default_factory=dict)
+    quality: object | None = None
+    ingest: object | None = None
+    kafka_published: int = 0
+    docs: list[str] = field(default_factory=list)
+
+
+def load_policy(county: str, snapshot: dt.date, policy_file: str | Path | None) -> policy.Policy:
+    """The policy file given, or the shipped one for the county and the snapshot's year."""
+    if policy_file:
+        return policy.load(policy_file)
+    return policy.for_region(county, snapshot.year)
+
+
+def county_of(store: ObjectStore) -> str:
+    """The county the clean register covers (the first 6 digits of its region codes)."""
+    from safetynet.clean import clean_path
+
+    c = contracts()["public_security.person"]
+    if not store.exists(clean_path(c)):
+        raise ValueError("no clean person register (public_security.person) yet: ingest it first")
+    codes = store.read_parquet(clean_path(c)).column("region_code")
+    counties = sorted({v[:6] for v in codes.to_pylist() if v})
+    if len(counties) != 1:
+        raise ValueError(f"the register spans counties {counties}: give --policy for the one to build, "
+                         "or run per county")
+    return counties[0]
+
+
+def inputs_of(store: ObjectStore) -> dict:
+    """Per feed: contract version, clean row count and watermarks (from the clean manifests)."""
+    out = {}
+    for fid, c in contracts().items():
+        try:
+            m = json.loads(store.read_bytes(f"_catalog/clean/{c.prefix}.json"))
+            out[fid] = {"contract_version": c.version, "rows": m["counts"]["rows"], "watermarks": m["watermarks"]}
+        except FileNotFoundError:
+            out[fid] = {"contract_version": c.version, "rows": 0, "watermarks": None, "missing": True}
+    return out
+
+
+def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.date, pol: policy.Policy,
+                   gate: Callable[[dict[str, pa.Table], dict[str, pa.Table]], object] | None = None,
+                   publish_kafka: bool = True) -> RunResult:
+    """From `clean/`: quality gate, monitoring build, warnings, publish (+ Kafka)."""
+    res = RunResult(snapshot_date, pol.version)
+    con = normalise.connect(memory_limit=settings.duckdb_memory_limit)
+    try:
+        monitoring.register_clean(con, store)
+        clean_tables = {fid: con.table(name).to_arrow_table() for fid, name in monitoring.SOURCES.items()}
+        b = monitoring.build(con, snapshot_date, pol)
+        w = warnings.evaluate(b, pol)
+        outputs = {"monitoring/person": b.person, "monitoring/household": b.household, "warnings": w}
+        if gate is not None:
+            res.quality = gate(clean_tables, outputs)
+            if not getattr(res.quality, "ok", True):
+                raise QualityGateFailed(f"quality gate failed for snapshot {snapshot_date}: not published\n"
+                                        + getattr(res.quality, "summary", lambda: "")(), res.quality)
+        ps = snapshot.Pseudonymiser(settings.pseudonym_secret.get_secret_value().encode())
+        quality = res.quality.as_dict() if hasattr(res.quality, "as_dict") else {}
+        res.manifest = snapshot.publish(store, snapshot_date, outputs, ps, policy_version=pol.version,
+                                        inputs=inputs_of(store), quality=quality)
+        res.persons, res.households, res.warnings = b.person.num_rows, b.household.num_rows, w
+        if publish_kafka and settings.kafka_bootstrap:
+            res.kafka_published = produce_warnings(settings, snapshot.pseudonymise_warnings(w, ps))
+    finally:
+        con.close()
+    return res
+
+
+def produce_warnings(settings: Settings, w: pa.Table) -> int:
+    """Warnings to `hub.warnings.v1`, keyed by warning_id (pseudonymised; a replay adds no new key)."""
+    from safetynet.broker import ensure_topics
+    from safetynet.publish import publish
+
+    ensure_topics(settings.kafka_bootstrap, [WARNINGS_TOPIC])
+    msgs = [(r["warning_id"].encode(), json.dumps(r, ensure_ascii=False, default=str, sort_keys=True).encode())
+            for r in w.to_pylist()]
+    return publish(settings.kafka_bootstrap, WARNINGS_TOPIC, msgs)
