@@ -75,31 +75,27 @@ RULES: tuple[Rule, ...] = (
         WHERE h.oop >= $medical_burden_oop_12m OR h.oop >= $medical_burden_income_share * coalesce(h.income12, 0)
         GROUP BY h.household_no"""),
     Rule("income_drop", 1, "家庭收入骤降", "S2", "forward", ("income_drop_ratio",), f"""
-        WITH e AS (SELECT pb.household_no, em.month, sum(em.wage) AS wage
-                   FROM employment em JOIN person_base pb USING (id_no)
-                   WHERE list_contains($months12, em.month) GROUP BY pb.household_no, em.month),
-             h AS (SELECT household_no,
-                          coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0) / 3 AS last3,
-                          coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0) / 9 AS prev9
-                   FROM e GROUP BY household_no)
         SELECT h.household_no, NULL AS subject_id_no,
-               list({_fact('human_resources.employment', 'e.month', 'NULL', 'household_wage', 'round(e.wage, 2)', "e.month || '-01'")}
-                    ORDER BY e.month) AS facts,
+               list({_fact('human_resources.employment', "'last3'", 'mp.id_no', 'wage_last3_total', 'mp.wage_last3_total', '$snapshot')}
+                    ORDER BY mp.id_no)
+               || list({_fact('human_resources.employment', "'prev9'", 'mp.id_no', 'wage_prev9_total', 'mp.wage_prev9_total', '$snapshot')}
+                       ORDER BY mp.id_no) AS facts,
                printf('家庭工资收入由前9个月月均 %.2f 元降至近3个月月均 %.2f 元，降幅 %.0f%%（阈值 %.0f%%）',
-                      any_value(h.prev9), any_value(h.last3), (1 - any_value(h.last3) / any_value(h.prev9)) * 100,
+                      any_value(h.wage_prev9_avg), any_value(h.wage_last3_avg),
+                      (1 - 3 * any_value(h.wage_last3_total) / any_value(h.wage_prev9_total)) * 100,
                       $income_drop_ratio * 100) AS summary_zh,
-               (1 - any_value(h.last3) / any_value(h.prev9)) / $income_drop_ratio AS magnitude
-        FROM h JOIN e USING (household_no)
-        WHERE h.prev9 > 0 AND h.last3 <= (1 - $income_drop_ratio) * h.prev9
+               (1 - 3 * any_value(h.wage_last3_total) / any_value(h.wage_prev9_total)) / $income_drop_ratio AS magnitude
+        FROM monitoring_household h JOIN monitoring_person mp USING (household_no)
+        WHERE h.wage_prev9_total > 0 AND 3 * h.wage_last3_total <= (1 - $income_drop_ratio) * h.wage_prev9_total
+          AND mp.wage_months_12m > 0
         GROUP BY h.household_no"""),
     Rule("unemployment", 1, "劳动年龄成员失业或断缴", "S2", "forward",
          ("unemployment_contribution_gap_months", "unemployment_min_history_months", "working_age_min",
           "working_age_max"), f"""
         WITH wa AS (SELECT * FROM person_base WHERE alive AND age BETWEEN $working_age_min AND $working_age_max),
-             stopped AS (SELECT wa.id_no, wa.household_no, max(em.month) AS last_month, count(DISTINCT em.month) AS n
-                         FROM wa JOIN employment em USING (id_no) WHERE list_contains($months12, em.month)
-                         GROUP BY wa.id_no, wa.household_no
-                         HAVING max(em.month) <= $gap_month AND count(DISTINCT em.month) >= $unemployment_min_history_months),
+             stopped AS (SELECT id_no, household_no, last_wage_month AS last_month FROM monitoring_person
+                         WHERE alive AND age BETWEEN $working_age_min AND $working_age_max
+                           AND last_wage_month <= $gap_month AND wage_months_12m >= $unemployment_min_history_months),
              reg AS (SELECT wa.id_no, wa.household_no, u.registered_date, u.status
                      FROM wa JOIN unemployment u USING (id_no) WHERE u.status IN ('登记', '领取中')),
              f AS (SELECT id_no, household_no,
@@ -123,17 +119,15 @@ RULES: tuple[Rule, ...] = (
         FROM f GROUP BY household_no, id_no"""),
     Rule("earner_death", 1, "劳动力成员死亡", "S1", "forward",
          ("earner_death_lookback_months", "working_age_min", "working_age_max"), f"""
-        SELECT pb.household_no, pb.id_no AS subject_id_no,
-               [{_fact('public_security.person', "'status'", 'pb.id_no', 'status', 'pb.status', 'pb.status_date')}]
-               || list({_fact('human_resources.employment', 'em.month', 'pb.id_no', 'wage', 'em.wage', "em.month || '-01'")}
-                       ORDER BY em.month) AS facts,
-               printf('有收入的劳动年龄成员（%d 岁）于 %s 死亡（回溯 %d 个月）', any_value(pb.age),
-                      strftime(any_value(pb.status_date), '%Y-%m-%d'), $earner_death_lookback_months) AS summary_zh,
+        SELECT mp.household_no, mp.id_no AS subject_id_no,
+               [{_fact('public_security.person', "'status'", 'mp.id_no', 'status', 'mp.status', 'mp.status_date')},
+                {_fact('human_resources.employment', 'mp.last_wage_month', 'mp.id_no', 'wage_12m_avg', 'mp.wage_12m_avg', "mp.last_wage_month || '-01'")}] AS facts,
+               printf('有收入的劳动年龄成员（%d 岁）于 %s 死亡（回溯 %d 个月）', mp.age,
+                      strftime(mp.status_date, '%Y-%m-%d'), $earner_death_lookback_months) AS summary_zh,
                1.0 AS magnitude
-        FROM person_base pb JOIN employment em USING (id_no)
-        WHERE pb.status = '死亡' AND pb.status_date >= $death_since::DATE
-          AND pb.age BETWEEN $working_age_min AND $working_age_max
-        GROUP BY pb.household_no, pb.id_no, pb.status, pb.status_date"""),
+        FROM monitoring_person mp
+        WHERE mp.status = '死亡' AND mp.status_date >= $death_since::DATE AND mp.wage_months_12m > 0
+          AND mp.age BETWEEN $working_age_min AND $working_age_max"""),
     Rule("serious_illness", 1, "低收入家庭成员患重特大疾病", "S2", "forward",
          ("serious_illness_lookback_months", "serious_illness_prefixes", "low_income_multiple"), f"""
         WITH s AS (SELECT pb.household_no, cl.* FROM claim cl JOIN person_base pb USING (id_no)
@@ -192,7 +186,7 @@ RULES: tuple[Rule, ...] = (
         GROUP BY ch.household_no"""),
     Rule("severe_disability", 1, "低收入家庭重度残疾", "S2", "forward", ("severe_disability_grades", "low_income_multiple"), f"""
         SELECT pb.household_no, d.id_no AS subject_id_no,
-               [{_fact('disabled_persons_federation.disability', 'd.id_no', 'd.id_no', 'grade', "d.category || ' ' || d.grade || '级'", 'd.issued_date')},
+               [{_fact('disabled_persons_federation.disability', "'certificate'", 'd.id_no', 'grade', "d.category || ' ' || d.grade || '级'", 'd.issued_date')},
                 {_HOUSEHOLD_INCOME}] AS facts,
                printf('成员持%s残疾 %d 级证，家庭人均月收入 %.2f 元（低收入线 %.2f 元）或属低保边缘/低收入家庭',
                       d.category, d.grade, coalesce(h.income_per_capita, 0), h.low_income_line) AS summary_zh,

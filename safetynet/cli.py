@@ -306,8 +306,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     export.write(_published_warnings(store, d.as_of), out)
     con.print(f"published snapshot {d.as_of}: {res.persons:,} persons, {res.households:,} households, "
               f"{res.warnings.num_rows:,} warnings; manifest {store.url}/_catalog/snapshots/{d.as_of}.json")
-    if res.docs or getattr(res.quality, "ok", None) is not None:
-        con.print(f"data quality: {'passed' if res.quality.ok else 'FAILED'}; Data Docs {store.url}/docs/quality/")
+    if res.quality is not None:
+        con.print(f"data quality: {res.quality.summary()}\nData Docs: {store.url}/docs/quality/ ({len(res.docs)} files)")
     con.print(f"warning list (Excel, masked IDs): {out}")
     return 0 if ok else 1
 
@@ -326,25 +326,15 @@ def _date(v: str) -> dt.date:
 
 
 def run_build(settings, store, snapshot_date: dt.date, policy_file: str | None = None):
-    """Quality gate, build, warnings and publish from clean/ (shared by `run` and `demo`)."""
+    """Build, warnings, quality gate and publish from clean/ (shared by `run` and `demo`)."""
     from safetynet import pipeline
 
     pol = pipeline.load_policy(pipeline.county_of(store), snapshot_date, policy_file)
-    return pipeline.build_snapshot(settings, store, snapshot_date, pol, gate=_quality_gate(store))
-
-
-def _quality_gate(store):
     try:
-        from quality import gx
-    except ImportError:  # the GX gate is optional only while quality/gx.py does not exist
-        return None
-
-    def gate(clean_tables, outputs):
-        report = gx.validate(clean_tables, outputs=outputs)
-        gx.build_docs(report, store)
-        return report
-
-    return gate
+        return pipeline.build_snapshot(settings, store, snapshot_date, pol)
+    except pipeline.QualityGateFailed as e:
+        _console().print(f"[red]{e}[/red]\nData Docs: {store.url}/docs/quality/")
+        raise
 
 
 def print_warnings(res, con) -> None:
@@ -386,6 +376,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     report, cleaned = run_ingest(s, store, kafka=bool(s.kafka_bootstrap) and not args.no_kafka)
     ok = print_summary(report, cleaned)
     res = run_build(s, store, args.snapshot_date, args.policy)
+    if res.quality is not None:
+        con.print(f"data quality: {res.quality.summary()}\nData Docs: {store.url}/docs/quality/ ({len(res.docs)} files)")
     print_warnings(res, con)
     con.print(f"published snapshot {args.snapshot_date}: {res.persons:,} persons, {res.households:,} households, "
               f"{res.warnings.num_rows:,} warnings → {store.url}/_catalog/snapshots/{args.snapshot_date}.json"

@@ -95,8 +95,8 @@ STEPS: list[tuple[str, str]] = [
         SELECT id_no,
                CAST(count(DISTINCT month) AS INTEGER) AS wage_months_12m,
                CAST(sum(wage) / 12 AS DECIMAL(14,2)) AS wage_12m_avg,
-               CAST(coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0) / 3 AS DECIMAL(14,2)) AS wage_last3_avg,
-               CAST(coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0) / 9 AS DECIMAL(14,2)) AS wage_prev9_avg,
+               coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0)::DECIMAL(16,2) AS wage_last3_total,
+               coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0)::DECIMAL(16,2) AS wage_prev9_total,
                max(month) AS last_wage_month,
                arg_max(employer_name, month) AS employer_name
         FROM employment WHERE list_contains($months12, month) GROUP BY id_no"""),
@@ -155,8 +155,10 @@ STEPS: list[tuple[str, str]] = [
                b.alive AND b.age BETWEEN $wa_min AND $wa_max AS working_age,
                coalesce(w.wage_months_12m, 0) AS wage_months_12m,
                coalesce(w.wage_12m_avg, 0)::DECIMAL(14,2) AS wage_12m_avg,
-               coalesce(w.wage_last3_avg, 0)::DECIMAL(14,2) AS wage_last3_avg,
-               coalesce(w.wage_prev9_avg, 0)::DECIMAL(14,2) AS wage_prev9_avg,
+               coalesce(w.wage_last3_total / 3, 0)::DECIMAL(14,2) AS wage_last3_avg,
+               coalesce(w.wage_prev9_total / 9, 0)::DECIMAL(14,2) AS wage_prev9_avg,
+               coalesce(w.wage_last3_total, 0)::DECIMAL(16,2) AS wage_last3_total,
+               coalesce(w.wage_prev9_total, 0)::DECIMAL(16,2) AS wage_prev9_total,
                w.last_wage_month, w.employer_name,
                coalesce(p.pension_monthly, 0)::DECIMAL(14,2) AS pension_monthly, p.pension_scheme,
                u.unemployment_status, u.unemployment_registered_date,
@@ -197,8 +199,8 @@ STEPS: list[tuple[str, str]] = [
                    CAST(count(*) FILTER (WHERE alive AND wage_months_12m > 0) AS INTEGER) AS earners,
                    CAST(count(*) FILTER (WHERE status = '死亡' AND status_date >= $win12::DATE) AS INTEGER) AS deceased_12m,
                    sum(income_monthly) FILTER (WHERE alive)::DECIMAL(14,2) AS income_monthly,
-                   sum(wage_last3_avg)::DECIMAL(14,2) AS wage_last3_avg,
-                   sum(wage_prev9_avg)::DECIMAL(14,2) AS wage_prev9_avg,
+                   sum(wage_last3_total)::DECIMAL(16,2) AS wage_last3_total,
+                   sum(wage_prev9_total)::DECIMAL(16,2) AS wage_prev9_total,
                    sum(oop_12m)::DECIMAL(14,2) AS oop_12m,
                    sum(medical_total_12m)::DECIMAL(14,2) AS medical_total_12m,
                    CAST(count(*) FILTER (WHERE serious_illness) AS INTEGER) AS serious_ill_members,
@@ -212,7 +214,8 @@ STEPS: list[tuple[str, str]] = [
                h.members_total, h.members_alive, h.working_age_members, h.earners, h.deceased_12m,
                h.income_monthly,
                CASE WHEN h.members_alive > 0 THEN (h.income_monthly / h.members_alive)::DECIMAL(14,2) END AS income_per_capita,
-               h.wage_last3_avg, h.wage_prev9_avg, h.oop_12m, h.medical_total_12m,
+               (h.wage_last3_total / 3)::DECIMAL(14,2) AS wage_last3_avg, (h.wage_prev9_total / 9)::DECIMAL(14,2) AS wage_prev9_avg,
+               h.wage_last3_total, h.wage_prev9_total, h.oop_12m, h.medical_total_12m,
                h.serious_ill_members, h.severe_disabled_members, h.unemployed_members,
                h.vehicles_non_exempt, h.residences,
                dh.rating AS dangerous_house_rating, dh.assessed_date AS dangerous_house_assessed_date,
@@ -240,15 +243,17 @@ class Build:
 
 
 def register_clean(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> dict[str, str]:
-    """Register every feed's `clean/` table under its step name; returns feed → clean watermark source."""
+    """Register every feed's `clean/` data under its step name (lazy pyarrow datasets: DuckDB reads
+    only the columns it needs, locally or from S3); returns feed → path of the feeds present."""
     from safetynet.clean import clean_path
 
     seen = {}
     for fid, name in SOURCES.items():
         c = contracts()[fid]
         path = clean_path(c)
-        if store.exists(path):
-            con.register(name, store.read_parquet(path))
+        data = store.dataset(path.rsplit("/", 1)[0] + "/", schema=c.arrow_schema()) if store.exists(path) else None
+        if data is not None:
+            con.register(name, data)
             seen[fid] = path
         else:  # a feed with no data yet: an empty table of the right schema, and the caller is told
             con.register(name, c.arrow_schema().empty_table())
@@ -256,7 +261,11 @@ def register_clean(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> dict[s
 
 
 def build(con: duckdb.DuckDBPyConnection, snapshot: dt.date, pol: Policy) -> Build:
-    """Run every step for the snapshot date; the clean tables must be registered on `con`."""
+    """Run every step for the snapshot date; the clean tables must be registered on `con`.
+
+    Each step becomes a DuckDB temporary table (it stays in DuckDB and spills to disk under the
+    connection's memory limit); the two published tables are also returned as Arrow, sorted.
+    """
     params = parameters(snapshot, pol)
     out: dict[str, pa.Table] = {}
     for name, sql in STEPS:
@@ -264,8 +273,7 @@ def build(con: duckdb.DuckDBPyConnection, snapshot: dt.date, pol: Policy) -> Bui
         log.debug("monitoring step %s", name, extra={"event": "sql_step", "step": name, "sql": sql})
         if name in PUBLISHED:  # sorted, so the published bytes are the same on every run
             sql = f"SELECT * FROM ({sql}) ORDER BY {', '.join(PUBLISHED[name])}"
-        t = con.sql(sql, params=used).to_arrow_table()
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", used)
         if name in PUBLISHED:
-            out[name] = t
-        con.register(name, t)
+            out[name] = con.sql(f"SELECT * FROM {name}").to_arrow_table()
     return Build(snapshot, out["monitoring_person"], out["monitoring_household"], con, params)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,22 +81,28 @@ def inputs_of(store: ObjectStore) -> dict:
 
 
 def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.date, pol: policy.Policy,
-                   gate: Callable[[dict[str, pa.Table], dict[str, pa.Table]], object] | None = None,
-                   publish_kafka: bool = True) -> RunResult:
-    """From `clean/`: quality gate, monitoring build, warnings, publish (+ Kafka)."""
+                   quality: bool = True, publish_kafka: bool = True) -> RunResult:
+    """From `clean/`: monitoring build, warnings, quality gate (GX, Data Docs), publish (+ Kafka).
+
+    The gate runs on the clean feeds and on the outputs before anything is published; a failed
+    critical expectation raises `QualityGateFailed` and leaves the snapshot unpublished (its
+    Data Docs are still written, so the report can be read).
+    """
     res = RunResult(snapshot_date, pol.version)
     con = normalise.connect(memory_limit=settings.duckdb_memory_limit)
     try:
         monitoring.register_clean(con, store)
-        clean_tables = {fid: con.table(name).to_arrow_table() for fid, name in monitoring.SOURCES.items()}
         b = monitoring.build(con, snapshot_date, pol)
         w = warnings.evaluate(b, pol)
         outputs = {"monitoring/person": b.person, "monitoring/household": b.household, "warnings": w}
-        if gate is not None:
-            res.quality = gate(clean_tables, outputs)
-            if not getattr(res.quality, "ok", True):
+        if quality:
+            from quality import gx
+
+            res.quality = gx.validate(store, snapshot_date, outputs=outputs, policy=pol)
+            res.docs = gx.build_docs(res.quality, store)
+            if not res.quality.ok:
                 raise QualityGateFailed(f"quality gate failed for snapshot {snapshot_date}: not published\n"
-                                        + getattr(res.quality, "summary", lambda: "")(), res.quality)
+                                        + res.quality.summary(), res.quality)
         ps = snapshot.Pseudonymiser(settings.pseudonym_secret.get_secret_value().encode())
         quality = res.quality.as_dict() if hasattr(res.quality, "as_dict") else {}
         res.manifest = snapshot.publish(store, snapshot_date, outputs, ps, policy_version=pol.version,

@@ -64,7 +64,10 @@ def pseudonymise_warnings(t: pa.Table, ps: Pseudonymiser) -> pa.Table:
     out = t.set_column(i, "subject_key", ps.column(t["subject_id_no"]))
     facts = []
     for row in t["facts"].to_pylist():
-        facts.append([{**f, "id_no": ps.key(f["id_no"])} for f in row or []])
+        # a record key that is the person's ID number (feeds keyed by id_no) is pseudonymised too
+        facts.append([{**f, "id_no": ps.key(f["id_no"]),
+                       "record_key": ps.key(f["record_key"]) if f["record_key"] and f["record_key"] == f["id_no"]
+                       else f["record_key"]} for f in row or []])
     j = out.schema.get_field_index("facts")
     return out.set_column(j, "facts", pa.array(facts, t.schema.field("facts").type))
 

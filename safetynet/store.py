@@ -8,6 +8,7 @@ exponential backoff on transient errors, so an S3 outage pauses the work instead
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -27,6 +28,9 @@ import pyarrow.parquet as pq
 from safetynet.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: errors that are the caller's, not the store's: never retried
+_TERMINAL_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EINVAL}
 T = TypeVar("T")
 
 #: Parquet writer options used everywhere, so that the same table always gives the same bytes.
@@ -117,9 +121,11 @@ class ObjectStore:
         for attempt in range(self.retries + 1):
             try:
                 return op()
-            except FileNotFoundError:
-                raise
-            except (OSError, ConnectionError, TimeoutError) as e:
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+                raise  # terminal: retrying cannot help
+            except OSError as e:  # includes ConnectionError and TimeoutError
+                if e.errno in _TERMINAL_ERRNOS:
+                    raise
                 if attempt == self.retries:
                     raise StoreError(f"store: {what} failed after {attempt + 1} attempts: {e}") from e
                 sleep = min(self.backoff_max_s, delay) * (0.5 + random.random() / 2)

@@ -1,0 +1,229 @@
+"""Benchmark: the hub's monitoring build + warning rules against one hand-written DuckDB query.
+
+For each size (default 1 M and 10 M persons) a synthetic district is generated and written as
+`clean/` Parquet to a scratch store; then, each in a fresh child process (so peak RSS is its
+own) and under the same DuckDB memory cap:
+  (a) the hub: `monitoring.build` (named SQL steps) + `warnings.evaluate` (15 declarative rules);
+  (b) a hand-written single DuckDB query computing the same household aggregates and rule flags.
+Both report which households each rule flags; the benchmark checks they agree. Prints seconds
+and peak memory; the last line is `ratio=<hub/hand-written>` (of the largest size).
+
+    .venv/bin/python bench/build.py [--persons 1000000 10000000] [--memory-limit 4GB]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing as mp
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SNAP = dt.date(2026, 11, 1)
+
+HAND = """
+WITH p AS (SELECT id_no, household_no, status, status_date,
+                  date_diff('year', birth_date, $snap::DATE)
+                  - CASE WHEN strftime(birth_date, '%m-%d') > strftime($snap::DATE, '%m-%d') THEN 1 ELSE 0 END AS age,
+                  region_code, hukou_type, relation_to_head FROM read_parquet($person)),
+emp AS (SELECT e.id_no, e.month, e.wage, p.household_no FROM read_parquet($employment) e JOIN p USING (id_no)
+        WHERE list_contains($months, e.month)),
+inc AS (SELECT id_no, sum(wage) / 12 AS w FROM emp GROUP BY id_no),
+pen AS (SELECT id_no, avg(amount) AS a FROM read_parquet($pension) WHERE list_contains($months, month) GROUP BY id_no),
+un AS (SELECT * FROM read_parquet($unemployment)),
+ben AS (SELECT id_no, sum(benefit_monthly) AS b FROM un WHERE status = '领取中' GROUP BY id_no),
+pi AS (SELECT p.*, coalesce(inc.w, 0) + coalesce(pen.a, 0) + coalesce(ben.b, 0) AS income
+       FROM p LEFT JOIN inc USING (id_no) LEFT JOIN pen USING (id_no) LEFT JOIN ben USING (id_no)),
+hh AS (SELECT household_no, coalesce(min(hukou_type) FILTER (WHERE relation_to_head = '户主'), min(hukou_type)) AS hukou,
+              count(*) FILTER (WHERE status = '正常') AS alive, sum(income) FILTER (WHERE status = '正常') AS income
+       FROM pi GROUP BY household_no),
+h AS (SELECT *, income / nullif(alive, 0) AS pc,
+             CASE WHEN hukou = '城镇' THEN $urban ELSE $rural END AS dibao FROM hh),
+cm AS (SELECT c.case_no, c.category, c.status, c.start_date, c.end_date, m.id_no, p.household_no,
+              c.status IN ('在保', '渐退期') AS active
+       FROM read_parquet($assistance_case) c, unnest(c.members) AS u(m) JOIN p ON p.id_no = m.id_no),
+edge AS (SELECT DISTINCT household_no FROM cm WHERE active AND category IN ('低保边缘', '低收入')),
+low AS (SELECT household_no FROM h WHERE pc < dibao * $multiple UNION SELECT household_no FROM edge),
+cl AS (SELECT c.*, p.household_no FROM read_parquet($claim) c JOIN p USING (id_no)
+       WHERE settle_date >= $win12::DATE AND settle_date < $snap::DATE),
+f_medical AS (SELECT cl.household_no FROM cl LEFT JOIN hh USING (household_no) GROUP BY cl.household_no
+              HAVING sum(out_of_pocket) >= $oop OR sum(out_of_pocket) >= $share * coalesce(
+                  (SELECT sum(income) FROM pi WHERE pi.household_no = cl.household_no), 0) * 12),
+hm AS (SELECT household_no, month, sum(wage) AS wage FROM emp GROUP BY household_no, month),
+f_drop AS (SELECT household_no FROM hm GROUP BY household_no
+           HAVING coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0) / 9 > 0
+              AND coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0) / 3
+                  <= (1 - $ratio) * coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0) / 9),
+wa AS (SELECT * FROM p WHERE status = '正常' AND age BETWEEN $wa_min AND $wa_max),
+f_unemp AS (SELECT household_no FROM emp JOIN wa USING (id_no, household_no) GROUP BY id_no, household_no
+            HAVING max(month) <= $gap_month AND count(DISTINCT month) >= $min_hist
+            UNION SELECT wa.household_no FROM un JOIN wa USING (id_no) WHERE un.status IN ('登记', '领取中')),
+f_death AS (SELECT DISTINCT p.household_no FROM p WHERE status = '死亡' AND status_date >= $death_since::DATE
+            AND age BETWEEN $wa_min AND $wa_max AND id_no IN (SELECT id_no FROM emp)),
+f_serious AS (SELECT DISTINCT c.household_no FROM read_parquet($claim) x JOIN p c USING (id_no)
+              WHERE x.settle_date >= $serious_since::DATE AND x.settle_date < $snap::DATE
+                AND (coalesce(x.serious_illness, false)
+                     OR len(list_filter($prefixes, lambda q: starts_with(x.diagnosis_code, q))) > 0)
+                AND c.household_no IN (SELECT household_no FROM low)),
+f_uncovered AS (SELECT household_no FROM h WHERE pc < dibao
+                AND household_no NOT IN (SELECT household_no FROM cm WHERE active)),
+f_house AS (SELECT household_no FROM read_parquet($dangerous_house) WHERE list_contains($ratings, rating)
+            AND NOT renovated AND assessed_date >= $house_since::DATE),
+f_temp AS (SELECT household_no FROM cm WHERE category = '临时救助' AND start_date >= $temp_since::DATE
+           GROUP BY household_no HAVING count(DISTINCT case_no) >= $temp_count),
+f_phase AS (SELECT DISTINCT household_no FROM cm WHERE case_no IN (SELECT case_no FROM cm WHERE status = '渐退期'
+            AND end_date >= $snap::DATE AND end_date <= $expiry::DATE)),
+f_disab AS (SELECT DISTINCT p.household_no FROM read_parquet($disability) d JOIN p USING (id_no)
+            WHERE list_contains($grades, d.grade) AND p.household_no IN (SELECT household_no FROM low)),
+recip AS (SELECT * FROM cm WHERE active AND category IN ('低保', '特困')),
+f_dead AS (SELECT DISTINCT household_no FROM cm WHERE case_no IN (
+           SELECT cm.case_no FROM cm JOIN p USING (id_no) WHERE cm.active AND p.status = '死亡')),
+f_car AS (SELECT DISTINCT household_no FROM recip WHERE case_no IN (
+          SELECT r.case_no FROM recip r JOIN read_parquet($vehicle) v ON v.owner_id_no = r.id_no
+          WHERE v.status = '正常' AND NOT list_contains($exempt, v.vehicle_type))),
+f_prop AS (SELECT DISTINCT household_no FROM recip WHERE case_no IN (
+           SELECT r.case_no FROM recip r JOIN read_parquet($property) x ON x.owner_id_no = r.id_no
+           WHERE x.usage = '住宅' AND x.status = '现势' GROUP BY r.case_no HAVING count(DISTINCT x.property_id) > $max_res)),
+f_rich AS (SELECT household_no FROM h WHERE household_no IN (SELECT household_no FROM recip) AND pc > dibao * $high),
+f_dup AS (SELECT DISTINCT p.household_no FROM cm JOIN p USING (id_no) WHERE cm.active
+          GROUP BY p.household_no, cm.id_no HAVING count(DISTINCT cm.case_no) > 1)
+SELECT 'medical_burden' AS rule, household_no FROM f_medical UNION ALL SELECT 'income_drop', household_no FROM f_drop
+UNION ALL SELECT 'unemployment', household_no FROM f_unemp UNION ALL SELECT 'earner_death', household_no FROM f_death
+UNION ALL SELECT 'serious_illness', household_no FROM f_serious UNION ALL SELECT 'uncovered_low_income', household_no FROM f_uncovered
+UNION ALL SELECT 'dangerous_house', household_no FROM f_house UNION ALL SELECT 'repeat_temporary_aid', household_no FROM f_temp
+UNION ALL SELECT 'phase_out_risk', household_no FROM f_phase UNION ALL SELECT 'severe_disability', household_no FROM f_disab
+UNION ALL SELECT 'deceased_recipient', household_no FROM f_dead UNION ALL SELECT 'recipient_vehicle', household_no FROM f_car
+UNION ALL SELECT 'recipient_property', household_no FROM f_prop UNION ALL SELECT 'recipient_high_income', household_no FROM f_rich
+UNION ALL SELECT 'duplicate_enrolment', household_no FROM f_dup
+"""
+
+
+def _rss() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _hub(root: str, memory_limit: str, q: mp.Queue) -> None:
+    from safetynet import monitoring, normalise, policy, warnings
+    from safetynet.settings import Settings
+    from safetynet.store import ObjectStore
+
+    store = ObjectStore.from_settings(Settings(store=root))
+    pol = policy.for_region("430103", 2026)
+    t0 = time.perf_counter()
+    con = normalise.connect(memory_limit=memory_limit)
+    monitoring.register_clean(con, store)
+    b = monitoring.build(con, SNAP, pol)
+    w = warnings.evaluate(b, pol)
+    secs = time.perf_counter() - t0
+    flags = sorted({(r["rule_id"], r["household_no"]) for r in w.select(["rule_id", "household_no"]).to_pylist()})
+    q.put({"seconds": secs, "peak_rss_mb": _rss(), "flags": flags, "households": b.household.num_rows,
+           "warnings": w.num_rows})
+
+
+def _hand(root: str, memory_limit: str, q: mp.Queue) -> None:
+    import duckdb
+
+    from safetynet import monitoring, policy
+    from safetynet.clean import clean_path
+    from safetynet.warnings import rule_parameters
+    from schemas.registry import contracts
+
+    pol = policy.for_region("430103", 2026)
+    t, p = pol.thresholds, monitoring.parameters(SNAP, pol)
+
+    class _B:  # rule_parameters needs only these two
+        snapshot_date, params = SNAP, p
+
+    rp = rule_parameters(_B(), pol)
+    files = {name: f"{root}/{clean_path(contracts()[fid])}" for fid, name in monitoring.SOURCES.items()}
+    params = {**files, "snap": SNAP, "months": p["months12"], "last3": p["last3"], "prev9": p["prev9"],
+              "win12": p["win12"], "urban": pol.standards.urban_dibao, "rural": pol.standards.rural_dibao,
+              "multiple": pol.standards.low_income_multiple, "oop": t.medical_burden_oop_12m,
+              "share": t.medical_burden_income_share, "ratio": t.income_drop_ratio, "wa_min": t.working_age_min,
+              "wa_max": t.working_age_max, "gap_month": rp["gap_month"], "min_hist": t.unemployment_min_history_months,
+              "death_since": rp["death_since"], "serious_since": p["serious_since"],
+              "prefixes": p["serious_prefixes"], "ratings": list(t.dangerous_house_ratings),
+              "house_since": rp["dangerous_since"], "temp_since": rp["temp_since"],
+              "temp_count": t.repeat_temporary_aid_count, "expiry": rp["expiry"],
+              "grades": list(t.severe_disability_grades), "exempt": list(t.recipient_vehicle_exempt_types),
+              "max_res": t.recipient_property_max_residences, "high": t.recipient_high_income_multiple}
+    t0 = time.perf_counter()
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    rows = con.execute(HAND, {k: v for k, v in params.items() if f"${k}" in HAND}).fetchall()
+    secs = time.perf_counter() - t0
+    q.put({"seconds": secs, "peak_rss_mb": _rss(), "flags": sorted(set(rows))})
+
+
+def measure(fn, *args) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=fn, args=(*args, q))
+    p.start()
+    out = q.get(timeout=3600)
+    p.join()
+    return out
+
+
+def prepare(persons: int, root: str) -> int:
+    """Generate the district and write every feed's truth as its clean/ Parquet."""
+    import pyarrow.parquet as pq
+
+    from safetynet.clean import clean_path
+    from safetynet.synth import generate
+    from schemas.registry import contracts
+
+    d = generate(persons=persons, seed=20261101)
+    facts = 0
+    for fid, c in contracts().items():
+        t = d.table(fid)
+        facts += t.num_rows
+        path = Path(root) / clean_path(c)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(t, path, compression="zstd")
+        del t
+    return facts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--persons", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--memory-limit", default="4GB")
+    args = ap.parse_args()
+    ratio = None
+    for n in args.persons:
+        root = tempfile.mkdtemp(prefix=f"bench-build-{n}-")
+        try:
+            t0 = time.perf_counter()
+            facts = measure(_prepare_child, n, root)["facts"]
+            print(f"{n:,} persons: generated {facts:,} department facts as clean/ Parquet in "
+                  f"{time.perf_counter() - t0:.0f}s", flush=True)
+            hub = measure(_hub, root, args.memory_limit)
+            hand = measure(_hand, root, args.memory_limit)
+            agree = hub["flags"] == hand["flags"]
+            ratio = hub["seconds"] / hand["seconds"]
+            print(f"  (a) hub build + rules: {hub['seconds']:.1f}s, peak RSS {hub['peak_rss_mb']:,.0f} MB, "
+                  f"{hub['households']:,} households, {hub['warnings']:,} warnings", flush=True)
+            print(f"  (b) hand-written query: {hand['seconds']:.1f}s, peak RSS {hand['peak_rss_mb']:,.0f} MB; "
+                  f"flags agree: {agree} ({len(hub['flags']):,} rule × household flags)", flush=True)
+            print(f"  ratio {ratio:.2f} under memory_limit {args.memory_limit}", flush=True)
+            if not agree:
+                diff = set(hub["flags"]) ^ set(hand["flags"])
+                print(f"  differing flags (first 10): {sorted(diff)[:10]}", flush=True)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"ratio={ratio:.3f}")
+
+
+def _prepare_child(n: int, root: str, q: mp.Queue) -> None:
+    q.put({"facts": prepare(n, root)})
+
+
+if __name__ == "__main__":
+    main()
