@@ -98,13 +98,20 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
         if quality:
             from quality import gx
 
-            res.quality = gx.validate(store, snapshot_date, outputs=outputs, policy=pol)
+            res.quality = gx.validate(store, snapshot_date, policy=pol, outputs={
+                "monitoring.person": b.person, "monitoring.household": b.household, "warnings": w})
             res.docs = gx.build_docs(res.quality, store)
             if not res.quality.ok:
                 raise QualityGateFailed(f"quality gate failed for snapshot {snapshot_date}: not published\n"
                                         + res.quality.summary(), res.quality)
         ps = snapshot.Pseudonymiser(settings.pseudonym_secret.get_secret_value().encode())
-        quality = res.quality.as_dict() if hasattr(res.quality, "as_dict") else {}
+        quality = {}
+        if res.quality is not None:  # the manifest keeps what is a function of the data, not when or how fast
+            q = res.quality.as_dict()
+            quality = {k: q[k] for k in ("ok", "counts", "missing")}
+            quality["failures"] = [{k: f.get(k) for k in ("suite", "field", "expectation", "check", "critical", "unexpected_count")}
+                                   for s_ in q["suites"] for f in s_.get("failures", [])]
+            quality["docs"] = "docs/quality/"
         res.manifest = snapshot.publish(store, snapshot_date, outputs, ps, policy_version=pol.version,
                                         inputs=inputs_of(store), quality=quality)
         res.persons, res.households, res.warnings = b.person.num_rows, b.household.num_rows, w

@@ -129,7 +129,11 @@ def read(store: ObjectStore, dataset: str, snapshot: dt.date | None = None, *, i
             raise SnapshotNotFound("no published snapshot yet")
         snapshot = have[-1]
     m = manifest(store, snapshot)
+    if dataset not in m["datasets"]:
+        raise KeyError(f"snapshot {snapshot} has no dataset {dataset!r} (has: {', '.join(m['datasets'])})")
     path = m["datasets"][dataset]["identified_path" if identified else "path"]
+    if path is None:
+        raise KeyError(f"{dataset} has no identified variant (it holds no ID numbers)")
     data = store.read_bytes(path)
     if hashlib.sha256(data).hexdigest() != m["files"][path]["sha256"]:
         raise ValueError(f"{path} does not match its manifest checksum: rewritten after publishing?")

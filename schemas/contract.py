@@ -43,7 +43,7 @@ _ARROW: dict[str, pa.DataType] = {
     "region_code": pa.string(),
     "credit_code": pa.string(),
     "date": pa.date32(),
-    "datetime": pa.timestamp("s", tz="Asia/Shanghai"),
+    "datetime": pa.timestamp("ms", tz="Asia/Shanghai"),  # ms: Parquet has no seconds unit
     "month": pa.string(),
     "money": MONEY,
     "decimal": pa.decimal128(12, 4),
