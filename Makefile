@@ -27,6 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/ingest.py
+	$(VENV)/bin/python bench/build.py
 
 clean:
 	rm -rf var .pytest_cache .hypothesis
