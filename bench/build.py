@@ -154,7 +154,7 @@ def _hub(root: str, memory_limit: str, q: mp.Queue) -> None:
     w = warnings.evaluate(b, pol)
     secs = time.perf_counter() - t0
     flags = sorted({(r["rule_id"], r["household_no"]) for r in w.select(["rule_id", "household_no"]).to_pylist()})
-    q.put({"seconds": secs, "peak_rss_mb": _rss(), "flags": flags, "households": b.household.num_rows,
+    q.put({"seconds": secs, "peak_rss_mb": _rss(), "flags": flags, "households": b.rows("monitoring_household"),
            "warnings": w.num_rows})
 
 

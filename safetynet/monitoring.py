@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import pyarrow as pa
@@ -235,11 +235,33 @@ PUBLISHED = {"monitoring_person": ("household_no", "id_no"), "monitoring_househo
 
 @dataclass
 class Build:
+    """A finished build: its tables live in DuckDB (under its memory cap) until asked for."""
+
     snapshot_date: dt.date
-    person: pa.Table
-    household: pa.Table
     con: duckdb.DuckDBPyConnection
     params: dict
+    _cache: dict = field(default_factory=dict)
+
+    def table(self, name: str) -> pa.Table:
+        """A published step's table as Arrow, in its deterministic order (fetched once)."""
+        if name not in self._cache:
+            self._cache[name] = self.con.sql(f"SELECT * FROM {name}").to_arrow_table()
+        return self._cache[name]
+
+    def reader(self, name: str, batch_rows: int = 250_000) -> pa.RecordBatchReader:
+        """The same table streamed in batches (for writing without holding it in memory)."""
+        return self.con.sql(f"SELECT * FROM {name}").to_arrow_reader(batch_rows)
+
+    def rows(self, name: str) -> int:
+        return self.con.sql(f"SELECT count(*) FROM {name}").fetchall()[0][0]
+
+    @property
+    def person(self) -> pa.Table:
+        return self.table("monitoring_person")
+
+    @property
+    def household(self) -> pa.Table:
+        return self.table("monitoring_household")
 
 
 def register_clean(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> dict[str, str]:
@@ -264,16 +286,13 @@ def build(con: duckdb.DuckDBPyConnection, snapshot: dt.date, pol: Policy) -> Bui
     """Run every step for the snapshot date; the clean tables must be registered on `con`.
 
     Each step becomes a DuckDB temporary table (it stays in DuckDB and spills to disk under the
-    connection's memory limit); the two published tables are also returned as Arrow, sorted.
+    connection's memory limit); the published tables are sorted, and fetched only when asked.
     """
     params = parameters(snapshot, pol)
-    out: dict[str, pa.Table] = {}
     for name, sql in STEPS:
         used = {k: v for k, v in params.items() if f"${k}" in sql}
         log.debug("monitoring step %s", name, extra={"event": "sql_step", "step": name, "sql": sql})
         if name in PUBLISHED:  # sorted, so the published bytes are the same on every run
             sql = f"SELECT * FROM ({sql}) ORDER BY {', '.join(PUBLISHED[name])}"
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", used)
-        if name in PUBLISHED:
-            out[name] = con.sql(f"SELECT * FROM {name}").to_arrow_table()
-    return Build(snapshot, out["monitoring_person"], out["monitoring_household"], con, params)
+    return Build(snapshot, con, params)

@@ -77,11 +77,16 @@ def evaluate(build: Build, pol: Policy, rules: tuple[Rule, ...] = RULES) -> pa.T
     """All warnings of the snapshot, ranked by household risk score (stable order)."""
     con = build.con
     params = rule_parameters(build, pol)
-    regions = {r["household_no"]: r["region_code"] for r in
-               build.household.select(["household_no", "region_code"]).to_pylist()}
     rows: list[dict] = []
     for rule in rules:
         t = evaluate_rule(con, rule, params)
+        hh = pa.table({"household_no": t["household_no"]})
+        con.register("__fired", hh)
+        try:  # regions of just the fired households (not a dict of every household)
+            regions = dict(con.sql("SELECT f.household_no, h.region_code FROM __fired f "
+                                   "JOIN monitoring_household h USING (household_no)").fetchall())
+        finally:
+            con.unregister("__fired")
         thresholds = json.dumps({k: params[k] for k in rule.params}, ensure_ascii=False, sort_keys=True, default=str)
         for r in t.to_pylist():
             facts = sorted(r["facts"] or [], key=lambda f: (f["feed"], f["record_key"] or "", f["field"],

@@ -1,0 +1,268 @@
+"""What the Airflow DAGs (`dags/`) call: one function per task, plus the Assets they share.
+
+Each task function builds `Settings` from the environment (`SAFETYNET_*`) at the edge, calls the
+same package functions as the CLI, and returns a small JSON-able dict for XCom (counts, paths,
+feed ids — never a personal value). Nothing here runs at import time; heavy modules are imported
+inside the functions, so a DAG file importing this module stays cheap to parse.
+
+Assets (one naming scheme, grep the feed id to find it):
+
+* `safetynet://clean/<department>/<feed>` — named by the feed id: a feed's `clean/` state changed;
+  produced by the feed's ingest task, consumed by the monitoring DAG;
+* `safetynet://kafka/department-topics` — activity on the department topics (an `AssetWatcher`
+  with the Kafka provider's trigger, whose `apply_function` is `kafka_wakeup` below); it only
+  wakes the ingest DAG, which then reads each topic up to its high watermark with the
+  connector's own consumer group and commits after durable writes;
+* `safetynet://catalog/snapshots` — a snapshot was published (`_catalog/snapshots/<date>.json`);
+* `safetynet://catalog/freshness` — a freshness report was written.
+
+Airflow specifics are imported lazily and only where a task needs them (skipping a no-op
+ingest, failing a quality gate without retries), so the functions also run without Airflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow.sdk import Asset
+
+    from safetynet.settings import Settings
+    from safetynet.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+ASSET_SCHEME = "safetynet"
+KAFKA_ACTIVITY_URI = f"{ASSET_SCHEME}://kafka/department-topics"
+SNAPSHOT_URI = f"{ASSET_SCHEME}://catalog/snapshots"
+FRESHNESS_URI = f"{ASSET_SCHEME}://catalog/freshness"
+#: Airflow connection of the wake-up trigger's Kafka consumer (its own group id, see `kafka_wakeup`).
+KAFKA_CONN_ID = "safetynet_kafka"
+#: `kafka_wakeup` fires at most once per this many seconds (a burst of messages is one wake-up).
+WAKEUP_MIN_INTERVAL_S = 60.0
+
+
+# ---- the feeds and their assets -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeedSpec:
+    """What a DAG needs to know about one feed (from the registry)."""
+
+    feed_id: str
+    department: str
+    feed: str
+    topic: str
+    title_zh: str
+    cadence_hours: int
+
+    @property
+    def asset_uri(self) -> str:
+        return clean_asset_uri(self.department, self.feed)
+
+
+def clean_asset_uri(department: str, feed: str) -> str:
+    return f"{ASSET_SCHEME}://clean/{department}/{feed}"
+
+
+def feed_specs() -> list[FeedSpec]:
+    """Every feed of the registry (`schemas.registry.contracts()`), in its stable order."""
+    from schemas.registry import contracts
+
+    return [FeedSpec(c.feed_id, c.department, c.feed, c.topic, c.title_zh, c.cadence_hours)
+            for c in contracts().values()]
+
+
+def clean_assets() -> dict[str, Asset]:
+    """feed id → the Airflow Asset of its `clean/` state (name = feed id)."""
+    from airflow.sdk import Asset
+
+    return {f.feed_id: Asset(name=f.feed_id, uri=f.asset_uri, group="clean",
+                             extra={"department": f.department, "feed": f.feed, "title_zh": f.title_zh})
+            for f in feed_specs()}
+
+
+def kafka_activity_asset(watchers: list | None = None) -> Asset:
+    from airflow.sdk import Asset
+
+    return Asset(name="kafka.department_topics", uri=KAFKA_ACTIVITY_URI, group="kafka", watchers=watchers or [])
+
+
+def snapshot_asset() -> Asset:
+    from airflow.sdk import Asset
+
+    return Asset(name="snapshot", uri=SNAPSHOT_URI, group="published")
+
+
+def freshness_asset() -> Asset:
+    from airflow.sdk import Asset
+
+    return Asset(name="freshness", uri=FRESHNESS_URI, group="catalog")
+
+
+def department_topics() -> list[str]:
+    return [f.topic for f in feed_specs()]
+
+
+# ---- the Kafka wake-up --------------------------------------------------------------------------------
+_last_wake: dict[str, float] = {}
+_clock = time.monotonic
+
+
+def kafka_wakeup(message: Any, min_interval_s: float = WAKEUP_MIN_INTERVAL_S, key: str = "ingest") -> dict | None:
+    """`apply_function` of the Kafka trigger watching the department topics: wake the ingest DAG?
+
+    Returns the wake-up event payload (topic, partition, offset, timestamp — never the message's
+    key or value, which may hold an ID number), or None to let the message pass. At most one
+    wake-up per `min_interval_s` per `key`: a burst of thousands of events becomes one asset
+    event and one ingest run, not thousands (Airflow batches, the connector streams). A message
+    that does not wake anything loses nothing: the trigger's consumer group is a wake-up cursor
+    only; the data is read by the ingest task with the connector's own group, up to the high
+    watermark, and the cron schedule is the backstop for the tail of a burst.
+    """
+    now = _clock()
+    last = _last_wake.get(key)
+    if last is not None and now - last < min_interval_s:
+        return None
+    _last_wake[key] = now
+    ts = message.timestamp() if callable(getattr(message, "timestamp", None)) else None
+    return {"topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
+            "timestamp_ms": ts[1] if isinstance(ts, tuple) else None}
+
+
+# ---- task functions -----------------------------------------------------------------------------------
+def _edge() -> tuple[Settings, ObjectStore]:
+    from safetynet.settings import Settings
+    from safetynet.store import ObjectStore
+
+    s = Settings(progress=False)
+    problems = s.problems()
+    if problems:
+        raise ValueError("configuration problems: " + "; ".join(problems))
+    return s, ObjectStore.from_settings(s)
+
+
+def _airflow_exception(name: str, fallback: type[Exception]) -> type[Exception]:
+    """An Airflow task exception class by name, or `fallback` when Airflow is not installed."""
+    try:
+        from airflow.sdk import exceptions
+
+        return getattr(exceptions, name)
+    except (ImportError, AttributeError):
+        return fallback
+
+
+class NothingNew(Exception):
+    """No change to a feed's clean state (outside Airflow; inside it is `AirflowSkipException`)."""
+
+
+def ingest_feed(feed_id: str, *, skip_unchanged: bool = False) -> dict:
+    """Ingest one feed (Kafka up to the watermark seen at start, if configured, and waiting drops),
+    then rebuild its `clean/` state if raw data changed. Returns the counts.
+
+    Safe to retry after a kill at any point: offsets are committed and drops marked done only
+    after their files are durable, and the clean state is rebuilt whenever it is older than the
+    newest raw file — including the raw files of an attempt that died before cleaning.
+    With `skip_unchanged` (the DAG), a run that changed nothing raises Airflow's skip exception,
+    so no asset event is emitted and the monitoring DAG is not woken for nothing.
+    """
+    from safetynet.clean import clean_all
+    from safetynet.ingest import ingest
+    from schemas.registry import get
+
+    s, store = _edge()
+    c = get(feed_id)
+    t0 = time.perf_counter()
+    report = ingest(s, store, [feed_id], kafka=bool(s.kafka_bootstrap), files=True)
+    fc = report.feeds[feed_id]
+    if not fc.reconciles:  # ingest raises first; kept as the task's own guard
+        raise AssertionError(f"{feed_id}: counts do not reconcile: {fc.as_dict()}")
+    behind = clean_is_behind(store, c)
+    cleaned = clean_all(store, [c])[feed_id] if behind else None
+    counts = {k: v for k, v in fc.as_dict().items() if k != "files"}
+    out = {"feed_id": feed_id, "run_id": report.run_id, "manifest": report.manifest, **counts,
+           "files_written": len(fc.files), "cleaned": cleaned is not None,
+           "clean": asdict(cleaned) if cleaned else None,
+           "clean_reconciles": cleaned.reconciles if cleaned else None,
+           "seconds_total": round(time.perf_counter() - t0, 3)}
+    log.info("ingest_feed %s: input=%d accepted=%d quarantined=%d cleaned=%s", feed_id, fc.input, fc.accepted,
+             fc.quarantined_total, out["cleaned"], extra={"event": "ingest_feed_task", **out})
+    if cleaned is not None and not cleaned.reconciles:
+        raise AssertionError(f"{feed_id}: clean counts do not reconcile: {asdict(cleaned)}")
+    if skip_unchanged and cleaned is None:
+        raise _airflow_exception("AirflowSkipException", NothingNew)(
+            f"{feed_id}: nothing new (input={fc.input}, all quarantined or none); clean state unchanged")
+    return out
+
+
+def clean_is_behind(store: ObjectStore, contract) -> bool:
+    """Whether the feed's clean state misses raw data: no clean manifest yet, or a raw file at
+    least as new as it (same store clock on both sides, so no skew)."""
+    manifest = store.list(f"_catalog/clean/{contract.department}/", f"/{contract.feed}.json")
+    if not manifest:
+        return True
+    raw = store.list(f"raw/{contract.prefix}/", ".parquet")
+    return bool(raw) and max(e.mtime_ns for e in raw) >= manifest[0].mtime_ns
+
+
+def run_monitoring(snapshot_date: str) -> dict:
+    """Quality gate → monitoring build → warnings → publish (+ `hub.warnings.v1`) for one snapshot date.
+
+    Idempotent: a re-run (or backfill) for the same date rewrites identical bytes and warning ids.
+    Records which inputs were stale at the snapshot's reference time (`freshness.snapshot_as_of`:
+    the end of the day in Asia/Shanghai, for a past day independent of when it runs). A failed
+    critical expectation fails the task without retries (the data, not the attempt, is at fault).
+    """
+    from safetynet import freshness, pipeline
+
+    s, store = _edge()
+    day = dt.date.fromisoformat(snapshot_date)
+    as_of = freshness.snapshot_as_of(day)
+    stale = freshness.stale_feeds(store, as_of)
+    if stale:
+        log.warning("snapshot %s is computed on stale inputs: %s", day, ", ".join(stale),
+                    extra={"event": "stale_inputs", "snapshot_date": snapshot_date, "stale_inputs": stale,
+                           "as_of": as_of.isoformat()})
+    pol = pipeline.load_policy(pipeline.county_of(store), day, None)
+    try:
+        res = pipeline.build_snapshot(s, store, day, pol)
+    except pipeline.QualityGateFailed as e:
+        raise _airflow_exception("AirflowFailException", RuntimeError)(str(e)) from e
+    w = res.warnings
+    by_rule: dict[str, int] = {}
+    if w is not None:
+        for r in w.column("rule_id").to_pylist():
+            by_rule[r] = by_rule.get(r, 0) + 1
+    affected = {rid: feeds for rid, feeds in freshness.stale_inputs_by_rule(stale).items() if feeds}
+    out = {
+        "snapshot_date": day.isoformat(), "policy_version": res.policy_version, "persons": res.persons,
+        "households": res.households, "warnings": w.num_rows if w is not None else 0,
+        "warnings_by_rule": dict(sorted(by_rule.items())),
+        "manifest": f"_catalog/snapshots/{day.isoformat()}.json",
+        "quality_ok": None if res.quality is None else bool(res.quality.ok),
+        "kafka_published": res.kafka_published,
+        "stale_as_of": as_of.isoformat(), "stale_inputs": stale,
+        "rules_on_stale_inputs": dict(sorted(affected.items())),
+    }
+    log.info("monitoring %s: %d persons, %d households, %d warnings; stale inputs: %s", day, res.persons,
+             res.households, out["warnings"], ", ".join(stale) or "none",
+             extra={"event": "monitoring_task", **{k: v for k, v in out.items() if k != "rules_on_stale_inputs"}})
+    return out
+
+
+def check_freshness(now: str) -> dict:
+    """Freshness of every feed at `now` (ISO time with offset); writes `_catalog/freshness/<date>.json`.
+
+    Late or missing feeds are data-quality warnings (structured log event `feed_stale`, listed
+    in the report); the task itself succeeds — lateness is the departments' to fix, not a
+    reason to retry.
+    """
+    from safetynet import freshness
+
+    _, store = _edge()
+    r = freshness.check(store, now)
+    return {"as_of": r["as_of"], "report": r["report"], "stale": r["stale"],
+            "feeds": {fid: {k: f[k] for k in ("status", "last_arrival", "age_hours", "cadence_hours")}
+                      for fid, f in r["feeds"].items()}}
