@@ -102,7 +102,7 @@ _SCALAR_TYPE = {"string": "str", "id_no": "str", "region_code": "str", "credit_c
                 "enum": "str", "urban_rural": "str", "money": "Decimal", "decimal": "Decimal",
                 "text_list": "list", "members": "list"}
 _FORMATS = {"region_code": r"^[0-9]{12}$", "credit_code": r"^[0-9A-Z]{18}$",
-            "month": r"^[0-9]{4}-(0[1-9]|1[0-2])$"}
+            "month": r"^[0-9]{4}-(?:0[1-9]|1[0-2])$"}
 _URBAN_RURAL = ("城镇", "农村")
 
 #: cross-feed person links: feed → (id fields, critical)
