@@ -48,7 +48,7 @@ class FeedFreshness:
     cadence_hours: int
     status: str  # fresh | late | missing
     last_arrival: str | None  # newest accepted record's `_ingested_at` (UTC, ISO) at or before as_of
-    age_hours: float | None  # as_of − last_arrival; negative when the data is newer than as_of
+    age_hours: float | None  # as_of - last_arrival; negative when the data is newer than as_of
     late_after_hours: float  # cadence plus grace
     last_received: str | None  # newest record of any kind, quarantined ones included
     clean_rows: int | None  # rows in the feed's clean state (None: never cleaned)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from safetynet import monitoring, normalise, policy, snapshot, warnings
+from safetynet import freshness, monitoring, normalise, policy, snapshot, warnings
 from safetynet.settings import Settings
 from safetynet.store import ObjectStore
 from schemas.registry import contracts
@@ -44,6 +44,7 @@ class RunResult:
     ingest: object | None = None
     kafka_published: int = 0
     docs: list[str] = field(default_factory=list)
+    stale_inputs: list[str] = field(default_factory=list)
 
 
 def load_policy(county: str, snapshot: dt.date, policy_file: str | Path | None) -> policy.Policy:
@@ -93,7 +94,8 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
     try:
         monitoring.register_clean(con, store)
         b = monitoring.build(con, snapshot_date, pol)
-        w = warnings.evaluate(b, pol)
+        res.stale_inputs = freshness.stale_feeds(store, freshness.snapshot_as_of(snapshot_date))
+        w = warnings.evaluate(b, pol, stale_inputs=freshness.stale_inputs_by_rule(res.stale_inputs))
         outputs = {"monitoring/person": b.person, "monitoring/household": b.household, "warnings": w}
         if quality:
             from quality import gx
@@ -112,8 +114,11 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
             quality["failures"] = [{k: f.get(k) for k in ("suite", "field", "expectation", "check", "critical", "unexpected_count")}
                                    for s_ in q["suites"] for f in s_.get("failures", [])]
             quality["docs"] = "docs/quality/"
+        inputs = inputs_of(store)
+        for fid in inputs:
+            inputs[fid]["stale"] = fid in res.stale_inputs
         res.manifest = snapshot.publish(store, snapshot_date, outputs, ps, policy_version=pol.version,
-                                        inputs=inputs_of(store), quality=quality)
+                                        inputs=inputs, quality=quality)
         res.persons, res.households, res.warnings = b.person.num_rows, b.household.num_rows, w
         if publish_kafka and settings.kafka_bootstrap:
             res.kafka_published = produce_warnings(settings, snapshot.pseudonymise_warnings(w, ps))

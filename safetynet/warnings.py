@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 
 import duckdb
 import pyarrow as pa
@@ -41,6 +42,7 @@ SCHEMA = pa.schema([
     ("summary_zh", pa.string()), ("thresholds", pa.string()), ("facts", pa.list_(FACT)),
     ("magnitude", pa.float64()), ("score", pa.float64()), ("household_score", pa.float64()),
     ("household_rank", pa.int32()), ("top_signals", pa.list_(pa.string())), ("policy_version", pa.string()),
+    ("stale_inputs", pa.list_(pa.string())),
 ])
 
 
@@ -73,8 +75,13 @@ def evaluate_rule(con: duckdb.DuckDBPyConnection, rule: Rule, params: dict) -> p
         raise RuntimeError(f"warning rule {rule.id} v{rule.version} failed: {e}") from e
 
 
-def evaluate(build: Build, pol: Policy, rules: tuple[Rule, ...] = RULES) -> pa.Table:
-    """All warnings of the snapshot, ranked by household risk score (stable order)."""
+def evaluate(build: Build, pol: Policy, rules: tuple[Rule, ...] = RULES,
+             stale_inputs: Mapping[str, list[str]] | None = None) -> pa.Table:
+    """All warnings of the snapshot, ranked by household risk score (stable order).
+
+    `stale_inputs` (rule id → feeds it reads that were late or missing) is recorded on every
+    warning of the rule; it is not part of the ids (the facts are what they are).
+    """
     con = build.con
     params = rule_parameters(build, pol)
     rows: list[dict] = []
@@ -104,6 +111,7 @@ def evaluate(build: Build, pol: Policy, rules: tuple[Rule, ...] = RULES) -> pa.T
                 "thresholds": thresholds, "facts": facts, "magnitude": mag,
                 "score": round(SEVERITY_WEIGHT[rule.severity] * min(max(mag, 1.0), 3.0), 2),
                 "policy_version": pol.version,
+                "stale_inputs": sorted((stale_inputs or {}).get(rule.id, [])),
             })
         log.info("rule %s v%d: %d warnings", rule.id, rule.version, t.num_rows,
                  extra={"event": "rule", "rule": rule.id, "warnings": t.num_rows})

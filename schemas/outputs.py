@@ -124,6 +124,7 @@ WARNING: dict[str, tuple[str, str]] = {
     "household_rank": ("家庭风险排名", "rank of the household by risk score"),
     "top_signals": ("主要风险信号", "the household's top contributing signals"),
     "policy_version": ("政策参数版本", "version of the policy file used"),
+    "stale_inputs": ("计算时数据滞后的来源", "feeds the rule reads that were late or missing at the end of the snapshot day"),
 }
 
 DATASETS = {"monitoring/person": PERSON, "monitoring/household": HOUSEHOLD, "warnings": WARNING}

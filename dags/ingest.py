@@ -1,0 +1,76 @@
+"""Ingest: every department feed → `raw/` + `quarantine/` → `clean/`, one task per feed.
+
+Generated from the feed registry (`schemas.registry`): one task per feed id, each producing the
+Asset of its clean state (`safetynet://clean/<department>/<feed>`, named by the feed id). A task
+is bounded — it reads each topic up to the high watermark seen at its start and every waiting
+drop — and safe to retry after a kill: offsets are committed and drops marked done only after
+their Parquet is durable. A run that changes nothing is skipped (no asset event, so the
+monitoring DAG is not woken for nothing).
+
+Runs every 10 minutes and, with the Kafka provider installed, on Kafka activity: an
+`AssetWatcher` on the department topics only *wakes* the DAG (`kafka_wakeup` throttles a burst to
+one wake-up); the data is still read, and its offsets committed, by the connector's own group.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, dag, task
+
+from safetynet import orchestration as orch
+
+try:  # apache-airflow-providers-apache-kafka (confluent-kafka); without it: cron only
+    from airflow.providers.apache.kafka.triggers.await_message import AwaitMessageTrigger
+except ImportError:
+    AwaitMessageTrigger = None
+
+FEEDS = orch.feed_specs()
+CLEAN = orch.clean_assets()
+
+watchers = []
+if AwaitMessageTrigger is not None:
+    watchers.append(AssetWatcher(
+        name="department_topics",
+        trigger=AwaitMessageTrigger(
+            topics=[f.topic for f in FEEDS],
+            apply_function="safetynet.orchestration.kafka_wakeup",
+            apply_function_kwargs={"min_interval_s": orch.WAKEUP_MIN_INTERVAL_S},
+            kafka_config_id=orch.KAFKA_CONN_ID,
+            poll_timeout=1,
+            poll_interval=0,  # only slept after a message that did not wake: keep draining the throttled burst
+            commit_offset=False,  # the wake-up group's offsets are auto-committed by its consumer (connection extra)
+        ),
+    ))
+KAFKA_ACTIVITY = orch.kafka_activity_asset(watchers)
+
+
+@dag(
+    dag_id="ingest",
+    description="Department feeds (Kafka topics, file drops) → raw/ + quarantine/ → clean/, one task per feed",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("*/10 * * * *", timezone="UTC"),
+                                 assets=KAFKA_ACTIVITY),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    max_active_tasks=4,
+    default_args={
+        "retries": 3,
+        "retry_delay": dt.timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(minutes=10),
+        "execution_timeout": dt.timedelta(hours=1),
+    },
+    tags=["safetynet", "ingest"],
+)
+def ingest():
+    for f in FEEDS:
+
+        @task(task_id=f.feed_id, outlets=[CLEAN[f.feed_id]], doc_md=f"{f.title_zh} `{f.feed_id}` ← `{f.topic}`")
+        def ingest_feed(feed_id: str) -> dict:
+            return orch.ingest_feed(feed_id, skip_unchanged=True)
+
+        ingest_feed(f.feed_id)
+
+
+ingest()

@@ -1,0 +1,588 @@
+"""The Airflow DAGs (`dags/`) against real Airflow: DagBag, the orchestration graph, end-to-end runs.
+
+Airflow runs in subprocesses with its own `AIRFLOW_HOME` (SQLite metadata, `airflow db migrate`
+once), so this test process never imports Airflow or reads a user's `~/airflow`. The first
+ingest run goes through the real CLI (`airflow dags test ingest <date>`); the others through a
+*driver* subprocess that loads the DagBag once and runs `dag.test()` — the function the CLI
+calls — on request, answering over a pipe (Airflow's start-up costs ~15 s per process here).
+
+The district: a small synthetic one, its events published to the session's embedded broker
+(this module owns the contract topic names `dept.*.v1` on it) and its files dropped into the
+landing zone. Scenario, in order: a feed is missing (`public_security.vehicle`: no events, no
+files) → ingest, freshness, monitoring for a past date, monitoring again (identical bytes and
+warning ids) → the feed arrives → ingest again (only that feed changes; the rest are skipped
+and emit no asset event) → freshness clean.
+
+`SNAPSHOT_UPDATE=1` rewrites `tests/snapshots/orchestration_graph.json` from the DAGs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+DAGS = ROOT / "dags"
+AIRFLOW = Path(sys.executable).parent / "airflow"
+SNAPSHOT_FILE = Path(__file__).parent / "snapshots" / "orchestration_graph.json"
+SNAPSHOT_DATE = "2026-11-01"
+MISSING = "public_security.vehicle"  # withheld in the first part of the scenario
+PERSONS, SEED = 2000, 11
+ID18 = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9])")
+
+
+# ==== the driver (runs in the Airflow subprocess) ==============================================
+def _asset_expr(a: Any) -> Any:
+    from airflow.sdk import Asset, AssetAll, AssetAny
+
+    if isinstance(a, Asset):
+        return f"{a.name} <{a.uri}>"
+    if isinstance(a, AssetAny):
+        return {"any": [_asset_expr(x) for x in a.objects]}
+    if isinstance(a, AssetAll):
+        return {"all": [_asset_expr(x) for x in a.objects]}
+    return repr(a)
+
+
+def _timetable(tt: Any) -> dict:
+    out: dict[str, Any] = {"timetable": type(tt).__name__}
+    if hasattr(tt, "expression"):
+        out.update(cron=tt.expression, timezone=str(tt.timezone))
+    if getattr(tt, "asset_condition", None) is not None:
+        out["assets"] = _asset_expr(tt.asset_condition)
+    if getattr(tt, "timetable", None) is not None:
+        out["time"] = _timetable(tt.timetable)
+    return out
+
+
+def _graph(bag: Any) -> dict:
+    """DAG ids, tasks, Assets in/out, schedules and retry policy: what a wiring review must see."""
+    out = {}
+    for dag_id, d in sorted(bag.dags.items()):
+        tasks = {}
+        for t in sorted(d.tasks, key=lambda t: t.task_id):
+            tasks[t.task_id] = {
+                "operator": type(t).__name__, "args": [str(a) for a in getattr(t, "op_args", [])],
+                "inlets": [_asset_expr(a) for a in t.inlets], "outlets": [_asset_expr(a) for a in t.outlets],
+                "upstream": sorted(t.upstream_task_ids), "retries": t.retries, "retry_delay": str(t.retry_delay),
+                "retry_exponential_backoff": bool(t.retry_exponential_backoff),
+                "max_retry_delay": str(t.max_retry_delay), "execution_timeout": str(t.execution_timeout),
+            }
+        out[dag_id] = {"file": Path(d.fileloc).name, "schedule": _timetable(d.timetable),
+                       "max_active_runs": d.max_active_runs, "max_active_tasks": d.max_active_tasks,
+                       "catchup": d.catchup, "tags": sorted(d.tags), "tasks": tasks}
+    return out
+
+
+def _assets(cond: Any) -> list[Any]:
+    if cond is None:
+        return []
+    if hasattr(cond, "objects"):
+        return [a for o in cond.objects for a in _assets(o)]
+    return [cond]
+
+
+def _watchers(bag: Any) -> list[dict]:
+    found = []
+    for dag_id, d in sorted(bag.dags.items()):
+        for asset in _assets(getattr(d.timetable, "asset_condition", None)):
+            for w in getattr(asset, "watchers", []):
+                classpath, kwargs = w.trigger.serialize()
+                found.append({"dag_id": dag_id, "asset": asset.name, "uri": asset.uri, "name": w.name,
+                              "classpath": classpath, "kwargs": kwargs})
+    return found
+
+
+def _v(x: Any) -> Any:
+    return getattr(x, "value", x)  # an enum's value (states)
+
+
+def _run_info(dag_id: str, run_id: str) -> dict:
+    from airflow import settings
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import select
+
+    with settings.Session() as s:
+        dr = s.scalars(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).one()
+        tis = s.scalars(select(TaskInstance).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)).all()
+        xs = s.scalars(XComModel.get_many(run_id=run_id, dag_ids=dag_id, key="return_value")).all()
+        events = s.execute(select(AssetModel.uri, AssetEvent.source_task_id).join(AssetEvent.asset).where(
+            AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run_id)).all()
+        return {"dag_id": dag_id, "run_id": run_id, "state": _v(dr.state),
+                "logical_date": dr.logical_date.isoformat() if dr.logical_date else None,
+                "tasks": {ti.task_id: _v(ti.state) for ti in tis},
+                "tries": {ti.task_id: ti.try_number for ti in tis},
+                "xcom": {x.task_id: XComModel.deserialize_value(x) for x in xs},
+                "asset_events": sorted([uri, task] for uri, task in events)}
+
+
+def _latest_run(dag_id: str, logical_date: str) -> str:
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import select
+
+    with settings.Session() as s:
+        return s.scalars(select(DagRun.run_id).where(
+            DagRun.dag_id == dag_id, DagRun.logical_date == dt.datetime.fromisoformat(logical_date))).one()
+
+
+def _watch(bag: Any, timeout_s: float) -> dict:
+    """Run the ingest DAG's Kafka watcher trigger as the triggerer would, until its first event."""
+    import asyncio
+
+    from airflow.sdk.module_loading import import_string
+
+    (w,) = [w for w in _watchers(bag) if w["dag_id"] == "ingest"]
+    trigger = import_string(w["classpath"])(**w["kwargs"])
+
+    async def first() -> dict:
+        try:
+            async for ev in trigger.run():
+                return ev.payload
+        finally:
+            await trigger.cleanup()
+        raise AssertionError("the trigger ended without an event")
+
+    return {"payload": asyncio.run(asyncio.wait_for(first(), timeout_s))}
+
+
+def _driver() -> None:
+    """Entry point of the driver subprocess: commands (JSON lines) on stdin, replies on fd $SN_DRIVER_FD."""
+    import traceback
+
+    out = os.fdopen(int(os.environ["SN_DRIVER_FD"]), "w", buffering=1)
+
+    def reply(obj: dict) -> None:
+        out.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+        out.flush()
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    try:
+        import airflow.providers.apache.kafka  # noqa: F401
+
+        provider = True
+    except ImportError:
+        provider = False
+    reply({"import_errors": bag.import_errors, "warnings": {k: list(v) for k, v in bag.captured_warnings.items()},
+           "dag_ids": sorted(bag.dags), "graph": _graph(bag), "watchers": _watchers(bag), "kafka_provider": provider})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        try:
+            if cmd["op"] == "test":
+                ld = cmd["logical_date"]  # None: a run without logical date, as an asset-triggered one
+                dr = bag.dags[cmd["dag_id"]].test(logical_date=dt.datetime.fromisoformat(ld) if ld else None)
+                reply(_run_info(cmd["dag_id"], dr.run_id))
+            elif cmd["op"] == "inspect":
+                reply(_run_info(cmd["dag_id"], _latest_run(cmd["dag_id"], cmd["logical_date"])))
+            elif cmd["op"] == "watch":
+                reply(_watch(bag, cmd.get("timeout_s", 60)))
+            else:
+                reply({"error": f"unknown op {cmd['op']!r}"})
+        except Exception:
+            reply({"error": traceback.format_exc()})
+
+
+# ==== fixtures (this process) ==================================================================
+class Driver:
+    def __init__(self, env: dict[str, str], log: Path):
+        r, w = os.pipe()
+        self.log = log
+        self._log = open(log, "ab")  # noqa: SIM115 — closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from tests.test_dags import _driver; _driver()"], cwd=ROOT,
+            env={**env, "SN_DRIVER_FD": str(w)}, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT,
+            pass_fds=(w,), text=True, start_new_session=True)
+        os.close(w)
+        self._replies = os.fdopen(r, "r")
+        self.hello = self._read()
+
+    def _read(self) -> dict:
+        line = self._replies.readline()
+        if not line:
+            raise RuntimeError(f"the Airflow driver exited (code {self.proc.poll()}); log:\n{self.tail()}")
+        obj = json.loads(line)
+        if "error" in obj:
+            raise RuntimeError(f"driver: {obj['error']}\nlog:\n{self.tail()}")
+        return obj
+
+    def call(self, **cmd: Any) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def test(self, dag_id: str, logical_date: str | None) -> dict:
+        return self.call(op="test", dag_id=dag_id, logical_date=logical_date)
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(timeout=10)
+        self._replies.close()
+        self._log.close()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory, broker) -> dict[str, Any]:
+    """A private AIRFLOW_HOME with migrated SQLite metadata; the hub's settings for the tasks."""
+    home = tmp_path_factory.mktemp("airflow_home")
+    store = home / "store"
+    group = f"sn-dags-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "SAFETYNET_"))}
+    env.update({
+        "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "SAFETYNET_STORE": str(store), "SAFETYNET_WORK_DIR": str(home / "work"),
+        "SAFETYNET_KAFKA_BOOTSTRAP": broker.bootstrap, "SAFETYNET_KAFKA_GROUP": group,
+        "SAFETYNET_PROGRESS": "false",
+        # the wake-up trigger's consumer: its own group, offsets auto-committed (see dags/ingest.py)
+        "AIRFLOW_CONN_SAFETYNET_KAFKA": json.dumps({"conn_type": "kafka", "extra": {
+            "bootstrap.servers": broker.bootstrap, "group.id": f"{group}-wakeup", "auto.offset.reset": "earliest",
+            "enable.auto.commit": True, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500}}),
+    })
+    r = subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, cwd=home, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return {"env": env, "home": home, "store": store, "logs": [home / "driver.log"]}
+
+
+@pytest.fixture(scope="module")
+def driver(airflow_env):
+    d = Driver(airflow_env["env"], airflow_env["logs"][0])
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def scenario(airflow_env, driver, broker) -> dict[str, Any]:
+    """The end-to-end scenario; each step's run info and the published bytes, for the tests below."""
+    from safetynet.broker import ensure_topics
+    from safetynet.publish import drop_files, publish
+    from safetynet.settings import Settings
+    from safetynet.store import ObjectStore
+    from safetynet.synth import emit, generate
+    from schemas.registry import contracts, get
+
+    env = airflow_env["env"]
+    store = ObjectStore.from_settings(Settings(store=str(airflow_env["store"]), progress=False))
+    d = generate(persons=PERSONS, seed=SEED)
+    em = emit(d)
+    assert str(d.as_of) == SNAPSHOT_DATE
+    ensure_topics(broker.bootstrap, [c.topic for c in contracts().values()])
+
+    def deliver(feeds: set[str]) -> None:
+        for fid, msgs in em.events.items():
+            if fid in feeds:
+                publish(broker.bootstrap, get(fid).topic, msgs)
+        drop_files(store, {p: b for p, b in em.files.items() if ".".join(p.split("/")[:2]) in feeds})
+
+    out: dict[str, Any] = {"em": em, "store": store, "seconds": {}}
+    clock = [time.perf_counter()]
+
+    def lap(step: str) -> None:
+        now = time.perf_counter()
+        out["seconds"][step] = round(now - clock[0], 1)
+        clock[0] = now
+
+    deliver(set(contracts()) - {MISSING})
+    lap("generate+deliver")
+
+    # 1. ingest through the real CLI
+    first = _now()
+    cli = subprocess.run([str(AIRFLOW), "dags", "test", "ingest", first], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    cli_log = airflow_env["home"] / "cli-ingest.log"
+    cli_log.write_text(cli.stdout + cli.stderr)
+    airflow_env["logs"].append(cli_log)
+    assert cli.returncode == 0, (cli.stdout + cli.stderr)[-5000:]
+    out["ingest1"] = driver.call(op="inspect", dag_id="ingest", logical_date=first)
+    lap("ingest (airflow dags test CLI)")
+    # 2. freshness now: the missing feed is reported
+    out["freshness1"] = driver.test("freshness", _now())
+    out["freshness1_report"] = json.loads(store.read_bytes(out["freshness1"]["xcom"]["check_freshness"]["report"]))
+    lap("freshness (first dag.test in the driver)")
+    # 3. monitoring for a past date (a backfill), then again for the same date
+    snap = f"{SNAPSHOT_DATE}T00:00:00+00:00"
+    out["monitoring1"] = driver.test("monitoring", snap)
+    out["published1"] = _published(store)
+    lap("monitoring")
+    out["monitoring2"] = driver.test("monitoring", snap)
+    out["published2"] = _published(store)
+    lap("monitoring re-run")
+    # 4. the missing feed arrives: only its task changes anything
+    deliver({MISSING})
+    out["ingest2"] = driver.test("ingest", _now())
+    lap("deliver + ingest (late feed)")
+    out["freshness2"] = driver.test("freshness", _now())
+    before_third = _now()
+    out["freshness3"] = driver.test("freshness", None)
+    lap("freshness x2")
+    out["before_third"] = before_third
+    print("scenario steps (s):", json.dumps(out["seconds"], ensure_ascii=False))
+    return out
+
+
+def _published(store) -> dict[str, bytes]:
+    prefixes = ("monitoring/", "warnings/", "identified/", "_catalog/snapshots/")
+    return {e.path: store.read_bytes(e.path) for prefix in prefixes for e in store.list(prefix)}
+
+
+# ==== tests ====================================================================================
+def test_dagbag_loads_every_dag_without_import_errors(driver):
+    assert driver.hello["import_errors"] == {}
+    assert driver.hello["dag_ids"] == ["freshness", "ingest", "monitoring"]
+
+
+def test_orchestration_graph_matches_the_committed_snapshot(driver):
+    graph = driver.hello["graph"]
+    text = json.dumps(graph, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
+    if os.environ.get("SNAPSHOT_UPDATE") == "1":
+        SNAPSHOT_FILE.parent.mkdir(parents=True, exist_ok=True)
+        SNAPSHOT_FILE.write_text(text, encoding="utf-8")
+    assert SNAPSHOT_FILE.exists(), "no committed graph snapshot: run with SNAPSHOT_UPDATE=1 and review it"
+    assert json.loads(SNAPSHOT_FILE.read_text(encoding="utf-8")) == graph, (
+        "the DAG wiring changed: review the difference, then regenerate with SNAPSHOT_UPDATE=1")
+
+
+def test_graph_is_generated_from_the_feed_registry(driver):
+    from schemas.registry import contracts
+
+    g = driver.hello["graph"]
+    ingest = g["ingest"]["tasks"]
+    assert sorted(ingest) == sorted(contracts())
+    for fid, c in contracts().items():  # one feed id everywhere: task id, its argument, the Asset name and URI
+        assert ingest[fid]["args"] == [fid]
+        assert ingest[fid]["outlets"] == [f"{fid} <safetynet://clean/{c.department}/{c.feed}>"]
+    assert g["monitoring"]["schedule"]["assets"] == {"any": [t["outlets"][0] for _, t in sorted(ingest.items())]}
+    assert g["ingest"]["max_active_runs"] == 1 and all(t["retries"] >= 1 for t in ingest.values())
+
+
+def test_kafka_wakeup_throttles_a_burst_and_never_carries_the_message(monkeypatch):
+    from safetynet import orchestration as orch
+
+    class Msg:
+        def __init__(self, off: int):
+            self.off = off
+
+        def topic(self) -> str:
+            return "dept.medical_insurance.claim.v1"
+
+        def partition(self) -> int:
+            return 2
+
+        def offset(self) -> int:
+            return self.off
+
+        def timestamp(self) -> tuple[int, int]:
+            return (1, 1_795_000_000_000)
+
+        def key(self) -> bytes:
+            return b"430103199001011234"
+
+        def value(self) -> bytes:
+            return b'{"id_no": "430103199001011234"}'
+
+    clock = iter([100.0, 100.5, 159.9, 160.0, 161.0])
+    monkeypatch.setattr(orch, "_clock", lambda: next(clock))
+    monkeypatch.setattr(orch, "_last_wake", {})
+    fired = [orch.kafka_wakeup(Msg(i), min_interval_s=60) for i in range(5)]
+    assert [f is not None for f in fired] == [True, False, False, True, False]
+    assert fired[0] == {"topic": "dept.medical_insurance.claim.v1", "partition": 2, "offset": 0,
+                        "timestamp_ms": 1_795_000_000_000}
+    assert "430103" not in json.dumps(fired)
+
+
+def test_kafka_watcher_is_wired_to_the_package_apply_function(driver):
+    from safetynet import orchestration as orch
+    from safetynet.orchestration import department_topics
+
+    if not driver.hello["kafka_provider"]:
+        assert driver.hello["watchers"] == []  # the DAG still loads and runs on its cron schedule
+        pytest.skip("apache-airflow-providers-apache-kafka is not installed: the AssetWatcher is not created")
+    (w,) = driver.hello["watchers"]
+    assert (w["dag_id"], w["uri"]) == ("ingest", orch.KAFKA_ACTIVITY_URI)
+    assert w["classpath"] == "airflow.providers.apache.kafka.triggers.await_message.AwaitMessageTrigger"
+    assert w["kwargs"]["apply_function"] == "safetynet.orchestration.kafka_wakeup"
+    assert sorted(w["kwargs"]["topics"]) == sorted(department_topics())
+    assert w["kwargs"]["kafka_config_id"] == orch.KAFKA_CONN_ID
+
+
+def test_kafka_watcher_trigger_fires_on_department_topic_activity(driver, scenario):
+    """The watcher's trigger, run as the triggerer would against the embedded broker (confluent-kafka)."""
+    if not driver.hello["kafka_provider"]:
+        pytest.skip("apache-airflow-providers-apache-kafka is not installed")
+    from schemas.registry import contracts
+
+    payload = driver.call(op="watch", timeout_s=90)["payload"]
+    assert payload["topic"] in {c.topic for c in contracts().values()}
+    assert set(payload) == {"topic", "partition", "offset", "timestamp_ms"}
+
+
+def test_ingest_runs_every_feed_and_counts_reconcile(scenario):
+    from schemas.registry import contracts
+
+    run, em = scenario["ingest1"], scenario["em"]
+    assert run["state"] == "success"
+    assert set(run["tasks"].values()) == {"success"}
+    for fid in contracts():
+        x = run["xcom"][fid]
+        assert x["reconciles"] and x["clean_reconciles"], fid
+        e = em.expected[fid] if fid != MISSING else None
+        if e is None:
+            assert (x["input"], x["accepted"]) == (0, 0)
+            assert x["clean"]["rows"] == 0
+        else:
+            assert (x["input"], x["accepted"], {k: v for k, v in x["quarantined"].items() if v}) == \
+                (e.input, e.accepted, e.quarantined), fid
+            assert x["clean"]["rows"] == em.clean_rows[fid], fid
+    assert [u for u, _ in run["asset_events"]] == sorted(f"safetynet://clean/{c.department}/{c.feed}"
+                                                         for c in contracts().values())
+
+
+def test_freshness_reports_the_missing_feed(scenario):
+    from safetynet import freshness
+    from schemas.registry import contracts
+
+    run = scenario["freshness1"]
+    assert run["state"] == "success"
+    x = run["xcom"]["check_freshness"]
+    assert x["stale"] == [MISSING]
+    assert x["feeds"][MISSING]["status"] == "missing"
+    assert all(x["feeds"][f]["status"] == "fresh" for f in contracts() if f != MISSING)
+    report = scenario["freshness1_report"]  # `_catalog/freshness/<date>.json`, as that run wrote it
+    assert report["stale"] == [MISSING] and report["as_of"] == x["as_of"]
+    assert report["feeds"][MISSING]["last_arrival"] is None and report["feeds"][MISSING]["cadence_hours"] == 168
+    assert freshness.read_report(scenario["store"], dt.date.fromisoformat(x["as_of"][:10]))["as_of"] >= x["as_of"]
+
+
+def test_monitoring_for_a_past_date_publishes_with_stale_inputs_marked(scenario):
+    from safetynet import snapshot
+
+    run = scenario["monitoring1"]
+    assert run["state"] == "success", run
+    x = run["xcom"]["build_snapshot"]
+    day = dt.date.fromisoformat(SNAPSHOT_DATE)
+    store = scenario["store"]
+    assert x["snapshot_date"] == SNAPSHOT_DATE and x["quality_ok"] is True
+    assert snapshot.snapshots(store) == [day]
+    m = snapshot.manifest(store, day)
+    w = snapshot.read(store, "warnings", day)
+    assert x["warnings"] == w.num_rows == m["datasets"]["warnings"]["rows"] > 0
+    assert x["persons"] == m["datasets"]["monitoring/person"]["rows"] == PERSONS
+    # the run completes for what is there, and says what was stale
+    assert x["stale_inputs"] == [MISSING]
+    assert "recipient_vehicle" in x["rules_on_stale_inputs"]
+    assert all(feeds == [MISSING] for feeds in x["rules_on_stale_inputs"].values())
+    assert "dangerous_house" not in x["rules_on_stale_inputs"]  # reads no vehicle data
+    assert m["inputs"][MISSING]["rows"] == 0
+    assert run["asset_events"] == [["safetynet://catalog/snapshots", "build_snapshot"]]
+
+
+def test_monitoring_rerun_for_the_same_date_is_identical(scenario):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    a, b = scenario["published1"], scenario["published2"]
+    assert scenario["monitoring2"]["state"] == "success"
+    assert a.keys() == b.keys() and a
+    assert [k for k in a if a[k] != b[k]] == []
+    ids = [pq.read_table(pa.BufferReader(v))["warning_id"].to_pylist() for k, v in sorted(a.items())
+           if k.startswith("warnings/")]
+    assert ids and ids[0]
+    x1, x2 = scenario["monitoring1"]["xcom"]["build_snapshot"], scenario["monitoring2"]["xcom"]["build_snapshot"]
+    assert x1 == x2
+
+
+def test_a_late_feed_arriving_changes_only_its_own_asset(scenario):
+    from safetynet import freshness
+    from schemas.registry import get
+
+    run, em = scenario["ingest2"], scenario["em"]
+    assert run["state"] == "success"
+    assert run["tasks"][MISSING] == "success"
+    assert {t: s for t, s in run["tasks"].items() if t != MISSING} == \
+        {t: "skipped" for t in run["tasks"] if t != MISSING}  # nothing new: no asset event, no wasted build
+    c = get(MISSING)
+    assert run["asset_events"] == [[f"safetynet://clean/{c.department}/{c.feed}", MISSING]]
+    x = run["xcom"][MISSING]
+    e = em.expected[MISSING]
+    assert (x["input"], x["accepted"]) == (e.input, e.accepted) and x["clean"]["rows"] == em.clean_rows[MISSING]
+    assert scenario["freshness2"]["xcom"]["check_freshness"]["stale"] == []
+    as_of = freshness.snapshot_as_of(dt.date.fromisoformat(SNAPSHOT_DATE))
+    assert freshness.stale_feeds(scenario["store"], as_of) == []
+
+
+def test_a_run_without_logical_date_uses_its_run_after(scenario):
+    """Asset-triggered runs have no logical date (no `ds`/`ts`): the templates fall back to `run_after`."""
+    run = scenario["freshness3"]
+    assert run["state"] == "success" and run["logical_date"] is None
+    x = run["xcom"]["check_freshness"]
+    as_of = dt.datetime.fromisoformat(x["as_of"])
+    assert dt.datetime.fromisoformat(scenario["before_third"]) <= as_of <= dt.datetime.now(dt.UTC)
+    assert x["stale"] == []
+
+
+def test_a_retry_after_a_kill_between_ingest_and_clean_rebuilds_clean(airflow_env, scenario, broker, monkeypatch):
+    """Attempt 1 made its raw files durable and committed, then died before cleaning; the retry
+    finds nothing new to read but sees the clean state behind raw/ and rebuilds it."""
+    from safetynet import orchestration
+    from safetynet.ingest import ingest
+    from safetynet.publish import publish
+    from safetynet.settings import Settings
+    from schemas.registry import get
+
+    for k in ("SAFETYNET_STORE", "SAFETYNET_WORK_DIR", "SAFETYNET_KAFKA_BOOTSTRAP", "SAFETYNET_KAFKA_GROUP",
+              "SAFETYNET_PROGRESS"):
+        monkeypatch.setenv(k, airflow_env["env"][k])
+    c, store, em = get(MISSING), scenario["store"], scenario["em"]
+    before = json.loads(store.read_bytes(f"_catalog/clean/{c.prefix}.json"))["counts"]
+    publish(broker.bootstrap, c.topic, em.events[MISSING])  # the department redelivers everything
+    s = Settings()
+    first = ingest(s, store, [MISSING], kafka=True, files=True).feeds[MISSING]  # attempt 1, killed after this
+    assert first.input == len(em.events[MISSING]) and orchestration.clean_is_behind(store, c)
+    retry = orchestration.ingest_feed(MISSING)
+    assert (retry["input"], retry["cleaned"]) == (0, True)
+    assert retry["clean"]["rows"] == before["rows"]  # redelivered events add no row
+    assert retry["clean"]["redelivered"] == before["redelivered"] + first.accepted
+    again = orchestration.ingest_feed(MISSING)
+    assert (again["input"], again["cleaned"]) == (0, False)
+
+
+def test_no_unmasked_id_number_in_any_airflow_log(airflow_env, scenario):
+    from safetynet import idno
+
+    files = list(airflow_env["logs"]) + [p for p in (airflow_env["home"] / "logs").rglob("*") if p.is_file()]
+    leaks = []
+    for f in files:
+        text = f.read_text(errors="replace")
+        leaks += [f"{f.name}: {m[:6]}…" for m in ID18.findall(text) if idno.is_valid(m)]
+    assert files and leaks == []
