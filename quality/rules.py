@@ -34,7 +34,7 @@ class Rule:
     kind: str  # forward | reverse
     params: tuple[str, ...]  # policy parameter names recorded as the thresholds used
     sql: str
-    description: str = ""
+    scope: str = "household"  # what one warning is about: household | person (in a household) | case (roster)
 
 
 def _fact(feed: str, key: str, id_no: str, field: str, value: str, date: str) -> str:
@@ -116,7 +116,7 @@ RULES: tuple[Rule, ...] = (
                                    $unemployment_contribution_gap_months, $unemployment_min_history_months)
                        ELSE '' END AS summary_zh,
                1.0 AS magnitude
-        FROM f GROUP BY household_no, id_no"""),
+        FROM f GROUP BY household_no, id_no""", scope="person"),
     Rule("earner_death", 1, "劳动力成员死亡", "S1", "forward",
          ("earner_death_lookback_months", "working_age_min", "working_age_max"), f"""
         SELECT mp.household_no, mp.id_no AS subject_id_no,
@@ -127,7 +127,7 @@ RULES: tuple[Rule, ...] = (
                1.0 AS magnitude
         FROM monitoring_person mp
         WHERE mp.status = '死亡' AND mp.status_date >= $death_since::DATE AND mp.wage_months_12m > 0
-          AND mp.age BETWEEN $working_age_min AND $working_age_max"""),
+          AND mp.age BETWEEN $working_age_min AND $working_age_max""", scope="person"),
     Rule("serious_illness", 1, "低收入家庭成员患重特大疾病", "S2", "forward",
          ("serious_illness_lookback_months", "serious_illness_prefixes", "low_income_multiple"), f"""
         WITH s AS (SELECT pb.household_no, cl.* FROM claim cl JOIN person_base pb USING (id_no)
@@ -144,7 +144,7 @@ RULES: tuple[Rule, ...] = (
                1.0 AS magnitude
         FROM s JOIN monitoring_household h USING (household_no)
         WHERE s.household_no IN {_LOW_OR_EDGE}
-        GROUP BY s.household_no, s.id_no"""),
+        GROUP BY s.household_no, s.id_no""", scope="person"),
     Rule("uncovered_low_income", 1, "低收入未纳入救助", "S2", "forward", ("urban_dibao", "rural_dibao"), f"""
         SELECT h.household_no, NULL AS subject_id_no, [{_HOUSEHOLD_INCOME}] AS facts,
                printf('家庭人均月收入 %.2f 元，低于低保标准 %.2f 元，且无在保救助', h.income_per_capita, h.dibao_standard) AS summary_zh,
@@ -183,7 +183,7 @@ RULES: tuple[Rule, ...] = (
                       $phase_out_expiry_days) AS summary_zh,
                1.0 AS magnitude
         FROM ({_CASE_HOUSEHOLDS}) ch JOIN case_member cm USING (case_no)
-        GROUP BY ch.household_no"""),
+        GROUP BY ch.household_no""", scope="case"),
     Rule("severe_disability", 1, "低收入家庭重度残疾", "S2", "forward", ("severe_disability_grades", "low_income_multiple"), f"""
         SELECT pb.household_no, d.id_no AS subject_id_no,
                [{_fact('disabled_persons_federation.disability', "'certificate'", 'd.id_no', 'grade', "d.category || ' ' || d.grade || '级'", 'd.issued_date')},
@@ -192,7 +192,7 @@ RULES: tuple[Rule, ...] = (
                       d.category, d.grade, coalesce(h.income_per_capita, 0), h.low_income_line) AS summary_zh,
                1.0 AS magnitude
         FROM disability d JOIN person_base pb USING (id_no) JOIN monitoring_household h ON h.household_no = pb.household_no
-        WHERE list_contains($severe_disability_grades, d.grade) AND pb.household_no IN {_LOW_OR_EDGE}"""),
+        WHERE list_contains($severe_disability_grades, d.grade) AND pb.household_no IN {_LOW_OR_EDGE}""", scope="person"),
     Rule("deceased_recipient", 1, "死亡人员仍在保", "S1", "reverse", (), f"""
         WITH dead AS (SELECT cm.case_no, cm.category, pb.id_no, pb.status_date
                       FROM case_member cm JOIN person_base pb USING (id_no) WHERE cm.active AND pb.status = '死亡'),
@@ -204,7 +204,7 @@ RULES: tuple[Rule, ...] = (
                       strftime(min(dead.status_date), '%Y-%m-%d')) AS summary_zh,
                1.0 AS magnitude
         FROM ({_CASE_HOUSEHOLDS}) ch JOIN dead USING (case_no)
-        GROUP BY ch.household_no"""),
+        GROUP BY ch.household_no""", scope="case"),
     Rule("recipient_vehicle", 1, "救助对象家庭有机动车", "S2", "reverse", ("recipient_vehicle_exempt_types",), f"""
         WITH cars AS (SELECT cm.case_no, v.* FROM case_member cm JOIN vehicle v ON v.owner_id_no = cm.id_no
                       WHERE cm.active AND cm.category IN ('低保', '特困') AND v.status = '正常'
@@ -216,7 +216,7 @@ RULES: tuple[Rule, ...] = (
                       string_agg(DISTINCT cars.vehicle_type, '、' ORDER BY cars.vehicle_type)) AS summary_zh,
                count(DISTINCT cars.plate_no) AS magnitude
         FROM ({_CASE_HOUSEHOLDS}) ch JOIN cars USING (case_no)
-        GROUP BY ch.household_no"""),
+        GROUP BY ch.household_no""", scope="case"),
     Rule("recipient_property", 1, "救助对象家庭多套住房", "S2", "reverse", ("recipient_property_max_residences",), f"""
         WITH homes AS (SELECT DISTINCT cm.case_no, p.property_id, p.owner_id_no, p.share, p.registered_date
                        FROM case_member cm JOIN property p ON p.owner_id_no = cm.id_no
@@ -229,7 +229,7 @@ RULES: tuple[Rule, ...] = (
                       $recipient_property_max_residences) AS summary_zh,
                count(DISTINCT homes.property_id) / greatest($recipient_property_max_residences, 1) AS magnitude
         FROM ({_CASE_HOUSEHOLDS}) ch JOIN homes USING (case_no)
-        GROUP BY ch.household_no"""),
+        GROUP BY ch.household_no""", scope="case"),
     Rule("recipient_high_income", 1, "救助对象家庭收入超标", "S2", "reverse", ("recipient_high_income_multiple",), f"""
         WITH rh AS (SELECT DISTINCT pb.household_no FROM case_member cm JOIN person_base pb USING (id_no)
                     WHERE cm.active AND cm.category IN ('低保', '特困'))
@@ -248,7 +248,7 @@ RULES: tuple[Rule, ...] = (
                       string_agg(DISTINCT cm.category, '、' ORDER BY cm.category)) AS summary_zh,
                1.0 AS magnitude
         FROM d JOIN case_member cm ON cm.id_no = d.id_no AND cm.active JOIN person_base pb ON pb.id_no = d.id_no
-        GROUP BY pb.household_no, d.id_no"""),
+        GROUP BY pb.household_no, d.id_no""", scope="person"),
 )
 
 
