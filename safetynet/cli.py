@@ -480,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[RichHandler(show_path=False, console=Console(stderr=True, width=_width()))])
     if not args.debug:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it sets INFO on itself
     try:
         return args.func(args)
     except ValidationError as e:
