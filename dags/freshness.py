@@ -20,7 +20,7 @@ from safetynet import orchestration as orch
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=1)},
+    default_args=orch.task_defaults(2, dt.timedelta(minutes=1)),
     tags=["safetynet", "quality"],
 )
 def freshness():

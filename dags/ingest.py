@@ -54,13 +54,7 @@ KAFKA_ACTIVITY = orch.kafka_activity_asset(watchers)
     catchup=False,
     max_active_runs=1,
     max_active_tasks=4,
-    default_args={
-        "retries": 3,
-        "retry_delay": dt.timedelta(seconds=30),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": dt.timedelta(minutes=10),
-        "execution_timeout": dt.timedelta(hours=1),
-    },
+    default_args=orch.task_defaults(3, dt.timedelta(seconds=30), dt.timedelta(minutes=10), dt.timedelta(hours=1)),
     tags=["safetynet", "ingest"],
 )
 def ingest():

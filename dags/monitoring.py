@@ -24,13 +24,7 @@ from safetynet import orchestration as orch
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,  # asset events arriving during a build queue up as one next run
-    default_args={
-        "retries": 2,
-        "retry_delay": dt.timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": dt.timedelta(minutes=15),
-        "execution_timeout": dt.timedelta(hours=2),
-    },
+    default_args=orch.task_defaults(2, dt.timedelta(minutes=1), dt.timedelta(minutes=15), dt.timedelta(hours=2)),
     tags=["safetynet", "monitoring"],
 )
 def monitoring():

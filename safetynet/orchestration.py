@@ -63,6 +63,17 @@ class FeedSpec:
         return clean_asset_uri(self.department, self.feed)
 
 
+def task_defaults(retries: int, first_retry: dt.timedelta, max_retry: dt.timedelta | None = None,
+                  timeout: dt.timedelta | None = None) -> dict:
+    """The DAGs' `default_args`: retries with exponential backoff (tasks are idempotent) and a timeout."""
+    out: dict = {"retries": retries, "retry_delay": first_retry}
+    if max_retry is not None:
+        out.update(retry_exponential_backoff=True, max_retry_delay=max_retry)
+    if timeout is not None:
+        out["execution_timeout"] = timeout
+    return out
+
+
 def clean_asset_uri(department: str, feed: str) -> str:
     return f"{ASSET_SCHEME}://clean/{department}/{feed}"
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from safetynet.store import ObjectStore
+from safetynet.store import ObjectStore, parquet_bytes
 from schemas import outputs
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,9 @@ def publish(store: ObjectStore, snapshot: dt.date, tables: dict[str, pa.Table], 
             if t is None:
                 continue
             path = _path(name, snapshot, ident)
-            size = store.write_parquet(path, t)
-            files[path] = {"rows": t.num_rows, "bytes": size,
-                           "sha256": hashlib.sha256(store.read_bytes(path)).hexdigest()}
+            data = parquet_bytes(t)
+            store.write_bytes(path, data)
+            files[path] = {"rows": t.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     manifest = {
         "snapshot_date": snapshot.isoformat(), "schema_version": outputs.VERSION, "policy_version": policy_version,
         "datasets": {name: {"rows": v[0].num_rows, "path": _path(name, snapshot, False),
@@ -138,11 +138,6 @@ def read(store: ObjectStore, dataset: str, snapshot: dt.date | None = None, *, i
     if hashlib.sha256(data).hexdigest() != m["files"][path]["sha256"]:
         raise ValueError(f"{path} does not match its manifest checksum: rewritten after publishing?")
     return pq.read_table(pa.BufferReader(data))
-
-
-def warnings_for_export(t: pa.Table) -> pa.Table:
-    """Warnings sorted for people: by household risk rank, then score (already so when built)."""
-    return t.sort_by([("household_rank", "ascending"), ("score", "descending"), ("rule_id", "ascending")])
 
 
 def count_by(t: pa.Table, col: str) -> list[tuple[str, int]]:

@@ -198,9 +198,7 @@ class ObjectStore:
     # ---- parquet ----------------------------------------------------------------------------
     def write_parquet(self, rel: str, table: pa.Table) -> int:
         """Write a table as one Parquet object (atomic); returns the byte size."""
-        buf = io.BytesIO()
-        pq.write_table(table, buf, **PARQUET_OPTIONS)
-        data = buf.getvalue()
+        data = parquet_bytes(table)
         self.write_bytes(rel, data)
         return len(data)
 
@@ -227,3 +225,10 @@ def _short(e: BaseException) -> str:
 def open_store(settings: Settings) -> ObjectStore:
     """The store the settings point at."""
     return ObjectStore.from_settings(settings)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as Parquet bytes with the hub's options (deterministic: same table, same bytes)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, **PARQUET_OPTIONS)
+    return buf.getvalue()

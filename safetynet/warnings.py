@@ -17,6 +17,7 @@ ranked; the top contributing signals are kept with it.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -51,8 +52,6 @@ def rule_parameters(build: Build, pol: Policy) -> dict:
     t, snap = pol.thresholds, build.snapshot_date
     months = build.params["months12"]
     gap = t.unemployment_contribution_gap_months
-    import datetime as dt
-
     return {
         **build.params, **pol.params(),
         "gap_month": months[len(months) - 1 - gap] if gap < len(months) else "0000-00",
