@@ -11,19 +11,20 @@ Only then is the Kafka offset committed or the drop recorded as done. Per feed a
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime as dt
 import json
 import logging
-import time
-import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable
-import atexit
 import multiprocessing as mp
 import os
 import signal
 import sys
 import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -32,7 +33,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.drop_folder import Drop, DropFolderSource
-from connectors.formats import FileFormatError, decode_json_values, json_records_sql, read_rows, rows_to_records
+from connectors.formats import (
+    FileFormatError,
+    decode_json_values,
+    json_records_sql,
+    read_rows,
+    rows_to_records,
+)
 from connectors.kafka_topic import KafkaBatch, KafkaTopicSource
 from safetynet import normalise
 from safetynet.settings import Settings
@@ -173,21 +180,23 @@ class BatchWriter:
         self.settings, self.store, self.con = settings, store, con
         self._pool: ProcessPoolExecutor | None = None
 
-    def _process(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
-                                             initializer=_writer_init, initargs=(self.settings,))
-        return self._pool
+    def _in_process(self, fn, *args) -> Future:
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
+                                         initializer=_writer_init, initargs=(self.settings,))
+        with _spawn_without_host_main():  # the pool starts its process on the first submit
+            return self._pool.submit(fn, *args)
 
     def fetched(self, n: int) -> None:
         """A topic's backlog reached n records: start the writer process early (its imports take
         a second or two, better spent while the first batch is still being fetched)."""
         if self._pool is None and n >= self.settings.writer_process_min_records:
-            self._process().submit(int)  # a no-op that makes the pool spawn its process now
+            self._in_process(int)  # a no-op that makes the pool spawn its process now
 
     def submit(self, c: Contract, b: KafkaBatch) -> Future:
         if len(b.values) >= self.settings.writer_process_min_records:
-            return self._process().submit(_writer_write, c.feed_id, b)
+            return self._in_process(_writer_write, c.feed_id, b)
         # inline: run now, in this thread's order (a thread here would only contend for the GIL)
         fut: Future = Future()
         try:
@@ -200,6 +209,27 @@ class BatchWriter:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+@contextlib.contextmanager
+def _spawn_without_host_main() -> Iterator[None]:
+    """Start spawn-method processes without re-running the host program's `__main__` in them.
+
+    `spawn` imports the parent's main script in the child before unpickling anything. The writer
+    needs only this package (its functions pickle by module name), and the host program may be
+    one whose import fails there: in an Airflow task the main script is the `airflow` CLI, whose
+    import configures Airflow's ORM from settings the task process is deliberately not given.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    if main is not None:
+        main.__dict__.pop("__file__", None)
+        main.__spec__ = None
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
 
 
 _worker: dict = {}

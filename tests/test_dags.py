@@ -25,17 +25,16 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.airflow_env import AIRFLOW, ROOT, migrate
+from tests.airflow_env import airflow_env as make_env
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
-DAGS = ROOT / "dags"
-AIRFLOW = Path(sys.executable).parent / "airflow"
 SNAPSHOT_FILE = Path(__file__).parent / "snapshots" / "orchestration_graph.json"
 SNAPSHOT_DATE = "2026-11-01"
 MISSING = "public_security.vehicle"  # withheld in the first part of the scenario
@@ -254,25 +253,9 @@ def _now() -> str:
 def airflow_env(tmp_path_factory, broker) -> dict[str, Any]:
     """A private AIRFLOW_HOME with migrated SQLite metadata; the hub's settings for the tasks."""
     home = tmp_path_factory.mktemp("airflow_home")
-    store = home / "store"
-    group = f"sn-dags-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "SAFETYNET_"))}
-    env.update({
-        "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "SAFETYNET_STORE": str(store), "SAFETYNET_WORK_DIR": str(home / "work"),
-        "SAFETYNET_KAFKA_BOOTSTRAP": broker.bootstrap, "SAFETYNET_KAFKA_GROUP": group,
-        "SAFETYNET_PROGRESS": "false",
-        # the wake-up trigger's consumer: its own group, offsets auto-committed (see dags/ingest.py)
-        "AIRFLOW_CONN_SAFETYNET_KAFKA": json.dumps({"conn_type": "kafka", "extra": {
-            "bootstrap.servers": broker.bootstrap, "group.id": f"{group}-wakeup", "auto.offset.reset": "earliest",
-            "enable.auto.commit": True, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500}}),
-    })
-    r = subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, cwd=home, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return {"env": env, "home": home, "store": store, "logs": [home / "driver.log"]}
+    env = make_env(home, broker.bootstrap)
+    migrate(env, home)
+    return {"env": env, "home": home, "store": Path(env["SAFETYNET_STORE"]), "logs": [home / "driver.log"]}
 
 
 @pytest.fixture(scope="module")

@@ -152,3 +152,31 @@ def test_sigkill_mid_batch_then_restart_equals_an_uninterrupted_run(broker, topi
     assert ref.read_bytes(clean_path(CLAIM)) == victim.read_bytes(clean_path(CLAIM))  # byte-identical clean state
     rows = sum(t.num_rows for t in a.values()) + sum(t.num_rows for t in raw_snapshot(ref, "quarantine").values())
     assert rows == exp["messages"]
+
+
+def test_writer_process_does_not_rerun_the_host_program(broker, topic, tmp_path):
+    """Inside an Airflow task the main script is the `airflow` CLI, whose import fails in a
+    process without Airflow's DB settings; `spawn` would re-run it in the writer process."""
+    msgs, exp = claim_events(3_000)
+    publish(broker.bootstrap, topic, msgs)
+    host = tmp_path / "host.py"
+    host.write_text(
+        "import os, sys\n"
+        "if __name__ != '__main__':\n"
+        "    raise SystemExit('the host program was re-run in a child process')\n"
+        "from schemas.registry import get\n"
+        "c = get('medical_insurance.claim')\n"
+        f"type(c).topic = property(lambda self: {topic!r} if self is c else f'dept.{{self.department}}.{{self.feed}}.v1')\n"
+        "from safetynet.cli import main\n"
+        "sys.exit(main(['ingest', '--feed', 'medical_insurance.claim', '--no-files']))\n")
+    env = {**os.environ, "SAFETYNET_KAFKA_BOOTSTRAP": broker.bootstrap, "SAFETYNET_BATCH_MAX_RECORDS": "1000",
+           "SAFETYNET_WRITER_PROCESS_MIN_RECORDS": "500", "SAFETYNET_PROGRESS": "false",
+           "SAFETYNET_STORE": str(tmp_path / "store"), "SAFETYNET_KAFKA_GROUP": "host-" + uuid.uuid4().hex[:6],
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, str(host)], env=env, capture_output=True, text=True, timeout=300,
+                       check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    store = ObjectStore.from_settings(Settings(store=str(tmp_path / "store")))
+    rows = sum(store.read_parquet(e.path).num_rows for zone in ("raw", "quarantine")
+               for e in store.list(f"{zone}/{CLAIM.prefix}/", ".parquet"))
+    assert rows == exp["messages"]
