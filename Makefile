@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 PERSONS ?= 20000
 SEED ?= 20261101
 
-.PHONY: demo test install bench lint clean
+.PHONY: demo test install bench lint clean browser
+# Browser tests drive Debian's Chromium (never a downloaded browser); CJK fonts so Chinese renders.
+BROWSER_STAMP := $(VENV)/.browser
+APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
 $(VENV)-tools/bin/uv:
 	$(PY) -m venv $(VENV)-tools
@@ -19,15 +22,23 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 
 install: $(STAMP)
 
+$(BROWSER_STAMP):
+	@if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then \
+	  DEBIAN_FRONTEND=noninteractive $(APT) install -y -q chromium fonts-noto-cjk; fi
+	@mkdir -p $(VENV) && touch $(BROWSER_STAMP)
+
+browser: $(BROWSER_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/safetynet demo --persons $(PERSONS) --seed $(SEED) --store ./var/demo
 
-test: $(STAMP)
+test: $(STAMP) $(BROWSER_STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/ingest.py
 	$(VENV)/bin/python bench/build.py
+	$(VENV)/bin/python bench/review.py
 
 clean:
 	rm -rf var .pytest_cache .hypothesis

@@ -309,7 +309,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if res.quality is not None:
         con.print(f"data quality: {res.quality.summary()}\nData Docs: {store.url}/docs/quality/ ({len(res.docs)} files)")
     con.print(f"warning list (Excel, masked IDs): {out}")
+    _demo_review(s, con)
     return 0 if ok else 1
+
+
+def _demo_review(s, con) -> None:
+    """Load the snapshot into the review app's database, one demo account per role, and say how to open it."""
+    from rich.table import Table
+
+    from safetynet.review import cli as review_cli
+
+    engine = review_cli._engine(s)
+    res = review_cli.load_latest(s, engine)
+    users = review_cli.demo_users(engine)
+    t = Table(title="预警处置系统 demo accounts (one per role; passwords are new on every demo run)")
+    for col in ("username", "password", "role", "region prefix"):
+        t.add_column(col)
+    for row in users:
+        t.add_row(*row)
+    con.print(t)
+    if res is not None and res.loaded:
+        con.print(f"review database: {res.warnings:,} warnings loaded, {res.new_cases:,} new cases")
+    con.print(f"[bold]open the review app:[/bold] .venv/bin/safetynet serve --store {s.store}   "
+              "→ http://127.0.0.1:8000/")
 
 
 def _published_warnings(store, snapshot_date):
@@ -468,6 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-kafka", action="store_true")
     sp.add_argument("--no-files", action="store_true")
     sp.set_defaults(func=cmd_ingest)
+
+    from safetynet.review import cli as review_cli
+
+    review_cli.add_parsers(sub, _settings)
     return p
 
 

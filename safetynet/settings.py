@@ -49,6 +49,16 @@ class Settings(BaseSettings):
                                         description="HMAC key of the id_no pseudonym in downstream datasets")
     progress: bool = Field(True, description="Show progress bars on a terminal")
 
+    # --- review app -------------------------------------------------------------------------
+    review_db: str | None = Field(
+        None, description="Review app database (SQLAlchemy URL): sqlite:///path.db or "
+        "postgresql+psycopg2://user:pw@host/db; unset → SQLite at <work_dir>/review.db")
+    review_secret: SecretStr | None = Field(
+        None, description="Key signing the review app's session and CSRF tokens; unset → one is generated "
+        "and kept in the review database")
+    review_secure_cookies: bool = Field(False, description="Mark session cookies Secure (behind HTTPS)")
+    review_session_hours: float = Field(10.0, gt=0, description="Idle time after which a review session ends")
+
     @field_validator("store")
     @classmethod
     def _store_scheme(cls, v: str) -> str:

@@ -28,19 +28,18 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from tests.airflow_env import AIRFLOW, ROOT, migrate
+from tests.airflow_env import AIRFLOW, migrate
 from tests.airflow_env import airflow_env as make_env
+from tests.pg import temp_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PG_ADMIN = os.environ.get("SAFETYNET_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 PERSONS, SEED = 2000, 11
 VICTIM = "human_resources.employment"  # the largest feed: its task is killed mid-run
 REDELIVERIES = 3  # the victim's events are published this many times
@@ -52,23 +51,9 @@ ID18 = r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9])"
 @pytest.fixture(scope="module")
 def pg_url() -> str:
     """A fresh, empty database for Airflow's metadata; dropped afterwards."""
-    import psycopg2
-
-    name = f"sn_airflow_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg2.connect(PG_ADMIN, connect_timeout=5)
-    except psycopg2.OperationalError as e:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN} (set SAFETYNET_TEST_POSTGRES): {e}")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    dsn = admin.get_dsn_parameters()
-    url = f"postgresql+psycopg2://{dsn['user']}@{dsn['host']}:{dsn['port']}/{name}"
+    url, drop = temp_database("sn_airflow")
     yield url
-    with admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    admin.close()
+    drop()
 
 
 def _free_port() -> int:

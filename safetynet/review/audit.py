@@ -1,0 +1,114 @@
+"""The audit log: append-only (database triggers refuse UPDATE/DELETE) and hash-chained.
+
+Each entry's `hash` = SHA-256 of the previous entry's hash and the entry's canonical JSON, so an
+entry changed, removed or inserted out of band breaks the chain at that point (`verify`).
+Appends are serialised by locking the one-row `audit_head` (SELECT … FOR UPDATE on PostgreSQL;
+SQLite serialises writers). Entries never hold an unmasked ID number or name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+
+from safetynet.review import models as m
+from safetynet.review.auth import User
+from safetynet.review.db import now
+
+ACTIONS_ZH = {
+    "login": "登录", "login_failed": "登录失败", "logout": "退出", "view_list": "查看预警清单",
+    "view_household": "查看家庭详情", "unmask": "查看完整身份信息", "export": "导出", "decision": "处置",
+    "load_snapshot": "导入快照", "user_admin": "账户管理",
+}
+
+
+def _digest(prev: str, row: dict) -> str:
+    body = json.dumps({k: row[k] for k in ("at", "username", "role", "ip", "action", "object_type", "object_id",
+                                           "region_code", "detail")},
+                      ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256((prev + "\n" + body).encode()).hexdigest()
+
+
+def append(c: Connection, user: User | None, ip: str, action: str, object_type: str, object_id: str,
+           region_code: str = "", **detail) -> None:
+    """Append one entry inside the caller's transaction (so a decision and its entry commit together)."""
+    head = c.execute(select(m.audit_head).where(m.audit_head.c.id == 1).with_for_update()).one()
+    row = {"at": now().isoformat(timespec="microseconds"), "user_id": user.id if user else None,
+           "username": user.username if user else "system", "role": user.role if user else "system",
+           "ip": ip[:64], "action": action, "object_type": object_type, "object_id": str(object_id)[:64],
+           "region_code": region_code or "", "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True,
+                                                                 separators=(",", ":"), default=str)}
+    h = _digest(head.hash, row)
+    new_id = c.execute(insert(m.audit).values(**{**row, "at": now_from(row["at"])}, prev_hash=head.hash,
+                                              hash=h)).inserted_primary_key[0]
+    c.execute(update(m.audit_head).where(m.audit_head.c.id == 1).values(last_id=new_id, hash=h))
+
+
+def now_from(iso: str):
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(iso)
+
+
+def record(engine: Engine, user: User | None, ip: str, action: str, object_type: str, object_id: str,
+           region_code: str = "", **detail) -> None:
+    with engine.begin() as c:
+        append(c, user, ip, action, object_type, object_id, region_code, **detail)
+
+
+@dataclass
+class ChainCheck:
+    ok: bool
+    entries: int
+    first_bad_id: int | None = None
+    reason: str = ""
+
+
+def verify(engine: Engine) -> ChainCheck:
+    prev, n = "0" * 64, 0
+    with engine.connect() as c:
+        for r in c.execute(select(m.audit).order_by(m.audit.c.id)).mappings():
+            row = dict(r)
+            row["at"] = _iso(row["at"])
+            if row["prev_hash"] != prev:
+                return ChainCheck(False, n, r["id"], "与前一条记录的哈希不连续（记录被删除或插入）")
+            if _digest(prev, row) != r["hash"]:
+                return ChainCheck(False, n, r["id"], "记录内容与哈希不符（记录被修改）")
+            prev, n = r["hash"], n + 1
+        head = c.execute(select(m.audit_head.c.hash)).scalar_one()
+    if head != prev:
+        return ChainCheck(False, n, None, "链尾与最后一条记录不符（末尾记录被删除）")
+    return ChainCheck(True, n)
+
+
+def _iso(v) -> str:
+    import datetime as dt
+
+    if isinstance(v, dt.datetime):
+        if v.tzinfo is None:
+            v = v.replace(tzinfo=dt.UTC)
+        return v.astimezone(dt.UTC).isoformat(timespec="microseconds")
+    return str(v)
+
+
+def search(engine: Engine, *, username: str = "", action: str = "", object_id: str = "", since=None,
+           until=None, limit: int = 200, offset: int = 0) -> tuple[list[dict], int]:
+    conds = []
+    if username:
+        conds.append(m.audit.c.username == username)
+    if action:
+        conds.append(m.audit.c.action == action)
+    if object_id:
+        conds.append(m.audit.c.object_id == object_id)
+    if since:
+        conds.append(m.audit.c.at >= since)
+    if until:
+        conds.append(m.audit.c.at < until)
+    where = and_(True, *conds)
+    with engine.connect() as c:
+        total = c.scalar(select(func.count()).select_from(m.audit).where(where))
+        rows = c.execute(select(m.audit).where(where).order_by(m.audit.c.id.desc()).limit(limit).offset(offset))
+        return [dict(r) for r in rows.mappings()], total

@@ -1,0 +1,184 @@
+"""Load a published snapshot into the review database, and carry each case's lifecycle over.
+
+Only published snapshots are read: the manifest `_catalog/snapshots/<date>.json` is written
+last, so a snapshot without one (being written) is invisible here. Loading the same snapshot
+twice changes nothing (its manifest checksum is recorded).
+
+Lifecycle across snapshots, per `alert_key` (the same concern: rule + household + person):
+a new key opens a case (`new`); a key already open keeps its status and moves to the new
+warning; a *dismissed* or *closed* case stays so unless its facts changed materially since the
+decision — then it re-opens (`new`) with the change written down (`reopen_note`). Material:
+a fact record that was not there (a new claim, wage month, vehicle…), a higher severity, or a
+magnitude at least `MATERIAL_GROWTH` times the one decided on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, delete, insert, select, update
+
+from safetynet import snapshot
+from safetynet.review import audit
+from safetynet.review import models as m
+from safetynet.review.db import now
+from safetynet.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+MATERIAL_GROWTH = 1.2
+SEVERITY_ORDER = {"S3": 1, "S2": 2, "S1": 3}
+CLOSED = ("dismissed", "closed")
+_MEMBER_FIELDS = ("gender", "age", "relation_to_head", "status", "status_date", "hukou_type", "alive",
+                  "working_age", "wage_12m_avg", "wage_last3_avg", "wage_prev9_avg", "last_wage_month",
+                  "employer_name", "pension_monthly", "unemployment_status", "unemployment_benefit",
+                  "income_monthly", "claims_12m", "medical_total_12m", "oop_12m", "serious_illness",
+                  "serious_illness_name", "serious_illness_date", "vehicles_active", "vehicle_types", "residences",
+                  "properties_other", "disability_category", "disability_grade", "medical_scheme", "medical_status",
+                  "programmes", "active_categories")
+
+
+@dataclass
+class LoadResult:
+    snapshot_date: dt.date
+    loaded: bool  # False: already loaded (same manifest)
+    warnings: int = 0
+    households: int = 0
+    new_cases: int = 0
+    reopened: int = 0
+    kept_closed: int = 0
+
+
+def _json(v):
+    return json.loads(json.dumps(v, ensure_ascii=False, default=str))
+
+
+def latest_published(store: ObjectStore) -> dt.date | None:
+    days = snapshot.snapshots(store)
+    return days[-1] if days else None
+
+
+def material_change(old: dict, new: dict) -> str | None:
+    """A Chinese note of what changed materially between two versions of a warning, or None."""
+    if old["warning_id"] == new["warning_id"]:
+        return None
+    notes = []
+    if SEVERITY_ORDER.get(new["severity"], 0) > SEVERITY_ORDER.get(old["severity"], 0):
+        notes.append(f"严重程度 {old['severity']} → {new['severity']}")
+    seen = {(f["feed"], f["record_key"]) for f in old["facts"]}
+    added = [f for f in new["facts"] if (f["feed"], f["record_key"]) not in seen]
+    if added:
+        notes.append("新增事实：" + "；".join(f"{f['feed']} {f['record_key']}（{f['field']}={f['value']}"
+                                              f"{'，' + str(f['date']) if f.get('date') else ''}）" for f in added[:5])
+                     + (f" 等 {len(added)} 条" if len(added) > 5 else ""))
+    if old["magnitude"] > 0 and new["magnitude"] >= MATERIAL_GROWTH * old["magnitude"]:
+        notes.append(f"超出程度 {old['magnitude']:.2f} → {new['magnitude']:.2f}")
+    return "；".join(notes) or None
+
+
+def load_snapshot(engine: Engine, store: ObjectStore, day: dt.date | None = None) -> LoadResult:
+    day = day or latest_published(store)
+    if day is None:
+        raise FileNotFoundError("no published snapshot in the store (no _catalog/snapshots/*.json)")
+    raw_manifest = store.read_bytes(f"_catalog/snapshots/{day.isoformat()}.json")
+    sha = hashlib.sha256(raw_manifest).hexdigest()
+    manifest = json.loads(raw_manifest)
+    with engine.connect() as c:
+        if c.scalar(select(m.snapshots.c.manifest_sha256).where(m.snapshots.c.snapshot_date == day)) == sha:
+            return LoadResult(day, False)
+    w = snapshot.read(store, "warnings", day, identified=True)
+    persons = snapshot.read(store, "monitoring/person", day, identified=True)
+    hh = snapshot.read(store, "monitoring/household", day)
+    hh_rows = {r["household_no"]: r for r in hh.to_pylist()}
+    cats = {k: "," + ",".join(r.get("active_categories") or []) + "," for k, r in hh_rows.items()}
+    rows = []
+    for r in w.to_pylist():
+        rows.append({
+            "snapshot_date": day, "warning_id": r["warning_id"], "alert_key": r["alert_key"], "rule_id": r["rule_id"],
+            "rule_version": r["rule_version"], "rule_title_zh": r["rule_title_zh"], "severity": r["severity"],
+            "kind": r["kind"], "household_no": r["household_no"], "region_code": r["region_code"],
+            "street_code": r["street_code"], "county_code": r["region_code"][:6], "subject_id_no": r["subject_id_no"],
+            "categories": cats.get(r["household_no"], ",,"), "summary_zh": r["summary_zh"],
+            "thresholds": json.loads(r["thresholds"] or "{}"), "facts": _json(r["facts"] or []),
+            "magnitude": r["magnitude"], "score": r["score"], "household_score": r["household_score"],
+            "household_rank": r["household_rank"], "policy_version": r["policy_version"],
+            "stale_inputs": list(r["stale_inputs"] or [])})
+    res = LoadResult(day, True, warnings=len(rows), households=len(hh_rows))
+    t = now()
+    with engine.begin() as c:
+        latest_loaded = c.scalar(select(m.snapshots.c.snapshot_date).order_by(m.snapshots.c.snapshot_date.desc()))
+        c.execute(delete(m.warnings).where(m.warnings.c.snapshot_date == day))
+        for i in range(0, len(rows), 5000):
+            c.execute(insert(m.warnings), rows[i:i + 5000])
+        if latest_loaded is None or day >= latest_loaded:
+            _replace_households(c, day, hh_rows, persons)
+            _carry_cases(c, day, rows, res, t)
+        c.execute(delete(m.snapshots).where(m.snapshots.c.snapshot_date == day))
+        c.execute(insert(m.snapshots).values(snapshot_date=day, loaded_at=t, manifest_sha256=sha,
+                                             policy_version=manifest.get("policy_version"), warnings=len(rows),
+                                             households=len(hh_rows), reopened=res.reopened))
+        audit.append(c, None, "-", "load_snapshot", "snapshot", day.isoformat(), "", warnings=len(rows),
+                     new_cases=res.new_cases, reopened=res.reopened, manifest_sha256=sha)
+    log.info("review: loaded snapshot %s: %d warnings, %d new cases, %d re-opened, %d stay closed", day,
+             res.warnings, res.new_cases, res.reopened, res.kept_closed)
+    return res
+
+
+def _replace_households(c, day: dt.date, hh_rows: dict, persons) -> None:
+    c.execute(delete(m.members))
+    c.execute(delete(m.households))
+    hrows = [{"household_no": k, "snapshot_date": day, "region_code": r["region_code"], "street_code": r["street_code"],
+              "county_code": r["county_code"], "data": _json({k2: v for k2, v in r.items() if k2 != "snapshot_date"})}
+             for k, r in hh_rows.items()]
+    for i in range(0, len(hrows), 5000):
+        c.execute(insert(m.households), hrows[i:i + 5000])
+    seq: dict[str, int] = {}
+    mrows = []
+    for p in persons.to_pylist():
+        n = seq[p["household_no"]] = seq.get(p["household_no"], 0) + 1
+        mrows.append({"household_no": p["household_no"], "seq": n, "id_no": p["id_no"], "name": p["name"] or "",
+                      "data": _json({f: p.get(f) for f in _MEMBER_FIELDS})})
+    for i in range(0, len(mrows), 5000):
+        c.execute(insert(m.members), mrows[i:i + 5000])
+
+
+def _carry_cases(c, day: dt.date, rows: list[dict], res: LoadResult, t: dt.datetime) -> None:
+    existing = {r.alert_key: r for r in c.execute(select(m.cases))}
+    decided_ids = {r.decided_warning_id for r in existing.values() if r.decided_warning_id}
+    decided = {}
+    if decided_ids:
+        ids = list(decided_ids)
+        for i in range(0, len(ids), 1000):
+            for r in c.execute(select(m.warnings.c.warning_id, m.warnings.c.severity, m.warnings.c.facts,
+                                      m.warnings.c.magnitude).where(m.warnings.c.warning_id.in_(ids[i:i + 1000]))):
+                decided[r.warning_id] = r._asdict()
+    new_cases = []
+    for w in rows:
+        case = existing.get(w["alert_key"])
+        if case is None:
+            new_cases.append({"alert_key": w["alert_key"], "household_no": w["household_no"],
+                              "region_code": w["region_code"], "street_code": w["street_code"], "rule_id": w["rule_id"],
+                              "status": "new", "first_snapshot": day, "last_snapshot": day,
+                              "current_warning_id": w["warning_id"], "updated_at": t})
+            continue
+        values = {"last_snapshot": day, "current_warning_id": w["warning_id"], "region_code": w["region_code"],
+                  "street_code": w["street_code"]}
+        if case.status in CLOSED:
+            old = decided.get(case.decided_warning_id)
+            note = material_change(old, w) if old else None
+            if note:
+                values.update(status="new", reopen_note=note, assignee_id=None, updated_at=t)
+                c.execute(insert(m.actions).values(
+                    alert_key=w["alert_key"], action="reopen", from_status=case.status, to_status="new", user_id=None,
+                    at=t, snapshot_date=day, warning_id=w["warning_id"], rule_version=w["rule_version"], note=note))
+                res.reopened += 1
+            else:
+                res.kept_closed += 1
+        c.execute(update(m.cases).where(m.cases.c.alert_key == w["alert_key"]).values(**values))
+    for i in range(0, len(new_cases), 5000):
+        c.execute(insert(m.cases), new_cases[i:i + 5000])
+    res.new_cases = len(new_cases)

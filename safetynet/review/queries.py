@@ -1,0 +1,347 @@
+"""What the review app reads and writes, always within the user's scope (shared by pages and API)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import cache
+
+from sqlalchemy import Engine, Integer, func, insert, literal, select, update
+
+from safetynet.review import audit
+from safetynet.review import models as m
+from safetynet.review.auth import ROLES, User, in_scope, mask_id, mask_name
+from safetynet.review.db import now
+
+PAGE_SIZE = 50
+STATUS_ZH = {"new": "待处置", "assigned": "已分派", "visited": "已走访核实", "assisted": "已救助帮扶",
+             "dismissed": "已排除", "closed": "已办结"}
+HANDLED = ("assisted", "dismissed", "closed")
+SEVERITY_ZH = {"S1": "紧急", "S2": "重要", "S3": "一般"}
+KIND_ZH = {"forward": "风险预警", "reverse": "资格核查"}
+CATEGORIES = ("低保", "特困", "低保边缘", "临时救助", "无")
+DISMISS_REASONS = {"verified_no_risk": "核实无风险", "income_recovered": "收入已恢复", "already_assisted": "已纳入救助",
+                   "data_error": "数据有误", "moved_out": "已迁出本辖区", "other": "其他"}
+ASSISTANCE = {"dibao": "低保", "tekun": "特困供养", "dibao_edge": "低保边缘", "temporary": "临时救助",
+              "medical": "医疗救助", "housing": "住房救助", "employment": "就业帮扶", "other": "其他帮扶"}
+# action → (statuses it applies to, status it leads to)
+TRANSITIONS = {
+    "assign": (("new", "assigned", "visited"), "assigned"),
+    "visit": (("new", "assigned"), "visited"),
+    "assist": (("visited",), "assisted"),
+    "dismiss": (("new", "assigned", "visited"), "dismissed"),
+    "close": (("assisted", "dismissed"), "closed"),
+}
+ACTION_ZH = {"assign": "分派", "visit": "走访核实", "assist": "救助帮扶", "dismiss": "排除", "close": "办结",
+             "reopen": "重新开启"}
+DEPARTMENT_ZH = {"public_security": "公安", "human_resources": "人力资源社会保障", "medical_insurance": "医疗保障",
+                 "housing": "住房城乡建设", "civil_affairs": "民政", "disabled_persons_federation": "残联",
+                 "monitoring": "监测汇总"}
+
+
+@cache
+def region_names() -> dict[str, str]:
+    """code → name for streets and communities (the demo county's reference table)."""
+    from safetynet.synth.district import DISTRICT_CODE, region_tree
+
+    t = region_tree().table().to_pylist()
+    out = {DISTRICT_CODE: "天心区"}
+    for r in t:
+        out[r["region_code"]] = r["name"]
+        out[r["street_code"]] = r["street_name"]
+    return out
+
+
+@cache
+def feed_titles() -> dict[str, str]:
+    from schemas.registry import contracts
+
+    return {fid: c.title_zh for fid, c in contracts().items()} | {"monitoring.household": "家庭汇总指标",
+                                                                  "monitoring.person": "个人汇总指标"}
+
+
+class NotFound(LookupError):
+    """Absent *or* outside the user's scope: the two are indistinguishable to the caller."""
+
+
+class Forbidden(PermissionError):
+    pass
+
+
+class Conflict(ValueError):
+    pass
+
+
+def latest_snapshot(engine: Engine) -> dt.date | None:
+    with engine.connect() as c:
+        return c.scalar(select(func.max(m.snapshots.c.snapshot_date)))
+
+
+@dataclass
+class Filters:
+    street: str = ""
+    community: str = ""
+    rule: str = ""
+    severity: str = ""
+    status: str = ""
+    category: str = ""
+    q: str = ""
+    page: int = 1
+    snapshot: dt.date | None = None
+    extra: dict = field(default_factory=dict)
+
+    def params(self, **override) -> dict:
+        d = {"street": self.street, "community": self.community, "rule": self.rule, "severity": self.severity,
+             "status": self.status, "category": self.category, "q": self.q, "page": self.page} | override
+        return {k: v for k, v in d.items() if v not in ("", None, 1) or (k == "page" and v != 1)}
+
+
+def _conds(user: User, f: Filters, day: dt.date, skip: str = "") -> list:
+    w, c = m.warnings.c, m.cases.c
+    conds = [w.snapshot_date == day, in_scope(user, w.region_code)]
+    if f.street and skip != "street":
+        conds.append(w.street_code == f.street)
+    if f.community and skip != "community":
+        conds.append(w.region_code == f.community)
+    if f.rule and skip != "rule":
+        conds.append(w.rule_id == f.rule)
+    if f.severity and skip != "severity":
+        conds.append(w.severity == f.severity)
+    if f.status and skip != "status":
+        conds.append(c.status == f.status)
+    if f.category and skip != "category":
+        conds.append(w.categories == ",," if f.category == "无" else w.categories.like(f"%,{f.category},%"))
+    q = f.q.strip()
+    if q:
+        if len(q) == 18 and ROLES[user.role].unmask:  # an ID number: the households it belongs to
+            conds.append(w.household_no.in_(select(m.members.c.household_no).where(m.members.c.id_no == q.upper())))
+        else:
+            conds.append(w.household_no.like(q.replace("%", "").replace("_", "") + "%"))
+    return conds
+
+
+def _base(select_, conds):
+    return select_.select_from(m.warnings.join(m.cases, m.cases.c.alert_key == m.warnings.c.alert_key)).where(*conds)
+
+
+def list_warnings(engine: Engine, user: User, f: Filters, *, limit: int = PAGE_SIZE, all_rows: bool = False) -> dict:
+    day = f.snapshot or latest_snapshot(engine)
+    if day is None:
+        return {"snapshot": None, "rows": [], "total": 0, "facets": {}, "pages": 0}
+    w, c = m.warnings.c, m.cases.c
+    conds = _conds(user, f, day)
+    cols = [w.warning_id, w.alert_key, w.rule_id, w.rule_title_zh, w.severity, w.kind, w.household_no, w.region_code,
+            w.street_code, w.subject_id_no, w.summary_zh, w.score, w.household_score, w.household_rank,
+            w.categories, w.policy_version, w.rule_version, w.stale_inputs, c.status, c.assignee_id, c.reopen_note]
+    q = _base(select(*cols), conds).order_by(w.score.desc(), w.household_no, w.warning_id)
+    with engine.connect() as con:
+        total = con.scalar(_base(select(func.count()), conds))
+        if not all_rows:
+            page = max(1, f.page)
+            q = q.limit(limit).offset((page - 1) * limit)
+        rows = [dict(r) for r in con.execute(q).mappings()]
+        facets = {} if all_rows else _facets(con, user, f, day)
+    names = region_names()
+    for r in rows:
+        r["subject_id_masked"] = mask_id(r.pop("subject_id_no"))
+        r["status_zh"] = STATUS_ZH[r["status"]]
+        r["severity_zh"] = SEVERITY_ZH.get(r["severity"], r["severity"])
+        r["street_name"] = names.get(r["street_code"], "")
+        r["community_name"] = names.get(r["region_code"], "")
+        r["categories"] = [x for x in r["categories"].split(",") if x]
+    return {"snapshot": day, "rows": rows, "total": total, "facets": facets,
+            "pages": max(1, -(-total // limit)), "page": f.page}
+
+
+def _facets(con, user: User, f: Filters, day: dt.date) -> dict:
+    w, c = m.warnings.c, m.cases.c
+    out = {}
+    for name, col in (("street", w.street_code), ("community", w.region_code), ("rule", w.rule_id),
+                      ("severity", w.severity), ("status", c.status)):
+        q = _base(select(col, func.count()), _conds(user, f, day, skip=name)).group_by(col).order_by(col)
+        out[name] = [(k, n) for k, n in con.execute(q)]
+    cats = []
+    for cat in CATEGORIES:
+        cond = w.categories == ",," if cat == "无" else w.categories.like(f"%,{cat},%")
+        n = con.scalar(_base(select(func.count()), [*_conds(user, f, day, skip="category"), cond]))
+        cats.append((cat, n))
+    out["category"] = cats
+    rules = dict(con.execute(select(w.rule_id, func.min(w.rule_title_zh)).where(w.snapshot_date == day)
+                             .group_by(w.rule_id)).all())
+    out["rule_titles"] = rules
+    return out
+
+
+def household(engine: Engine, user: User, household_no: str, *, unmask: bool = False, ip: str = "-") -> dict:
+    """The household page's data; NotFound outside the scope. Audited: every view, every unmask."""
+    if unmask and not ROLES[user.role].unmask:
+        raise Forbidden("此角色不能查看完整身份信息")
+    h, w = m.households.c, m.warnings.c
+    with engine.begin() as con:
+        hh = con.execute(select(m.households).where(h.household_no == household_no,
+                                                    in_scope(user, h.region_code))).mappings().first()
+        if hh is None:
+            raise NotFound(household_no)
+        day = hh["snapshot_date"]
+        members = [dict(r) for r in con.execute(select(m.members).where(m.members.c.household_no == household_no)
+                                                .order_by(m.members.c.seq)).mappings()]
+        warns = [dict(r) for r in con.execute(
+            select(m.warnings, m.cases.c.status, m.cases.c.reopen_note, m.cases.c.assignee_id)
+            .join(m.cases, m.cases.c.alert_key == w.alert_key)
+            .where(w.household_no == household_no, w.snapshot_date == day).order_by(w.score.desc())).mappings()]
+        keys = [x["alert_key"] for x in warns]
+        acts = [dict(r) for r in con.execute(
+            select(m.actions, m.users.c.display_name, m.users.c.username)
+            .outerjoin(m.users, m.users.c.id == m.actions.c.user_id)
+            .where(m.actions.c.alert_key.in_(keys)).order_by(m.actions.c.at)).mappings()] if keys else []
+        audit.append(con, user, ip, "unmask" if unmask else "view_household", "household", household_no,
+                     hh["region_code"], warnings=len(warns))
+    names = region_names()
+    titles = feed_titles()
+    by_id = {mb["id_no"]: mb for mb in members}
+    for mb in members:
+        mb["id_shown"] = mb["id_no"] if unmask else mask_id(mb["id_no"])
+        mb["name_shown"] = mb["name"] if unmask else mask_name(mb["name"])
+        if not unmask:
+            del mb["id_no"], mb["name"]
+    timeline = []
+    for x in warns:
+        x["severity_zh"] = SEVERITY_ZH.get(x["severity"], x["severity"])
+        x["status_zh"] = STATUS_ZH[x["status"]]
+        x["kind_zh"] = KIND_ZH.get(x["kind"], x["kind"])
+        x["subject_shown"] = (x["subject_id_no"] if unmask else mask_id(x["subject_id_no"])) or ""
+        if not unmask:
+            x.pop("subject_id_no")
+        groups: dict[str, list] = {}
+        for fct in x["facts"]:
+            dep = fct["feed"].split(".")[0]
+            person = by_id.get(fct.get("id_no") or "")
+            row = {"feed": fct["feed"], "feed_zh": titles.get(fct["feed"], fct["feed"]), "record_key": fct["record_key"],
+                   "field": fct["field"], "value": fct["value"], "date": fct.get("date"),
+                   "person": (person["name_shown"] if person else ""),
+                   "person_id": (fct.get("id_no") if unmask else mask_id(fct.get("id_no")))}
+            groups.setdefault(DEPARTMENT_ZH.get(dep, dep), []).append(row)
+            if fct.get("date"):
+                timeline.append({"date": str(fct["date"]), "kind": "data",
+                                 "text": f"{titles.get(fct['feed'], fct['feed'])}：{fct['field']} = {fct['value']}"
+                                         f"（{x['rule_title_zh']}）"})
+        x["fact_groups"] = groups
+        x.pop("facts")
+    users = _user_names(engine, {a["assignee_id"] for a in acts if a.get("assignee_id")})
+    for a in acts:
+        who = a["display_name"] or "系统（快照导入）"
+        extra = ""
+        if a["reason_code"]:
+            extra += f"，原因：{DISMISS_REASONS.get(a['reason_code'], a['reason_code'])}"
+        if a["assistance"]:
+            extra += f"，救助：{ASSISTANCE.get(a['assistance'], a['assistance'])}"
+        if a["assignee_id"]:
+            extra += f"，分派给 {users.get(a['assignee_id'], '')}"
+        timeline.append({"date": a["at"].strftime("%Y-%m-%d %H:%M"), "kind": "action",
+                         "text": f"{who} {ACTION_ZH.get(a['action'], a['action'])}"
+                                 f"（{STATUS_ZH.get(a['from_status'])} → {STATUS_ZH.get(a['to_status'])}）{extra}"
+                                 + (f"：{a['note']}" if a["note"] else ""),
+                         "snapshot": str(a["snapshot_date"]), "rule_version": a["rule_version"]})
+    timeline.sort(key=lambda e: e["date"], reverse=True)
+    return {"household": hh, "data": hh["data"], "members": members, "warnings": warns, "timeline": timeline,
+            "street_name": names.get(hh["street_code"], ""), "community_name": names.get(hh["region_code"], ""),
+            "unmasked": unmask}
+
+
+def _user_names(engine: Engine, ids: set[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    with engine.connect() as c:
+        return dict(c.execute(select(m.users.c.id, m.users.c.display_name).where(m.users.c.id.in_(ids))).all())
+
+
+def assignable_users(engine: Engine, user: User, region_code: str) -> list[dict]:
+    """Active users who may work on a case of `region_code` and are within the actor's scope."""
+    with engine.connect() as c:
+        rows = c.execute(select(m.users.c.id, m.users.c.display_name, m.users.c.role, m.users.c.region_prefix)
+                         .where(m.users.c.active, m.users.c.role.in_(("street_worker", "community_assistant",
+                                                                       "county_reviewer")),
+                                literal(region_code).like(m.users.c.region_prefix + "%"),
+                                m.users.c.region_prefix.like(user.region_prefix + "%"))
+                         .order_by(m.users.c.display_name)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def decide(engine: Engine, user: User, alert_key: str, action: str, *, note: str = "", reason_code: str = "",
+           assistance: str = "", assignee_id: int | None = None, ip: str = "-") -> dict:
+    """Record one decision on a case (in scope, allowed for the role, valid from its status)."""
+    if action not in TRANSITIONS:
+        raise Conflict(f"未知操作 {action}")
+    if action not in ROLES[user.role].decide:
+        raise Forbidden(f"{ROLES[user.role].title_zh}不能执行「{ACTION_ZH[action]}」")
+    note = (note or "").strip()[:2000]
+    if action == "dismiss" and reason_code not in DISMISS_REASONS:
+        raise Conflict("排除须选择原因")
+    if action == "dismiss" and not note:
+        raise Conflict("排除须填写说明")
+    if action == "assist" and assistance not in ASSISTANCE:
+        raise Conflict("须选择已启动的救助帮扶类型")
+    frm, to = TRANSITIONS[action]
+    with engine.begin() as c:
+        case = c.execute(select(m.cases).where(m.cases.c.alert_key == alert_key, in_scope(user, m.cases.c.region_code))
+                         .with_for_update()).mappings().first()
+        if case is None:
+            raise NotFound(alert_key)
+        if case["status"] not in frm:
+            raise Conflict(f"当前状态为「{STATUS_ZH[case['status']]}」，不能{ACTION_ZH[action]}")
+        if action == "assign":
+            ok = {u["id"] for u in assignable_users(engine, user, case["region_code"])}
+            if assignee_id not in ok:
+                raise Conflict("只能分派给本辖区内的工作人员")
+        wv = c.execute(select(m.warnings.c.snapshot_date, m.warnings.c.rule_version)
+                       .where(m.warnings.c.warning_id == case["current_warning_id"])
+                       .order_by(m.warnings.c.snapshot_date.desc())).first()
+        t = now()
+        c.execute(insert(m.actions).values(
+            alert_key=alert_key, action=action, from_status=case["status"], to_status=to, user_id=user.id, at=t,
+            snapshot_date=wv.snapshot_date, warning_id=case["current_warning_id"], rule_version=wv.rule_version,
+            reason_code=reason_code or None, assistance=assistance or None,
+            assignee_id=assignee_id if action == "assign" else None, note=note or None))
+        values = {"status": to, "updated_at": t}
+        if action == "assign":
+            values["assignee_id"] = assignee_id
+        if to in ("dismissed", "closed"):
+            values["decided_warning_id"] = case["current_warning_id"]
+        if action in ("assign", "visit"):
+            values["reopen_note"] = case["reopen_note"]
+        c.execute(update(m.cases).where(m.cases.c.alert_key == alert_key).values(**values))
+        audit.append(c, user, ip, "decision", "case", alert_key, case["region_code"], decision=action,
+                     from_status=case["status"], to_status=to, reason_code=reason_code or None,
+                     assistance=assistance or None, snapshot=str(wv.snapshot_date), rule_version=wv.rule_version,
+                     household_no=case["household_no"])
+    return {"alert_key": alert_key, "status": to, "status_zh": STATUS_ZH[to]}
+
+
+def stats(engine: Engine, user: User) -> dict:
+    """Chart data: by street, by rule, by snapshot over time, handling progress per street."""
+    w, c = m.warnings.c, m.cases.c
+    day = latest_snapshot(engine)
+    names = region_names()
+    with engine.connect() as con:
+        if day is None:
+            return {"snapshot": None, "by_street": [], "by_rule": [], "over_time": [], "progress": []}
+        scope = [w.snapshot_date == day, in_scope(user, w.region_code)]
+        by_street = con.execute(select(w.street_code, func.count()).where(*scope).group_by(w.street_code)
+                                .order_by(func.count().desc())).all()
+        by_rule = con.execute(select(w.rule_title_zh, func.count()).where(*scope).group_by(w.rule_title_zh)
+                              .order_by(func.count().desc())).all()
+        over = con.execute(select(w.snapshot_date, w.severity, func.count()).where(in_scope(user, w.region_code))
+                           .group_by(w.snapshot_date, w.severity).order_by(w.snapshot_date)).all()
+        handled = func.sum(func.cast(c.status.in_(HANDLED), Integer))
+        prog = con.execute(_base(select(w.street_code, func.count(), handled), scope).group_by(w.street_code)
+                           .order_by(w.street_code)).all()
+    dates = sorted({str(d) for d, _, _ in over})
+    series = {s: [0] * len(dates) for s in ("S1", "S2", "S3")}
+    for d, s, n in over:
+        series.setdefault(s, [0] * len(dates))[dates.index(str(d))] = n
+    return {"snapshot": str(day),
+            "by_street": [{"code": k, "name": names.get(k, k), "count": n} for k, n in by_street],
+            "by_rule": [{"name": k, "count": n} for k, n in by_rule],
+            "over_time": {"dates": dates, "series": {f"{k} {SEVERITY_ZH.get(k, k)}": v for k, v in series.items()}},
+            "progress": [{"code": k, "name": names.get(k, k), "total": n, "handled": int(h or 0)} for k, n, h in prog]}
+

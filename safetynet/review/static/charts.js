@@ -1,0 +1,33 @@
+// Charts of the review app: data from /api/v1/stats (same session and scope), drawn with the
+// locally served ECharts. No inline script (the CSP forbids it).
+(function () {
+  function bar(el, names, values, extra) {
+    var c = echarts.init(document.getElementById(el));
+    c.setOption(Object.assign({
+      tooltip: {}, grid: {left: 140, right: 20, top: 10, bottom: 30},
+      xAxis: {type: "value"}, yAxis: {type: "category", data: names, inverse: true},
+      series: [{type: "bar", data: values, itemStyle: {color: "#c0392b"}}]
+    }, extra || {}));
+    return c;
+  }
+  fetch("/api/v1/stats", {credentials: "same-origin"}).then(function (r) { return r.json(); }).then(function (s) {
+    var charts = [];
+    charts.push(bar("chart-street", s.by_street.map(function (x) { return x.name; }), s.by_street.map(function (x) { return x.count; })));
+    charts.push(bar("chart-rule", s.by_rule.map(function (x) { return x.name; }), s.by_rule.map(function (x) { return x.count; })));
+    var t = echarts.init(document.getElementById("chart-time"));
+    t.setOption({tooltip: {trigger: "axis"}, legend: {}, xAxis: {type: "category", data: s.over_time.dates},
+      yAxis: {type: "value"}, series: Object.keys(s.over_time.series).map(function (k) {
+        return {name: k, type: "line", stack: "all", areaStyle: {}, data: s.over_time.series[k]}; })});
+    charts.push(t);
+    var p = echarts.init(document.getElementById("chart-progress"));
+    p.setOption({tooltip: {trigger: "axis"}, legend: {}, grid: {left: 140, right: 20, top: 30, bottom: 30},
+      xAxis: {type: "value"}, yAxis: {type: "category", inverse: true, data: s.progress.map(function (x) { return x.name; })},
+      series: [
+        {name: "已处置", type: "bar", stack: "p", data: s.progress.map(function (x) { return x.handled; }), itemStyle: {color: "#27ae60"}},
+        {name: "未处置", type: "bar", stack: "p", data: s.progress.map(function (x) { return x.total - x.handled; }), itemStyle: {color: "#bdc3c7"}}
+      ]});
+    charts.push(p);
+    document.body.setAttribute("data-charts-ready", "1");
+    window.addEventListener("resize", function () { charts.forEach(function (c) { c.resize(); }); });
+  });
+})();
