@@ -53,9 +53,6 @@ class Settings(BaseSettings):
     review_db: str | None = Field(
         None, description="Review app database (SQLAlchemy URL): sqlite:///path.db or "
         "postgresql+psycopg2://user:pw@host/db; unset → SQLite at <work_dir>/review.db")
-    review_secret: SecretStr | None = Field(
-        None, description="Key signing the review app's session and CSRF tokens; unset → one is generated "
-        "and kept in the review database")
     review_secure_cookies: bool = Field(False, description="Mark session cookies Secure (behind HTTPS)")
     review_session_hours: float = Field(10.0, gt=0, description="Idle time after which a review session ends")
 

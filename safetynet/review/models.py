@@ -62,12 +62,6 @@ login_attempts = Table(
     Index("ix_login_attempts_ip_at", "ip", "at"),
 )
 
-app_secrets = Table(
-    "app_secrets", metadata,
-    Column("name", String(32), primary_key=True),
-    Column("value", String(128), nullable=False),
-)
-
 snapshots = Table(
     "snapshots", metadata,
     Column("snapshot_date", Date, primary_key=True),
