@@ -147,6 +147,16 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
+def broker():
+    """This module's own broker: it publishes to the contract topics `dept.*.v1`, as test_dags does
+    on the session broker, and the two scenarios must not see each other's events."""
+    from safetynet.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory, pg_url, broker):
     home = tmp_path_factory.mktemp("airflow_pg")
     port = _free_port()

@@ -73,9 +73,11 @@ UNSET_ALLOWED = {  # field -> why it may stay unset in this stack
     "kafka_sasl_mechanism": "the broker's listeners are PLAINTEXT inside the compose network",
     "kafka_sasl_username": "idem",
     "kafka_sasl_password": "idem",
+    "review_db": "only the review service opens the review database (set there, checked in test_review_app_service)",
 }
-# SAFETYNET_* variables the stack sets before the code reads them (the review app's DB URL).
-PENDING_VARS = {"SAFETYNET_REVIEW_DB"}
+# SAFETYNET_* variables the stack sets that no Settings field reads (none left: the review app's DB
+# URL is `Settings.review_db`).
+PENDING_VARS: set[str] = set()
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY$|FERNET|TOKEN")
 RESTART_LONG_RUNNING = {"always", "unless-stopped", "on-failure"}
 
@@ -387,6 +389,14 @@ def test_review_app_service(compose):
     assert (url.username, url.path) == ("review", "/review")
     assert url.password == environment(services(compose)["postgres"])["REVIEW_DB_PASSWORD"]
     assert not any(m["target"] == "/opt/airflow/dags" for m in mounts(svc)), "the review app needs no DAGs"
+    import argparse
+
+    from safetynet.review.cli import add_parsers
+
+    p = argparse.ArgumentParser()
+    add_parsers(p.add_subparsers(), lambda a: None)
+    args = p.parse_args(svc["command"][1:])  # the compose command parses with the real CLI
+    assert (args.host, args.port) == ("0.0.0.0", 8000)
 
 
 # --- the services agree with each other -----------------------------------------------------------
