@@ -323,7 +323,7 @@ def _demo_review(s, con) -> None:
     res = review_cli.load_latest(s, engine)
     users = review_cli.demo_users(engine)
     t = Table(title="预警处置系统 demo accounts (one per role; passwords are new on every demo run)")
-    for col in ("username", "password", "role", "region prefix"):
+    for col in ("username", "password", "role", "region 辖区"):
         t.add_column(col)
     for row in users:
         t.add_row(*row)

@@ -20,7 +20,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, insert, select, update
 
 from safetynet import snapshot
 from safetynet.review import audit
@@ -156,7 +156,7 @@ def _carry_cases(c, day: dt.date, rows: list[dict], res: LoadResult, t: dt.datet
             for r in c.execute(select(m.warnings.c.warning_id, m.warnings.c.severity, m.warnings.c.facts,
                                       m.warnings.c.magnitude).where(m.warnings.c.warning_id.in_(ids[i:i + 1000]))):
                 decided[r.warning_id] = r._asdict()
-    new_cases = []
+    new_cases, moved = [], []
     for w in rows:
         case = existing.get(w["alert_key"])
         if case is None:
@@ -165,20 +165,27 @@ def _carry_cases(c, day: dt.date, rows: list[dict], res: LoadResult, t: dt.datet
                               "status": "new", "first_snapshot": day, "last_snapshot": day,
                               "current_warning_id": w["warning_id"], "updated_at": t})
             continue
-        values = {"last_snapshot": day, "current_warning_id": w["warning_id"], "region_code": w["region_code"],
-                  "street_code": w["street_code"]}
+        note = None
         if case.status in CLOSED:
             old = decided.get(case.decided_warning_id)
             note = material_change(old, w) if old else None
             if note:
-                values.update(status="new", reopen_note=note, assignee_id=None, updated_at=t)
+                c.execute(update(m.cases).where(m.cases.c.alert_key == w["alert_key"]).values(
+                    status="new", reopen_note=note, assignee_id=None, updated_at=t))
                 c.execute(insert(m.actions).values(
                     alert_key=w["alert_key"], action="reopen", from_status=case.status, to_status="new", user_id=None,
                     at=t, snapshot_date=day, warning_id=w["warning_id"], rule_version=w["rule_version"], note=note))
                 res.reopened += 1
             else:
                 res.kept_closed += 1
-        c.execute(update(m.cases).where(m.cases.c.alert_key == w["alert_key"]).values(**values))
+        moved.append({"k": w["alert_key"], "last_snapshot": day, "current_warning_id": w["warning_id"],
+                      "region_code": w["region_code"], "street_code": w["street_code"]})
+    if moved:  # one executemany: the case now points at this snapshot's version of its warning
+        stmt = update(m.cases).where(m.cases.c.alert_key == bindparam("k")).values(
+            last_snapshot=bindparam("last_snapshot"), current_warning_id=bindparam("current_warning_id"),
+            region_code=bindparam("region_code"), street_code=bindparam("street_code"))
+        for i in range(0, len(moved), 5000):
+            c.execute(stmt, moved[i:i + 5000])
     for i in range(0, len(new_cases), 5000):
         c.execute(insert(m.cases), new_cases[i:i + 5000])
     res.new_cases = len(new_cases)
