@@ -47,7 +47,8 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
     templates.env.globals.update(ROLES=ROLES, STATUS_ZH=queries.STATUS_ZH, SEVERITY_ZH=queries.SEVERITY_ZH,
                                  DISMISS_REASONS=queries.DISMISS_REASONS, ASSISTANCE=queries.ASSISTANCE,
                                  ACTION_ZH=queries.ACTION_ZH, TRANSITIONS=queries.TRANSITIONS,
-                                 region_names=queries.region_names, mask_id=auth.mask_id)
+                                 region_names=queries.region_names, mask_id=auth.mask_id,
+                                 beijing=queries.beijing)
     templates.env.filters["qs"] = lambda d: urlencode(d)
     templates.env.filters["yuan"] = _yuan
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")

@@ -60,6 +60,35 @@ def feed_titles() -> dict[str, str]:
                                                                   "monitoring.person": "个人汇总指标"}
 
 
+THRESHOLD_ZH = {
+    "urban_dibao": "城市低保标准（元/人/月）", "rural_dibao": "农村低保标准（元/人/月）",
+    "low_income_multiple": "低收入线倍数", "tekun_multiple": "特困标准倍数",
+    "disability_living_subsidy": "困难残疾人生活补贴", "disability_care_subsidy": "重度残疾人护理补贴",
+    "medical_burden_oop_12m": "近12个月医疗自付阈值（元）", "medical_burden_income_share": "医疗自付占家庭年收入比例",
+    "income_drop_ratio": "收入降幅阈值", "unemployment_contribution_gap_months": "断缴月数",
+    "unemployment_min_history_months": "此前连续缴费月数", "working_age_min": "劳动年龄下限",
+    "working_age_max": "劳动年龄上限", "earner_death_lookback_months": "死亡回溯月数",
+    "serious_illness_lookback_months": "大病回溯月数", "dangerous_house_ratings": "危房等级",
+    "dangerous_house_lookback_months": "危房鉴定回溯月数", "repeat_temporary_aid_count": "临时救助次数",
+    "repeat_temporary_aid_window_months": "临时救助统计月数", "phase_out_expiry_days": "渐退期到期天数",
+    "severe_disability_grades": "重度残疾等级", "recipient_vehicle_exempt_types": "豁免车辆类型",
+    "recipient_property_max_residences": "救助对象最多住宅套数", "recipient_high_income_multiple": "收入超标倍数",
+    "serious_illness_prefixes": "大病诊断编码",
+}
+
+
+@cache
+def field_labels() -> dict[tuple[str, str], str]:
+    """(feed, field) → its Chinese label: the contracts' labels, and the monitoring datasets' columns."""
+    from schemas import outputs
+    from schemas.registry import contracts
+
+    out = {(fid, f.name): f.label_zh for fid, c in contracts().items() for f in c.fields}
+    out |= {("monitoring.household", k): v[0] for k, v in outputs.HOUSEHOLD.items()}
+    out |= {("monitoring.person", k): v[0] for k, v in outputs.PERSON.items()}
+    return out
+
+
 class NotFound(LookupError):
     """Absent *or* outside the user's scope: the two are indistinguishable to the caller."""
 
@@ -70,6 +99,14 @@ class Forbidden(PermissionError):
 
 class Conflict(ValueError):
     pass
+
+
+BEIJING = dt.timezone(dt.timedelta(hours=8), "北京时间")
+
+
+def beijing(t: dt.datetime) -> dt.datetime:
+    """A stored timestamp in Beijing time (SQLite returns it naive, in UTC; PostgreSQL aware)."""
+    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).astimezone(BEIJING)
 
 
 def latest_snapshot(engine: Engine) -> dt.date | None:
@@ -216,16 +253,18 @@ def household(engine: Engine, user: User, household_no: str, *, unmask: bool = F
         for fct in x["facts"]:
             dep = fct["feed"].split(".")[0]
             person = by_id.get(fct.get("id_no") or "")
+            label = field_labels().get((fct["feed"], fct["field"]), fct["field"])
             row = {"feed": fct["feed"], "feed_zh": titles.get(fct["feed"], fct["feed"]), "record_key": fct["record_key"],
-                   "field": fct["field"], "value": fct["value"], "date": fct.get("date"),
+                   "field": label, "value": fct["value"], "date": fct.get("date"),
                    "person": (person["name_shown"] if person else ""),
                    "person_id": (fct.get("id_no") if unmask else mask_id(fct.get("id_no")))}
             groups.setdefault(DEPARTMENT_ZH.get(dep, dep), []).append(row)
             if fct.get("date"):
-                timeline.append({"date": str(fct["date"]), "kind": "data",
-                                 "text": f"{titles.get(fct['feed'], fct['feed'])}：{fct['field']} = {fct['value']}"
+                timeline.append({"date": str(fct["date"]), "sort": str(fct["date"]), "kind": "data",
+                                 "text": f"{titles.get(fct['feed'], fct['feed'])}：{label} = {fct['value']}"
                                          f"（{x['rule_title_zh']}）"})
         x["fact_groups"] = groups
+        x["thresholds_zh"] = [(THRESHOLD_ZH.get(k, k), v) for k, v in x["thresholds"].items()]
         x.pop("facts")
     users = _user_names(engine, {a["assignee_id"] for a in acts if a.get("assignee_id")})
     for a in acts:
@@ -237,12 +276,13 @@ def household(engine: Engine, user: User, household_no: str, *, unmask: bool = F
             extra += f"，救助：{ASSISTANCE.get(a['assistance'], a['assistance'])}"
         if a["assignee_id"]:
             extra += f"，分派给 {users.get(a['assignee_id'], '')}"
-        timeline.append({"date": a["at"].strftime("%Y-%m-%d %H:%M"), "kind": "action",
+        at = beijing(a["at"])
+        timeline.append({"date": at.strftime("%Y-%m-%d %H:%M"), "sort": at.isoformat(), "kind": "action",
                          "text": f"{who} {ACTION_ZH.get(a['action'], a['action'])}"
                                  f"（{STATUS_ZH.get(a['from_status'])} → {STATUS_ZH.get(a['to_status'])}）{extra}"
                                  + (f"：{a['note']}" if a["note"] else ""),
                          "snapshot": str(a["snapshot_date"]), "rule_version": a["rule_version"]})
-    timeline.sort(key=lambda e: e["date"], reverse=True)
+    timeline.sort(key=lambda e: e["sort"], reverse=True)  # newest first; actions by their full timestamp
     return {"household": hh, "data": hh["data"], "members": members, "warnings": warns, "timeline": timeline,
             "street_name": names.get(hh["street_code"], ""), "community_name": names.get(hh["region_code"], ""),
             "unmasked": unmask}
@@ -324,10 +364,13 @@ def stats(engine: Engine, user: User) -> dict:
     names = region_names()
     with engine.connect() as con:
         if day is None:
-            return {"snapshot": None, "by_street": [], "by_rule": [], "over_time": [], "progress": []}
+            return {"snapshot": None, "by_street": [], "by_community": [], "by_rule": [], "over_time": [],
+                    "progress": [], "area_level": "street"}
         scope = [w.snapshot_date == day, in_scope(user, w.region_code)]
         by_street = con.execute(select(w.street_code, func.count()).where(*scope).group_by(w.street_code)
                                 .order_by(func.count().desc())).all()
+        by_community = con.execute(select(w.region_code, func.count()).where(*scope).group_by(w.region_code)
+                                   .order_by(func.count().desc())).all()
         by_rule = con.execute(select(w.rule_title_zh, func.count()).where(*scope).group_by(w.rule_title_zh)
                               .order_by(func.count().desc())).all()
         over = con.execute(select(w.snapshot_date, w.severity, func.count()).where(in_scope(user, w.region_code))
@@ -341,6 +384,9 @@ def stats(engine: Engine, user: User) -> dict:
         series.setdefault(s, [0] * len(dates))[dates.index(str(d))] = n
     return {"snapshot": str(day),
             "by_street": [{"code": k, "name": names.get(k, k), "count": n} for k, n in by_street],
+            "by_community": [{"code": k, "name": names.get(k, k), "count": n} for k, n in by_community],
+            # what the area chart shows: a street-level user's own street in one bar says nothing
+            "area_level": "community" if len(user.region_prefix) >= 9 else "street",
             "by_rule": [{"name": k, "count": n} for k, n in by_rule],
             "over_time": {"dates": dates, "series": {f"{k} {SEVERITY_ZH.get(k, k)}": v for k, v in series.items()}},
             "progress": [{"code": k, "name": names.get(k, k), "total": n, "handled": int(h or 0)} for k, n, h in prog]}

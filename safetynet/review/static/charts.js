@@ -12,7 +12,9 @@
   }
   fetch("/api/v1/stats", {credentials: "same-origin"}).then(function (r) { return r.json(); }).then(function (s) {
     var charts = [];
-    charts.push(bar("chart-street", s.by_street.map(function (x) { return x.name; }), s.by_street.map(function (x) { return x.count; })));
+    var area = s.area_level === "community" ? s.by_community : s.by_street;
+    document.getElementById("title-area").textContent = s.area_level === "community" ? "各社区（村）预警数" : "各街道（乡镇）预警数";
+    charts.push(bar("chart-street", area.map(function (x) { return x.name; }), area.map(function (x) { return x.count; })));
     charts.push(bar("chart-rule", s.by_rule.map(function (x) { return x.name; }), s.by_rule.map(function (x) { return x.count; })));
     var t = echarts.init(document.getElementById("chart-time"));
     t.setOption({tooltip: {trigger: "axis"}, legend: {}, xAxis: {type: "category", data: s.over_time.dates},
