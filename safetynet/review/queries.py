@@ -376,8 +376,8 @@ def stats(engine: Engine, user: User) -> dict:
         over = con.execute(select(w.snapshot_date, w.severity, func.count()).where(in_scope(user, w.region_code))
                            .group_by(w.snapshot_date, w.severity).order_by(w.snapshot_date)).all()
         handled = func.sum(func.cast(c.status.in_(HANDLED), Integer))
-        prog = con.execute(_base(select(w.street_code, func.count(), handled), scope).group_by(w.street_code)
-                           .order_by(w.street_code)).all()
+        area = w.region_code if len(user.region_prefix) >= 9 else w.street_code
+        prog = con.execute(_base(select(area, func.count(), handled), scope).group_by(area).order_by(area)).all()
     dates = sorted({str(d) for d, _, _ in over})
     series = {s: [0] * len(dates) for s in ("S1", "S2", "S3")}
     for d, s, n in over:

@@ -19,7 +19,9 @@
     var t = echarts.init(document.getElementById("chart-time"));
     t.setOption({tooltip: {trigger: "axis"}, legend: {}, xAxis: {type: "category", data: s.over_time.dates},
       yAxis: {type: "value"}, series: Object.keys(s.over_time.series).map(function (k) {
-        return {name: k, type: "line", stack: "all", areaStyle: {}, data: s.over_time.series[k]}; })});
+        var color = {S1: "#b71c1c", S2: "#e67e22", S3: "#7f8c8d"}[k.slice(0, 2)];
+        return {name: k, type: "line", stack: "all", areaStyle: {}, data: s.over_time.series[k],
+                itemStyle: {color: color}, lineStyle: {color: color}}; })});
     charts.push(t);
     var p = echarts.init(document.getElementById("chart-progress"));
     p.setOption({tooltip: {trigger: "axis"}, legend: {}, grid: {left: 140, right: 20, top: 30, bottom: 30},
