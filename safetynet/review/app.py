@@ -55,7 +55,10 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
 
     @app.middleware("http")
     async def headers(request: Request, call_next):
-        resp = await call_next(request)
+        if await _has_nul(request):  # PostgreSQL refuses NUL in text: answer 400 before any query
+            resp: Response = JSONResponse({"detail": "输入含有非法字符（NUL）"}, status_code=400)
+        else:
+            resp = await call_next(request)
         resp.headers["Content-Security-Policy"] = CSP
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["X-Frame-Options"] = "DENY"
@@ -152,14 +155,14 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
         try:
             u = auth.authenticate(engine, username, password, ip)
         except auth.Throttled:
-            audit.record(engine, None, ip, "login_failed", "user", username[:64], "", reason="throttled")
+            audit.record(engine, None, ip, "login_failed", "user", _loggable(username), "", reason="throttled")
             msg = "登录失败次数过多，请 15 分钟后再试"
             if not html:
                 return JSONResponse({"detail": msg}, status_code=429)
             return page(request, "login.html", {"login_csrf": request.cookies.get(LOGIN_CSRF_COOKIE, ""),
                                                 "next": next_url, "error": msg}, status=429)
         if u is None:
-            audit.record(engine, None, ip, "login_failed", "user", username[:64], "")
+            audit.record(engine, None, ip, "login_failed", "user", _loggable(username), "")
             msg = "用户名或密码错误，或账户已停用"
             if not html:
                 return JSONResponse({"detail": msg}, status_code=401)
@@ -192,7 +195,7 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
     Flt = Annotated[queries.Filters, Depends(filters)]
 
     def _search_audit(request: Request, user: User, f: queries.Filters) -> None:
-        if len(f.q.strip()) == 18 and ROLES[user.role].unmask:  # searching by ID number is a disclosure
+        if auth.looks_like_id(f.q.strip()) and ROLES[user.role].unmask:  # searching by ID number is a disclosure
             audit.record(engine, user, ip_of(request), "unmask", "search", auth.mask_id(f.q.strip()),
                          user.region_prefix, reason="search by ID number")
 
@@ -246,9 +249,13 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
                         headers={"Content-Disposition": _disposition("csv")})
 
     def _export_rows(request: Request, user: User, f: queries.Filters, fmt: str) -> list[list]:
+        _search_audit(request, user, f)
         data = queries.list_warnings(engine, user, f, all_rows=True)
+        shown = f.params()
+        if auth.looks_like_id(shown.get("q")):
+            shown["q"] = auth.mask_id(shown["q"])
         audit.record(engine, user, ip_of(request), "export", "warnings", fmt, user.region_prefix,
-                     filters=f.params(), rows=len(data["rows"]), snapshot=str(data["snapshot"]))
+                     filters=shown, rows=len(data["rows"]), snapshot=str(data["snapshot"]))
         return [[str(data["snapshot"]), r["warning_id"], r["rule_title_zh"], r["severity_zh"], r["household_no"],
                  r["street_name"], r["community_name"], r["subject_id_masked"], r["summary_zh"], r["score"],
                  r["household_score"], r["status_zh"], "、".join(r["categories"]), r["policy_version"]]
@@ -374,6 +381,22 @@ def _disposition(ext: str) -> str:
 
     name = f"预警清单_{dt.date.today().isoformat()}.{ext}"
     return f"attachment; filename=warnings.{ext}; filename*=UTF-8''{quote(name)}"
+
+
+def _loggable(username: str) -> str:
+    """A typed user name as the audit log may hold it: an ID number typed as the name is masked."""
+    name = username[:64]
+    return auth.mask_id(name) if auth.looks_like_id(name) else name
+
+
+async def _has_nul(request: Request) -> bool:
+    """A NUL character anywhere in the path, query or body (raw, %-encoded or JSON-escaped)."""
+    if "\x00" in request.url.path or "%00" in request.url.query:
+        return True
+    if request.method in ("POST", "PUT", "PATCH"):
+        body = await request.body()
+        return b"\x00" in body or b"%00" in body or b"\\u0000" in body
+    return False
 
 
 def _yuan(v) -> str:

@@ -77,6 +77,14 @@ def mask_id(id_no: str | None) -> str:
     return id_no[:3] + "*" * max(len(id_no) - 3, 0)
 
 
+_ID_SHAPE = re.compile(r"[0-9]{17}[0-9Xx]|[0-9]{15}")
+
+
+def looks_like_id(v: str | None) -> bool:
+    """An 18-digit (or old 15-digit) ID number's shape: what must never reach a log unmasked."""
+    return bool(v) and bool(_ID_SHAPE.fullmatch(v))
+
+
 def mask_name(name: str | None) -> str:
     return "" if not name else name[0] + "*" * max(len(name) - 1, 1)
 

@@ -10,7 +10,14 @@ from sqlalchemy import Engine, Integer, func, insert, literal, select, update
 
 from safetynet.review import audit
 from safetynet.review import models as m
-from safetynet.review.auth import ROLES, User, in_scope, mask_id, mask_name
+from safetynet.review.auth import (
+    ROLES,
+    User,
+    in_scope,
+    looks_like_id,
+    mask_id,
+    mask_name,
+)
 from safetynet.review.db import now
 
 PAGE_SIZE = 50
@@ -146,15 +153,24 @@ def _conds(user: User, f: Filters, day: dt.date, skip: str = "") -> list:
         conds.append(w.severity == f.severity)
     if f.status and skip != "status":
         conds.append(c.status == f.status)
-    if f.category and skip != "category":
-        conds.append(w.categories == ",," if f.category == "无" else w.categories.like(f"%,{f.category},%"))
+    if f.category and skip != "category":  # only the known categories: a value is never a LIKE pattern
+        conds.append(_category_cond(f.category))
     q = f.q.strip()
     if q:
         if len(q) == 18 and ROLES[user.role].unmask:  # an ID number: the households it belongs to
             conds.append(w.household_no.in_(select(m.members.c.household_no).where(m.members.c.id_no == q.upper())))
         else:
-            conds.append(w.household_no.like(q.replace("%", "").replace("_", "") + "%"))
+            conds.append(w.household_no.startswith(q, autoescape=True))
     return conds
+
+
+def _category_cond(cat: str):
+    w = m.warnings.c
+    if cat == "无":
+        return w.categories == ",,"
+    if cat not in CATEGORIES:
+        return w.categories == "\x01"  # matches nothing
+    return w.categories.like(f"%,{cat},%")
 
 
 def _base(select_, conds):
@@ -199,12 +215,11 @@ def _facets(con, user: User, f: Filters, day: dt.date) -> dict:
         out[name] = [(k, n) for k, n in con.execute(q)]
     cats = []
     for cat in CATEGORIES:
-        cond = w.categories == ",," if cat == "无" else w.categories.like(f"%,{cat},%")
-        n = con.scalar(_base(select(func.count()), [*_conds(user, f, day, skip="category"), cond]))
+        n = con.scalar(_base(select(func.count()), [*_conds(user, f, day, skip="category"), _category_cond(cat)]))
         cats.append((cat, n))
     out["category"] = cats
-    rules = dict(con.execute(select(w.rule_id, func.min(w.rule_title_zh)).where(w.snapshot_date == day)
-                             .group_by(w.rule_id)).all())
+    rules = dict(con.execute(select(w.rule_id, func.min(w.rule_title_zh))
+                             .where(w.snapshot_date == day, in_scope(user, w.region_code)).group_by(w.rule_id)).all())
     out["rule_titles"] = rules
     return out
 
@@ -254,7 +269,10 @@ def household(engine: Engine, user: User, household_no: str, *, unmask: bool = F
             dep = fct["feed"].split(".")[0]
             person = by_id.get(fct.get("id_no") or "")
             label = field_labels().get((fct["feed"], fct["field"]), fct["field"])
-            row = {"feed": fct["feed"], "feed_zh": titles.get(fct["feed"], fct["feed"]), "record_key": fct["record_key"],
+            key = fct["record_key"]
+            if not unmask and looks_like_id(key):  # a record keyed by an ID number (masked like one)
+                key = mask_id(key)
+            row = {"feed": fct["feed"], "feed_zh": titles.get(fct["feed"], fct["feed"]), "record_key": key,
                    "field": label, "value": fct["value"], "date": fct.get("date"),
                    "person": (person["name_shown"] if person else ""),
                    "person_id": (fct.get("id_no") if unmask else mask_id(fct.get("id_no")))}
