@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -194,7 +196,7 @@ def list_warnings(engine: Engine, user: User, f: Filters, *, limit: int = PAGE_S
             w.categories, w.policy_version, w.rule_version, w.stale_inputs, c.status, c.assignee_id, c.reopen_note]
     q = _base(select(*cols), conds).order_by(w.score.desc(), w.household_no, w.warning_id)
     with engine.connect() as con:
-        groups = _groups(con, user, f, day)
+        groups = _cached_groups(con, engine, user, f, day)
         total = sum(g[-1] for g in groups if _matches(g, f))
         if not all_rows:
             page = max(1, f.page)
@@ -223,6 +225,31 @@ def _groups(con, user: User, f: Filters, day: dt.date) -> list[tuple]:
     scope = _conds(user, Filters(q=f.q), day)
     dims = (w.street_code, w.region_code, w.rule_id, w.severity, c.status, w.categories, w.rule_title_zh)
     return [tuple(r) for r in con.execute(_base(select(*dims, func.count()), scope).group_by(*dims))]
+
+
+_GROUPS_CACHE: OrderedDict = OrderedDict()
+_GROUPS_LOCK = threading.Lock()
+GROUPS_CACHE_SIZE = 512
+
+
+def _cached_groups(con, engine: Engine, user: User, f: Filters, day: dt.date) -> list[tuple]:
+    """`_groups`, reused while the data it counts is unchanged: case statuses change only with a new
+    `actions` row (a decision, or a re-open by the loader) and warnings only with a snapshot load
+    (`snapshots.loaded_at`), so those two maxima — two index lookups — version it. Paging and
+    filtering then cost one statement (the page); every process keeps its own small LRU."""
+    version = (con.scalar(select(func.max(m.actions.c.id))), con.scalar(select(func.max(m.snapshots.c.loaded_at))))
+    key = (id(engine), str(engine.url), version, day, user.region_prefix, ROLES[user.role].unmask, f.q.strip())
+    with _GROUPS_LOCK:
+        hit = _GROUPS_CACHE.get(key)
+        if hit is not None:
+            _GROUPS_CACHE.move_to_end(key)
+            return hit
+    groups = _groups(con, user, f, day)
+    with _GROUPS_LOCK:
+        _GROUPS_CACHE[key] = groups
+        while len(_GROUPS_CACHE) > GROUPS_CACHE_SIZE:
+            _GROUPS_CACHE.popitem(last=False)
+    return groups
 
 
 def _dim_matches(g: tuple, dim: str, value: str) -> bool:

@@ -1,0 +1,640 @@
+"""Benchmark: the review app's pages, served for real, against the SQL they run, measured in the same run.
+
+A review database (SQLite in a temp dir by default; `--db postgresql://…` creates a throw-away
+database on that server and drops it at the end) is migrated and filled with one snapshot of
+synthetic warnings (default 200,000), their cases, households and members (SQLAlchemy Core bulk
+inserts). A county reviewer (430103) and a street worker (430103001) are added. The app
+(`create_app`) is served by uvicorn in a child process on a free 127.0.0.1 port; an httpx client
+logs in through the login form (CSRF token + cookie) and requests each page N times (default 200):
+
+  * list, first page (`/`), county reviewer and street worker;
+  * filtered list (`/?street=430103003&severity=S1`);
+  * deep page (`/?page=<last page>`);
+  * household page (`/households/<no>`, random households within the scope).
+
+Baseline, same run: the SQL the app runs for that page, executed directly on a DBAPI cursor N
+times — for a list page the count plus the ORDER BY/LIMIT/OFFSET list query, for the household
+page its household, members, warnings and actions selects. The SQL is not rewritten by hand: it
+is captured (statement text and bound parameters, as sent to the driver) by running the app's own
+`queries.list_warnings` / `queries.household` with a `before_cursor_execute` listener, then
+replayed. A diagnostic section times every statement the list query function runs (including the
+facet counts) so the gap between page and baseline can be attributed.
+
+Bounded: each measuring loop also stops when its `--budget` (seconds, default 90) is used, after at
+least `--floor` samples (default 30) — at 200,000 warnings on SQLite a list page takes seconds, so
+the list pages get fewer than N requests; the table prints the n actually measured.
+
+Prints p50/p95 per page (client round trip; `srv` = time inside the server process up to the
+response start), the raw p50/p95 and their ratio; the last line is
+`ratio=<max over pages of (page p95 / raw p95)>`.
+
+    .venv/bin/python bench/review.py [--warnings 200000] [--requests 200] [--db postgresql://postgres@127.0.0.1:5432]
+                                     [--budget 90] [--floor 30] [--diag-reps 10] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import os
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SNAP = dt.date(2026, 11, 1)
+PASSWORD = "bench-review-pw-2026"
+COUNTY = ("bench_county", "county_reviewer", "430103")
+STREET = ("bench_street", "street_worker", "430103001")
+FILTERED = {"street": "430103003", "severity": "S1"}
+POLICY = "430103-2026.11-bench"
+
+# rule id → (relative frequency, feed of its facts, field, per-person rule)
+RULE_SHAPE = {
+    "medical_burden": (14, "medical_insurance.claim", "out_of_pocket", True),
+    "income_drop": (12, "human_resources.employment", "wage", True),
+    "unemployment": (16, "human_resources.unemployment", "status", True),
+    "earner_death": (2, "public_security.person", "status", True),
+    "serious_illness": (6, "medical_insurance.claim", "diagnosis_code", True),
+    "uncovered_low_income": (10, "monitoring.household", "income_per_capita", False),
+    "dangerous_house": (3, "housing.dangerous_house", "rating", False),
+    "repeat_temporary_aid": (5, "civil_affairs.assistance_case", "category", False),
+    "phase_out_risk": (6, "civil_affairs.assistance_case", "end_date", False),
+    "severe_disability": (7, "disabled_persons_federation.disability", "grade", True),
+    "deceased_recipient": (2, "public_security.person", "status", True),
+    "recipient_vehicle": (6, "public_security.vehicle", "vehicle_type", True),
+    "recipient_property": (4, "housing.property", "usage", True),
+    "recipient_high_income": (5, "monitoring.household", "income_per_capita", False),
+    "duplicate_enrolment": (2, "civil_affairs.assistance_case", "case_no", True),
+}
+STATUS_WEIGHTS = {"new": 70, "assigned": 10, "visited": 7, "assisted": 4, "dismissed": 6, "closed": 3}
+CATEGORY_CHOICES = [(",,", 55), (",低保,", 20), (",特困,", 5), (",低保边缘,", 8), (",临时救助,", 5),
+                     (",低保,临时救助,", 5), (",低保边缘,临时救助,", 2)]
+SURNAMES = "王李张刘陈杨黄赵周吴徐孙胡朱高林何郭马罗"
+GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰"
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+
+
+def _hex(rng: random.Random) -> str:
+    return f"{rng.getrandbits(96):024x}"
+
+
+# ---- database -----------------------------------------------------------------------------------------
+def create_database(args) -> tuple[str, callable]:
+    """(SQLAlchemy URL of a fresh empty review database, a function removing it)."""
+    if not args.db:
+        root = tempfile.mkdtemp(prefix="bench-review-")
+        return f"sqlite:///{root}/review.db", lambda: shutil.rmtree(root, ignore_errors=True)
+    from sqlalchemy import create_engine, make_url, text
+
+    admin_url = make_url(args.db)
+    if admin_url.get_backend_name() != "postgresql":
+        raise SystemExit("--db takes a PostgreSQL server URL (omit it for SQLite in a temp dir)")
+    if "+" not in admin_url.drivername:  # the deployment's driver (docker-compose: postgresql+psycopg2)
+        admin_url = admin_url.set(drivername="postgresql+psycopg2")
+    if not admin_url.database:
+        admin_url = admin_url.set(database="postgres")
+    name = f"bench_review_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    print(f"created database {name} on {admin_url.host}:{admin_url.port or 5432}", flush=True)
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+        print(f"dropped database {name}", flush=True)
+
+    return admin_url.set(database=name).render_as_string(hide_password=False), drop
+
+
+class Progress:
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.done, self.t0, self.next = label, total, 0, time.perf_counter(), 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.done >= self.next or self.done >= self.total:
+            print(f"  {self.label}: {self.done:,}/{self.total:,} ({time.perf_counter() - self.t0:.1f}s)", flush=True)
+            self.next = self.done + max(1, self.total // 5)
+
+
+def synthesise(n_warnings: int, seed: int) -> dict[str, list[dict]]:
+    """Rows for warnings, cases, households, members, actions of one snapshot (deterministic in seed)."""
+    from quality.rules import RULES, SEVERITY_WEIGHT
+    from safetynet.synth.district import region_tree
+
+    rng = random.Random(seed)
+    tree = region_tree().table().to_pylist()  # 14 streets 430103001..014, 97 communities (street + 3 digits)
+    comm_codes = [r["region_code"] for r in tree]
+    comm_weights = [rng.lognormvariate(0, 0.5) for _ in comm_codes]
+    rules = {r.id: r for r in RULES}
+    rule_ids = [r for r in RULE_SHAPE if r in rules]
+    rule_w = [RULE_SHAPE[r][0] for r in rule_ids]
+    loaded = dt.datetime(2026, 11, 2, 6, 0, tzinfo=dt.UTC)
+    serial: dict[str, int] = {}
+    warnings_, cases, households, members, actions = [], [], [], [], []
+    id_serial = 0
+    hh_scores: dict[str, float] = {}
+    while len(warnings_) < n_warnings:
+        region = rng.choices(comm_codes, comm_weights)[0]
+        street = region[:9]
+        serial[street] = serial.get(street, 0) + 1
+        hh = f"{street}{serial[street]:06d}"
+        k = min(rng.choices((1, 2, 3, 4, 5, 6), (30, 25, 20, 13, 8, 4))[0], n_warnings - len(warnings_))
+        cats = rng.choices([c for c, _ in CATEGORY_CHOICES], [w for _, w in CATEGORY_CHOICES])[0]
+        n_members = rng.choices((1, 2, 3, 4, 5), (20, 28, 25, 17, 10))[0]
+        people = []
+        for seq in range(1, n_members + 1):
+            id_serial += 1
+            born = dt.date(1940, 1, 1) + dt.timedelta(days=rng.randrange(0, 365 * 82))
+            # synthetic: county prefix + birth date + a running serial (no check digit)
+            id_no = f"430103{born:%Y%m%d}{id_serial % 10000:04d}"
+            name = rng.choice(SURNAMES) + "".join(rng.choice(GIVEN) for _ in range(rng.choice((1, 2))))
+            age = (SNAP - born).days // 365
+            people.append(id_no)
+            members.append({"household_no": hh, "seq": seq, "id_no": id_no, "name": name, "data": {
+                "gender": rng.choice(("男", "女")), "age": age,
+                "relation_to_head": "户主" if seq == 1 else rng.choice(("配偶", "子女", "父母", "孙子女")),
+                "status": "正常" if rng.random() > 0.02 else "死亡", "hukou_type": rng.choice(("城镇", "农村")),
+                "alive": True, "working_age": 16 <= age <= 60,
+                "income_monthly": round(rng.uniform(0, 4000), 2) if 16 <= age <= 60 else None,
+                "oop_12m": round(rng.uniform(0, 30000), 2), "claims_12m": rng.randrange(0, 12),
+                "disability_category": rng.choice((None,) * 9 + ("肢体",)), "disability_grade": None,
+                "vehicles_active": rng.choice((0, 0, 0, 1)), "residences": rng.choice((0, 1, 1, 2)),
+                "active_categories": [c for c in cats.split(",") if c]}})
+        picked: list[str] = []
+        while len(picked) < k:
+            r = rng.choices(rule_ids, rule_w)[0]
+            if r not in picked:
+                picked.append(r)
+        for rid in picked:
+            rule = rules[rid]
+            _, feed, field, per_person = RULE_SHAPE[rid]
+            subject = rng.choice(people) if per_person else None
+            facts = []
+            for _ in range(rng.choice((1, 1, 2, 3))):
+                day = SNAP - dt.timedelta(days=rng.randrange(1, 365))
+                facts.append({"feed": feed, "record_key": f"{feed.split('.')[1][:3].upper()}{rng.randrange(10**9):09d}",
+                              "id_no": subject or rng.choice(people), "field": field,
+                              "value": f"{rng.uniform(100, 50000):.2f}", "date": day.isoformat()})
+            mag = 1.0 if rng.random() < 0.4 else round(rng.uniform(1.0, 3.5), 2)
+            score = round(SEVERITY_WEIGHT[rule.severity] * min(max(mag, 1.0), 3.0), 2)
+            wid, key = _hex(rng), _hex(rng)
+            warnings_.append({
+                "snapshot_date": SNAP, "warning_id": wid, "alert_key": key, "rule_id": rid,
+                "rule_version": rule.version, "rule_title_zh": rule.title_zh, "severity": rule.severity,
+                "kind": rule.kind, "household_no": hh, "region_code": region, "street_code": street,
+                "county_code": region[:6], "subject_id_no": subject, "categories": cats,
+                "summary_zh": f"{rule.title_zh}：{field} = {facts[0]['value']}，超出阈值 {mag:.2f} 倍",
+                "thresholds": {p: round(rng.uniform(1, 100), 1) for p in rule.params}, "facts": facts,
+                "magnitude": mag, "score": score, "household_score": 0.0, "household_rank": 0,
+                "policy_version": POLICY, "stale_inputs": [] if rng.random() > 0.05 else [feed]})
+            status = rng.choices(list(STATUS_WEIGHTS), list(STATUS_WEIGHTS.values()))[0]
+            cases.append({"alert_key": key, "household_no": hh, "region_code": region, "street_code": street,
+                          "rule_id": rid, "status": status, "assignee_id": None, "first_snapshot": SNAP,
+                          "last_snapshot": SNAP, "current_warning_id": wid,
+                          "decided_warning_id": wid if status in ("dismissed", "closed") else None,
+                          "reopen_note": None, "updated_at": loaded})
+            if status != "new":  # one decision row each (who / when), as the household page's timeline shows
+                actions.append({"alert_key": key, "action": {"assigned": "assign", "visited": "visit",
+                                                             "assisted": "assist", "dismissed": "dismiss",
+                                                             "closed": "dismiss"}[status],
+                                "from_status": "new", "to_status": status, "user_id": None, "at": loaded,
+                                "snapshot_date": SNAP, "warning_id": wid, "rule_version": rule.version,
+                                "reason_code": "verified_no_risk" if status in ("dismissed", "closed") else None,
+                                "assistance": "temporary" if status == "assisted" else None, "assignee_id": None,
+                                "note": "入户核实" if status != "assigned" else None})
+        hh_scores[hh] = round(sum(w["score"] for w in warnings_[len(warnings_) - k:]), 2)
+        income = round(rng.uniform(200, 3000), 2)
+        households.append({"household_no": hh, "snapshot_date": SNAP, "region_code": region, "street_code": street,
+                           "county_code": region[:6], "data": {
+                               "household_no": hh, "region_code": region, "street_code": street,
+                               "county_code": region[:6], "hukou_type": rng.choice(("城镇", "农村")),
+                               "members_total": n_members, "members_alive": n_members,
+                               "working_age_members": rng.randrange(0, n_members + 1),
+                               "income_total": round(income * n_members, 2), "income_per_capita": income,
+                               "dibao_standard": 850, "low_income_line": 1275,
+                               "oop_12m": round(rng.uniform(0, 60000), 2),
+                               "medical_total_12m": round(rng.uniform(0, 120000), 2),
+                               "dangerous_house_rating": "D级" if "dangerous_house" in picked else None,
+                               "active_categories": [c for c in cats.split(",") if c],
+                               "active_case_nos": [f"JZ{rng.randrange(10**8):08d}"] if cats != ",," else []}})
+    rank = {h: i + 1 for i, h in enumerate(sorted(hh_scores, key=lambda h: (-hh_scores[h], h)))}
+    for w in warnings_:
+        w["household_score"], w["household_rank"] = hh_scores[w["household_no"]], rank[w["household_no"]]
+    return {"households": households, "members": members, "warnings": warnings_, "cases": cases, "actions": actions}
+
+
+def build(url: str, n_warnings: int, seed: int) -> dict:
+    from sqlalchemy import insert, text
+
+    from safetynet.review import auth, db
+    from safetynet.review import models as m
+
+    t0 = time.perf_counter()
+    engine = db.engine_for(url)
+    db.migrate(engine)
+    ids = {u: auth.add_user(engine, u, PASSWORD, role, prefix, display_name=f"基准-{role}")
+           for u, role, prefix in (COUNTY, STREET)}
+    rows = synthesise(n_warnings, seed)
+    print(f"synthesised {len(rows['warnings']):,} warnings, {len(rows['households']):,} households, "
+          f"{len(rows['members']):,} members, {len(rows['actions']):,} decisions in {time.perf_counter() - t0:.1f}s",
+          flush=True)
+    for a in rows["actions"]:
+        a["user_id"] = ids[STREET[0]]
+    with engine.begin() as c:
+        for table in ("households", "members", "warnings", "cases", "actions"):
+            data, p = rows[table], Progress(f"insert {table}", len(rows[table]))
+            for i in range(0, len(data), 5000):
+                c.execute(insert(m.metadata.tables[table]), data[i:i + 5000])
+                p.add(len(data[i:i + 5000]))
+        c.execute(insert(m.snapshots).values(
+            snapshot_date=SNAP, loaded_at=db.now(), manifest_sha256=hashlib.sha256(b"bench").hexdigest(),
+            policy_version=POLICY, warnings=len(rows["warnings"]), households=len(rows["households"]), reopened=0))
+    if engine.dialect.name == "postgresql":  # what autovacuum does shortly after a load; SQLite: as deployed (none)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            c.execute(text("ANALYZE"))
+    print(f"built review database ({engine.dialect.name}) in {time.perf_counter() - t0:.1f}s", flush=True)
+    engine.dispose()
+    return {"households": [h["household_no"] for h in rows["households"]], "warnings": len(rows["warnings"])}
+
+
+# ---- server -----------------------------------------------------------------------------------------
+class Timed:
+    """ASGI wrapper adding `x-bench-ms`: time inside the server up to the response start."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+
+        async def send_(msg):
+            if msg["type"] == "http.response.start":
+                ms = (time.perf_counter() - t0) * 1000
+                msg = {**msg, "headers": [*msg.get("headers", []), (b"x-bench-ms", f"{ms:.3f}".encode())]}
+            await send(msg)
+
+        await self.app(scope, receive, send_)
+
+
+def serve(url: str, port: int) -> None:
+    """Child process: the app on 127.0.0.1:port; exits when the parent goes away."""
+    import uvicorn
+
+    from safetynet.review import db
+    from safetynet.review.app import create_app
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+    engine = db.engine_for(url)
+    uvicorn.run(Timed(create_app(engine)), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, url: str, log_path: Path):
+        self.port = free_port()
+        self.log_path = log_path
+        self.log = open(log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", url, "--port", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.log.close()
+
+
+def login(base: str, username: str):
+    import httpx
+
+    c = httpx.Client(base_url=base, timeout=120, follow_redirects=False)
+    r = c.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', r.text).group(1)
+    r = c.post("/login", data={"username": username, "password": PASSWORD, "csrf_token": token, "next": "/"})
+    if r.status_code != 303 or "sn_session" not in c.cookies:
+        raise RuntimeError(f"login as {username} failed: {r.status_code} {r.text[:300]}")
+    return c
+
+
+def over(t0: float, budget: float, done: int, floor: int) -> bool:
+    """True when a measuring loop has used its time budget (never before `floor` samples; budget 0: none)."""
+    return budget > 0 and done >= floor and time.perf_counter() - t0 > budget
+
+
+def time_pages(client, paths: list[str], budget: float, floor: int, warmup: int = 3) -> tuple[list[float], list[float]]:
+    """(client round-trip ms, in-server ms) of GET path, for each path in turn (within the budget)."""
+    for p in paths[:warmup]:
+        client.get(p).raise_for_status()
+    rt, srv = [], []
+    start = time.perf_counter()
+    for p in paths:
+        if over(start, budget, len(rt), floor):
+            break
+        t0 = time.perf_counter()
+        r = client.get(p)
+        rt.append((time.perf_counter() - t0) * 1000)
+        if r.status_code != 200:
+            raise RuntimeError(f"GET {p}: {r.status_code} {r.text[:300]}")
+        srv.append(float(r.headers["x-bench-ms"]))
+    return rt, srv
+
+
+# ---- the app's SQL, captured and replayed ----------------------------------------------------------------
+class Capture:
+    """Statements (as sent to the driver, with their bound parameters) the engine runs while active."""
+
+    def __init__(self, engine):
+        from sqlalchemy import event
+
+        self.engine, self.on, self.got = engine, False, []
+        event.listen(engine, "before_cursor_execute", self._hook)
+
+    def _hook(self, conn, cursor, statement, parameters, context, executemany):
+        if self.on:
+            self.got.append((statement, parameters))
+
+    def run(self, fn, *a, **kw) -> list[tuple[str, object]]:
+        self.got, self.on = [], True
+        try:
+            fn(*a, **kw)
+        finally:
+            self.on = False
+        return self.got
+
+
+def kinds_of(stmts: list[tuple[str, object]]) -> list[str]:
+    """Name each captured statement (list_warnings: latest snapshot, count/list/facets — whatever it runs)."""
+    out, counted = [], False
+    for sql, _ in stmts:
+        s = " ".join(sql.split())
+        if s.startswith("SELECT max(snapshots.snapshot_date)"):
+            k = "latest snapshot"
+        elif s.startswith("SELECT count(*)") and "FROM warnings JOIN cases" in s:
+            k = "facet category count" if counted else "count"
+            counted = True
+        elif "FROM warnings JOIN cases" in s and "GROUP BY" in s:
+            by = s.split("GROUP BY ", 1)[1].split(" ORDER BY")[0].split(", ")
+            k = f"facets+total, one GROUP BY over {len(by)} columns" if len(by) > 1 else \
+                "facet " + by[0].split(".")[-1]
+        elif "FROM warnings JOIN cases" in s:
+            k = "list" if "LIMIT" in s else "warnings"
+        elif "GROUP BY warnings.rule_id" in s:
+            k = "facet rule titles"
+        elif "FROM households" in s:
+            k = "household"
+        elif "FROM members" in s:
+            k = "members"
+        elif "FROM actions" in s:
+            k = "actions"
+        else:
+            k = "other: " + s[:48]
+        out.append(k)
+    return out
+
+
+def replay(raw, stmts: list[list[tuple[str, object]]], reps: int, budget: float,
+           floor: int) -> tuple[list[float], list[list[float]]]:
+    """Run the batches (cycling) `reps` times on a DBAPI cursor, fetching every row, within the budget:
+    (ms per batch, ms per statement of the first batch's shape)."""
+    cur = raw.cursor()
+    for sql, params in stmts[0]:  # warm-up
+        cur.execute(sql, params)
+        cur.fetchall()
+    total, per = [], [[] for _ in stmts[0]]
+    start = time.perf_counter()
+    for i in range(reps):
+        if over(start, budget, len(total), floor):
+            break
+        batch = stmts[i % len(stmts)]
+        t_batch = time.perf_counter()
+        for j, (sql, params) in enumerate(batch):
+            t0 = time.perf_counter()
+            cur.execute(sql, params)
+            cur.fetchall()
+            if j < len(per):
+                per[j].append((time.perf_counter() - t0) * 1000)
+        total.append((time.perf_counter() - t_batch) * 1000)
+    cur.close()
+    return total, per
+
+
+def page_count(cap: Capture, engine, queries, user, f) -> list[tuple[str, object]]:
+    """The page's count(*) statement: the app's own join and conditions (`queries._base`, `queries._conds`)
+    — what `list_warnings` ran for its total before the total came from the facet GROUP BY."""
+    from sqlalchemy import func, select
+
+    day = f.snapshot or queries.latest_snapshot(engine)
+
+    def count() -> None:
+        with engine.connect() as con:
+            con.scalar(queries._base(select(func.count()), queries._conds(user, f, day)))
+
+    return cap.run(count)
+
+
+def app_version() -> str:
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                              text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "safetynet/review")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes in safetynet/review" if dirty else "")
+
+
+# ---- main ---------------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--warnings", type=int, default=200_000)
+    ap.add_argument("--requests", type=int, default=200, help="requests (and raw SQL repetitions) per page")
+    ap.add_argument("--db", default="", help="PostgreSQL server URL (a throw-away database is created on it)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 20,000 warnings, 50 requests")
+    ap.add_argument("--budget", type=float, default=90,
+                    help="seconds per measuring loop: stop early (after at least --floor samples) when used; 0: none")
+    ap.add_argument("--floor", type=int, default=30, help="fewest samples per loop under the budget")
+    ap.add_argument("--diag-reps", type=int, default=10, help="repetitions of the per-statement list diagnostics")
+    ap.add_argument("--seed", type=int, default=20261101)
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        return serve(args.serve, args.port)
+    if args.quick:
+        args.warnings, args.requests = 20_000, 50
+    n = args.requests
+
+    url, remove = create_database(args)
+    server = engine = raw = None
+    clients = []
+    logdir = Path(tempfile.mkdtemp(prefix="bench-review-log-"))
+    try:
+        version = app_version()
+        print(f"app: commit {version}", flush=True)
+        info = build(url, args.warnings, args.seed)
+        server = Server(url, logdir / "server.log")
+        server.wait_ready()
+        county, street = login(server.base, COUNTY[0]), login(server.base, STREET[0])
+        clients = [county, street]
+
+        from sqlalchemy import select
+
+        from safetynet.review import db, queries
+        from safetynet.review import models as m
+        from safetynet.review.auth import User
+
+        engine = db.engine_for(url)
+        users = {}
+        with engine.connect() as c:
+            for uname, _, _ in (COUNTY, STREET):
+                r = c.execute(select(m.users).where(m.users.c.username == uname)).first()
+                users[uname] = User(r.id, r.username, r.display_name, r.role, r.region_prefix)
+        cu, su = users[COUNTY[0]], users[STREET[0]]
+        last = -(-info["warnings"] // queries.PAGE_SIZE)  # every synthetic warning is in the county's scope
+        rng = random.Random(args.seed + 1)
+        sample = [rng.choice(info["households"]) for _ in range(n)]  # county scope: every household
+        pages = [  # (label, client, path(s), user, Filters or None for the household page)
+            ("list / (county)", county, ["/"] * n, cu, queries.Filters()),
+            ("list / (street worker)", street, ["/"] * n, su, queries.Filters()),
+            ("list ?street=003&severity=S1", county, ["/?street={street}&severity={severity}".format(**FILTERED)] * n,
+             cu, queries.Filters(**FILTERED)),
+            (f"list ?page={last} (deep)", county, [f"/?page={last}"] * n, cu, queries.Filters(page=last)),
+            ("household /households/<no>", county, [f"/households/{h}" for h in sample], cu, None),
+        ]
+        print(f"serving on {server.base}; {n} requests per page, {info['warnings']:,} warnings, "
+              f"{last} list pages", flush=True)
+
+        results = []
+        cap = Capture(engine)
+        raw = engine.raw_connection()
+        if engine.dialect.name == "postgresql":
+            raw.dbapi_connection.autocommit = True  # no long-lived snapshot across the replay
+        for label, client, paths, user, f in pages:
+            t0 = time.perf_counter()
+            rt, srv = time_pages(client, paths, args.budget, args.floor)
+            # the app's own SQL for this page: run its query function once per distinct request, capturing
+            if f is not None:
+                got = cap.run(queries.list_warnings, engine, user, f)
+                kinds = kinds_of(got)
+                listed = [g for g, k in zip(got, kinds, strict=True) if k == "list"]
+                base = [page_count(cap, engine, queries, user, f) + listed]
+                full = [got]
+            else:
+                base, full = [], []
+                for h in dict.fromkeys(sample):  # one capture per distinct household (their IN lists differ)
+                    got = cap.run(queries.household, engine, user, h)
+                    kinds = kinds_of(got)
+                    base.append([g for g, k in zip(got, kinds, strict=True)
+                                 if k in ("household", "members", "warnings", "actions")])
+                    full.append(got)
+                kinds = kinds_of(full[0])
+            raw_ms, _ = replay(raw, base, n, args.budget, args.floor)
+            results.append({"label": label, "rt": rt, "srv": srv, "raw": raw_ms, "sql": full, "kinds": kinds})
+            print(f"  {label}: {len(rt)} requests, page p95 {pct(rt, .95):.1f} ms; {len(raw_ms)}× raw SQL, "
+                  f"p95 {pct(raw_ms, .95):.1f} ms ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+        # diagnostics: every statement the list function runs (count, list, facets, …), timed one by one
+        diag_reps = min(n, args.diag_reps)
+        diag = {}
+        for r in results:
+            if r["label"].startswith("list"):
+                tot, per = replay(raw, r["sql"], diag_reps, args.budget, min(3, diag_reps))
+                diag[r["label"]] = (tot, per)
+    finally:
+        for c in clients:
+            c.close()
+        if server is not None:
+            server.stop()
+        if raw is not None:
+            raw.close()
+        if engine is not None:
+            engine.dispose()
+        remove()
+        shutil.rmtree(logdir, ignore_errors=True)
+
+    backend = "PostgreSQL" if args.db else "SQLite"
+    print()
+    print(f"review app (commit {version}), {backend}, {info['warnings']:,} warnings, up to {n} requests per page "
+          f"(page = HTTP round trip on loopback; srv = inside the server; raw = the page's SQL on a DBAPI cursor)")
+    hdr = (f"{'page':<34}{'n':>5}{'p50 ms':>9}{'p95 ms':>9}{'srv p95':>9}{'raw n':>6}{'raw p50':>9}{'raw p95':>9}"
+           f"{'ratio':>8}")
+    print(hdr)
+    print("-" * len(hdr))
+    ratios = []
+    for r in results:
+        ratio = pct(r["rt"], .95) / pct(r["raw"], .95)
+        ratios.append(ratio)
+        print(f"{r['label']:<34}{len(r['rt']):>5}{pct(r['rt'], .5):>9.1f}{pct(r['rt'], .95):>9.1f}"
+              f"{pct(r['srv'], .95):>9.1f}{len(r['raw']):>6}{pct(r['raw'], .5):>9.2f}{pct(r['raw'], .95):>9.2f}"
+              f"{ratio:>8.2f}")
+    if any(len(r["rt"]) < n or len(r["raw"]) < n for r in results):
+        print(f"(n < {n}: that loop stopped at its --budget of {args.budget:g}s)")
+    print("raw = the app's ORDER BY/LIMIT/OFFSET list statement + count(*) over its join and conditions (list pages); "
+          "its household + members + warnings + actions selects (household page; not its audit-log append)")
+    print()
+    print(f"where a list page's time goes: every statement queries.list_warnings runs, up to {diag_reps}× (ms)")
+    for label, (tot, per) in diag.items():
+        r = next(x for x in results if x["label"] == label)
+        print(f"  {label}: all {len(per)} statements, {len(tot)}×: p50 {pct(tot, .5):.1f} / p95 {pct(tot, .95):.1f} "
+              f"(page p50 {pct(r['rt'], .5):.1f}); median per statement:")
+        top = sorted(zip(r["kinds"], per, strict=True), key=lambda kv: -statistics.median(kv[1]))
+        print("    " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in top))
+    print()
+    print(f"ratio = max over the {len(ratios)} pages of (page p95 / raw SQL p95); mean {statistics.mean(ratios):.2f}")
+    print(f"ratio={max(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    main()
