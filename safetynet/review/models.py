@@ -99,7 +99,8 @@ warnings = Table(
     Column("policy_version", String(64), nullable=False),
     Column("stale_inputs", JSON, nullable=False),
     Index("ix_warnings_list", "snapshot_date", "region_code", "score"),
-    Index("ix_warnings_order", "snapshot_date", "score", "warning_id"),
+    # the list's page is cut on this index alone (covering: order, scope and join keys), see queries.list_warnings
+    Index("ix_warnings_page", "snapshot_date", "score", "household_no", "warning_id", "region_code", "alert_key"),
     Index("ix_warnings_household", "household_no", "snapshot_date"),
     Index("ix_warnings_alert", "alert_key", "snapshot_date"),
 )

@@ -194,13 +194,20 @@ def list_warnings(engine: Engine, user: User, f: Filters, *, limit: int = PAGE_S
     cols = [w.warning_id, w.alert_key, w.rule_id, w.rule_title_zh, w.severity, w.kind, w.household_no, w.region_code,
             w.street_code, w.subject_id_no, w.summary_zh, w.score, w.household_score, w.household_rank,
             w.categories, w.policy_version, w.rule_version, w.stale_inputs, c.status, c.assignee_id, c.reopen_note]
-    q = _base(select(*cols), conds).order_by(w.score.desc(), w.household_no, w.warning_id)
+    order = (w.score.desc(), w.household_no, w.warning_id)
+    if all_rows:
+        q = _base(select(*cols), conds).order_by(*order)
+    elif f.status:  # the page depends on the cases' status: cut it on the join
+        q = _base(select(*cols), conds).order_by(*order).limit(limit).offset((max(1, f.page) - 1) * limit)
+    else:  # cut the page on warnings alone (covering index ix_warnings_page), then join the 50 rows
+        cut = (select(w.snapshot_date.label("d"), w.warning_id.label("id")).where(*conds).order_by(*order)
+               .limit(limit).offset((max(1, f.page) - 1) * limit).subquery())
+        q = (select(*cols).select_from(
+            m.warnings.join(cut, (w.snapshot_date == cut.c.d) & (w.warning_id == cut.c.id))
+            .join(m.cases, c.alert_key == w.alert_key)).order_by(*order))
     with engine.connect() as con:
         groups = _cached_groups(con, engine, user, f, day)
         total = sum(g[-1] for g in groups if _matches(g, f))
-        if not all_rows:
-            page = max(1, f.page)
-            q = q.limit(limit).offset((page - 1) * limit)
         rows = [dict(r) for r in con.execute(q).mappings()] if total else []
     facets = {} if all_rows else _facets(groups, f)
     names = region_names()
