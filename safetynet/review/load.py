@@ -20,7 +20,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, bindparam, delete, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, insert, select, text, update
 
 from safetynet import snapshot
 from safetynet.review import audit
@@ -123,6 +123,8 @@ def load_snapshot(engine: Engine, store: ObjectStore, day: dt.date | None = None
                                              households=len(hh_rows), reopened=res.reopened))
         audit.append(c, None, "-", "load_snapshot", "snapshot", day.isoformat(), "", warnings=len(rows),
                      new_cases=res.new_cases, reopened=res.reopened, manifest_sha256=sha)
+    with engine.begin() as c:  # fresh statistics for the planner after a bulk load
+        c.execute(text("ANALYZE"))
     log.info("review: loaded snapshot %s: %d warnings, %d new cases, %d re-opened, %d stay closed", day,
              res.warnings, res.new_cases, res.reopened, res.kept_closed)
     return res

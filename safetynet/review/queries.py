@@ -301,7 +301,10 @@ def household(engine: Engine, user: User, household_no: str, *, unmask: bool = F
         warns = [dict(r) for r in con.execute(
             select(m.warnings, m.cases.c.status, m.cases.c.reopen_note, m.cases.c.assignee_id)
             .join(m.cases, m.cases.c.alert_key == w.alert_key)
-            .where(w.household_no == household_no, w.snapshot_date == day).order_by(w.score.desc())).mappings()]
+            # by household only (its index), the snapshot picked here: with `snapshot_date = ?` too, SQLite
+            # without statistics takes the list index and scans the whole snapshot
+            .where(w.household_no == household_no).order_by(w.score.desc())).mappings()
+            if r["snapshot_date"] == day]
         keys = [x["alert_key"] for x in warns]
         acts = [dict(r) for r in con.execute(
             select(m.actions, m.users.c.display_name, m.users.c.username)
