@@ -7,8 +7,8 @@ one actionable line; `--debug` shows the traceback.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import contextlib
+import datetime as dt
 import json
 import logging
 import sys
@@ -39,7 +39,13 @@ def progress_bar(enabled: bool, total: int | None, label: str) -> Iterator:
     if not enabled or not sys.stderr.isatty():
         yield lambda *a, **k: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detail]}"), TimeRemainingColumn(), transient=False) as p:
@@ -366,7 +372,7 @@ def print_warnings(res, con) -> None:
 
     from quality.rules import RULES
     from safetynet import snapshot
-    from safetynet.synth.district import region_tree
+    from safetynet.regions import region_names
 
     w = res.warnings
     titles = {r.id: (r.title_zh, r.severity) for r in RULES}
@@ -378,8 +384,7 @@ def print_warnings(res, con) -> None:
         t.add_row(r.id, titles[r.id][0], titles[r.id][1], f"{counts.get(r.id, 0):,}")
     t.add_row("[bold]total[/bold]", "", "", f"{w.num_rows:,}")
     con.print(t)
-    rt = region_tree().table()  # names of the demo county's streets (blank for others)
-    streets = dict(zip(rt["street_code"].to_pylist(), rt["street_name"].to_pylist(), strict=True))
+    streets = region_names()  # blank for streets outside the reference table
     t2 = Table(title="按街道 by street")
     for col in ("street", "街道", "warnings", "households"):
         t2.add_column(col, justify="right" if col in ("warnings", "households") else "left")

@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -34,6 +33,7 @@ from typing import Any
 import psutil
 import pytest
 
+from safetynet.broker import free_port
 from tests.airflow_env import AIRFLOW, migrate
 from tests.airflow_env import airflow_env as make_env
 from tests.pg import temp_database
@@ -54,12 +54,6 @@ def pg_url() -> str:
     url, drop = temp_database("sn_airflow")
     yield url
     drop()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Stack:
@@ -159,7 +153,7 @@ def broker():
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, pg_url, broker):
     home = tmp_path_factory.mktemp("airflow_pg")
-    port = _free_port()
+    port = free_port()
     env = make_env(
         home, broker.bootstrap, pg_url,
         AIRFLOW__CORE__EXECUTOR="LocalExecutor", AIRFLOW__CORE__PARALLELISM="4",

@@ -8,6 +8,7 @@ SQLite serialises writers). Entries never hold an unmasked ID number or name.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
@@ -42,15 +43,9 @@ def append(c: Connection, user: User | None, ip: str, action: str, object_type: 
            "region_code": region_code or "", "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True,
                                                                  separators=(",", ":"), default=str)}
     h = _digest(head.hash, row)
-    new_id = c.execute(insert(m.audit).values(**{**row, "at": now_from(row["at"])}, prev_hash=head.hash,
+    new_id = c.execute(insert(m.audit).values(**{**row, "at": dt.datetime.fromisoformat(row["at"])}, prev_hash=head.hash,
                                               hash=h)).inserted_primary_key[0]
     c.execute(update(m.audit_head).where(m.audit_head.c.id == 1).values(last_id=new_id, hash=h))
-
-
-def now_from(iso: str):
-    import datetime as dt
-
-    return dt.datetime.fromisoformat(iso)
 
 
 def record(engine: Engine, user: User | None, ip: str, action: str, object_type: str, object_id: str,
@@ -85,8 +80,6 @@ def verify(engine: Engine) -> ChainCheck:
 
 
 def _iso(v) -> str:
-    import datetime as dt
-
     if isinstance(v, dt.datetime):
         if v.tzinfo is None:
             v = v.replace(tzinfo=dt.UTC)

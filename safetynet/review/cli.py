@@ -174,7 +174,7 @@ def demo_users(engine) -> list[tuple[str, str, str, str]]:
         except auth.AccountError:
             auth.set_password(engine, username, pw)
             auth.set_active(engine, username, True)
-        from safetynet.review.queries import region_names
+        from safetynet.regions import region_names
 
         out.append((username, pw, auth.ROLES[role].title_zh, f"{region} {region_names().get(region, '')}".strip()
                     if region else "全部"))

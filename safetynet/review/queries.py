@@ -10,6 +10,7 @@ from functools import cache
 
 from sqlalchemy import Engine, Integer, func, insert, literal, select, update
 
+from safetynet.regions import region_names
 from safetynet.review import audit
 from safetynet.review import models as m
 from safetynet.review.auth import (
@@ -43,22 +44,14 @@ TRANSITIONS = {
 }
 ACTION_ZH = {"assign": "分派", "visit": "走访核实", "assist": "救助帮扶", "dismiss": "排除", "close": "办结",
              "reopen": "重新开启"}
-DEPARTMENT_ZH = {"public_security": "公安", "human_resources": "人力资源社会保障", "medical_insurance": "医疗保障",
-                 "housing": "住房城乡建设", "civil_affairs": "民政", "disabled_persons_federation": "残联",
-                 "monitoring": "监测汇总"}
 
 
 @cache
-def region_names() -> dict[str, str]:
-    """code → name for streets and communities (the demo county's reference table)."""
-    from safetynet.synth.district import DISTRICT_CODE, region_tree
+def department_names() -> dict[str, str]:
+    """department → its Chinese name, from the feed contracts (plus the hub's own derived datasets)."""
+    from schemas.registry import contracts
 
-    t = region_tree().table().to_pylist()
-    out = {DISTRICT_CODE: "天心区"}
-    for r in t:
-        out[r["region_code"]] = r["name"]
-        out[r["street_code"]] = r["street_name"]
-    return out
+    return {c.department: c.department_zh for c in contracts().values()} | {"monitoring": "监测汇总"}
 
 
 @cache
@@ -340,7 +333,7 @@ def household(engine: Engine, user: User, household_no: str, *, unmask: bool = F
                    "field": label, "value": fct["value"], "date": fct.get("date"),
                    "person": (person["name_shown"] if person else ""),
                    "person_id": (fct.get("id_no") if unmask else mask_id(fct.get("id_no")))}
-            groups.setdefault(DEPARTMENT_ZH.get(dep, dep), []).append(row)
+            groups.setdefault(department_names().get(dep, dep), []).append(row)
             if fct.get("date"):
                 timeline.append({"date": str(fct["date"]), "sort": str(fct["date"]), "kind": "data",
                                  "text": f"{titles.get(fct['feed'], fct['feed'])}：{label} = {fct['value']}"
