@@ -59,7 +59,9 @@ class DropFolderSource:
     def _ledger_path(self, name: str) -> str:
         return f"_catalog/drops/{self.c.prefix}/{name}.json"
 
-    def waiting(self) -> Iterator[Drop]:
+    def waiting(self, mapping: str | None = None) -> Iterator[Drop]:
+        """Drops not yet taken in. A drop held as unhealthy (ledger `held`) is offered again
+        once the feed's mapping checksum differs from the one it was held under."""
         for e in self.store.list(self.landing):
             name = e.path[len(self.landing):]
             if not name.lower().endswith(SUFFIXES):
@@ -69,8 +71,13 @@ class DropFolderSource:
             data = self.store.read_bytes(e.path)
             sha = hashlib.sha256(data).hexdigest()
             ledger = self._ledger(name)
-            seen = {v["sha256"] for v in ledger}
+            seen = {v["sha256"] for v in ledger if not v.get("held") or v.get("mapping") == mapping}
             if sha in seen:
+                continue
+            if any(v["sha256"] == sha for v in ledger):
+                log.warning("drop: %s/%s was held as unhealthy; the feed's mapping changed since, so it is "
+                            "taken in again", self.c.feed_id, name)
+                yield Drop(e.path, name, data, sha, None)
                 continue
             prev = ledger[-1]["sha256"] if ledger else None
             if prev:

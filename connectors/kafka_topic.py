@@ -215,3 +215,30 @@ class KafkaTopicSource:
                     raise
                 log.warning("kafka: commit of %s failed (%s); retrying", b.name, e)
                 time.sleep(0.5 * 2 ** attempt)
+
+
+def sample(bootstrap: str, topic: str, n: int, poll_timeout_ms: int = 1000, idle_polls: int = 3) -> list[bytes]:
+    """Up to `n` message values of a topic, from the beginning of its partitions, without a
+    consumer group (nothing is committed) — for profiling. Bounded: stops at each partition's
+    high watermark seen after a fetch, at `n`, or after `idle_polls` empty polls."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                      auto_offset_reset="earliest", request_timeout_ms=30_000)
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        out: list[bytes] = []
+        idle = 0
+        while len(out) < n and idle < idle_polls:
+            got = c.poll(timeout_ms=poll_timeout_ms, max_records=n - len(out))
+            idle = 0 if got else idle + 1
+            for msgs in got.values():
+                out.extend(m.value for m in msgs)
+            if all((hw := c.highwater(tp)) is not None and c.position(tp) >= hw for tp in tps):
+                break
+        return out[:n]
+    finally:
+        c.close()

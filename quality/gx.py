@@ -88,6 +88,7 @@ CHECK_ZH = {
     "person_exists": "人员在户籍库中存在", "case_exists": "救助家庭编号存在", "no_negative_money": "金额非负",
     "household_exists": "户号在家庭表中存在", "snapshot_date": "快照日期一致", "region_in_county": "区划代码属于本县区",
     "rule_known": "预警规则已登记", "consistency": "数值一致性", "gx_error": "GX 内部错误",
+    "feed_health": "数据源健康（隔离率、空快照）",
 }
 
 _ID_RE = r"^[0-9]{17}[0-9X]$"
@@ -352,6 +353,17 @@ def _feed_target(c: Contract, table: pa.Table) -> _Target:
                    {f.name: f.pii for f in c.fields},
                    {**{_helper(f.name): f.name for f in c.fields if f.kind in ("id_no", "members")},
                     **{_num(f.name): f.name for f in c.fields}})
+
+
+def _health_target(health: Mapping[str, dict]) -> _Target:
+    """One row per feed with a recorded health (`safetynet.health`): healthy, or accepted for
+    this run by the operator (`--accept-unhealthy`). An unhealthy feed not accepted is critical."""
+    frame = pd.DataFrame({"feed_id": list(health), "ok": [bool(h["ok"]) for h in health.values()],
+                          "accepted": [bool(h.get("accepted")) for h in health.values()],
+                          "problems": ["; ".join(h.get("problems", [])) for h in health.values()]})
+    b = _Builder("health", {"kind": "health", "title_zh": "数据源健康"}, "health")
+    b.add("ExpectColumnValuesToBeInSet", True, "ok", "feed_health", column="ok", value_set=[True])
+    return _Target("health", "health", "feeds", frame, b.build(), ("feed_id",), {})
 
 
 def _union(parts: list[tuple[str, str, np.ndarray | None, pa.Array]], exists: Callable[[pa.Array], pa.Array]) -> pa.Table:
@@ -859,7 +871,8 @@ def _error_result(t: _Target | None, name: str, kind: str, subject: str, e: Base
 
 def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_date: dt.date | str, *,
              outputs: Mapping[str, pa.Table] | None = None, policy: Policy | None = None,
-             county: str | None = None, feeds: Iterable[str] | None = None) -> QualityReport:
+             county: str | None = None, feeds: Iterable[str] | None = None,
+             health: Mapping[str, dict] | None = None) -> QualityReport:
     """Run every suite for a snapshot: feeds, cross-feed checks and (if given) the outputs.
 
     `store_or_tables`: an `ObjectStore` (each feed's `clean/` table is read; a missing one is
@@ -867,6 +880,8 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
     pipeline already loaded; absent feeds are skipped). `outputs`: name → Table for
     `monitoring.person`, `monitoring.household`, `warnings` (aliases `person`, `household`).
     `policy` (or `county`, 6 digits) fixes the county the output region codes must belong to.
+    `health`: feed id → {"ok", "accepted", "problems"} (the feeds' recorded health, see
+    `safetynet.health`); an unhealthy feed the operator did not accept fails critically.
     """
     t_start = time.perf_counter()
     snap = dt.date.fromisoformat(snapshot_date) if isinstance(snapshot_date, str) else snapshot_date
@@ -922,6 +937,8 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
         if fid in tables:
             c = contracts()[fid]
             run(lambda c=c: [_feed_target(c, tables[c.feed_id])], f"feed.{fid}", "feed", fid)
+    if health:
+        run(lambda: [_health_target(health)], "health", "health", "feeds")
     run(lambda: _cross_targets(tables), "cross", "cross", "cross")
     if outputs:
         run(lambda: _output_targets(outputs, snap, county), "output", "output", "outputs")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import duckdb
 import pyarrow as pa
 
-from safetynet import normalise
+from safetynet import health, normalise
 from safetynet.normalise import _q
 from safetynet.store import ObjectStore
 from schemas.contract import Contract
@@ -55,7 +55,8 @@ def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection |
     con = con or normalise.connect()
     counts = CleanCounts(c.feed_id)
     try:
-        raw = store.dataset(f"raw/{c.prefix}/", schema=c.raw_schema())
+        held = health.held(store, c)  # unhealthy deliveries: the previous clean state stays in force
+        raw = store.dataset(f"raw/{c.prefix}/", schema=c.raw_schema(), exclude=held)
         if raw is None:
             table = c.arrow_schema().empty_table()
         else:
@@ -77,10 +78,10 @@ def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection |
         if counts.invalid:
             log.error("clean %s: %d raw rows fail the contract and were left out", c.feed_id, counts.invalid)
         store.write_parquet(clean_path(c), table)
-        watermarks = _watermarks(store, c)
+        watermarks = _watermarks(store, c, held)
         manifest = {"feed_id": c.feed_id, "contract_version": c.version, "path": clean_path(c),
                     "written_at": dt.datetime.now(dt.UTC).isoformat(), "counts": asdict(counts),
-                    "reconciles": counts.reconciles, "watermarks": watermarks}
+                    "reconciles": counts.reconciles, "watermarks": watermarks, "held_files": sorted(held)}
         store.write_bytes(f"_catalog/clean/{c.prefix}.json", json.dumps(manifest, ensure_ascii=False, indent=1).encode())
         log.info("clean %s: raw=%d → rows=%d (redelivered=%d superseded=%d deleted=%d)", c.feed_id, counts.raw_rows,
                  counts.rows, counts.redelivered, counts.superseded, counts.deleted,
@@ -93,7 +94,7 @@ def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection |
 
 def _flag_sql(c: Contract) -> str:
     """Each raw row with `__why`: NULL if it is in the clean state, else why it is not."""
-    typed = normalise.validate_sql(c, "__raw", typed=True)
+    typed = normalise.validate_sql(c, "__raw", typed=True, record_date=True)
     key = ", ".join(_q(k) for k in c.key)
     tiebreak = "".join(f", {_q(f)} DESC NULLS LAST" for f in c.order_by)
     snapshot = c.mode == "snapshot"
@@ -101,23 +102,25 @@ def _flag_sql(c: Contract) -> str:
     WITH typed AS ({typed}),
     t AS (
         SELECT *, coalesce(sn_datetime(_occurred_at), _ingested_at) AS __ts,
-               CASE WHEN _source = 'file' THEN split_part(_event_id, ':', 2) END AS __ver
+               -- a row of a tabular drop (event id file:<version>:<row>); JSON Lines envelope
+               -- rows keep their own event ids and are treated as events, like Kafka's
+               CASE WHEN _source = 'file' AND starts_with(_event_id, 'file:') THEN split_part(_event_id, ':', 2) END AS __ver
         FROM typed),
     versions AS (  -- the newest ingested version of every drop-file name
         SELECT _source_file, arg_max(__ver, _ingested_at) AS __latest_ver FROM t
-        WHERE _source = 'file' GROUP BY _source_file),
+        WHERE __ver IS NOT NULL GROUP BY _source_file),
     snap AS (  -- the newest snapshot drop (by its data date, then name)
         SELECT max(__ts) AS __snap_ts, arg_max(_source_file, (__ts, _source_file)) AS __snap_file
-        FROM t WHERE _source = 'file'),
+        FROM t WHERE __ver IS NOT NULL),
     f AS (
         SELECT t.*,
           row_number() OVER (PARTITION BY _event_id ORDER BY _ingested_at, _kafka_offset, _row_number) AS __n,
           CASE
             WHEN _rule IS NOT NULL THEN 'invalid'
-            WHEN _source = 'file' AND __ver <> v.__latest_ver THEN 'file_version'
+            WHEN __ver IS NOT NULL AND __ver <> v.__latest_ver THEN 'file_version'
             WHEN {str(snapshot).lower()} AND s.__snap_file IS NOT NULL AND (
-                 (_source = 'file' AND _source_file <> s.__snap_file)
-                 OR (_source = 'kafka' AND __ts <= s.__snap_ts)) THEN 'older_snapshot'
+                 (__ver IS NOT NULL AND _source_file <> s.__snap_file)
+                 OR (__ver IS NULL AND __ts <= s.__snap_ts)) THEN 'older_snapshot'
           END AS __pre_why
         FROM t LEFT JOIN versions v USING (_source_file) CROSS JOIN snap s),
     g AS (
@@ -135,10 +138,12 @@ def _flag_sql(c: Contract) -> str:
     """
 
 
-def _watermarks(store: ObjectStore, c: Contract) -> dict:
+def _watermarks(store: ObjectStore, c: Contract, held: dict | None = None) -> dict:
     """What the clean state covers: per Kafka partition the last offset, and the drop files."""
     out: dict = {"kafka": {}, "files": []}
     for e in store.list(f"raw/{c.prefix}/", ".parquet"):
+        if held and e.path in held:
+            continue
         name = e.path.rsplit("/", 1)[-1][: -len(".parquet")]
         parts = name.split("+")
         if parts[0] == "file":

@@ -20,6 +20,13 @@ from pydantic import SecretStr, ValidationError
 
 log = logging.getLogger("safetynet")
 
+#: Exit codes of every command (documented in the README).
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNHEALTHY = 0, 1, 2, 3
+#: The synthetic district plants every kind of dirty record in every feed — up to a fifth of a
+#: small feed's records — so its runs judge feed health against this rate unless
+#: SAFETYNET_MAX_QUARANTINE_RATE is set. Real feeds keep the default (5 %).
+SYNTHETIC_MAX_QUARANTINE_RATE = 0.5
+
 
 # ---- output helpers ---------------------------------------------------------------------------
 def _console():
@@ -117,7 +124,51 @@ def cmd_feeds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feeds_profile(args: argparse.Namespace) -> int:
+    from connectors import profile
+    from connectors.base import connectors
+    from schemas.registry import get
+
+    s = _settings(args)
+    c = get(args.feed)
+    mapping = connectors()[c.feed_id].load_mapping(s.mappings)
+    if args.kafka is not None:
+        bootstrap = args.kafka or s.kafka_bootstrap
+        if not bootstrap:
+            print("safetynet: --kafka needs HOST:PORT or SAFETYNET_KAFKA_BOOTSTRAP", file=sys.stderr)
+            return EXIT_USAGE
+        from connectors.kafka_topic import sample
+
+        p = profile.profile_values(c, mapping, sample(bootstrap, c.topic, args.sample), c.topic)
+    else:
+        files = []
+        for raw in args.paths:
+            path = Path(raw)
+            for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
+                if f.is_file():
+                    files.append((f.name, f.read_bytes()))
+        if not files:
+            print("safetynet: give the export files (or a folder) to profile, or --kafka", file=sys.stderr)
+            return EXIT_USAGE
+        p = profile.profile_files(c, mapping, files)
+    con = _console()
+    from rich.markup import escape
+
+    for line in profile.render(c, p):
+        con.print(escape(line))
+    out = Path(args.out or f"{c.feed_id}.suggested.toml")
+    out.write_text(p.suggested_mapping(c, mapping if any(x != "built-in" for x in mapping.sources) else None),
+                   encoding="utf-8")
+    con.print(f"suggested mapping: {out} — fill it in, save it as {s.mappings}/{c.feed_id}.toml, "
+              "then `safetynet check-config` and `safetynet ingest`")
+    if mapping.sources:
+        con.print(f"(profiled with the mapping in force: {', '.join(mapping.sources)}, sha256 {mapping.sha256[:12]}…)")
+    return EXIT_OK
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
     from safetynet.settings import Settings
 
     s = _settings(args)
@@ -125,8 +176,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for name, field in Settings.model_fields.items():
         v = getattr(s, name)
         shown = "********" if isinstance(v, SecretStr) else v
-        con.print(f"  SAFETYNET_{name.upper():<24} = {shown}   [dim]{field.description or ''}[/dim]")
+        con.print(f"  SAFETYNET_{name.upper():<24} = {escape(str(shown))}   [dim]{escape(field.description or '')}[/dim]")
     problems = s.problems()
+    from connectors.base import load_mappings
+    from connectors.mapping import MappingError
+
+    try:
+        maps = load_mappings(s.mappings)
+        own = {fid: m for fid, m in maps.items() if any(src != "built-in" for src in m.sources)}
+        con.print(f"mappings: {s.mappings} — {len(own)} deployment file(s)"
+                  + "".join(f"\n  {fid}: sha256 {m.sha256[:12]}… ({', '.join(m.sources)}; "
+                            f"{len(m.raw_headers)} headers, {sum(len(v) for v in m.values.values())} values"
+                            + (f", max_quarantine_rate {m.max_quarantine_rate}" if m.max_quarantine_rate is not None else "")
+                            + ")" for fid, m in own.items()), markup=False)
+    except MappingError as e:
+        problems += e.problems
     try:
         from safetynet.store import open_store
 
@@ -147,7 +211,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     else:
         con.print("kafka: not configured (SAFETYNET_KAFKA_BOOTSTRAP); `safetynet demo` starts an embedded broker")
     for p in problems:
-        con.print(f"[red]problem[/red]: {p}")
+        con.print(f"[red]problem[/red]: {escape(p)}")
     return 1 if problems else 0
 
 
@@ -220,16 +284,21 @@ def run_ingest(settings, store, feeds=None, kafka=True, files=True):
 
 
 def print_summary(report, cleaned, expected=None) -> bool:
-    """The per-feed table: input, accepted, quarantined by reason, clean rows; True if all reconcile."""
+    """The per-feed table: input, accepted, quarantined by reason, clean rows and health (✗ with
+    the drift to fix); True if everything reconciles (and matches `expected`, if given)."""
+    from rich.markup import escape
     from rich.table import Table
 
     from schemas.registry import get
 
     t = Table(title=f"接入汇总 Ingest run {report.run_id}", show_lines=False)
-    for col in ("feed", "名称", "kafka", "files", "input", "accepted", "quarantined", "by reason", "clean rows", "ok"):
-        t.add_column(col, justify="right" if col in ("kafka", "files", "input", "accepted", "quarantined", "clean rows") else "left")
+    for col in ("feed", "名称", "kafka", "files", "input", "accepted", "quarantined", "rate", "by reason",
+                "clean rows", "ok"):
+        t.add_column(col, justify="right" if col in ("kafka", "files", "input", "accepted", "quarantined", "rate",
+                                                     "clean rows") else "left")
     all_ok = True
     tot = [0, 0, 0, 0, 0, 0]
+    notes: list[str] = []
     for fid, fc in report.feeds.items():
         cc = cleaned.get(fid)
         ok = fc.reconciles and (cc is None or cc.reconciles)
@@ -238,17 +307,30 @@ def print_summary(report, cleaned, expected=None) -> bool:
             ok = ok and e.input == fc.input and e.accepted == fc.accepted and dict(e.quarantined) == {
                 k: v for k, v in fc.quarantined.items() if v}
         all_ok &= ok
+        h = fc.health
+        healthy = h is None or not h.unhealthy
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(fc.quarantined.items()))
+        mark = ("[green]✓[/green]" if healthy else "[red]✗ unhealthy[/red]") if ok else "[red]✗[/red]"
         t.add_row(fid, get(fid).title_zh, f"{fc.kafka_records:,}", f"{fc.file_records:,}", f"{fc.input:,}",
-                  f"{fc.accepted:,}", f"{fc.quarantined_total:,}", reasons, f"{cc.rows:,}" if cc else "-",
-                  "[green]✓[/green]" if ok else "[red]✗[/red]")
+                  f"{fc.accepted:,}", f"{fc.quarantined_total:,}", f"{h.rate:.1%}" if h else "-", reasons,
+                  f"{cc.rows:,}" if cc else "-", mark)
+        if h is not None:
+            notes += [f"[red]✗ {escape(x)}[/red]" for x in h.problems]
+            notes += [f"  [yellow]drift[/yellow]: {escape(x)}" for x in h.drift]
         for i, v in enumerate((fc.kafka_records, fc.file_records, fc.input, fc.accepted, fc.quarantined_total,
                                cc.rows if cc else 0)):
             tot[i] += v
-    t.add_row("[bold]total[/bold]", "", *(f"{v:,}" for v in tot[:5]), "", f"{tot[5]:,}",
-              "[green]✓[/green]" if all_ok else "[red]✗[/red]")
+    bad = report.unhealthy
+    t.add_row("[bold]total[/bold]", "", *(f"{v:,}" for v in tot[:5]), "", "", f"{tot[5]:,}",
+              "[green]✓[/green]" if all_ok and not bad else "[red]✗[/red]")
     con = _console()
     con.print(t)
+    for n in notes:
+        con.print(n)
+    if bad:
+        con.print(f"[red]unhealthy feeds: {', '.join(bad)}[/red] — their deliveries are held out of clean/ "
+                  "(the previous clean state stays in force). Fix the mapping (`safetynet feeds profile`) and "
+                  "ingest again, or publish on the previous state with `safetynet run --accept-unhealthy FEED`.")
     con.print(f"input = accepted + quarantined for every feed: {'yes' if report.reconciles else 'NO'}"
               + ("; matches the generator's expected counts" if expected and all_ok else ""))
     con.print(f"run manifest: {report.manifest}")
@@ -264,7 +346,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                                  files=not args.no_files)
     if not s.kafka_bootstrap and not args.no_kafka:
         _console().print("note: SAFETYNET_KAFKA_BOOTSTRAP is not set, so only file drops were ingested")
-    return 0 if print_summary(report, cleaned) else 1
+    if not print_summary(report, cleaned):
+        return EXIT_FAILURE
+    return EXIT_UNHEALTHY if report.unhealthy else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -273,6 +357,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     con = _console()
+    if "max_quarantine_rate" not in s.model_fields_set:
+        s = s.model_copy(update={"max_quarantine_rate": SYNTHETIC_MAX_QUARANTINE_RATE})
     if args.fresh and not s.store.startswith("s3://"):
         import shutil
 
@@ -316,7 +402,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         con.print(f"data quality: {res.quality.summary()}\nData Docs: {store.url}/docs/quality/ ({len(res.docs)} files)")
     con.print(f"warning list (Excel, masked IDs): {out}")
     _demo_review(s, con)
-    return 0 if ok else 1
+    return (EXIT_UNHEALTHY if report.unhealthy else EXIT_OK) if ok else EXIT_FAILURE
 
 
 def _demo_review(s, con) -> None:
@@ -353,13 +439,13 @@ def _date(v: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {v!r}") from None
 
 
-def run_build(settings, store, snapshot_date: dt.date, policy_file: str | None = None):
+def run_build(settings, store, snapshot_date: dt.date, policy_file: str | None = None, accept_unhealthy=()):
     """Build, warnings, quality gate and publish from clean/ (shared by `run` and `demo`)."""
     from safetynet import pipeline
 
     pol = pipeline.load_policy(pipeline.county_of(store), snapshot_date, policy_file)
     try:
-        return pipeline.build_snapshot(settings, store, snapshot_date, pol)
+        return pipeline.build_snapshot(settings, store, snapshot_date, pol, accept_unhealthy=accept_unhealthy)
     except pipeline.QualityGateFailed as e:
         _console().print(f"[red]{e}[/red]\nData Docs: {store.url}/docs/quality/")
         raise
@@ -400,16 +486,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     s = _settings(args)
     store = open_store(s)
     con = _console()
+    accept = args.accept_unhealthy or []
     report, cleaned = run_ingest(s, store, kafka=bool(s.kafka_bootstrap) and not args.no_kafka)
     ok = print_summary(report, cleaned)
-    res = run_build(s, store, args.snapshot_date, args.policy)
+    refused = [f for f in report.unhealthy if f not in accept]
+    if refused:
+        con.print(f"[red]not published[/red]: unhealthy feed(s) {', '.join(refused)} (see above); "
+                  f"exit {EXIT_UNHEALTHY}")
+        return EXIT_UNHEALTHY
+    res = run_build(s, store, args.snapshot_date, args.policy, accept)
+    if res.accepted_unhealthy:
+        con.print(f"[yellow]published on the previous clean state of unhealthy feed(s) "
+                  f"{', '.join(res.accepted_unhealthy)} (--accept-unhealthy)[/yellow]: recorded in the manifest, "
+                  "and warnings of rules reading them list them in stale_inputs")
     if res.quality is not None:
         con.print(f"data quality: {res.quality.summary()}\nData Docs: {store.url}/docs/quality/ ({len(res.docs)} files)")
     print_warnings(res, con)
     con.print(f"published snapshot {args.snapshot_date}: {res.persons:,} persons, {res.households:,} households, "
               f"{res.warnings.num_rows:,} warnings → {store.url}/_catalog/snapshots/{args.snapshot_date}.json"
               + (f"; {res.kafka_published:,} warnings produced to hub.warnings.v1" if res.kafka_published else ""))
-    return 0 if ok else 1
+    return EXIT_OK if ok else EXIT_FAILURE
 
 
 def cmd_warnings(args: argparse.Namespace) -> int:
@@ -437,9 +533,19 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--kafka", help="Kafka bootstrap host:port (default: $SAFETYNET_KAFKA_BOOTSTRAP)")
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    sp = sub.add_parser("feeds", help="list the department feeds and their contracts")
+    sp = sub.add_parser("feeds", help="list the department feeds and their contracts; profile a department's export")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_feeds)
+    fsub = sp.add_subparsers(dest="action", required=False)
+    fp = fsub.add_parser("profile", help="profile export files (or a sample of the topic) against a feed's contract "
+                         "and suggest a mapping file; ingests nothing")
+    fp.add_argument("paths", nargs="*", metavar="PATH", help="CSV/XLSX/JSON Lines files (or folders) of the department")
+    fp.add_argument("--feed", required=True, help="feed id, e.g. housing.property")
+    fp.add_argument("--kafka", nargs="?", const="", default=None, metavar="HOST:PORT",
+                    help="profile a sample of the feed's topic instead (default: $SAFETYNET_KAFKA_BOOTSTRAP)")
+    fp.add_argument("--sample", type=int, default=5000, help="messages to sample from the topic (default 5000)")
+    fp.add_argument("--out", help="suggested mapping file (default: ./<feed>.suggested.toml)")
+    fp.set_defaults(func=cmd_feeds_profile)
 
     sp = sub.add_parser("check-config", help="show settings in force and check store and Kafka")
     store_opts(sp)
@@ -463,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--snapshot-date", type=_date, required=True, help="YYYY-MM-DD: facts before this day")
     sp.add_argument("--policy", help="policy file (default: quality/policy/<county>-<year>.toml)")
     sp.add_argument("--no-kafka", action="store_true", help="file drops only")
+    sp.add_argument("--accept-unhealthy", action="append", metavar="FEED",
+                    help="publish although this feed is unhealthy, on its previous clean state (recorded in the "
+                         "manifest; its rules' warnings list it in stale_inputs); repeatable")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("warnings", help="published warnings")
@@ -512,11 +621,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
         logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it sets INFO on itself
+    from connectors.mapping import MappingError
+    from safetynet.pipeline import QualityGateFailed
+
     try:
         return args.func(args)
     except ValidationError as e:
         print(f"safetynet: configuration error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except MappingError as e:
+        print(f"safetynet: {e}\nnothing was ingested; fix the mapping file(s) (see `safetynet feeds profile`)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except QualityGateFailed as e:  # a data problem, reported where it was found
+        if args.debug:
+            raise
+        if e.report is None:
+            print(f"safetynet: not published: {e}", file=sys.stderr)
+        return EXIT_UNHEALTHY
     except KeyboardInterrupt:
         return 130
     except Exception as e:

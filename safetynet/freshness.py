@@ -177,12 +177,20 @@ def stale_feeds(store: ObjectStore, as_of: str | dt.datetime, grace_fraction: fl
 # ---- the check (freshness DAG) --------------------------------------------------------------------
 def check(store: ObjectStore, as_of: str | dt.datetime, grace_fraction: float = GRACE_FRACTION) -> dict:
     """Check every feed, write `_catalog/freshness/<as_of date>.json`, warn per stale feed; the report."""
+    from safetynet import health
+    from schemas.registry import contracts
+
     t = parse_instant(as_of)
     feeds = freshness(store, t, grace_fraction)
+    healths = health.latest(store, list(contracts().values()))  # the latest delivery's verdict per feed
     report = {
         "as_of": t.isoformat(), "grace_fraction": grace_fraction,
         "stale": sorted(fid for fid, f in feeds.items() if f.stale),
-        "feeds": {fid: {**asdict(f), "stale": f.stale} for fid, f in feeds.items()},
+        "unhealthy": sorted(fid for fid, h in healths.items() if h.get("unhealthy")),
+        "feeds": {fid: {**asdict(f), "stale": f.stale,
+                        "health": {k: healths[fid].get(k) for k in ("unhealthy", "rate", "problems", "drift", "run_id")}
+                        if fid in healths else None}
+                  for fid, f in feeds.items()},
     }
     path = f"{REPORTS}/{t.date().isoformat()}.json"
     store.write_bytes(path, json.dumps(report, ensure_ascii=False, indent=1, sort_keys=True).encode())
@@ -200,6 +208,10 @@ def check(store: ObjectStore, as_of: str | dt.datetime, grace_fraction: float = 
                         extra={"event": "feed_stale", "feed": f.feed_id, "status": f.status, "as_of": t.isoformat(),
                                "cadence_hours": f.cadence_hours, "last_arrival": f.last_arrival,
                                "age_hours": f.age_hours})
+    for fid in report["unhealthy"]:
+        log.warning("feed %s is unhealthy (its last delivery is held; the previous clean state is in force): %s",
+                    fid, "; ".join(healths[fid].get("problems", [])),
+                    extra={"event": "feed_unhealthy", "feed": fid, "as_of": t.isoformat()})
     log.info("freshness as of %s: %d feeds, %d stale", t.isoformat(), len(feeds), len(report["stale"]),
              extra={"event": "freshness", "as_of": t.isoformat(), "feeds": len(feeds), "stale": report["stale"]})
     return report
@@ -219,13 +231,13 @@ def rule_inputs() -> dict[str, tuple[str, ...]]:
     """Per warning rule, the feeds its result depends on (through the monitoring build's steps).
 
     Derived from the SQL: a rule reads step tables and source tables; each step reads sources
-    and earlier steps (`safetynet.monitoring.STEPS`, `SOURCES`). The closure over those names is
+    and earlier steps (`safetynet.monitoring.STEPS`, `sources()`). The closure over those names is
     the set of feeds whose staleness can change the rule's result.
     """
     from quality.rules import RULES
-    from safetynet.monitoring import SOURCES, STEPS
+    from safetynet.monitoring import STEPS, sources
 
-    source_feed = {name: fid for fid, name in SOURCES.items()}
+    source_feed = {name: fid for fid, name in sources().items()}
     deps: dict[str, set[str]] = {}
     for name, sql in STEPS:
         feeds: set[str] = set()

@@ -28,13 +28,15 @@ def check_char(first17: str) -> str:
     return CHECK[sum(int(c) * w for c, w in zip(first17, WEIGHTS, strict=True)) % 11]
 
 
-def normalise(raw: str) -> str:
+def normalise(raw: str, as_of: _dt.date | None = None) -> str:
     """Normalise an ID number to 18 characters or raise `IdError`.
 
     Accepts surrounding spaces, full-width digits, a lower-case `x` and legacy 15-digit numbers
     (upgraded with the century `19` and a computed check character). A wrong check character
-    or an impossible birth date is not repaired.
+    or an impossible birth date is not repaired. A birth date before 1900, or after `as_of`
+    (the record's date; default today), is impossible.
     """
+    as_of = as_of or _dt.date.today()
     s = str(raw).translate(_FULLWIDTH).strip().upper()
     if len(s) == 15 and s.isdigit():
         s17 = s[:6] + "19" + s[6:]
@@ -42,11 +44,11 @@ def normalise(raw: str) -> str:
     if len(s) != 18 or not s[:17].isdigit() or not (s[17].isdigit() or s[17] == "X"):
         raise IdError("id_no_format", "not an 18-digit (or legacy 15-digit) ID number")
     try:
-        _dt.date(int(s[6:10]), int(s[10:12]), int(s[12:14]))
+        born = _dt.date(int(s[6:10]), int(s[10:12]), int(s[12:14]))
     except ValueError:
         raise IdError("id_no_birth_date", "the birth date inside the ID number is not a real date") from None
-    if not "1900" <= s[6:10] <= "2099":
-        raise IdError("id_no_birth_date", "the birth year inside the ID number is out of range")
+    if born.year < 1900 or born > as_of:
+        raise IdError("id_no_birth_date", "the birth date inside the ID number is before 1900 or after the record's date")
     if check_char(s[:17]) != s[17]:
         raise IdError("id_no_checksum", "the check character does not match (GB 11643)")
     return s

@@ -32,15 +32,19 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connectors.base import load_mappings
 from connectors.drop_folder import Drop, DropFolderSource
 from connectors.formats import (
     FileFormatError,
     decode_json_values,
     json_records_sql,
+    map_values_sql,
     read_rows,
     rows_to_records,
 )
 from connectors.kafka_topic import KafkaBatch, KafkaTopicSource
+from connectors.mapping import Mapping
+from safetynet import health as feed_health
 from safetynet import normalise
 from safetynet.settings import Settings
 from safetynet.store import ObjectStore
@@ -65,6 +69,10 @@ class FeedCounts:
     batches: int = 0
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    drift: Counter = field(default_factory=Counter)  # (field, rule, value or "") → rejected records
+    empty_snapshots: list[str] = field(default_factory=list)  # snapshot drops without a data row
+    mapping: dict = field(default_factory=dict)  # the effective mapping's checksum and sources
+    health: feed_health.FeedHealth | None = None
 
     @property
     def quarantined_total(self) -> int:
@@ -74,11 +82,13 @@ class FeedCounts:
     def reconciles(self) -> bool:
         return self.input == self.accepted + self.quarantined_total
 
-    def add(self, accepted: int, rejected: Counter, *, kafka: bool) -> None:
-        n = accepted + sum(rejected.values())
+    def add(self, r: BatchResult, *, kafka: bool) -> None:
+        n = r.accepted + sum(r.rejected.values())
         self.input += n
-        self.accepted += accepted
-        self.quarantined.update(rejected)
+        self.accepted += r.accepted
+        self.quarantined.update(r.rejected)
+        self.drift.update(r.drift)
+        self.files += r.files
         if kafka:
             self.kafka_records += n
         else:
@@ -89,7 +99,8 @@ class FeedCounts:
         return {"feed_id": self.feed_id, "input": self.input, "accepted": self.accepted,
                 "quarantined": dict(sorted(self.quarantined.items())), "kafka_records": self.kafka_records,
                 "file_records": self.file_records, "batches": self.batches, "files": self.files,
-                "seconds": round(self.seconds, 3), "reconciles": self.reconciles}
+                "seconds": round(self.seconds, 3), "reconciles": self.reconciles, "mapping": self.mapping,
+                **({"health": self.health.as_dict()} if self.health else {})}
 
 
 @dataclass
@@ -103,9 +114,24 @@ class IngestReport:
     def reconciles(self) -> bool:
         return all(f.reconciles for f in self.feeds.values())
 
+    @property
+    def unhealthy(self) -> list[str]:
+        """Feeds whose delivery in this run is unhealthy (held out of `clean/`)."""
+        return [fid for fid, f in self.feeds.items() if f.health is not None and f.health.unhealthy]
+
     def as_dict(self) -> dict:
         return {"run_id": self.run_id, "started_at": self.started_at, "reconciles": self.reconciles,
-                "feeds": {k: v.as_dict() for k, v in self.feeds.items()}}
+                "unhealthy": self.unhealthy, "feeds": {k: v.as_dict() for k, v in self.feeds.items()}}
+
+
+@dataclass
+class BatchResult:
+    """What validating and writing one batch (a Kafka offset range, a drop file) did."""
+
+    accepted: int
+    rejected: Counter  # rule → records
+    files: list[str]
+    drift: Counter = field(default_factory=Counter)  # (field, rule, value or "") → records
 
 
 def _now() -> dt.datetime:
@@ -114,15 +140,18 @@ def _now() -> dt.datetime:
 
 # ---- the shared batch step --------------------------------------------------------------------
 def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, sql_source: str,
-                       *, name: str, ingest_date: str, lineage: dict[str, object], where: Callable[[dict], str]
-                       ) -> tuple[int, Counter, list[str]]:
-    """Validate the records of `sql_source` and write `raw/` (+ `quarantine/`) files named `name`.
+                       *, name: str, ingest_date: str, lineage: dict[str, object], where: Callable[[dict], str],
+                       mapping: Mapping | None = None) -> BatchResult:
+    """Map, validate the records of `sql_source` and write `raw/` (+ `quarantine/`) files named `name`.
 
-    `lineage` gives constant lineage columns; per-record lineage (`_event_id`, `_op`,
-    `_occurred_at`, `_kafka_partition`, `_kafka_offset`, `_row_number`) comes from the source.
-    Returns (accepted count, rejected count per rule, files written). Files are durable on return.
+    The mapping's `[values]` are applied first (`raw/` holds contract values; `_mapping` names
+    the mapping). `lineage` gives constant lineage columns; per-record lineage (`_event_id`,
+    `_op`, `_occurred_at`, `_kafka_partition`, `_kafka_offset`, `_row_number`) comes from the
+    source. Files are durable on return.
     """
-    t = con.sql(normalise.validate_sql(c, sql_source, pre_rule="_pre", typed=False)).to_arrow_table()
+    lineage = {**lineage, "_mapping": mapping.checksum if mapping else None}
+    mapped = f"({map_values_sql(c, sql_source, mapping)})"
+    t = con.sql(normalise.validate_sql(c, mapped, pre_rule="_pre", typed=False, record_date=True)).to_arrow_table()
     n = t.num_rows
     ok = pc.is_null(t["_rule"])
     acc = t.filter(ok)
@@ -151,11 +180,13 @@ def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Co
         store.write_parquet(f"raw/{part}", raw)
         written.append(f"raw/{part}")
     rejected: Counter = Counter()
+    drift: Counter = Counter()
     if rej.num_rows:
         rows = rej.select([x for x in ("_rule", "_field", "_event_id", "_kafka_partition", "_kafka_offset",
                                         "_row_number") if x in rej.column_names]).to_pylist()
         reasons = [normalise.reason(c, r["_rule"], r["_field"] or "", where(r)) for r in rows]
         rejected.update(r["_rule"] for r in rows)
+        drift = feed_health.drift_keys(c, rej)
         q = {"_raw": rej["_raw"].cast(pa.string()), "_rule": rej["_rule"], "_field": rej["_field"],
              "_reason": pa.array(reasons, pa.string()), **lineage_cols(rej)}
         store.write_parquet(f"quarantine/{part}", pa.table(q, schema=c.quarantine_schema()))
@@ -163,7 +194,7 @@ def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Co
         for r, why in zip(rows[:3], reasons[:3], strict=False):
             log.info("quarantined: %s", why, extra={"event": "quarantine", "feed": c.feed_id, "rule": r["_rule"]})
     assert acc.num_rows + sum(rejected.values()) == n
-    return acc.num_rows, rejected, written
+    return BatchResult(acc.num_rows, rejected, written, drift)
 
 
 # ---- Kafka ------------------------------------------------------------------------------------
@@ -194,13 +225,13 @@ class BatchWriter:
         if self._pool is None and n >= self.settings.writer_process_min_records:
             self._in_process(int)  # a no-op that makes the pool spawn its process now
 
-    def submit(self, c: Contract, b: KafkaBatch) -> Future:
+    def submit(self, c: Contract, b: KafkaBatch, mapping: Mapping | None = None) -> Future:
         if len(b.values) >= self.settings.writer_process_min_records:
-            return self._in_process(_writer_write, c.feed_id, b)
+            return self._in_process(_writer_write, c.feed_id, b, mapping)
         # inline: run now, in this thread's order (a thread here would only contend for the GIL)
         fut: Future = Future()
         try:
-            fut.set_result(write_kafka_batch(self.store, self.con, c, b))
+            fut.set_result(write_kafka_batch(self.store, self.con, c, b, mapping))
         except BaseException as e:  # handed to the caller through the future, like the process path
             fut.set_exception(e)
         return fut
@@ -273,12 +304,13 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _writer_write(feed_id: str, b: KafkaBatch) -> tuple[int, Counter, list[str]]:
-    return write_kafka_batch(_worker["store"], _worker["con"], contracts()[feed_id], b)
+def _writer_write(feed_id: str, b: KafkaBatch, mapping: Mapping | None) -> BatchResult:
+    return write_kafka_batch(_worker["store"], _worker["con"], contracts()[feed_id], b, mapping)
 
 
 def ingest_topic(settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract,
-                 counts: FeedCounts, progress: Progress | None = None, writer: BatchWriter | None = None) -> None:
+                 counts: FeedCounts, progress: Progress | None = None, writer: BatchWriter | None = None,
+                 mapping: Mapping | None = None) -> None:
     """Read the feed's topic up to the watermark; write, then commit, batch by batch.
 
     Fetching and writing overlap: while the writer validates and writes a batch, this thread
@@ -293,10 +325,9 @@ def ingest_topic(settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyCon
 
     def finish(partition: int) -> None:
         b, fut = inflight.pop(partition)
-        _, rejected, files = fut.result()  # re-raises a write failure here: nothing committed
+        res: BatchResult = fut.result()  # re-raises a write failure here: nothing committed
         src.commit(b)
-        counts.add(len(b.values) - sum(rejected.values()), rejected, kafka=True)
-        counts.files += files
+        counts.add(res, kafka=True)
         if progress:
             progress(c.feed_id, len(b.values))
 
@@ -314,7 +345,7 @@ def ingest_topic(settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyCon
                     for p in [p for p, (_, f) in inflight.items() if f.done()]:
                         finish(p)
                     src.record_intent(b)
-                    inflight[b.partition] = (b, writer.submit(c, b))
+                    inflight[b.partition] = (b, writer.submit(c, b, mapping))
                 for p in list(inflight):
                     finish(p)
             finally:
@@ -325,39 +356,49 @@ def ingest_topic(settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyCon
             writer.close()
 
 
-def write_kafka_batch(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, b: KafkaBatch
-                      ) -> tuple[int, Counter, list[str]]:
+def write_kafka_batch(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, b: KafkaBatch,
+                      mapping: Mapping | None = None) -> BatchResult:
     meta = pa.table({"_kafka_partition": pa.array([b.partition] * len(b.values), pa.int32()),
                      "_kafka_offset": pa.array(b.offsets, pa.int64())})
-    decoded = decode_json_values(con, c, b.values, meta, envelope=True)
+    decoded = decode_json_values(con, c, b.values, meta, envelope=True, mapping=mapping)
     con.register("__dec", decoded)
     try:
         return validate_and_write(
             store, con, c, "__dec", name=b.name, ingest_date=b.ingest_date,
             lineage={"_source": "kafka", "_kafka_topic": b.topic},
             where=lambda r: (f"event {r['_event_id']}, " if r.get("_event_id") else "")
-            + f"{b.topic}/{r['_kafka_partition']}@{r['_kafka_offset']}")
+            + f"{b.topic}/{r['_kafka_partition']}@{r['_kafka_offset']}", mapping=mapping)
     finally:
         con.unregister("__dec")
 
 
 # ---- file drops -------------------------------------------------------------------------------
 def ingest_drops(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, counts: FeedCounts,
-                 progress: Progress | None = None, run_id: str = "") -> None:
+                 progress: Progress | None = None, run_id: str = "", mapping: Mapping | None = None
+                 ) -> list[tuple[Drop, dict]]:
+    """Every waiting drop of the feed → raw/quarantine. Returns the drops with their ledger
+    records; the caller marks them done once the feed's health is known (`DropFolderSource.mark_done`)."""
     src = DropFolderSource(store, c)
-    for d in src.waiting():
-        accepted, rejected, files = ingest_drop(store, con, c, d)
-        counts.add(accepted, rejected, kafka=False)
-        counts.files += files
-        src.mark_done(d, {"run_id": run_id, "ingested_at": _now().isoformat(), "accepted": accepted,
-                          "quarantined": dict(rejected), "files": files})
+    done: list[tuple[Drop, dict]] = []
+    for d in src.waiting(mapping.checksum if mapping else None):
+        r = ingest_drop(store, con, c, d, mapping)
+        counts.add(r, kafka=False)
+        if r.accepted + sum(r.rejected.values()) == 0 and c.mode == "snapshot":
+            counts.empty_snapshots.append(d.name)
+        done.append((d, {"run_id": run_id, "ingested_at": _now().isoformat(), "accepted": r.accepted,
+                         "quarantined": dict(r.rejected), "files": r.files,
+                         "mapping": mapping.checksum if mapping else None}))
         if progress:
-            progress(c.feed_id, accepted + sum(rejected.values()))
+            progress(c.feed_id, r.accepted + sum(r.rejected.values()))
+    return done
 
 
-def ingest_drop(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, d: Drop
-                ) -> tuple[int, Counter, list[str]]:
-    """One landing file → raw/quarantine. A file that cannot be read at all is quarantined whole."""
+def ingest_drop(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, d: Drop,
+                mapping: Mapping | None = None) -> BatchResult:
+    """One landing file → raw/quarantine. A file that cannot be read as a whole is quarantined
+    whole, counted as the records it holds. JSON Lines may hold flat records or event envelopes
+    (an outbox export): envelope lines keep their event id, op and time, so redeliveries and
+    deletes behave as on the topic."""
     today = _now().date().isoformat()
     name = f"file+{d.name.replace('/', '_')}+{d.version}"
     occurred = d.stamp or today
@@ -368,54 +409,78 @@ def ingest_drop(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract,
             meta = pa.table({"_row_number": pa.array(range(1, len(values) + 1), pa.int64())})
             con.register("__lines", meta.append_column("_value", pa.array(values, pa.string())))
             try:
-                recs = con.sql(json_records_sql(c, "__lines", envelope=False)).to_arrow_table()
+                recs = con.sql(json_records_sql(c, "__lines", envelope=None, mapping=mapping)).to_arrow_table()
             finally:
                 con.unregister("__lines")
         else:
-            recs = rows_to_records(c, header, rows)
+            recs = rows_to_records(c, header, rows, mapping)
     except FileFormatError as e:
         return _quarantine_file(store, c, d, e, name, today)
     if recs.num_rows == 0:
-        log.info("drop: %s/%s has no data rows", c.feed_id, d.name)
-        return 0, Counter(), []
+        log.warning("drop: %s/%s has no data rows", c.feed_id, d.name)
+        return BatchResult(0, Counter(), [])
     m = recs.num_rows
-    recs = recs.drop_columns([x for x in ("_event_id", "_op", "_occurred_at") if x in recs.column_names])
-    recs = recs.append_column("_event_id", pc.binary_join_element_wise(
-        f"file:{d.version}:", pc.cast(recs["_row_number"], pa.string()), ""))
-    recs = recs.append_column("_op", pa.array(["upsert"] * m, pa.string()))
-    recs = recs.append_column("_occurred_at", pa.array([occurred] * m, pa.string()))
+    file_ids = pc.binary_join_element_wise(f"file:{d.version}:", pc.cast(recs["_row_number"], pa.string()), "")
+    if "_event_id" in recs.column_names:  # JSON Lines: envelope lines carry their own
+        env = pc.is_valid(recs["_event_id"])
+        recs = recs.set_column(recs.column_names.index("_event_id"), "_event_id",
+                               pc.if_else(env, recs["_event_id"], file_ids))
+        recs = recs.set_column(recs.column_names.index("_occurred_at"), "_occurred_at",
+                               pc.if_else(env, recs["_occurred_at"], pa.scalar(occurred)))
+    else:
+        recs = recs.append_column("_event_id", file_ids)
+        recs = recs.append_column("_op", pa.array(["upsert"] * m, pa.string()))
+        recs = recs.append_column("_occurred_at", pa.array([occurred] * m, pa.string()))
     con.register("__rec", recs)
     try:
         return validate_and_write(store, con, c, "__rec", name=name, ingest_date=today,
                                   lineage={"_source": "file", "_source_file": d.path},
-                                  where=lambda r: f"file {d.name}, row {r['_row_number']}")
+                                  where=lambda r: f"file {d.name}, row {r['_row_number']}", mapping=mapping)
     finally:
         con.unregister("__rec")
 
 
 def _quarantine_file(store: ObjectStore, c: Contract, d: Drop, e: FileFormatError, name: str, today: str
-                     ) -> tuple[int, Counter, list[str]]:
-    """Keep an unreadable file whole in quarantine, with one record explaining why."""
+                     ) -> BatchResult:
+    """Keep an unreadable file whole in quarantine, and one quarantine record per data record it
+    holds (its line or row as text), each explaining why; one record if not even rows can be told."""
     qfile = f"quarantine/{c.prefix}/ingest_date={today}/files/{d.name}"
     store.write_bytes(qfile, d.data)
-    why = f"{c.feed_id}: file {d.name} — {e.rule}: {e} [file {d.name}]"
-    row = {"_raw": f"(whole file kept at {qfile}, {len(d.data)} bytes)", "_rule": e.rule, "_field": "",
-           "_reason": why, "_event_id": f"file:{d.version}:0", "_op": "upsert", "_occurred_at": d.stamp,
-           "_source": "file", "_kafka_topic": None, "_kafka_partition": None, "_kafka_offset": None,
-           "_source_file": d.path, "_row_number": 0, "_ingested_at": _now()}
+    why = f"{c.feed_id}: file {d.name} — {e.rule}: {e}"
+    records = e.records or [f"(whole file kept at {qfile}, {len(d.data)} bytes)"]
+    # spreadsheet-style row numbers: CSV/XLSX data start at row 2 (after the header), JSON Lines at 1
+    first = 0 if not e.records else 1 if d.name.lower().endswith((".jsonl", ".ndjson")) else 2
+    now = _now()
+    rows = [{"_raw": raw, "_rule": e.rule, "_field": "", "_reason": f"{why} [file {d.name}, row {first + i}]",
+             "_event_id": f"file:{d.version}:{first + i}", "_op": "upsert", "_occurred_at": d.stamp,
+             "_source": "file", "_kafka_topic": None, "_kafka_partition": None, "_kafka_offset": None,
+             "_source_file": d.path, "_row_number": first + i, "_ingested_at": now}
+            for i, raw in enumerate(records)]
     path = f"quarantine/{c.prefix}/ingest_date={today}/{name}.parquet"
-    store.write_parquet(path, pa.Table.from_pylist([row], schema=c.quarantine_schema()))
-    log.warning("quarantined whole file: %s", why, extra={"event": "quarantine", "feed": c.feed_id, "rule": e.rule})
-    return 0, Counter({e.rule: 1}), [path, qfile]
+    store.write_parquet(path, pa.Table.from_pylist(rows, schema=c.quarantine_schema()))
+    log.warning("quarantined whole file (%d records): %s", len(rows), why,
+                extra={"event": "quarantine", "feed": c.feed_id, "rule": e.rule})
+    drift = Counter({("", e.rule, f"file {d.name}: {str(e).removeprefix(c.feed_id + ': ')}"): len(rows)})
+    return BatchResult(0, Counter({e.rule: len(rows)}), [path, qfile], drift)
 
 
 # ---- the run ----------------------------------------------------------------------------------
 def ingest(settings: Settings, store: ObjectStore, feeds: Iterable[str] | None = None, *, kafka: bool = True,
            files: bool = True, progress: Progress | None = None) -> IngestReport:
-    """Ingest everything waiting for the given feeds (default: all). Writes the run manifest."""
+    """Ingest everything waiting for the given feeds (default: all). Writes the run manifest.
+
+    The feeds' mappings are loaded first: a wrong mapping file stops the run before anything is
+    read (`MappingError`, every problem listed). After each feed its health is judged
+    (`safetynet.health`): an unhealthy delivery's `raw/` files are held out of `clean/` and its
+    drops stay re-offerable for a changed mapping; a healthy one releases files it rewrote.
+    """
     started = _now()
     run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
     selected = [contracts()[f] for f in feeds] if feeds else list(contracts().values())
+    if kafka and not settings.kafka_bootstrap:
+        raise ValueError("no Kafka bootstrap configured (SAFETYNET_KAFKA_BOOTSTRAP) — "
+                         "use --no-kafka, or `safetynet demo`, which starts an embedded broker")
+    maps = load_mappings(settings.mappings, [c.feed_id for c in selected])
     report = IngestReport(run_id, started.isoformat(), {c.feed_id: FeedCounts(c.feed_id) for c in selected})
     con = normalise.connect()
     writer = BatchWriter(settings, store, con)
@@ -423,21 +488,46 @@ def ingest(settings: Settings, store: ObjectStore, feeds: Iterable[str] | None =
         for c in selected:
             t0 = time.perf_counter()
             counts = report.feeds[c.feed_id]
-            if files:
-                ingest_drops(store, con, c, counts, progress, run_id)
+            mp_ = maps[c.feed_id]
+            counts.mapping = {"sha256": mp_.sha256, "checksum": mp_.checksum, "sources": list(mp_.sources)}
+            drops = ingest_drops(store, con, c, counts, progress, run_id, mp_) if files else []
             if kafka:
-                if not settings.kafka_bootstrap:
-                    raise ValueError("no Kafka bootstrap configured (SAFETYNET_KAFKA_BOOTSTRAP) — "
-                                     "use --no-kafka, or `safetynet demo`, which starts an embedded broker")
-                ingest_topic(settings, store, con, c, counts, progress, writer)
+                ingest_topic(settings, store, con, c, counts, progress, writer, mp_)
             counts.seconds = time.perf_counter() - t0
-            log.info("ingest %s: input=%d accepted=%d quarantined=%d", c.feed_id, counts.input, counts.accepted,
-                     counts.quarantined_total, extra={"event": "ingest_feed", **counts.as_dict()})
             if not counts.reconciles:  # a bug, never expected: stop loudly rather than publish it
                 raise AssertionError(f"{c.feed_id}: counts do not reconcile: {counts.as_dict()}")
+            _judge(store, c, counts, run_id, drops, mp_, settings.max_quarantine_rate)
+            log.info("ingest %s: input=%d accepted=%d quarantined=%d%s", c.feed_id, counts.input, counts.accepted,
+                     counts.quarantined_total, " UNHEALTHY" if counts.health and counts.health.unhealthy else "",
+                     extra={"event": "ingest_feed", **counts.as_dict()})
     finally:
         writer.close()
         con.close()
     report.manifest = f"_catalog/ingest/{run_id}.json"
     store.write_bytes(report.manifest, json.dumps(report.as_dict(), ensure_ascii=False, indent=1).encode())
     return report
+
+
+def _judge(store: ObjectStore, c: Contract, counts: FeedCounts, run_id: str, drops: list[tuple[Drop, dict]],
+           mapping: Mapping, default_rate: float) -> None:
+    """Judge the feed's delivery in this run, hold or release its raw files, record the drops."""
+    if not counts.input and not counts.empty_snapshots:
+        return  # nothing delivered: the feed's recorded health stands
+    threshold = mapping.max_quarantine_rate if mapping.max_quarantine_rate is not None else default_rate
+    h = feed_health.evaluate(c, run_id, counts.input, counts.quarantined, counts.drift, threshold,
+                             counts.empty_snapshots)
+    raw_files = [f for f in counts.files if f.startswith("raw/")]
+    if h.unhealthy:
+        h.held_files = raw_files
+        feed_health.set_held(store, c, {f: {"run_id": run_id, "why": h.problems} for f in raw_files}, [])
+        for line in h.problems + h.drift:
+            log.error("feed unhealthy: %s", line, extra={"event": "feed_unhealthy", "feed": c.feed_id})
+    else:
+        feed_health.set_held(store, c, {}, raw_files)
+        for line in h.drift:
+            log.warning("feed drift: %s", line, extra={"event": "feed_drift", "feed": c.feed_id})
+    src = DropFolderSource(store, c)
+    for d, rec in drops:
+        src.mark_done(d, {**rec, "held": h.unhealthy})
+    feed_health.write(store, c, h)
+    counts.health = h

@@ -30,16 +30,17 @@ from schemas.registry import contracts
 
 log = logging.getLogger(__name__)
 
-#: source feed → the name its clean table has in the SQL steps
-SOURCES = {
-    "public_security.person": "person", "public_security.vehicle": "vehicle",
-    "human_resources.employment": "employment", "human_resources.unemployment": "unemployment",
-    "human_resources.pension": "pension", "medical_insurance.claim": "claim",
-    "medical_insurance.enrollment": "enrollment", "housing.property": "property",
-    "housing.housing_aid": "housing_aid", "housing.dangerous_house": "dangerous_house",
-    "civil_affairs.assistance_case": "assistance_case", "civil_affairs.assistance_payment": "assistance_payment",
-    "civil_affairs.income_check": "income_check", "disabled_persons_federation.disability": "disability",
-}
+def sources() -> dict[str, str]:
+    """Every registered feed → the name its clean table has in the SQL steps: the feed's own
+    name (`medical_insurance.claim` → `claim`), so a new feed is a view without code here."""
+    out: dict[str, str] = {}
+    for fid, c in contracts().items():
+        if c.feed in out.values():
+            other = next(f for f, n in out.items() if n == c.feed)
+            raise ValueError(f"feeds {other} and {fid} share the name {c.feed!r}: the monitoring build "
+                             "exposes each feed as a view by its name, so feed names must be unique")
+        out[fid] = c.feed
+    return out
 
 
 def months_before(snapshot: dt.date, n: int = 12) -> list[str]:
@@ -270,7 +271,7 @@ def register_clean(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> dict[s
     from safetynet.clean import clean_path
 
     seen = {}
-    for fid, name in SOURCES.items():
+    for fid, name in sources().items():
         c = contracts()[fid]
         path = clean_path(c)
         data = store.dataset(path.rsplit("/", 1)[0] + "/", schema=c.arrow_schema()) if store.exists(path) else None

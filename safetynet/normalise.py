@@ -29,7 +29,7 @@ RULES: dict[str, str] = {
     "unknown_field": "a field the contract does not know (the feed's evolution mode is frozen)",
     "required_missing": "a required field is missing or empty",
     "id_no_format": "not an 18-digit (or legacy 15-digit) ID number",
-    "id_no_birth_date": "the birth date inside the ID number is not a real date",
+    "id_no_birth_date": "the birth date inside the ID number is not a real date, before 1900 or after the record's date",
     "id_no_checksum": "the ID number's check character is wrong (GB 11643)",
     "region_code_format": "not a 12-digit statistical division code",
     "credit_code_format": "not an 18-character unified social credit code",
@@ -65,9 +65,10 @@ MACROS = [
     "CREATE OR REPLACE MACRO sn_id_up(p) AS CASE WHEN length(p) = 15 AND regexp_full_match(p, '[0-9]{15}') "
     "THEN substr(p, 1, 6) || '19' || substr(p, 7) || sn_idcheck(substr(p, 1, 6) || '19' || substr(p, 7)) ELSE p END",
     # a coalesce of one CASE per rule runs about 3× faster in DuckDB than one CASE with three WHENs
-    "CREATE OR REPLACE MACRO sn_id_rule(n) AS coalesce("
+    # `ref`: the record's date (a birth after it is impossible, as is one before 1900)
+    "CREATE OR REPLACE MACRO sn_id_rule(n, ref) AS coalesce("
     "CASE WHEN NOT regexp_full_match(n, '[0-9]{17}[0-9X]') THEN 'id_no_format' END, "
-    "CASE WHEN try_strptime(substr(n, 7, 8), '%Y%m%d') IS NULL OR substr(n, 7, 4) NOT BETWEEN '1900' AND '2099' "
+    "CASE WHEN coalesce(CAST(try_strptime(substr(n, 7, 8), '%Y%m%d') AS DATE) NOT BETWEEN DATE '1900-01-01' AND ref, true) "
     "THEN 'id_no_birth_date' END, "
     "CASE WHEN sn_idcheck(substr(n, 1, 17)) <> substr(n, 18, 1) THEN 'id_no_checksum' END)",
     # ISO dates (nearly all of them) take the fast cast; coalesce evaluates the formats only for the rest
@@ -135,7 +136,7 @@ def field_sql(f: Field) -> FieldSQL:
         rule = "NULL" if k == "string" else f"CASE WHEN {{p}} NOT IN ({', '.join(_lit(s) for s in f.values)}) THEN 'enum_value' END"
         return FieldSQL("{t}", "{p}", rule)
     if k == "id_no":
-        return FieldSQL("sn_id_pre({t})", "sn_id_up({p})", "sn_id_rule({v})")
+        return FieldSQL("sn_id_pre({t})", "sn_id_up({p})", "sn_id_rule({v}, __ref)")
     if k == "region_code":
         return FieldSQL("sn_fw({t})", "{p}", "CASE WHEN NOT regexp_full_match({v}, '[0-9]{{12}}') THEN 'region_code_format' END")
     if k == "credit_code":
@@ -171,7 +172,7 @@ def field_sql(f: Field) -> FieldSQL:
         parsed = ("CASE WHEN json_valid({t}) AND json_type({t}) = 'ARRAY' "
                   "THEN from_json({t}, '[{{\"id_no\":\"VARCHAR\",\"relation\":\"VARCHAR\"}}]') END")
         value = "list_transform({p}, lambda e: struct_pack(id_no := sn_id_up(sn_id_pre(e.id_no)), relation := e.relation))"
-        bad = "len(list_filter({v}, lambda e: e.id_no IS NULL OR sn_id_rule(e.id_no) IS NOT NULL)) > 0"
+        bad = "len(list_filter({v}, lambda e: e.id_no IS NULL OR sn_id_rule(e.id_no, __ref) IS NOT NULL)) > 0"
         return FieldSQL(parsed, value, f"CASE WHEN {{p}} IS NULL OR len({{p}}) = 0 OR {bad} THEN 'members_format' END")
     raise ValueError(f"{f.name}: unknown kind {k!r}")
 
@@ -191,12 +192,15 @@ def _fill(expr: str, **cols: str) -> str:
     return expr.format(**{k: _q(v) for k, v in cols.items()})
 
 
-def validate_sql(c: Contract, source: str, *, pre_rule: str | None = None, typed: bool = True) -> str:
+def validate_sql(c: Contract, source: str, *, pre_rule: str | None = None, typed: bool = True,
+                 record_date: bool = False, every_rule: bool = False) -> str:
     """SQL over `source` (a relation with one text column per field, `_op`, and any other columns).
 
     Returns every source column, the fields as typed values (`typed`) or as received, and
     `_rule` / `_field` (NULL for a valid record). `pre_rule` is a record-level rule expression
     (envelope checks) evaluated before any field rule. A `delete` only needs its key fields.
+    `record_date`: `source` has `_occurred_at`, the record's date for the ID birth-date rule
+    (else today). `every_rule`: also return each field's own rule as `__r_<field>` (profiling).
     Named steps: `__s` trims, `__p` pre-normalises, `__v` types, `__c` checks values, `__r` applies
     the rules (required, deletes, first failing field).
     """
@@ -220,10 +224,13 @@ def validate_sql(c: Contract, source: str, *, pre_rule: str | None = None, typed
         first_rule = f"coalesce({pre_rule}, {first_rule})"
         first_field = f"CASE WHEN {pre_rule} IS NOT NULL THEN '' ELSE {first_field} END"
     names = ", ".join(_q(n) for n in c.names)
-    helper = ", ".join(_q(f"__{s}_{n}") for n in c.names for s in "tpvcr")
+    helper = "__ref, " + ", ".join(_q(f"__{s}_{n}") for n in c.names for s in ("tpvc" if every_rule else "tpvcr"))
     out = ", ".join(f"{_q(('__v_' if typed else '') + n)} AS {_q(n)}" for n in c.names)
+    # the record's date: its event time (or a drop's data date) when known and not in the future
+    ref = ("least(coalesce(TRY_CAST(substr(CAST(_occurred_at AS VARCHAR), 1, 10) AS DATE), current_date), current_date)"
+           if record_date else "current_date")
     return (
-        f"WITH __s AS (SELECT *, {', '.join(trims)} FROM {source}), "
+        f"WITH __s AS (SELECT *, {ref} AS __ref, {', '.join(trims)} FROM {source}), "
         f"__p AS (SELECT *, {', '.join(pres)} FROM __s), "
         f"__v AS (SELECT *, {', '.join(vals)} FROM __p), "
         f"__c AS (SELECT *, {', '.join(checks)} FROM __v), "

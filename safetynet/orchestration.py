@@ -169,6 +169,11 @@ class NothingNew(Exception):
     """No change to a feed's clean state (outside Airflow; inside it is `AirflowSkipException`)."""
 
 
+class FeedUnhealthy(RuntimeError):
+    """A feed's delivery is unhealthy (outside Airflow; inside it is `AirflowFailException`: a data
+    problem, not a transient one, so the task fails at once, without retries)."""
+
+
 def ingest_feed(feed_id: str, *, skip_unchanged: bool = False) -> dict:
     """Ingest one feed (Kafka up to the watermark seen at start, if configured, and waiting drops),
     then rebuild its `clean/` state if raw data changed. Returns the counts.
@@ -190,6 +195,11 @@ def ingest_feed(feed_id: str, *, skip_unchanged: bool = False) -> dict:
     fc = report.feeds[feed_id]
     if not fc.reconciles:  # ingest raises first; kept as the task's own guard
         raise AssertionError(f"{feed_id}: counts do not reconcile: {fc.as_dict()}")
+    if fc.health is not None and fc.health.unhealthy:  # held out of clean/ by ingest; nothing to clean
+        raise _airflow_exception("AirflowFailException", FeedUnhealthy)(
+            f"{feed_id} unhealthy (delivery held, previous clean state in force; run {report.run_id}): "
+            + " | ".join(fc.health.problems + fc.health.drift)
+            + " — fix the mapping (safetynet feeds profile) or the delivery; no retry")
     behind = clean_is_behind(store, c)
     cleaned = clean_all(store, [c])[feed_id] if behind else None
     counts = {k: v for k, v in fc.as_dict().items() if k != "files"}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from safetynet import freshness, monitoring, normalise, policy, snapshot, warnings
+from safetynet import health as feed_health
 from safetynet.settings import Settings
 from safetynet.store import ObjectStore
 from schemas.registry import contracts
@@ -45,6 +46,8 @@ class RunResult:
     kafka_published: int = 0
     docs: list[str] = field(default_factory=list)
     stale_inputs: list[str] = field(default_factory=list)
+    unhealthy: dict[str, list[str]] = field(default_factory=dict)  # feed → problems (its latest health)
+    accepted_unhealthy: list[str] = field(default_factory=list)
 
 
 def load_policy(county: str, snapshot: dt.date, policy_file: str | Path | None) -> policy.Policy:
@@ -81,26 +84,49 @@ def inputs_of(store: ObjectStore) -> dict:
     return out
 
 
+def feed_health_for_gate(store: ObjectStore, accept_unhealthy: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
+    """Every feed's recorded health as the gate reads it: ok = healthy, or accepted for this run."""
+    unknown = sorted(set(accept_unhealthy) - set(contracts()))
+    if unknown:
+        raise ValueError(f"--accept-unhealthy: unknown feed(s) {', '.join(unknown)}; known: {', '.join(contracts())}")
+    latest = feed_health.latest(store, list(contracts().values()))
+    return {fid: {"ok": not h.get("unhealthy") or fid in accept_unhealthy,
+                  "accepted": bool(h.get("unhealthy")) and fid in accept_unhealthy,
+                  "problems": h.get("problems", []), "drift": h.get("drift", [])}
+            for fid, h in latest.items()}
+
+
 def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.date, pol: policy.Policy,
-                   quality: bool = True, publish_kafka: bool = True) -> RunResult:
+                   quality: bool = True, publish_kafka: bool = True,
+                   accept_unhealthy: list[str] | tuple[str, ...] = ()) -> RunResult:
     """From `clean/`: monitoring build, warnings, quality gate (GX, Data Docs), publish (+ Kafka).
 
-    The gate runs on the clean feeds and on the outputs before anything is published; a failed
-    critical expectation raises `QualityGateFailed` and leaves the snapshot unpublished (its
-    Data Docs are still written, so the report can be read).
+    The gate runs on the feeds' health, the clean feeds and the outputs before anything is
+    published; a failed critical expectation raises `QualityGateFailed` and leaves the snapshot
+    unpublished (its Data Docs are still written, so the report can be read). An unhealthy feed
+    fails the gate unless listed in `accept_unhealthy`: then its previous clean state is used,
+    the manifest records the acceptance, and warnings of rules reading it list it in
+    `stale_inputs`.
     """
     res = RunResult(snapshot_date, pol.version)
+    health = feed_health_for_gate(store, accept_unhealthy)
+    res.unhealthy = {fid: h["problems"] for fid, h in health.items() if h["problems"]}
+    res.accepted_unhealthy = sorted(fid for fid, h in health.items() if h["accepted"])
+    if not quality and not all(h["ok"] for h in health.values()):
+        bad = [f"{fid}: {'; '.join(h['problems'])}" for fid, h in health.items() if not h["ok"]]
+        raise QualityGateFailed("unhealthy feeds (not accepted): " + " | ".join(bad), None)
     con = normalise.connect(memory_limit=settings.duckdb_memory_limit)
     try:
         monitoring.register_clean(con, store)
         b = monitoring.build(con, snapshot_date, pol)
-        res.stale_inputs = freshness.stale_feeds(store, freshness.snapshot_as_of(snapshot_date))
+        res.stale_inputs = sorted(set(freshness.stale_feeds(store, freshness.snapshot_as_of(snapshot_date)))
+                                  | set(res.accepted_unhealthy))
         w = warnings.evaluate(b, pol, stale_inputs=freshness.stale_inputs_by_rule(res.stale_inputs))
         outputs = {"monitoring/person": b.person, "monitoring/household": b.household, "warnings": w}
         if quality:
             from quality import gx
 
-            res.quality = gx.validate(store, snapshot_date, policy=pol, outputs={
+            res.quality = gx.validate(store, snapshot_date, policy=pol, health=health, outputs={
                 "monitoring.person": b.person, "monitoring.household": b.household, "warnings": w})
             res.docs = gx.build_docs(res.quality, store)
             if not res.quality.ok:
@@ -117,6 +143,9 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
         inputs = inputs_of(store)
         for fid in inputs:
             inputs[fid]["stale"] = fid in res.stale_inputs
+            if fid in res.unhealthy:
+                inputs[fid]["unhealthy"] = res.unhealthy[fid]
+                inputs[fid]["accepted_unhealthy"] = fid in res.accepted_unhealthy
         res.manifest = snapshot.publish(store, snapshot_date, outputs, ps, policy_version=pol.version,
                                         inputs=inputs, quality=quality)
         res.persons, res.households, res.warnings = b.person.num_rows, b.household.num_rows, w

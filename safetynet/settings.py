@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         10_000, ge=0, description="Kafka batches of at least this many records are validated and written by a "
         "separate writer process while the next batch is fetched (0: always; a large number: never)")
 
+    # --- feed mappings and health ------------------------------------------------------------
+    mappings: Path = Field(Path("./mappings"), description="Directory of per-feed mapping files "
+                           "<department>.<feed>.toml (a county's column names and code values → the contract's)")
+    max_quarantine_rate: float = Field(0.05, ge=0, le=1, description="A feed whose run quarantines more than "
+                                       "this share is unhealthy (per feed: [health] in its mapping file)")
+
     # --- monitoring build -------------------------------------------------------------------
     duckdb_memory_limit: str = Field("4GB", description="Memory cap of the DuckDB build; beyond it DuckDB spills to disk")
 

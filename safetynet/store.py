@@ -15,7 +15,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Collection, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -209,9 +209,11 @@ class ObjectStore:
         for e in self.list(prefix, ".parquet"):
             yield e.path, self.read_parquet(e.path)
 
-    def dataset(self, prefix: str, schema: pa.Schema | None = None) -> ds.Dataset | None:
-        """A lazy pyarrow dataset over every Parquet file under `prefix` (None if there is none)."""
-        files = [self.full(e.path) for e in self.list(prefix, ".parquet")]
+    def dataset(self, prefix: str, schema: pa.Schema | None = None, exclude: Collection[str] = ()
+                ) -> ds.Dataset | None:
+        """A lazy pyarrow dataset over every Parquet file under `prefix` but the store-relative
+        paths in `exclude` (None if there is none)."""
+        files = [self.full(e.path) for e in self.list(prefix, ".parquet") if e.path not in exclude]
         if not files:
             return None
         return ds.dataset(files, schema=schema, format="parquet", filesystem=self.fs)

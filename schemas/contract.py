@@ -68,6 +68,7 @@ LINEAGE = pa.schema(
         ("_source_file", pa.string()),
         ("_row_number", pa.int64()),
         ("_ingested_at", pa.timestamp("ms", tz="UTC")),
+        ("_mapping", pa.string()),  # checksum of the feed mapping applied (`connectors.mapping`)
     ]
 )
 
@@ -169,18 +170,24 @@ class Contract:
         return pa.schema(list(QUARANTINE) + list(LINEAGE), metadata={"feed_id": self.feed_id})
 
     # ---- headers ----------------------------------------------------------------------------
-    def header_map(self) -> dict[str, str]:
-        """Every accepted header (English name, Chinese label, case/space-insensitive) → field."""
+    def header_map(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """Every accepted header (English name, Chinese label, case/space-insensitive) → field;
+        `extra` (a deployment's mapping, keys already normalised) adds to and overrides them."""
         out: dict[str, str] = {}
         for f in self.fields:
-            out[_norm_header(f.name)] = f.name
-            out[_norm_header(f.label_zh)] = f.name
-        return out
+            out[norm_header(f.name)] = f.name
+            out[norm_header(f.label_zh)] = f.name
+        return {**out, **(extra or {})}
 
-    def map_headers(self, headers: list[str]) -> tuple[list[str | None], list[str]]:
-        """Map file headers to field names; returns (mapped-or-None per column, missing required)."""
-        hm = self.header_map()
-        mapped = [hm.get(_norm_header(h)) for h in headers]
+    def map_headers(self, headers: list[str], extra: dict[str, str] | None = None
+                    ) -> tuple[list[str | None], list[str]]:
+        """Map file headers to field names; returns (mapped-or-None per column, missing required).
+        A field named by two columns takes the first; the second is left unmapped."""
+        hm = self.header_map(extra)
+        mapped: list[str | None] = []
+        for h in headers:
+            f = hm.get(norm_header(h))
+            mapped.append(f if f not in mapped else None)
         missing = [f.name for f in self.fields if f.required and f.name not in mapped]
         return mapped, missing
 
@@ -196,7 +203,8 @@ class Contract:
         }
 
 
-def _norm_header(h: str) -> str:
+def norm_header(h: str) -> str:
+    """A header as compared: no white space anywhere, lower case, no BOM."""
     return "".join(str(h).split()).lower().lstrip("\ufeff")
 
 

@@ -1,28 +1,45 @@
-"""The feed registry: every `schemas/<department>/<feed>.py` that declares a `CONTRACT`."""
+"""The feed registry: every `schemas/<department>/<feed>.py` that declares a `CONTRACT`.
+
+Feeds are found by file, not by package ceremony: a department folder needs no `__init__.py`.
+A module there that declares no `CONTRACT` is reported (logged), never silently skipped.
+"""
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
+import logging
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
 from schemas.contract import Contract
 
+log = logging.getLogger(__name__)
+
 _ROOT = Path(__file__).parent
+
+
+def feed_modules(root: Path, package: str) -> Iterator[tuple[str, str, object]]:
+    """(department, module name, imported module) for every `<root>/<department>/<module>.py`."""
+    for path in sorted(root.glob("*/*.py")):
+        dept, mod = path.parent.name, path.stem
+        if mod.startswith("_") or dept.startswith(("_", ".")):
+            continue
+        yield dept, mod, importlib.import_module(f"{package}.{dept}.{mod}")
 
 
 @cache
 def contracts() -> dict[str, Contract]:
     """All feed contracts by feed id (`department.feed`), in a stable order."""
     found: dict[str, Contract] = {}
-    for dept in sorted(p.name for p in _ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
-        for mod in sorted(m.name for m in pkgutil.iter_modules([str(_ROOT / dept)])):
-            c = getattr(importlib.import_module(f"schemas.{dept}.{mod}"), "CONTRACT", None)
-            if isinstance(c, Contract):
-                if c.feed_id != f"{dept}.{mod}":
-                    raise ValueError(f"schemas/{dept}/{mod}.py declares {c.feed_id}: the file must be named after the feed")
-                found[c.feed_id] = c
+    for dept, mod, m in feed_modules(_ROOT, "schemas"):
+        c = getattr(m, "CONTRACT", None)
+        if not isinstance(c, Contract):
+            log.warning("schemas/%s/%s.py declares no CONTRACT: not a feed (skipped)", dept, mod)
+            continue
+        if c.feed_id != f"{dept}.{mod}":
+            raise ValueError(f"schemas/{dept}/{mod}.py declares {c.feed_id}: the file must be named after the feed")
+        found[c.feed_id] = c
     return found
 
 

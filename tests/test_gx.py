@@ -42,7 +42,7 @@ def tables(district):
 @pytest.fixture(scope="module")
 def built(district):
     con = normalise.connect()
-    for fid, name in monitoring.SOURCES.items():
+    for fid, name in monitoring.sources().items():
         con.register(name, district.table(fid))
     pol = policy.for_region("430103", 2026)
     b = monitoring.build(con, SNAP, pol)

@@ -23,7 +23,7 @@ SNAP = dt.date(2026, 11, 1)
 
 def _build(d, tables=None):
     con = normalise.connect()
-    for fid, name in monitoring.SOURCES.items():
+    for fid, name in monitoring.sources().items():
         con.register(name, (tables or {}).get(fid, d.table(fid)))
     pol = policy.for_region("430103", 2026)
     b = monitoring.build(con, SNAP, pol)

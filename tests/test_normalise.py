@@ -24,14 +24,15 @@ def con():
     c.close()
 
 
-def run(con, kind: str, values: list[str | None], **kw) -> list[tuple]:
-    """(value, rule) per input through the generated SQL of one field kind."""
+def run(con, kind: str, values: list[str | None], ref: dt.date | None = None, **kw) -> list[tuple]:
+    """(value, rule) per input through the generated SQL of one field kind (`ref`: the record's date)."""
     sql = field_sql(F("x", kind, "x", **kw))
     pre, val, rule = (_fill(sql.pre, t="t"), _fill(sql.value, p="p", t="t"), _fill(sql.rule, p="p", v="v", t="t"))
     con.register("__in", pa.table({"t": pa.array(values, pa.string())}))
+    day = f"DATE '{ref.isoformat()}'" if ref else "current_date"
     try:
-        return con.sql(f"SELECT v, {rule} AS r FROM (SELECT *, {val} AS v FROM (SELECT t, {pre} AS p FROM __in))"
-                       ).fetchall()
+        return con.sql(f"SELECT v, {rule} AS r FROM (SELECT *, {val} AS v FROM "
+                       f"(SELECT t, {pre} AS p, {day} AS __ref FROM __in))").fetchall()
     finally:
         con.unregister("__in")
 
@@ -105,6 +106,26 @@ def test_impossible_birth_dates_are_their_own_rule(con):
     s17 = "43010319900230123"  # 30 February
     bad = s17 + idno.check_char(s17)
     assert run(con, "id_no", [bad]) == [(bad, "id_no_birth_date")]
+
+
+@pytest.mark.parametrize(("born", "record", "ok"), [
+    ("20261102", dt.date(2026, 11, 1), False),  # born after the record's date
+    ("20261101", dt.date(2026, 11, 1), True),  # born on it
+    ("18991231", dt.date(2026, 11, 1), False),  # before 1900
+    ("19000101", dt.date(2026, 11, 1), True),
+    ("20991231", None, False),  # after today (no record date)
+])
+def test_birth_dates_after_the_record_or_before_1900_are_impossible(con, born, record, ok):
+    s17 = "430103" + born + "123"
+    i = s17 + idno.check_char(s17)
+    [(_, rule)] = run(con, "id_no", [i], ref=record)
+    assert rule == (None if ok else "id_no_birth_date")
+    try:
+        idno.normalise(i, record)
+        ref_rule = None
+    except idno.IdError as e:
+        ref_rule = e.rule
+    assert ref_rule == rule
 
 
 @settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -203,6 +203,7 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
     def warning_list(request: Request, user: Current, f: Flt):
         _search_audit(request, user, f)
         data = queries.list_warnings(engine, user, f)
+        data["notes"] = queries.snapshot_notes(engine, data["snapshot"])
         return page(request, "list.html", {"data": data, "f": f, "params": f.params()})
 
     # ---- household ----------------------------------------------------------------------------

@@ -80,6 +80,22 @@ def material_change(old: dict, new: dict) -> str | None:
     return "；".join(notes) or None
 
 
+def input_notes(manifest: dict) -> list[dict]:
+    """What staff must know about the snapshot's inputs: feeds whose latest delivery was unhealthy
+    (the list was computed on their previous data, accepted by the operator) and stale feeds."""
+    from schemas.registry import contracts
+
+    known = contracts()
+    out = []
+    for fid, i in sorted((manifest.get("inputs") or {}).items()):
+        title = known[fid].title_zh if fid in known else fid
+        if i.get("unhealthy"):
+            out.append({"feed_id": fid, "title_zh": title, "kind": "unhealthy", "problems": i["unhealthy"]})
+        elif i.get("stale"):
+            out.append({"feed_id": fid, "title_zh": title, "kind": "stale", "problems": []})
+    return out
+
+
 def load_snapshot(engine: Engine, store: ObjectStore, day: dt.date | None = None) -> LoadResult:
     day = day or latest_published(store)
     if day is None:
@@ -120,7 +136,8 @@ def load_snapshot(engine: Engine, store: ObjectStore, day: dt.date | None = None
         c.execute(delete(m.snapshots).where(m.snapshots.c.snapshot_date == day))
         c.execute(insert(m.snapshots).values(snapshot_date=day, loaded_at=t, manifest_sha256=sha,
                                              policy_version=manifest.get("policy_version"), warnings=len(rows),
-                                             households=len(hh_rows), reopened=res.reopened))
+                                             households=len(hh_rows), reopened=res.reopened,
+                                             input_notes=input_notes(manifest)))
         audit.append(c, None, "-", "load_snapshot", "snapshot", day.isoformat(), "", warnings=len(rows),
                      new_cases=res.new_cases, reopened=res.reopened, manifest_sha256=sha)
     with engine.begin() as c:  # fresh statistics for the planner after a bulk load

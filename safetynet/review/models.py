@@ -71,6 +71,8 @@ snapshots = Table(
     Column("warnings", Integer, nullable=False),
     Column("households", Integer, nullable=False),
     Column("reopened", Integer, nullable=False, default=0),
+    # feeds this snapshot was computed without or on old data: [{feed_id, title_zh, kind, problems}]
+    Column("input_notes", JSON),
 )
 
 warnings = Table(

@@ -116,6 +116,14 @@ def latest_snapshot(engine: Engine) -> dt.date | None:
         return c.scalar(select(func.max(m.snapshots.c.snapshot_date)))
 
 
+def snapshot_notes(engine: Engine, day: dt.date | None) -> list[dict]:
+    """The snapshot's input notes (unhealthy or stale feeds), for the banner above the list."""
+    if day is None:
+        return []
+    with engine.connect() as c:
+        return c.scalar(select(m.snapshots.c.input_notes).where(m.snapshots.c.snapshot_date == day)) or []
+
+
 @dataclass
 class Filters:
     street: str = ""

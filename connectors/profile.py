@@ -1,0 +1,181 @@
+"""Profile a department's export against a feed's contract — ingests nothing.
+
+How a county onboards a department: `safetynet feeds profile FILE… --feed ID` (or `--kafka` for
+a sample of the topic) decodes the files exactly as ingest would (same formats, the feed's current
+mapping, the contract's validation SQL) and reports which column matched each field, the values
+the contract does not know (with counts), unparsable dates, amounts and other formats (with
+masked examples), and a suggested mapping file to fill in (`connectors.mapping.template`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connectors.formats import (
+    FileFormatError,
+    decode_json_values,
+    json_records_sql,
+    map_values_sql,
+    read_rows,
+    rows_to_records,
+)
+from connectors.mapping import _CLOSED, Mapping, template
+from safetynet import idno, normalise
+from schemas.contract import Contract
+
+#: Field kinds whose unknown values are listed for mapping (closed code sets).
+_CODED = ("enum", "bool", "urban_rural")
+MAX_EXAMPLES = 3
+
+
+def mask(value: str, pii: str) -> str:
+    """An example value safe to print: personal values masked (IDs 前6后4, other text to its first character)."""
+    v = str(value)
+    if pii == "none":
+        return v[:40]
+    if len(v) == 18 or len(v) == 15:
+        return idno.mask(v)
+    return v[:1] + "*" * max(len(v) - 1, 0)
+
+
+@dataclass
+class Profile:
+    feed_id: str
+    sources: list[str] = field(default_factory=list)
+    records: int = 0
+    columns: dict[str, str | None] = field(default_factory=dict)  # department column → field (None: unmatched)
+    missing: list[str] = field(default_factory=list)  # required fields no column provides
+    unknown_values: dict[str, Counter] = field(default_factory=dict)  # field → value → records
+    bad_formats: dict[str, tuple[str, int, list[str]]] = field(default_factory=dict)  # field → (rule, n, examples)
+    rules: Counter = field(default_factory=Counter)  # rule → records that would be quarantined
+    file_errors: list[str] = field(default_factory=list)
+    envelopes: int = 0  # JSON records that are event envelopes
+
+    def suggested_mapping(self, c: Contract, current: Mapping | None = None) -> str:
+        """The mapping file to fill in: `current` (the mapping in force) plus what is still unmapped."""
+        unmatched = [h for h, f in self.columns.items() if f is None and h]
+        return template(c, unmatched, self.missing, {f: dict(v) for f, v in self.unknown_values.items()}, current)
+
+
+def _collect(c: Contract, p: Profile, con: duckdb.DuckDBPyConnection, source: str, mapping: Mapping) -> None:
+    t = con.sql(normalise.validate_sql(c, f"({map_values_sql(c, source, mapping)})", pre_rule="_pre",
+                                       typed=False, record_date=True, every_rule=True)).to_arrow_table()
+    p.records += t.num_rows
+    p.rules.update(r for r in t["_rule"].to_pylist() if r)
+    for fld in c.fields:  # every field's own verdict, not only each record's first failure
+        f = fld.name
+        bad = t.filter(pc.is_valid(t[f"__r_{f}"])).select([f"__r_{f}", f]).to_pylist()
+        for r in bad:
+            rule, v = r[f"__r_{f}"], r[f]
+            if rule in ("enum_value", "bool_format") and fld.kind in _CODED and fld.pii == "none":
+                p.unknown_values.setdefault(f, Counter())[str(v).strip()] += 1
+            elif rule != "required_missing":
+                prev = p.bad_formats.get(f, (rule, 0, []))
+                ex = prev[2] + ([mask(v, fld.pii)] if v is not None and len(prev[2]) < MAX_EXAMPLES else [])
+                p.bad_formats[f] = (rule, prev[1] + 1, ex)
+
+
+def profile_files(c: Contract, mapping: Mapping, files: list[tuple[str, bytes]]) -> Profile:
+    """Profile drop files (name, bytes) of one feed."""
+    p = Profile(c.feed_id)
+    con = normalise.connect()
+    json_seen = False
+    try:
+        for name, data in files:
+            p.sources.append(name)
+            try:
+                header, rows, fmt = read_rows(name, data)
+            except FileFormatError as e:
+                p.file_errors.append(f"{name}: {e.rule}: {e}")
+                continue
+            if fmt.startswith("jsonl"):
+                lines = pa.table({"_row_number": pa.array(range(1, len(rows) + 1), pa.int64()),
+                                  "_value": pa.array([r[0] for r in rows], pa.string())})
+                con.register("__lines", lines)
+                recs = con.sql(json_records_sql(c, "__lines", envelope=None, mapping=mapping)).to_arrow_table()
+                con.unregister("__lines")
+                p.envelopes += recs.num_rows - recs["_event_id"].null_count
+                json_seen = True
+                for k in {k for r in rows[:200] for k in _keys(r[0])}:
+                    p.columns.setdefault(k, _field_of(c, mapping, k))
+            else:
+                mapped, missing = c.map_headers(header, mapping.headers)
+                p.columns.update({h: m for h, m in zip(header, mapped, strict=True)})
+                p.missing = sorted(set(p.missing) | set(missing))
+                recs = rows_to_records(c, header, rows, mapping, strict=False)
+                recs = recs.append_column("_occurred_at", pa.nulls(recs.num_rows, pa.string()))
+                recs = recs.append_column("_op", pa.array(["upsert"] * recs.num_rows, pa.string()))
+            con.register("__rec", recs)
+            _collect(c, p, con, "__rec", mapping)
+            con.unregister("__rec")
+    finally:
+        con.close()
+    if json_seen:  # JSON keys: a required field no key provides
+        found = {f for f in p.columns.values() if f}
+        p.missing = sorted(set(p.missing) | {f.name for f in c.fields if f.required and f.name not in found})
+    return p
+
+
+def profile_values(c: Contract, mapping: Mapping, values: list[bytes], source: str) -> Profile:
+    """Profile Kafka message values (event envelopes) of one feed."""
+    p = Profile(c.feed_id, [source])
+    con = normalise.connect()
+    try:
+        meta = pa.table({"_kafka_offset": pa.array(range(len(values)), pa.int64())})
+        recs = decode_json_values(con, c, values, meta, envelope=True, mapping=mapping)
+        p.envelopes = recs.num_rows
+        con.register("__rec", recs)
+        _collect(c, p, con, "__rec", mapping)
+        con.unregister("__rec")
+    finally:
+        con.close()
+    return p
+
+
+def _keys(line: str) -> list[str]:
+    import json
+
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return []
+    if isinstance(obj, dict) and isinstance(obj.get("payload"), dict) and "event_id" in obj:
+        obj = obj["payload"]
+    return list(obj) if isinstance(obj, dict) else []
+
+
+def _field_of(c: Contract, mapping: Mapping, key: str) -> str | None:
+    if key in c.names:
+        return key
+    return next((f for h, f in mapping.raw_headers if h == key), None)
+
+
+def render(c: Contract, p: Profile) -> list[str]:
+    """The report as lines (rich markup-free text)."""
+    out = [f"{c.feed_id} ({c.department_zh} {c.title_zh}): {p.records:,} records in {len(p.sources)} source(s)"
+           + (f", {p.envelopes:,} of them event envelopes" if p.envelopes else "")]
+    out += [f"  ✗ file {e}" for e in p.file_errors]
+    if p.columns:
+        out.append("  columns → fields:")
+        for h, f in p.columns.items():
+            out.append(f"    {h} → {f} ({c.field(f).label_zh})" if f else f"    {h} → ? (no field: ignored, or map it)")
+    if p.missing:
+        out.append("  ✗ required fields with no column: " + ", ".join(f"{m} ({c.field(m).label_zh})" for m in p.missing))
+    for f, counts in p.unknown_values.items():
+        fld = c.field(f)
+        allowed = fld.values if fld.kind == "enum" else _CLOSED.get(fld.kind, ())
+        vals = ", ".join(f"{v} ×{n:,}" for v, n in counts.most_common(12))
+        out.append(f"  ✗ {f} ({fld.label_zh}) values the contract does not know: {vals}  "
+                   f"[contract: {' / '.join(allowed)}]")
+    for f, (rule, n, ex) in p.bad_formats.items():
+        out.append(f"  ✗ {f} ({c.field(f).label_zh}) {rule}: {n:,} records, e.g. {', '.join(ex) or '(empty)'}")
+    total = sum(p.rules.values())
+    out.append(f"  would quarantine {total:,} of {p.records:,} records"
+               + (f" ({total / p.records:.1%}): " + ", ".join(f"{k}={v:,}" for k, v in p.rules.most_common())
+                  if p.records and total else ""))
+    return out

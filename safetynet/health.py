@@ -1,0 +1,167 @@
+"""Feed health: is a feed's delivery fit to replace what the hub knows?
+
+Per ingest run and feed: the quarantine rate, the top reasons, and **drift** — a field where one
+unknown value or a missing column causes many rejects, reported once ("housing.property.status:
+value 正常 in 930 of 932 records is not in the contract — add a mapping") instead of as 930 row
+errors. A feed is **unhealthy** when its quarantine rate is over its threshold
+(`SAFETYNET_MAX_QUARANTINE_RATE`, default 5 %, or `[health] max_quarantine_rate` in the feed's
+mapping file) or when a snapshot feed arrives empty.
+
+An unhealthy delivery is *held*: its `raw/` files are listed in `_catalog/held/<dept>/<feed>.json`
+and left out of `clean/`, so the feed's previous clean state stays in force; its drops are
+re-offered when the feed's mapping changes. The feed's latest health is kept in
+`_catalog/health/<dept>/<feed>.json`; the quality gate fails critically on an unhealthy feed
+unless the operator accepts it for the run (`--accept-unhealthy FEED`), which the snapshot
+manifest records and every warning of a rule reading the feed shows in `stale_inputs`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+from safetynet.store import ObjectStore
+from schemas.contract import Contract
+
+#: A drift line needs at least this many records, and this share of the feed's input.
+DRIFT_MIN_RECORDS = 3
+DRIFT_MIN_SHARE = 0.01
+#: Rules whose offending value is worth naming (a code value of a non-personal field).
+_VALUE_RULES = ("enum_value", "bool_format")
+_HINT = {
+    "enum_value": "is not in the contract — add a mapping ([values.{f}])",
+    "bool_format": "is not a yes/no value — add a mapping ([values.{f}])",
+    "required_missing": "is missing — if the export names the column differently, add a [headers] mapping",
+}
+
+
+@dataclass
+class FeedHealth:
+    feed_id: str
+    run_id: str
+    input: int
+    quarantined: int
+    threshold: float
+    top_reasons: list[tuple[str, int]]
+    drift: list[str]
+    empty_snapshots: list[str] = field(default_factory=list)
+    held_files: list[str] = field(default_factory=list)
+    checked_at: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.quarantined / self.input if self.input else 0.0
+
+    @property
+    def problems(self) -> list[str]:
+        """Why the feed is unhealthy (empty: healthy)."""
+        out = []
+        if self.input and self.rate > self.threshold:
+            out.append(f"{self.feed_id}: {self.quarantined:,} of {self.input:,} records quarantined "
+                       f"({self.rate:.1%} > {self.threshold:.0%})")
+        out += [f"{self.feed_id}: snapshot delivery {n} is empty (it would replace the register with nothing)"
+                for n in self.empty_snapshots]
+        return out
+
+    @property
+    def unhealthy(self) -> bool:
+        return bool(self.problems)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "rate": round(self.rate, 6), "unhealthy": self.unhealthy, "problems": self.problems,
+                "top_reasons": [list(x) for x in self.top_reasons]}
+
+    def line(self) -> str:
+        """One line for a table cell: the verdict and what to do."""
+        head = "✗ " + "; ".join(self.problems) if self.unhealthy else "✓"
+        return "\n".join([head, *self.drift])
+
+
+def drift_keys(c: Contract, rejected: pa.Table) -> Counter:
+    """(field, rule, value) → rejected records; the value only for code values of non-personal
+    fields (`enum_value`, `bool_format`), else ""."""
+    out: Counter = Counter()
+    fields, rules = rejected["_field"].to_pylist(), rejected["_rule"].to_pylist()
+    named = {f.name for f in c.fields if f.pii == "none"}
+    values = {n: rejected[n].to_pylist() for n in named if n in rejected.column_names}
+    for i, (f, r) in enumerate(zip(fields, rules, strict=True)):
+        v = values[f][i] if r in _VALUE_RULES and f in values else None
+        out[(f or "", r, "" if v is None else str(v).strip()[:40])] += 1
+    return out
+
+
+def drift_lines(c: Contract, drift: Counter, total: int) -> list[str]:
+    """The drift worth reporting, largest first: one line per (field, rule[, value])."""
+    floor = max(DRIFT_MIN_RECORDS, DRIFT_MIN_SHARE * total)
+    lines = []
+    for (f, rule, value), n in sorted(drift.items(), key=lambda kv: (-kv[1], kv[0])):
+        if n < floor:
+            continue
+        if not f:  # a record-level rule, or a whole file (value = its explanation)
+            lines.append(f"{c.feed_id}: {value or rule} — {n:,} of {total:,} records")
+            continue
+        label = c.field(f).label_zh
+        what = f"value {value} in" if value else f"{rule} in"
+        hint = _HINT.get(rule, "").format(f=f) or f"— {rule}"
+        lines.append(f"{c.feed_id}.{f} ({label}): {what} {n:,} of {total:,} records {hint}".replace(" — —", " —"))
+    return lines
+
+
+def evaluate(c: Contract, run_id: str, input_: int, quarantined: Counter, drift: Counter, threshold: float,
+             empty_snapshots: list[str]) -> FeedHealth:
+    return FeedHealth(c.feed_id, run_id, input_, sum(quarantined.values()), threshold,
+                      sorted(quarantined.items(), key=lambda kv: (-kv[1], kv[0]))[:3],
+                      drift_lines(c, drift, input_), list(empty_snapshots),
+                      checked_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+
+# ---- the catalog ----------------------------------------------------------------------------------
+def _health_path(c: Contract) -> str:
+    return f"_catalog/health/{c.prefix}.json"
+
+
+def _held_path(c: Contract) -> str:
+    return f"_catalog/held/{c.prefix}.json"
+
+
+def write(store: ObjectStore, c: Contract, h: FeedHealth) -> None:
+    store.write_bytes(_health_path(c), json.dumps(h.as_dict(), ensure_ascii=False, indent=1).encode())
+
+
+def latest(store: ObjectStore, contracts: list[Contract]) -> dict[str, dict]:
+    """Per feed, its latest recorded health (feeds never checked are absent)."""
+    out = {}
+    for c in contracts:
+        try:
+            out[c.feed_id] = json.loads(store.read_bytes(_health_path(c)))
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def unhealthy(store: ObjectStore, contracts: list[Contract]) -> dict[str, list[str]]:
+    """Feed id → its problems, for every feed whose latest health is unhealthy."""
+    return {fid: h["problems"] for fid, h in latest(store, contracts).items() if h.get("unhealthy")}
+
+
+def held(store: ObjectStore, c: Contract) -> dict[str, dict]:
+    """Store path of each held `raw/` file → why and by which run."""
+    try:
+        return json.loads(store.read_bytes(_held_path(c)))
+    except FileNotFoundError:
+        return {}
+
+
+def set_held(store: ObjectStore, c: Contract, hold: dict[str, dict], release: list[str]) -> None:
+    """Add `hold` to the feed's held files and release the paths in `release`."""
+    cur = held(store, c)
+    for p in release:
+        cur.pop(p, None)
+    cur.update(hold)
+    if cur or store.exists(_held_path(c)):
+        store.write_bytes(_held_path(c), json.dumps(dict(sorted(cur.items())), ensure_ascii=False, indent=1).encode())
+

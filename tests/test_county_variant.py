@@ -1,0 +1,223 @@
+"""Another county's drops: the same contracts, its own code values, headers and export habits.
+
+Written by hand (not by the synthetic generator), the way 娄星区's departments might export:
+
+* 住建 房产登记: GBK CSV with the contract's Chinese labels, but 权属状态 `正常` / `注销`;
+* 医保 参保登记: CSV with the county system's own English column names and 参保状态 `正常参保` …;
+* 医保 医疗费用结算: JSON Lines holding the *event envelopes* of its outbox (a redelivered event,
+  a correction and a reversal among them), with 是否住院 as the 医保 医疗类别 codes `21` / `11`.
+
+Without a mapping the run exits 3 naming feed, field, value and count, publishes nothing new
+and keeps the previous clean state; with the county's mapping files it reconciles exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from connectors.base import connectors
+from safetynet import health, idno, ingest, snapshot
+from safetynet.cli import EXIT_OK, EXIT_UNHEALTHY, main
+from safetynet.clean import clean_path
+from safetynet.settings import Settings
+from safetynet.store import ObjectStore
+from safetynet.synth import generate
+from schemas.registry import get
+from tests.test_pipeline import drop_truth_as_files
+
+SNAP = "2026-11-01"
+PROPERTY_STATUS = {"正常": "现势", "注销": "已注销"}
+ENROL_STATUS = {"正常参保": "参保缴费", "暂停参保": "暂停缴费", "终止参保": "终止参保"}
+ENROL_HEADERS = {"AAC002": "id_no", "INSUR_TYPE": "scheme", "PSN_INSU_STAS": "status", "ACCT_MONTH": "month"}
+
+MAPPINGS = {
+    "housing.property": '[values.status]\n"正常" = "现势"\n"注销" = "已注销"\n',
+    "medical_insurance.enrollment": (
+        "[headers]\n" + "".join(f'"{h}" = "{f}"\n' for h, f in ENROL_HEADERS.items())
+        + "[values.status]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in ENROL_STATUS.items())
+        + '[values.scheme]\n"职工基本医疗保险" = "职工医保"\n"城乡居民基本医疗保险" = "城乡居民医保"\n'),
+    "medical_insurance.claim": '[values.inpatient]\n"21" = "true"\n"11" = "false"\n',
+}
+
+
+@pytest.fixture(scope="module")
+def district():
+    return generate(persons=1500, seed=11)
+
+
+def _people(d, n: int) -> list[str]:
+    ids = d.table("public_security.person").column("id_no").to_pylist()
+    return ids[:n]
+
+
+def county_drops(d, store: ObjectStore) -> dict[str, int]:
+    """Write the county's drops; returns the number of records per feed."""
+    ids = _people(d, 60)
+    # 住建: a full snapshot of 40 titles, county status codes, GBK
+    prop = get("housing.property")
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow([f.label_zh for f in prop.fields])
+    for i, pid in enumerate(ids[:40]):
+        w.writerow([f"431302{i:06d}GB{i:05d}F0001", pid, "1", "住宅", "86.5", "娄星区某路", "2019/5/6",
+                    "注销" if i % 10 == 0 else "正常"])
+    store.write_bytes("landing/housing/property/property_20261120.csv", out.getvalue().encode("gbk"))
+    # 医保 参保: the county system's English column names and its own codes
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(list(ENROL_HEADERS))
+    for i, pid in enumerate(ids[:50]):
+        w.writerow([pid, "城乡居民基本医疗保险" if i % 3 else "职工基本医疗保险",
+                    "暂停参保" if i % 7 == 0 else "正常参保", "2026-10"])
+    store.write_bytes("landing/medical_insurance/enrollment/enrollment_20261115.csv", out.getvalue().encode("utf-8"))
+    # 医保 结算: the outbox export — envelopes, one redelivered, one correction, one reversal
+    lines = []
+    for i, pid in enumerate(ids[:30]):
+        payload = {"claim_id": f"LX2026{i:05d}", "id_no": pid, "settle_date": "2026-10-0" + str(1 + i % 9),
+                   "hospital_name": "娄底市中心医院", "inpatient": "21" if i % 2 else "11",
+                   "diagnosis_code": "N18.5" if i % 5 == 0 else "J18.9", "diagnosis_name": "肺炎",
+                   "total_amount": "12000.00", "fund_paid": "8000.00", "out_of_pocket": "4000.00",
+                   "serious_illness": "否"}
+        lines.append({"event_id": f"lx-claim-{i}", "source": "medical_insurance", "feed": "claim", "op": "upsert",
+                      "occurred_at": f"2026-10-{10 + i % 9:02d}T09:00:00+08:00", "schema_version": 1,
+                      "payload": payload})
+    lines.append(lines[3])  # redelivered: same event id
+    corrected = json.loads(json.dumps(lines[4]))
+    corrected.update(event_id="lx-claim-4-fix", occurred_at="2026-10-25T09:00:00+08:00")
+    corrected["payload"]["out_of_pocket"] = "3500.00"
+    lines.append(corrected)
+    lines.append({"event_id": "lx-claim-5-del", "source": "medical_insurance", "feed": "claim", "op": "delete",
+                  "occurred_at": "2026-10-26T09:00:00+08:00", "schema_version": 1,
+                  "payload": {"claim_id": "LX202600005"}})
+    store.write_bytes("landing/medical_insurance/claim/claim_outbox_20261031.jsonl",
+                      ("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n").encode())
+    return {"housing.property": 40, "medical_insurance.enrollment": 50, "medical_insurance.claim": len(lines)}
+
+
+def _clean_bytes(store: ObjectStore, fid: str) -> bytes:
+    return store.read_bytes(clean_path(get(fid)))
+
+
+def test_county_variant_exits_3_without_a_mapping_and_reconciles_with_one(district, tmp_path, monkeypatch, capsys):
+    for k in ("SAFETYNET_KAFKA_BOOTSTRAP", "SAFETYNET_MAPPINGS", "SAFETYNET_MAX_QUARANTINE_RATE"):
+        monkeypatch.delenv(k, raising=False)
+    root = tmp_path / "store"
+    mapdir = tmp_path / "mappings"
+    monkeypatch.setenv("SAFETYNET_MAPPINGS", str(mapdir))  # empty for now: built-in mappings only
+    store = ObjectStore.from_settings(Settings(store=str(root)))
+    drop_truth_as_files(district, store)
+    run = ["run", "--snapshot-date", SNAP, "--store", str(root), "--no-progress", "--no-kafka"]
+    assert main(run) == EXIT_OK
+    manifest = store.read_bytes(f"_catalog/snapshots/{SNAP}.json")
+    before = {fid: _clean_bytes(store, fid) for fid in MAPPINGS}
+    capsys.readouterr()
+
+    sent = county_drops(district, store)
+    assert main(run) == EXIT_UNHEALTHY
+    out = " ".join(capsys.readouterr().out.split())
+    # one drift line per cause: feed, field, value and count — not 40 row errors
+    assert "housing.property.status (权属状态): value 正常 in 36 of 40 records is not in the contract" in out
+    assert "housing.property.status (权属状态): value 注销 in 4 of 40 records" in out
+    assert "medical_insurance.enrollment: file enrollment_20261115.csv" in out and "AAC002" in out
+    assert "medical_insurance.claim.inpatient (是否住院): value 11 in 16 of 33 records" in out
+    assert "not published" in out
+    # nothing new published, previous clean state in force
+    assert store.read_bytes(f"_catalog/snapshots/{SNAP}.json") == manifest
+    assert {fid: _clean_bytes(store, fid) for fid in MAPPINGS} == before
+    latest = health.latest(store, [get(f) for f in MAPPINGS])
+    assert all(latest[f]["unhealthy"] for f in MAPPINGS)
+    # the whole-file quarantine of the enrollment file counts its 50 records, not 1
+    runs = sorted(e.path for e in store.list("_catalog/ingest/"))
+    held_run = json.loads(store.read_bytes(runs[-1]))
+    assert held_run["feeds"]["medical_insurance.enrollment"]["quarantined"] == {"file_header": 50}
+    assert sorted(held_run["unhealthy"]) == sorted(MAPPINGS)
+
+    # the county's mapping files: the same drops (held, re-offered for the changed mapping) reconcile
+    mapdir.mkdir()
+    for fid, text in MAPPINGS.items():
+        (mapdir / f"{fid}.toml").write_text(text, encoding="utf-8")
+    assert main(run) == EXIT_OK
+    out = capsys.readouterr().out
+    runs = sorted(e.path for e in store.list("_catalog/ingest/"))
+    rep = json.loads(store.read_bytes(runs[-1]))
+    assert rep["unhealthy"] == [] and rep["reconciles"]
+    maps = connectors()
+    for fid, n in sent.items():
+        f = rep["feeds"][fid]
+        assert (f["input"], f["accepted"], f["quarantined"]) == (n, n, {}), fid
+        m = maps[fid].load_mapping(mapdir)
+        assert f["mapping"]["sha256"] == m.sha256
+        raw = store.dataset(f"raw/{get(fid).prefix}/").to_table()
+        newest = raw.filter(pc.equal(raw["_mapping"], m.checksum))
+        assert newest.num_rows == n  # lineage names the mapping applied
+    # clean: the county's property snapshot replaced the old one, with contract codes
+    prop = store.read_parquet(clean_path(get("housing.property")))
+    assert prop.num_rows == 40
+    assert sorted(prop["status"].to_pylist()) == sorted(["已注销"] * 4 + ["现势"] * 36)
+    enrol = store.read_parquet(clean_path(get("medical_insurance.enrollment")))
+    mine = pa.array(_people(district, 50))
+    county = enrol.filter(pc.and_(pc.equal(enrol["month"], "2026-10"), pc.is_in(enrol["id_no"], mine)))
+    assert county.num_rows == 50
+    assert sorted(set(county["status"].to_pylist())) == ["参保缴费", "暂停缴费"]
+    assert sorted(set(county["scheme"].to_pylist())) == ["城乡居民医保", "职工医保"]
+    # claims: the outbox envelopes behave as events — redelivery counted once, correction, reversal
+    claims = store.read_parquet(clean_path(get("medical_insurance.claim")))
+    lx = claims.filter(pc.starts_with(claims["claim_id"], "LX2026"))
+    assert lx.num_rows == 29  # 30 claims, one reversed
+    by_id = {r["claim_id"]: r for r in lx.to_pylist()}
+    assert "LX202600005" not in by_id
+    assert str(by_id["LX202600004"]["out_of_pocket"]) == "3500.00"
+    assert by_id["LX202600001"]["inpatient"] is True and by_id["LX202600002"]["inpatient"] is False
+    cm = json.loads(store.read_bytes("_catalog/clean/medical_insurance/claim.json"))
+    assert cm["counts"]["redelivered"] >= 1 and cm["counts"]["deleted"] >= 1 and cm["held_files"] == []
+    # a new snapshot was published from the mapped data
+    assert store.read_bytes(f"_catalog/snapshots/{SNAP}.json") != manifest
+    assert snapshot.snapshots(store) == [dt.date(2026, 11, 1)]
+
+
+def test_a_wrong_mapping_is_refused_at_start_with_every_problem(tmp_path, monkeypatch, capsys):
+    mapdir = tmp_path / "m"
+    mapdir.mkdir()
+    (mapdir / "housing.property.toml").write_text(
+        '[headers]\n"权属" = "state"\n[values.status]\n"正常" = "有效"\n[values.colour]\n"x" = "y"\n', "utf-8")
+    (mapdir / "housing.nothing.toml").write_text("", "utf-8")
+    monkeypatch.setenv("SAFETYNET_MAPPINGS", str(mapdir))
+    monkeypatch.delenv("SAFETYNET_KAFKA_BOOTSTRAP", raising=False)
+    store = tmp_path / "store"
+    ObjectStore.from_settings(Settings(store=str(store))).write_bytes(
+        "landing/housing/property/p.csv", "不动产单元号\n1\n".encode())
+    assert main(["ingest", "--store", str(store), "--no-progress", "--no-kafka"]) == 2
+    err = capsys.readouterr().err
+    for needle in ("has no field 'state'", "'正常' → '有效': not a value of the contract (现势 / 已注销 / 已转移)",
+                   "[values.colour]", "housing.nothing.toml: no feed 'housing.nothing'", "nothing was ingested"):
+        assert needle in err, needle
+    assert not ObjectStore.from_settings(Settings(store=str(store))).list("raw/")
+
+
+def test_an_empty_snapshot_delivery_is_unhealthy_and_keeps_the_register(local_settings, local_store):
+    c = get("housing.property")
+    head = ",".join(f.label_zh for f in c.fields)
+    row = "P1,430103198001011236,1,住宅,80,某地,2020-01-01,现势"
+    s17 = "43010319800101123"
+    row = row.replace("430103198001011236", s17 + idno.check_char(s17))
+    local_store.write_bytes("landing/housing/property/p_20261001.csv", f"{head}\n{row}\n".encode())
+    s = local_settings.model_copy(update={"mappings": local_settings.work_dir / "none"})
+    r1 = ingest.ingest(s, local_store, [c.feed_id], kafka=False)
+    assert not r1.unhealthy
+    from safetynet.clean import clean_feed
+    clean_feed(local_store, c)
+    kept = local_store.read_parquet(clean_path(c))
+    local_store.write_bytes("landing/housing/property/p_20261101.csv", f"{head}\n".encode())
+    r2 = ingest.ingest(s, local_store, [c.feed_id], kafka=False)
+    assert r2.unhealthy == [c.feed_id]
+    assert "snapshot delivery p_20261101.csv is empty" in r2.feeds[c.feed_id].health.problems[0]
+    clean_feed(local_store, c)
+    assert local_store.read_parquet(clean_path(c)).equals(kept)
+    assert pa.types.is_string(kept.schema.field("status").type)
