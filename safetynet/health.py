@@ -24,12 +24,15 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
+from safetynet.normalise import RULES
 from safetynet.store import ObjectStore
 from schemas.contract import Contract
 
-#: A drift line needs at least this many records, and this share of the feed's input.
+#: A drift line needs at least DRIFT_MIN_RECORDS records, and either this share of the feed's
+#: input or DRIFT_MANY records: one cause behind many rejects, not scattered dirt.
 DRIFT_MIN_RECORDS = 3
-DRIFT_MIN_SHARE = 0.01
+DRIFT_MIN_SHARE = 0.05
+DRIFT_MANY = 100
 #: Rules whose offending value is worth naming (a code value of a non-personal field).
 _VALUE_RULES = ("enum_value", "bool_format")
 _HINT = {
@@ -96,7 +99,7 @@ def drift_keys(c: Contract, rejected: pa.Table) -> Counter:
 
 def drift_lines(c: Contract, drift: Counter, total: int) -> list[str]:
     """The drift worth reporting, largest first: one line per (field, rule[, value])."""
-    floor = max(DRIFT_MIN_RECORDS, DRIFT_MIN_SHARE * total)
+    floor = max(DRIFT_MIN_RECORDS, min(DRIFT_MIN_SHARE * total, DRIFT_MANY))
     lines = []
     for (f, rule, value), n in sorted(drift.items(), key=lambda kv: (-kv[1], kv[0])):
         if n < floor:
@@ -106,8 +109,8 @@ def drift_lines(c: Contract, drift: Counter, total: int) -> list[str]:
             continue
         label = c.field(f).label_zh
         what = f"value {value} in" if value else f"{rule} in"
-        hint = _HINT.get(rule, "").format(f=f) or f"— {rule}"
-        lines.append(f"{c.feed_id}.{f} ({label}): {what} {n:,} of {total:,} records {hint}".replace(" — —", " —"))
+        hint = _HINT.get(rule, "").format(f=f) or f"— {RULES.get(rule, rule)}"
+        lines.append(f"{c.feed_id}.{f} ({label}): {what} {n:,} of {total:,} records {hint}")
     return lines
 
 

@@ -11,18 +11,22 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from safetynet import idno
 from safetynet.normalise import RULES
 from safetynet.synth import emit, generate
 from safetynet.synth.district import region_tree
-from safetynet.synth.emit import write_files, write_truth_parquet
+from safetynet.synth.emit import applicable_rules, channels, write_files, write_truth_parquet
+from safetynet.synth.generate import generic_facts
 from safetynet.synth.model import MONTHS
 from safetynet.synth.plant import RULES as RULE_IDS
-from schemas.contract import Contract
+from safetynet.synth.truth import truth_schema
+from schemas.contract import F, Contract
 from schemas.registry import contracts, get
 
 PERSONS = 2500
@@ -280,6 +284,133 @@ def test_event_volume_is_moderate(emission):
     assert 150_000 <= emission.total_events / PERSONS * 20_000 <= 250_000
 
 
+# ---- feeds generated from their contract alone ---------------------------------------------------------
+#: Not in the project: the 应急 feed issue #10 names (Kafka), a snapshot feed with a field of every kind
+#: but member lists (a CSV drop) and a case feed with member lists (Kafka).
+DISASTER = Contract(
+    department="emergency_management", department_zh="应急", feed="disaster", version=1, title_zh="受灾人员",
+    key=("id_no", "disaster_date"), mode="delta",
+    fields=(F("id_no", "id_no", "公民身份号码", pii="direct"), F("disaster_date", "date", "受灾日期"),
+            F("disaster_type", "enum", "灾害类型", values=("洪涝", "干旱", "地震", "台风", "其他")),
+            F("direct_loss", "money", "直接经济损失", min=0),
+            F("house_damage", "enum", "房屋受损情况", values=("无", "部分损坏", "倒塌")),
+            F("region_code", "region_code", "行政区划代码")))
+ALL_KINDS = Contract(
+    department="civil_affairs", department_zh="民政", feed="all_kinds", version=1, title_zh="全类型测试",
+    key=("household_no", "visit_month"), mode="snapshot", evolution="frozen",
+    fields=(F("household_no", "string", "户号"), F("head_id_no", "id_no", "户主身份号码", pii="direct"),
+            F("name", "string", "户主姓名", pii="direct"), F("address", "string", "住址", pii="quasi"),
+            F("note", "string", "备注", required=False), F("region_code", "region_code", "行政区划代码"),
+            F("urban_rural", "urban_rural", "城乡类别"), F("employer", "credit_code", "单位代码", required=False),
+            F("visit_date", "date", "走访日期", required=False), F("visited_at", "datetime", "走访时间"),
+            F("visit_month", "month", "走访月份"), F("grant", "money", "慰问金", min=100, max=500),
+            F("share", "decimal", "份额", min=0, max=1), F("helpers", "int", "帮扶人数", min=1, max=9, required=False),
+            F("revisit", "bool", "是否复访", required=False), F("level", "enum", "困难程度", values=("一般", "较重", "未知")),
+            F("needs", "text_list", "需求", values=("医疗", "住房", "就业"))))
+CASE_VISIT = Contract(
+    department="housing", department_zh="住建", feed="case_visit", version=1, title_zh="救助家庭走访",
+    key=("case_no",), mode="event",
+    fields=(F("case_no", "string", "救助家庭编号"), F("members", "members", "家庭成员"),
+            F("region_code", "region_code", "行政区划代码"), F("repaired", "bool", "是否维修")))
+NEW_FEEDS = (ALL_KINDS, DISASTER, CASE_VISIT)
+IDENTIFIERS = ("id_no", "region_code", "credit_code", "members")  # optional or not, always filled
+
+
+@contextmanager
+def registered(*extra: Contract):
+    """The registry with `extra` contracts added in feed-id order (the registry's order), restored after."""
+    reg = contracts()
+    saved = dict(reg)
+    merged = dict(sorted({**reg, **{c.feed_id: c for c in extra}}.items()))
+    reg.clear()
+    reg.update(merged)
+    try:
+        yield
+    finally:
+        reg.clear()
+        reg.update(saved)
+
+
+def test_generic_generation_from_a_contract(district):
+    d = district
+    person = d.table("public_security.person")
+    window = (dt.date.fromisoformat(MONTHS[0] + "-01"), d.as_of - dt.timedelta(days=1))
+    ids = {p["id_no"] for p in person.to_pylist() if p["status"] == "正常" and p["birth_date"] < window[0]}
+    region_of = dict(zip(person["id_no"].to_pylist(), person["region_code"].to_pylist(), strict=True))
+    hh_region = dict(zip(person["household_no"].to_pylist(), person["region_code"].to_pylist(), strict=True))
+    for c in NEW_FEEDS:
+        args = (d.people, d.households, d.facts["civil_affairs.assistance_case"], len(d.employers[0]))
+        frame = generic_facts(c, *args, SEED)
+        again = generic_facts(c, *args, SEED)
+        assert frame.keys() == again.keys() and all((frame[k] == again[k]).all() for k in frame), c.feed_id
+        t = pa.table(d.generic_columns(c, frame), schema=truth_schema(c))
+        assert 10 < t.num_rows < 0.1 * d.persons, (c.feed_id, t.num_rows)
+        keys = [tuple(k.values()) for k in t.select(list(c.key)).to_pylist()]
+        assert len(set(keys)) == len(keys), c.feed_id
+        rows = t.to_pylist()
+        for f in c.fields:
+            col = [r[f.name] for r in rows]
+            vals = [v for v in col if v is not None]
+            assert len(vals) == len(col) if f.required or f.kind in IDENTIFIERS else 0 < len(vals) < len(col), f.name
+            if f.min is not None or f.max is not None:
+                assert all((f.min is None or v >= f.min) and (f.max is None or v <= f.max) for v in vals), f.name
+            if f.kind in ("enum", "text_list"):
+                assert set(vals if f.kind == "enum" else sum(vals, [])) <= set(f.values), f.name
+            elif f.kind == "id_no":  # living persons of the district, born before any record's date
+                assert set(vals) <= ids, f.name
+            elif f.kind == "members":
+                assert all(m and {x["id_no"] for x in m} <= ids for m in vals)
+            elif f.kind == "date":
+                assert all(window[0] <= v <= window[1] for v in vals), f.name
+            elif f.kind == "datetime":
+                assert all(window[0] <= v.date() <= window[1] for v in vals), f.name
+            elif f.kind == "month":
+                assert set(vals) <= set(MONTHS)
+            elif f.kind == "credit_code":
+                assert set(vals) <= set(d.employers[1])
+        for r in rows:  # the region is where the person's (the household's, the case's) household lives
+            who = r.get("id_no") or r.get("household_no") or r["members"][0]["id_no"]
+            assert r["region_code"] == (hh_region[who] if "household_no" in r else region_of[who])
+        if c is DISASTER:
+            assert {r["disaster_type"] for r in rows} == set(c.field("disaster_type").values)
+            assert {round(float(r["direct_loss"]), -4) for r in rows} >= {0, 10_000, 20_000}  # spread over the range
+        if c is CASE_VISIT:  # cases of the background: the case's household, the applicant first
+            cases = {r["case_no"]: r for r in d.table("civil_affairs.assistance_case").to_pylist()}
+            for r in rows:
+                assert r["members"][0]["id_no"] == cases[r["case_no"]]["applicant_id_no"]
+                assert r["region_code"] == cases[r["case_no"]]["region_code"]
+
+
+def test_a_feed_with_no_generation_code_is_generated_and_emitted_and_shifts_nothing(tmp_path, district, emission):
+    import pyarrow.parquet as pq
+
+    with registered(*NEW_FEEDS):
+        d = generate(PERSONS, SEED)
+        em = emit(d)
+        write_truth_parquet(d, tmp_path)
+        new = {c.feed_id for c in NEW_FEEDS}
+        assert d.generic == new
+        for fid in contracts():
+            if fid in new:
+                continue
+            assert d.table(fid).equals(district.table(fid)), fid
+            assert em.events.get(fid) == emission.events.get(fid), fid
+            assert (em.expected[fid], em.dirt[fid]) == (emission.expected[fid], emission.dirt[fid]), fid
+        assert {k: v for k, v in em.files.items() if k.split("/")[1] != "all_kinds"} == emission.files
+        for c in NEW_FEEDS:
+            fid, e, t = c.feed_id, em.expected[c.feed_id], d.table(c.feed_id)
+            assert pq.read_table(tmp_path / f"{fid}.parquet").equals(t)
+            assert em.clean_rows[fid] == t.num_rows > 0
+            assert e.input == e.accepted + sum(e.quarantined.values())
+            assert e.quarantined == {r: em.dirt[fid][r] for r in applicable_rules(c, channels(c))}, fid
+        assert channels(DISASTER)[0].kind == "kafka" and len(em.events[DISASTER.feed_id]) > em.clean_rows[DISASTER.feed_id]
+        assert {"id_fullwidth", "money_number", "additive_field", "delete", "correction"} <= set(+em.dirt[DISASTER.feed_id])
+        assert set(em.files) - set(emission.files) == {"civil_affairs/all_kinds/all_kinds_20261031.csv"}
+        assert {"date_chinese", "month_compact", "datetime_iso_t", "region_fullwidth", "credit_lower", "urban_城市",
+                "text_spaces", "row_shape", "bool_是/否"} <= set(+em.dirt[ALL_KINDS.feed_id])
+        assert {"member_id_fullwidth", "bool_text", "delete", "envelope_invalid"} <= set(+em.dirt[CASE_VISIT.feed_id])
+
+
 # ---- end to end ------------------------------------------------------------------------------------------
 @pytest.mark.integration
 def test_publish_ingest_clean_matches_expected_and_truth(broker, local_settings, local_store, district, emission, monkeypatch):
@@ -288,7 +419,8 @@ def test_publish_ingest_clean_matches_expected_and_truth(broker, local_settings,
 
     suffix = uuid.uuid4().hex[:8]  # this test's own topics on the session broker
     monkeypatch.setattr(Contract, "topic", property(lambda c: f"dept.{c.department}.{c.feed}.v{c.version}.{suffix}"))
-    s = local_settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+    # a small district's fixed dirt is a large share of its small feeds: hold no delivery (health is not tested here)
+    s = local_settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, "max_quarantine_rate": 1.0})
     publish_emission(s, local_store, emission, False)
     report, cleaned = run_ingest(s, local_store)
     for fid, fc in report.feeds.items():

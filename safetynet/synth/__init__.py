@@ -4,9 +4,10 @@
     d = generate(persons=20_000, seed=1)   # truth: d.table(feed_id), d.planted, d.as_of
     em = emit(d)                           # em.events, em.files, em.expected, em.clean_rows
 
-Modules: `district` (region tree, vocabularies), `generate` (vectorised background population),
-`plant` (planted / near-miss households per warning rule), `truth` (the `District` and its
-contract-typed tables), `emit` (Kafka events, department files, dirt and the exact expected counts).
+Modules: `district` (region tree, vocabularies), `generate` (vectorised background population;
+a feed without hand-written generation is drawn from its contract), `plant` (planted / near-miss
+households per warning rule), `truth` (the `District` and its contract-typed tables), `emit` (Kafka
+events, department files, dirt and the exact expected counts).
 """
 
 from safetynet.synth.emit import Emission, Expected, emit

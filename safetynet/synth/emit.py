@@ -5,7 +5,9 @@ message key); files are dropped as department systems do: property as two GBK CS
 (`property_20261015.csv`, `property_20261031.csv`, Chinese headers; clean keeps the newest),
 housing_aid and disability as XLSX (some real Excel date/number cells, some text), dangerous_house
 as GB18030 CSV, income_check as UTF-8-with-BOM CSV (English headers), the last employment month
-as GBK CSV and one pension month as JSON Lines.
+as GBK CSV and one pension month as JSON Lines. A feed generated from its contract alone (no entry
+in `CHANNELS`) arrives as Kafka events, or as one UTF-8 CSV drop if it is a snapshot feed (`channels`),
+with the same dirt; it is emitted after the others, so it never shifts their event ids.
 
 Dirt, counted exactly (`Emission.dirt[feed][kind]`):
 
@@ -121,6 +123,18 @@ CHANNELS: dict[str, tuple[Channel, ...]] = {
     "civil_affairs.income_check": (Channel("csv", "income_check_20261031.csv", "utf-8-sig", header="en"),),
     "disabled_persons_federation.disability": (Channel("xlsx", "disability_20261031.xlsx"),),
 }
+
+
+def channels(c: Contract) -> tuple[Channel, ...]:
+    """How a feed is delivered: its entry in `CHANNELS`; a feed generated from its contract alone
+    arrives as Kafka events or, for a snapshot feed (without member lists), as one UTF-8 CSV drop."""
+    if c.feed_id in CHANNELS:
+        return CHANNELS[c.feed_id]
+    if c.mode == "snapshot" and all(f.kind != "members" for f in c.fields):
+        return (Channel("csv", f"{c.feed}_20261031.csv", "utf-8-sig"),)
+    return (Channel("kafka"),)
+
+
 #: Whole-file dirt: (feed, file name, rule).
 BAD_FILES = (("civil_affairs.income_check", "income_check_20261030_缺列.csv", "file_header"),
              ("housing.housing_aid", "housing_aid_20261020_补录.xlsx", "file_header"),
@@ -259,14 +273,15 @@ def _breaker(c: Contract, rule: str, rec: dict, rng: np.random.Generator) -> dic
         r[f.name] = bad
     elif rule == "enum_value":
         f = pick(lambda f: f.kind in ("enum", "urban_rural"))
-        r[f.name] = _BAD_ENUM.get(f.name, "未知")
+        bad = _BAD_ENUM.get(f.name, "未知")
+        r[f.name] = bad if bad not in f.values else bad + "？"
     elif rule == "members_format":
         f = pick(lambda f: f.kind == "members")
         r[f.name] = []
     elif rule == "out_of_range":
         f = pick(lambda f: f.min is not None or f.max is not None)
         r[f.name] = "-100.00" if (f.min is not None and f.min >= 0 and f.kind == "money") else (
-            str(int(f.max) + 1) if f.max is not None else "-5")
+            str(int(f.max) + 1) if f.max is not None else str(int(f.min) - 5))
     else:
         raise KeyError(rule)
     return r
@@ -319,8 +334,9 @@ class _Emitter:
 
     # -- per feed -----------------------------------------------------------------------------------
     def run(self) -> Emission:
-        for fid, c in contracts().items():
-            self.feed(c, CHANNELS[fid])
+        # hand-written feeds first, so a feed added later never shifts their event ids or extra IDs
+        for fid, c in sorted(contracts().items(), key=lambda fc: fc[0] not in CHANNELS):
+            self.feed(c, channels(c))
         for fid, name, rule in BAD_FILES:
             self.bad_file(get(fid), name, rule)
         events = {fid: [(k, v) for _, _, k, v in sorted(evs, key=lambda e: (e[0], e[1]))]
@@ -408,8 +424,9 @@ class _Emitter:
             u = next(f.name for f in c.fields if f.kind == "urban_rural")
             out.append(("urban_城市", lambda r: r[u] == "城镇"))
         if "members" in kinds:
-            out += [("member_id_lower_x", lambda r: any(m["id_no"].endswith("X") for m in r["members"])),
-                    ("member_id_legacy15", lambda r: any(m["id_no"][6:8] == "19" for m in r["members"])),
+            ms = next(f.name for f in c.fields if f.kind == "members")
+            out += [("member_id_lower_x", lambda r: any(m["id_no"].endswith("X") for m in r[ms])),
+                    ("member_id_legacy15", lambda r: any(m["id_no"][6:8] == "19" for m in r[ms])),
                     ("member_id_fullwidth", lambda r: True)]
         money = [f.name for f in c.fields if f.kind == "money"]
         dates = [f.name for f in c.fields if f.kind == "date"]
@@ -418,7 +435,8 @@ class _Emitter:
                 out.append(("money_number", lambda r: r[money[0]] is not None))
             if "bool" in kinds:
                 out.append(("bool_text", lambda r: True))
-            out.append(("additive_field", lambda r: True))
+            if c.evolution == "additive":
+                out.append(("additive_field", lambda r: True))
         else:
             if money:
                 out += [("money_comma", lambda r: r[money[0]] is not None and Decimal(r[money[0]]) >= 1000),
@@ -426,13 +444,16 @@ class _Emitter:
             if dates:
                 out += [(k, lambda r: r[dates[0]] is not None) for k in ("date_slash", "date_compact", "date_chinese")]
             if "month" in kinds:
-                out += [("month_compact", lambda r: True), ("month_chinese", lambda r: True)]
+                mo = next(f.name for f in c.fields if f.kind == "month")
+                out += [(k, lambda r: r[mo] is not None) for k in ("month_compact", "month_chinese")]
             if "credit_code" in kinds:
-                out.append(("credit_lower", lambda r: any(ch.isalpha() for ch in r["employer_credit_code"])))
+                cc = next(f.name for f in c.fields if f.kind == "credit_code")
+                out.append(("credit_lower", lambda r: any(ch.isalpha() for ch in r[cc])))
             if "region_code" in kinds:
                 out.append(("region_fullwidth", lambda r: True))
             if "datetime" in kinds:
-                out += [("datetime_slash", lambda r: True), ("datetime_iso_t", lambda r: True)]
+                ts = next(f.name for f in c.fields if f.kind == "datetime")
+                out += [(k, lambda r: r[ts] is not None) for k in ("datetime_slash", "datetime_iso_t")]
             if ch.kind == "xlsx" and dates:
                 out.append(("date_text_in_xlsx", lambda r: r[dates[0]] is not None))
         return out
@@ -454,13 +475,14 @@ class _Emitter:
             r[n] = "城市"
         elif kind.startswith("member_id_"):
             sub = kind.removeprefix("member_")
-            ms = [dict(m) for m in r["members"]]
+            n = next(f.name for f in c.fields if f.kind == "members")
+            ms = [dict(m) for m in r[n]]
             for m in ms:  # the first member the variant applies to
                 v = _id_variant(m["id_no"], sub)
                 if v is not None:
                     m["id_no"] = v
                     break
-            r["members"] = ms
+            r[n] = ms
         elif kind == "money_number":
             r[money[0]] = float(Decimal(r[money[0]]))
         elif kind == "bool_text":
@@ -480,7 +502,8 @@ class _Emitter:
             y, m = r[n].split("-")
             r[n] = f"{y}{m}" if kind == "month_compact" else f"{y}年{int(m)}月"
         elif kind == "credit_lower":
-            r["employer_credit_code"] = r["employer_credit_code"].lower()
+            n = next(f.name for f in c.fields if f.kind == "credit_code")
+            r[n] = r[n].lower()
         elif kind == "region_fullwidth":
             n = next(f.name for f in c.fields if f.kind == "region_code")
             r[n] = r[n].translate(_FW)
@@ -512,6 +535,12 @@ class _Emitter:
             ts = at(oct1 + 19, 0, 10 * 24)
         else:
             ts = at(oct1, 0, 30 * 24)
+        # nothing about a person happens before their birth (the birth date in the ID number)
+        for f in get(fid).id_fields:
+            v = rec.get(f)
+            if v and len(v) == 18 and v[6:14].isdigit():
+                born = _days(f"{v[6:10]}-{v[10:12]}-{v[12:14]}")
+                ts = max(ts, born * 86400 + 2 * 3600)  # 10:00 in Beijing on the day of birth
         return min(ts, _CAP)
 
     def wrong_version(self, c: Contract, rec: dict) -> dict:
@@ -519,7 +548,8 @@ class _Emitter:
         r = dict(rec)
         for kind in ("money", "date", "enum", "string"):
             for f in c.fields:
-                if f.name in c.key or f.kind != kind or r.get(f.name) is None:
+                if (f.name in c.key or f.kind != kind or r.get(f.name) is None
+                        or (kind == "money" and f.max is not None)):  # +100 might break the maximum
                     continue
                 v = r[f.name]
                 if kind == "money":
@@ -557,15 +587,20 @@ class _Emitter:
             r["case_no"] = rec["case_no"][:-6] + f"{900_000 + i:06d}"
         elif fid == "civil_affairs.assistance_payment":
             r["month"] = MONTHS[5]
-        else:
-            raise KeyError(fid)
+        else:  # a feed generated from its contract: an outside person's ID, or a key value it never draws
+            make = {"id_no": lambda f: self.extra_id(), "string": lambda f: f"{rec[f.name]}-删{i}",
+                    "date": lambda f: f"2001-01-{i % 28 + 1:02d}", "month": lambda f: f"2001-{i % 12 + 1:02d}"}
+            f = next((c.field(k) for k in c.key if c.field(k).kind in make), None)
+            if f is None:
+                raise KeyError(f"{fid}: no key field of kind {'/'.join(make)} to make a fresh key with")
+            r[f.name] = make[f.kind](f)
         return r
 
     def ch_kafka(self, c: Contract, ch: Channel, rows: list[dict], qrec: list[tuple[str, dict]]) -> None:
         from connectors.base import connectors
 
         fid = c.feed_id
-        mkey = connectors()[fid].message_key
+        mkey = connectors()[fid].message_key if fid in connectors() else c.key[0]
         rng = self.rng("ts", fid)
         kinds = self.dirt_kinds(c, ch)
         special = ["redelivered", "correction", "delete"] + (["reinstated"] if fid == "medical_insurance.claim" else [])

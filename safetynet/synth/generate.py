@@ -2,9 +2,10 @@
 
 `generate(persons, seed)` builds the *background* population with numpy (no Python loop over
 people or households), then appends the planted households of `safetynet.synth.plant`, whose
-facts are written by hand against the policy thresholds. The result is a `District` of frames
-(code/index arrays); `District.table(feed_id)` turns one into the contract-typed Arrow table
-that `clean/` must equal.
+facts are written by hand against the policy thresholds. A registered feed with no hand-written
+generation gets background records drawn from its contract's field kinds (`generic_facts`). The
+result is a `District` of frames (code/index arrays); `District.table(feed_id)` turns one into the
+contract-typed Arrow table that `clean/` must equal.
 
 How the background keeps the rules' planted/near-miss sets meaningful:
 
@@ -34,6 +35,7 @@ from safetynet.synth.model import (
     CST,
     ENROLMENT_MONTH,
     MONTH_START,
+    MONTHS,
     NEAR,
     NODATE,
     NORMAL,
@@ -53,6 +55,8 @@ from safetynet.synth.model import (
     rank_in_group,
     ymd_days,
 )
+from schemas.contract import Contract, Field
+from schemas.registry import contracts
 
 # ---- household templates --------------------------------------------------------------------
 # (weight, head age range, slots, P(head is male)); slot letters: H head, S spouse, C child,
@@ -433,6 +437,7 @@ def _claims(people, seed) -> Frame:
     share = np.where(inp, r.uniform(0.55, 0.85, m), r.uniform(0.3, 0.7, m))
     fund = np.round(total * share, 2)
     date = day("2025-08-01") + r.integers(0, AS_OF_DAY - day("2025-08-01"), m)
+    date = np.maximum(date, people["birth"][person])  # an infant's claims start at birth
     serious_dx = np.array([d[2] for d in DIAGNOSES])[dx]
     u = r.random(m)
     flag = np.where(serious_dx, np.where(u < 0.85, 1, -1), np.where(u < 0.8, 0, -1))
@@ -529,7 +534,7 @@ def _cases(people, households, size, pc_income, disabled, policy, seed) -> tuple
     nc = flen(cases)
     # members: living members of the household (特困: the applicant alone), in household order
     alive = people["status"] == PST["正常"]
-    members = _household_members(cases, people, alive)
+    members = household_members(cases, people, alive)
     # payments: months of the payment window the case was active in (temporary aid: its month)
     months = np.array(list(PAYMENT_MONTHS))
     cc = np.repeat(np.arange(nc), len(months))
@@ -558,7 +563,7 @@ def _cases(people, households, size, pc_income, disabled, policy, seed) -> tuple
     return cases, members, payments, checks
 
 
-def _household_members(cases: Frame, people: Frame, alive: np.ndarray) -> Frame:
+def household_members(cases: Frame, people: Frame, alive: np.ndarray) -> Frame:
     """Members of each case: the household's living members, the applicant first (特困: alone)."""
     hh = people["hh"].astype(np.int64)
     H = int(hh.max()) + 1 if len(hh) else 0
@@ -746,6 +751,111 @@ def _dangerous(households, seed) -> Frame:
     return {"hh": h.astype(np.int32), "rating": rating.astype(np.int8), "date": assessed.astype(np.int64), "renov": renov}
 
 
+# ---- feeds without hand-written generation -----------------------------------------------------
+NULL = np.iinfo(np.int64).min  # a missing optional value in a generic frame
+GENERIC_RATE = {"person": 0.03, "household_no": 0.05, "case_no": 0.5}  # share of background units with records
+
+
+def generic_unit(c: Contract) -> str:
+    """What a generic feed's records are about: the first key (then other) field that names a person
+    (`id_no`), a household (`household_no`) or an assistance case (`case_no`); else households."""
+    for f in sorted(c.fields, key=lambda f: f.name not in c.key):
+        if f.kind == "id_no":
+            return "person"
+        if f.name in ("household_no", "case_no"):
+            return f.name
+    return "household_no"
+
+
+def generic_people(people: Frame) -> np.ndarray:
+    """Who a generated record may name: living background people born before the 12-month window
+    (so no record, event or member list predates anyone's birth)."""
+    return (people["status"] == PST["正常"]) & ~people["planted"] & (people["birth"] < MONTH_START[0])
+
+
+def generic_facts(c: Contract, people: Frame, households: Frame, cases: Frame, n_employers: int, seed: int) -> Frame:
+    """Background records of a feed that has no hand-written generation, drawn from its contract alone.
+
+    A few % of the background units (`generic_unit`: persons, households or cases, whose person, head
+    or applicant is one of `generic_people`) get one or two records. The frame holds one integer code
+    per field (`NULL`: missing): id_no, name → person; household_no, address, members (those of
+    `generic_people`) → household; case_no → case; region_code → the household's region;
+    urban_rural → the household's (0 城镇, 1 农村);
+    credit_code → employer; other strings → a serial; date → day and datetime → second in the 12-month
+    window; month → index into `MONTHS`; money / decimal / int → cents / 1e-4 units / value within the
+    field's `min`–`max`; bool → 0/1; enum / text_list → index into the field's values. Optional fields
+    outside the key are missing in a tenth of the records (identifiers never); rows repeating a key are
+    dropped, so the key is unique. The stream is the feed's own (`rng_for(seed, feed_id)`).
+    """
+    r = rng_for(seed, c.feed_id)
+    H = flen(households)
+    hh_p = people["hh"].astype(np.int64)
+    ok = generic_people(people)
+    living = np.flatnonzero(ok)
+    unit = generic_unit(c)
+    case = np.flatnonzero(ok[cases["applicant"]])  # cases of the background
+    if unit == "person":
+        person = living
+        hh = hh_p[person]
+    elif unit == "case_no":
+        hh, person = cases["hh"][case].astype(np.int64), cases["applicant"][case].astype(np.int64)
+    else:
+        head = first_per_group(ok & (people["rel"] == REL["户主"]), hh_p, H)
+        hh = np.flatnonzero(head >= 0)
+        person = head[hh]
+    take = np.flatnonzero(r.random(len(hh)) < GENERIC_RATE[unit])
+    take = np.repeat(take, np.where(r.random(len(take)) < 0.3, 2, 1))
+    n = len(take)
+    hh, person = hh[take], person[take]
+    case = case[take] if unit == "case_no" else r.choice(case, n)  # a case_no field elsewhere: any case
+    first_id = next((f.name for f in c.fields if f.kind == "id_no"), None)
+    lo_s, hi_s = int(MONTH_START[0]) * 86400 - 8 * 3600, AS_OF_DAY * 86400 - 8 * 3600
+
+    def span(f: Field, scale: int, width: float) -> np.ndarray:  # values in [min, max] (or a default width)
+        lo = f.min if f.min is not None else 0.0
+        hi = f.max if f.max is not None else max(lo, 0.0) + width
+        return r.integers(int(np.ceil(lo * scale)), int(np.floor(hi * scale)) + 1, n)
+
+    out: Frame = {}
+    for f in c.fields:
+        k = f.kind
+        if k == "id_no" or f.name == "name":
+            v = person if f.name in (first_id, "name") else r.choice(living, n)
+        elif f.name in ("household_no", "address") or k == "members":
+            v = hh
+        elif f.name == "case_no":
+            v = case
+        elif k == "region_code":
+            v = households["region"][hh]
+        elif k == "urban_rural":
+            v = households["rural"][hh]
+        elif k == "credit_code":
+            v = r.integers(0, n_employers, n)
+        elif k == "string":
+            v = np.arange(n)
+        elif k == "date":
+            v = r.integers(MONTH_START[0], AS_OF_DAY, n)
+        elif k == "datetime":
+            v = r.integers(lo_s, hi_s, n)
+        elif k == "month":
+            v = r.integers(0, len(MONTHS), n)
+        elif k in ("money", "decimal", "int"):
+            v = span(f, {"money": 100, "decimal": 10_000, "int": 1}[k], {"money": 20_000, "decimal": 1_000, "int": 100}[k])
+        elif k == "bool":
+            v = r.integers(0, 2, n)
+        elif k in ("enum", "text_list"):
+            v = r.integers(0, max(len(f.values), 1), n)
+        else:
+            raise ValueError(f"{c.feed_id}.{f.name}: no generic generation for kind {k!r}")
+        v = np.asarray(v, np.int64)
+        if not f.required and f.name not in c.key and k not in ("id_no", "region_code", "credit_code", "members"):
+            v = np.where(r.random(n) < 0.1, NULL, v)
+        out[f.name] = v
+    _, first = np.unique(np.stack([out[k] for k in c.key], axis=1), axis=0, return_index=True)
+    keep = np.sort(first)
+    return {name: v[keep] for name, v in out.items()}
+
+
 # ---- the whole district ----------------------------------------------------------------------
 def generate(persons: int, seed: int):
     """A synthetic district of exactly `persons` people (background + planted), deterministic for `seed`."""
@@ -774,5 +884,10 @@ def generate(persons: int, seed: int):
         facts[k] = fconcat([facts[k], f])
     n_out = int(facts["housing.property"]["outside"].max()) + 1
     outside = idmod.outside_ids(n_out, rng_for(seed, "outside"))
+    generic = [fid for fid in contracts() if fid != "public_security.person" and fid not in facts]
+    for fid in generic:  # feeds with no hand-written generation: background records from the contract
+        facts[fid] = generic_facts(contracts()[fid], people, households, facts["civil_affairs.assistance_case"], n_emp,
+                                   seed)
     return District(seed=seed, policy=policy, people=people, households=households, ids=ids, outside_ids=outside,
-                    employers=employers, facts=facts, planted_index=plant.planted_rows(hhs, base_hh))
+                    employers=employers, facts=facts, planted_index=plant.planted_rows(hhs, base_hh),
+                    generic=frozenset(generic))

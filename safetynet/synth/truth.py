@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -88,6 +89,7 @@ class District:
     employers: tuple[list[str], list[str]]  # names, credit codes
     facts: dict[str, Frame]
     planted_index: list[tuple[int, str, str, str]]  # (household index, rule, kind, note)
+    generic: frozenset[str] = frozenset()  # feeds generated from their contract (`generate.generic_facts`)
     as_of: dt.date = AS_OF
     _cache: dict[str, pa.Table] = field(default_factory=dict, repr=False)
 
@@ -180,7 +182,7 @@ class District:
             c = get(feed_id)
             f = self.frame(feed_id)
             n = flen(f)
-            build = getattr(self, "_t_" + c.feed)
+            build = partial(self.generic_columns, c) if feed_id in self.generic else getattr(self, "_t_" + c.feed)
             parts = [pa.table(build({k: v[lo:lo + CHUNK] for k, v in f.items()}, lo), schema=truth_schema(c))
                      for lo in range(0, n, CHUNK)] or [truth_schema(c).empty_table()]
             self._cache[feed_id] = pa.concat_tables(parts)
@@ -291,19 +293,66 @@ class District:
                 "rating": arrow_codes(f["rating"], RATINGS), "assessed_date": arrow_date(f["date"]),
                 "renovated": pa.array(f["renov"])}
 
+    def generic_columns(self, c: Contract, f: Frame, lo: int = 0) -> dict:
+        """The columns of a feed generated from its contract: `generate.generic_facts` codes → values."""
+        from safetynet.synth.generate import NULL, generic_people, household_members
+
+        h = self.households
+        out = {}
+        for fd in c.fields:
+            code = f[fd.name]
+            ok = code != NULL
+            x = np.where(ok, code, 0)
+            k = fd.kind
+            if k == "id_no":
+                a = self.id_of(x)
+            elif fd.name == "name":
+                a = self.names({g: self.people[g][x] for g in ("sur", "g1", "g2")})
+            elif fd.name == "household_no":
+                a = self.household_no.take(pa.array(x))
+            elif fd.name == "address":
+                a = self.address(*(h[g][x] for g in ("region", "road", "num", "bld", "room")))
+            elif fd.name == "case_no":
+                a = self.case_no().take(pa.array(x))
+            elif k == "members":  # the household's members a record may name, as a case of it lists them
+                n = len(x)
+                cases = {"hh": x, "cat": np.full(n, -1), "applicant": np.zeros(n, np.int64)}
+                a = self.member_lists(household_members(cases, self.people, generic_people(self.people)), n)
+            elif k == "region_code":
+                a = self.region_code(x)
+            elif k == "credit_code":
+                a = pa.array(self.employers[1]).take(pa.array(x))
+            elif k == "string":
+                a = _join(fd.label_zh, _pad(x + 1, 6))
+            elif k in ("date", "datetime"):
+                a = arrow_date(x) if k == "date" else pa.array(x, pa.timestamp("s", tz="Asia/Shanghai"))
+            elif k in ("money", "decimal"):
+                a = arrow_decimal(x, MONEY_T if k == "money" else DECIMAL_T)
+            elif k in ("int", "bool"):
+                a = pa.array(x.astype(np.int32)) if k == "int" else pa.array(x == 1)
+            elif k == "text_list":
+                a = pa.array([[v] for v in fd.values or (fd.label_zh,)], pa.list_(pa.string())).take(pa.array(x))
+            else:  # enum, urban_rural, month
+                a = arrow_codes(x, fd.values if k == "enum" else ("城镇", "农村") if k == "urban_rural" else MONTHS)
+            out[fd.name] = a if ok.all() else pc.if_else(pa.array(ok), a, pa.scalar(None, a.type))
+        return out
+
     def case_members(self) -> pa.Array:
         """list<struct<id_no, relation>> per case, in member order."""
         if "__members" in self._cache:
             return self._cache["__members"]["x"].combine_chunks()
-        cs, mf = self.facts["civil_affairs.assistance_case"], self.facts["civil_affairs.case_member"]
-        order = np.lexsort((mf["ord"], mf["case"]))
-        case = mf["case"][order].astype(np.int64)
-        offsets = np.r_[0, np.cumsum(np.bincount(case, minlength=flen(cs)))].astype(np.int32)
-        structs = pa.StructArray.from_arrays([self.id_of(mf["person"][order]), arrow_codes(mf["rel"][order], RELATIONS)],
-                                             ["id_no", "relation"])
-        out = pa.ListArray.from_arrays(pa.array(offsets), structs)
+        out = self.member_lists(self.facts["civil_affairs.case_member"], flen(self.facts["civil_affairs.assistance_case"]))
         self._cache["__members"] = pa.table({"x": out})
         return out
+
+    def member_lists(self, mf: Frame, n: int) -> pa.Array:
+        """list<struct<id_no, relation>> for `n` owners from member rows (`case` = owner, `person`, `rel`, `ord`)."""
+        order = np.lexsort((mf["ord"], mf["case"]))
+        owner = mf["case"][order].astype(np.int64)
+        offsets = np.r_[0, np.cumsum(np.bincount(owner, minlength=n))].astype(np.int32)
+        structs = pa.StructArray.from_arrays([self.id_of(mf["person"][order]), arrow_codes(mf["rel"][order], RELATIONS)],
+                                             ["id_no", "relation"])
+        return pa.ListArray.from_arrays(pa.array(offsets), structs)
 
     def _t_assistance_case(self, cs: Frame, lo: int) -> dict:
         hh = cs["hh"].astype(np.int64)
