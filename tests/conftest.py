@@ -34,7 +34,7 @@ def s3_server():
 @pytest.fixture
 def local_settings(tmp_path: Path) -> Settings:
     return Settings(store=str(tmp_path / "store"), work_dir=tmp_path / "work", progress=False,
-                    kafka_group=f"g-{uuid.uuid4().hex[:8]}")
+                    kafka_group=f"g-{uuid.uuid4().hex[:8]}", mappings=tmp_path / "mappings")
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def s3_settings(s3_server, tmp_path: Path) -> Settings:
     return Settings(store=f"s3://t-{uuid.uuid4().hex[:12]}", s3_endpoint=s3_server["endpoint"],
                     s3_access_key="testing", s3_secret_key="testing", work_dir=tmp_path / "work",
                     progress=False, store_retries=10, store_backoff_max_s=2.0,
-                    kafka_group=f"g-{uuid.uuid4().hex[:8]}")
+                    kafka_group=f"g-{uuid.uuid4().hex[:8]}", mappings=tmp_path / "mappings")
 
 
 @pytest.fixture

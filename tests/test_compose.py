@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -581,29 +580,40 @@ def test_only_the_entry_points_are_published(raw):
 
 # --- Kafka topics ---------------------------------------------------------------------------------
 
-def load_topics_module():
-    spec = importlib.util.spec_from_file_location("infra_kafka_topics", INFRA / "kafka" / "topics.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def listed_topics(capsys) -> list[str]:
+    """`safetynet feeds --topics`: what airflow-init writes for the kafka-topics job."""
+    from safetynet.cli import main
+
+    capsys.readouterr()
+    assert main(["feeds", "--topics"]) == 0
+    return capsys.readouterr().out.split()
 
 
-def test_topic_list_is_the_registry():
+def test_topic_list_is_the_registry(capsys):
     from schemas.registry import contracts
 
-    mod = load_topics_module()
     expected = sorted(c.topic for c in contracts().values()) + ["hub.warnings.v1"]
-    assert mod.topics() == expected
-    assert mod.read_file() == expected, "infra/kafka/topics.txt is stale: run python infra/kafka/topics.py --write"
+    assert listed_topics(capsys) == expected
     assert all(re.fullmatch(r"dept\.[a-z_]+\.[a-z_]+\.v\d+", t) for t in expected[:-1])
 
 
 def test_topic_job_creates_the_listed_topics(raw):
+    """No committed topic list: airflow-init (the hub image, so the registry it ships) writes it to
+    a volume the kafka-topics job reads, so a new feed needs no edit here."""
     job = services(raw)["kafka-topics"]
     env = environment(job)
     binds = {m["target"]: m["source"] for m in mounts(job)}
     assert binds.get("/opt/infra/kafka") == "./infra/kafka"
-    assert env["TOPICS_FILE"] == "/opt/infra/kafka/topics.txt"
+    init = services(raw)["airflow-init"]
+    init_binds = {m["target"]: m["source"] for m in mounts(init)}
+    shared = init_binds.get("/opt/safetynet/topics")
+    assert shared and shared in raw.get("volumes", {}), "airflow-init writes the topic list to a named volume"
+    listing = next(t for t, s in binds.items() if s == shared)
+    assert env["TOPICS_FILE"] == f"{listing}/topics.txt"
+    assert depends_on(job)["airflow-init"]["condition"] == "service_completed_successfully"
+    script = (INFRA / "airflow" / "airflow-init.sh").read_text(encoding="utf-8")
+    assert 'TOPICS_FILE="${TOPICS_FILE:-/opt/safetynet/topics/topics.txt}"' in script
+    assert "safetynet feeds --topics" in script
     assert job["entrypoint"][-1] == "/opt/infra/kafka/create-topics.sh"
     assert env["TOPICS_BOOTSTRAP"].split(":")[0] == "kafka"
     assert job["image"] == services(raw)["kafka"]["image"], "use the broker's own image (its kafka-topics.sh)"
@@ -618,7 +628,7 @@ def _stub(tmp_path: Path, name: str, body: str) -> Path:
 
 
 @pytest.mark.parametrize("broker_loses_one", [False, True])
-def test_create_topics_script(tmp_path, broker_loses_one):
+def test_create_topics_script(tmp_path, broker_loses_one, capsys):
     """Run infra/kafka/create-topics.sh against a stand-in kafka-topics.sh that records its calls."""
     log = tmp_path / "calls"
     drop = "hub.warnings.v1" if broker_loses_one else "-none-"
@@ -628,13 +638,15 @@ if [[ " $* " == *" --list "* ]]; then
   grep -o -- '--topic [^ ]*' {log} | cut -d' ' -f2 | grep -vx -- '{drop}' || true
 fi
 """)
+    wanted = listed_topics(capsys)
+    (tmp_path / "topics.txt").write_text("\n".join(wanted) + "\n", encoding="utf-8")
     env = {**os.environ, "TOPICS_BOOTSTRAP": "kafka:9092", "TOPICS_PARTITIONS": "3",
-           "TOPICS_REPLICATION_FACTOR": "1", "KAFKA_TOPICS_BIN": str(stub)}
+           "TOPICS_REPLICATION_FACTOR": "1", "KAFKA_TOPICS_BIN": str(stub), "TOPICS_FILE": str(tmp_path / "topics.txt")}
     r = subprocess.run(["bash", str(INFRA / "kafka" / "create-topics.sh")], env=env,
                        capture_output=True, text=True, timeout=60, check=False)
     created = re.findall(r"--create --if-not-exists --topic (\S+) --partitions 3 --replication-factor 1",
                          log.read_text())
-    assert created == load_topics_module().read_file()
+    assert created == wanted
     if broker_loses_one:
         assert r.returncode != 0 and "hub.warnings.v1 is missing" in r.stderr
     else:
@@ -767,6 +779,3 @@ def test_image_requirements_are_pinned_and_agree_with_the_lock():
 def test_python_snippets_of_infra_parse():
     for path in INFRA.rglob("*.py"):
         ast.parse(path.read_text(encoding="utf-8"), str(path))
-    r = subprocess.run([sys.executable, str(INFRA / "kafka" / "topics.py"), "--check"], capture_output=True,
-                       text=True, cwd=ROOT, timeout=120, check=False)
-    assert r.returncode == 0, r.stderr

@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 import pytest
 
 from connectors.base import connectors
-from safetynet import health, idno, ingest, snapshot
+from safetynet import freshness, health, idno, ingest, pipeline, snapshot
+from safetynet.review.load import input_notes
 from safetynet.cli import EXIT_OK, EXIT_UNHEALTHY, main
 from safetynet.clean import clean_path
 from safetynet.settings import Settings
@@ -138,6 +139,30 @@ def test_county_variant_exits_3_without_a_mapping_and_reconciles_with_one(distri
     held_run = json.loads(store.read_bytes(runs[-1]))
     assert held_run["feeds"]["medical_insurance.enrollment"]["quarantined"] == {"file_header": 50}
     assert sorted(held_run["unhealthy"]) == sorted(MAPPINGS)
+    # freshness lists them; the monitoring DAG's gate (no ingest in that run) blocks on them too
+    report = freshness.check(store, "2026-11-01T12:00:00+08:00")
+    assert report["unhealthy"] == sorted(MAPPINGS)
+    assert "正常" in " ".join(report["feeds"]["housing.property"]["health"]["drift"])
+    pol = pipeline.load_policy("430103", dt.date(2026, 11, 1), None)
+    with pytest.raises(pipeline.QualityGateFailed) as gate:
+        pipeline.build_snapshot(Settings(store=str(root)), store, dt.date(2026, 11, 1), pol, publish_kafka=False)
+    [hf] = [f for f in gate.value.report.critical_failures if f.check == "feed_health"]
+    assert hf.unexpected_count == 3 and hf.examples
+    assert store.read_bytes(f"_catalog/snapshots/{SNAP}.json") == manifest
+
+    # the operator publishes on the previous state of the three feeds: recorded, and shown
+    accept = [a for f in MAPPINGS for a in ("--accept-unhealthy", f)]
+    assert main(run + accept) == EXIT_OK
+    m = json.loads(store.read_bytes(f"_catalog/snapshots/{SNAP}.json"))
+    for fid in MAPPINGS:
+        assert m["inputs"][fid]["accepted_unhealthy"] is True and m["inputs"][fid]["unhealthy"], fid
+    assert {fid: _clean_bytes(store, fid) for fid in MAPPINGS} == before  # still the previous state
+    w = snapshot.read(store, "warnings", dt.date(2026, 11, 1))
+    stale = {r["rule_id"]: set(r["stale_inputs"]) for r in w.select(["rule_id", "stale_inputs"]).to_pylist()}
+    assert "medical_insurance.claim" in stale["medical_burden"]
+    notes = input_notes(m)
+    assert {n["feed_id"] for n in notes if n["kind"] == "unhealthy"} == set(MAPPINGS)
+    manifest = store.read_bytes(f"_catalog/snapshots/{SNAP}.json")
 
     # the county's mapping files: the same drops (held, re-offered for the changed mapping) reconcile
     mapdir.mkdir()
@@ -221,3 +246,26 @@ def test_an_empty_snapshot_delivery_is_unhealthy_and_keeps_the_register(local_se
     clean_feed(local_store, c)
     assert local_store.read_parquet(clean_path(c)).equals(kept)
     assert pa.types.is_string(kept.schema.field("status").type)
+
+
+def test_an_unhealthy_feed_fails_its_airflow_task_at_once(tmp_path, monkeypatch):
+    """The ingest DAG's task for an unhealthy feed fails without retries (a data problem), naming the drift."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from safetynet import orchestration
+
+    for k in [k for k in __import__("os").environ if k.startswith("SAFETYNET_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("SAFETYNET_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("SAFETYNET_MAPPINGS", str(tmp_path / "mappings"))
+    store = ObjectStore.from_settings(Settings(store=str(tmp_path / "store")))
+    c = get("housing.property")
+    rows = [",".join(f.label_zh for f in c.fields)]
+    for i in range(12):
+        s17 = f"430103197001{i + 1:02d}123"
+        rows.append(f"P{i},{s17 + idno.check_char(s17)},1,住宅,80,某地,2020-01-01,正常")
+    store.write_bytes("landing/housing/property/p_20261101.csv", ("\n".join(rows) + "\n").encode("gbk"))
+    with pytest.raises(AirflowFailException) as e:
+        orchestration.ingest_feed("housing.property", skip_unchanged=True)
+    assert "housing.property unhealthy" in str(e.value) and "value 正常 in 12 of 12 records" in str(e.value)
+    assert not store.exists(clean_path(c))

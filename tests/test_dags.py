@@ -13,7 +13,10 @@ files) → ingest, freshness, monitoring for a past date, monitoring again (iden
 warning ids) → the feed arrives → ingest again (only that feed changes; the rest are skipped
 and emit no asset event) → freshness clean.
 
-`SNAPSHOT_UPDATE=1` rewrites `tests/snapshots/orchestration_graph.json` from the DAGs.
+`SNAPSHOT_UPDATE=1` rewrites `tests/snapshots/orchestration_graph.json` from the DAGs. The
+snapshot holds each per-feed part (an ingest task, a clean Asset) once, as a template with
+`<feed_id>`, `<department>/<feed>` and `<topic>` placeholders; the test checks that those parts
+exist for exactly the registry's feeds, so adding a feed changes neither this file nor the snapshot.
 """
 
 from __future__ import annotations
@@ -339,6 +342,126 @@ def _published(store) -> dict[str, bytes]:
     return {e.path: store.read_bytes(e.path) for prefix in prefixes for e in store.list(prefix)}
 
 
+# ==== the graph snapshot, registry-aware ========================================================
+# The ingest DAG has one task per feed and the monitoring DAG one clean Asset per feed, both
+# generated from the registry: a feed added to it changes the graph, not its wiring. So the
+# snapshot keeps every per-feed part once, as a template with the placeholders below, and the
+# test checks separately that the per-feed parts are there for exactly the registry's feeds.
+EACH_FEED = "<each feed>"  # a list element standing for one element per feed
+_BOUNDED = r"(?<![A-Za-z0-9]){}(?![A-Za-z0-9_])"  # a name, not part of a longer one (`ingest_<id>` still counts)
+
+
+def _feed_names(c: Any) -> list[tuple[re.Pattern, str]]:
+    """How a feed is named in the graph → its placeholder (the topic first: it contains the id)."""
+    return [(re.compile(_BOUNDED.format(re.escape(name))), ph)
+            for name, ph in ((c.topic, "<topic>"), (c.feed_id, "<feed_id>"), (c.prefix, "<department>/<feed>"))]
+
+
+def _text(x: Any) -> str:
+    return x if isinstance(x, str) else json.dumps(x, ensure_ascii=False, sort_keys=True)
+
+
+def _owner(x: Any, feeds: list[Any]) -> Any | None:
+    """The one feed `x` (a key or a list element) names, or None (none, or several)."""
+    t = _text(x)
+    found = [c for c in feeds if any(p.search(t) for p, _ in _feed_names(c))]
+    return found[0] if len(found) == 1 else None
+
+
+def _generic(x: Any, c: Any) -> Any:
+    """`x` with feed `c`'s names replaced by placeholders."""
+    t = json.dumps(x, ensure_ascii=False)
+    for p, ph in _feed_names(c):
+        t = p.sub(ph, t)
+    return json.loads(t)
+
+
+def _specific(x: Any, c: Any) -> Any:
+    """The inverse: a template made concrete for feed `c`."""
+    t = json.dumps(x, ensure_ascii=False)
+    for name, ph in ((c.topic, "<topic>"), (c.feed_id, "<feed_id>"), (c.prefix, "<department>/<feed>")):
+        t = t.replace(ph, name)
+    return json.loads(t)
+
+
+def graph_template(node: Any, feeds: list[Any], where: str = "graph", problems: list[str] | None = None
+                   ) -> tuple[Any, list[str]]:
+    """(the graph with its per-feed parts folded into templates, problems).
+
+    Dict entries whose key names one feed (`ingest.tasks.<feed_id>`) and list elements that name
+    one feed (the monitoring schedule's Assets) are grouped by their generic form; a group of two
+    or more is per-feed. It is stored once, generically (a dict entry under its placeholder key, a
+    list element as `{EACH_FEED: template}`); a feed whose entry differs from the others' common
+    form stays as it is, under its own name, so the snapshot shows it. A problem is reported when
+    a per-feed group does not cover exactly the registry's feeds."""
+    problems = [] if problems is None else problems
+    if isinstance(node, dict):
+        out: dict = {}
+        groups: dict[str, list[tuple[Any, str, Any]]] = {}
+        for k, v in node.items():
+            c = _owner(k, feeds)
+            if c is None:
+                out[k] = graph_template(v, feeds, f"{where}.{k}", problems)[0]
+            else:
+                groups.setdefault(_generic(k, c), []).append((c, k, v))
+        for gk, members in groups.items():
+            if len(members) == 1 and len(feeds) > 1:  # one feed named once: not a per-feed part
+                (_, k, v), = members
+                out[k] = graph_template(v, feeds, f"{where}.{k}", problems)[0]
+                continue
+            _cover(f"{where}.{gk}", [c for c, _, _ in members], feeds, problems)
+            forms = [json.dumps(_generic(v, c), ensure_ascii=False, sort_keys=True) for c, _, v in members]
+            common = max(set(forms), key=lambda f: (forms.count(f), f))
+            out[gk] = json.loads(common)
+            out.update({k: v for (_, k, v), f in zip(members, forms, strict=True) if f != common})
+        return out, problems
+    if isinstance(node, list):
+        items: list = []
+        lgroups: dict[str, list[Any]] = {}
+        for x in node:
+            c = _owner(x, feeds)
+            if c is None:
+                items.append(graph_template(x, feeds, f"{where}[]", problems)[0])
+            else:
+                lgroups.setdefault(json.dumps(_generic(x, c), ensure_ascii=False, sort_keys=True), []).append((c, x))
+        for gk, members in sorted(lgroups.items()):
+            if len(members) == 1 and len(feeds) > 1:
+                items.append(members[0][1])
+                continue
+            _cover(f"{where}[{gk}]", [c for c, _ in members], feeds, problems)
+            items.append({EACH_FEED: json.loads(gk)})
+        return items, problems
+    return node, problems
+
+
+def _cover(where: str, got: list[Any], feeds: list[Any], problems: list[str]) -> None:
+    have, want = sorted(c.feed_id for c in got), sorted(c.feed_id for c in feeds)
+    if have != want:
+        twice = sorted({f for f in have if have.count(f) > 1})
+        problems.append(f"{where}: one per registered feed expected; missing {sorted(set(want) - set(have))}, "
+                        f"twice {twice}")
+
+
+def graph_expand(node: Any, feeds: list[Any]) -> Any:
+    """The inverse of `graph_template`: every template made concrete for each of `feeds`."""
+    if isinstance(node, dict):
+        out: dict = {}
+        generic = [k for k in node if "<feed_id>" in k or "<department>/<feed>" in k or "<topic>" in k]
+        for k in generic:
+            out.update({_specific(k, c): _specific(node[k], c) for c in feeds})
+        out.update({k: graph_expand(v, feeds) for k, v in node.items() if k not in generic})
+        return out
+    if isinstance(node, list):
+        items: list = []
+        for x in node:
+            if isinstance(x, dict) and list(x) == [EACH_FEED]:
+                items += [_specific(x[EACH_FEED], c) for c in feeds]
+            else:
+                items.append(graph_expand(x, feeds))
+        return items
+    return node
+
+
 # ==== tests ====================================================================================
 def test_dagbag_loads_every_dag_without_import_errors(driver):
     assert driver.hello["import_errors"] == {}
@@ -346,7 +469,12 @@ def test_dagbag_loads_every_dag_without_import_errors(driver):
 
 
 def test_orchestration_graph_matches_the_committed_snapshot(driver):
-    graph = driver.hello["graph"]
+    """The wiring, with the per-feed parts as templates: (a) they are there for exactly the
+    registry's feeds, (b) the template and everything else equal the committed snapshot."""
+    from schemas.registry import contracts
+
+    graph, problems = graph_template(driver.hello["graph"], list(contracts().values()))
+    assert problems == [], "the DAGs' per-feed tasks/Assets do not match the feed registry"
     text = json.dumps(graph, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
     if os.environ.get("SNAPSHOT_UPDATE") == "1":
         SNAPSHOT_FILE.parent.mkdir(parents=True, exist_ok=True)
@@ -354,6 +482,28 @@ def test_orchestration_graph_matches_the_committed_snapshot(driver):
     assert SNAPSHOT_FILE.exists(), "no committed graph snapshot: run with SNAPSHOT_UPDATE=1 and review it"
     assert json.loads(SNAPSHOT_FILE.read_text(encoding="utf-8")) == graph, (
         "the DAG wiring changed: review the difference, then regenerate with SNAPSHOT_UPDATE=1")
+
+
+def test_the_graph_snapshot_stays_when_a_feed_is_added_and_names_a_feed_left_out(driver):
+    """On the real graph: with one feed more in the registry and in the DAGs (its task and Asset
+    made from the templates) the snapshot is unchanged; with the feed in the registry but not in
+    the DAGs, the comparison names it."""
+    import dataclasses
+
+    from schemas.registry import contracts
+
+    feeds = list(contracts().values())
+    graph = driver.hello["graph"]
+    template, problems = graph_template(graph, feeds)
+    assert problems == [] and EACH_FEED in json.dumps(template, ensure_ascii=False)
+    assert graph_expand(template, feeds) == graph  # the template loses nothing
+    new = dataclasses.replace(feeds[0], feed="zz_feed_added_by_the_test")
+    assert new.feed_id not in contracts()
+    assert graph_template(graph_expand(template, [*feeds, new]), [*feeds, new]) == (template, [])
+    _, problems = graph_template(graph, [*feeds, new])
+    assert problems and all(new.feed_id in p for p in problems), problems
+    gone, _ = graph_template(graph, feeds[1:])  # a feed in the DAGs but not in the registry: shown by name
+    assert gone != template and feeds[0].feed_id in json.dumps(gone, ensure_ascii=False)
 
 
 def test_graph_is_generated_from_the_feed_registry(driver):
@@ -544,7 +694,7 @@ def test_a_retry_after_a_kill_between_ingest_and_clean_rebuilds_clean(airflow_en
     from schemas.registry import get
 
     for k in ("SAFETYNET_STORE", "SAFETYNET_WORK_DIR", "SAFETYNET_KAFKA_BOOTSTRAP", "SAFETYNET_KAFKA_GROUP",
-              "SAFETYNET_PROGRESS"):
+              "SAFETYNET_PROGRESS", "SAFETYNET_MAX_QUARANTINE_RATE"):
         monkeypatch.setenv(k, airflow_env["env"][k])
     c, store, em = get(MISSING), scenario["store"], scenario["em"]
     before = json.loads(store.read_bytes(f"_catalog/clean/{c.prefix}.json"))["counts"]

@@ -22,4 +22,9 @@ airflow users create \
     --lastname Admin \
     --role Admin
 
+# The Kafka topics of the feed registry, for the `kafka-topics` job (a new feed needs no list edit).
+TOPICS_FILE="${TOPICS_FILE:-/opt/safetynet/topics/topics.txt}"
+safetynet feeds --topics >"${TOPICS_FILE}.tmp" && mv "${TOPICS_FILE}.tmp" "${TOPICS_FILE}"
+echo "airflow-init: $(wc -l <"${TOPICS_FILE}") Kafka topics listed in ${TOPICS_FILE}"
+
 echo "airflow-init: done"

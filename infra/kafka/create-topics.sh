@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates every topic of topics.txt on the broker; run once by docker-compose's `kafka-topics`
+# Creates every topic of $TOPICS_FILE (written by airflow-init from the feed registry) on the
+# broker; run once by docker-compose's `kafka-topics`
 # service (apache/kafka image) after the broker is healthy. Idempotent (--if-not-exists), and it
 # fails, so that nothing depending on it starts, if any topic is still missing afterwards.
 set -euo pipefail
@@ -7,7 +8,7 @@ set -euo pipefail
 BOOTSTRAP="${TOPICS_BOOTSTRAP:?TOPICS_BOOTSTRAP (host:port of the broker) is not set}"
 PARTITIONS="${TOPICS_PARTITIONS:-3}"
 REPLICATION="${TOPICS_REPLICATION_FACTOR:-1}"
-TOPICS_FILE="${TOPICS_FILE:-$(dirname "$0")/topics.txt}"
+TOPICS_FILE="${TOPICS_FILE:?TOPICS_FILE (the topic list, one a line) is not set}"
 KAFKA_TOPICS="${KAFKA_TOPICS_BIN:-/opt/kafka/bin/kafka-topics.sh}"
 
 wanted=()

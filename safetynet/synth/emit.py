@@ -238,7 +238,7 @@ def _money_variant(s: str, kind: str) -> str | None:
 _UNPARSEABLE = {
     "date_format": ("date", "2026-02-30"), "datetime_format": ("datetime", "2026-13-01 10:00:00"),
     "month_format": ("month", "2026-13"), "money_format": ("money", "约500元"), "decimal_format": ("decimal", "一半"),
-    "int_format": ("int", "二级"), "bool_format": ("bool", "不详"),
+    "int_format": ("int", "待定"), "bool_format": ("bool", "不详"),
 }
 
 
@@ -535,12 +535,11 @@ class _Emitter:
             ts = at(oct1 + 19, 0, 10 * 24)
         else:
             ts = at(oct1, 0, 30 * 24)
-        # nothing about a person happens before their birth (the birth date in the ID number)
-        for f in get(fid).id_fields:
-            v = rec.get(f)
-            if v and len(v) == 18 and v[6:14].isdigit():
-                born = _days(f"{v[6:10]}-{v[10:12]}-{v[12:14]}")
-                ts = max(ts, born * 86400 + 2 * 3600)  # 10:00 in Beijing on the day of birth
+        # nothing about a person happens before their birth; an event's earlier versions (a
+        # correction 3 days before) neither
+        born = _born_ts(get(fid), rec)
+        if born is not None:
+            ts = max(ts, born + 4 * 86400)
         return min(ts, _CAP)
 
     def wrong_version(self, c: Contract, rec: dict) -> dict:
@@ -604,7 +603,16 @@ class _Emitter:
         rng = self.rng("ts", fid)
         kinds = self.dirt_kinds(c, ch)
         special = ["redelivered", "correction", "delete"] + (["reinstated"] if fid == "medical_insurance.claim" else [])
-        taken = self.choose(fid, ch, rows, kinds + [(s, lambda r: True) for s in special])
+        # events dated before the record's own (a correction's wrong version, a reinstated claim, a
+        # deleted extra record in early October) only for people born well before them
+        early = _days("2026-09-01") * 86400
+
+        def settled(r: dict) -> bool:
+            b = _born_ts(c, r)
+            return b is None or b < early
+
+        taken = self.choose(fid, ch, rows, kinds + [(s, (lambda r: True) if s == "redelivered" else settled)
+                                                    for s in special])
         key_only = list(c.key)
         n_delete = 0
         for i, rec in enumerate(rows):
@@ -637,6 +645,8 @@ class _Emitter:
                    lambda e: e.update(occurred_at="昨天"), lambda e: e.update(payload="(见附件)")]
         for j, (rule, rec) in enumerate(qrec):
             ts = int(dt.datetime(2026, 10, 2, 8, tzinfo=TZ).timestamp()) + int(rng.integers(0, 28 * 86400))
+            born = _born_ts(c, rec)  # a record to quarantine for its own fault, not for predating a birth
+            ts = min(max(ts, born + 86400), _CAP) if born is not None else ts
             key = rec.get(mkey) or "?"
             env = self.envelope(c, rec, ts)
             if rule == "envelope_invalid":
@@ -810,6 +820,18 @@ def _is_plain_number(s: str) -> bool:
         return True
     except Exception:
         return False
+
+
+def _born_ts(c: Contract, rec: dict) -> int | None:
+    """The latest birth (epoch seconds, 10:00 Beijing) among the persons a record names — its ID
+    fields and member list — or None; values that are not valid ID numbers are skipped."""
+    ids = [rec.get(f) for f in c.id_fields]
+    for f in c.fields:
+        if f.kind == "members" and isinstance(rec.get(f.name), list | tuple):
+            ids += [m.get("id_no") for m in rec[f.name] if isinstance(m, dict)]
+    days = [_days(f"{v[6:10]}-{v[10:12]}-{v[12:14]}") for v in ids
+            if isinstance(v, str) and len(v) == 18 and v[6:14].isdigit() and idno.is_valid(v)]
+    return max(days) * 86400 + 2 * 3600 if days else None
 
 
 def _days(iso: str) -> int:

@@ -171,9 +171,11 @@ def make_households(n_persons: int, rng: np.random.Generator) -> tuple[Frame, Fr
 
 
 def birth_from_age(age: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Birth dates (days) giving exactly `age` on the snapshot date."""
+    """Birth dates (days) giving exactly `age` on the snapshot date, all before it (facts run up to
+    the day before, so nobody is born on the snapshot date itself)."""
     y = AS_OF.year - np.asarray(age, np.int64)
-    return ymd_days(y, np.full(len(y), AS_OF.month), np.full(len(y), AS_OF.day)) - rng.integers(0, 365, len(y))
+    born = ymd_days(y, np.full(len(y), AS_OF.month), np.full(len(y), AS_OF.day)) - rng.integers(0, 365, len(y))
+    return np.minimum(born, AS_OF_DAY - 1)
 
 
 def assign_identity(people: Frame, households: Frame, rng: np.random.Generator) -> np.ndarray:
