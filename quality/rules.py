@@ -162,6 +162,26 @@ RULES: tuple[Rule, ...] = (
         FROM dangerous_house d
         WHERE list_contains($dangerous_house_ratings, d.rating) AND NOT d.renovated
           AND d.assessed_date >= $dangerous_since::DATE"""),
+    Rule("disaster_damage", 1, "因灾受损", "S1", "forward",
+         ("disaster_lookback_months", "disaster_house_damage", "disaster_loss_min"), f"""
+        WITH d AS (SELECT pb.household_no, ds.* FROM disaster ds JOIN person_base pb USING (id_no)
+                   WHERE ds.disaster_date >= $disaster_since::DATE AND ds.disaster_date < $snapshot::DATE),
+             h AS (SELECT household_no, sum(direct_loss) AS loss,
+                          bool_or(list_contains($disaster_house_damage, house_damage)) AS house
+                   FROM d GROUP BY household_no)
+        SELECT h.household_no, NULL AS subject_id_no,
+               list({_fact('emergency_management.disaster', 'd.disaster_date', 'd.id_no', 'house_damage', 'd.house_damage', 'd.disaster_date')}
+                    ORDER BY d.disaster_date, d.id_no)
+               || list({_fact('emergency_management.disaster', 'd.disaster_date', 'd.id_no', 'direct_loss', 'd.direct_loss', 'd.disaster_date')}
+                       ORDER BY d.disaster_date, d.id_no) AS facts,
+               printf('%d 个月内家庭成员因灾（%s）受损：直接经济损失合计 %.2f 元，房屋%s（阈值：房屋%s，或损失 %.0f 元）',
+                      $disaster_lookback_months, string_agg(DISTINCT d.disaster_type, '、' ORDER BY d.disaster_type),
+                      any_value(h.loss), string_agg(DISTINCT d.house_damage, '、' ORDER BY d.house_damage),
+                      array_to_string($disaster_house_damage, '、'), $disaster_loss_min) AS summary_zh,
+               greatest(any_value(h.loss) / $disaster_loss_min, CASE WHEN any_value(h.house) THEN 1.5 ELSE 1.0 END) AS magnitude
+        FROM h JOIN d USING (household_no)
+        WHERE h.house OR h.loss >= $disaster_loss_min
+        GROUP BY h.household_no"""),
     Rule("repeat_temporary_aid", 1, "多次临时救助", "S2", "forward",
          ("repeat_temporary_aid_count", "repeat_temporary_aid_window_months"), f"""
         WITH t AS (SELECT DISTINCT pb.household_no, cm.case_no, cm.start_date

@@ -198,6 +198,12 @@ def reference_fired(d) -> dict[str, set[str]]:
                        & ((df["claim"].serious_illness == True) | df["claim"].diagnosis_code.str.startswith(pfx))]  # noqa: E712
     out["serious_illness"] = {h for h in sick.id_no.map(hh_of) if h in low or h in edge_hh}
     out["uncovered_low_income"] = set(pc[pc < dibao].index) - set(active.hh)
+    ds = df["disaster"].assign(hh=lambda x: x.id_no.map(hh_of))
+    ds = ds[(ds.disaster_date >= as_of - pd.DateOffset(months=th["disaster_lookback_months"]))
+            & (ds.disaster_date < as_of) & ds.hh.notna()]
+    per_hh = ds.groupby("hh").agg(loss=("direct_loss", "sum"),
+                                  house=("house_damage", lambda s: s.isin(th["disaster_house_damage"]).any()))
+    out["disaster_damage"] = set(per_hh[per_hh.house | (per_hh.loss >= th["disaster_loss_min"])].index)
     dh = df["dangerous_house"]
     recent = dh.assessed_date >= as_of - pd.DateOffset(months=th["dangerous_house_lookback_months"])
     out["dangerous_house"] = set(dh[dh.rating.isin(th["dangerous_house_ratings"]) & ~dh.renovated & recent].household_no)

@@ -845,8 +845,9 @@ def generic_facts(c: Contract, people: Frame, households: Frame, cases: Frame, n
             v = span(f, {"money": 100, "decimal": 10_000, "int": 1}[k], {"money": 20_000, "decimal": 1_000, "int": 100}[k])
         elif k == "bool":
             v = r.integers(0, 2, n)
-        elif k in ("enum", "text_list"):
-            v = r.integers(0, max(len(f.values), 1), n)
+        elif k in ("enum", "text_list"):  # a contract lists the usual value first: halving weights
+            w = 0.5 ** np.arange(max(len(f.values), 1))
+            v = r.choice(len(w), n, p=w / w.sum())
         else:
             raise ValueError(f"{c.feed_id}.{f.name}: no generic generation for kind {k!r}")
         v = np.asarray(v, np.int64)

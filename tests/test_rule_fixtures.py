@@ -1,0 +1,17 @@
+"""Every rule fixture (`tests/rules/*.toml`) through the real engine: each case fires or not as written."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import rule_fixtures
+
+FILES = sorted(rule_fixtures.FIXTURES.glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_rule_fixture(path, tmp_path):
+    fx = rule_fixtures.load(path)
+    fired = rule_fixtures.run(fx, tmp_path / "store").get(fx["rule"], set())
+    for n, case in enumerate(fx["case"], 1):
+        assert (f"FX{n:04d}" in fired) == case["fires"], case["name"]
