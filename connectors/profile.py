@@ -9,6 +9,7 @@ masked examples), and a suggested mapping file to fill in (`connectors.mapping.t
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -138,8 +139,6 @@ def profile_values(c: Contract, mapping: Mapping, values: list[bytes], source: s
 
 
 def _keys(line: str) -> list[str]:
-    import json
-
     try:
         obj = json.loads(line)
     except ValueError:
