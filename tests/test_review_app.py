@@ -300,6 +300,22 @@ def test_snapshot_without_manifest_is_invisible(review_db, published, tmp_path):
     assert _count(eng, m.warnings, m.warnings.c.snapshot_date == NEXT) == 0
 
 
+def test_a_snapshot_published_on_an_unhealthy_feed_shows_a_banner(scratch_db, published, tmp_path):
+    """The operator published with --accept-unhealthy: staff see which feed the list lacks, in Chinese."""
+    store = _copy_store(published, tmp_path / "store")
+    path = f"_catalog/snapshots/{FIRST.isoformat()}.json"
+    manifest = json.loads(store.read_bytes(path))
+    manifest["inputs"]["housing.property"].update(
+        unhealthy=["housing.property: 930 of 932 records quarantined (99.8% > 5%)"], accepted_unhealthy=True)
+    store.write_bytes(path, json.dumps(manifest, ensure_ascii=False).encode())
+    load_snapshot(scratch_db.engine, store, FIRST)
+    auth.add_user(scratch_db.engine, "county", PASSWORD, "county_reviewer", "430103", "测试·区县")
+    page = client_for(scratch_db.engine, "county").get("/").text
+    assert 'id="note-housing.property"' in page
+    assert "数据源异常：房产登记（housing.property）最近一次交付未通过健康检查" in page
+    assert "note-medical_insurance.claim" not in page
+
+
 # lifecycle carry-over across a modified next snapshot ----------------------------------------------------
 SCENARIOS = ("same", "newfact", "mag_up", "mag_small", "sev_up", "sev_down", "closed", "open", "gone")
 UP = {"S3": "S2", "S2": "S1"}
