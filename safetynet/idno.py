@@ -31,13 +31,13 @@ def check_char(first17: str) -> str:
 def normalise(raw: str, as_of: _dt.date | None = None) -> str:
     """Normalise an ID number to 18 characters or raise `IdError`.
 
-    Accepts surrounding spaces, full-width digits, a lower-case `x` and legacy 15-digit numbers
+    Accepts spaces (around and inside), full-width digits, a lower-case `x` and legacy 15-digit numbers
     (upgraded with the century `19` and a computed check character). A wrong check character
     or an impossible birth date is not repaired. A birth date before 1900, or after `as_of`
     (the record's date; default today), is impossible.
     """
     as_of = as_of or _dt.date.today()
-    s = str(raw).translate(_FULLWIDTH).strip().upper()
+    s = str(raw).translate(_FULLWIDTH).strip().upper().replace(" ", "")  # as the SQL: spaces inside too
     if len(s) == 15 and s.isdigit():
         s17 = s[:6] + "19" + s[6:]
         s = s17 + check_char(s17)

@@ -184,3 +184,15 @@ def test_members_need_valid_ids(con):
 def test_mask_keeps_first_six_and_last_four():
     assert idno.mask("430103199001011234") == "430103********1234"
     assert idno.mask(None) == ""
+
+
+def test_spaces_inside_an_id_number_are_removed_by_both(con):
+    """Found by hypothesis: the SQL removed inner spaces, the reference did not."""
+    s17 = "43010319800101123"
+    i = s17 + idno.check_char(s17)
+    spaced = i[:6] + " " + i[6:14] + " " + i[14:]
+    assert run(con, "id_no", [spaced]) == [(i, None)] and idno.normalise(spaced) == i
+    [(_, rule)] = run(con, "id_no", ["00000000000000000 0"])
+    with pytest.raises(idno.IdError) as e:
+        idno.normalise("00000000000000000 0")
+    assert rule == e.value.rule == "id_no_birth_date"
