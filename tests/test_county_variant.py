@@ -17,6 +17,7 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -269,3 +270,41 @@ def test_an_unhealthy_feed_fails_its_airflow_task_at_once(tmp_path, monkeypatch)
         orchestration.ingest_feed("housing.property", skip_unchanged=True)
     assert "housing.property unhealthy" in str(e.value) and "value 正常 in 12 of 12 records" in str(e.value)
     assert not store.exists(clean_path(c))
+
+
+def test_profile_suggests_the_mapping_that_then_ingests_cleanly(tmp_path, monkeypatch, capsys):
+    """Onboarding: profile the export (nothing ingested), fill in the suggested file, check-config accepts it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SAFETYNET_MAPPINGS", str(tmp_path / "mappings"))
+    monkeypatch.delenv("SAFETYNET_KAFKA_BOOTSTRAP", raising=False)
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(list(ENROL_HEADERS))
+    for i in range(20):
+        s17 = f"431302198{i % 10}0{1 + i % 9}1{i:01d}{i:03d}"[:17]
+        w.writerow([s17 + idno.check_char(s17), "城乡居民医保", "正常参保" if i % 4 else "暂停参保",
+                    "2026/10" if i % 5 else "十月"])
+    (tmp_path / "enrol.csv").write_bytes(out.getvalue().encode("gbk"))
+    assert main(["feeds", "profile", "enrol.csv", "--feed", "medical_insurance.enrollment"]) == EXIT_OK
+    text = " ".join(capsys.readouterr().out.split())
+    assert "AAC002 → ? (no field" in text and "required fields with no column: id_no (公民身份号码)" in text
+    suggested = (tmp_path / "medical_insurance.enrollment.suggested.toml").read_text(encoding="utf-8")
+    assert '"AAC002" = ""' in suggested
+    (tmp_path / "mappings").mkdir()
+    first = "[headers]\n" + "".join(f'"{h}" = "{f}"\n' for h, f in ENROL_HEADERS.items())
+    (tmp_path / "mappings" / "medical_insurance.enrollment.toml").write_text(first, encoding="utf-8")
+    assert main(["feeds", "profile", "enrol.csv", "--feed", "medical_insurance.enrollment"]) == EXIT_OK
+    text = " ".join(capsys.readouterr().out.split())
+    assert "status (参保状态) values the contract does not know: 正常参保 ×15, 暂停参保 ×5" in text
+    assert "month (参保月份) month_format: 4 records, e.g. 十月" in text
+    assert not re.search(r"[0-9]{17}[0-9X]", text)  # no ID number shown whole
+    suggested = (tmp_path / "medical_insurance.enrollment.suggested.toml").read_text(encoding="utf-8")
+    assert '"AAC002" = "id_no"' in suggested and '"正常参保" = "?"  # 15 records' in suggested
+    # the suggestion is refused until filled in; filled in, check-config shows it in force
+    (tmp_path / "mappings" / "medical_insurance.enrollment.toml").write_text(suggested, encoding="utf-8")
+    assert main(["check-config", "--store", str(tmp_path / "store")]) == 1
+    assert "'正常参保' → '?': not a value of the contract" in capsys.readouterr().out
+    filled = suggested.replace('"正常参保" = "?"', '"正常参保" = "参保缴费"').replace('"暂停参保" = "?"', '"暂停参保" = "暂停缴费"')
+    (tmp_path / "mappings" / "medical_insurance.enrollment.toml").write_text(filled, encoding="utf-8")
+    assert main(["check-config", "--store", str(tmp_path / "store")]) == 0
+    assert "medical_insurance.enrollment: sha256" in capsys.readouterr().out
