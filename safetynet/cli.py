@@ -171,6 +171,24 @@ def cmd_feeds_profile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_feeds_release(args: argparse.Namespace) -> int:
+    import getpass
+
+    from safetynet import health
+    from safetynet.clean import clean_feed
+    from safetynet.store import open_store
+    from schemas.registry import get
+
+    s = _settings(args)
+    store = open_store(s)
+    c = get(args.feed)
+    paths = health.release(store, c, by=getpass.getuser())
+    counts = clean_feed(store, c)
+    _console().print(f"{c.feed_id}: released {len(paths)} held file(s); clean state rebuilt: {counts.rows:,} rows"
+                     + ("" if paths else " (nothing was held)"))
+    return EXIT_OK
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
@@ -552,6 +570,11 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--sample", type=int, default=5000, help="messages to sample from the topic (default 5000)")
     fp.add_argument("--out", help="suggested mapping file (default: ./<feed>.suggested.toml)")
     fp.set_defaults(func=cmd_feeds_profile)
+    fr = fsub.add_parser("release", help="accept a feed's held (unhealthy) deliveries as they are: their accepted "
+                         "records join clean/, and the feed counts as healthy again")
+    fr.add_argument("feed", metavar="FEED", help="feed id, e.g. medical_insurance.claim")
+    store_opts(fr)
+    fr.set_defaults(func=cmd_feeds_release)
 
     sp = sub.add_parser("check-config", help="show settings in force and check store and Kafka")
     store_opts(sp)

@@ -5,7 +5,8 @@ unknown value or a missing column causes many rejects, reported once ("housing.p
 value 正常 in 930 of 932 records is not in the contract — add a mapping") instead of as 930 row
 errors. A feed is **unhealthy** when its quarantine rate is over its threshold
 (`SAFETYNET_MAX_QUARANTINE_RATE`, default 5 %, or `[health] max_quarantine_rate` in the feed's
-mapping file) or when a snapshot feed arrives empty.
+mapping file) with at least `MIN_QUARANTINED` records quarantined, or when a snapshot feed
+arrives empty.
 
 An unhealthy delivery is *held*: its `raw/` files are listed in `_catalog/held/<dept>/<feed>.json`
 and left out of `clean/`, so the feed's previous clean state stays in force; its drops are
@@ -33,6 +34,9 @@ from schemas.contract import Contract
 DRIFT_MIN_RECORDS = 3
 DRIFT_MIN_SHARE = 0.05
 DRIFT_MANY = 100
+#: A rate verdict needs at least this many quarantined records: one bad event among a trickle of
+#: three is not a broken feed (it is quarantined and reported all the same).
+MIN_QUARANTINED = 3
 #: Rules whose offending value is worth naming (a code value of a non-personal field).
 _VALUE_RULES = ("enum_value", "bool_format")
 _HINT = {
@@ -63,7 +67,7 @@ class FeedHealth:
     def problems(self) -> list[str]:
         """Why the feed is unhealthy (empty: healthy)."""
         out = []
-        if self.input and self.rate > self.threshold:
+        if self.input and self.rate > self.threshold and self.quarantined >= MIN_QUARANTINED:
             out.append(f"{self.feed_id}: {self.quarantined:,} of {self.input:,} records quarantined "
                        f"({self.rate:.1%} > {self.threshold:.0%})")
         out += [f"{self.feed_id}: snapshot delivery {n} is empty (it would replace the register with nothing)"
@@ -157,6 +161,22 @@ def held(store: ObjectStore, c: Contract) -> dict[str, dict]:
         return json.loads(store.read_bytes(_held_path(c)))
     except FileNotFoundError:
         return {}
+
+
+def release(store: ObjectStore, c: Contract, by: str = "operator") -> list[str]:
+    """The operator accepts the feed's held deliveries as they are: their `raw/` files join
+    `clean/` at the next clean, and the feed's recorded health says who released it when.
+    Returns the released paths (the caller rebuilds the clean state)."""
+    paths = sorted(held(store, c))
+    set_held(store, c, {}, paths)
+    try:
+        h = json.loads(store.read_bytes(_health_path(c)))
+    except FileNotFoundError:
+        h = {"feed_id": c.feed_id, "problems": []}
+    h.update(unhealthy=False, released={"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "by": by,
+                                        "files": paths, "problems": h.get("problems", [])}, problems=[])
+    store.write_bytes(_health_path(c), json.dumps(h, ensure_ascii=False, indent=1).encode())
+    return paths
 
 
 def set_held(store: ObjectStore, c: Contract, hold: dict[str, dict], release: list[str]) -> None:

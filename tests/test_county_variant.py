@@ -308,3 +308,26 @@ def test_profile_suggests_the_mapping_that_then_ingests_cleanly(tmp_path, monkey
     (tmp_path / "mappings" / "medical_insurance.enrollment.toml").write_text(filled, encoding="utf-8")
     assert main(["check-config", "--store", str(tmp_path / "store")]) == 0
     assert "medical_insurance.enrollment: sha256" in capsys.readouterr().out
+
+
+def test_release_accepts_a_held_delivery(local_settings, local_store, capsys):
+    """An unhealthy delivery is held; the operator releases it: its accepted records join clean/."""
+    from safetynet.clean import clean_feed
+
+    c = get("housing.property")
+    rows = [",".join(f.label_zh for f in c.fields)]
+    for i in range(10):
+        s17 = f"430103197001{i + 1:02d}123"
+        rows.append(f"P{i},{s17 + idno.check_char(s17)},1,住宅,80,某地,2020-01-01,{'现势' if i < 6 else '正常'}")
+    local_store.write_bytes("landing/housing/property/p_20261101.csv", ("\n".join(rows) + "\n").encode())
+    r = ingest.ingest(local_settings, local_store, [c.feed_id], kafka=False)
+    assert r.unhealthy == [c.feed_id]
+    clean_feed(local_store, c)
+    assert local_store.read_parquet(clean_path(c)).num_rows == 0
+    root = local_settings.store
+    assert main(["feeds", "release", c.feed_id, "--store", root, "--no-progress"]) == EXIT_OK
+    assert "released 1 held file(s); clean state rebuilt: 6 rows" in " ".join(capsys.readouterr().out.split())
+    assert local_store.read_parquet(clean_path(c)).num_rows == 6
+    h = health.latest(local_store, [c])[c.feed_id]
+    assert h["unhealthy"] is False and h["released"]["files"] and "4 of 10" in h["released"]["problems"][0]
+    assert health.unhealthy(local_store, [c]) == {}
