@@ -55,8 +55,8 @@ _HOUSEHOLD_INCOME_AGG = _fact("monitoring.household", "any_value(h.household_no)
                               "any_value(h.income_per_capita)", "$snapshot")
 
 RULES: tuple[Rule, ...] = (
-    Rule("medical_burden", 1, "大额医疗支出", "S2", "forward",
-         ("medical_burden_oop_12m", "medical_burden_income_share"), f"""
+    Rule("medical_burden", 2, "大额医疗支出", "S2", "forward",
+         ("medical_burden_oop_12m", "medical_burden_income_share", "medical_burden_min_oop"), f"""
         WITH c AS (SELECT pb.household_no, cl.* FROM claim cl JOIN person_base pb USING (id_no)
                    WHERE cl.settle_date >= $win12::DATE AND cl.settle_date < $snapshot::DATE),
              hi AS (SELECT household_no, sum(income_monthly) * 12 AS income12 FROM monitoring_person GROUP BY household_no),
@@ -65,14 +65,15 @@ RULES: tuple[Rule, ...] = (
         SELECT h.household_no, NULL AS subject_id_no,
                list({_fact('medical_insurance.claim', 'c.claim_id', 'c.id_no', 'out_of_pocket', 'c.out_of_pocket', 'c.settle_date')}
                     ORDER BY c.settle_date, c.claim_id) AS facts,
-               printf('近12个月家庭医疗个人自付 %.2f 元，达到阈值（%.0f 元，或家庭年收入 %.2f 元的 %.0f%%）',
+               printf('近12个月家庭医疗个人自付 %.2f 元，达到阈值（%.0f 元，或家庭年收入 %.2f 元的 %.0f%% 且不少于 %.0f 元）',
                       any_value(h.oop), $medical_burden_oop_12m, coalesce(any_value(h.income12), 0),
-                      $medical_burden_income_share * 100) AS summary_zh,
+                      $medical_burden_income_share * 100, $medical_burden_min_oop) AS summary_zh,
                greatest(any_value(h.oop) / $medical_burden_oop_12m,
                         CASE WHEN coalesce(any_value(h.income12), 0) > 0
                              THEN any_value(h.oop) / ($medical_burden_income_share * any_value(h.income12)) ELSE 0 END) AS magnitude
         FROM h JOIN c USING (household_no)
-        WHERE h.oop >= $medical_burden_oop_12m OR h.oop >= $medical_burden_income_share * coalesce(h.income12, 0)
+        WHERE h.oop >= $medical_burden_oop_12m
+           OR (h.oop >= $medical_burden_min_oop AND h.oop >= $medical_burden_income_share * coalesce(h.income12, 0))
         GROUP BY h.household_no"""),
     Rule("income_drop", 1, "家庭收入骤降", "S2", "forward", ("income_drop_ratio",), f"""
         SELECT h.household_no, NULL AS subject_id_no,

@@ -5,9 +5,10 @@ only from the contracts), portable SQL — joins, group-bys, window-free aggrega
 distributed engine could run the same steps partitioned by county. Conventions (shared with the
 warning rules and the synthetic district's planted households, `safetynet.synth.plant`):
 
-* windows count back from the snapshot date D: the 12 months are the calendar months before D
-  (D = 2026-11-01 → 2025-11 … 2026-10); "last 3" are the newest three of them, "previous 9"
-  the rest; dated facts count when on/after D − 12 months and before D;
+* windows count back from the snapshot date D: the 12 months are those that have ended on or
+  before D (D = 2026-10-31 and D = 2026-11-01 both → 2025-11 … 2026-10); "last 3" are the
+  newest three of them, "previous 9" the rest; dated facts count when on/after D − 12 months
+  and before D;
 * income of a person = average monthly wage over the 12 months (all employers) + average
   pension + unemployment benefit being drawn (领取中); assistance payments are not income;
 * a household is the registration household (户号); per capita = divided by its living
@@ -43,9 +44,11 @@ def sources() -> dict[str, str]:
     return out
 
 
-def months_before(snapshot: dt.date, n: int = 12) -> list[str]:
-    """The n calendar months before the snapshot date's month, oldest first ('YYYY-MM')."""
-    y, m = snapshot.year, snapshot.month
+def months_ended(snapshot: dt.date, n: int = 12) -> list[str]:
+    """The n months that have ended on or before the snapshot date, oldest first ('YYYY-MM'):
+    D = 2026-10-31 and D = 2026-11-01 both give 2025-11 … 2026-10 (October has ended on the 31st)."""
+    end = snapshot + dt.timedelta(days=1)  # a month has ended on or before D iff it ended before D + 1
+    y, m = end.year, end.month
     out = []
     for _ in range(n):
         m -= 1
@@ -66,7 +69,7 @@ def add_months(d: dt.date, n: int) -> dt.date:
 def parameters(snapshot: dt.date, pol: Policy) -> dict:
     """Every value the steps bind, from the snapshot date and the policy file."""
     t = pol.thresholds
-    months = months_before(snapshot)
+    months = months_ended(snapshot)
     return {
         "snapshot": snapshot,
         "win12": add_months(snapshot, -12),

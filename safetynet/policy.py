@@ -64,6 +64,7 @@ class Diagnoses(_Strict):
 class Thresholds(_Strict):
     medical_burden_oop_12m: Yuan = 20000.0
     medical_burden_income_share: Share = 0.5
+    medical_burden_min_oop: Yuan = 5000.0
     income_drop_ratio: Share = 0.5
     unemployment_contribution_gap_months: int = Field(3, ge=1, le=24)
     unemployment_min_history_months: int = Field(6, ge=1, le=60)

@@ -179,7 +179,8 @@ def reference_fired(d) -> dict[str, set[str]]:
     cl = df["claim"][df["claim"].settle_date >= win].assign(hh=lambda x: x.id_no.map(hh_of))
     oop = cl.groupby("hh").out_of_pocket.sum()
     inc12 = income.reindex(oop.index).fillna(0) * 12
-    burden = (oop >= th["medical_burden_oop_12m"]) | (oop >= th["medical_burden_income_share"] * inc12)
+    burden = (oop >= th["medical_burden_oop_12m"]) | (
+        (oop >= th["medical_burden_min_oop"]) & (oop >= th["medical_burden_income_share"] * inc12))
     out["medical_burden"] = set(oop[burden].index)
     last3, prev9 = wage_hm[list(MONTHS[9:])].mean(axis=1), wage_hm[list(MONTHS[:9])].mean(axis=1)
     out["income_drop"] = set(wage_hm[(prev9 > 0) & (last3 <= (1 - th["income_drop_ratio"]) * prev9)].index)

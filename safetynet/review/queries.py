@@ -67,6 +67,7 @@ THRESHOLD_ZH = {
     "low_income_multiple": "低收入线倍数", "tekun_multiple": "特困标准倍数",
     "disability_living_subsidy": "困难残疾人生活补贴", "disability_care_subsidy": "重度残疾人护理补贴",
     "medical_burden_oop_12m": "近12个月医疗自付阈值（元）", "medical_burden_income_share": "医疗自付占家庭年收入比例",
+    "medical_burden_min_oop": "按收入比例判断的最低自付金额（元）",
     "income_drop_ratio": "收入降幅阈值", "unemployment_contribution_gap_months": "断缴月数",
     "unemployment_min_history_months": "此前连续缴费月数", "working_age_min": "劳动年龄下限",
     "working_age_max": "劳动年龄上限", "earner_death_lookback_months": "死亡回溯月数",
