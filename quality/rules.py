@@ -214,18 +214,39 @@ RULES: tuple[Rule, ...] = (
                1.0 AS magnitude
         FROM disability d JOIN person_base pb USING (id_no) JOIN monitoring_household h ON h.household_no = pb.household_no
         WHERE list_contains($severe_disability_grades, d.grade) AND pb.household_no IN {_LOW_OR_EDGE}""", scope="person"),
-    Rule("deceased_recipient", 1, "死亡人员仍在保", "S1", "reverse", (), f"""
+    Rule("deceased_recipient", 2, "死亡人员仍在保", "S1", "reverse", ("death_grace_days",), f"""
         WITH dead AS (SELECT cm.case_no, cm.category, pb.id_no, pb.status_date
                       FROM case_member cm JOIN person_base pb USING (id_no) WHERE cm.active AND pb.status = '死亡'),
-             sel AS (SELECT DISTINCT case_no FROM dead)
-        SELECT ch.household_no, min(dead.id_no) AS subject_id_no,
-               list(DISTINCT {_fact('public_security.person', "'status'", 'dead.id_no', 'status', "'死亡'", 'dead.status_date')})
-               || list(DISTINCT {_fact('civil_affairs.assistance_case', 'dead.case_no', 'NULL', 'status', "'在保/渐退期'", '$snapshot')}) AS facts,
-               printf('救助对象（%s）已于 %s 死亡，救助仍在保', min(dead.category),
-                      strftime(min(dead.status_date), '%Y-%m-%d')) AS summary_zh,
-               1.0 AS magnitude
-        FROM ({_CASE_HOUSEHOLDS}) ch JOIN dead USING (case_no)
-        GROUP BY ch.household_no""", scope="case"),
+             -- 冒领: paid for a month after the month of death (unknown date: any payment)
+             after AS (SELECT d.case_no, d.id_no, p.month, p.amount FROM dead d JOIN assistance_payment p
+                       ON p.case_no = d.case_no
+                       AND p.month > strftime(coalesce(d.status_date, DATE '1900-01-01'), '%Y-%m')),
+             -- no payment records to judge by: still active longer than the grace after the death
+             unpaid AS (SELECT d.* FROM dead d WHERE d.status_date <= $death_grace_until::DATE
+                        AND d.case_no NOT IN (SELECT case_no FROM assistance_payment)),
+             hit AS (SELECT case_no, id_no FROM after UNION SELECT case_no, id_no FROM unpaid),
+             sel AS (SELECT DISTINCT case_no FROM hit),
+             h AS (SELECT ch.household_no, dead.* FROM ({_CASE_HOUSEHOLDS}) ch
+                   JOIN dead USING (case_no) JOIN hit USING (case_no, id_no)),
+             pay AS (SELECT case_no, count(*) AS n, sum(amount) AS total
+                     FROM (SELECT DISTINCT case_no, month, amount FROM after) GROUP BY case_no),
+             hp AS (SELECT household_no, coalesce(sum(n), 0) AS n, coalesce(sum(total), 0) AS total
+                    FROM (SELECT DISTINCT household_no, case_no FROM h) LEFT JOIN pay USING (case_no)
+                    GROUP BY household_no)
+        SELECT h.household_no, min(h.id_no) AS subject_id_no,
+               list(DISTINCT {_fact('public_security.person', "'status'", 'h.id_no', 'status', "'死亡'", 'h.status_date')})
+               || coalesce(list(DISTINCT {_fact('civil_affairs.assistance_payment', "a.case_no || '|' || a.month", 'NULL', 'amount', 'a.amount', "CAST(a.month || '-01' AS DATE)")})
+                           FILTER (WHERE a.case_no IS NOT NULL), [])
+               || list(DISTINCT {_fact('civil_affairs.assistance_case', 'h.case_no', 'NULL', 'status', "'在保/渐退期'", '$snapshot')}) AS facts,
+               CASE WHEN any_value(hp.n) > 0
+                    THEN printf('救助对象（%s）已于 %s 死亡，其后仍发放救助金 %d 个月，合计 %.2f 元（应追回）', min(h.category),
+                                coalesce(strftime(min(h.status_date), '%Y-%m-%d'), '（日期不详）'),
+                                any_value(hp.n), any_value(hp.total))
+                    ELSE printf('救助对象（%s）已于 %s 死亡，已超过 %d 天，救助仍在保（无发放记录可核）', min(h.category),
+                                strftime(min(h.status_date), '%Y-%m-%d'), $death_grace_days) END AS summary_zh,
+               greatest(1.0, any_value(hp.n)) AS magnitude
+        FROM h JOIN hp USING (household_no) LEFT JOIN after a ON a.case_no = h.case_no AND a.id_no = h.id_no
+        GROUP BY h.household_no""", scope="case"),
     Rule("recipient_vehicle", 1, "救助对象家庭有机动车", "S2", "reverse", ("recipient_vehicle_exempt_types",), f"""
         WITH cars AS (SELECT cm.case_no, v.* FROM case_member cm JOIN vehicle v ON v.owner_id_no = cm.id_no
                       WHERE cm.active AND cm.category IN ('低保', '特困') AND v.status = '正常'

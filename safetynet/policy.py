@@ -81,6 +81,7 @@ class Thresholds(_Strict):
     recipient_vehicle_exempt_types: tuple[str, ...] = ("残疾人专用车", "二轮摩托车")
     recipient_property_max_residences: int = Field(1, ge=0, le=10)
     recipient_high_income_multiple: float = Field(1.5, ge=1, le=10)
+    death_grace_days: int = Field(60, ge=0, le=366)
     disaster_lookback_months: int = Field(6, ge=1, le=24)
     disaster_house_damage: tuple[str, ...] = ("倒塌",)
     disaster_loss_min: Yuan = 10000.0

@@ -60,6 +60,7 @@ def rule_parameters(build: Build, pol: Policy) -> dict:
         "disaster_since": add_months(snap, -t.disaster_lookback_months),
         "temp_since": add_months(snap, -t.repeat_temporary_aid_window_months),
         "expiry": snap + dt.timedelta(days=t.phase_out_expiry_days),
+        "death_grace_until": snap - dt.timedelta(days=t.death_grace_days),
     }
 
 

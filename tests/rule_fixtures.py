@@ -60,8 +60,16 @@ def run(fixture: dict, root: Path) -> dict[str, set[str]]:
         persons = [_person(n, i, p) for i, p in enumerate(case["persons"], 1)]
         records["public_security.person"] += persons
         subs = {f"@{i}": p["id_no"] for i, p in enumerate(persons, 1)} | {"@hh": persons[0]["household_no"]}
+
+        def sub(v):  # recursively: member lists hold references too
+            if isinstance(v, str):
+                return subs.get(v, v)
+            if isinstance(v, list):
+                return [sub(x) for x in v]
+            return {k: sub(x) for k, x in v.items()} if isinstance(v, dict) else v
+
         for fid, recs in case.get("records", {}).items():
-            records[fid] += [{k: subs.get(v, v) if isinstance(v, str) else v for k, v in r.items()} for r in recs]
+            records[fid] += [sub(r) for r in recs]
     for fid, recs in records.items():
         if recs:
             c = contracts()[fid]

@@ -217,8 +217,14 @@ def reference_fired(d) -> dict[str, set[str]]:
     out["phase_out_risk"] = set(ph.hh)
     dis = df["disability"][df["disability"].grade.isin(th["severe_disability_grades"])]
     out["severe_disability"] = {h for h in dis.id_no.map(hh_of) if h in low or h in edge_hh}
-    dead_ids = set(p[p.status == "死亡"].id_no)
-    dc = set(active[active.id_no.isin(dead_ids)].case_no)
+    dead = p[p.status == "死亡"].set_index("id_no").status_date
+    ad = active[active.id_no.isin(dead.index)].assign(died=lambda x: x.id_no.map(dead))
+    pay = df["assistance_payment"]
+    paid_cases = set(pay.case_no)
+    last_paid = pay.groupby("case_no").month.max()
+    after = ad.case_no.map(last_paid).fillna("") > ad.died.dt.strftime("%Y-%m")
+    unpaid = ~ad.case_no.isin(paid_cases) & (ad.died <= as_of - pd.Timedelta(days=th["death_grace_days"]))
+    dc = set(ad[after | unpaid].case_no)
     out["deceased_recipient"] = set(active[active.case_no.isin(dc)].hh)
     v = df["vehicle"]
     cars = set(v[(v.status == "正常") & ~v.vehicle_type.isin(th["recipient_vehicle_exempt_types"])].owner_id_no)

@@ -76,6 +76,7 @@ THRESHOLD_ZH = {
     "repeat_temporary_aid_window_months": "临时救助统计月数", "phase_out_expiry_days": "渐退期到期天数",
     "severe_disability_grades": "重度残疾等级", "recipient_vehicle_exempt_types": "豁免车辆类型",
     "recipient_property_max_residences": "救助对象最多住宅套数", "recipient_high_income_multiple": "收入超标倍数",
+    "death_grace_days": "死亡后仍在保的宽限天数",
     "serious_illness_prefixes": "大病诊断编码",
     "disaster_lookback_months": "受灾回溯月数", "disaster_house_damage": "房屋受损程度",
     "disaster_loss_min": "家庭直接经济损失阈值（元）",

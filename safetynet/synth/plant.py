@@ -56,7 +56,9 @@ phase_out_risk      P: 渐退期 ending in 30 and in 10 days.
 severe_disability   P: grade 1 under the low-income line; grade 2 on a 低收入 case above the line.
                     N: grade 3 under the line; grade 1 above the line without a case; grade 2 above
                     the line on a stopped 低收入 case.
-deceased_recipient  P: applicant dead (在保 低保); a listed parent dead (渐退期); a 特困 person dead.
+deceased_recipient  P: applicant dead (在保 低保), paid after; a listed parent dead (渐退期), paid after; a
+                       低保边缘 case without payment records, active 3 months after a death.
+                    N (also): a 特困 person who died last month, payments stopped in that month.
                     N: member dead but the case stopped; listed member moved out (迁出).
 recipient_vehicle   P: applicant's car; the spouse's car (spouse is not the applicant); a 特困
                     person's 三轮汽车.
@@ -422,9 +424,13 @@ def specs(policy: dict) -> list[HH]:
             M("父母", old + 20, False, status="死亡", status_date=months_ago(2, 17))],
            cases=[Case("低保", "渐退期", months_ago(30, 1), end=_after(AS_OF, 150), amount=180,
                        check_income=round(dibao * 0.9))]))
-    add(HH("deceased_recipient", "planted", "特困 person dead",
+    add(HH("deceased_recipient", "near_miss", "特困 person died last month; payments stopped in the month of death",
            [M("户主", old + 22, True, status="死亡", status_date=months_ago(1, 25))],
            cases=[Case("特困", "在保", months_ago(60, 1), amount=tekun, check_income=0.0)]))
+    add(HH("deceased_recipient", "planted", "no payment records; the 低保边缘 case is still active 3 months after the death",
+           [M("户主", old + 9, True, status="死亡", status_date=months_ago(3, 12)), M("配偶", old + 7, False,
+                                                                                  pension=pc_r)],
+           cases=[Case("低保边缘", "在保", months_ago(20, 1), amount=0, check_income=pc_r)]))
     add(HH("deceased_recipient", "near_miss", "member dead but the case stopped",
            [M("户主", 57, False, wage=2 * pc_r), M("配偶", old + 6, True, status="死亡", status_date=months_ago(3, 3))],
            cases=[Case("低保", "停保", months_ago(36, 1), end=months_ago(2, 28), amount=400, check_income=pc_r)]))
