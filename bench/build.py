@@ -73,7 +73,7 @@ low AS (SELECT household_no FROM h WHERE pc < dibao * $multiple UNION SELECT hou
 cl AS (SELECT c.*, p.household_no FROM read_parquet($claim) c JOIN p USING (id_no)
        WHERE settle_date >= $win12::DATE AND settle_date < $snap::DATE),
 f_medical AS (SELECT cl.household_no FROM cl LEFT JOIN hh USING (household_no) GROUP BY cl.household_no
-              HAVING sum(out_of_pocket) >= $oop OR sum(out_of_pocket) >= $share * coalesce(
+              HAVING sum(out_of_pocket) >= $oop OR sum(out_of_pocket) >= $min_oop AND sum(out_of_pocket) >= $share * coalesce(
                   (SELECT sum(income) FROM pi WHERE pi.household_no = cl.household_no), 0) * 12),
 hm AS (SELECT household_no, month, sum(wage) AS wage FROM emp GROUP BY household_no, month),
 f_drop AS (SELECT household_no FROM hm GROUP BY household_no
@@ -83,14 +83,18 @@ f_drop AS (SELECT household_no FROM hm GROUP BY household_no
 wa AS (SELECT * FROM p WHERE status = '正常' AND age BETWEEN $wa_min AND $wa_max),
 f_unemp AS (SELECT household_no FROM emp JOIN wa USING (id_no, household_no) GROUP BY id_no, household_no
             HAVING max(month) <= $gap_month AND count(DISTINCT month) >= $min_hist
-            UNION SELECT wa.household_no FROM un JOIN wa USING (id_no) WHERE un.status IN ('登记', '领取中')),
-f_death AS (SELECT DISTINCT p.household_no FROM p WHERE status = '死亡' AND status_date >= $death_since::DATE
+            UNION SELECT wa.household_no FROM un JOIN wa USING (id_no) WHERE un.status IN ('登记', '领取中')
+              AND un.registered_date >= $event_since::DATE AND un.registered_date < $snap::DATE
+              AND NOT EXISTS (SELECT 1 FROM emp e WHERE e.id_no = un.id_no AND e.month > strftime(un.registered_date, '%Y-%m'))),
+f_death AS (SELECT DISTINCT p.household_no FROM p WHERE status = '死亡' AND status_date >= $event_since::DATE
+            AND status_date < $snap::DATE
             AND age BETWEEN $wa_min AND $wa_max AND id_no IN (SELECT id_no FROM emp)),
 f_serious AS (SELECT DISTINCT c.household_no FROM read_parquet($claim) x JOIN p c USING (id_no)
-              WHERE x.settle_date >= $serious_since::DATE AND x.settle_date < $snap::DATE
+              WHERE x.settle_date < $snap::DATE
                 AND (coalesce(x.serious_illness, false)
                      OR len(list_filter($prefixes, lambda q: starts_with(x.diagnosis_code, q))) > 0)
-                AND c.household_no IN (SELECT household_no FROM low)),
+                AND c.household_no IN (SELECT household_no FROM low)
+              GROUP BY c.household_no, x.id_no HAVING min(x.settle_date) >= $event_since::DATE),
 f_uncovered AS (SELECT household_no FROM h WHERE pc < dibao
                 AND household_no NOT IN (SELECT household_no FROM cm WHERE active)),
 f_house AS (SELECT household_no FROM read_parquet($dangerous_house) WHERE list_contains($ratings, rating)
@@ -102,8 +106,12 @@ f_phase AS (SELECT DISTINCT household_no FROM cm WHERE case_no IN (SELECT case_n
 f_disab AS (SELECT DISTINCT p.household_no FROM read_parquet($disability) d JOIN p USING (id_no)
             WHERE list_contains($grades, d.grade) AND p.household_no IN (SELECT household_no FROM low)),
 recip AS (SELECT * FROM cm WHERE active AND category IN ('低保', '特困')),
+pay AS (SELECT case_no, max(month) AS last_month FROM read_parquet($assistance_payment) GROUP BY case_no),
 f_dead AS (SELECT DISTINCT household_no FROM cm WHERE case_no IN (
-           SELECT cm.case_no FROM cm JOIN p USING (id_no) WHERE cm.active AND p.status = '死亡')),
+           SELECT cm.case_no FROM cm JOIN p USING (id_no) LEFT JOIN pay USING (case_no)
+           WHERE cm.active AND p.status = '死亡'
+             AND (pay.last_month > strftime(coalesce(p.status_date, DATE '1900-01-01'), '%Y-%m')
+                  OR (pay.case_no IS NULL AND p.status_date <= $grace_until::DATE)))),
 f_car AS (SELECT DISTINCT household_no FROM recip WHERE case_no IN (
           SELECT r.case_no FROM recip r JOIN read_parquet($vehicle) v ON v.owner_id_no = r.id_no
           WHERE v.status = '正常' AND NOT list_contains($exempt, v.vehicle_type))),
@@ -113,7 +121,12 @@ f_prop AS (SELECT DISTINCT household_no FROM recip WHERE case_no IN (
 f_rich AS (SELECT household_no FROM h WHERE household_no IN (SELECT household_no FROM recip) AND pc > dibao * $high),
 f_dup AS (SELECT DISTINCT p.household_no FROM cm JOIN p USING (id_no) WHERE cm.active
           GROUP BY p.household_no, cm.id_no HAVING count(DISTINCT cm.case_no) > 1),
+f_disaster AS (SELECT p.household_no FROM read_parquet($disaster) x JOIN p USING (id_no)
+               WHERE x.disaster_date >= $disaster_since::DATE AND x.disaster_date < $snap::DATE
+               GROUP BY p.household_no
+               HAVING bool_or(list_contains($damage, x.house_damage)) OR sum(x.direct_loss) >= $loss_min),
 flags AS (
+SELECT 'disaster_damage' AS rule, household_no FROM f_disaster UNION ALL
 SELECT 'medical_burden' AS rule, household_no FROM f_medical UNION ALL SELECT 'income_drop', household_no FROM f_drop
 UNION ALL SELECT 'unemployment', household_no FROM f_unemp UNION ALL SELECT 'earner_death', household_no FROM f_death
 UNION ALL SELECT 'serious_illness', household_no FROM f_serious UNION ALL SELECT 'uncovered_low_income', household_no FROM f_uncovered
@@ -179,7 +192,9 @@ def _hand(root: str, memory_limit: str, q: mp.Queue) -> None:
               "multiple": pol.standards.low_income_multiple, "oop": t.medical_burden_oop_12m,
               "share": t.medical_burden_income_share, "ratio": t.income_drop_ratio, "wa_min": t.working_age_min,
               "wa_max": t.working_age_max, "gap_month": rp["gap_month"], "min_hist": t.unemployment_min_history_months,
-              "death_since": rp["death_since"], "serious_since": p["serious_since"],
+              "event_since": p["event_since"], "min_oop": t.medical_burden_min_oop,
+              "grace_until": rp["death_grace_until"], "disaster_since": rp["disaster_since"],
+              "damage": list(t.disaster_house_damage), "loss_min": t.disaster_loss_min,
               "prefixes": p["serious_prefixes"], "ratings": list(t.dangerous_house_ratings),
               "house_since": rp["dangerous_since"], "temp_since": rp["temp_since"],
               "temp_count": t.repeat_temporary_aid_count, "expiry": rp["expiry"],

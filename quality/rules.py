@@ -90,15 +90,20 @@ RULES: tuple[Rule, ...] = (
         WHERE h.wage_prev9_total > 0 AND 3 * h.wage_last3_total <= (1 - $income_drop_ratio) * h.wage_prev9_total
           AND mp.wage_months_12m > 0
         GROUP BY h.household_no"""),
-    Rule("unemployment", 1, "劳动年龄成员失业或断缴", "S2", "forward",
+    Rule("unemployment", 2, "劳动年龄成员失业或断缴", "S2", "forward",
          ("unemployment_contribution_gap_months", "unemployment_min_history_months", "working_age_min",
-          "working_age_max"), f"""
+          "working_age_max", "event_lookback_months"), f"""
         WITH wa AS (SELECT * FROM person_base WHERE alive AND age BETWEEN $working_age_min AND $working_age_max),
              stopped AS (SELECT id_no, household_no, last_wage_month AS last_month FROM monitoring_person
                          WHERE alive AND age BETWEEN $working_age_min AND $working_age_max
                            AND last_wage_month <= $gap_month AND wage_months_12m >= $unemployment_min_history_months),
              reg AS (SELECT wa.id_no, wa.household_no, u.registered_date, u.status
-                     FROM wa JOIN unemployment u USING (id_no) WHERE u.status IN ('登记', '领取中')),
+                     FROM wa JOIN unemployment u USING (id_no)
+                     WHERE u.status IN ('登记', '领取中')
+                       -- recent, and no wages since (a registration the member has worked after is over)
+                       AND u.registered_date >= $event_since::DATE AND u.registered_date < $snapshot::DATE
+                       AND NOT EXISTS (SELECT 1 FROM employment e WHERE e.id_no = u.id_no
+                                       AND e.month > strftime(u.registered_date, '%Y-%m'))),
              f AS (SELECT id_no, household_no,
                           {_fact('human_resources.employment', 'last_month', 'id_no', 'last_contribution_month', 'last_month', "last_month || '-01'")} AS fact
                    FROM stopped
@@ -118,23 +123,27 @@ RULES: tuple[Rule, ...] = (
                        ELSE '' END AS summary_zh,
                1.0 AS magnitude
         FROM f GROUP BY household_no, id_no""", scope="person"),
-    Rule("earner_death", 1, "劳动力成员死亡", "S1", "forward",
-         ("earner_death_lookback_months", "working_age_min", "working_age_max"), f"""
+    Rule("earner_death", 2, "劳动力成员死亡", "S1", "forward",
+         ("event_lookback_months", "working_age_min", "working_age_max"), f"""
         SELECT mp.household_no, mp.id_no AS subject_id_no,
                [{_fact('public_security.person', "'status'", 'mp.id_no', 'status', 'mp.status', 'mp.status_date')},
                 {_fact('human_resources.employment', 'mp.last_wage_month', 'mp.id_no', 'wage_12m_avg', 'mp.wage_12m_avg', "mp.last_wage_month || '-01'")}] AS facts,
                printf('有收入的劳动年龄成员（%d 岁）于 %s 死亡（回溯 %d 个月）', mp.age,
-                      strftime(mp.status_date, '%Y-%m-%d'), $earner_death_lookback_months) AS summary_zh,
+                      strftime(mp.status_date, '%Y-%m-%d'), $event_lookback_months) AS summary_zh,
                1.0 AS magnitude
         FROM monitoring_person mp
-        WHERE mp.status = '死亡' AND mp.status_date >= $death_since::DATE AND mp.wage_months_12m > 0
+        WHERE mp.status = '死亡' AND mp.status_date >= $event_since::DATE AND mp.status_date < $snapshot::DATE
+          AND mp.wage_months_12m > 0
           AND mp.age BETWEEN $working_age_min AND $working_age_max""", scope="person"),
-    Rule("serious_illness", 1, "低收入家庭成员患重特大疾病", "S2", "forward",
-         ("serious_illness_lookback_months", "serious_illness_prefixes", "low_income_multiple"), f"""
-        WITH s AS (SELECT pb.household_no, cl.* FROM claim cl JOIN person_base pb USING (id_no)
-                   WHERE cl.settle_date >= $serious_since::DATE AND cl.settle_date < $snapshot::DATE
-                     AND (coalesce(cl.serious_illness, false)
-                          OR len(list_filter($serious_prefixes, lambda p: starts_with(cl.diagnosis_code, p))) > 0))
+    Rule("serious_illness", 2, "低收入家庭成员患重特大疾病", "S2", "forward",
+         ("event_lookback_months", "serious_illness_prefixes", "low_income_multiple"), f"""
+        WITH sc AS (SELECT pb.household_no, cl.* FROM claim cl JOIN person_base pb USING (id_no)
+                    WHERE cl.settle_date < $snapshot::DATE
+                      AND (coalesce(cl.serious_illness, false)
+                           OR len(list_filter($serious_prefixes, lambda p: starts_with(cl.diagnosis_code, p))) > 0)),
+             -- a new illness: the person's first serious-illness claim falls within the lookback
+             s AS (SELECT * FROM sc WHERE id_no IN (SELECT id_no FROM sc GROUP BY id_no
+                                                    HAVING min(settle_date) >= $event_since::DATE))
         SELECT s.household_no, s.id_no AS subject_id_no,
                list({_fact('medical_insurance.claim', 's.claim_id', 's.id_no', 'diagnosis_code', "s.diagnosis_code || ' ' || coalesce(s.diagnosis_name, '')", 's.settle_date')}
                     ORDER BY s.settle_date, s.claim_id)

@@ -76,7 +76,7 @@ def parameters(snapshot: dt.date, pol: Policy) -> dict:
         "months12": months, "last3": months[-3:], "prev9": months[:-3],
         "wa_min": t.working_age_min, "wa_max": t.working_age_max,
         "serious_prefixes": list(pol.diagnoses.serious_illness_prefixes),
-        "serious_since": add_months(snapshot, -t.serious_illness_lookback_months),
+        "event_since": add_months(snapshot, -t.event_lookback_months),
         "vehicle_exempt": list(t.recipient_vehicle_exempt_types),
         "severe_grades": list(t.severe_disability_grades),
         "urban_dibao": pol.standards.urban_dibao, "rural_dibao": pol.standards.rural_dibao,
@@ -122,7 +122,7 @@ STEPS: list[tuple[str, str]] = [
                arg_max(diagnosis_code, settle_date) AS serious_illness_code,
                arg_max(diagnosis_name, settle_date) AS serious_illness_name
         FROM claim
-        WHERE settle_date >= $serious_since::DATE AND settle_date < $snapshot::DATE
+        WHERE settle_date >= $win12::DATE AND settle_date < $snapshot::DATE
           AND (coalesce(serious_illness, false)
                OR len(list_filter($serious_prefixes, lambda p: starts_with(diagnosis_code, p))) > 0)
         GROUP BY id_no"""),

@@ -70,8 +70,7 @@ class Thresholds(_Strict):
     unemployment_min_history_months: int = Field(6, ge=1, le=60)
     working_age_min: int = Field(16, ge=14, le=20)
     working_age_max: int = Field(59, ge=50, le=70)
-    earner_death_lookback_months: int = Field(12, ge=1, le=60)
-    serious_illness_lookback_months: int = Field(12, ge=1, le=60)
+    event_lookback_months: int = Field(6, ge=1, le=24)  # earner death, unemployment registration, first serious illness
     dangerous_house_ratings: tuple[str, ...] = ("C", "D")
     dangerous_house_lookback_months: int = Field(24, ge=1, le=120)
     repeat_temporary_aid_count: int = Field(2, ge=2, le=12)

@@ -189,14 +189,19 @@ def reference_fired(d) -> dict[str, set[str]]:
     em = em[em.index.isin(wa)]
     stopped = em[(em["max"] <= 11 - th["unemployment_contribution_gap_months"])
                  & (em["count"] >= th["unemployment_min_history_months"])]
-    reg = un[un.status.isin(["登记", "领取中"]) & un.id_no.isin(wa)]
+    since = as_of - pd.DateOffset(months=th["event_lookback_months"])
+    last_wage = emp.groupby("id_no").month.max()
+    reg = un[un.status.isin(["登记", "领取中"]) & un.id_no.isin(wa) & (un.registered_date >= since)
+             & (un.id_no.map(last_wage).fillna("") <= un.registered_date.dt.strftime("%Y-%m"))]
     out["unemployment"] = set(stopped.index.map(hh_of)) | set(reg.id_no.map(hh_of))
-    dead = p[(p.status == "死亡") & (p.status_date >= as_of - pd.DateOffset(months=th["earner_death_lookback_months"]))
+    dead = p[(p.status == "死亡") & (p.status_date >= since) & (p.status_date < as_of)
              & p.age.between(th["working_age_min"], th["working_age_max"]) & p.id_no.isin(emp.id_no)]
     out["earner_death"] = set(dead.household_no)
     pfx = tuple(pol["diagnoses"]["serious_illness_prefixes"])
-    sick = df["claim"][(df["claim"].settle_date >= as_of - pd.DateOffset(months=th["serious_illness_lookback_months"]))
-                       & ((df["claim"].serious_illness == True) | df["claim"].diagnosis_code.str.startswith(pfx))]  # noqa: E712
+    sc = df["claim"][(df["claim"].settle_date < as_of)
+                     & ((df["claim"].serious_illness == True) | df["claim"].diagnosis_code.str.startswith(pfx))]  # noqa: E712
+    first = sc.groupby("id_no").settle_date.min()
+    sick = sc[sc.id_no.map(first) >= since]
     out["serious_illness"] = {h for h in sick.id_no.map(hh_of) if h in low or h in edge_hh}
     out["uncovered_low_income"] = set(pc[pc < dibao].index) - set(active.hh)
     ds = df["disaster"].assign(hh=lambda x: x.id_no.map(hh_of))
