@@ -30,7 +30,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas.contract import Contract, norm_header
+from schemas.contract import Contract, Field, norm_header
 
 #: What a value may be mapped to, per field kind, when the kind has a closed set.
 _CLOSED = {"urban_rural": ("城镇", "农村"), "bool": ("true", "false", "是", "否", "1", "0", "Y", "N")}
@@ -71,18 +71,21 @@ class Mapping:
         """The short form recorded on every `raw/` row (`_mapping`)."""
         return self.sha256[:16]
 
-    @property
-    def empty(self) -> bool:
-        return not self.headers and not self.values
-
     def keys_for(self, field_name: str) -> list[str]:
         """Department column names / JSON keys that map to `field_name` (as written, for JSON paths)."""
         return [h for h, f in self.raw_headers if f == field_name]
 
-    def describe(self) -> dict:
-        return {"sha256": self.sha256, "sources": list(self.sources), "headers": len(self.headers),
-                "values": {f: len(v) for f, v in self.values.items()},
-                **({"max_quarantine_rate": self.max_quarantine_rate} if self.max_quarantine_rate is not None else {})}
+
+
+def allowed_values(f: Field) -> tuple[str, ...] | None:
+    """The contract values a field may be mapped to, when its kind has a closed set (else None)."""
+    return f.values if f.kind == "enum" else _CLOSED.get(f.kind)
+
+
+def names_code_value(f: Field, rule: str) -> bool:
+    """Whether a rejected value of `f` under `rule` is a department code worth naming (in drift
+    lines, profiles, suggested mappings): a value outside a closed set, of a non-personal field."""
+    return rule in ("enum_value", "bool_format") and f.pii == "none" and allowed_values(f) is not None
 
 
 def parse(c: Contract, text: str, source: str) -> tuple[dict, list[str]]:
@@ -111,7 +114,7 @@ def parse(c: Contract, text: str, source: str) -> tuple[dict, list[str]]:
             problems.append(f"{source}: [values.{fname}] must be a table of \"department value\" = \"contract value\"")
             continue
         fld = c.field(fname)
-        allowed = fld.values if fld.kind == "enum" else _CLOSED.get(fld.kind)
+        allowed = allowed_values(fld)
         for src, dst in table.items():
             if not isinstance(dst, str):
                 problems.append(f"{source}: [values.{fname}] {src!r} → {dst!r}: the target must be text")
@@ -199,7 +202,7 @@ def template(c: Contract, unmatched: list[str], missing: list[str], unknown: dic
     kept = current.values if current else {}
     for fname in sorted(set(unknown) | set(kept), key=c.names.index):
         fld = c.field(fname)
-        allowed = fld.values if fld.kind == "enum" else _CLOSED.get(fld.kind, ())
+        allowed = allowed_values(fld) or ()
         lines += ["", f"[values.{fname}]  # {fld.label_zh}; contract values: {' / '.join(allowed)}"]
         lines += [f"{q(k)} = {q(v)}" for k, v in kept.get(fname, {}).items()]
         for v, n in sorted(unknown.get(fname, {}).items(), key=lambda kv: (-kv[1], kv[0])):

@@ -25,12 +25,10 @@ from connectors.formats import (
     read_rows,
     rows_to_records,
 )
-from connectors.mapping import _CLOSED, Mapping, template
+from connectors.mapping import Mapping, allowed_values, names_code_value, template
 from safetynet import idno, normalise
 from schemas.contract import Contract
 
-#: Field kinds whose unknown values are listed for mapping (closed code sets).
-_CODED = ("enum", "bool", "urban_rural")
 MAX_EXAMPLES = 3
 
 
@@ -73,7 +71,7 @@ def _collect(c: Contract, p: Profile, con: duckdb.DuckDBPyConnection, source: st
         bad = t.filter(pc.is_valid(t[f"__r_{f}"])).select([f"__r_{f}", f]).to_pylist()
         for r in bad:
             rule, v = r[f"__r_{f}"], r[f]
-            if rule in ("enum_value", "bool_format") and fld.kind in _CODED and fld.pii == "none":
+            if names_code_value(fld, rule):
                 p.unknown_values.setdefault(f, Counter())[str(v).strip()] += 1
             elif rule != "required_missing":
                 prev = p.bad_formats.get(f, (rule, 0, []))
@@ -167,7 +165,7 @@ def render(c: Contract, p: Profile) -> list[str]:
         out.append("  ✗ required fields with no column: " + ", ".join(f"{m} ({c.field(m).label_zh})" for m in p.missing))
     for f, counts in p.unknown_values.items():
         fld = c.field(f)
-        allowed = fld.values if fld.kind == "enum" else _CLOSED.get(fld.kind, ())
+        allowed = allowed_values(fld) or ()
         vals = ", ".join(f"{v} ×{n:,}" for v, n in counts.most_common(12))
         out.append(f"  ✗ {f} ({fld.label_zh}) values the contract does not know: {vals}  "
                    f"[contract: {' / '.join(allowed)}]")

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
+from connectors.mapping import names_code_value
 from safetynet.normalise import RULES
 from safetynet.store import ObjectStore
 from schemas.contract import Contract
@@ -37,8 +38,6 @@ DRIFT_MANY = 100
 #: A rate verdict needs at least this many quarantined records: one bad event among a trickle of
 #: three is not a broken feed (it is quarantined and reported all the same).
 MIN_QUARANTINED = 3
-#: Rules whose offending value is worth naming (a code value of a non-personal field).
-_VALUE_RULES = ("enum_value", "bool_format")
 _HINT = {
     "enum_value": "is not in the contract — add a mapping ([values.{f}])",
     "bool_format": "is not a yes/no value — add a mapping ([values.{f}])",
@@ -82,21 +81,16 @@ class FeedHealth:
         return {**asdict(self), "rate": round(self.rate, 6), "unhealthy": self.unhealthy, "problems": self.problems,
                 "top_reasons": [list(x) for x in self.top_reasons]}
 
-    def line(self) -> str:
-        """One line for a table cell: the verdict and what to do."""
-        head = "✗ " + "; ".join(self.problems) if self.unhealthy else "✓"
-        return "\n".join([head, *self.drift])
-
 
 def drift_keys(c: Contract, rejected: pa.Table) -> Counter:
-    """(field, rule, value) → rejected records; the value only for code values of non-personal
-    fields (`enum_value`, `bool_format`), else ""."""
+    """(field, rule, value) → rejected records; the value only where it names a department code
+    (`connectors.mapping.names_code_value`), else ""."""
     out: Counter = Counter()
     fields, rules = rejected["_field"].to_pylist(), rejected["_rule"].to_pylist()
-    named = {f.name for f in c.fields if f.pii == "none"}
-    values = {n: rejected[n].to_pylist() for n in named if n in rejected.column_names}
+    values = {f.name: rejected[f.name].to_pylist() for f in c.fields
+              if f.name in rejected.column_names and names_code_value(f, "enum_value")}
     for i, (f, r) in enumerate(zip(fields, rules, strict=True)):
-        v = values[f][i] if r in _VALUE_RULES and f in values else None
+        v = values[f][i] if f in values and names_code_value(c.field(f), r) else None
         out[(f or "", r, "" if v is None else str(v).strip()[:40])] += 1
     return out
 
