@@ -36,18 +36,22 @@ WITH p AS (SELECT id_no, household_no, status, status_date,
                   region_code, hukou_type, relation_to_head FROM read_parquet($person)),
 emp AS (SELECT e.id_no, e.month, e.wage, p.household_no FROM read_parquet($employment) e JOIN p USING (id_no)
         WHERE list_contains($months, e.month)),
-inc AS (SELECT id_no, sum(wage) / 12 AS w FROM emp GROUP BY id_no),
-pen AS (SELECT id_no, avg(amount) AS a FROM read_parquet($pension) WHERE list_contains($months, month) GROUP BY id_no),
+inc AS (SELECT id_no, sum(wage) / 12 AS w, coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0) AS w3
+        FROM emp GROUP BY id_no),
+pen AS (SELECT id_no, avg(amount) AS a, coalesce(sum(amount) FILTER (WHERE list_contains($last3, month)), 0) AS a3
+        FROM read_parquet($pension) WHERE list_contains($months, month) GROUP BY id_no),
 un AS (SELECT * FROM read_parquet($unemployment)),
 ben AS (SELECT id_no, sum(benefit_monthly) AS b FROM un WHERE status = '领取中' GROUP BY id_no),
-pi AS (SELECT p.*, coalesce(inc.w, 0) + coalesce(pen.a, 0) + coalesce(ben.b, 0) AS income
+pi AS (SELECT p.*, coalesce(inc.w, 0) + coalesce(pen.a, 0) + coalesce(ben.b, 0) AS income,
+              (coalesce(inc.w3, 0) + coalesce(pen.a3, 0)) / 3 + coalesce(ben.b, 0) AS income3
        FROM p LEFT JOIN inc USING (id_no) LEFT JOIN pen USING (id_no) LEFT JOIN ben USING (id_no)),
 hh AS (SELECT household_no, coalesce(min(hukou_type) FILTER (WHERE relation_to_head = '户主'), min(hukou_type)) AS hukou,
               coalesce(min(region_code) FILTER (WHERE relation_to_head = '户主'), min(region_code)) AS region_code,
               count(*) AS members_total, count(*) FILTER (WHERE status = '正常') AS alive,
               count(*) FILTER (WHERE status = '正常' AND age BETWEEN $wa_min AND $wa_max) AS working_age_members,
               count(*) FILTER (WHERE status = '死亡' AND status_date >= $win12::DATE) AS deceased_12m,
-              sum(income) FILTER (WHERE status = '正常') AS income
+              sum(income) FILTER (WHERE status = '正常') AS income,
+              coalesce(sum(income3) FILTER (WHERE status = '正常'), 0) AS income3
        FROM pi GROUP BY household_no),
 agg_claim AS (SELECT p.household_no, sum(c.out_of_pocket) AS oop_12m, sum(c.total_amount) AS medical_total_12m
               FROM read_parquet($claim) c JOIN p USING (id_no)
@@ -65,27 +69,33 @@ agg_dis AS (SELECT p.household_no, count(*) AS severe_disabled_members FROM read
             JOIN p USING (id_no) WHERE list_contains($grades, d.grade) AND p.status = '正常' GROUP BY p.household_no),
 h AS (SELECT *, income / nullif(alive, 0) AS pc,
              CASE WHEN hukou = '城镇' THEN $urban ELSE $rural END AS dibao FROM hh),
-cm AS (SELECT c.case_no, c.category, c.status, c.start_date, c.end_date, m.id_no, p.household_no,
+cm AS (SELECT c.case_no, c.category, c.status, c.start_date, c.end_date, c.urban_rural, m.id_no, p.household_no,
               c.status IN ('在保', '渐退期') AS active
        FROM read_parquet($assistance_case) c, unnest(c.members) AS u(m) JOIN p ON p.id_no = m.id_no),
 edge AS (SELECT DISTINCT household_no FROM cm WHERE active AND category IN ('低保边缘', '低收入')),
 low AS (SELECT household_no FROM h WHERE pc < dibao * $multiple UNION SELECT household_no FROM edge),
+risk AS (SELECT h.household_no FROM h LEFT JOIN agg_claim c USING (household_no)
+         WHERE (h.income3 - coalesce(c.oop_12m, 0) / 12) / nullif(h.alive, 0) < $risk * h.dibao
+         UNION SELECT household_no FROM cm WHERE active),
 cl AS (SELECT c.*, p.household_no FROM read_parquet($claim) c JOIN p USING (id_no)
        WHERE settle_date >= $win12::DATE AND settle_date < $snap::DATE),
-f_medical AS (SELECT cl.household_no FROM cl LEFT JOIN hh USING (household_no) GROUP BY cl.household_no
+f_medical AS (SELECT cl.household_no FROM cl LEFT JOIN hh USING (household_no)
+              WHERE cl.household_no IN (SELECT household_no FROM risk) GROUP BY cl.household_no
               HAVING sum(out_of_pocket) >= $oop OR sum(out_of_pocket) >= $min_oop AND sum(out_of_pocket) >= $share * coalesce(
                   (SELECT sum(income) FROM pi WHERE pi.household_no = cl.household_no), 0) * 12),
 hm AS (SELECT household_no, month, sum(wage) AS wage FROM emp GROUP BY household_no, month),
-f_drop AS (SELECT household_no FROM hm GROUP BY household_no
+f_drop AS (SELECT household_no FROM hm WHERE household_no IN (SELECT household_no FROM risk) GROUP BY household_no
            HAVING coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0) / 9 > 0
               AND coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0) / 3
                   <= (1 - $ratio) * coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0) / 9),
 wa AS (SELECT * FROM p WHERE status = '正常' AND age BETWEEN $wa_min AND $wa_max),
-f_unemp AS (SELECT household_no FROM emp JOIN wa USING (id_no, household_no) GROUP BY id_no, household_no
-            HAVING max(month) <= $gap_month AND count(DISTINCT month) >= $min_hist
-            UNION SELECT wa.household_no FROM un JOIN wa USING (id_no) WHERE un.status IN ('登记', '领取中')
-              AND un.registered_date >= $event_since::DATE AND un.registered_date < $snap::DATE
-              AND NOT EXISTS (SELECT 1 FROM emp e WHERE e.id_no = un.id_no AND e.month > strftime(un.registered_date, '%Y-%m'))),
+f_unemp AS (SELECT household_no FROM (
+              SELECT household_no FROM emp JOIN wa USING (id_no, household_no) GROUP BY id_no, household_no
+              HAVING max(month) <= $gap_month AND count(DISTINCT month) >= $min_hist
+              UNION SELECT wa.household_no FROM un JOIN wa USING (id_no) WHERE un.status IN ('登记', '领取中')
+                AND un.registered_date >= $event_since::DATE AND un.registered_date < $snap::DATE
+                AND NOT EXISTS (SELECT 1 FROM emp e WHERE e.id_no = un.id_no AND e.month > strftime(un.registered_date, '%Y-%m')))
+            WHERE household_no IN (SELECT household_no FROM risk)),
 f_death AS (SELECT DISTINCT p.household_no FROM p WHERE status = '死亡' AND status_date >= $event_since::DATE
             AND status_date < $snap::DATE
             AND age BETWEEN $wa_min AND $wa_max AND id_no IN (SELECT id_no FROM emp)),
@@ -98,13 +108,14 @@ f_serious AS (SELECT DISTINCT c.household_no FROM read_parquet($claim) x JOIN p 
 f_uncovered AS (SELECT household_no FROM h WHERE pc < dibao
                 AND household_no NOT IN (SELECT household_no FROM cm WHERE active)),
 f_house AS (SELECT household_no FROM read_parquet($dangerous_house) WHERE list_contains($ratings, rating)
-            AND NOT renovated AND assessed_date >= $house_since::DATE),
+            AND NOT renovated),
 f_temp AS (SELECT household_no FROM cm WHERE category = '临时救助' AND start_date >= $temp_since::DATE
+           AND start_date < $snap::DATE
            GROUP BY household_no HAVING count(DISTINCT case_no) >= $temp_count),
 f_phase AS (SELECT DISTINCT household_no FROM cm WHERE case_no IN (SELECT case_no FROM cm WHERE status = '渐退期'
             AND end_date >= $snap::DATE AND end_date <= $expiry::DATE)),
 f_disab AS (SELECT DISTINCT p.household_no FROM read_parquet($disability) d JOIN p USING (id_no)
-            WHERE list_contains($grades, d.grade) AND p.household_no IN (SELECT household_no FROM low)),
+            WHERE list_contains($grades, d.grade) AND p.status = '正常' AND p.household_no IN (SELECT household_no FROM low)),
 recip AS (SELECT * FROM cm WHERE active AND category IN ('低保', '特困')),
 pay AS (SELECT case_no, max(month) AS last_month FROM read_parquet($assistance_payment) GROUP BY case_no),
 f_dead AS (SELECT DISTINCT household_no FROM cm WHERE case_no IN (
@@ -118,7 +129,9 @@ f_car AS (SELECT DISTINCT household_no FROM recip WHERE case_no IN (
 f_prop AS (SELECT DISTINCT household_no FROM recip WHERE case_no IN (
            SELECT r.case_no FROM recip r JOIN read_parquet($property) x ON x.owner_id_no = r.id_no
            WHERE x.usage = '住宅' AND x.status = '现势' GROUP BY r.case_no HAVING count(DISTINCT x.property_id) > $max_res)),
-f_rich AS (SELECT household_no FROM h WHERE household_no IN (SELECT household_no FROM recip) AND pc > dibao * $high),
+f_rich AS (SELECT DISTINCT household_no FROM recip WHERE case_no IN (
+           SELECT r.case_no FROM recip r JOIN pi USING (id_no) WHERE pi.status = '正常' GROUP BY r.case_no
+           HAVING avg(pi.income) > any_value(CASE WHEN r.urban_rural = '城镇' THEN $urban ELSE $rural END) * $high)),
 f_dup AS (SELECT DISTINCT p.household_no FROM cm JOIN p USING (id_no) WHERE cm.active
           GROUP BY p.household_no, cm.id_no HAVING count(DISTINCT cm.case_no) > 1),
 f_disaster AS (SELECT p.household_no FROM read_parquet($disaster) x JOIN p USING (id_no)
@@ -196,7 +209,7 @@ def _hand(root: str, memory_limit: str, q: mp.Queue) -> None:
               "grace_until": rp["death_grace_until"], "disaster_since": rp["disaster_since"],
               "damage": list(t.disaster_house_damage), "loss_min": t.disaster_loss_min,
               "prefixes": p["serious_prefixes"], "ratings": list(t.dangerous_house_ratings),
-              "house_since": rp["dangerous_since"], "temp_since": rp["temp_since"],
+              "risk": t.risk_income_multiple, "temp_since": rp["temp_since"],
               "temp_count": t.repeat_temporary_aid_count, "expiry": rp["expiry"],
               "grades": list(t.severe_disability_grades), "exempt": list(t.recipient_vehicle_exempt_types),
               "max_res": t.recipient_property_max_residences, "high": t.recipient_high_income_multiple}

@@ -49,14 +49,21 @@ _LOW_OR_EDGE = """(SELECT household_no FROM monitoring_household WHERE income_pe
                    UNION SELECT pb.household_no FROM case_member cm JOIN person_base pb USING (id_no)
                    WHERE cm.active AND cm.category IN ('低保边缘', '低收入'))"""
 
+def _gate_zh(h: str) -> str:
+    """Why a gated forward rule's household counts as at risk (inside an aggregate over `h`)."""
+    return (f"CASE WHEN len(any_value({h}.active_case_nos)) > 0 THEN '；家庭有在保救助' "
+            f"ELSE printf('；扣除医疗自付后人均月收入 %.2f 元，低于低保标准 %.0f 元的 %.1f 倍', "
+            f"any_value({h}.risk_income_per_capita), any_value({h}.dibao_standard), $risk_income_multiple) END")
+
+
 _HOUSEHOLD_INCOME = _fact("monitoring.household", "h.household_no", "NULL", "income_per_capita", "h.income_per_capita",
                           "$snapshot")
 _HOUSEHOLD_INCOME_AGG = _fact("monitoring.household", "any_value(h.household_no)", "NULL", "income_per_capita",
                               "any_value(h.income_per_capita)", "$snapshot")
 
 RULES: tuple[Rule, ...] = (
-    Rule("medical_burden", 2, "大额医疗支出", "S2", "forward",
-         ("medical_burden_oop_12m", "medical_burden_income_share", "medical_burden_min_oop"), f"""
+    Rule("medical_burden", 3, "大额医疗支出", "S2", "forward",
+         ("medical_burden_oop_12m", "medical_burden_income_share", "medical_burden_min_oop", "risk_income_multiple"), f"""
         WITH c AS (SELECT pb.household_no, cl.* FROM claim cl JOIN person_base pb USING (id_no)
                    WHERE cl.settle_date >= $win12::DATE AND cl.settle_date < $snapshot::DATE),
              hi AS (SELECT household_no, sum(income_monthly) * 12 AS income12 FROM monitoring_person GROUP BY household_no),
@@ -67,15 +74,16 @@ RULES: tuple[Rule, ...] = (
                     ORDER BY c.settle_date, c.claim_id) AS facts,
                printf('近12个月家庭医疗个人自付 %.2f 元，达到阈值（%.0f 元，或家庭年收入 %.2f 元的 %.0f%% 且不少于 %.0f 元）',
                       any_value(h.oop), $medical_burden_oop_12m, coalesce(any_value(h.income12), 0),
-                      $medical_burden_income_share * 100, $medical_burden_min_oop) AS summary_zh,
+                      $medical_burden_income_share * 100, $medical_burden_min_oop) || {_gate_zh('g')} AS summary_zh,
                greatest(any_value(h.oop) / $medical_burden_oop_12m,
                         CASE WHEN coalesce(any_value(h.income12), 0) > 0
                              THEN any_value(h.oop) / ($medical_burden_income_share * any_value(h.income12)) ELSE 0 END) AS magnitude
-        FROM h JOIN c USING (household_no)
-        WHERE h.oop >= $medical_burden_oop_12m
-           OR (h.oop >= $medical_burden_min_oop AND h.oop >= $medical_burden_income_share * coalesce(h.income12, 0))
+        FROM h JOIN c USING (household_no) JOIN monitoring_household g USING (household_no)
+        WHERE (h.oop >= $medical_burden_oop_12m
+               OR (h.oop >= $medical_burden_min_oop AND h.oop >= $medical_burden_income_share * coalesce(h.income12, 0)))
+          AND g.at_risk
         GROUP BY h.household_no"""),
-    Rule("income_drop", 1, "家庭收入骤降", "S2", "forward", ("income_drop_ratio",), f"""
+    Rule("income_drop", 2, "家庭收入骤降", "S2", "forward", ("income_drop_ratio", "risk_income_multiple"), f"""
         SELECT h.household_no, NULL AS subject_id_no,
                list({_fact('human_resources.employment', "'last3'", 'mp.id_no', 'wage_last3_total', 'mp.wage_last3_total', '$snapshot')}
                     ORDER BY mp.id_no)
@@ -84,15 +92,15 @@ RULES: tuple[Rule, ...] = (
                printf('家庭工资收入由前9个月月均 %.2f 元降至近3个月月均 %.2f 元，降幅 %.0f%%（阈值 %.0f%%）',
                       any_value(h.wage_prev9_avg), any_value(h.wage_last3_avg),
                       (1 - 3 * any_value(h.wage_last3_total) / any_value(h.wage_prev9_total)) * 100,
-                      $income_drop_ratio * 100) AS summary_zh,
+                      $income_drop_ratio * 100) || {_gate_zh('h')} AS summary_zh,
                (1 - 3 * any_value(h.wage_last3_total) / any_value(h.wage_prev9_total)) / $income_drop_ratio AS magnitude
         FROM monitoring_household h JOIN monitoring_person mp USING (household_no)
         WHERE h.wage_prev9_total > 0 AND 3 * h.wage_last3_total <= (1 - $income_drop_ratio) * h.wage_prev9_total
-          AND mp.wage_months_12m > 0
+          AND mp.wage_months_12m > 0 AND h.at_risk
         GROUP BY h.household_no"""),
-    Rule("unemployment", 2, "劳动年龄成员失业或断缴", "S2", "forward",
+    Rule("unemployment", 3, "劳动年龄成员失业或断缴", "S2", "forward",
          ("unemployment_contribution_gap_months", "unemployment_min_history_months", "working_age_min",
-          "working_age_max", "event_lookback_months"), f"""
+          "working_age_max", "event_lookback_months", "risk_income_multiple"), f"""
         WITH wa AS (SELECT * FROM person_base WHERE alive AND age BETWEEN $working_age_min AND $working_age_max),
              stopped AS (SELECT id_no, household_no, last_wage_month AS last_month FROM monitoring_person
                          WHERE alive AND age BETWEEN $working_age_min AND $working_age_max
@@ -120,9 +128,10 @@ RULES: tuple[Rule, ...] = (
                                    CASE WHEN bool_or(fact.feed = 'human_resources.unemployment') THEN '；' ELSE '' END,
                                    max(fact.value) FILTER (WHERE fact.feed = 'human_resources.employment'),
                                    $unemployment_contribution_gap_months, $unemployment_min_history_months)
-                       ELSE '' END AS summary_zh,
+                       ELSE '' END || {_gate_zh('g')} AS summary_zh,
                1.0 AS magnitude
-        FROM f GROUP BY household_no, id_no""", scope="person"),
+        FROM f JOIN monitoring_household g USING (household_no) WHERE g.at_risk
+        GROUP BY household_no, id_no""", scope="person"),
     Rule("earner_death", 2, "劳动力成员死亡", "S1", "forward",
          ("event_lookback_months", "working_age_min", "working_age_max"), f"""
         SELECT mp.household_no, mp.id_no AS subject_id_no,
@@ -162,16 +171,16 @@ RULES: tuple[Rule, ...] = (
         FROM monitoring_household h
         WHERE h.income_per_capita < h.dibao_standard
           AND h.household_no NOT IN (SELECT pb.household_no FROM case_member cm JOIN person_base pb USING (id_no) WHERE cm.active)"""),
-    Rule("dangerous_house", 1, "住房安全风险（危房）", "S1", "forward",
-         ("dangerous_house_ratings", "dangerous_house_lookback_months"), f"""
+    Rule("dangerous_house", 2, "住房安全风险（危房）", "S1", "forward", ("dangerous_house_ratings",), f"""
         SELECT d.household_no, NULL AS subject_id_no,
                [{_fact('housing.dangerous_house', 'd.household_no', 'NULL', 'rating', 'd.rating', 'd.assessed_date')},
                 {_fact('housing.dangerous_house', 'd.household_no', 'NULL', 'renovated', 'd.renovated', 'd.assessed_date')}] AS facts,
                printf('住房于 %s 鉴定为 %s 级危房，尚未改造', strftime(d.assessed_date, '%Y-%m-%d'), d.rating) AS summary_zh,
                CASE d.rating WHEN 'D' THEN 1.5 ELSE 1.0 END AS magnitude
         FROM dangerous_house d
-        WHERE list_contains($dangerous_house_ratings, d.rating) AND NOT d.renovated
-          AND d.assessed_date >= $dangerous_since::DATE"""),
+        -- the latest assessment of the household (the feed is keyed by household): however old a C/D
+        -- rating, it stands until renovated or re-assessed A/B
+        WHERE list_contains($dangerous_house_ratings, d.rating) AND NOT d.renovated"""),
     Rule("disaster_damage", 1, "因灾受损", "S1", "forward",
          ("disaster_lookback_months", "disaster_house_damage", "disaster_loss_min"), f"""
         WITH d AS (SELECT pb.household_no, ds.* FROM disaster ds JOIN person_base pb USING (id_no)
@@ -192,11 +201,12 @@ RULES: tuple[Rule, ...] = (
         FROM h JOIN d USING (household_no)
         WHERE h.house OR h.loss >= $disaster_loss_min
         GROUP BY h.household_no"""),
-    Rule("repeat_temporary_aid", 1, "多次临时救助", "S2", "forward",
+    Rule("repeat_temporary_aid", 2, "多次临时救助", "S2", "forward",
          ("repeat_temporary_aid_count", "repeat_temporary_aid_window_months"), f"""
         WITH t AS (SELECT DISTINCT pb.household_no, cm.case_no, cm.start_date
                    FROM case_member cm JOIN person_base pb USING (id_no)
-                   WHERE cm.category = '临时救助' AND cm.start_date >= $temp_since::DATE)
+                   WHERE cm.category = '临时救助' AND cm.start_date >= $temp_since::DATE
+                     AND cm.start_date < $snapshot::DATE)
         SELECT household_no, NULL AS subject_id_no,
                list({_fact('civil_affairs.assistance_case', 'case_no', 'NULL', 'category', "'临时救助'", 'start_date')}
                     ORDER BY start_date, case_no) AS facts,
@@ -214,7 +224,7 @@ RULES: tuple[Rule, ...] = (
                1.0 AS magnitude
         FROM ({_CASE_HOUSEHOLDS}) ch JOIN case_member cm USING (case_no)
         GROUP BY ch.household_no""", scope="case"),
-    Rule("severe_disability", 1, "低收入家庭重度残疾", "S2", "forward", ("severe_disability_grades", "low_income_multiple"), f"""
+    Rule("severe_disability", 2, "低收入家庭重度残疾", "S2", "forward", ("severe_disability_grades", "low_income_multiple"), f"""
         SELECT pb.household_no, d.id_no AS subject_id_no,
                [{_fact('disabled_persons_federation.disability', "'certificate'", 'd.id_no', 'grade', "d.category || ' ' || d.grade || '级'", 'd.issued_date')},
                 {_HOUSEHOLD_INCOME}] AS facts,
@@ -222,7 +232,8 @@ RULES: tuple[Rule, ...] = (
                       d.category, d.grade, coalesce(h.income_per_capita, 0), h.low_income_line) AS summary_zh,
                1.0 AS magnitude
         FROM disability d JOIN person_base pb USING (id_no) JOIN monitoring_household h ON h.household_no = pb.household_no
-        WHERE list_contains($severe_disability_grades, d.grade) AND pb.household_no IN {_LOW_OR_EDGE}""", scope="person"),
+        WHERE list_contains($severe_disability_grades, d.grade) AND pb.alive AND pb.household_no IN {_LOW_OR_EDGE}""",
+         scope="person"),
     Rule("deceased_recipient", 2, "死亡人员仍在保", "S1", "reverse", ("death_grace_days",), f"""
         WITH dead AS (SELECT cm.case_no, cm.category, pb.id_no, pb.status_date
                       FROM case_member cm JOIN person_base pb USING (id_no) WHERE cm.active AND pb.status = '死亡'),
@@ -281,15 +292,25 @@ RULES: tuple[Rule, ...] = (
                count(DISTINCT homes.property_id) / greatest($recipient_property_max_residences, 1) AS magnitude
         FROM ({_CASE_HOUSEHOLDS}) ch JOIN homes USING (case_no)
         GROUP BY ch.household_no""", scope="case"),
-    Rule("recipient_high_income", 1, "救助对象家庭收入超标", "S2", "reverse", ("recipient_high_income_multiple",), f"""
-        WITH rh AS (SELECT DISTINCT pb.household_no FROM case_member cm JOIN person_base pb USING (id_no)
-                    WHERE cm.active AND cm.category IN ('低保', '特困'))
-        SELECT h.household_no, NULL AS subject_id_no, [{_HOUSEHOLD_INCOME}] AS facts,
-               printf('低保/特困家庭人均月收入 %.2f 元，超过低保标准的 %.1f 倍（%.2f 元）', h.income_per_capita,
-                      $recipient_high_income_multiple, h.dibao_standard * $recipient_high_income_multiple) AS summary_zh,
-               h.income_per_capita / (h.dibao_standard * $recipient_high_income_multiple) AS magnitude
-        FROM monitoring_household h JOIN rh USING (household_no)
-        WHERE h.income_per_capita > h.dibao_standard * $recipient_high_income_multiple"""),
+    Rule("recipient_high_income", 2, "救助对象家庭收入超标", "S2", "reverse", ("recipient_high_income_multiple",), f"""
+        -- judged over the members of the case (a 单人保 case: its one member), not the registration household
+        WITH rc AS (SELECT cm.case_no, any_value(cm.category) AS category,
+                           any_value(CASE WHEN cm.urban_rural = '城镇' THEN $urban_dibao ELSE $rural_dibao END) AS standard,
+                           CAST(count(*) FILTER (WHERE mp.alive) AS INTEGER) AS members,
+                           sum(mp.income_monthly) FILTER (WHERE mp.alive) AS income,
+                           list({_fact('monitoring.person', 'cm.case_no', 'mp.id_no', 'income_monthly', 'mp.income_monthly', '$snapshot')}
+                                ORDER BY mp.id_no) FILTER (WHERE mp.alive) AS facts
+                    FROM case_member cm JOIN monitoring_person mp USING (id_no)
+                    WHERE cm.active AND cm.category IN ('低保', '特困') GROUP BY cm.case_no),
+             sel AS (SELECT case_no FROM rc WHERE members > 0 AND income / members > standard * $recipient_high_income_multiple)
+        SELECT ch.household_no, NULL AS subject_id_no, flatten(list(rc.facts ORDER BY rc.case_no)) AS facts,
+               string_agg(printf('%s案件（%d 人）人均月收入 %.2f 元，超过低保标准 %.0f 元的 %.1f 倍（%.2f 元）',
+                                 rc.category, rc.members, rc.income / rc.members, rc.standard,
+                                 $recipient_high_income_multiple, rc.standard * $recipient_high_income_multiple),
+                          '；' ORDER BY rc.case_no) AS summary_zh,
+               max(rc.income / rc.members / (rc.standard * $recipient_high_income_multiple)) AS magnitude
+        FROM ({_CASE_HOUSEHOLDS}) ch JOIN rc USING (case_no)
+        GROUP BY ch.household_no""", scope="case"),
     Rule("duplicate_enrolment", 1, "重复享受救助", "S1", "reverse", (), f"""
         WITH d AS (SELECT id_no FROM case_member WHERE active GROUP BY id_no HAVING count(DISTINCT case_no) > 1)
         SELECT pb.household_no, d.id_no AS subject_id_no,

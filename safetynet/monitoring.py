@@ -81,6 +81,7 @@ def parameters(snapshot: dt.date, pol: Policy) -> dict:
         "severe_grades": list(t.severe_disability_grades),
         "urban_dibao": pol.standards.urban_dibao, "rural_dibao": pol.standards.rural_dibao,
         "low_income_multiple": pol.standards.low_income_multiple,
+        "risk_income_multiple": t.risk_income_multiple,
     }
 
 
@@ -105,7 +106,8 @@ STEPS: list[tuple[str, str]] = [
                arg_max(employer_name, month) AS employer_name
         FROM employment WHERE list_contains($months12, month) GROUP BY id_no"""),
     ("pension_person", """
-        SELECT id_no, CAST(avg(amount) AS DECIMAL(14,2)) AS pension_monthly, arg_max(scheme, month) AS pension_scheme
+        SELECT id_no, CAST(avg(amount) AS DECIMAL(14,2)) AS pension_monthly, arg_max(scheme, month) AS pension_scheme,
+               coalesce(sum(amount) FILTER (WHERE list_contains($last3, month)), 0)::DECIMAL(16,2) AS pension_last3_total
         FROM pension WHERE list_contains($months12, month) GROUP BY id_no"""),
     ("unemployment_person", """
         SELECT id_no, arg_max(status, registered_date) AS unemployment_status,
@@ -169,6 +171,8 @@ STEPS: list[tuple[str, str]] = [
                coalesce(u.unemployment_benefit, 0)::DECIMAL(14,2) AS unemployment_benefit,
                (coalesce(w.wage_12m_avg, 0) + coalesce(p.pension_monthly, 0)
                 + coalesce(u.unemployment_benefit, 0))::DECIMAL(14,2) AS income_monthly,
+               ((coalesce(w.wage_last3_total, 0) + coalesce(p.pension_last3_total, 0)) / 3
+                + coalesce(u.unemployment_benefit, 0))::DECIMAL(14,2) AS income_last3_monthly,
                coalesce(c.claims_12m, 0) AS claims_12m,
                coalesce(c.medical_total_12m, 0)::DECIMAL(14,2) AS medical_total_12m,
                coalesce(c.oop_12m, 0)::DECIMAL(14,2) AS oop_12m,
@@ -203,6 +207,7 @@ STEPS: list[tuple[str, str]] = [
                    CAST(count(*) FILTER (WHERE alive AND wage_months_12m > 0) AS INTEGER) AS earners,
                    CAST(count(*) FILTER (WHERE status = '死亡' AND status_date >= $win12::DATE) AS INTEGER) AS deceased_12m,
                    sum(income_monthly) FILTER (WHERE alive)::DECIMAL(14,2) AS income_monthly,
+                   coalesce(sum(income_last3_monthly) FILTER (WHERE alive), 0)::DECIMAL(14,2) AS income_last3_monthly,
                    sum(wage_last3_total)::DECIMAL(16,2) AS wage_last3_total,
                    sum(wage_prev9_total)::DECIMAL(16,2) AS wage_prev9_total,
                    sum(oop_12m)::DECIMAL(14,2) AS oop_12m,
@@ -213,24 +218,32 @@ STEPS: list[tuple[str, str]] = [
                    CAST(sum(vehicles_non_exempt) AS INTEGER) AS vehicles_non_exempt,
                    CAST(sum(residences) AS INTEGER) AS residences
             FROM monitoring_person GROUP BY household_no)
+        , g AS (
+            SELECT h.*, coalesce(hc.active_case_nos, []) AS active_case_nos,
+                   coalesce(hc.active_categories, []) AS active_categories,
+                   (CASE WHEN h.hukou_type = '城镇' THEN $urban_dibao ELSE $rural_dibao END)::DECIMAL(14,2) AS dibao_standard,
+                   -- the economic gate of forward rules: income after the event, less rigid medical spending
+                   CASE WHEN h.members_alive > 0
+                        THEN ((h.income_last3_monthly - coalesce(h.oop_12m, 0) / 12) / h.members_alive)::DECIMAL(14,2)
+                   END AS risk_income_per_capita
+            FROM h LEFT JOIN household_cases hc USING (household_no))
         SELECT $snapshot::DATE AS snapshot_date, h.household_no, h.region_code, substr(h.region_code, 1, 9) AS street_code,
                substr(h.region_code, 1, 6) AS county_code, h.hukou_type,
                h.members_total, h.members_alive, h.working_age_members, h.earners, h.deceased_12m,
                h.income_monthly,
                CASE WHEN h.members_alive > 0 THEN (h.income_monthly / h.members_alive)::DECIMAL(14,2) END AS income_per_capita,
+               h.income_last3_monthly, h.risk_income_per_capita,
+               len(h.active_case_nos) > 0 OR coalesce(h.risk_income_per_capita < $risk_income_multiple * h.dibao_standard, false)
+                   AS at_risk,
                (h.wage_last3_total / 3)::DECIMAL(14,2) AS wage_last3_avg, (h.wage_prev9_total / 9)::DECIMAL(14,2) AS wage_prev9_avg,
                h.wage_last3_total, h.wage_prev9_total, h.oop_12m, h.medical_total_12m,
                h.serious_ill_members, h.severe_disabled_members, h.unemployed_members,
                h.vehicles_non_exempt, h.residences,
                dh.rating AS dangerous_house_rating, dh.assessed_date AS dangerous_house_assessed_date,
                dh.renovated AS dangerous_house_renovated,
-               coalesce(hc.active_case_nos, []) AS active_case_nos,
-               coalesce(hc.active_categories, []) AS active_categories,
-               (CASE WHEN h.hukou_type = '城镇' THEN $urban_dibao ELSE $rural_dibao END)::DECIMAL(14,2) AS dibao_standard,
-               (CASE WHEN h.hukou_type = '城镇' THEN $urban_dibao ELSE $rural_dibao END
-                * $low_income_multiple)::DECIMAL(14,2) AS low_income_line
-        FROM h LEFT JOIN dangerous_house dh USING (household_no)
-        LEFT JOIN household_cases hc USING (household_no)"""),
+               h.active_case_nos, h.active_categories, h.dibao_standard,
+               (h.dibao_standard * $low_income_multiple)::DECIMAL(14,2) AS low_income_line
+        FROM g h LEFT JOIN dangerous_house dh USING (household_no)"""),
 ]
 
 #: the steps whose result is published, and their sort keys (deterministic bytes)

@@ -71,8 +71,8 @@ class Thresholds(_Strict):
     working_age_min: int = Field(16, ge=14, le=20)
     working_age_max: int = Field(59, ge=50, le=70)
     event_lookback_months: int = Field(6, ge=1, le=24)  # earner death, unemployment registration, first serious illness
+    risk_income_multiple: float = Field(3.0, ge=1, le=10)  # the economic gate of income_drop, unemployment, medical_burden
     dangerous_house_ratings: tuple[str, ...] = ("C", "D")
-    dangerous_house_lookback_months: int = Field(24, ge=1, le=120)
     repeat_temporary_aid_count: int = Field(2, ge=2, le=12)
     repeat_temporary_aid_window_months: int = Field(12, ge=1, le=60)
     phase_out_expiry_days: int = Field(60, ge=1, le=366)

@@ -55,7 +55,6 @@ def rule_parameters(build: Build, pol: Policy) -> dict:
     return {
         **build.params, **pol.params(),
         "gap_month": months[len(months) - 1 - gap] if gap < len(months) else "0000-00",
-        "dangerous_since": add_months(snap, -t.dangerous_house_lookback_months),
         "disaster_since": add_months(snap, -t.disaster_lookback_months),
         "temp_since": add_months(snap, -t.repeat_temporary_aid_window_months),
         "expiry": snap + dt.timedelta(days=t.phase_out_expiry_days),

@@ -44,6 +44,8 @@ PERSON: dict[str, tuple[str, str]] = {
     "unemployment_registered_date": ("失业登记日期", "date of the latest unemployment registration"),
     "unemployment_benefit": ("失业保险金（月）", "monthly unemployment benefit being drawn"),
     "income_monthly": ("月收入估算", "monthly income estimate: wage + pension + unemployment benefit"),
+    "income_last3_monthly": ("近3个月月收入估算", "monthly income of the last 3 months: wages and pension of those months / 3 "
+                             "+ unemployment benefit being drawn"),
     "claims_12m": ("近12个月结算次数", "medical settlements in the 12 months"),
     "medical_total_12m": ("近12个月医疗总费用", "medical cost over the 12 months"),
     "oop_12m": ("近12个月个人自付", "out-of-pocket medical cost over the 12 months"),
@@ -81,6 +83,12 @@ HOUSEHOLD: dict[str, tuple[str, str]] = {
     "deceased_12m": ("近12个月死亡人数", "members who died in the 12 months"),
     "income_monthly": ("家庭月收入估算", "household monthly income estimate"),
     "income_per_capita": ("家庭人均月收入", "monthly income per living member"),
+    "income_last3_monthly": ("近3个月家庭月收入", "the living members' monthly income of the last 3 months "
+                             "(a deceased member's wages are not counted)"),
+    "risk_income_per_capita": ("扣除医疗自付后人均月收入", "(income of the last 3 months − 12-month out-of-pocket / 12) "
+                               "per living member: the economic gate of forward rules (刚性支出扣减)"),
+    "at_risk": ("是否经济困难（预警门槛）", "on an active case, or risk_income_per_capita below the policy's "
+                "risk_income_multiple × the 低保 standard: income_drop, unemployment and medical_burden fire only then"),
     "wage_last3_avg": ("近3个月月均工资（户）", "household wages, monthly average of the last 3 months"),
     "wage_prev9_avg": ("前9个月月均工资（户）", "household wages, monthly average of the previous 9 months"),
     "wage_last3_total": ("近3个月工资合计（户）", "household wages of the last 3 months, total"),

@@ -26,7 +26,7 @@ from tests.pg import temp_database
 
 FIRST, NEXT = dt.date(2026, 11, 1), dt.date(2026, 12, 1)
 PASSWORD = "Correct-horse-42"
-STREET_A, STREET_B = "430103001", "430103002"  # 坡子街街道, 城南路街道 (both have warnings at 2,500 persons, seed 9)
+STREET_A, STREET_B = "430103001", "430103002"  # 坡子街街道, 城南路街道 (street A's first community holds planted households)
 
 # username → (role, region prefix): every role, in street A's branch and (where it has one) another
 ACCOUNTS = {
@@ -55,8 +55,8 @@ def published(tmp_path_factory) -> ObjectStore:
     try:
         store_dir = tmp_path_factory.mktemp("review_store")
         store = ObjectStore.from_settings(Settings(store=str(store_dir)))
-        # seed 9: community 430103001001 has the 5 warnings the decision tests take one each of
-        # (warning semantics decide how many a district gets: re-check after a rule change)
+        # community 430103001001 holds every rule's first planted town household (safetynet.synth.plant),
+        # so it has the ≥ 5 warnings the decision tests take one each of, whatever the seed
         drop_truth_as_files(generate(persons=2500, seed=9), store)
         publish_snapshot(store_dir, FIRST)
     finally:

@@ -19,6 +19,18 @@ monitoring build and warning rules — no synthetic generator, no reference impl
     ...
 
 A value `@n` is the ID number of the case's n-th person, `@hh` its household number.
+
+Monthly wages (人社 `human_resources.employment`, one record per person, month and employer) have a
+shorthand: a case's `wages` list, each entry expanding to one employment record per month from
+`from` to `to` inclusive (both `YYYY-MM`), added to any explicit employment records of the case::
+
+    wages = [{who = "@1", from = "2025-11", to = "2026-08", wage = "4800"},
+             {who = "@2", from = "2026-01", to = "2026-10", wage = "3000", employer_name = "另一公司",
+              employer_credit_code = "91430103MA4L0XYZ2Y"}]
+
+`employer_name` and `employer_credit_code` default to "测试公司" and "91430103MA4L0ABC1X". The key
+of an employment record is (id_no, month, employer_credit_code): a month written both ways for
+the same person and employer is one record (the later one kept), as a department resend would be.
 """
 
 from __future__ import annotations
@@ -52,6 +64,36 @@ def _person(case_no: int, i: int, p: dict) -> dict:
             "status": p.get("status", "正常"), "status_date": p.get("status_date")}
 
 
+WAGE_DEFAULTS = {"employer_name": "测试公司", "employer_credit_code": "91430103MA4L0ABC1X"}
+_WAGE_KEYS = {"who", "from", "to", "wage", *WAGE_DEFAULTS}
+
+
+def _months(start: str, end: str) -> list[str]:
+    """'YYYY-MM' from `start` to `end` inclusive."""
+    (y, m), (ey, em) = (map(int, start.split("-")), map(int, end.split("-")))
+    if (y, m) > (ey, em):
+        raise ValueError(f"wages: from {start} is after to {end}")
+    out = []
+    while (y, m) <= (ey, em):
+        out.append(f"{y:04d}-{m:02d}")
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    return out
+
+
+def expand_wages(wages: list[dict]) -> list[dict]:
+    """A case's `wages` shorthand → `human_resources.employment` records, one per month (see above)."""
+    out = []
+    for w in wages:
+        if unknown := set(w) - _WAGE_KEYS:
+            raise ValueError(f"wages: unknown keys {sorted(unknown)} (allowed: {sorted(_WAGE_KEYS)})")
+        if missing := {"who", "from", "to", "wage"} - set(w):
+            raise ValueError(f"wages: missing {sorted(missing)} in {w}")
+        employer = {k: w.get(k, v) for k, v in WAGE_DEFAULTS.items()}
+        out += [{"id_no": w["who"], "month": month, **employer, "wage": str(w["wage"])}
+                for month in _months(w["from"], w["to"])]
+    return out
+
+
 def run(fixture: dict, root: Path) -> dict[str, set[str]]:
     """Ingest the fixture into a store at `root`, build the snapshot; rule id → households it fired on."""
     store = ObjectStore.from_settings(Settings(store=str(root)))
@@ -70,6 +112,7 @@ def run(fixture: dict, root: Path) -> dict[str, set[str]]:
 
         for fid, recs in case.get("records", {}).items():
             records[fid] += [sub(r) for r in recs]
+        records["human_resources.employment"] += [sub(r) for r in expand_wages(case.get("wages", []))]
     for fid, recs in records.items():
         if recs:
             c = contracts()[fid]

@@ -168,6 +168,15 @@ def reference_fired(d) -> dict[str, set[str]]:
     ben = un[un.status == "领取中"].groupby("id_no").benefit_monthly.sum()
     income = income.add(ben.groupby(ben.index.map(hh_of)).sum(), fill_value=0)
     pc = (income / living).dropna()
+    # per person (12-month income; income of the last 3 months), for case-level and gate figures
+    alive_ids = set(p[p.status == "正常"].id_no)
+    wage_pm = emp.groupby(["id_no", "month"]).wage.sum().unstack(fill_value=0.0).reindex(columns=list(MONTHS), fill_value=0.0)
+    pen_pm = df["pension"][df["pension"].month.isin(MONTHS)].groupby(["id_no", "month"]).amount.sum().unstack(
+        fill_value=0.0).reindex(columns=list(MONTHS), fill_value=0.0)
+    inc_person = (wage_pm.sum(axis=1) / 12).add(pen, fill_value=0).add(ben, fill_value=0)
+    last3_person = (wage_pm[list(MONTHS[9:])].sum(axis=1) / 3).add(
+        pen_pm[list(MONTHS[9:])].sum(axis=1) / 3, fill_value=0).add(ben, fill_value=0)
+    last3_person = last3_person[last3_person.index.isin(alive_ids)]
     cases = df["assistance_case"].explode("members").dropna(subset=["members"])
     cases["id_no"] = cases.members.map(lambda m: m["id_no"])
     cases["hh"] = cases.id_no.map(hh_of)
@@ -176,14 +185,19 @@ def reference_fired(d) -> dict[str, set[str]]:
     edge_hh = set(active[active.category.isin(["低保边缘", "低收入"])].hh)
     low = set(pc[pc < line].index)
     out: dict[str, set[str]] = {}
-    cl = df["claim"][df["claim"].settle_date >= win].assign(hh=lambda x: x.id_no.map(hh_of))
+    cl = df["claim"][(df["claim"].settle_date >= win) & (df["claim"].settle_date < as_of)].assign(
+        hh=lambda x: x.id_no.map(hh_of))
     oop = cl.groupby("hh").out_of_pocket.sum()
+    # the economic gate of income_drop, unemployment and medical_burden
+    risk_pc = (last3_person.groupby(last3_person.index.map(hh_of)).sum().reindex(living.index, fill_value=0.0)
+               .sub(oop.reindex(living.index, fill_value=0.0) / 12) / living)
+    at_risk = set(risk_pc[risk_pc < th["risk_income_multiple"] * dibao].index) | set(active.hh)
     inc12 = income.reindex(oop.index).fillna(0) * 12
     burden = (oop >= th["medical_burden_oop_12m"]) | (
         (oop >= th["medical_burden_min_oop"]) & (oop >= th["medical_burden_income_share"] * inc12))
-    out["medical_burden"] = set(oop[burden].index)
+    out["medical_burden"] = set(oop[burden].index) & at_risk
     last3, prev9 = wage_hm[list(MONTHS[9:])].mean(axis=1), wage_hm[list(MONTHS[:9])].mean(axis=1)
-    out["income_drop"] = set(wage_hm[(prev9 > 0) & (last3 <= (1 - th["income_drop_ratio"]) * prev9)].index)
+    out["income_drop"] = set(wage_hm[(prev9 > 0) & (last3 <= (1 - th["income_drop_ratio"]) * prev9)].index) & at_risk
     wa = p[(p.status == "正常") & p.age.between(th["working_age_min"], th["working_age_max"])].id_no
     em = emp.assign(mi=emp.month.map(MONTHS.index)).groupby("id_no").mi.agg(["max", "count"])
     em = em[em.index.isin(wa)]
@@ -193,7 +207,7 @@ def reference_fired(d) -> dict[str, set[str]]:
     last_wage = emp.groupby("id_no").month.max()
     reg = un[un.status.isin(["登记", "领取中"]) & un.id_no.isin(wa) & (un.registered_date >= since)
              & (un.id_no.map(last_wage).fillna("") <= un.registered_date.dt.strftime("%Y-%m"))]
-    out["unemployment"] = set(stopped.index.map(hh_of)) | set(reg.id_no.map(hh_of))
+    out["unemployment"] = (set(stopped.index.map(hh_of)) | set(reg.id_no.map(hh_of))) & at_risk
     dead = p[(p.status == "死亡") & (p.status_date >= since) & (p.status_date < as_of)
              & p.age.between(th["working_age_min"], th["working_age_max"]) & p.id_no.isin(emp.id_no)]
     out["earner_death"] = set(dead.household_no)
@@ -211,16 +225,16 @@ def reference_fired(d) -> dict[str, set[str]]:
                                   house=("house_damage", lambda s: s.isin(th["disaster_house_damage"]).any()))
     out["disaster_damage"] = set(per_hh[per_hh.house | (per_hh.loss >= th["disaster_loss_min"])].index)
     dh = df["dangerous_house"]
-    recent = dh.assessed_date >= as_of - pd.DateOffset(months=th["dangerous_house_lookback_months"])
-    out["dangerous_house"] = set(dh[dh.rating.isin(th["dangerous_house_ratings"]) & ~dh.renovated & recent].household_no)
+    out["dangerous_house"] = set(dh[dh.rating.isin(th["dangerous_house_ratings"]) & ~dh.renovated].household_no)
     t_win = as_of - pd.DateOffset(months=th["repeat_temporary_aid_window_months"])
-    temp = cases[(cases.category == "临时救助") & (cases.start_date >= t_win)]
+    temp = cases[(cases.category == "临时救助") & (cases.start_date >= t_win) & (cases.start_date < as_of)]
     n_temp = temp.groupby("hh").case_no.nunique()
     out["repeat_temporary_aid"] = set(n_temp[n_temp >= th["repeat_temporary_aid_count"]].index)
     expiry = as_of + pd.Timedelta(days=th["phase_out_expiry_days"])
     ph = active[(active.status == "渐退期") & (active.end_date >= as_of) & (active.end_date <= expiry)]
     out["phase_out_risk"] = set(ph.hh)
-    dis = df["disability"][df["disability"].grade.isin(th["severe_disability_grades"])]
+    dis = df["disability"][df["disability"].grade.isin(th["severe_disability_grades"])
+                           & df["disability"].id_no.isin(alive_ids)]
     out["severe_disability"] = {h for h in dis.id_no.map(hh_of) if h in low or h in edge_hh}
     dead = p[p.status == "死亡"].set_index("id_no").status_date
     ad = active[active.id_no.isin(dead.index)].assign(died=lambda x: x.id_no.map(dead))
@@ -240,7 +254,9 @@ def reference_fired(d) -> dict[str, set[str]]:
     owned = recip.merge(homes, left_on="id_no", right_on="owner_id_no").groupby("case_no").property_id.nunique()
     pcases = set(owned[owned > th["recipient_property_max_residences"]].index)
     out["recipient_property"] = set(recip[recip.case_no.isin(pcases)].hh)
-    out["recipient_high_income"] = {h for h in recip.hh if h in pc.index and pc[h] > high}
+    rm = recip[recip.id_no.isin(alive_ids)].assign(inc=lambda x: x.id_no.map(inc_person).fillna(0.0))
+    case_pc = rm.groupby("case_no").inc.mean()  # over the case's living members (单人保: its one member)
+    out["recipient_high_income"] = set(recip[recip.case_no.isin(case_pc[case_pc > high].index)].hh)
     dup = active.groupby("id_no").case_no.nunique()
     out["duplicate_enrolment"] = set(dup[dup > 1].index.map(hh_of))
     return out

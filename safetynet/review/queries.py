@@ -72,7 +72,7 @@ THRESHOLD_ZH = {
     "unemployment_min_history_months": "此前连续缴费月数", "working_age_min": "劳动年龄下限",
     "working_age_max": "劳动年龄上限", "event_lookback_months": "事件回溯月数",
     "dangerous_house_ratings": "危房等级",
-    "dangerous_house_lookback_months": "危房鉴定回溯月数", "repeat_temporary_aid_count": "临时救助次数",
+    "risk_income_multiple": "经济困难门槛（低保标准倍数）", "repeat_temporary_aid_count": "临时救助次数",
     "repeat_temporary_aid_window_months": "临时救助统计月数", "phase_out_expiry_days": "渐退期到期天数",
     "severe_disability_grades": "重度残疾等级", "recipient_vehicle_exempt_types": "豁免车辆类型",
     "recipient_property_max_residences": "救助对象最多住宅套数", "recipient_high_income_multiple": "收入超标倍数",

@@ -25,15 +25,22 @@ Conventions the specs rely on (the rule engine of the next issue should use the 
 Per rule (P = planted, N = near miss):
 
 medical_burden      P: 12-month out-of-pocket ≥ threshold in one member; split over two members;
-                    below the threshold but ≥ income share of a low 12-month income.
-                    N: 97 % of the threshold with a high income (plus an older claim outside the
-                    window that would tip it); a low amount under both limits.
+                    below the threshold but ≥ income share of a low 12-month income; above the
+                    gate (below) but on an active 低收入 case.
+                    N: 95 % of the threshold with an income too high for the share test (plus an
+                    older claim outside the window that would tip it); a low amount under both
+                    limits; 1.2 × the threshold but 1.3 × the gate per head.
 income_drop         P: wages stop in the last 3 months; wages fall to 60 % of (1-ratio).
-                    N: fall to 115 % of (1-ratio); stable wages.
+                    N: fall to 115 % of (1-ratio); stable wages; a fall to 60 % of (1-ratio) that
+                    leaves 1.3 × the gate per head.
 unemployment        P: contributions stop ≥ gap+1 months before the snapshot after ≥ min history;
                     registration 领取中; registration 登记 (no wages in the window).
                     N: gap of 1 month; only min history − 2 months then a long gap; registration
-                    已就业 with ongoing wages; a member past working age whose wages stopped.
+                    已就业 with ongoing wages; a member past working age whose wages stopped;
+                    contributions stop but the spouse earns 1.33 × the gate per head.
+  (the gate of these three: per-capita income of the last 3 months, less 12-month out-of-pocket
+   / 12, below risk_income_multiple × 低保 standard, or an active case; planted households
+   are at least 10 % inside it, gate near misses 30 % outside)
 earner_death        P: working-age earner died 4 and lookback−3 months ago, wages until death.
                     N: earner died lookback+4 months ago; working-age non-earner died; a retired
                     member died.
@@ -46,8 +53,8 @@ uncovered_low_income P: wages under the 低保 standard per capita; a single pen
                     a household whose 低保 case stopped.
                     N: per capita 8 % above the standard; under it but on an active 低保 case; under
                     it but on an active 特困 case.
-dangerous_house     P: D not renovated 8 months ago; C not renovated lookback−4 months ago.
-                    N: C renovated; D not renovated lookback+6 months ago; B.
+dangerous_house     P: D not renovated 8 months ago; C not renovated 4 years ago (an old rating stands).
+                    N: C renovated; D 5 years ago, renovated since; B.
 repeat_temporary_aid P: `count` 临时救助 awards inside the window; count+1 with two applicants.
                     N: count−1 inside plus one outside the window; a single award.
 phase_out_risk      P: 渐退期 ending in 30 and in 10 days.
@@ -71,8 +78,9 @@ recipient_property  P: two homes of the applicant; a couple's shared home plus t
                     cancelled (已注销) title.
 recipient_high_income P: 低保 household at 2000/person; at 1833/person with two earners; 特困
                     person earning 3000.
-                    N: 低保 household at 90 % of the limit (even counting the payment); a rich
-                    household without a case; a stopped 低保 case at 3000/person.
+                    N: 低保 household at 90 % of the limit (even counting the payment); 单人保: a
+                    case of the disabled son alone, whose parents (not case members) earn well; a
+                    rich household without a case; a stopped 低保 case at 3000/person.
 duplicate_enrolment P: a member of the household's 低保 case who is also on his own 特困 case; a
                     son on his own household's case and still on his parents' case.
                     N: an old case stopped before the new one started; an active case plus a
@@ -210,13 +218,13 @@ def specs(policy: dict) -> list[HH]:
     wmin, wmax = int(th["working_age_min"]), int(th["working_age_max"])
     death_lb = ill_lb = int(th["event_lookback_months"])
     ratings = list(th["dangerous_house_ratings"])
-    house_lb = int(th["dangerous_house_lookback_months"])
+    gate = float(th["risk_income_multiple"]) * dibao  # per-capita income after medical costs, forward rules
     t_count, t_win = int(th["repeat_temporary_aid_count"]), int(th["repeat_temporary_aid_window_months"])
     expiry = int(th["phase_out_expiry_days"])
     severe = sorted(int(g) for g in th["severe_disability_grades"])
     exempt = list(th["recipient_vehicle_exempt_types"])
     max_res = int(th["recipient_property_max_residences"])
-    if gap + hist + 2 > 12 or death_lb < 6 or ill_lb < 6 or t_win < 6 or house_lb < 8:
+    if gap + hist + 2 > 12 or death_lb < 6 or ill_lb < 6 or t_win < 6:
         raise ValueError("policy windows do not fit the generator's 12-month fact window")
     not_severe = min(g for g in range(1, 5) if g not in severe)
     mild = [r for r in ("A", "B", "C", "D") if r not in ratings]
@@ -234,27 +242,37 @@ def specs(policy: dict) -> list[HH]:
 
     # -- medical_burden ------------------------------------------------------------------
     add(HH("medical_burden", "planted", "one member's 12-month out-of-pocket 1.2 × threshold",
-           [M("户主", 52, True, wage=6000,
+           [M("户主", 52, True, wage=round(gate * 0.9),
               claims=(Claim(months_ago(7), "I63.9", round(oop_t * 1.9), round(oop_t * 0.7), True, True),
                       Claim(months_ago(3), "I63.9", round(oop_t * 1.1), round(oop_t * 0.5), True, True))),
-            M("配偶", 50, False, wage=4500)]))
+            M("配偶", 50, False, wage=round(gate * 0.6))]))
     add(HH("medical_burden", "planted", "out-of-pocket split over two members, together 1.1 × threshold",
-           [M("户主", 47, True, wage=7000, claims=(Claim(months_ago(9), "K80.2", round(oop_t * 1.2), round(oop_t * 0.6)),)),
-            M("配偶", 45, False, wage=5200, claims=(Claim(months_ago(2), "S82.2", round(oop_t * 1.0), round(oop_t * 0.5)),)),
+           [M("户主", 47, True, wage=round(gate * 1.2),
+              claims=(Claim(months_ago(9), "K80.2", round(oop_t * 1.2), round(oop_t * 0.6)),)),
+            M("配偶", 45, False, wage=round(gate * 0.9), claims=(Claim(months_ago(2), "S82.2", round(oop_t * 1.0), round(oop_t * 0.5)),)),
             M("子女", 17, True)]))
     low_income_12m = 1500 * 12
     add(HH("medical_burden", "planted", f"out-of-pocket below the threshold but ≥ {share:.0%} of a low 12-month income",
            [M("户主", 56, False, wage=1500, claims=(Claim(months_ago(5), "M17.9", round(low_income_12m * share * 2.4),
                                                           round(low_income_12m * share * 1.2)),))]))
     add(HH("medical_burden", "near_miss",
-           "12-month out-of-pocket 0.95 × threshold, high income; an older claim is outside the window",
-           [M("户主", 58, True, wage=9000,
+           "12-month out-of-pocket 0.95 × threshold, income too high for the share test (though under the gate); "
+           "an older claim is outside the window",
+           [M("户主", 58, True, wage=round(gate * 1.1),
               claims=(Claim(months_ago(6), "C34.9", round(oop_t * 2.0), round(oop_t * 0.95), True, True),
                                                    Claim(months_ago(15), "C34.9", 30000, round(oop_t * 0.4), True, True))),
-            M("配偶", 55, False, wage=8000)]))
+            M("配偶", 55, False, wage=round(gate * 0.85))]))
     add(HH("medical_burden", "near_miss", "out-of-pocket under both the threshold and the income share",
            [M("户主", 44, True, wage=2000, claims=(Claim(months_ago(4), "J18.9", 14000, round(2000 * 12 * share * 0.8)),)),
             M("子女", 12, False)]))
+    add(HH("medical_burden", "planted", "1.2 × threshold with income above the gate, but on an active 低收入 case",
+           [M("户主", 46, True, wage=round(gate * 2.5),
+              claims=(Claim(months_ago(5), "I21.9", round(oop_t * 2.0), round(oop_t * 1.2), True, True),))],
+           cases=[Case("低收入", "在保", months_ago(9, 4), check_income=round(line * 0.9))]))
+    add(HH("medical_burden", "near_miss", "1.2 × threshold, but 1.3 × the gate per head after the medical costs",
+           [M("户主", 49, True, wage=round(1.6 * gate + 1.2 * oop_t / 12),
+              claims=(Claim(months_ago(5), "I21.9", round(oop_t * 2.0), round(oop_t * 1.2), True, True),)),
+            M("配偶", 47, False, wage=round(gate))]))
 
     # -- income_drop -----------------------------------------------------------------------
     add(HH("income_drop", "planted", "wages stop in the last 3 months",
@@ -265,21 +283,29 @@ def specs(policy: dict) -> list[HH]:
     hi = round(8000 * (1 - drop) * 1.15)
     add(HH("income_drop", "near_miss", "wages fall to 1.15 × (1-ratio) of the previous 9 months",
            [M("户主", 43, True, wages={**_span(8000, 0, 8), **_span(hi, 9, 11)}), M("配偶", 41, False)]))
+    g_last = round(2 * gate * 1.3)
+    add(HH("income_drop", "near_miss", "wages fall to 0.6 × (1-ratio), but still 1.3 × the gate per head",
+           [M("户主", 44, True, wages={**_span(round(g_last / ((1 - drop) * 0.6)), 0, 8), **_span(g_last, 9, 11)}),
+            M("配偶", 42, False)]))
     add(HH("income_drop", "near_miss", "stable wages",
            [M("户主", 36, False, wage=5200), M("子女", 8, True)]))
 
     # -- unemployment ------------------------------------------------------------------------
     last = 11 - (gap + 1)
     add(HH("unemployment", "planted", f"contributions stop {gap + 1} months before the snapshot after {last + 1} months",
-           [M("户主", 45, True, wages=_span(5600, 0, last)), M("配偶", 44, False, wage=4200)]))
+           [M("户主", 45, True, wages=_span(5600, 0, last)), M("配偶", 44, False, wage=round(gate * 0.7))]))
     add(HH("unemployment", "planted", "registered unemployed 领取中 (benefit)",
-           [M("户主", 38, True, wages=_span(5000, 0, 9),
-              unemployment=((months_ago(2, 5), "领取中", 1750.0, months_ago(2, 20)),)), M("配偶", 36, False, wage=4800)]))
+           [M("户主", 38, True, wages=_span(round(gate * 1.2), 0, 9),
+              unemployment=((months_ago(2, 5), "领取中", 1750.0, months_ago(2, 20)),)),
+            M("配偶", 36, False, wage=round(gate * 0.4))]))
     add(HH("unemployment", "planted", "registered unemployed 登记, no contributions in the window",
            [M("户主", 33, False, unemployment=((months_ago(4, 21), "登记", None, months_ago(4, 21)),)),
             M("父母", 64, False, pension=2600, pension_scheme="企业职工")]))
     add(HH("unemployment", "near_miss", "contributions stopped 1 month before the snapshot",
-           [M("户主", 42, True, wages=_span(5400, 0, 10)), M("配偶", 40, False, wage=4300)]))
+           [M("户主", 42, True, wages=_span(round(gate), 0, 10)), M("配偶", 40, False, wage=round(gate * 0.5))]))
+    add(HH("unemployment", "near_miss", "contributions stop as above, but the spouse earns 1.33 × the gate per head "
+           "(4 × the 低保 standard at the default gate)",
+           [M("户主", 46, True, wages=_span(5600, 0, last)), M("配偶", 45, False, wage=round(2 * gate * 1.33))]))
     add(HH("unemployment", "near_miss", f"only {hist - 2} months of contributions, then a long gap",
            [M("户主", 24, True, wages=_span(3800, 1, hist - 2)), M("父母", 51, False, wage=4100)]))
     add(HH("unemployment", "near_miss", "old registration 已就业, contributions continue",
@@ -354,12 +380,12 @@ def specs(policy: dict) -> list[HH]:
 
     add(HH("dangerous_house", "planted", f"rating {ratings[-1]}, not renovated, assessed 8 months ago",
            farm(1200), village=True, dangerous=(ratings[-1], months_ago(8, 14), False)))
-    add(HH("dangerous_house", "planted", f"rating {ratings[0]}, not renovated, assessed {house_lb - 4} months ago",
-           farm(1100), village=True, dangerous=(ratings[0], months_ago(house_lb - 4, 5), False)))
+    add(HH("dangerous_house", "planted", f"rating {ratings[0]}, not renovated, assessed 4 years ago (still stands)",
+           farm(1100), village=True, dangerous=(ratings[0], months_ago(48, 5), False)))
     add(HH("dangerous_house", "near_miss", f"rating {ratings[0]} but renovated",
            farm(1150), village=True, dangerous=(ratings[0], months_ago(10, 20), True)))
-    add(HH("dangerous_house", "near_miss", f"rating {ratings[-1]}, not renovated, assessed {house_lb + 6} months ago",
-           farm(1000), village=True, dangerous=(ratings[-1], months_ago(house_lb + 6, 11), False)))
+    add(HH("dangerous_house", "near_miss", f"rating {ratings[-1]} 5 years ago, renovated since",
+           farm(1000), village=True, dangerous=(ratings[-1], months_ago(60, 11), True)))
     add(HH("dangerous_house", "near_miss", f"rating {mild[-1]} (not dangerous)",
            farm(1250), village=True, dangerous=(mild[-1], months_ago(3, 9), False)))
 
@@ -515,6 +541,12 @@ def specs(policy: dict) -> list[HH]:
     add(HH("recipient_high_income", "near_miss", "低保 household at 0.9 × the limit (≤ the limit even with the payment)",
            [M("户主", 44, True, wage=2 * pc_n), M("配偶", 43, False)],
            cases=[Case("低保", "在保", months_ago(12, 4), amount=round(high * 0.08), check_income=round(dibao * 0.9))]))
+    add(HH("recipient_high_income", "near_miss", "单人保: a 低保 case of the severely disabled son alone; the parents, "
+           "not case members, earn 4 and 3 × the limit",
+           [M("户主", 58, True, wage=round(high * 4)), M("配偶", 56, False, wage=round(high * 3)),
+            M("子女", 30, True, disability=("肢体", 1, dt.date(2010, 3, 3), 3))],
+           cases=[Case("低保", "在保", months_ago(20, 4), amount=round(dibao), applicant=2, members=(2,),
+                       check_income=0.0)]))
     add(HH("recipient_high_income", "near_miss", "no case, per-capita income 4 × the limit",
            [M("户主", 39, True, wage=round(high * 5)), M("配偶", 38, False, wage=round(high * 3))]))
     add(HH("recipient_high_income", "near_miss", "the 低保 case stopped, per-capita income 2.35 × the limit",
@@ -570,6 +602,13 @@ def people_frames(hhs: list[HH], base_hh: int, rng: np.random.Generator) -> tupl
     vill = np.flatnonzero(tree.village)
     H = len(hhs)
     region = np.array([int(rng.choice(vill if h.village else comm)) for h in hhs], np.int16)
+    # every rule's first planted town household lives in the district's first community, so one
+    # community shows every kind of warning (the review app's tests and the demo rely on it)
+    first = {}
+    for i, h in enumerate(hhs):
+        if h.kind == "planted" and not h.village:
+            first.setdefault(h.rule, i)
+    region[list(first.values())] = comm[0]
     households: Frame = {
         "region": region, "rural": np.array([h.village for h in hhs]), "level": np.full(H, POOR, np.int8),
         "road": rng.integers(0, len(dist.ROADS), H).astype(np.int16),
