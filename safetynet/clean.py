@@ -53,30 +53,10 @@ def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection |
     """Rebuild the feed's clean state from all of its raw files (idempotent: same raw → same bytes)."""
     own = con is None
     con = con or normalise.connect()
-    counts = CleanCounts(c.feed_id)
     try:
         held = health.held(store, c)  # unhealthy deliveries: the previous clean state stays in force
         raw = store.dataset(f"raw/{c.prefix}/", schema=c.raw_schema(), exclude=held)
-        if raw is None:
-            table = c.arrow_schema().empty_table()
-        else:
-            con.register("__raw", raw)
-            con.execute(f"CREATE OR REPLACE TEMP TABLE __flagged AS {_flag_sql(c)}")
-            con.unregister("__raw")
-            agg = con.execute("SELECT count(*), count(*) FILTER (__why = 'invalid'), "
-                          "count(*) FILTER (__why = 'redelivered'), count(*) FILTER (__why = 'file_version'), "
-                          "count(*) FILTER (__why = 'older_snapshot'), count(*) FILTER (__why = 'superseded'), "
-                          "count(*) FILTER (__why = 'deleted'), count(*) FILTER (__why IS NULL) FROM __flagged").fetchall()[0]
-            (counts.raw_rows, counts.invalid, counts.redelivered, counts.superseded_file_versions,
-             counts.older_snapshots, counts.superseded, counts.deleted, counts.rows) = agg
-            cols = ", ".join(_q(n) for n in c.names)
-            order = ", ".join(_q(k) for k in c.key)
-            table = con.sql(f"SELECT {cols}, _event_id, __ts AS _occurred_at FROM __flagged WHERE __why IS NULL "
-                            f"ORDER BY {order}").to_arrow_table()
-            con.execute("DROP TABLE __flagged")
-            table = table.cast(c.arrow_schema())
-        if counts.invalid:
-            log.error("clean %s: %d raw rows fail the contract and were left out", c.feed_id, counts.invalid)
+        table, counts = clean_table(con, c, raw)
         store.write_parquet(clean_path(c), table)
         watermarks = _watermarks(store, c, held)
         manifest = {"feed_id": c.feed_id, "contract_version": c.version, "path": clean_path(c),
@@ -90,6 +70,38 @@ def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection |
     finally:
         if own:
             con.close()
+
+
+def clean_table(con: duckdb.DuckDBPyConnection, c: Contract, raw: object | None
+                ) -> tuple[pa.Table, CleanCounts]:
+    """The feed's clean table from `raw` — any relation DuckDB scans with the feed's raw schema (a
+    pyarrow dataset over `raw/` files, possibly filtered, or a table); None: no raw data. Writes
+    nothing: `clean_feed` stores the result, `safetynet.backtest` rebuilds a published snapshot's
+    inputs with it."""
+    counts = CleanCounts(c.feed_id)
+    if raw is None:
+        return c.arrow_schema().empty_table(), counts
+    con.register("__raw", raw)
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE __flagged AS {_flag_sql(c)}")
+    finally:
+        con.unregister("__raw")
+    try:
+        agg = con.execute("SELECT count(*), count(*) FILTER (__why = 'invalid'), "
+                          "count(*) FILTER (__why = 'redelivered'), count(*) FILTER (__why = 'file_version'), "
+                          "count(*) FILTER (__why = 'older_snapshot'), count(*) FILTER (__why = 'superseded'), "
+                          "count(*) FILTER (__why = 'deleted'), count(*) FILTER (__why IS NULL) FROM __flagged").fetchall()[0]
+        (counts.raw_rows, counts.invalid, counts.redelivered, counts.superseded_file_versions,
+         counts.older_snapshots, counts.superseded, counts.deleted, counts.rows) = agg
+        cols = ", ".join(_q(n) for n in c.names)
+        order = ", ".join(_q(k) for k in c.key)
+        table = con.sql(f"SELECT {cols}, _event_id, __ts AS _occurred_at FROM __flagged WHERE __why IS NULL "
+                        f"ORDER BY {order}").to_arrow_table()
+    finally:
+        con.execute("DROP TABLE IF EXISTS __flagged")
+    if counts.invalid:
+        log.error("clean %s: %d raw rows fail the contract and were left out", c.feed_id, counts.invalid)
+    return table.cast(c.arrow_schema()), counts
 
 
 def _flag_sql(c: Contract) -> str:
@@ -138,20 +150,50 @@ def _flag_sql(c: Contract) -> str:
     """
 
 
+@dataclass(frozen=True)
+class RawFile:
+    """What a `raw/` file's name says: a drop file (`file+<name>+<version>`) or a Kafka batch
+    (`<topic>+<partition>+<first offset>+<last offset>`), as `safetynet.ingest` names them."""
+
+    path: str
+    kind: str  # "file" | "kafka"
+    name: str = ""  # drop file name ("/" written as "_")
+    version: str = ""  # drop file version (its content's sha256[:12])
+    partition: str = ""  # Kafka partition (as in the watermarks: a string)
+    first: int = -1
+    last: int = -1
+
+
+def raw_file(path: str) -> RawFile | None:
+    """Parse a `raw/` file's store path (None: not a name ingest writes)."""
+    name = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+    if name.startswith("file+") and "+" in name[5:]:
+        n, v = name[5:].rsplit("+", 1)
+        return RawFile(path, "file", name=n, version=v)
+    parts = name.rsplit("+", 3)
+    if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit() and parts[3].isdigit():
+        return RawFile(path, "kafka", partition=str(int(parts[1])), first=int(parts[2]), last=int(parts[3]))
+    return None
+
+
 def _watermarks(store: ObjectStore, c: Contract, held: dict | None = None) -> dict:
-    """What the clean state covers: per Kafka partition the last offset, and the drop files."""
+    """What the clean state covers: per Kafka partition the last offset, and the drop files
+    (names; `file_versions`: each name's ingested versions, so a later corrected delivery of the
+    same name can be told from the one in force — see `safetynet.backtest`)."""
     out: dict = {"kafka": {}, "files": []}
+    versions: dict[str, set[str]] = {}
     for e in store.list(f"raw/{c.prefix}/", ".parquet"):
         if held and e.path in held:
             continue
-        name = e.path.rsplit("/", 1)[-1][: -len(".parquet")]
-        parts = name.split("+")
-        if parts[0] == "file":
-            out["files"].append(parts[1])
-        elif len(parts) == 4:
-            p = parts[1]
-            out["kafka"][p] = max(out["kafka"].get(p, -1), int(parts[3]))
-    out["files"] = sorted(set(out["files"]))
+        f = raw_file(e.path)
+        if f is None:
+            continue
+        if f.kind == "file":
+            versions.setdefault(f.name, set()).add(f.version)
+        else:
+            out["kafka"][f.partition] = max(out["kafka"].get(f.partition, -1), f.last)
+    out["files"] = sorted(versions)
+    out["file_versions"] = {n: sorted(v) for n, v in sorted(versions.items())}
     return out
 
 

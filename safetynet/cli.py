@@ -544,6 +544,81 @@ def cmd_warnings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from quality.rules import RULES, SEVERITY_ZH
+
+    t = Table(title="预警规则 Warning rules")
+    for col in ("rule id", "ver", "severity", "kind", "title", "policy parameters"):
+        t.add_column(col)
+    for r in RULES:
+        t.add_row(r.id, str(r.version), f"{r.severity} {SEVERITY_ZH.get(r.severity, '')}", r.kind, r.title_zh,
+                  ", ".join(r.params))
+    _console().print(t)
+    return EXIT_OK
+
+
+def cmd_rules_backtest(args: argparse.Namespace) -> int:
+    """Backtest a policy file on published snapshots: prints per rule kept/added/removed, writes
+    the differences as CSV; publishes nothing."""
+    from safetynet import backtest, policy, snapshot
+    from safetynet.store import open_store
+
+    s = _settings(args)
+    try:
+        pol = policy.load(args.policy)
+        rules = backtest.select_rules(args.rule)
+    except (policy.PolicyError, backtest.UnknownRule) as e:
+        print(f"safetynet: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not s.store.startswith("s3://") and not Path(s.store.removeprefix("file://")).expanduser().is_dir():
+        print(f"safetynet: store {s.store} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    store = open_store(s)
+    published = snapshot.snapshots(store)
+    missing = [d for d in args.snapshot_date if d not in published]
+    if missing:
+        print(f"safetynet: no published snapshot for {', '.join(d.isoformat() for d in missing)}; published: "
+              f"{', '.join(d.isoformat() for d in published) or 'none'}", file=sys.stderr)
+        return EXIT_USAGE
+    dates = list(dict.fromkeys(args.snapshot_date))
+    out_dir = Path(args.out)
+    results, files = [], []
+    with progress_bar(s.progress, len(dates), "回测 backtest") as adv:
+        for d in dates:
+            res = backtest.backtest(store, d, pol, rules, include_retired=not args.rule,
+                                    memory_limit=s.duckdb_memory_limit,
+                                    step=lambda what, d=d: adv(0, f"{d} {what}"))
+            files.append(backtest.write_csv(res, out_dir))
+            results.append(res)
+            adv(1, d.isoformat())
+    con = _pipe_console()
+    for res in results:
+        backtest.render(res, con)
+    for res, f in zip(results, files, strict=True):
+        con.print(f"{res.snapshot_date}: {len(res.changes):,} differences (added/removed) → {f}", markup=False)
+    con.print("nothing was published or written to the store", markup=False)
+    return EXIT_OK
+
+
+def _pipe_console():
+    """A console for output that may be cut short (`| head`): once the reader has gone, the rest
+    is dropped quietly and the command ends normally (rich's default exits with status 1)."""
+    import os
+
+    from rich.console import Console
+
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # the exit's flush cannot fail either
+            os.close(devnull)
+
+    return PipeConsole(highlight=False, width=_width())
+
+
 # ---- entry point ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="safetynet", description="兜底保障数据枢纽 Safety-Net Data Hub")
@@ -626,6 +701,24 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--year", type=int, default=2026)
     ps.add_argument("--file", help="a policy file instead")
     sp.set_defaults(func=cmd_policy)
+
+    sp = sub.add_parser("rules", help="the warning rules: list them; backtest a new policy file on published snapshots")
+    rsub = sp.add_subparsers(dest="action", required=True)
+    rl = rsub.add_parser("list", help="every warning rule: id, version, severity, kind, title, policy parameters")
+    rl.set_defaults(func=cmd_rules_list)
+    rb = rsub.add_parser("backtest", help="rebuild published snapshots on their published inputs with a new policy "
+                         "file and compare with the published warnings (kept/added/removed per rule); publishes "
+                         "nothing")
+    rb.add_argument("--store", help="store URL: path, file://…, or s3://bucket (default: $SAFETYNET_STORE)")
+    rb.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rb.add_argument("--policy", required=True, help="the new policy file (TOML)")
+    rb.add_argument("--rule", action="extend", nargs="+", metavar="ID",
+                    help="only these rule ids (default: every rule; see `safetynet rules list`)")
+    rb.add_argument("--snapshot-date", type=_date, nargs="+", required=True, metavar="D",
+                    help="published snapshot date(s) YYYY-MM-DD")
+    rb.add_argument("--out", default=".", metavar="DIR",
+                    help="directory for the differences, one backtest-<D>.csv per date (default: .)")
+    rb.set_defaults(func=cmd_rules_backtest)
 
     sp = sub.add_parser("ingest", help="ingest everything waiting on the topics and in landing/, then clean")
     store_opts(sp)

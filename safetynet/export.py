@@ -25,6 +25,12 @@ COLUMNS = (
 )
 
 
+def csv_safe(row: list) -> list:
+    """Neutralise spreadsheet formulas in text cells (CSV injection): a cell starting with = + - @
+    (or a tab / carriage return) gets a leading apostrophe, so Excel shows it as text."""
+    return ["'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v for v in row]
+
+
 def rows(w: pa.Table) -> list[list]:
     out = []
     for r in w.sort_by([("household_rank", "ascending"), ("score", "descending"), ("rule_id", "ascending")]).to_pylist():
@@ -38,7 +44,7 @@ def rows(w: pa.Table) -> list[list]:
 
 def write(w: pa.Table, path: Path) -> int:
     """Write the warnings to `path` (.csv or .xlsx); returns the number of rows."""
-    data = rows(w)
+    data = [csv_safe(r) for r in rows(w)]  # both formats: a cell starting with = + - @ is text, not a formula
     header = [f"{zh} {en}" for _, zh, en in COLUMNS]
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()

@@ -24,6 +24,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, text
 
+from safetynet.export import csv_safe as _csv_safe  # one definition, shared with `safetynet rules backtest`
 from safetynet.review import audit, auth, queries
 from safetynet.review.auth import ROLES, User
 
@@ -348,11 +349,6 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
 
 EXPORT_HEADERS = ["快照日期", "预警编号", "规则名称", "严重程度", "户号", "街道（乡镇）", "社区（村）", "当事人身份号码（脱敏）",
                   "预警说明", "预警分值", "家庭风险分", "处置状态", "在保救助类别", "政策参数版本"]
-
-
-def _csv_safe(row: list) -> list:
-    """Neutralise spreadsheet formulas in text cells (CSV injection)."""
-    return ["'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v for v in row]
 
 
 def _xlsx(rows: list[list]) -> bytes:
