@@ -105,3 +105,12 @@ def test_warning_ids_are_stable_and_follow_the_facts(district, built):
     assert mb["alert_key"] in after and after[mb["alert_key"]] != mb["warning_id"]
     unchanged = {r["warning_id"] for r in w1.to_pylist() if r["household_no"] != mb["household_no"]}
     assert unchanged <= {r["warning_id"] for r in w3.to_pylist()}
+
+
+def test_the_window_is_the_12_months_ended_on_or_before_the_snapshot_date():
+    from safetynet.monitoring import months_ended
+
+    expected = [f"2025-{m:02d}" for m in (11, 12)] + [f"2026-{m:02d}" for m in range(1, 11)]
+    assert months_ended(dt.date(2026, 10, 31)) == months_ended(dt.date(2026, 11, 1)) == expected
+    assert months_ended(dt.date(2026, 10, 30))[-1] == "2026-09"  # October has not ended yet
+    assert months_ended(dt.date(2026, 12, 31))[-1] == "2026-12" and months_ended(dt.date(2027, 1, 1))[0] == "2026-01"
