@@ -420,7 +420,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(s.work_dir) / f"warnings-{d.as_of}.xlsx"
     export.write(_published_warnings(store, d.as_of), out)
     con.print(f"published snapshot {d.as_of}: {res.persons:,} persons, {res.households:,} households, "
-              f"{res.warnings.num_rows:,} warnings; manifest {store.url}/_catalog/snapshots/{d.as_of}.json")
+              f"{res.warnings.num_rows:,} warnings; {res.published_line(store.url)}")
     if res.quality is not None:
         con.print(f"data quality: {res.quality.summary()}\nData Docs: {store.url}/docs/quality/ ({len(res.docs)} files)")
     con.print(f"warning list (Excel, masked IDs): {out}")
@@ -526,7 +526,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         con.print(f"data quality: {res.quality.summary()}\nData Docs: {store.url}/docs/quality/ ({len(res.docs)} files)")
     print_warnings(res, con)
     con.print(f"published snapshot {args.snapshot_date}: {res.persons:,} persons, {res.households:,} households, "
-              f"{res.warnings.num_rows:,} warnings → {store.url}/_catalog/snapshots/{args.snapshot_date}.json"
+              f"{res.warnings.num_rows:,} warnings; {res.published_line(store.url)}"
               + (f"; {res.kafka_published:,} warnings produced to hub.warnings.v1" if res.kafka_published else ""))
     return EXIT_OK if ok else EXIT_FAILURE
 
@@ -537,11 +537,106 @@ def cmd_warnings(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     store = open_store(s)
-    w = snapshot.read(store, "warnings", args.snapshot_date, identified=True)  # masked on export
+    w = snapshot.read(store, "warnings", args.snapshot_date, identified=True,  # masked on export
+                      version=args.version)
     n = export.write(w, Path(args.out))
     _console().print(f"wrote {n:,} warnings of snapshot {w['snapshot_date'][0] if n else args.snapshot_date} "
                      f"to {args.out}")
     return 0
+
+
+def cmd_snapshots_list(args: argparse.Namespace) -> int:
+    """Published snapshot dates and their versions: the current one, rows, policy, inputs, quality."""
+    import datetime as _dt
+    import json as _json
+
+    from rich.table import Table
+
+    from safetynet import snapshot
+    from safetynet.store import open_store
+
+    store = open_store(_settings(args))
+    days = [args.date] if args.date else snapshot.snapshots(store)
+    out = []
+    for day in days:
+        try:
+            current = snapshot.pointer(store, day)["version"]
+        except FileNotFoundError:
+            print(f"safetynet: no published snapshot {day} in {store.url}", file=sys.stderr)
+            return EXIT_USAGE
+        mtimes = {e.path: e.mtime_ns for e in store.list(f"{snapshot.MANIFESTS}/{day.isoformat()}/", ".json")}
+        for v in snapshot.versions(store, day) or [current]:
+            m = snapshot.manifest(store, day, v)
+            q = m.get("quality") or {}
+            inputs = m.get("inputs") or {}
+            t = mtimes.get(f"{snapshot.MANIFESTS}/{day.isoformat()}/v{v}.json")
+            out.append({
+                "snapshot_date": day.isoformat(), "version": v, "current": v == current,
+                "published_at": _dt.datetime.fromtimestamp(t / 1e9, _dt.UTC).isoformat(timespec="seconds") if t else None,
+                "rows": {k: d["rows"] for k, d in m["datasets"].items()}, "policy_version": m.get("policy_version"),
+                "quality_ok": q.get("ok"), "quality_failures": len(q.get("failures") or []),
+                "inputs": {fid: i.get("rows") for fid, i in sorted(inputs.items())},
+                "inputs_missing": sorted(f for f, i in inputs.items() if i.get("missing")),
+                "inputs_stale": sorted(f for f, i in inputs.items() if i.get("stale")),
+                "inputs_unhealthy": sorted(f for f, i in inputs.items() if i.get("unhealthy")),
+            })
+    if args.json:
+        print(_json.dumps(out, ensure_ascii=False, indent=1))
+        return EXIT_OK
+    if not out:
+        _console().print(f"no published snapshot in {store.url}")
+        return EXIT_OK
+    t = Table(title=f"已发布快照 Published snapshots · {store.url}")
+    for col in ("date", "ver", "current", "published (UTC)", "warnings", "persons", "households", "policy",
+                "quality", "inputs (feeds: rows)", "stale / unhealthy / missing"):
+        t.add_column(col)
+    for r in out:
+        q = "—" if r["quality_ok"] is None else ("✓ passed" if r["quality_ok"] else "✗ failed")
+        if r["quality_failures"]:
+            q += f" ({r['quality_failures']} warnings)" if r["quality_ok"] else f" ({r['quality_failures']})"
+        n_in = sum(v or 0 for v in r["inputs"].values())
+        flags = " / ".join(", ".join(x) or "—" for x in (r["inputs_stale"], r["inputs_unhealthy"], r["inputs_missing"]))
+        t.add_row(r["snapshot_date"], f"v{r['version']}", "●" if r["current"] else "", r["published_at"] or "",
+                  f"{r['rows'].get('warnings', 0):,}", f"{r['rows'].get('monitoring/person', 0):,}",
+                  f"{r['rows'].get('monitoring/household', 0):,}", r["policy_version"] or "", q,
+                  f"{len(r['inputs'])}: {n_in:,}", flags)
+    _console().print(t)
+    return EXIT_OK
+
+
+def cmd_snapshots_prune(args: argparse.Namespace) -> int:
+    """Keep the last N versions per date, the current one, and every version a review decision references."""
+    from sqlalchemy import select
+
+    from safetynet import snapshot
+    from safetynet.review import db
+    from safetynet.review import models as m
+    from safetynet.store import open_store
+
+    s = _settings(args)
+    if args.db:
+        s = s.model_copy(update={"review_db": args.db})
+    store = open_store(s)
+    url = db.url_of(s)
+    eng = db.engine_for(url)
+    db.migrate(eng)
+    with eng.connect() as c:
+        refs = {(r.snapshot_date, r.snapshot_version) for r in c.execute(
+            select(m.actions.c.snapshot_date, m.actions.c.snapshot_version).distinct()
+            .where(m.actions.c.snapshot_version.is_not(None)))}
+        refs |= {(r.snapshot_date, r.version) for r in c.execute(select(m.snapshots.c.snapshot_date, m.snapshots.c.version))
+                 if r.version is not None}
+    eng.dispose()
+    res = snapshot.prune(store, args.keep, refs, dry_run=args.dry_run)
+    con = _console()
+    con.print(f"review database consulted: {url.split('@')[-1]} — {len(refs)} (date, version) referenced by "
+              "decisions or loaded")
+    for day in res.kept:
+        con.print(f"{day}: keep {', '.join(f'v{v}' for v in res.kept[day])}"
+                  + (f"; {'would remove' if args.dry_run else 'removed'} {', '.join(f'v{v}' for v in res.removed[day])}"
+                     if res.removed[day] else ""))
+    con.print(f"{'dry run: nothing deleted' if args.dry_run else f'{res.files_removed} data files deleted'}")
+    return EXIT_OK
 
 
 def cmd_rules_list(args: argparse.Namespace) -> int:
@@ -678,11 +773,27 @@ def build_parser() -> argparse.ArgumentParser:
                          "manifest; its rules' warnings list it in stale_inputs); repeatable")
     sp.set_defaults(func=cmd_run)
 
+    sp = sub.add_parser("snapshots", help="published snapshots and their versions: list them, prune old versions")
+    ssub = sp.add_subparsers(dest="action", required=True)
+    sl = ssub.add_parser("list", help="dates, versions (● current), rows, policy, inputs and quality of each version")
+    store_opts(sl)
+    sl.add_argument("--date", type=_date, help="only this snapshot date")
+    sl.add_argument("--json", action="store_true")
+    sl.set_defaults(func=cmd_snapshots_list)
+    sr = ssub.add_parser("prune", help="delete old versions: keep the newest N per date, the current one and "
+                         "every version a review decision references")
+    store_opts(sr)
+    sr.add_argument("--keep", type=int, required=True, help="versions to keep per date (≥ 1)")
+    sr.add_argument("--db", help="review database URL (default: $SAFETYNET_REVIEW_DB or SQLite in the work dir)")
+    sr.add_argument("--dry-run", action="store_true", help="show what would be deleted")
+    sr.set_defaults(func=cmd_snapshots_prune)
+
     sp = sub.add_parser("warnings", help="published warnings")
     wsub = sp.add_subparsers(dest="action", required=True)
     we = wsub.add_parser("export", help="export a snapshot's warnings to .csv (UTF-8 with BOM) or .xlsx")
     store_opts(we)
     we.add_argument("--snapshot-date", type=_date, help="default: the latest published snapshot")
+    we.add_argument("--version", type=int, help="a version of that date (default: its current one)")
     we.add_argument("--out", required=True, help="file ending .csv or .xlsx")
     we.set_defaults(func=cmd_warnings)
 

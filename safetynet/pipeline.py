@@ -49,6 +49,18 @@ class RunResult:
     unhealthy: dict[str, list[str]] = field(default_factory=dict)  # feed → problems (its latest health)
     accepted_unhealthy: list[str] = field(default_factory=list)
 
+    def published_line(self, store_url: str) -> str:
+        """One line on what the publish did: the version, or why none was written."""
+        m = self.manifest
+        v = f"v{m.get('version')}"
+        where = f"{store_url}/_catalog/snapshots/{self.snapshot_date}/{v}.json"
+        if m.get("status") == "unchanged":
+            return f"snapshot {self.snapshot_date} unchanged: identical to its current version {v} (nothing written)"
+        if m.get("status") == "superseded":
+            return (f"snapshot {self.snapshot_date} {v} written, but a concurrent publish made a higher version "
+                    f"current (see `safetynet snapshots list`)")
+        return f"snapshot {self.snapshot_date} {v} published and current → {where}"
+
 
 def load_policy(county: str, snapshot: dt.date, policy_file: str | Path | None) -> policy.Policy:
     """The policy file given, or the shipped one for the county and the snapshot's year."""

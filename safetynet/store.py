@@ -60,6 +60,8 @@ class ObjectStore:
         self.retries = retries
         self.backoff_max_s = backoff_max_s
         self.local = local
+        self._conditional_checked = False
+        self._minio = None  # S3 stores: the minio client (bucket creation, conditional PUT)
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
@@ -96,6 +98,7 @@ class ObjectStore:
                        access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
                        secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
                        secure=endpoint.startswith("https://"), region=settings.s3_region)
+        self._minio = client
         bucket = self.root.split("/", 1)[0]
 
         def make() -> None:
@@ -164,6 +167,61 @@ class ObjectStore:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+    def create(self, rel: str, data: bytes) -> bool:
+        """Create an object only if it does not exist yet, atomically; False if it exists.
+
+        Locally a hard link of a complete temporary file (link() fails on an existing name); on
+        S3 a conditional PUT (`If-None-Match: *`, AWS S3 and MinIO): of two writers exactly one
+        creates the object, the other is told so. A server that ignores the condition is refused
+        (checked once per store), since claims would silently overwrite each other.
+        """
+        full = self.full(rel)
+        if self.local:
+            d = os.path.dirname(full)
+            os.makedirs(d, exist_ok=True)
+            tmp = os.path.join(d, f".tmp-{uuid.uuid4().hex}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, full)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+        if not self._conditional_checked:
+            self._check_conditional_put()
+        return self._put_if_absent(rel, data)
+
+    def _put_if_absent(self, rel: str, data: bytes) -> bool:
+        from minio.error import S3Error
+
+        bucket, _, key = self.full(rel).partition("/")
+
+        def put() -> bool:
+            try:  # minio's public put_object takes no request headers; its PutObject call does
+                self._minio._put_object(bucket, key, data, headers={"If-None-Match": "*",
+                                                                    "Content-Length": str(len(data))})
+                return True
+            except S3Error as e:
+                if e.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return False
+                raise OSError(f"S3 {e.code}: {e.message}") from e
+
+        return self._retry(put, f"create {rel}")
+
+    def _check_conditional_put(self) -> None:
+        probe = f"_catalog/.conditional-put-probe/{uuid.uuid4().hex}"
+        first, second = self._put_if_absent(probe, b"1"), self._put_if_absent(probe, b"2")
+        self.delete(probe)
+        if not (first and not second):
+            raise StoreError(f"the S3 server at {self.url} ignores conditional writes (If-None-Match: *): two "
+                             "publishers could claim the same snapshot version. Use AWS S3 or a MinIO release "
+                             "with conditional PUT support")
+        self._conditional_checked = True
 
     def read_bytes(self, rel: str) -> bytes:
         def get() -> bytes:

@@ -45,6 +45,9 @@ VICTIM = "human_resources.employment"  # the largest feed: its task is killed mi
 REDELIVERIES = 3  # the victim's events are published this many times
 LATE = "public_security.vehicle"  # withheld until step 3
 ID18 = r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9])"
+# every wait is on a state (a run, a task, a file), never a fixed sleep; the bound only stops a hung
+# stack, so it is generous: the whole suite took 24 min on a loaded machine
+WAIT = float(os.environ.get("SAFETYNET_TEST_WAIT_S", "1200"))
 
 
 # ==== PostgreSQL and the Airflow processes ====================================================
@@ -177,7 +180,7 @@ def stack(tmp_path_factory, pg_url, broker):
             except (AssertionError, OSError):
                 return False
 
-        s.wait("the api-server and the parsed DAGs", ready, timeout=240, every=2)
+        s.wait("the api-server and the parsed DAGs", ready, timeout=WAIT, every=2)
         yield s
     finally:
         s.stop()
@@ -227,22 +230,27 @@ def scenario(stack, broker) -> dict[str, Any]:
 
     # 1. the scheduler makes the ingest run; the victim's task is killed mid-run and retried
     stack.api("PATCH", "/dags/ingest", {"is_paused": False})
-    run = stack.wait("a scheduled ingest run", lambda: next(iter(stack.runs("ingest")), None), timeout=120)
+    run = stack.wait("a scheduled ingest run", lambda: next(iter(stack.runs("ingest")), None), timeout=WAIT)
     raw_prefix = f"raw/{get(VICTIM).prefix}/"
 
     ti_id = stack.wait(f"the {VICTIM} task instance", lambda: stack.tasks("ingest", run["dag_run_id"]).get(VICTIM),
-                       timeout=60)["id"]
+                       timeout=WAIT)["id"]
+
+    polls = iter(range(10**9))
 
     def durable_batches_while_running() -> psutil.Process | None:
         w = _task_process(stack, ti_id)
+        if w is None and next(polls) % 40 == 39:  # a state, not a clock: the task must still be running
+            state = stack.tasks("ingest", run["dag_run_id"])[VICTIM]["state"]
+            assert state not in ("success", "failed"), f"{VICTIM} ended ({state}) before 5 batches were seen durable"
         return w if w is not None and len(store.list(raw_prefix, ".parquet")) >= 5 else None
 
     worker = stack.wait(f"{VICTIM} running with ≥ 5 durable batches", durable_batches_while_running,
-                        timeout=300, every=0.05)
+                        timeout=WAIT, every=0.05)
     out["files_at_kill"] = len(store.list(raw_prefix, ".parquet"))
     worker.send_signal(signal.SIGKILL)
     out["killed_pid"] = worker.pid
-    out["ingest"] = stack.wait_run_done("ingest", run["dag_run_id"], timeout=600)
+    out["ingest"] = stack.wait_run_done("ingest", run["dag_run_id"], timeout=WAIT)
     out["ingest_tasks"] = stack.tasks("ingest", run["dag_run_id"])
     out["victim_xcom"] = stack.xcom("ingest", run["dag_run_id"], VICTIM)
     stack.api("PATCH", "/dags/ingest", {"is_paused": True})  # no cron run in between the steps below
@@ -251,8 +259,8 @@ def scenario(stack, broker) -> dict[str, Any]:
     # 2. the scheduler makes monitoring's daily run
     t1 = time.monotonic()
     stack.api("PATCH", "/dags/monitoring", {"is_paused": False})
-    first = stack.wait("a scheduled monitoring run", lambda: next(iter(stack.runs("monitoring")), None), 120)
-    out["monitoring_cron"] = stack.wait_run_done("monitoring", first["dag_run_id"], timeout=600)
+    first = stack.wait("a scheduled monitoring run", lambda: next(iter(stack.runs("monitoring")), None), WAIT)
+    out["monitoring_cron"] = stack.wait_run_done("monitoring", first["dag_run_id"], timeout=WAIT)
     out["monitoring_cron_xcom"] = stack.xcom("monitoring", first["dag_run_id"], "build_snapshot")
     out["seconds"]["monitoring (scheduled)"] = round(time.monotonic() - t1)
 
@@ -261,7 +269,7 @@ def scenario(stack, broker) -> dict[str, Any]:
     deliver({LATE})
     stack.api("PATCH", "/dags/ingest", {"is_paused": False})
     manual = stack.api("POST", "/dags/ingest/dagRuns", {"logical_date": None})
-    out["ingest_manual"] = stack.wait_run_done("ingest", manual["dag_run_id"], timeout=600)
+    out["ingest_manual"] = stack.wait_run_done("ingest", manual["dag_run_id"], timeout=WAIT)
     stack.api("PATCH", "/dags/ingest", {"is_paused": True})
     # unpausing may also have made a cron run (a new tick passed): it runs first (max_active_runs=1)
     out["ingest_late_runs"] = {r["dag_run_id"]: (r["run_type"], stack.tasks("ingest", r["dag_run_id"]))
@@ -270,8 +278,8 @@ def scenario(stack, broker) -> dict[str, Any]:
     def asset_run() -> dict | None:
         return next((r for r in stack.runs("monitoring") if r["run_type"] == "asset_triggered"), None)
 
-    triggered = stack.wait("an asset-triggered monitoring run", asset_run, timeout=180)
-    out["monitoring_asset"] = stack.wait_run_done("monitoring", triggered["dag_run_id"], timeout=600)
+    triggered = stack.wait("an asset-triggered monitoring run", asset_run, timeout=WAIT)
+    out["monitoring_asset"] = stack.wait_run_done("monitoring", triggered["dag_run_id"], timeout=WAIT)
     out["monitoring_asset_xcom"] = stack.xcom("monitoring", triggered["dag_run_id"], "build_snapshot")
     out["seconds"]["late feed: manual ingest + asset-triggered monitoring"] = round(time.monotonic() - t2)
     out["pg_runs"] = _pg_dag_runs(stack.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
@@ -330,6 +338,8 @@ def test_clean_state_equals_the_truth_after_the_scheduled_runs(scenario):
 
 
 def test_both_monitoring_runs_published_their_snapshot(scenario):
+    """The daily run (late feed missing) and the asset-triggered one (late feed in) each published
+    their own version: both still exist, each consistent with its manifest, the pointer at the later."""
     from safetynet import snapshot
 
     store = scenario["store"]
@@ -337,10 +347,19 @@ def test_both_monitoring_runs_published_their_snapshot(scenario):
     assert cron["persons"] == asset["persons"] == PERSONS
     assert LATE in cron["stale_inputs"] and asset["stale_inputs"] == []
     for x in (cron, asset):
-        m = json.loads(store.read_bytes(x["manifest"]))
+        day = dt_date(x["snapshot_date"])
+        assert x["publish"] == "published", x
+        m = snapshot.manifest(store, day, x["version"])  # this run's own version, not overwritten
+        assert x["manifest"] == f"_catalog/snapshots/{day}/v{x['version']}.json"
         assert m["datasets"]["warnings"]["rows"] == x["warnings"] > 0
-        assert snapshot.read(store, "monitoring/person", dt_date(x["snapshot_date"])).num_rows == PERSONS
-    assert json.loads(store.read_bytes(asset["manifest"]))["inputs"][LATE]["rows"] > 0
+        assert snapshot.read(store, "warnings", day, version=x["version"]).num_rows == x["warnings"]
+        assert snapshot.read(store, "monitoring/person", day, version=x["version"]).num_rows == PERSONS
+    assert snapshot.manifest(store, dt_date(asset["snapshot_date"]), asset["version"])["inputs"][LATE]["rows"] > 0
+    assert snapshot.manifest(store, dt_date(cron["snapshot_date"]), cron["version"])["inputs"][LATE]["rows"] == 0
+    if cron["snapshot_date"] == asset["snapshot_date"]:  # the usual case: one day, two versions
+        day = dt_date(asset["snapshot_date"])
+        assert asset["version"] > cron["version"]
+        assert snapshot.pointer(store, day)["version"] == max(snapshot.versions(store, day)) == asset["version"]
     # after the first run only the late feed's task changed anything, in exactly one run
     late = scenario["ingest_late_runs"]
     assert "manual" in {rt for rt, _ in late.values()}

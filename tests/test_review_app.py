@@ -303,11 +303,14 @@ def test_snapshot_without_manifest_is_invisible(review_db, published, tmp_path):
 def test_a_snapshot_published_on_an_unhealthy_feed_shows_a_banner(scratch_db, published, tmp_path):
     """The operator published with --accept-unhealthy: staff see which feed the list lacks, in Chinese."""
     store = _copy_store(published, tmp_path / "store")
-    path = f"_catalog/snapshots/{FIRST.isoformat()}.json"
-    manifest = json.loads(store.read_bytes(path))
+    ptr_path = f"_catalog/snapshots/{FIRST.isoformat()}.json"
+    ptr = json.loads(store.read_bytes(ptr_path))
+    manifest = json.loads(store.read_bytes(ptr["manifest"]))
     manifest["inputs"]["housing.property"].update(
         unhealthy=["housing.property: 930 of 932 records quarantined (99.8% > 5%)"], accepted_unhealthy=True)
-    store.write_bytes(path, json.dumps(manifest, ensure_ascii=False).encode())
+    data = json.dumps(manifest, ensure_ascii=False).encode()
+    store.write_bytes(ptr["manifest"], data)  # (a version is immutable: this test forges one)
+    store.write_bytes(ptr_path, json.dumps({**ptr, "manifest_sha256": hashlib.sha256(data).hexdigest()}).encode())
     load_snapshot(scratch_db.engine, store, FIRST)
     auth.add_user(scratch_db.engine, "county", PASSWORD, "county_reviewer", "430103", "测试·区县")
     page = client_for(scratch_db.engine, "county").get("/").text

@@ -1,8 +1,9 @@
 """Load a published snapshot into the review database, and carry each case's lifecycle over.
 
-Only published snapshots are read: the manifest `_catalog/snapshots/<date>.json` is written
-last, so a snapshot without one (being written) is invisible here. Loading the same snapshot
-twice changes nothing (its manifest checksum is recorded).
+Only published snapshots are read: the date's pointer `_catalog/snapshots/<date>.json` names its
+current version and is switched last, so a version being written is invisible here; one load
+reads one version throughout. Loading the same version twice changes nothing (its manifest
+checksum is recorded); a newer version of a loaded date replaces that date's warnings.
 
 Lifecycle across snapshots, per `alert_key` (the same concern: rule + household + person):
 a new key opens a case (`new`); a key already open keeps its status and moves to the new
@@ -15,7 +16,6 @@ magnitude at least `MATERIAL_GROWTH` times the one decided on.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -100,15 +100,18 @@ def load_snapshot(engine: Engine, store: ObjectStore, day: dt.date | None = None
     day = day or latest_published(store)
     if day is None:
         raise FileNotFoundError("no published snapshot in the store (no _catalog/snapshots/*.json)")
-    raw_manifest = store.read_bytes(f"_catalog/snapshots/{day.isoformat()}.json")
-    sha = hashlib.sha256(raw_manifest).hexdigest()
-    manifest = json.loads(raw_manifest)
+    try:
+        ptr = snapshot.pointer(store, day)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no published snapshot {day} in {store.url}") from None
+    sha, version = ptr["manifest_sha256"], ptr["version"]
     with engine.connect() as c:
         if c.scalar(select(m.snapshots.c.manifest_sha256).where(m.snapshots.c.snapshot_date == day)) == sha:
             return LoadResult(day, False)
-    w = snapshot.read(store, "warnings", day, identified=True)
-    persons = snapshot.read(store, "monitoring/person", day, identified=True)
-    hh = snapshot.read(store, "monitoring/household", day)
+    manifest = snapshot.manifest(store, day, version)  # this one version throughout, whatever the pointer does now
+    w = snapshot.read(store, "warnings", day, identified=True, version=version)
+    persons = snapshot.read(store, "monitoring/person", day, identified=True, version=version)
+    hh = snapshot.read(store, "monitoring/household", day, version=version)
     hh_rows = {r["household_no"]: r for r in hh.to_pylist()}
     cats = {k: "," + ",".join(r.get("active_categories") or []) + "," for k, r in hh_rows.items()}
     rows = []
@@ -132,13 +135,13 @@ def load_snapshot(engine: Engine, store: ObjectStore, day: dt.date | None = None
             c.execute(insert(m.warnings), rows[i:i + 5000])
         if latest_loaded is None or day >= latest_loaded:
             _replace_households(c, day, hh_rows, persons)
-            _carry_cases(c, day, rows, res, t)
+            _carry_cases(c, day, version, rows, res, t)
         c.execute(delete(m.snapshots).where(m.snapshots.c.snapshot_date == day))
-        c.execute(insert(m.snapshots).values(snapshot_date=day, loaded_at=t, manifest_sha256=sha,
+        c.execute(insert(m.snapshots).values(snapshot_date=day, version=version, loaded_at=t, manifest_sha256=sha,
                                              policy_version=manifest.get("policy_version"), warnings=len(rows),
                                              households=len(hh_rows), reopened=res.reopened,
                                              input_notes=input_notes(manifest)))
-        audit.append(c, None, "-", "load_snapshot", "snapshot", day.isoformat(), "", warnings=len(rows),
+        audit.append(c, None, "-", "load_snapshot", "snapshot", day.isoformat(), "", version=version, warnings=len(rows),
                      new_cases=res.new_cases, reopened=res.reopened, manifest_sha256=sha)
     with engine.begin() as c:  # fresh statistics for the planner after a bulk load
         c.execute(text("ANALYZE"))
@@ -165,7 +168,7 @@ def _replace_households(c, day: dt.date, hh_rows: dict, persons) -> None:
         c.execute(insert(m.members), mrows[i:i + 5000])
 
 
-def _carry_cases(c, day: dt.date, rows: list[dict], res: LoadResult, t: dt.datetime) -> None:
+def _carry_cases(c, day: dt.date, version: int, rows: list[dict], res: LoadResult, t: dt.datetime) -> None:
     existing = {r.alert_key: r for r in c.execute(select(m.cases))}
     decided_ids = {r.decided_warning_id for r in existing.values() if r.decided_warning_id}
     decided = {}
@@ -193,7 +196,8 @@ def _carry_cases(c, day: dt.date, rows: list[dict], res: LoadResult, t: dt.datet
                     status="new", reopen_note=note, assignee_id=None, updated_at=t))
                 c.execute(insert(m.actions).values(
                     alert_key=w["alert_key"], action="reopen", from_status=case.status, to_status="new", user_id=None,
-                    at=t, snapshot_date=day, warning_id=w["warning_id"], rule_version=w["rule_version"], note=note))
+                    at=t, snapshot_date=day, snapshot_version=version, warning_id=w["warning_id"],
+                    rule_version=w["rule_version"], note=note))
                 res.reopened += 1
             else:
                 res.kept_closed += 1

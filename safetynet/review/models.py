@@ -67,6 +67,7 @@ snapshots = Table(
     Column("snapshot_date", Date, primary_key=True),
     Column("loaded_at", DateTime(timezone=True), nullable=False),
     Column("manifest_sha256", String(64), nullable=False),
+    Column("version", Integer),  # the snapshot version of its date (see safetynet.snapshot); 0: before versions
     Column("policy_version", String(64)),
     Column("warnings", Integer, nullable=False),
     Column("households", Integer, nullable=False),
@@ -157,6 +158,7 @@ actions = Table(
     Column("user_id", Integer, ForeignKey("users.id")),  # None: the loader (reopen)
     Column("at", DateTime(timezone=True), nullable=False),
     Column("snapshot_date", Date, nullable=False),
+    Column("snapshot_version", Integer),  # the version of that date the decision was made on
     Column("warning_id", String(32), nullable=False),
     Column("rule_version", Integer, nullable=False),
     Column("reason_code", String(32)),

@@ -310,6 +310,7 @@ def household(engine: Engine, user: User, household_no: str, *, unmask: bool = F
             # without statistics takes the list index and scans the whole snapshot
             .where(w.household_no == household_no).order_by(w.score.desc())).mappings()
             if r["snapshot_date"] == day]
+        version = con.scalar(select(m.snapshots.c.version).where(m.snapshots.c.snapshot_date == day))
         keys = [x["alert_key"] for x in warns]
         acts = [dict(r) for r in con.execute(
             select(m.actions, m.users.c.display_name, m.users.c.username)
@@ -326,7 +327,15 @@ def household(engine: Engine, user: User, household_no: str, *, unmask: bool = F
         if not unmask:
             del mb["id_no"], mb["name"]
     timeline = []
+    decided = {}  # the latest staff decision per case: the data (snapshot version, warning) it was made on
+    for a in acts:
+        if a["user_id"] is not None:
+            decided[a["alert_key"]] = a
     for x in warns:
+        a = decided.get(x["alert_key"])
+        if a is not None and a["warning_id"] != x["warning_id"]:
+            x["changed_since"] = (f"处置后数据已变化 data changed since：上次处置依据 {a['snapshot_date']} "
+                                  f"{_version_zh(a['snapshot_version'])}，现为 {day} {_version_zh(version)}")
         x["severity_zh"] = SEVERITY_ZH.get(x["severity"], x["severity"])
         x["status_zh"] = STATUS_ZH[x["status"]]
         x["kind_zh"] = KIND_ZH.get(x["kind"], x["kind"])
@@ -371,8 +380,13 @@ def household(engine: Engine, user: User, household_no: str, *, unmask: bool = F
                          "snapshot": str(a["snapshot_date"]), "rule_version": a["rule_version"]})
     timeline.sort(key=lambda e: e["sort"], reverse=True)  # newest first; actions by their full timestamp
     return {"household": hh, "data": hh["data"], "members": members, "warnings": warns, "timeline": timeline,
+            "snapshot_version": version, "snapshot_version_zh": _version_zh(version),
             "street_name": names.get(hh["street_code"], ""), "community_name": names.get(hh["region_code"], ""),
             "unmasked": unmask}
+
+
+def _version_zh(version: int | None) -> str:
+    return f"第{version}版" if version else "（版本前）" if version == 0 else "（版本未记录）"
 
 
 def _user_names(engine: Engine, ids: set[int]) -> dict[int, str]:
@@ -423,10 +437,12 @@ def decide(engine: Engine, user: User, alert_key: str, action: str, *, note: str
         wv = c.execute(select(m.warnings.c.snapshot_date, m.warnings.c.rule_version)
                        .where(m.warnings.c.warning_id == case["current_warning_id"])
                        .order_by(m.warnings.c.snapshot_date.desc())).first()
+        seen = c.scalar(select(m.snapshots.c.version).where(m.snapshots.c.snapshot_date == wv.snapshot_date))
         t = now()
         c.execute(insert(m.actions).values(
             alert_key=alert_key, action=action, from_status=case["status"], to_status=to, user_id=user.id, at=t,
-            snapshot_date=wv.snapshot_date, warning_id=case["current_warning_id"], rule_version=wv.rule_version,
+            snapshot_date=wv.snapshot_date, snapshot_version=seen, warning_id=case["current_warning_id"],
+            rule_version=wv.rule_version,
             reason_code=reason_code or None, assistance=assistance or None,
             assignee_id=assignee_id if action == "assign" else None, note=note or None))
         values = {"status": to, "updated_at": t}
@@ -439,7 +455,8 @@ def decide(engine: Engine, user: User, alert_key: str, action: str, *, note: str
         c.execute(update(m.cases).where(m.cases.c.alert_key == alert_key).values(**values))
         audit.append(c, user, ip, "decision", "case", alert_key, case["region_code"], decision=action,
                      from_status=case["status"], to_status=to, reason_code=reason_code or None,
-                     assistance=assistance or None, snapshot=str(wv.snapshot_date), rule_version=wv.rule_version,
+                     assistance=assistance or None, snapshot=str(wv.snapshot_date), snapshot_version=seen,
+                     rule_version=wv.rule_version,
                      household_no=case["household_no"])
     return {"alert_key": alert_key, "status": to, "status_zh": STATUS_ZH[to]}
 
