@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PERSONS ?= 20000
 SEED ?= 20261101
 
-.PHONY: demo test install bench lint clean browser
+.PHONY: demo test install bench lint clean browser spark
 # Browser tests drive Debian's Chromium (never a downloaded browser); CJK fonts so Chinese renders.
 BROWSER_STAMP := $(VENV)/.browser
 APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
@@ -29,10 +29,22 @@ $(BROWSER_STAMP):
 
 browser: $(BROWSER_STAMP)
 
+# The Spark reader of tests/test_readers.py runs in its own venv: pyspark never enters the hub's
+# (great_expectations would import it in every process). Skipped without Java 17+ (the test says so).
+SPARK_STAMP := .venv-spark/.installed
+$(SPARK_STAMP): tests/spark/requirements.txt | $(UV)
+	@if command -v java >/dev/null 2>&1 || [ -n "$$JAVA_HOME" ]; then \
+	  $(UV) venv --quiet --allow-existing --python $(PY) .venv-spark && \
+	  $(UV) pip install --quiet --python .venv-spark/bin/python --require-hashes -r tests/spark/requirements.txt && \
+	  touch $(SPARK_STAMP); \
+	else echo "no Java: the Spark reader test will be skipped"; fi
+
+spark: $(SPARK_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/safetynet demo --persons $(PERSONS) --seed $(SEED) --store ./var/demo
 
-test: $(STAMP) $(BROWSER_STAMP)
+test: $(STAMP) $(BROWSER_STAMP) $(SPARK_STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)
