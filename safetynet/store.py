@@ -153,7 +153,8 @@ class ObjectStore:
         self._retry(put, f"write {rel}")
 
     @staticmethod
-    def _write_local(full: str, data: bytes) -> None:
+    def _durable_tmp(full: str, data: bytes) -> str:
+        """`data` in a fsynced temporary file beside `full` (skipped by `list`); returns its path."""
         d = os.path.dirname(full)
         os.makedirs(d, exist_ok=True)
         tmp = os.path.join(d, f".tmp-{uuid.uuid4().hex}")
@@ -161,12 +162,20 @@ class ObjectStore:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, full)
-        dfd = os.open(d, os.O_RDONLY)
+        return tmp
+
+    @staticmethod
+    def _fsync_dir(full: str) -> None:
+        dfd = os.open(os.path.dirname(full), os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+    @classmethod
+    def _write_local(cls, full: str, data: bytes) -> None:
+        os.replace(cls._durable_tmp(full, data), full)
+        cls._fsync_dir(full)
 
     def create(self, rel: str, data: bytes) -> bool:
         """Create an object only if it does not exist yet, atomically; False if it exists.
@@ -178,15 +187,10 @@ class ObjectStore:
         """
         full = self.full(rel)
         if self.local:
-            d = os.path.dirname(full)
-            os.makedirs(d, exist_ok=True)
-            tmp = os.path.join(d, f".tmp-{uuid.uuid4().hex}")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            tmp = self._durable_tmp(full, data)
             try:
                 os.link(tmp, full)
+                self._fsync_dir(full)
                 return True
             except FileExistsError:
                 return False

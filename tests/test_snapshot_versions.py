@@ -250,3 +250,8 @@ def test_a_late_feed_makes_version_2_and_a_decision_on_v1_still_resolves_v1(tmp_
     assert "第2版" in changed["changed_since"]
     untouched = [w for w in page["warnings"] if w["alert_key"] != burden["alert_key"]]
     assert all("changed_since" not in w for w in untouched)
+    from tests.review_support import client_for
+
+    html = client_for(eng, "county").get(f"/households/{burden['household_no']}").text
+    assert "快照 2026-11-01 第2版" in html and html.count('data-testid="changed-since"') == 1
+    assert "处置后数据已变化 data changed since：上次处置依据 2026-11-01 第1版，现为 2026-11-01 第2版" in html
