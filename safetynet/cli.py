@@ -21,7 +21,7 @@ from pydantic import SecretStr, ValidationError
 log = logging.getLogger("safetynet")
 
 #: Exit codes of every command (documented in the README).
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNHEALTHY = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNHEALTHY, EXIT_BUSY = 0, 1, 2, 3, 4
 #: The synthetic district plants every kind of dirty record in every feed — up to half of a
 #: small feed's records — so its runs judge feed health against this rate unless
 #: SAFETYNET_MAX_QUARANTINE_RATE is set. Real feeds keep the default (5 %).
@@ -75,6 +75,8 @@ def _settings(args: argparse.Namespace):
         upd["kafka_bootstrap"] = args.kafka
     if getattr(args, "no_progress", False):
         upd["progress"] = False
+    if getattr(args, "wait_lease", None) is not None:
+        upd["lease_wait_s"] = args.wait_lease
     return s.model_copy(update=upd) if upd else s
 
 
@@ -293,16 +295,20 @@ def run_ingest(settings, store, feeds=None, kafka=True, files=True):
     from safetynet.clean import clean_all
     from safetynet.ingest import ingest
 
-    selected = feeds or list(connectors())
-    with progress_bar(settings.progress, None, "接入 ingesting") as adv:
-        report = ingest(settings, store, selected, kafka=kafka, files=files, progress=lambda f, n: adv(n, f))
-    with progress_bar(settings.progress, len(selected), "清洗 cleaning") as adv:
-        from schemas.registry import get
+    from safetynet import lease
 
-        cleaned = {}
-        for f in selected:
-            cleaned.update(clean_all(store, [get(f)]))
-            adv(1, f)
+    selected = feeds or list(connectors())
+    # one writer per feed: ingest and clean under the feeds' leases (ingest takes them itself otherwise)
+    with lease.held(store, selected, run_id="cli", ttl_s=settings.lease_ttl_s, wait_s=settings.lease_wait_s):
+        with progress_bar(settings.progress, None, "接入 ingesting") as adv:
+            report = ingest(settings, store, selected, kafka=kafka, files=files, progress=lambda f, n: adv(n, f))
+        with progress_bar(settings.progress, len(selected), "清洗 cleaning") as adv:
+            from schemas.registry import get
+
+            cleaned = {}
+            for f in selected:
+                cleaned.update(clean_all(store, [get(f)]))
+                adv(1, f)
     return report, cleaned
 
 
@@ -768,6 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--snapshot-date", type=_date, required=True, help="YYYY-MM-DD: facts before this day")
     sp.add_argument("--policy", help="policy file (default: quality/policy/<county>-<year>.toml)")
     sp.add_argument("--no-kafka", action="store_true", help="file drops only")
+    sp.add_argument("--wait-lease", type=float, metavar="SECONDS",
+                    help="wait this long for another ingest holding a feed (default: $SAFETYNET_LEASE_WAIT_S, 0: exit 4)")
     sp.add_argument("--accept-unhealthy", action="append", metavar="FEED",
                     help="publish although this feed is unhealthy, on its previous clean state (recorded in the "
                          "manifest; its rules' warnings list it in stale_inputs); repeatable")
@@ -836,6 +844,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--feed", action="append", help="only this feed id (repeatable)")
     sp.add_argument("--no-kafka", action="store_true")
     sp.add_argument("--no-files", action="store_true")
+    sp.add_argument("--wait-lease", type=float, metavar="SECONDS",
+                    help="wait this long for another ingest holding a feed (default: $SAFETYNET_LEASE_WAIT_S, 0: exit 4)")
     sp.set_defaults(func=cmd_ingest)
 
     from safetynet.review import cli as review_cli
@@ -855,6 +865,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
         logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it sets INFO on itself
     from connectors.mapping import MappingError
+    from safetynet.lease import LeaseBusy
     from safetynet.pipeline import QualityGateFailed
 
     try:
@@ -872,6 +883,9 @@ def main(argv: list[str] | None = None) -> int:
         if e.report is None:
             print(f"safetynet: not published: {e}", file=sys.stderr)
         return EXIT_UNHEALTHY
+    except LeaseBusy as e:  # another ingest holds a feed: not an error of this run's data
+        print(f"safetynet: not started: {e}", file=sys.stderr)
+        return EXIT_BUSY
     except KeyboardInterrupt:
         return 130
     except Exception as e:

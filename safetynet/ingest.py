@@ -45,6 +45,7 @@ from connectors.formats import (
 from connectors.kafka_topic import KafkaBatch, KafkaTopicSource
 from connectors.mapping import Mapping
 from safetynet import health as feed_health
+from safetynet import lease
 from safetynet import normalise
 from safetynet.settings import Settings
 from safetynet.store import ObjectStore
@@ -119,9 +120,54 @@ class IngestReport:
         """Feeds whose delivery in this run is unhealthy (held out of `clean/`)."""
         return [fid for fid, f in self.feeds.items() if f.health is not None and f.health.unhealthy]
 
+    status: str = "running"  # running → complete | failed; a run found still "running" later crashed
+    error: str = ""
+    adopted: dict = field(default_factory=dict)  # crashed run id → raw files of its feeds no run recorded
+
     def as_dict(self) -> dict:
-        return {"run_id": self.run_id, "started_at": self.started_at, "reconciles": self.reconciles,
-                "unhealthy": self.unhealthy, "feeds": {k: v.as_dict() for k, v in self.feeds.items()}}
+        return {"run_id": self.run_id, "started_at": self.started_at, "status": self.status,
+                **({"error": self.error} if self.error else {}), "reconciles": self.reconciles,
+                "unhealthy": self.unhealthy, "feeds": {k: v.as_dict() for k, v in self.feeds.items()},
+                **({"adopted": self.adopted} if self.adopted else {})}
+
+    def write(self, store: ObjectStore) -> None:
+        store.write_bytes(self.manifest, json.dumps(self.as_dict(), ensure_ascii=False, indent=1).encode())
+
+
+RUNS = "_catalog/ingest"
+
+
+def adopt_crashed_runs(store: ObjectStore, report: IngestReport) -> dict:
+    """Run records still "running" for feeds this run now holds belong to runs that died (a live
+    run holds its feeds' leases for its whole life). Mark them crashed and give them the `raw/`
+    files of their feeds that no run record lists, so every raw file belongs to a run record."""
+    mine = set(report.feeds)
+    records = {}
+    for e in store.list(f"{RUNS}/", ".json"):
+        try:
+            records[e.path] = json.loads(store.read_bytes(e.path))
+        except (FileNotFoundError, ValueError):
+            continue
+    crashed = {p: r for p, r in records.items() if r.get("status") == "running"
+               and r.get("run_id") != report.run_id and mine & set(r.get("feeds", {}))}
+    if not crashed:
+        return {}
+    listed = {f for r in records.values() for fc in r.get("feeds", {}).values() for f in fc.get("files", [])}
+    listed |= {f for r in records.values() for files in (r.get("orphan_files") or {}).values() for f in files}
+    out = {}
+    for path, r in sorted(crashed.items()):
+        orphans = {}
+        for fid in sorted(mine & set(r.get("feeds", {}))):
+            prefix = f"raw/{contracts()[fid].prefix}/"
+            orphans[fid] = [e.path for e in store.list(prefix, ".parquet") if e.path not in listed]
+            listed |= set(orphans[fid])
+        r.update(status="crashed", adopted_by=report.run_id, orphan_files=orphans)
+        store.write_bytes(path, json.dumps(r, ensure_ascii=False, indent=1).encode())
+        out[r["run_id"]] = orphans
+        log.warning("ingest run %s (started %s) did not finish: marked crashed; %d raw files written by it "
+                    "recorded in it", r["run_id"], r.get("started_at", "?"), sum(len(v) for v in orphans.values()),
+                    extra={"event": "ingest_crashed_run", "crashed_run": r["run_id"]})
+    return out
 
 
 @dataclass
@@ -321,6 +367,51 @@ def ingest_topic(settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyCon
     """
     own = writer is None
     writer = writer or BatchWriter(settings, store, con)
+    try:
+        _retrying(settings, c.topic, lambda: _read_topic(settings, store, c, counts, progress, writer, mapping))
+    finally:
+        if own:
+            writer.close()
+
+
+def _transient(e: BaseException) -> bool:
+    """A lost or unreachable broker (worth retrying), not a bug or a bad message."""
+    from kafka import errors as ke
+
+    names = ("KafkaConnectionError", "NoBrokersAvailable", "KafkaTimeoutError", "RequestTimedOutError",
+             "NodeNotReadyError", "BrokerNotAvailableError", "RetriableError")  # (as this kafka-python has them)
+    kinds = tuple(getattr(ke, n) for n in names if hasattr(ke, n))
+    return isinstance(e, (*kinds, ConnectionError, TimeoutError))
+
+
+def _retrying(settings: Settings, what: str, fn: Callable[[], None]) -> None:
+    """Run `fn`; on a transient broker error run it again (it resumes from the committed offsets:
+    an uncommitted batch is read again and rewritten under the same name, counted once) with
+    exponential backoff, for at most `settings.kafka_retry_s` since the streak's first failure."""
+    first: float | None = None
+    delay = 0.5
+    while True:
+        try:
+            fn()
+            return
+        except Exception as e:
+            if not _transient(e):
+                raise
+            now = time.monotonic()
+            first = first if first is not None else now
+            if now - first >= settings.kafka_retry_s:
+                raise RuntimeError(f"kafka: {what}: the broker at {settings.kafka_bootstrap} stayed unreachable for "
+                                   f"{settings.kafka_retry_s:.0f} s ({type(e).__name__}: {e}); nothing uncommitted "
+                                   "was lost: the next run resumes from the committed offsets "
+                                   "(SAFETYNET_KAFKA_RETRY_S sets the wait)") from e
+            log.warning("kafka: %s: %s: %s; retrying in %.1f s", what, type(e).__name__, e, delay,
+                        extra={"event": "kafka_retry", "topic": what})
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+def _read_topic(settings: Settings, store: ObjectStore, c: Contract, counts: FeedCounts,
+                progress: Progress | None, writer: BatchWriter, mapping: Mapping | None) -> None:
     inflight: dict[int, tuple[KafkaBatch, Future]] = {}  # partition → its batch being written
 
     def finish(partition: int) -> None:
@@ -331,29 +422,25 @@ def ingest_topic(settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyCon
         if progress:
             progress(c.feed_id, len(b.values))
 
-    try:
-        with KafkaTopicSource(settings, c.topic, store).open() as src:
-            if not src.partitions:
-                log.info("kafka: topic %s does not exist (yet); nothing to read", c.topic)
-                return
-            try:
-                for b in src.batches(on_fetched=writer.fetched):
-                    # one batch in flight per partition: a partition's next intent is recorded
-                    # only after its previous batch is written and committed
-                    if b.partition in inflight:
-                        finish(b.partition)
-                    for p in [p for p, (_, f) in inflight.items() if f.done()]:
-                        finish(p)
-                    src.record_intent(b)
-                    inflight[b.partition] = (b, writer.submit(c, b, mapping))
-                for p in list(inflight):
+    with KafkaTopicSource(settings, c.topic, store).open() as src:
+        if not src.partitions:
+            log.info("kafka: topic %s does not exist (yet); nothing to read", c.topic)
+            return
+        try:
+            for b in src.batches(on_fetched=writer.fetched):
+                # one batch in flight per partition: a partition's next intent is recorded
+                # only after its previous batch is written and committed
+                if b.partition in inflight:
+                    finish(b.partition)
+                for p in [p for p, (_, f) in inflight.items() if f.done()]:
                     finish(p)
-            finally:
-                for _, fut in inflight.values():  # failed: let the writes end (uncommitted) before leaving
-                    fut.exception()
-    finally:
-        if own:
-            writer.close()
+                src.record_intent(b)
+                inflight[b.partition] = (b, writer.submit(c, b, mapping))
+            for p in list(inflight):
+                finish(p)
+        finally:
+            for _, fut in inflight.values():  # failed: let the writes end (uncommitted) before leaving
+                fut.exception()
 
 
 def write_kafka_batch(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, b: KafkaBatch,
@@ -481,11 +568,32 @@ def ingest(settings: Settings, store: ObjectStore, feeds: Iterable[str] | None =
         raise ValueError("no Kafka bootstrap configured (SAFETYNET_KAFKA_BOOTSTRAP) — "
                          "use --no-kafka, or `safetynet demo`, which starts an embedded broker")
     maps = load_mappings(settings.mappings, [c.feed_id for c in selected])
-    report = IngestReport(run_id, started.isoformat(), {c.feed_id: FeedCounts(c.feed_id) for c in selected})
+    report = IngestReport(run_id, started.isoformat(), {c.feed_id: FeedCounts(c.feed_id) for c in selected},
+                          manifest=f"{RUNS}/{run_id}.json")
+    ids = [c.feed_id for c in selected]
+    with lease.held(store, ids, run_id=run_id, ttl_s=settings.lease_ttl_s, wait_s=settings.lease_wait_s):
+        report.write(store)  # the "started" record first: a run that dies still has one
+        report.adopted = adopt_crashed_runs(store, report)
+        try:
+            _ingest_feeds(settings, store, selected, maps, report, kafka, files, progress)
+            lease.check_held(ids)
+            report.status = "complete"
+        except BaseException as e:
+            report.status, report.error = "failed", f"{type(e).__name__}: {e}"[:500]
+            raise
+        finally:
+            report.write(store)
+    return report
+
+
+def _ingest_feeds(settings: Settings, store: ObjectStore, selected: list[Contract], maps: dict,
+                  report: IngestReport, kafka: bool, files: bool, progress: Progress | None) -> None:
+    run_id = report.run_id
     con = normalise.connect()
     writer = BatchWriter(settings, store, con)
     try:
         for c in selected:
+            lease.check_held([c.feed_id])
             t0 = time.perf_counter()
             counts = report.feeds[c.feed_id]
             mp_ = maps[c.feed_id]
@@ -503,9 +611,6 @@ def ingest(settings: Settings, store: ObjectStore, feeds: Iterable[str] | None =
     finally:
         writer.close()
         con.close()
-    report.manifest = f"_catalog/ingest/{run_id}.json"
-    store.write_bytes(report.manifest, json.dumps(report.as_dict(), ensure_ascii=False, indent=1).encode())
-    return report
 
 
 def _judge(store: ObjectStore, c: Contract, counts: FeedCounts, run_id: str, drops: list[tuple[Drop, dict]],

@@ -184,13 +184,24 @@ def ingest_feed(feed_id: str, *, skip_unchanged: bool = False) -> dict:
     With `skip_unchanged` (the DAG), a run that changed nothing raises Airflow's skip exception,
     so no asset event is emitted and the monitoring DAG is not woken for nothing.
     """
-    from safetynet.clean import clean_all
-    from safetynet.ingest import ingest
+    from safetynet import lease
     from schemas.registry import get
 
     s, store = _edge()
     c = get(feed_id)
     t0 = time.perf_counter()
+    # one writer per feed, ingest and clean alike; a retry after a kill takes the dead attempt's
+    # lease over (at once on the same host, else after its expiry: the task waits that long)
+    with lease.held(store, [feed_id], run_id=f"task {feed_id}", ttl_s=s.lease_ttl_s,
+                    wait_s=max(s.lease_wait_s, 2 * s.lease_ttl_s)):
+        return _ingest_feed(s, store, c, t0, skip_unchanged)
+
+
+def _ingest_feed(s, store, c, t0: float, skip_unchanged: bool) -> dict:
+    from safetynet.clean import clean_all
+    from safetynet.ingest import ingest
+
+    feed_id = c.feed_id
     report = ingest(s, store, [feed_id], kafka=bool(s.kafka_bootstrap), files=True)
     fc = report.feeds[feed_id]
     if not fc.reconciles:  # ingest raises first; kept as the task's own guard

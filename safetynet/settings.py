@@ -40,6 +40,16 @@ class Settings(BaseSettings):
         10_000, ge=0, description="Kafka batches of at least this many records are validated and written by a "
         "separate writer process while the next batch is fetched (0: always; a large number: never)")
 
+    kafka_retry_s: float = Field(120.0, ge=0, description="How long an ingest retries a lost broker connection "
+                                 "(exponential backoff) before it fails")
+
+    # --- one writer per feed --------------------------------------------------------------------
+    lease_ttl_s: float = Field(60.0, gt=1, description="A feed's ingest lease expires this long after its last "
+                               "renewal (renewed every third of it while the run works); a dead run's lease is "
+                               "taken over then")
+    lease_wait_s: float = Field(0.0, ge=0, description="How long an ingest waits for another run holding a feed "
+                                "before it exits (exit 4)")
+
     # --- feed mappings and health ------------------------------------------------------------
     mappings: Path = Field(Path("./mappings"), description="Directory of per-feed mapping files "
                            "<department>.<feed>.toml (a county's column names and code values → the contract's)")
