@@ -2,8 +2,10 @@
 
 Each entry's `hash` = SHA-256 of the previous entry's hash and the entry's canonical JSON, so an
 entry changed, removed or inserted out of band breaks the chain at that point (`verify`).
-Appends are serialised by locking the one-row `audit_head` (SELECT … FOR UPDATE on PostgreSQL;
-SQLite serialises writers). Entries never hold an unmasked ID number or name.
+Appends are serialised by locking the one-row `audit_head` in the transaction of the action recorded,
+*before* it is read (`_lock_head`): so the head an entry chains to is always the last committed one, and
+concurrent appends (twenty staff logging in at once) queue up instead of forking the chain.
+Entries never hold an unmasked ID number or name.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, select, true, update
 
 from safetynet.review import models as m
 from safetynet.review.auth import User
@@ -36,7 +38,7 @@ def _digest(prev: str, row: dict) -> str:
 def append(c: Connection, user: User | None, ip: str, action: str, object_type: str, object_id: str,
            region_code: str = "", **detail) -> None:
     """Append one entry inside the caller's transaction (so a decision and its entry commit together)."""
-    head = c.execute(select(m.audit_head).where(m.audit_head.c.id == 1).with_for_update()).one()
+    head = _lock_head(c)
     row = {"at": now().isoformat(timespec="microseconds"), "user_id": user.id if user else None,
            "username": user.username if user else "system", "role": user.role if user else "system",
            "ip": ip[:64], "action": action, "object_type": object_type, "object_id": str(object_id)[:64],
@@ -46,6 +48,23 @@ def append(c: Connection, user: User | None, ip: str, action: str, object_type: 
     new_id = c.execute(insert(m.audit).values(**{**row, "at": dt.datetime.fromisoformat(row["at"])}, prev_hash=head.hash,
                                               hash=h)).inserted_primary_key[0]
     c.execute(update(m.audit_head).where(m.audit_head.c.id == 1).values(last_id=new_id, hash=h))
+
+
+def _lock_head(c: Connection):
+    """The chain's head, read under a lock held until the caller's transaction ends.
+
+    PostgreSQL: `SELECT … FOR UPDATE` of the head row (a concurrent appender waits, then reads the head it
+    committed). SQLite ignores FOR UPDATE, and the sqlite3 driver (its legacy transaction control) runs a
+    SELECT outside any transaction until the first INSERT/UPDATE/DELETE: a head read first is a stale
+    snapshot, whatever the caller's `engine.begin()` says. So there the head row is *written* first (a
+    no-op UPDATE): that opens the transaction and takes SQLite's single write lock — waiting for the
+    current writer, up to the busy timeout — so the head read next is the latest, and stays so until
+    commit. (Were the transaction already open on a read snapshot, SQLite refuses the write if that
+    snapshot is stale — SQLITE_BUSY — rather than letting the chain fork.)
+    """
+    if c.dialect.name != "postgresql":
+        c.execute(update(m.audit_head).where(m.audit_head.c.id == 1).values(last_id=m.audit_head.c.last_id))
+    return c.execute(select(m.audit_head).where(m.audit_head.c.id == 1).with_for_update()).one()
 
 
 def record(engine: Engine, user: User | None, ip: str, action: str, object_type: str, object_id: str,
@@ -63,9 +82,21 @@ class ChainCheck:
 
 
 def verify(engine: Engine) -> ChainCheck:
-    prev, n = "0" * 64, 0
+    """Walk the chain in id order (appends hold the head lock, so ids follow the chain).
+
+    One statement reads the entries and the head together (the head joined to every entry), so the
+    walk sees one snapshot on both databases: an entry appended meanwhile is neither half-seen nor
+    mistaken for an entry added behind the head's back.
+    """
+    prev, n, head = "0" * 64, 0, None
+    q = (select(m.audit_head.c.hash.label("head_hash"), *m.audit.c)
+         .select_from(m.audit_head.outerjoin(m.audit, true()))
+         .where(m.audit_head.c.id == 1).order_by(m.audit.c.id))
     with engine.connect() as c:
-        for r in c.execute(select(m.audit).order_by(m.audit.c.id)).mappings():
+        for r in c.execute(q).mappings():
+            head = r["head_hash"]
+            if r["id"] is None:  # no entry yet: the head alone
+                continue
             row = dict(r)
             row["at"] = _iso(row["at"])
             if row["prev_hash"] != prev:
@@ -73,7 +104,6 @@ def verify(engine: Engine) -> ChainCheck:
             if _digest(prev, row) != r["hash"]:
                 return ChainCheck(False, n, r["id"], "记录内容与哈希不符（记录被修改）")
             prev, n = r["hash"], n + 1
-        head = c.execute(select(m.audit_head.c.hash)).scalar_one()
     if head != prev:
         return ChainCheck(False, n, None, "链尾与最后一条记录不符（末尾记录被删除）")
     return ChainCheck(True, n)

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cache
 
-from sqlalchemy import Engine, Integer, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, Integer, func, insert, literal, select, update
 
 from safetynet.regions import region_names
 from safetynet.review import audit
@@ -399,18 +399,29 @@ def _user_names(engine: Engine, ids: set[int]) -> dict[int, str]:
 def assignable_users(engine: Engine, user: User, region_code: str) -> list[dict]:
     """Active users who may work on a case of `region_code` and are within the actor's scope."""
     with engine.connect() as c:
-        rows = c.execute(select(m.users.c.id, m.users.c.display_name, m.users.c.role, m.users.c.region_prefix)
-                         .where(m.users.c.active, m.users.c.role.in_(("street_worker", "community_assistant",
-                                                                       "county_reviewer")),
-                                literal(region_code).like(m.users.c.region_prefix + "%"),
-                                m.users.c.region_prefix.like(user.region_prefix + "%"))
-                         .order_by(m.users.c.display_name)).mappings().all()
+        return _assignable(c, user, region_code)
+
+
+def _assignable(c: Connection, user: User, region_code: str) -> list[dict]:
+    rows = c.execute(select(m.users.c.id, m.users.c.display_name, m.users.c.role, m.users.c.region_prefix)
+                     .where(m.users.c.active, m.users.c.role.in_(("street_worker", "community_assistant",
+                                                                   "county_reviewer")),
+                            literal(region_code).like(m.users.c.region_prefix + "%"),
+                            m.users.c.region_prefix.like(user.region_prefix + "%"))
+                     .order_by(m.users.c.display_name)).mappings().all()
     return [dict(r) for r in rows]
 
 
 def decide(engine: Engine, user: User, alert_key: str, action: str, *, note: str = "", reason_code: str = "",
            assistance: str = "", assignee_id: int | None = None, ip: str = "-") -> dict:
-    """Record one decision on a case (in scope, allowed for the role, valid from its status)."""
+    """Record one decision on a case (in scope, allowed for the role, valid from its status).
+
+    Safe when several staff decide on the same case at once: the case's status changes by compare-and-set
+    on the status (and the warning version) the decision was checked against, so of two racing decisions
+    one applies and the other gets `Conflict` (409, "refresh") — never both, never an action whose
+    `from_status` is not the status it replaced. The action row, the case update and the audit entry
+    commit together, in one transaction.
+    """
     if action not in TRANSITIONS:
         raise Conflict(f"未知操作 {action}")
     if action not in ROLES[user.role].decide:
@@ -423,28 +434,22 @@ def decide(engine: Engine, user: User, alert_key: str, action: str, *, note: str
     if action == "assist" and assistance not in ASSISTANCE:
         raise Conflict("须选择已启动的救助帮扶类型")
     frm, to = TRANSITIONS[action]
+    cs = m.cases.c
     with engine.begin() as c:
-        case = c.execute(select(m.cases).where(m.cases.c.alert_key == alert_key, in_scope(user, m.cases.c.region_code))
+        # PostgreSQL: the row lock makes this read current and holds off other deciders until commit. SQLite
+        # ignores FOR UPDATE and (the sqlite3 driver's legacy transactions) reads this outside the
+        # transaction: the compare-and-set below is what decides there
+        case = c.execute(select(m.cases).where(cs.alert_key == alert_key, in_scope(user, cs.region_code))
                          .with_for_update()).mappings().first()
         if case is None:
             raise NotFound(alert_key)
         if case["status"] not in frm:
-            raise Conflict(f"当前状态为「{STATUS_ZH[case['status']]}」，不能{ACTION_ZH[action]}")
+            raise Conflict(f"当前状态为「{STATUS_ZH[case['status']]}」，不能{ACTION_ZH[action]}（可能已被他人处理，请刷新）")
         if action == "assign":
-            ok = {u["id"] for u in assignable_users(engine, user, case["region_code"])}
+            ok = {u["id"] for u in _assignable(c, user, case["region_code"])}
             if assignee_id not in ok:
                 raise Conflict("只能分派给本辖区内的工作人员")
-        wv = c.execute(select(m.warnings.c.snapshot_date, m.warnings.c.rule_version)
-                       .where(m.warnings.c.warning_id == case["current_warning_id"])
-                       .order_by(m.warnings.c.snapshot_date.desc())).first()
-        seen = c.scalar(select(m.snapshots.c.version).where(m.snapshots.c.snapshot_date == wv.snapshot_date))
         t = now()
-        c.execute(insert(m.actions).values(
-            alert_key=alert_key, action=action, from_status=case["status"], to_status=to, user_id=user.id, at=t,
-            snapshot_date=wv.snapshot_date, snapshot_version=seen, warning_id=case["current_warning_id"],
-            rule_version=wv.rule_version,
-            reason_code=reason_code or None, assistance=assistance or None,
-            assignee_id=assignee_id if action == "assign" else None, note=note or None))
         values = {"status": to, "updated_at": t}
         if action == "assign":
             values["assignee_id"] = assignee_id
@@ -452,13 +457,41 @@ def decide(engine: Engine, user: User, alert_key: str, action: str, *, note: str
             values["decided_warning_id"] = case["current_warning_id"]
         if action in ("assign", "visit"):
             values["reopen_note"] = case["reopen_note"]
-        c.execute(update(m.cases).where(m.cases.c.alert_key == alert_key).values(**values))
+        # the first write of the transaction (on SQLite it takes the database's write lock, waiting for the
+        # current writer): applies only if the case is still as it was checked — same status, same warning
+        done = c.execute(update(m.cases).where(cs.alert_key == alert_key, cs.status == case["status"],
+                                               cs.current_warning_id == case["current_warning_id"])
+                         .values(**values)).rowcount
+        if done != 1:
+            _lost_race(c, alert_key, case)
+        wv = c.execute(select(m.warnings.c.snapshot_date, m.warnings.c.rule_version)
+                       .where(m.warnings.c.warning_id == case["current_warning_id"])
+                       .order_by(m.warnings.c.snapshot_date.desc())).first()
+        seen = c.scalar(select(m.snapshots.c.version).where(m.snapshots.c.snapshot_date == wv.snapshot_date))
+        c.execute(insert(m.actions).values(
+            alert_key=alert_key, action=action, from_status=case["status"], to_status=to, user_id=user.id, at=t,
+            snapshot_date=wv.snapshot_date, snapshot_version=seen, warning_id=case["current_warning_id"],
+            rule_version=wv.rule_version,
+            reason_code=reason_code or None, assistance=assistance or None,
+            assignee_id=assignee_id if action == "assign" else None, note=note or None))
         audit.append(c, user, ip, "decision", "case", alert_key, case["region_code"], decision=action,
                      from_status=case["status"], to_status=to, reason_code=reason_code or None,
                      assistance=assistance or None, snapshot=str(wv.snapshot_date), snapshot_version=seen,
                      rule_version=wv.rule_version,
                      household_no=case["household_no"])
     return {"alert_key": alert_key, "status": to, "status_zh": STATUS_ZH[to]}
+
+
+def _lost_race(c: Connection, alert_key: str, seen) -> None:
+    """The case changed between the check and the write (another decision, or a snapshot load): Conflict,
+    saying what it is now (read inside the transaction, so current)."""
+    now_ = c.execute(select(m.cases.c.status, m.cases.c.current_warning_id)
+                     .where(m.cases.c.alert_key == alert_key)).first()
+    if now_ is None:
+        raise NotFound(alert_key)
+    if now_.status != seen["status"]:
+        raise Conflict(f"该预警已被他人处理（当前状态：{STATUS_ZH[now_.status]}），请刷新")
+    raise Conflict(f"该预警的数据已更新（已导入新快照，当前状态：{STATUS_ZH[now_.status]}），请刷新后重新核实")
 
 
 def stats(engine: Engine, user: User) -> dict:
