@@ -13,13 +13,24 @@ import csv
 import datetime as dt
 import io
 import json
+import re
+import zipfile
+from collections.abc import Callable, Iterator
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from connectors.mapping import Mapping
-from safetynet.normalise import _lit, _q
+from safetynet.logmask import mask_text
+from safetynet.normalise import _WS, _lit, _q
 from schemas.contract import Contract
+
+#: Kinds whose values are free text. No contract field may hold a line break or another control
+#: character (tab excepted): a text field carrying one is quarantined as `control_char`.
+TEXT_KINDS = ("string", "text_list", "members")
+#: a control character other than tab (C0, DEL, C1), in a value trimmed as validation trims it
+CONTROL = "[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f]"
 
 
 class FileFormatError(ValueError):
@@ -31,7 +42,7 @@ class FileFormatError(ValueError):
     """
 
     def __init__(self, rule: str, message: str, records: list[str] | None = None):
-        super().__init__(message)
+        super().__init__(mask_text(message))  # it becomes the records' reason
         self.rule = rule
         self.records = records
 
@@ -96,7 +107,7 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
     pre += "END"
     # the occurred_at check is a column of its own, not inside the CASE (DuckDB evaluates an
     # expensive expression in a CASE branch several times slower)
-    return (
+    sql = (
         f"WITH __j AS (SELECT *, coalesce(json_valid(_value), false) AS __ok FROM {source}), "
         f"__e AS (SELECT *, CASE WHEN __ok THEN json_extract_string(_value, [{allp}]) END AS __x, "
         "CASE WHEN __ok THEN json_type(_value, '$.payload') END AS __pt, "
@@ -105,6 +116,17 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
         f"SELECT * EXCLUDE (__ok, __x, __pt, __top, __env, __ts, _value), _value AS _raw, {meta}, {cols}, "
         f"{pre} AS _pre FROM __d"
     )
+    text = [f.name for f in c.fields if f.kind in TEXT_KINDS]
+    if not text:
+        return sql
+    ctrl = ", ".join(f"CASE WHEN regexp_matches(sn_trim({_q(n)}), {_lit(CONTROL)}) THEN {_lit('control_char:' + n)} END"
+                     for n in text)
+    # valid JSON holds a C0 control character in a string only escaped (raw, it is json_malformed),
+    # so a record without a backslash or a DEL needs no per-field check: two substring tests spare
+    # nearly every record a regular expression (a regex over the whole text would cost as much as
+    # the decoding). A raw C1 character (U+0080–U+009F, legal in JSON) is not looked for here.
+    return (f"SELECT * REPLACE (CASE WHEN _pre IS NULL AND (contains(_raw, '\\') OR contains(_raw, chr(127))) "
+            f"THEN coalesce({ctrl}) ELSE _pre END AS _pre) FROM ({sql})")
 
 
 def map_values_sql(c: Contract, source: str, mapping: Mapping | None) -> str:
@@ -157,8 +179,115 @@ def decode_text(data: bytes) -> tuple[str, str]:
         raise FileFormatError("file_encoding", "the file is neither UTF-8 nor GBK/GB18030") from None
 
 
+class Row(list):
+    """A data row's cells, with where it was in the file and what is wrong with its shape.
+
+    `line`: the physical line (CSV) or sheet row (XLSX) it came from, 1-based, as an editor or
+    spreadsheet shows it; `rule`: a record-level rule (`quote_unbalanced`, `row_shape`) when the
+    line could not be read as one well-formed row; `text`: the physical line as received, kept
+    as the record's `_raw` where its cells are not trustworthy.
+    """
+
+    __slots__ = ("line", "rule", "text")
+
+    def __init__(self, cells, line: int, rule: str | None = None, text: str | None = None):
+        super().__init__(cells)
+        self.line, self.rule, self.text = line, rule, text
+
+
+def physical_lines(text: str) -> list[str]:
+    """The lines of a text file without their ends: a line ends at LF or CRLF; a CR alone ends
+    a line only in a file that has no LF at all (classic Mac), elsewhere it is a control character
+    inside the line. A final line end does not start another line."""
+    lines = text.split("\r") if "\n" not in text else text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+class _Cursor:
+    """Feeds the CSV reader physical lines from `i` on; tells how many a record took and whether
+    the reader asked past the last line in the middle of a record (a quote left open)."""
+
+    __slots__ = ("lines", "i", "past_end", "cr")
+
+    def __init__(self, lines: list[str], i: int):
+        self.lines, self.i, self.past_end, self.cr = lines, i, False, ""
+
+    def __iter__(self) -> _Cursor:
+        return self
+
+    def __next__(self) -> str:
+        if self.i >= len(self.lines):
+            self.past_end = True
+            raise StopIteration
+        ln = self.lines[self.i]
+        self.i += 1
+        self.cr = ""
+        if "\r" in ln:  # a lone CR would stop the reader: carry it through as a character the line lacks
+            self.cr = _stand_in(ln)
+            return ln.replace("\r", self.cr)
+        return ln
+
+
+def _stand_in(ln: str) -> str:
+    return next(ch for ch in map(chr, range(0xE000, 0xF900)) if ch not in ln)  # private use
+
+
+def _cells(cells: list[str], cr: str) -> list[str]:
+    return [c.replace(cr, "\r") for c in cells] if cr else cells
+
+
+def csv_rows(lines: list[str], dialect: type[csv.Dialect] | csv.Dialect) -> Iterator[Row]:
+    """Every non-blank physical line as one `Row`, numbered from 1.
+
+    No contract field may span lines, so a quoted field the reader would continue onto the next
+    line (or past the last) is the line's fault: that line becomes a `quote_unbalanced` row (its
+    cells as far as they go) and reading starts again at the next line — an unbalanced quote
+    never swallows the lines after it. Cost stays linear: a restart re-reads only the lines up
+    to the quote that closed the span.
+    """
+    i, n = 0, len(lines)
+    while i < n:
+        cur = _Cursor(lines, i)
+        rd = csv.reader(cur, dialect, strict=False)
+        i = n  # unless a bad line makes reading start again after it
+        while cur.i < n:
+            start = cur.i
+            try:
+                cells = next(rd)
+            except StopIteration:
+                break
+            except csv.Error:  # a field over the reader's size limit
+                cells = None
+            if cells is not None and cur.i - start == 1 and not cur.past_end:
+                if any(c.strip() for c in cells):
+                    yield Row(_cells(cells, cur.cr), start + 1)
+                continue
+            text = lines[start]
+            spanned = cur.i - start > 1 or cur.past_end
+            cr = _stand_in(text) if "\r" in text else ""
+            try:
+                part = next(csv.reader([text.replace("\r", cr) if cr else text], dialect, strict=False), [])
+            except csv.Error:
+                part = []
+            yield Row(_cells(part, cr), start + 1, "quote_unbalanced" if spanned or _odd_quotes(text, dialect)
+                      else "row_shape", text)
+            i = start + 1
+            break
+
+
+def _odd_quotes(text: str, dialect: type[csv.Dialect] | csv.Dialect) -> bool:
+    return text.count(getattr(dialect, "quotechar", None) or '"') % 2 == 1
+
+
 def read_rows(name: str, data: bytes) -> tuple[list[str], list[list[str | None]], str]:
-    """(header, data rows, detected format) of a CSV, XLSX or JSON Lines file."""
+    """(header, data rows, detected format) of a CSV, XLSX or JSON Lines file.
+
+    Data rows are `Row`s: every non-blank physical line of a CSV or JSON Lines file after the
+    header (every non-empty sheet row of a workbook) is one, so the input count is the count
+    of data lines whatever they hold; a line that cannot be read as a row carries its rule.
+    """
     lower = name.lower()
     if lower.endswith((".xlsx", ".xlsm")):
         return (*_read_xlsx(data), "xlsx")
@@ -169,18 +298,19 @@ def read_rows(name: str, data: bytes) -> tuple[list[str], list[list[str | None]]
         lines = _lines(data)
         e.records = lines if jsonl else lines[1:]
         raise
-    if jsonl:
-        return [], [[line] for line in text.splitlines() if line.strip()], f"jsonl/{enc}"
-    sample = text[:4096]
+    lines = physical_lines(text)
+    if jsonl:  # a line ends at LF only: U+2028 or a form feed inside a JSON string is no line end
+        return [], [Row([ln], i + 1) for i, ln in enumerate(lines) if ln.strip()], f"jsonl/{enc}"
+    sample = "\n".join(lines[:50])[:4096]
     try:
         dialect = csv.Sniffer().sniff(sample, delimiters=",\t;|")
     except csv.Error:
         dialect = csv.excel
-    rows = list(csv.reader(io.StringIO(text, newline=""), dialect))
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if not rows:
+    rows = csv_rows(lines, dialect)
+    header = next(rows, None)
+    if header is None:
         return [], [], f"csv/{enc}"
-    return [h.strip() for h in rows[0]], [list(r) for r in rows[1:]], f"csv/{enc}"
+    return [h.strip() for h in header], list(rows), f"csv/{enc}"
 
 
 def _cell(v: object) -> str | None:
@@ -197,7 +327,75 @@ def _cell(v: object) -> str | None:
     return str(v)
 
 
+# the last value element (a cell's `<v>`, an inline string's `<is>`) / row start tag in a buffer:
+# a greedy prefix makes the search start from the end, at C speed
+_LAST_VALUE = re.compile(rb"(?s:.*)<(?:[A-Za-z_][\w.-]*:)?(?:v|is)[\s>]")
+_LAST_ROW = re.compile(rb"(?s:.*)<(?:[A-Za-z_][\w.-]*:)?row(?=[\s>/])([^>]*)>")
+_ROW_TAG = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?(row|v|is)(?=[\s>/])([^>]*)>")
+_ROW_R = re.compile(rb"""\sr\s*=\s*["']([0-9.]+)["']""")
+
+
+def _chunks(sheet: io.BufferedIOBase, size: int) -> Iterator[bytes]:
+    """The XML in blocks that end just before a "<" (so no tag is cut: "<" never occurs inside one)."""
+    tail = b""
+    while block := sheet.read(size):
+        buf = tail + block
+        cut = buf.rfind(b"<")
+        if cut <= 0:  # no tag starts in it yet: read on
+            tail = buf
+            continue
+        yield buf[:cut]
+        tail = buf[cut:]
+    if tail:
+        yield tail
+
+
+def last_value_row(open_sheet: Callable[[], io.BufferedIOBase], block: int = 1 << 22) -> int:
+    """The number of the last row of a worksheet's XML that holds a value (a cell `<v>` or an
+    inline string `<is>`), 0 if none — in one streaming pass, without parsing the XML.
+
+    A sheet can claim (and even spell out) a million rows of which three hold data; reading
+    stops at this row. Rows are numbered as openpyxl numbers them: by `r`, else one more than
+    the previous row. The fast pass reads the `r` of the row around each block's last value;
+    a sheet whose rows lack `r` there is counted tag by tag instead.
+    """
+    last, prev_r = 0, 0  # prev_r: `r` of the last row started in an earlier block (None: without r)
+    with open_sheet() as sheet:
+        for buf in _chunks(sheet, block):
+            # most blocks of a padded sheet hold no value: a value is a `<v>` or an inline string
+            # (its cell has t="inlineStr"), so a block without a "v" or an "S" is skipped at memchr speed
+            v = (b"v" in buf or b"S" in buf) and _LAST_VALUE.match(buf)
+            if v:
+                row = _LAST_ROW.match(buf, 0, v.end())
+                r = _ROW_R.search(row.group(1)) if row else None
+                if (row and not r) or (not row and prev_r is None):
+                    return _count_rows(open_sheet, block)
+                last = int(float(r.group(1))) if r else prev_r
+            row = _LAST_ROW.match(buf)
+            if row:
+                r = _ROW_R.search(row.group(1))
+                prev_r = int(float(r.group(1))) if r else None
+    return last
+
+
+def _count_rows(open_sheet: Callable[[], io.BufferedIOBase], block: int) -> int:
+    row = last = 0
+    with open_sheet() as sheet:
+        for buf in _chunks(sheet, block):
+            for m in _ROW_TAG.finditer(buf):
+                if m.group(1) == b"row":
+                    r = _ROW_R.search(m.group(2))
+                    row = int(float(r.group(1))) if r else row + 1
+                else:
+                    last = row
+    return last
+
+
 def _read_xlsx(data: bytes) -> tuple[list[str], list[list[str | None]]]:
+    """Header and data rows of the first sheet, streamed (openpyxl read-only) up to the last row
+    that holds a value; empty rows before it are skipped, rows after it never read. The sheet's
+    stated dimensions are ignored (they may claim a million rows or columns); a row has as
+    many cells as the sheet gives it, and at least as many as the header."""
     import openpyxl
 
     try:
@@ -206,18 +404,36 @@ def _read_xlsx(data: bytes) -> tuple[list[str], list[list[str | None]]]:
         raise FileFormatError("file_encoding", f"not a readable XLSX workbook ({type(e).__name__})") from None
     try:
         ws = wb.worksheets[0]
-        rows = [[_cell(v) for v in r] for r in ws.iter_rows(values_only=True)]
+        try:
+            last = last_value_row(lambda: wb._archive.open(ws._worksheet_path))
+        except (KeyError, OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
+            raise FileFormatError("file_encoding", f"not a readable XLSX workbook ({type(e).__name__})") from None
+        if last == 0:
+            return [], []
+        ws.reset_dimensions()
+        header: list[str] | None = None
+        rows: list[list[str | None]] = []
+        # without dimensions, openpyxl yields every row from 1 on (an empty one for a gap): n is the row number
+        for n, r in enumerate(ws.iter_rows(max_row=last, values_only=True), 1):
+            if not any(v is not None and v != "" for v in r):
+                continue
+            if header is None:
+                header = [str(h).strip() if h is not None else "" for h in r]
+                continue
+            cells = [_cell(v) for v in r]
+            if len(cells) < len(header):
+                cells += [None] * (len(header) - len(cells))
+            rows.append(Row(cells, n))
     finally:
         wb.close()
-    rows = [r for r in rows if any(v not in (None, "") for v in r)]
-    if not rows:
-        return [], []
-    header = [str(h).strip() if h is not None else "" for h in rows[0]]
-    return header, rows[1:]
+    return header or [], rows
 
 
 def _row_json(header: list[str], r: list[str | None]) -> str:
-    return json.dumps(dict(zip(header, r, strict=False)), ensure_ascii=False)
+    d = dict(zip(header, r, strict=False))
+    if len(r) > len(header):  # cells beyond the header are kept too (a `row_shape` record is shown whole)
+        d["_extra_cells"] = list(r[len(header):])
+    return json.dumps(d, ensure_ascii=False)
 
 
 def rows_to_records(c: Contract, header: list[str], rows: list[list[str | None]], mapping: Mapping | None = None,
@@ -228,29 +444,50 @@ def rows_to_records(c: Contract, header: list[str], rows: list[list[str | None]]
     Raises `FileFormatError('file_header')` when a required column is missing, naming the
     headers found (`strict=False`: a missing column is left empty, for profiling). Unknown
     columns are ignored under the additive evolution mode; under frozen they reject the file.
+
+    Record-level rules (`_pre`): a line the reader could not split (`quote_unbalanced`; its
+    `_raw` is the line as received), a row with more non-empty cells than the header or fewer
+    cells than its last named column (`row_shape`), a control character in a text field
+    (`control_char:<field>`, naming the field).
     """
     mapped, missing = c.map_headers(header, mapping.headers if mapping else None)
     if missing and strict:
         labels = ", ".join(f"{m} ({c.field(m).label_zh})" for m in missing)
-        found = ", ".join(h for h in header if h) or "none"
+        found = ", ".join(h for h in header if h) or "none"  # ID-shaped ones masked (FileFormatError)
         raise FileFormatError("file_header", f"{c.feed_id}: the file lacks required column(s) {labels}; "
-                              f"headers found: {found}", [_row_json(header, r) for r in rows])
+                              f"headers found: {found}", [_raw(header, r) for r in rows])
     unknown = [h for h, m in zip(header, mapped, strict=True) if m is None and h]
     if unknown and c.evolution == "frozen" and strict:
         raise FileFormatError("file_header", f"{c.feed_id}: unknown column(s) under frozen evolution: {unknown}",
-                              [_row_json(header, r) for r in rows])
+                              [_raw(header, r) for r in rows])
     idx = {m: i for i, m in enumerate(mapped) if m is not None}
     width = len(header)
+    named = max((i + 1 for i, h in enumerate(header) if h), default=0)  # cells a row must reach
     cols: dict[str, list] = {n: [] for n in c.names}
-    raws, pres = [], []
-    for r in rows:
+    raws, pres, lines = [], [], []
+    for k, r in enumerate(rows):
         for n in c.names:
             i = idx.get(n)
             cols[n].append(r[i] if i is not None and i < len(r) else None)
-        raws.append(_row_json(header, r))
-        pres.append("row_shape" if len(r) > width and any(v not in (None, "") for v in r[width:]) else None)
+        rule = getattr(r, "rule", None)
+        if rule is None and (len(r) < named or (len(r) > width and any(v not in (None, "") for v in r[width:]))):
+            rule = "row_shape"
+        raws.append(_raw(header, r))
+        pres.append(rule)
+        lines.append(getattr(r, "line", None) or k + 2)  # no line known: the header is row 1
     t = pa.table({n: pa.array(v, pa.string()) for n, v in cols.items()})
+    pre = pa.array(pres, pa.string())
+    for f in c.fields:  # vectorised: the few rows with a control character are found by RE2
+        if f.kind in TEXT_KINDS and f.name in idx:
+            hit = pc.match_substring_regex(pc.utf8_trim(t[f.name], _WS), CONTROL)
+            pre = pc.if_else(pc.and_kleene(pc.is_null(pre), pc.fill_null(hit, False)),
+                             pa.scalar(f"control_char:{f.name}"), pre)
     t = t.append_column("_raw", pa.array(raws, pa.string()))
-    t = t.append_column("_pre", pa.array(pres, pa.string()))
-    # spreadsheet row numbers: the header is row 1, so the first data row is row 2
-    return t.append_column("_row_number", pa.array(range(2, len(rows) + 2), pa.int64()))
+    t = t.append_column("_pre", pre)
+    return t.append_column("_row_number", pa.array(lines, pa.int64()))
+
+
+def _raw(header: list[str], r: list[str | None]) -> str:
+    """A row as received: the physical line where the reader could not split it, else its cells by header."""
+    text = getattr(r, "text", None)
+    return text if text is not None else _row_json(header, r)

@@ -861,6 +861,9 @@ def main(argv: list[str] | None = None) -> int:
     from rich.logging import RichHandler
 
     logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[RichHandler(show_path=False, console=Console(stderr=True, width=_width()))])
+    from safetynet import logmask
+
+    logmask.install()  # last line of defence: nothing ID-shaped leaves in a log line
     if not args.debug:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
         logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it sets INFO on itself

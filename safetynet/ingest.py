@@ -46,6 +46,7 @@ from connectors.kafka_topic import KafkaBatch, KafkaTopicSource
 from connectors.mapping import Mapping
 from safetynet import health as feed_health
 from safetynet import lease
+from safetynet.logmask import mask_text
 from safetynet import normalise
 from safetynet.settings import Settings
 from safetynet.store import ObjectStore
@@ -533,7 +534,7 @@ def _quarantine_file(store: ObjectStore, c: Contract, d: Drop, e: FileFormatErro
     holds (its line or row as text), each explaining why; one record if not even rows can be told."""
     qfile = f"quarantine/{c.prefix}/ingest_date={today}/files/{d.name}"
     store.write_bytes(qfile, d.data)
-    why = f"{c.feed_id}: file {d.name} — {e.rule}: {e}"
+    why = mask_text(f"{c.feed_id}: file {d.name} — {e.rule}: {e}")
     records = e.records or [f"(whole file kept at {qfile}, {len(d.data)} bytes)"]
     # spreadsheet-style row numbers: CSV/XLSX data start at row 2 (after the header), JSON Lines at 1
     first = 0 if not e.records else 1 if d.name.lower().endswith((".jsonl", ".ndjson")) else 2

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
+from safetynet.logmask import mask_text
 from schemas.contract import Contract, Field
 
 _FW_FROM = "０１２３４５６７８９ｘＸ．－／"
@@ -43,7 +44,9 @@ RULES: dict[str, str] = {
     "enum_value": "not one of the contract's values",
     "members_format": "not a JSON array of {id_no, relation} with valid ID numbers",
     "out_of_range": "outside the contract's allowed range",
-    "row_shape": "the row has more cells than the header",
+    "row_shape": "the row has more or fewer cells than the header",
+    "quote_unbalanced": "a quote opened in this line is not closed in it (no field may span lines)",
+    "control_char": "a control character (other than tab) in a text field",
     "file_header": "the file lacks a required column",
     "file_encoding": "the file is not UTF-8, GBK/GB18030 or a readable XLSX",
 }
@@ -198,7 +201,8 @@ def validate_sql(c: Contract, source: str, *, pre_rule: str | None = None, typed
 
     Returns every source column, the fields as typed values (`typed`) or as received, and
     `_rule` / `_field` (NULL for a valid record). `pre_rule` is a record-level rule expression
-    (envelope checks) evaluated before any field rule. A `delete` only needs its key fields.
+    (envelope checks) evaluated before any field rule; its value is a rule, or `rule:field` to
+    name the field. A `delete` only needs its key fields.
     `record_date`: `source` has `_occurred_at`, the record's date for the ID birth-date rule
     (else today). `every_rule`: also return each field's own rule as `__r_<field>` (profiling).
     Named steps: `__s` trims, `__p` pre-normalises, `__v` types, `__c` checks values, `__r` applies
@@ -220,9 +224,9 @@ def validate_sql(c: Contract, source: str, *, pre_rule: str | None = None, typed
                      f"{skip}ELSE {_q('__c_' + f.name)} END AS {_q('__r_' + f.name)}")
     first_rule = "coalesce(" + ", ".join(_q("__r_" + n) for n in c.names) + ")"
     first_field = "CASE " + " ".join(f"WHEN {_q('__r_' + n)} IS NOT NULL THEN {_lit(n)}" for n in c.names) + " END"
-    if pre_rule:
-        first_rule = f"coalesce({pre_rule}, {first_rule})"
-        first_field = f"CASE WHEN {pre_rule} IS NOT NULL THEN '' ELSE {first_field} END"
+    if pre_rule:  # a record-level rule, or `rule:field` where a decoder found a field's fault (control_char)
+        first_rule = f"coalesce(split_part({pre_rule}, ':', 1), {first_rule})"
+        first_field = f"CASE WHEN {pre_rule} IS NOT NULL THEN split_part({pre_rule}, ':', 2) ELSE {first_field} END"
     names = ", ".join(_q(n) for n in c.names)
     helper = "__ref, " + ", ".join(_q(f"__{s}_{n}") for n in c.names for s in ("tpvc" if every_rule else "tpvcr"))
     out = ", ".join(f"{_q(('__v_' if typed else '') + n)} AS {_q(n)}" for n in c.names)
@@ -240,11 +244,12 @@ def validate_sql(c: Contract, source: str, *, pre_rule: str | None = None, typed
 
 
 def reason(c: Contract, rule: str, field: str, where: str) -> str:
-    """One readable line naming feed, field, rule and a non-personal key — never a value."""
+    """One readable line naming feed, field, rule and a non-personal key — never a value (and
+    anything ID-shaped that reached it anyway, e.g. in a file name, is masked)."""
     if field:
         f = c.field(field)
-        return f"{c.feed_id}: field {field} ({f.label_zh}) — {rule}: {RULES.get(rule, rule)} [{where}]"
-    return f"{c.feed_id}: record — {rule}: {RULES.get(rule, rule)} [{where}]"
+        return mask_text(f"{c.feed_id}: field {field} ({f.label_zh}) — {rule}: {RULES.get(rule, rule)} [{where}]")
+    return mask_text(f"{c.feed_id}: record — {rule}: {RULES.get(rule, rule)} [{where}]")
 
 
 def normalise_table(con: duckdb.DuckDBPyConnection, c: Contract, table: pa.Table) -> pa.Table:

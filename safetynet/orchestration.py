@@ -145,8 +145,11 @@ def kafka_wakeup(message: Any, min_interval_s: float = WAKEUP_MIN_INTERVAL_S, ke
 
 # ---- task functions -----------------------------------------------------------------------------------
 def _edge() -> tuple[Settings, ObjectStore]:
+    from safetynet import logmask
     from safetynet.settings import Settings
     from safetynet.store import ObjectStore
+
+    logmask.install()  # in the task process, after Airflow set up its logging: masks ID-shaped text
 
     s = Settings(progress=False)
     problems = s.problems()

@@ -167,6 +167,9 @@ def applicable_rules(c: Contract, channels: tuple[Channel, ...]) -> list[str]:
         rules.append("envelope_invalid")
     if "csv" in chans:
         rules.append("row_shape")
+        rules.append("quote_unbalanced")  # a quote opened and never closed on its line
+        if any(f.kind == "string" and f.required for f in c.fields):
+            rules.append("control_char")  # a vertical tab pasted into a text cell
     if c.evolution == "frozen" and chans & {"kafka", "jsonl"}:
         rules.append("unknown_field")
     return rules
@@ -177,7 +180,7 @@ def _channel_ok(rule: str, ch: Channel) -> bool:
         return ch.kind == "kafka"
     if rule == "json_malformed":
         return ch.kind in ("kafka", "jsonl")
-    if rule == "row_shape":
+    if rule in ("row_shape", "quote_unbalanced", "control_char"):
         return ch.kind == "csv"
     if rule == "unknown_field":
         return ch.kind in ("kafka", "jsonl")
@@ -278,6 +281,10 @@ def _breaker(c: Contract, rule: str, rec: dict, rng: np.random.Generator) -> dic
     elif rule == "members_format":
         f = pick(lambda f: f.kind == "members")
         r[f.name] = []
+    elif rule == "control_char":
+        f = pick(lambda f: f.kind == "string" and f.required)
+        v = str(rec[f.name])
+        r[f.name] = v[:1] + "\x0b" + v[1:]
     elif rule == "out_of_range":
         f = pick(lambda f: f.min is not None or f.max is not None)
         r[f.name] = "-100.00" if (f.min is not None and f.min >= 0 and f.kind == "money") else (
@@ -375,7 +382,7 @@ class _Emitter:
             for j in range(self.k(fid, rule)):
                 i = ok[j % len(ok)]
                 base = per_ch[i][int(rr.integers(0, len(per_ch[i])))]
-                if rule in ("json_malformed", "envelope_invalid", "row_shape", "unknown_field"):
+                if rule in ("json_malformed", "envelope_invalid", "row_shape", "unknown_field", "quote_unbalanced"):
                     rec = dict(base)
                 else:
                     rec = _breaker(c, rule, base, rr)
@@ -701,6 +708,11 @@ class _Emitter:
                     cells.append(str(v))
             if rule == "row_shape":
                 cells += ["备注", "多余列"]
+            if rule == "quote_unbalanced":  # the line ends in a quote that is never closed
+                line = io.StringIO()
+                csv.writer(line, lineterminator="").writerow(cells)
+                buf.write(line.getvalue() + ',"备注\r\n')
+                continue
             w.writerow(cells)
         self.files[f"{c.prefix}/{ch.name}"] = buf.getvalue().encode(ch.encoding)
 
