@@ -107,11 +107,11 @@ def _without_partitions(t: pa.Table) -> pa.Table:
     return t.drop_columns([c for c in PARTITIONING.names if c in t.column_names])
 
 
-def _content_sha256(files: dict[str, dict], policy_version: str, inputs: dict) -> str:
-    """What makes a version: its data (checksums by dataset, not by version path), inputs and policy."""
+def _content_sha256(checksums: dict[str, str], policy_version: str, inputs: dict) -> str:
+    """What makes a version: its data (checksum per dataset), inputs and policy."""
     h = hashlib.sha256()
-    for path, f in sorted(files.items()):
-        h.update(f"{path.split('/snapshot_date=')[0]}\x1f{f['sha256']}\n".encode())
+    for dataset, sha in sorted(checksums.items()):
+        h.update(f"{dataset}\x1f{sha}\n".encode())
     h.update(json.dumps({"policy_version": policy_version, "inputs": inputs}, sort_keys=True, default=str,
                         ensure_ascii=False).encode())
     return h.hexdigest()
@@ -128,15 +128,15 @@ def publish(store: ObjectStore, snapshot: dt.date, tables: dict[str, pa.Table], 
         "monitoring/household": (tables["monitoring/household"], None),
         "warnings": (pseudonymise_warnings(tables["warnings"], ps), tables["warnings"]),
     }
-    blobs: dict[tuple[str, bool], bytes] = {}
-    files: dict[str, dict] = {}
+    blobs: dict[tuple[str, bool], tuple[bytes, dict]] = {}  # encoded and hashed once, written if new
     for name, (public, identified) in variants.items():
         for t, ident in ((public, False), (identified, True)):
             if t is not None:
-                data = blobs[name, ident] = parquet_bytes(_without_partitions(t))
-                files[_path(name, snapshot, 0, ident)] = {"rows": t.num_rows, "bytes": len(data),
-                                                           "sha256": hashlib.sha256(data).hexdigest()}
-    content = _content_sha256(files, policy_version, inputs)
+                data = parquet_bytes(_without_partitions(t))
+                blobs[name, ident] = data, {"rows": t.num_rows, "bytes": len(data),
+                                            "sha256": hashlib.sha256(data).hexdigest()}
+    content = _content_sha256({f"{'identified/' if ident else ''}{name}": entry["sha256"]
+                               for (name, ident), (_, entry) in blobs.items()}, policy_version, inputs)
     current = _current_manifest(store, snapshot)
     if current is not None and current.get("content_sha256") == content:
         log.info("snapshot %s: identical to its current version %s: nothing published", snapshot, current["version"],
@@ -144,10 +144,10 @@ def publish(store: ObjectStore, snapshot: dt.date, tables: dict[str, pa.Table], 
         return {**current, "status": "unchanged"}
     version = _claim(store, snapshot, publisher)
     files = {}
-    for (name, ident), data in blobs.items():
+    for (name, ident), (data, entry) in blobs.items():
         path = _path(name, snapshot, version, ident)
         store.write_bytes(path, data)
-        files[path] = {"rows": variants[name][0].num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        files[path] = entry
     manifest = {
         "snapshot_date": snapshot.isoformat(), "version": version, "schema_version": outputs.VERSION,
         "policy_version": policy_version, "content_sha256": content,
