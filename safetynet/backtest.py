@@ -38,7 +38,8 @@ import pyarrow.dataset as ds
 from quality.rules import RULES, Rule, by_id
 from safetynet import clean, health, monitoring, normalise, snapshot, warnings
 from safetynet.export import csv_safe
-from safetynet.idno import is_valid, mask
+from safetynet.idno import mask
+from safetynet.logmask import mask_text
 from safetynet.policy import Policy
 from safetynet.store import ObjectStore
 from schemas.contract import Contract
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 #: (kept warnings are counted in the printed table, not listed).
 CSV_COLUMNS = ("snapshot_date", "change", "rule_id", "rule_title_zh", "household_no", "street_code", "region_code",
                "subject", "summary_zh")
-ID18 = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
 
 
 class UnknownRule(ValueError):
@@ -146,14 +146,6 @@ def rebuild_inputs(store: ObjectStore, manifest: dict, con: duckdb.DuckDBPyConne
     return tables, checks
 
 
-def register_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> None:
-    """Register clean tables as the monitoring build's sources (as `monitoring.register_clean`
-    does for `clean/`): each feed under its step name, a feed not given as an empty table."""
-    for fid, name in monitoring.sources().items():
-        t = tables.get(fid)
-        con.register(name, t if t is not None else contracts()[fid].arrow_schema().empty_table())
-
-
 # ---- the comparison ---------------------------------------------------------------------------------
 @dataclass
 class RuleDiff:
@@ -198,18 +190,11 @@ class Backtest:
         return [(k, v[0], v[1], v[2]) for k, v in sorted(out.items())]
 
 
-def _mask_ids(text: str | None) -> str:
-    """Defence in depth: a valid ID number inside a text is shown masked (summaries hold none)."""
-    if not text:
-        return ""
-    return ID18.sub(lambda m: mask(m.group()) if is_valid(m.group()) else m.group(), text)
-
-
 def _change_row(day: dt.date, change: str, r: dict, title: str) -> dict:
     return {"snapshot_date": day.isoformat(), "change": change, "rule_id": r["rule_id"], "rule_title_zh": title,
             "household_no": r["household_no"], "street_code": r["street_code"] or "",
             "region_code": r["region_code"] or "", "subject": mask(r["subject_id_no"]),
-            "summary_zh": _mask_ids(r["summary_zh"])}
+            "summary_zh": mask_text(r["summary_zh"] or "")}
 
 
 def _extras(mine: list[dict], theirs: list[dict], n: int) -> list[dict]:
@@ -275,7 +260,7 @@ def backtest(store: ObjectStore, day: dt.date, pol: Policy, rules: Sequence[Rule
         step("inputs")
         tables, inputs = rebuild_inputs(store, m, con)
         counties = sorted({v[:6] for v in tables["public_security.person"]["region_code"].to_pylist() if v})
-        register_tables(con, tables)
+        monitoring.register_sources(con, tables)
         step("build")
         b = monitoring.build(con, day, pol)
         step("rules")

@@ -286,17 +286,22 @@ def register_clean(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> dict[s
     only the columns it needs, locally or from S3); returns feed → path of the feeds present."""
     from safetynet.clean import clean_path
 
-    seen = {}
-    for fid, name in sources().items():
-        c = contracts()[fid]
+    seen, data = {}, {}
+    for fid, c in contracts().items():
         path = clean_path(c)
-        data = store.dataset(path.rsplit("/", 1)[0] + "/", schema=c.arrow_schema()) if store.exists(path) else None
-        if data is not None:
-            con.register(name, data)
+        if store.exists(path):
+            data[fid] = store.dataset(path.rsplit("/", 1)[0] + "/", schema=c.arrow_schema())
             seen[fid] = path
-        else:  # a feed with no data yet: an empty table of the right schema, and the caller is told
-            con.register(name, c.arrow_schema().empty_table())
+    register_sources(con, data)
     return seen
+
+
+def register_sources(con: duckdb.DuckDBPyConnection, data: dict) -> None:
+    """Register each feed's clean relation (a table or dataset) under its step name; a feed not
+    given (no data yet) as an empty table of its schema."""
+    for fid, name in sources().items():
+        rel = data.get(fid)
+        con.register(name, rel if rel is not None else contracts()[fid].arrow_schema().empty_table())
 
 
 def build(con: duckdb.DuckDBPyConnection, snapshot: dt.date, pol: Policy) -> Build:
