@@ -31,6 +31,8 @@ from safetynet.review.auth import ROLES, User
 HERE = Path(__file__).parent
 SESSION_COOKIE = "sn_session"
 LOGIN_CSRF_COOKIE = "sn_login_csrf"
+API_TITLE = "兜底保障数据枢纽 · 预警处置 API"
+DOCS_URL, OPENAPI_URL, OAUTH2_REDIRECT_URL = "/api/docs", "/api/openapi.json", "/docs/oauth2-redirect"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
 
@@ -40,8 +42,9 @@ class Unauthenticated(Exception):
 
 
 def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: bool = False) -> FastAPI:
-    app = FastAPI(title="兜底保障数据枢纽 · 预警处置 API", version="1", docs_url="/api/docs",
-                  openapi_url="/api/openapi.json", redoc_url=None)
+    # FastAPI's own /api/docs page loads Swagger UI from a CDN with an inline script: the CSP (and an
+    # intranet without internet) refuses both. Ours below serves the vendored swagger-ui-dist.
+    app = FastAPI(title=API_TITLE, version="1", docs_url=None, openapi_url=OPENAPI_URL, redoc_url=None)
     app.state.engine = engine
     idle = dt.timedelta(hours=session_hours)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -129,6 +132,19 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
         return templates.TemplateResponse(request, name, {"user": getattr(request.state, "user", None),
                                                           "csrf": getattr(request.state, "csrf", ""), **ctx},
                                           status_code=status)
+
+    # ---- API description (Swagger UI from /static: same-origin scripts only) -------------------
+    @app.get(DOCS_URL, response_class=HTMLResponse, include_in_schema=False)
+    def api_docs(request: Request):
+        root = request.scope.get("root_path", "").rstrip("/")
+        return templates.TemplateResponse(request, "api_docs.html", {
+            "title": API_TITLE, "root": root, "openapi_url": root + OPENAPI_URL,
+            "oauth2_redirect_url": root + OAUTH2_REDIRECT_URL})
+
+    @app.get(OAUTH2_REDIRECT_URL, response_class=HTMLResponse, include_in_schema=False)
+    def api_docs_oauth2_redirect(request: Request):
+        return templates.TemplateResponse(request, "oauth2_redirect.html",
+                                          {"root": request.scope.get("root_path", "").rstrip("/")})
 
     # ---- health, login ----------------------------------------------------------------------
     @app.get("/healthz", include_in_schema=False)
