@@ -12,6 +12,7 @@ data, so a reader can reconcile raw → clean.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -21,7 +22,7 @@ import pyarrow as pa
 
 from safetynet import health, normalise
 from safetynet.normalise import _q
-from safetynet.store import ObjectStore
+from safetynet.store import ObjectStore, parquet_bytes
 from schemas.contract import Contract
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,12 @@ def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection |
         held = health.held(store, c)  # unhealthy deliveries: the previous clean state stays in force
         raw = store.dataset(f"raw/{c.prefix}/", schema=c.raw_schema(), exclude=held)
         table, counts = clean_table(con, c, raw)
-        store.write_parquet(clean_path(c), table)
+        data = parquet_bytes(table)
+        store.write_bytes(clean_path(c), data)
         watermarks = _watermarks(store, c, held)
         manifest = {"feed_id": c.feed_id, "contract_version": c.version, "path": clean_path(c),
                     "written_at": dt.datetime.now(dt.UTC).isoformat(), "counts": asdict(counts),
+                    "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
                     "reconciles": counts.reconciles, "watermarks": watermarks, "held_files": sorted(held)}
         store.write_bytes(f"_catalog/clean/{c.prefix}.json", json.dumps(manifest, ensure_ascii=False, indent=1).encode())
         log.info("clean %s: raw=%d → rows=%d (redelivered=%d superseded=%d deleted=%d)", c.feed_id, counts.raw_rows,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from connectors.base import load_mappings
 from connectors.drop_folder import Drop, DropFolderSource
@@ -49,7 +51,7 @@ from safetynet import lease
 from safetynet.logmask import mask_text
 from safetynet import normalise
 from safetynet.settings import Settings
-from safetynet.store import ObjectStore
+from safetynet.store import ObjectStore, parquet_bytes
 from schemas.contract import Contract
 from schemas.registry import contracts
 
@@ -70,6 +72,7 @@ class FeedCounts:
     file_records: int = 0
     batches: int = 0
     files: list[str] = field(default_factory=list)
+    checksums: dict = field(default_factory=dict)  # file → {sha256, bytes, rows, ingested_at} (`store verify`)
     seconds: float = 0.0
     drift: Counter = field(default_factory=Counter)  # (field, rule, value or "") → rejected records
     empty_snapshots: list[str] = field(default_factory=list)  # snapshot drops without a data row
@@ -91,6 +94,7 @@ class FeedCounts:
         self.quarantined.update(r.rejected)
         self.drift.update(r.drift)
         self.files += r.files
+        self.checksums.update(r.checksums)
         if kafka:
             self.kafka_records += n
         else:
@@ -101,6 +105,7 @@ class FeedCounts:
         return {"feed_id": self.feed_id, "input": self.input, "accepted": self.accepted,
                 "quarantined": dict(sorted(self.quarantined.items())), "kafka_records": self.kafka_records,
                 "file_records": self.file_records, "batches": self.batches, "files": self.files,
+                "checksums": self.checksums,
                 "seconds": round(self.seconds, 3), "reconciles": self.reconciles, "mapping": self.mapping,
                 **({"health": self.health.as_dict()} if self.health else {})}
 
@@ -140,8 +145,10 @@ RUNS = "_catalog/ingest"
 
 def adopt_crashed_runs(store: ObjectStore, report: IngestReport) -> dict:
     """Run records still "running" for feeds this run now holds belong to runs that died (a live
-    run holds its feeds' leases for its whole life). Mark them crashed and give them the `raw/`
-    files of their feeds that no run record lists, so every raw file belongs to a run record."""
+    run holds its feeds' leases for its whole life): mark them crashed. Give them — and runs that
+    failed (e.g. a batch written, then the broker lost before its commit was confirmed) — the
+    `raw/` and `quarantine/` files of their feeds that no run record lists, with the checksums
+    found, so every file belongs to a run record (the most recent unfinished run first)."""
     mine = set(report.feeds)
     records = {}
     for e in store.list(f"{RUNS}/", ".json"):
@@ -149,26 +156,44 @@ def adopt_crashed_runs(store: ObjectStore, report: IngestReport) -> dict:
             records[e.path] = json.loads(store.read_bytes(e.path))
         except (FileNotFoundError, ValueError):
             continue
-    crashed = {p: r for p, r in records.items() if r.get("status") == "running"
+    crashed = {p: r for p, r in records.items()
+               if (r.get("status") == "running" or (r.get("status") == "failed" and not r.get("adopted_by")))
                and r.get("run_id") != report.run_id and mine & set(r.get("feeds", {}))}
     if not crashed:
         return {}
     listed = {f for r in records.values() for fc in r.get("feeds", {}).values() for f in fc.get("files", [])}
     listed |= {f for r in records.values() for files in (r.get("orphan_files") or {}).values() for f in files}
     out = {}
-    for path, r in sorted(crashed.items()):
+    for path, r in sorted(crashed.items(), reverse=True):
         orphans = {}
         for fid in sorted(mine & set(r.get("feeds", {}))):
-            prefix = f"raw/{contracts()[fid].prefix}/"
-            orphans[fid] = [e.path for e in store.list(prefix, ".parquet") if e.path not in listed]
+            prefix = contracts()[fid].prefix
+            orphans[fid] = [e.path for zone in ("raw", "quarantine") for e in store.list(f"{zone}/{prefix}/")
+                            if e.path not in listed and "/damaged/" not in e.path]
             listed |= set(orphans[fid])
-        r.update(status="crashed", adopted_by=report.run_id, orphan_files=orphans)
+        was = r.get("status")
+        r.update(status="crashed" if was == "running" else was, adopted_by=report.run_id, orphan_files=orphans,
+                 orphan_checksums={f: _digest(store, f) for files in orphans.values() for f in files})
         store.write_bytes(path, json.dumps(r, ensure_ascii=False, indent=1).encode())
         out[r["run_id"]] = orphans
-        log.warning("ingest run %s (started %s) did not finish: marked crashed; %d raw files written by it "
-                    "recorded in it", r["run_id"], r.get("started_at", "?"), sum(len(v) for v in orphans.values()),
-                    extra={"event": "ingest_crashed_run", "crashed_run": r["run_id"]})
+        if was == "running" or any(orphans.values()):
+            log.warning("ingest run %s (started %s) %s: %d raw/quarantine files no record listed recorded in it",
+                        r["run_id"], r.get("started_at", "?"), "did not finish: marked crashed" if was == "running"
+                        else "failed", sum(len(v) for v in orphans.values()),
+                        extra={"event": "ingest_crashed_run", "crashed_run": r["run_id"]})
     return out
+
+
+def _digest(store: ObjectStore, path: str) -> dict:
+    """An adopted file's checksum entry, as found (its writer died before recording one)."""
+    data = store.read_bytes(path)
+    rows = None
+    if path.endswith(".parquet"):
+        try:
+            rows = pq.read_metadata(pa.BufferReader(data)).num_rows
+        except (pa.ArrowInvalid, OSError):  # torn by the crash: `store verify` reports it
+            rows = None
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "rows": rows, "adopted": True}
 
 
 @dataclass
@@ -179,22 +204,32 @@ class BatchResult:
     rejected: Counter  # rule → records
     files: list[str]
     drift: Counter = field(default_factory=Counter)  # (field, rule, value or "") → records
+    checksums: dict = field(default_factory=dict)  # file → {sha256, bytes, rows, ingested_at}
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _write(store: ObjectStore, path: str, data: bytes, rows: int | None, ingested_at: dt.datetime,
+           sums: dict) -> None:
+    """Write one zone file and record what `safetynet store verify` checks it against."""
+    store.write_bytes(path, data)
+    sums[path] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "rows": rows,
+                  "ingested_at": ingested_at.isoformat()}
+
+
 # ---- the shared batch step --------------------------------------------------------------------
 def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, sql_source: str,
                        *, name: str, ingest_date: str, lineage: dict[str, object], where: Callable[[dict], str],
-                       mapping: Mapping | None = None) -> BatchResult:
+                       mapping: Mapping | None = None, ingested_at: dt.datetime | None = None) -> BatchResult:
     """Map, validate the records of `sql_source` and write `raw/` (+ `quarantine/`) files named `name`.
 
     The mapping's `[values]` are applied first (`raw/` holds contract values; `_mapping` names
     the mapping). `lineage` gives constant lineage columns; per-record lineage (`_event_id`,
     `_op`, `_occurred_at`, `_kafka_partition`, `_kafka_offset`, `_row_number`) comes from the
-    source. Files are durable on return.
+    source. Files are durable on return. `ingested_at` (default: now) is given when `store verify
+    --repair` rewrites a damaged batch: the same records and time give the same bytes.
     """
     lineage = {**lineage, "_mapping": mapping.checksum if mapping else None}
     mapped = f"({map_values_sql(c, sql_source, mapping)})"
@@ -203,8 +238,11 @@ def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Co
     ok = pc.is_null(t["_rule"])
     acc = t.filter(ok)
     rej = t.filter(pc.invert(ok))
-    ingested_at = pa.scalar(_now(), pa.timestamp("ms", tz="UTC"))
+    at = ingested_at or _now()
+    at = at.replace(microsecond=at.microsecond // 1000 * 1000)  # the column holds milliseconds
+    ingested_at = pa.scalar(at, pa.timestamp("ms", tz="UTC"))
     written: list[str] = []
+    sums: dict = {}
     part = f"{c.prefix}/ingest_date={ingest_date}/{name}.parquet"
 
     def lineage_cols(tab: pa.Table) -> dict[str, pa.Array]:
@@ -224,7 +262,7 @@ def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Co
     if acc.num_rows:
         raw = pa.table({**{f: acc[f].cast(pa.string()) for f in c.names}, **lineage_cols(acc)},
                        schema=c.raw_schema())
-        store.write_parquet(f"raw/{part}", raw)
+        _write(store, f"raw/{part}", parquet_bytes(raw), raw.num_rows, at, sums)
         written.append(f"raw/{part}")
     rejected: Counter = Counter()
     drift: Counter = Counter()
@@ -236,12 +274,13 @@ def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Co
         drift = feed_health.drift_keys(c, rej)
         q = {"_raw": rej["_raw"].cast(pa.string()), "_rule": rej["_rule"], "_field": rej["_field"],
              "_reason": pa.array(reasons, pa.string()), **lineage_cols(rej)}
-        store.write_parquet(f"quarantine/{part}", pa.table(q, schema=c.quarantine_schema()))
+        _write(store, f"quarantine/{part}", parquet_bytes(pa.table(q, schema=c.quarantine_schema())), rej.num_rows,
+               at, sums)
         written.append(f"quarantine/{part}")
         for r, why in zip(rows[:3], reasons[:3], strict=False):
             log.info("quarantined: %s", why, extra={"event": "quarantine", "feed": c.feed_id, "rule": r["_rule"]})
     assert acc.num_rows + sum(rejected.values()) == n
-    return BatchResult(acc.num_rows, rejected, written, drift)
+    return BatchResult(acc.num_rows, rejected, written, drift, sums)
 
 
 # ---- Kafka ------------------------------------------------------------------------------------
@@ -418,6 +457,7 @@ def _read_topic(settings: Settings, store: ObjectStore, c: Contract, counts: Fee
     def finish(partition: int) -> None:
         b, fut = inflight.pop(partition)
         res: BatchResult = fut.result()  # re-raises a write failure here: nothing committed
+        lease.check_held([c.feed_id])  # a holder that lost its lease commits nothing more
         src.commit(b)
         counts.add(res, kafka=True)
         if progress:
@@ -435,6 +475,7 @@ def _read_topic(settings: Settings, store: ObjectStore, c: Contract, counts: Fee
                     finish(b.partition)
                 for p in [p for p, (_, f) in inflight.items() if f.done()]:
                     finish(p)
+                lease.check_held([c.feed_id])
                 src.record_intent(b)
                 inflight[b.partition] = (b, writer.submit(c, b, mapping))
             for p in list(inflight):
@@ -445,7 +486,7 @@ def _read_topic(settings: Settings, store: ObjectStore, c: Contract, counts: Fee
 
 
 def write_kafka_batch(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, b: KafkaBatch,
-                      mapping: Mapping | None = None) -> BatchResult:
+                      mapping: Mapping | None = None, ingested_at: dt.datetime | None = None) -> BatchResult:
     meta = pa.table({"_kafka_partition": pa.array([b.partition] * len(b.values), pa.int32()),
                      "_kafka_offset": pa.array(b.offsets, pa.int64())})
     decoded = decode_json_values(con, c, b.values, meta, envelope=True, mapping=mapping)
@@ -455,7 +496,7 @@ def write_kafka_batch(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Con
             store, con, c, "__dec", name=b.name, ingest_date=b.ingest_date,
             lineage={"_source": "kafka", "_kafka_topic": b.topic},
             where=lambda r: (f"event {r['_event_id']}, " if r.get("_event_id") else "")
-            + f"{b.topic}/{r['_kafka_partition']}@{r['_kafka_offset']}", mapping=mapping)
+            + f"{b.topic}/{r['_kafka_partition']}@{r['_kafka_offset']}", mapping=mapping, ingested_at=ingested_at)
     finally:
         con.unregister("__dec")
 
@@ -482,12 +523,13 @@ def ingest_drops(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract
 
 
 def ingest_drop(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, d: Drop,
-                mapping: Mapping | None = None) -> BatchResult:
+                mapping: Mapping | None = None, ingested_at: dt.datetime | None = None) -> BatchResult:
     """One landing file → raw/quarantine. A file that cannot be read as a whole is quarantined
     whole, counted as the records it holds. JSON Lines may hold flat records or event envelopes
     (an outbox export): envelope lines keep their event id, op and time, so redeliveries and
-    deletes behave as on the topic."""
-    today = _now().date().isoformat()
+    deletes behave as on the topic. `ingested_at`: see `validate_and_write`."""
+    at = ingested_at or _now()
+    today = at.date().isoformat()
     name = f"file+{d.name.replace('/', '_')}+{d.version}"
     occurred = d.stamp or today
     try:
@@ -503,7 +545,7 @@ def ingest_drop(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract,
         else:
             recs = rows_to_records(c, header, rows, mapping)
     except FileFormatError as e:
-        return _quarantine_file(store, c, d, e, name, today)
+        return _quarantine_file(store, c, d, e, name, at)
     if recs.num_rows == 0:
         log.warning("drop: %s/%s has no data rows", c.feed_id, d.name)
         return BatchResult(0, Counter(), [])
@@ -523,33 +565,36 @@ def ingest_drop(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract,
     try:
         return validate_and_write(store, con, c, "__rec", name=name, ingest_date=today,
                                   lineage={"_source": "file", "_source_file": d.path},
-                                  where=lambda r: f"file {d.name}, row {r['_row_number']}", mapping=mapping)
+                                  where=lambda r: f"file {d.name}, row {r['_row_number']}", mapping=mapping,
+                                  ingested_at=at)
     finally:
         con.unregister("__rec")
 
 
-def _quarantine_file(store: ObjectStore, c: Contract, d: Drop, e: FileFormatError, name: str, today: str
+def _quarantine_file(store: ObjectStore, c: Contract, d: Drop, e: FileFormatError, name: str, now: dt.datetime
                      ) -> BatchResult:
     """Keep an unreadable file whole in quarantine, and one quarantine record per data record it
     holds (its line or row as text), each explaining why; one record if not even rows can be told."""
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    today = now.date().isoformat()
+    sums: dict = {}
     qfile = f"quarantine/{c.prefix}/ingest_date={today}/files/{d.name}"
-    store.write_bytes(qfile, d.data)
+    _write(store, qfile, d.data, None, now, sums)
     why = mask_text(f"{c.feed_id}: file {d.name} — {e.rule}: {e}")
     records = e.records or [f"(whole file kept at {qfile}, {len(d.data)} bytes)"]
     # spreadsheet-style row numbers: CSV/XLSX data start at row 2 (after the header), JSON Lines at 1
     first = 0 if not e.records else 1 if d.name.lower().endswith((".jsonl", ".ndjson")) else 2
-    now = _now()
     rows = [{"_raw": raw, "_rule": e.rule, "_field": "", "_reason": f"{why} [file {d.name}, row {first + i}]",
              "_event_id": f"file:{d.version}:{first + i}", "_op": "upsert", "_occurred_at": d.stamp,
              "_source": "file", "_kafka_topic": None, "_kafka_partition": None, "_kafka_offset": None,
              "_source_file": d.path, "_row_number": first + i, "_ingested_at": now}
             for i, raw in enumerate(records)]
     path = f"quarantine/{c.prefix}/ingest_date={today}/{name}.parquet"
-    store.write_parquet(path, pa.Table.from_pylist(rows, schema=c.quarantine_schema()))
+    _write(store, path, parquet_bytes(pa.Table.from_pylist(rows, schema=c.quarantine_schema())), len(rows), now, sums)
     log.warning("quarantined whole file (%d records): %s", len(rows), why,
                 extra={"event": "quarantine", "feed": c.feed_id, "rule": e.rule})
     drift = Counter({("", e.rule, f"file {d.name}: {str(e).removeprefix(c.feed_id + ': ')}"): len(rows)})
-    return BatchResult(0, Counter({e.rule: len(rows)}), [path, qfile], drift)
+    return BatchResult(0, Counter({e.rule: len(rows)}), [path, qfile], drift, sums)
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -633,6 +678,7 @@ def _judge(store: ObjectStore, c: Contract, counts: FeedCounts, run_id: str, dro
         for line in h.drift:
             log.warning("feed drift: %s", line, extra={"event": "feed_drift", "feed": c.feed_id})
     src = DropFolderSource(store, c)
+    lease.check_held([c.feed_id])
     for d, rec in drops:
         src.mark_done(d, {**rec, "held": h.unhealthy})
     feed_health.write(store, c, h)

@@ -69,12 +69,24 @@ class Lease:
     record: dict
     ttl_s: float
     lost: bool = field(default=False)
+    #: this process's own clock says the lease is valid until then (time.monotonic()): a holder
+    #: frozen past it (SIGSTOP, a stalled VM) may have been taken over without knowing it yet
+    valid_until: float = field(default_factory=lambda: float("inf"))
+
+    def __post_init__(self) -> None:
+        if self.valid_until == float("inf"):
+            self.valid_until = time.monotonic() + self.ttl_s
 
     def _write(self) -> None:
         self.store.write_bytes(_path(self.name, self.generation), json.dumps(self.record, sort_keys=True).encode())
 
     def check(self) -> None:
-        """Raise LeaseLost if another process has taken the lease over."""
+        """Raise LeaseLost if another process has taken the lease over, or may have: its expiry
+        passed by this process's own clock without a renewal (checked before each write)."""
+        if time.monotonic() > self.valid_until:
+            self.lost = True
+            raise LeaseLost(f"lease {self.name}: expired without renewal (this process was stalled for longer "
+                            f"than the lease's {self.ttl_s:.0f} s): stop, another writer may have taken over")
         newer = [g for g in _generations(self.store, self.name) if g > self.generation]
         if newer or self.lost:
             self.lost = True
@@ -82,9 +94,11 @@ class Lease:
                             f"(this process held {self.generation}): stop, another writer is running")
 
     def renew(self) -> None:
+        started = time.monotonic()
         self.check()
         self.record["expires_at"] = (_now() + dt.timedelta(seconds=self.ttl_s)).isoformat()
         self._write()
+        self.valid_until = started + self.ttl_s
 
     def release(self) -> None:
         if self.lost:

@@ -117,24 +117,37 @@ def _content_sha256(checksums: dict[str, str], policy_version: str, inputs: dict
     return h.hexdigest()
 
 
-def publish(store: ObjectStore, snapshot: dt.date, tables: dict[str, pa.Table], ps: Pseudonymiser, *,
-            policy_version: str, inputs: dict, quality: dict | None = None, publisher: str = "") -> dict:
-    """Publish the snapshot's datasets (both variants) as a new version of `snapshot`, unless they
-    equal its current version. Returns the manifest in force for this publish, with `status`:
-    "published" (this version is current), "unchanged" (identical to the current version; nothing
-    written) or "superseded" (written, but a concurrent publish made a higher version current)."""
+def encode(tables: dict[str, pa.Table], ps: Pseudonymiser) -> dict[tuple[str, bool], tuple[bytes, dict]]:
+    """The published files of a snapshot's tables: (dataset, identified) → (Parquet bytes, {rows,
+    bytes, sha256}); the public variant pseudonymised, the identified one as built (`monitoring/
+    household` holds no ID numbers: one variant)."""
     variants = {
         "monitoring/person": (pseudonymise_person(tables["monitoring/person"], ps), tables["monitoring/person"]),
         "monitoring/household": (tables["monitoring/household"], None),
         "warnings": (pseudonymise_warnings(tables["warnings"], ps), tables["warnings"]),
     }
-    blobs: dict[tuple[str, bool], tuple[bytes, dict]] = {}  # encoded and hashed once, written if new
+    blobs: dict[tuple[str, bool], tuple[bytes, dict]] = {}
     for name, (public, identified) in variants.items():
         for t, ident in ((public, False), (identified, True)):
             if t is not None:
                 data = parquet_bytes(_without_partitions(t))
                 blobs[name, ident] = data, {"rows": t.num_rows, "bytes": len(data),
                                             "sha256": hashlib.sha256(data).hexdigest()}
+    return blobs
+
+
+def path_of(dataset: str, snapshot: dt.date, version: int, identified: bool) -> str:
+    """Where a version's dataset file lives."""
+    return _path(dataset, snapshot, version, identified)
+
+
+def publish(store: ObjectStore, snapshot: dt.date, tables: dict[str, pa.Table], ps: Pseudonymiser, *,
+            policy_version: str, inputs: dict, quality: dict | None = None, publisher: str = "") -> dict:
+    """Publish the snapshot's datasets (both variants) as a new version of `snapshot`, unless they
+    equal its current version. Returns the manifest in force for this publish, with `status`:
+    "published" (this version is current), "unchanged" (identical to the current version; nothing
+    written) or "superseded" (written, but a concurrent publish made a higher version current)."""
+    blobs = encode(tables, ps)  # encoded and hashed once, written if new
     content = _content_sha256({f"{'identified/' if ident else ''}{name}": entry["sha256"]
                                for (name, ident), (_, entry) in blobs.items()}, policy_version, inputs)
     current = _current_manifest(store, snapshot)
@@ -152,9 +165,9 @@ def publish(store: ObjectStore, snapshot: dt.date, tables: dict[str, pa.Table], 
         "snapshot_date": snapshot.isoformat(), "version": version, "schema_version": outputs.VERSION,
         "policy_version": policy_version, "content_sha256": content,
         "partitioning": {f.name: str(f.type) for f in PARTITIONING},
-        "datasets": {name: {"rows": v[0].num_rows, "path": _path(name, snapshot, version, False),
-                            "identified_path": _path(name, snapshot, version, True) if v[1] is not None else None}
-                     for name, v in variants.items()},
+        "datasets": {name: {"rows": blobs[name, False][1]["rows"], "path": _path(name, snapshot, version, False),
+                            "identified_path": _path(name, snapshot, version, True) if (name, True) in blobs else None}
+                     for name in dict.fromkeys(n for n, _ in blobs)},
         "files": files, "inputs": inputs, "quality": quality or {},
         "pseudonym": "HMAC-SHA256(secret, id_no)[:32 hex]",
     }

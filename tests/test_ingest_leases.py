@@ -150,9 +150,11 @@ def test_a_crashed_run_is_recorded_and_its_raw_files_adopted(tmp_path, monkeypat
     second = ingest(s, store, [feed], kafka=False)
     crashed = json.loads(store.read_bytes(first.manifest))
     assert crashed["status"] == "crashed" and crashed["adopted_by"] == second.run_id
-    raw = [f for f in written if f.startswith("raw/")]
-    assert sorted(f for f in crashed["orphan_files"][feed]) == sorted(raw)
-    assert json.loads(store.read_bytes(second.manifest))["adopted"] == {first.run_id: {feed: sorted(raw)}}
+    assert set(crashed["orphan_checksums"]) == set(written)  # what `store verify` checks them against
+    raw = sorted(written)  # its raw/ and quarantine/ files
+    assert any(f.startswith("raw/") for f in raw)
+    assert sorted(f for f in crashed["orphan_files"][feed]) == raw
+    assert json.loads(store.read_bytes(second.manifest))["adopted"] == {first.run_id: {feed: raw}}
     # every raw file of the feed now belongs to a run record
     listed = {f for e in store.list("_catalog/ingest/", ".json")
               for r in [json.loads(store.read_bytes(e.path))]
@@ -160,7 +162,7 @@ def test_a_crashed_run_is_recorded_and_its_raw_files_adopted(tmp_path, monkeypat
                         *(x for v in (r.get("orphan_files") or {}).values() for x in v)]}
     from schemas.registry import get
 
-    assert {e.path for e in store.list(f"raw/{get(feed).prefix}/", ".parquet")} <= listed
+    assert {e.path for z in ("raw", "quarantine") for e in store.list(f"{z}/{get(feed).prefix}/")} <= listed
 
 
 def test_a_failed_run_says_so_in_its_record(tmp_path, monkeypatch):
