@@ -1,13 +1,18 @@
 # The two commands a newcomer needs: `make demo` (set up + run the main job) and `make test`.
+# `make demo` installs only what the hub runs on. `make test` adds the test extra (pytest,
+# Playwright, moto, hypothesis …) and, if missing, apt-installs Debian's `chromium` and
+# `fonts-noto-cjk` for the browser tests (with sudo when not root; no browser is downloaded), and
+# builds .venv-spark for the Spark reader test when Java 17+ is present.
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 UV := $(shell command -v uv 2>/dev/null || echo $(VENV)-tools/bin/uv)
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 PERSONS ?= 20000
 SEED ?= 20261101
 
-.PHONY: demo test install bench lint clean browser spark
+.PHONY: demo test install install-test bench lint clean browser spark
 # Browser tests drive Debian's Chromium (never a downloaded browser); CJK fonts so Chinese renders.
 BROWSER_STAMP := $(VENV)/.browser
 APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
@@ -16,11 +21,20 @@ $(VENV)-tools/bin/uv:
 	$(PY) -m venv $(VENV)-tools
 	$(VENV)-tools/bin/pip install --quiet uv
 
+# The runtime dependencies from the lock. --inexact: a `make demo` after `make test` keeps the
+# test extra (a plain `uv sync` removes whatever the runtime set does not list).
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra test --python $(PY)
+	$(UV) sync --frozen --inexact --python $(PY)
 	touch $(STAMP)
 
+# The runtime dependencies and the test extra (exact: nothing else stays in the venv).
+$(TEST_STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra test --python $(PY)
+	touch $(STAMP) $(TEST_STAMP)
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 $(BROWSER_STAMP):
 	@if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then \
@@ -41,13 +55,14 @@ $(SPARK_STAMP): tests/spark/requirements.txt | $(UV)
 
 spark: $(SPARK_STAMP)
 
+# the demo's store is every command's default store, ./var/store (SAFETYNET_STORE)
 demo: $(STAMP)
-	$(VENV)/bin/safetynet demo --persons $(PERSONS) --seed $(SEED) --store ./var/demo
+	$(VENV)/bin/safetynet demo --persons $(PERSONS) --seed $(SEED)
 
-test: $(STAMP) $(BROWSER_STAMP) $(SPARK_STAMP)
+test: $(TEST_STAMP) $(BROWSER_STAMP) $(SPARK_STAMP)
 	$(VENV)/bin/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(VENV)/bin/python bench/ingest.py
 	$(VENV)/bin/python bench/build.py
 	$(VENV)/bin/python bench/review.py

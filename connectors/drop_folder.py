@@ -4,10 +4,15 @@ Lists waiting files, opens them, and keeps the ledger of processed drops under
 `_catalog/drops/<department>/<feed>/` so a drop is never ingested twice. A file whose name was
 seen before but whose content changed is detected (different SHA-256) and ingested again as a
 new version; the clean step lets the newest version of a file name win.
+
+What is not a delivery is left in place with a warning naming it: a file of an unknown type, a
+`.txt` that is not delimited data with the feed's columns (a note, a README), and files in a
+folder under `landing/` that is no feed's (`stray_folders`, with the closest feed folder).
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -15,12 +20,15 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from connectors.formats import is_blank, looks_like_table
 from safetynet.store import ObjectStore
 from schemas.contract import Contract
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".csv", ".txt", ".tsv", ".xlsx", ".xlsm", ".jsonl", ".ndjson")
+#: suffixes also used for things other than data (notes, READMEs): taken only when they look like the feed's data
+UNSURE_SUFFIXES = (".txt",)
 _STAMP = re.compile(r"(?<!\d)(20\d{2})[-_]?(0[1-9]|1[0-2])(?:[-_]?(0[1-9]|[12]\d|3[01]))?(?!\d)")
 
 
@@ -69,6 +77,11 @@ class DropFolderSource:
                             ", ".join(SUFFIXES))
                 continue
             data = self.store.read_bytes(e.path)
+            if name.lower().endswith(UNSURE_SUFFIXES) and not is_blank(data) and not self._looks_like_data(data):
+                log.warning("drop: %s/%s is not delimited data with the feed's columns (a note?); left in place — "
+                            "a data export with other column names: map them (`safetynet feeds profile`) and name "
+                            "the file .csv", self.c.feed_id, name)
+                continue
             sha = hashlib.sha256(data).hexdigest()
             ledger = self._ledger(name)
             seen = {v["sha256"] for v in ledger if not v.get("held") or v.get("mapping") == mapping}
@@ -79,11 +92,20 @@ class DropFolderSource:
                             "taken in again", self.c.feed_id, name)
                 yield Drop(e.path, name, data, sha, None)
                 continue
+            if is_blank(data):
+                log.warning("drop: %s/%s is an empty file (%d bytes): no header, no records", self.c.feed_id, name,
+                            len(data))
             prev = ledger[-1]["sha256"] if ledger else None
             if prev:
                 log.warning("drop: %s/%s changed since it was ingested (sha256 %s… → %s…); ingesting the new "
                             "version, which supersedes the old one", self.c.feed_id, name, prev[:12], sha[:12])
             yield Drop(e.path, name, data, sha, prev)
+
+    def _looks_like_data(self, data: bytes) -> bool:
+        from connectors.base import connectors
+
+        fc = connectors().get(self.c.feed_id)
+        return looks_like_table(data, self.c, fc.load_mapping(None).headers if fc else None)
 
     def _ledger(self, name: str) -> list[dict]:
         try:
@@ -96,3 +118,24 @@ class DropFolderSource:
         ledger = self._ledger(d.name)
         ledger.append({"sha256": d.sha256, "size": len(d.data), **record})
         self.store.write_bytes(self._ledger_path(d.name), json.dumps(ledger, ensure_ascii=False, indent=1).encode())
+
+
+def stray_folders(store: ObjectStore, contracts: list[Contract]) -> list[str]:
+    """Files under `landing/` outside every feed's folder, one line per folder: how many files,
+    and the feed folder its name is closest to (a typo'd `landing/housing/proprety/`). They are
+    never read; the lines say so."""
+    known = {c.prefix for c in contracts}
+    stray: dict[str, int] = {}
+    for e in store.list("landing/"):
+        parts = e.path.split("/")[1:-1]  # the folders between landing/ and the file
+        folder = "/".join(parts[:2])
+        if folder not in known:
+            stray[folder] = stray.get(folder, 0) + 1
+    lines = []
+    for folder, n in sorted(stray.items()):
+        close = difflib.get_close_matches(folder, sorted(known), n=1, cutoff=0.6) if folder else []
+        where = f"landing/{folder}/" if folder else "landing/ itself"
+        hint = f"did you mean landing/{close[0]}/?" if close else "feed folders are landing/<department>/<feed>/ " \
+            "(`safetynet feeds` lists them)"
+        lines.append(f"{where}: {n} file(s) in a folder that is no feed's — {hint}; left in place, not ingested")
+    return lines

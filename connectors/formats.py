@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from connectors.mapping import Mapping
 from safetynet.logmask import mask_text
 from safetynet.normalise import _WS, _lit, _q
-from schemas.contract import Contract
+from schemas.contract import Contract, norm_header
 
 #: Kinds whose values are free text. No contract field may hold a line break or another control
 #: character (tab excepted): a text field carrying one is quarantined as `control_char`.
@@ -450,6 +450,9 @@ def rows_to_records(c: Contract, header: list[str], rows: list[list[str | None]]
     cells than its last named column (`row_shape`), a control character in a text field
     (`control_char:<field>`, naming the field).
     """
+    if not header and not rows:  # an empty file (or sheet) holds no records: an empty delivery, not a bad header
+        return pa.table({**{n: pa.array([], pa.string()) for n in c.names}, "_raw": pa.array([], pa.string()),
+                         "_pre": pa.array([], pa.string()), "_row_number": pa.array([], pa.int64())})
     mapped, missing = c.map_headers(header, mapping.headers if mapping else None)
     if missing and strict:
         labels = ", ".join(f"{m} ({c.field(m).label_zh})" for m in missing)
@@ -485,6 +488,31 @@ def rows_to_records(c: Contract, header: list[str], rows: list[list[str | None]]
     t = t.append_column("_raw", pa.array(raws, pa.string()))
     t = t.append_column("_pre", pre)
     return t.append_column("_row_number", pa.array(lines, pa.int64()))
+
+
+def is_blank(data: bytes) -> bool:
+    """An empty file: no bytes, or only white space and byte-order marks (no header, no record)."""
+    return not data.replace(codecs.BOM_UTF8, b"").strip(b" \t\r\n\x00\xff\xfe")
+
+
+def looks_like_table(data: bytes, c: Contract, headers: dict[str, str] | None = None) -> bool:
+    """Whether a text file of unsure purpose (`.txt`) is delimited data of the feed: its first
+    non-blank line splits into two or more cells, at least one of them a column the feed knows
+    (an English name, a Chinese label or a mapped header). A note or a README is not."""
+    try:
+        text, _ = decode_text(data[:65536])
+    except (FileFormatError, UnicodeDecodeError):
+        return False
+    first = next((ln for ln in physical_lines(text) if ln.strip()), "")
+    try:
+        dialect = csv.Sniffer().sniff(first, delimiters=",\t;|")
+    except csv.Error:
+        return False
+    cells = next(csv.reader([first], dialect), [])
+    if len(cells) < 2:
+        return False
+    known = c.header_map(headers)
+    return any(norm_header(h) in known for h in cells)
 
 
 def _raw(header: list[str], r: list[str | None]) -> str:

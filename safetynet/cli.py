@@ -1,7 +1,9 @@
 """`safetynet` — the command line. The same functions the Airflow tasks call, nothing more.
 
-Settings are built once here (env vars `SAFETYNET_*`, then flags) and passed down. Errors are
-one actionable line; `--debug` shows the traceback.
+Settings are built once here (env vars `SAFETYNET_*`, then flags) and passed down. A mistake the
+user can put right is one actionable line on stderr and exit 2 (`UsageError` and the library's
+own user-facing errors, mapped in `main`); `--debug` shows the traceback. Output is plain text
+(never read as rich markup), and a reader that goes away (`| head`) ends nothing early.
 """
 
 from __future__ import annotations
@@ -11,28 +13,79 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
+import re
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydantic import SecretStr, ValidationError
-
 log = logging.getLogger("safetynet")
 
 #: Exit codes of every command (documented in the README).
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNHEALTHY, EXIT_BUSY = 0, 1, 2, 3, 4
+#: A write to stdout failed because its reader went away (`… | head`), as a shell reports SIGPIPE.
+EXIT_PIPE = 141
 #: The synthetic district plants every kind of dirty record in every feed — up to half of a
 #: small feed's records — so its runs judge feed health against this rate unless
 #: SAFETYNET_MAX_QUARANTINE_RATE is set. Real feeds keep the default (5 %).
 SYNTHETIC_MAX_QUARANTINE_RATE = 0.75
+#: Written by `safetynet demo` into the store it makes: only such a store is wiped by the next demo.
+DEMO_MARKER = "_catalog/demo.json"
+
+
+class UsageError(Exception):
+    """A mistake the user can put right — a wrong argument, a file or store that is not there, a
+    date without a snapshot. `main` prints it as one line on stderr and exits 2 (no traceback)."""
 
 
 # ---- output helpers ---------------------------------------------------------------------------
-def _console():
+_CONSOLE_CLASS = None
+
+
+def _console(markup: bool = False, stderr: bool = False):
+    """The CLI's console. Strings are printed as they are: help texts (`s3://bucket[/prefix]`),
+    paths, feed titles and error messages are never read as rich markup; style with `Text`
+    (`_say`). `markup=True` only for renderers written in markup that escape their own data
+    (`backtest.render`). A reader that goes away (`| head`) ends nothing early: the rest of the
+    output is dropped and the command finishes its work (rich's default would exit 1)."""
+    global _CONSOLE_CLASS
     from rich.console import Console
 
-    return Console(highlight=False, width=_width())
+    if _CONSOLE_CLASS is None:
+        class PipeConsole(Console):
+            def on_broken_pipe(self) -> None:
+                self.quiet = True
+                _stdout_gone()
+
+        _CONSOLE_CLASS = PipeConsole
+    return _CONSOLE_CLASS(highlight=False, markup=markup, width=_width(), stderr=stderr)
+
+
+def _say(con, *parts) -> None:
+    """One line from plain strings and (text, style) pairs, none of it read as markup."""
+    from rich.text import Text
+
+    con.print(Text.assemble(*parts))
+
+
+def _emit(text: str) -> None:
+    """Plain text (JSON, one-a-line lists) on stdout; a reader that went away is no error."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_gone()
+
+
+def _stdout_gone() -> None:
+    """The reader of stdout went away: send the rest (and the exit's flush) to /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file (captured in tests)
+        pass
 
 
 def _width() -> int | None:
@@ -42,7 +95,8 @@ def _width() -> int | None:
 
 @contextlib.contextmanager
 def progress_bar(enabled: bool, total: int | None, label: str) -> Iterator:
-    """A rich progress bar on a terminal; a no-op callable elsewhere (CI logs stay clean)."""
+    """A rich progress bar (a spinner when the total is unknown) on stderr when stderr is a
+    terminal; a no-op callable elsewhere, so pipes and CI logs stay clean."""
     if not enabled or not sys.stderr.isatty():
         yield lambda *a, **k: None
         return
@@ -50,12 +104,20 @@ def progress_bar(enabled: bool, total: int | None, label: str) -> Iterator:
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        SpinnerColumn,
         TextColumn,
+        TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[detail]}"), TimeRemainingColumn(), transient=False) as p:
+    con = _console(stderr=True)
+    if total is None:
+        cols = (SpinnerColumn(), TextColumn("{task.description}", markup=False),
+                TextColumn("{task.fields[detail]}", markup=False), TimeElapsedColumn())
+    else:
+        cols = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}", markup=False), TimeRemainingColumn())
+    with Progress(*cols, console=con, transient=total is None) as p:
         task = p.add_task(label, total=total, detail="")
 
         def advance(n: int, detail: str = "") -> None:
@@ -64,10 +126,32 @@ def progress_bar(enabled: bool, total: int | None, label: str) -> Iterator:
         yield advance
 
 
+def _setup_logging(level: int) -> None:
+    """Our handler on the root logger (stderr, ISO-like times), its level the one asked for: a
+    library that sets INFO on its own logger (great_expectations) shows nothing without -v."""
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, "_safetynet", False)]
+    if not ours and not root.handlers:  # an embedding program (pytest) keeps its own
+        h = RichHandler(show_path=False, console=Console(stderr=True, width=_width()),
+                        log_time_format="%Y-%m-%d %H:%M:%S", omit_repeated_times=False)
+        h.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        h._safetynet = True
+        root.addHandler(h)
+        ours = [h]
+    for h in ours:
+        h.setLevel(level)
+    if ours:
+        root.setLevel(level)
+
+
+# ---- settings, stores and arguments ---------------------------------------------------------------
 def _settings(args: argparse.Namespace):
+    """The settings in force: `SAFETYNET_*` variables, overridden by the flags given (validated alike)."""
     from safetynet.settings import Settings
 
-    s = Settings()
     upd = {}
     if getattr(args, "store", None):
         upd["store"] = args.store
@@ -77,7 +161,150 @@ def _settings(args: argparse.Namespace):
         upd["progress"] = False
     if getattr(args, "wait_lease", None) is not None:
         upd["lease_wait_s"] = args.wait_lease
-    return s.model_copy(update=upd) if upd else s
+    if getattr(args, "db", None):
+        upd["review_db"] = args.db
+    return Settings(**upd)
+
+
+def store_location(settings) -> str:
+    """Where the settings' store is, as a user would look for it: an absolute path, or the s3:// URL."""
+    if settings.store.startswith("s3://"):
+        return settings.store
+    return str(Path(settings.store.removeprefix("file://")).expanduser().resolve())
+
+
+def store_exists(settings) -> bool:
+    """Whether there is a store (anything at all) where the settings point — looked at without
+    creating anything (opening a store creates its directory or bucket)."""
+    if not settings.store.startswith("s3://"):
+        path = Path(store_location(settings))
+        return path.is_dir() and any(path.iterdir())
+    from minio import Minio
+
+    from safetynet.store import StoreError
+
+    if not settings.s3_endpoint:
+        raise UsageError("SAFETYNET_STORE is s3:// but SAFETYNET_S3_ENDPOINT is not set")
+    bucket, _, prefix = settings.store[5:].partition("/")
+    endpoint = settings.s3_endpoint
+    client = Minio(endpoint.split("://", 1)[-1].rstrip("/"),
+                   access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
+                   secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+                   secure=endpoint.startswith("https://"), region=settings.s3_region)
+    try:
+        if not client.bucket_exists(bucket):
+            return False
+        return next(iter(client.list_objects(bucket, prefix=prefix.strip("/") + "/" if prefix else None)), None) \
+            is not None
+    except Exception as e:  # unreachable or refused: a failure, not the user's mistake
+        raise StoreError(f"store {settings.store} not reachable at {endpoint}: {str(e).splitlines()[0][:200]}") from None
+
+
+def open_existing_store(settings, why: str = ""):
+    """The store the settings point at, which must exist: commands that read never create one.
+    `why` replaces the default hint (which commands create a store)."""
+    from safetynet.store import open_store
+
+    if not store_exists(settings):
+        where = store_location(settings)
+        what = "" if where.startswith("s3://") else \
+            " (the directory does not exist)" if not Path(where).exists() else " (the directory is empty)"
+        raise UsageError(f"no store at {where}{what} — check --store or SAFETYNET_STORE"
+                         + (why or "; `safetynet ingest`, `run` and `demo` create one"))
+    return open_store(settings)
+
+
+#: why `ingest`/`run` without Kafka refuse a store that is not there (its landing/ would be inside it)
+NOTHING_TO_INGEST = ("; nothing to ingest there: department files are dropped under <store>/landing/<department>/"
+                     "<feed>/ (with Kafka configured, ingest makes a new store)")
+
+
+def _open_store(settings, *, create: bool, why: str = ""):
+    """The store; `create`: made if it is not there yet — and then said so (a typo'd --store
+    shows at once instead of quietly filling a second store)."""
+    from safetynet.store import open_store
+
+    if not create:
+        return open_existing_store(settings, why)
+    new = not store_exists(settings)
+    store = open_store(settings)
+    if new:
+        _console(stderr=True).print(f"note: no store at {store_location(settings)} yet: made a new one")
+    return store
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _date(v: str) -> dt.date:
+    """A date as YYYY-MM-DD — the one form every command takes (20261101 is refused, with the fix)."""
+    if not _ISO_DATE.fullmatch(v.strip()):
+        hint = f" (write {v[:4]}-{v[4:6]}-{v[6:]})" if re.fullmatch(r"\d{8}", v.strip()) else ""
+        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {v!r}{hint}")
+    try:
+        return dt.date.fromisoformat(v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"no such day: {v!r}") from None
+
+
+def _feed_id(v: str) -> str:
+    """A feed id the registry knows; a typo gets the closest one."""
+    import difflib
+
+    from schemas.registry import contracts
+
+    known = list(contracts())
+    if v in known:
+        return v
+    close = difflib.get_close_matches(v, known, n=1, cutoff=0.5)
+    raise argparse.ArgumentTypeError(f"unknown feed {v!r}" + (f"; did you mean {close[0]}?" if close else "")
+                                     + " (`safetynet feeds` lists them)")
+
+
+def _county(v: str) -> str:
+    if not re.fullmatch(r"\d{6}", v):
+        raise argparse.ArgumentTypeError(f"not a 6-digit county code (GB/T 2260): {v!r}")
+    return v
+
+
+def _region(v: str) -> str:
+    if not re.fullmatch(r"\d{6}(\d{3}){0,2}", v):
+        raise argparse.ArgumentTypeError(f"not a region code of 6 (county), 9 or 12 digits: {v!r}")
+    return v
+
+
+def _db(v: str) -> str:
+    from safetynet.settings import db_url
+
+    try:
+        return db_url(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake reported as one line naming the command and where its help is."""
+
+    def error(self, message: str):
+        from safetynet.logmask import mask_text
+
+        self.exit(EXIT_USAGE, f"{self.prog}: {mask_text(message)} (see `{self.prog} --help`)\n")
+
+
+def _common(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """--debug and -v, accepted before or after the subcommand (below the top, SUPPRESS keeps a
+    value given earlier: argparse would otherwise reset it to the subcommand's default)."""
+    d = False if top else argparse.SUPPRESS
+    p.add_argument("--debug", action="store_true", default=d, help="show tracebacks and debug logs")
+    p.add_argument("-v", "--verbose", action="store_true", default=d, help="info-level logs")
+
+
+def _subparsers(p: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for child in dict.fromkeys(a.choices.values()):
+                yield child
+                yield from _subparsers(child)
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -88,22 +315,17 @@ def cmd_policy(args: argparse.Namespace) -> int:
     if args.action == "init":
         out = Path(args.out)
         if out.exists() and not args.force:
-            con.print(f"[red]error[/red]: {out} exists (use --force to overwrite)")
-            return 2
+            raise UsageError(f"{out} exists (use --force to overwrite)")
+        text = policy.init_text(args.region, args.year, args.urban_dibao, args.rural_dibao, args.name or "")
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(policy.init_text(args.region, args.year, args.urban_dibao, args.rural_dibao, args.name or ""),
-                       encoding="utf-8")
+        out.write_text(text, encoding="utf-8")
         con.print(f"wrote {out}: region {args.region}, year {args.year}, 低保 urban {args.urban_dibao:g} / rural "
                   f"{args.rural_dibao:g} 元/人/月, default thresholds — check them before use")
-        return 0
-    try:
-        pol = policy.load(args.file) if args.file else policy.for_region(args.region, args.year)
-    except policy.PolicyError as e:
-        con.print(f"[red]error[/red]: {e}")
-        return 2
-    print(json.dumps({"version": pol.version, "checksum": pol.checksum, **pol.model_dump(exclude={"checksum"})},
+        return EXIT_OK
+    pol = policy.load(args.file) if args.file else policy.for_region(args.region, args.year)
+    _emit(json.dumps({"version": pol.version, "checksum": pol.checksum, **pol.model_dump(exclude={"checksum"})},
                      ensure_ascii=False, indent=1))
-    return 0
+    return EXIT_OK
 
 
 def cmd_feeds(args: argparse.Namespace) -> int:
@@ -113,22 +335,34 @@ def cmd_feeds(args: argparse.Namespace) -> int:
     from schemas.registry import contracts
 
     if args.json:
-        print(json.dumps([c.describe() for c in contracts().values()], ensure_ascii=False, indent=1))
-        return 0
+        _emit(json.dumps([c.describe() for c in contracts().values()], ensure_ascii=False, indent=1))
+        return EXIT_OK
     if args.topics:  # what docker-compose's kafka-topics job creates (see infra/airflow/airflow-init.sh)
         from safetynet.pipeline import WARNINGS_TOPIC
 
-        print("\n".join(sorted({c.topic for c in contracts().values()}) + [WARNINGS_TOPIC]))
-        return 0
+        _emit("\n".join(sorted({c.topic for c in contracts().values()}) + [WARNINGS_TOPIC]))
+        return EXIT_OK
     conns = connectors()
-    t = Table(title="部门数据源 Department feeds")
+    cs = contracts()
+    from rich.measure import Measurement
+
+    t = Table(title="部门数据源 Department feeds", caption="drop folder: landing/<department>/<feed>/ · "
+              "topics one a line: `safetynet feeds --topics`")
+    # ids and topics are what users type (feed folders, --feed, topic names): never cut short;
+    # the other cells wrap (fold) rather than end in "…"
+    whole = {"feed id": max(map(len, cs)), "topic": max(len(c.topic) for c in cs.values()),
+             "key": max(len(k) for c in cs.values() for k in c.key),
+             "PII": max((len(k) for c in cs.values() for k in c.pii_fields), default=3)}
     for col in ("feed id", "部门", "名称", "ver", "topic", "key", "mode", "evolution", "cadence", "fields", "PII"):
-        t.add_column(col)
-    for fid, c in contracts().items():
-        t.add_row(fid, c.department_zh, c.title_zh, str(c.version), c.topic, ",".join(c.key), c.mode, c.evolution,
-                  f"{c.cadence_hours}h", str(len(c.fields)), ",".join(c.pii_fields) + ("" if fid in conns else " (no connector!)"))
-    _console().print(t)
-    return 0
+        t.add_column(col, no_wrap=col in whole, min_width=whole.get(col, 4), overflow="fold")
+    for fid, c in cs.items():
+        t.add_row(fid, c.department_zh, c.title_zh, str(c.version), c.topic, "\n".join(c.key), c.mode, c.evolution,
+                  f"{c.cadence_hours}h", str(len(c.fields)), "\n".join(c.pii_fields) + ("" if fid in conns else "\n(no connector!)"))
+    con = _console()
+    # a terminal too narrow for the table gets it at its least width (the terminal wraps the lines)
+    need = Measurement.get(con, con.options, t).minimum
+    con.print(t, width=max(con.width, need))
+    return EXIT_OK
 
 
 def cmd_feeds_profile(args: argparse.Namespace) -> int:
@@ -142,8 +376,7 @@ def cmd_feeds_profile(args: argparse.Namespace) -> int:
     if args.kafka is not None:
         bootstrap = args.kafka or s.kafka_bootstrap
         if not bootstrap:
-            print("safetynet: --kafka needs HOST:PORT or SAFETYNET_KAFKA_BOOTSTRAP", file=sys.stderr)
-            return EXIT_USAGE
+            raise UsageError("--kafka needs HOST:PORT or SAFETYNET_KAFKA_BOOTSTRAP")
         from connectors.kafka_topic import sample
 
         p = profile.profile_values(c, mapping, sample(bootstrap, c.topic, args.sample), c.topic)
@@ -151,18 +384,17 @@ def cmd_feeds_profile(args: argparse.Namespace) -> int:
         files = []
         for raw in args.paths:
             path = Path(raw)
+            if not path.exists():
+                raise UsageError(f"no such file or folder: {path}")
             for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
                 if f.is_file():
                     files.append((f.name, f.read_bytes()))
         if not files:
-            print("safetynet: give the export files (or a folder) to profile, or --kafka", file=sys.stderr)
-            return EXIT_USAGE
+            raise UsageError("give the export files (or a folder holding them) to profile, or --kafka")
         p = profile.profile_files(c, mapping, files)
     con = _console()
-    from rich.markup import escape
-
     for line in profile.render(c, p):
-        con.print(escape(line))
+        con.print(line)
     out = Path(args.out or f"{c.feed_id}.suggested.toml")
     out.write_text(p.suggested_mapping(c, mapping if any(x != "built-in" for x in mapping.sources) else None),
                    encoding="utf-8")
@@ -178,11 +410,10 @@ def cmd_feeds_release(args: argparse.Namespace) -> int:
 
     from safetynet import health
     from safetynet.clean import clean_feed
-    from safetynet.store import open_store
     from schemas.registry import get
 
     s = _settings(args)
-    store = open_store(s)
+    store = open_existing_store(s)
     c = get(args.feed)
     paths = health.release(store, c, by=getpass.getuser())
     counts = clean_feed(store, c)
@@ -192,7 +423,9 @@ def cmd_feeds_release(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from rich.markup import escape
+    """Settings in force and every problem at once: configuration problems exit 2, an unreachable
+    store or broker 1."""
+    from pydantic import SecretStr
 
     from safetynet.settings import Settings
 
@@ -201,8 +434,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for name, field in Settings.model_fields.items():
         v = getattr(s, name)
         shown = "********" if isinstance(v, SecretStr) else v
-        con.print(f"  SAFETYNET_{name.upper():<24} = {escape(str(shown))}   [dim]{escape(field.description or '')}[/dim]")
+        _say(con, f"  SAFETYNET_{name.upper():<24} = {shown}   ", (field.description or "", "dim"))
     problems = s.problems()
+    unreachable: list[str] = []
     from connectors.base import load_mappings
     from connectors.mapping import MappingError
 
@@ -213,38 +447,58 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                   + "".join(f"\n  {fid}: sha256 {m.sha256[:12]}… ({', '.join(m.sources)}; "
                             f"{len(m.raw_headers)} headers, {sum(len(v) for v in m.values.values())} values"
                             + (f", max_quarantine_rate {m.max_quarantine_rate}" if m.max_quarantine_rate is not None else "")
-                            + ")" for fid, m in own.items()), markup=False)
+                            + ")" for fid, m in own.items()))
     except MappingError as e:
         problems += e.problems
     try:
-        from safetynet.store import open_store
+        if not store_exists(s):
+            con.print(f"store: no store at {store_location(s)} yet — `safetynet ingest`, `run` and `demo` create it")
+        else:
+            from safetynet.store import open_store
 
-        st = open_store(s)
-        st.write_bytes("_catalog/.check", b"ok")
-        st.delete("_catalog/.check")
-        con.print(f"[green]store reachable[/green]: {st.url}")
+            st = open_store(s)
+            st.write_bytes("_catalog/.check", b"ok")
+            st.delete("_catalog/.check")
+            _say(con, ("store reachable", "green"), f": {st.url}")
+    except UsageError as e:
+        problems.append(str(e))
     except Exception as e:
-        problems.append(f"store {s.store} not usable: {e}")
+        unreachable.append(f"store {s.store} not usable: {_why(e)}")
     if s.kafka_bootstrap:
         try:
             from kafka import KafkaAdminClient
 
             KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=5000).close()
-            con.print(f"[green]kafka reachable[/green]: {s.kafka_bootstrap}")
+            _say(con, ("kafka reachable", "green"), f": {s.kafka_bootstrap}")
         except Exception as e:
-            problems.append(f"kafka {s.kafka_bootstrap} not reachable: {e}")
+            unreachable.append(f"kafka {s.kafka_bootstrap} not reachable: {_why(e)}")
     else:
         con.print("kafka: not configured (SAFETYNET_KAFKA_BOOTSTRAP); `safetynet demo` starts an embedded broker")
-    for p in problems:
-        con.print(f"[red]problem[/red]: {escape(p)}")
-    return 1 if problems else 0
+    for p in problems + unreachable:
+        _say(con, ("problem", "red"), f": {p}")
+    return EXIT_USAGE if problems else EXIT_FAILURE if unreachable else EXIT_OK
+
+
+def _why(e: BaseException) -> str:
+    """An exception's first line for a person; a message that is only its class's name (kafka's
+    NoBrokersAvailable) says what happened instead."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text.removeprefix(f"{type(e).__name__}: ")  # kafka-python's errors name themselves
+    return "no answer" if not text or text == type(e).__name__ else text[:300]
 
 
 def _load_district(args: argparse.Namespace):
     from safetynet.synth import emit, generate
 
     t0 = time.perf_counter()
-    d = generate(persons=args.persons, seed=args.seed)
+    if args.persons < 1:
+        raise UsageError(f"--persons {args.persons}: give a number of persons")
+    try:
+        d = generate(persons=args.persons, seed=args.seed)
+    except ValueError as e:
+        if "persons must be at least" not in str(e):
+            raise
+        raise UsageError(f"--persons {args.persons}: {e}") from None  # the district's planted households need room
     em = emit(d)
     log.info("generated %d persons in %.1fs", args.persons, time.perf_counter() - t0)
     return d, em
@@ -266,9 +520,10 @@ def publish_emission(settings, store, em, enabled: bool) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from safetynet.store import open_store
-
     s = _settings(args)
+    if not args.out and not s.kafka_bootstrap:
+        raise UsageError("no Kafka to publish to (SAFETYNET_KAFKA_BOOTSTRAP or --kafka): use `safetynet demo` "
+                         "for an embedded broker, or --out DIR to write files only")
     d, em = _load_district(args)
     con = _console()
     if args.out:
@@ -278,25 +533,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
         write_files(em, out)
         write_truth_parquet(d, out / "truth")
         con.print(f"wrote landing files and truth Parquet under {out}")
-        return 0
-    store = open_store(s)
-    if not s.kafka_bootstrap:
-        con.print("[red]error[/red]: no Kafka to publish to (SAFETYNET_KAFKA_BOOTSTRAP or --kafka); "
-                  "use `safetynet demo` for an embedded broker, or --out DIR to write files only")
-        return 2
+        return EXIT_OK
+    store = _open_store(s, create=True)
     publish_emission(s, store, em, s.progress)
     con.print(f"published {em.total_events:,} events and dropped {len(em.files)} files into {store.url}/landing/")
-    return 0
+    return EXIT_OK
 
 
 def run_ingest(settings, store, feeds=None, kafka=True, files=True):
-    """Ingest + clean with a progress bar; returns (ingest report, clean counts)."""
+    """Ingest + clean with a progress bar; returns (ingest report, clean counts). Folders under
+    `landing/` that are no feed's are reported first (their files are never read)."""
     from connectors.base import connectors
+    from connectors.drop_folder import stray_folders
     from safetynet.clean import clean_all
     from safetynet.ingest import ingest
+    from schemas.registry import contracts
 
     from safetynet import lease
 
+    if files:
+        for line in stray_folders(store, list(contracts().values())):
+            log.warning("drop: %s", line, extra={"event": "stray_landing"})
     selected = feeds or list(connectors())
     # one writer per feed: ingest and clean under the feeds' leases (ingest takes them itself otherwise)
     with lease.held(store, selected, run_id="cli", ttl_s=settings.lease_ttl_s, wait_s=settings.lease_wait_s):
@@ -315,8 +572,8 @@ def run_ingest(settings, store, feeds=None, kafka=True, files=True):
 def print_summary(report, cleaned, expected=None) -> bool:
     """The per-feed table: input, accepted, quarantined by reason, clean rows and health (✗ with
     the drift to fix); True if everything reconciles (and matches `expected`, if given)."""
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from schemas.registry import get
 
@@ -327,7 +584,7 @@ def print_summary(report, cleaned, expected=None) -> bool:
                                                      "clean rows") else "left")
     all_ok = True
     tot = [0, 0, 0, 0, 0, 0]
-    notes: list[str] = []
+    notes: list[Text] = []
     for fid, fc in report.feeds.items():
         cc = cleaned.get(fid)
         ok = fc.reconciles and (cc is None or cc.reconciles)
@@ -339,45 +596,67 @@ def print_summary(report, cleaned, expected=None) -> bool:
         h = fc.health
         healthy = h is None or not h.unhealthy
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(fc.quarantined.items()))
-        mark = ("[green]✓[/green]" if healthy else "[red]✗ unhealthy[/red]") if ok else "[red]✗[/red]"
+        mark = (Text("✓", "green") if healthy else Text("✗ unhealthy", "red")) if ok else Text("✗", "red")
         t.add_row(fid, get(fid).title_zh, f"{fc.kafka_records:,}", f"{fc.file_records:,}", f"{fc.input:,}",
                   f"{fc.accepted:,}", f"{fc.quarantined_total:,}", f"{h.rate:.1%}" if h else "-", reasons,
                   f"{cc.rows:,}" if cc else "-", mark)
         if h is not None:
-            notes += [f"[red]✗ {escape(x)}[/red]" for x in h.problems]
-            notes += [f"  [yellow]drift[/yellow]: {escape(x)}" for x in h.drift]
+            notes += [Text(f"✗ {x}", "red") for x in h.problems]
+            notes += [Text.assemble("  ", ("drift", "yellow"), f": {x}") for x in h.drift]
         for i, v in enumerate((fc.kafka_records, fc.file_records, fc.input, fc.accepted, fc.quarantined_total,
                                cc.rows if cc else 0)):
             tot[i] += v
     bad = report.unhealthy
-    t.add_row("[bold]total[/bold]", "", *(f"{v:,}" for v in tot[:5]), "", "", f"{tot[5]:,}",
-              "[green]✓[/green]" if all_ok and not bad else "[red]✗[/red]")
+    t.add_row(Text("total", "bold"), "", *(f"{v:,}" for v in tot[:5]), "", "", f"{tot[5]:,}",
+              Text("✓", "green") if all_ok and not bad else Text("✗", "red"))
     con = _console()
     con.print(t)
     for n in notes:
         con.print(n)
     if bad:
-        con.print(f"[red]unhealthy feeds: {', '.join(bad)}[/red] — their deliveries are held out of clean/ "
-                  "(the previous clean state stays in force). Fix the mapping (`safetynet feeds profile`) and "
-                  "ingest again, or publish on the previous state with `safetynet run --accept-unhealthy FEED`.")
+        _say(con, (f"unhealthy feeds: {', '.join(bad)}", "red"), " — their deliveries are held out of clean/ "
+             "(the previous clean state stays in force). Fix the mapping (`safetynet feeds profile`) and ingest "
+             "again, or publish on the previous state with `safetynet run --accept-unhealthy FEED`.")
     con.print(f"input = accepted + quarantined for every feed: {'yes' if report.reconciles else 'NO'}"
               + ("; matches the generator's expected counts" if expected and all_ok else ""))
     con.print(f"run manifest: {report.manifest}")
     return all_ok
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from safetynet.store import open_store
+def _nothing_waiting(report, store, kafka: bool) -> None:
+    if not any(fc.input or fc.empty_snapshots for fc in report.feeds.values()):
+        _console().print(f"nothing was waiting: no new drops under {store.url}/landing/"
+                         + (" and no new events on the topics" if kafka else ""))
 
+
+def cmd_ingest(args: argparse.Namespace) -> int:
     s = _settings(args)
-    store = open_store(s)
-    report, cleaned = run_ingest(s, store, args.feed or None, kafka=not args.no_kafka and bool(s.kafka_bootstrap),
-                                 files=not args.no_files)
+    kafka = not args.no_kafka and bool(s.kafka_bootstrap)
+    # without Kafka there is nothing to take in where there is no store (its landing/ is inside it)
+    store = _open_store(s, create=kafka, why=NOTHING_TO_INGEST)
+    report, cleaned = run_ingest(s, store, args.feed or None, kafka=kafka, files=not args.no_files)
     if not s.kafka_bootstrap and not args.no_kafka:
         _console().print("note: SAFETYNET_KAFKA_BOOTSTRAP is not set, so only file drops were ingested")
-    if not print_summary(report, cleaned):
+    ok = print_summary(report, cleaned)
+    _nothing_waiting(report, store, kafka)
+    if not ok:
         return EXIT_FAILURE
     return EXIT_UNHEALTHY if report.unhealthy else EXIT_OK
+
+
+def _wipe_demo_store(settings) -> None:
+    """`demo --fresh`: start from an empty local store — but never wipe one the demo did not make."""
+    import shutil
+
+    path = Path(store_location(settings))
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise UsageError(f"the demo store {path} is a file, not a directory; give another --store")
+    if any(path.iterdir()) and not (path / DEMO_MARKER).exists():
+        raise UsageError(f"{path} holds a store the demo did not make, and the demo starts from an empty one: give "
+                         "it another --store (or --no-fresh to add the demo's data to this store)")
+    shutil.rmtree(path)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -389,11 +668,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if "max_quarantine_rate" not in s.model_fields_set:
         s = s.model_copy(update={"max_quarantine_rate": SYNTHETIC_MAX_QUARANTINE_RATE})
     if args.fresh and not s.store.startswith("s3://"):
-        import shutil
-
-        shutil.rmtree(Path(s.store.removeprefix("file://")), ignore_errors=True)
+        _wipe_demo_store(s)
     store = open_store(s)
-    con.print(f"[bold]兜底保障数据枢纽 demo[/bold]: {args.persons:,} persons (seed {args.seed}), store {store.url}")
+    if not store.exists(DEMO_MARKER):
+        store.write_bytes(DEMO_MARKER, json.dumps({"persons": args.persons, "seed": args.seed}).encode())
+    _say(con, ("兜底保障数据枢纽 demo", "bold"), f": {args.persons:,} persons (seed {args.seed}), store {store.url}")
     t0 = time.perf_counter()
     d, em = _load_district(args)
     con.print(f"generated the district in {time.perf_counter() - t0:.1f}s: {em.total_events:,} events, "
@@ -414,7 +693,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ok = print_summary(report, cleaned, em.expected)
         con.print(f"clean datasets: {store.url}/clean/   quarantine: {store.url}/quarantine/")
         t3 = time.perf_counter()
-        res = run_build(s, store, d.as_of)
+        pol = policy_for_data(store, d.as_of, None)
+        res = run_build(s, store, d.as_of, pol)
         con.print(f"quality gate, monitoring build, warnings and publish in {time.perf_counter() - t3:.1f}s"
                   + (f"; {res.kafka_published:,} warnings produced to hub.warnings.v1" if res.kafka_published else ""))
     finally:
@@ -439,6 +719,8 @@ def _demo_review(s, con) -> None:
     from rich.table import Table
 
     from safetynet.review import cli as review_cli
+    from safetynet.review import db
+    from safetynet.settings import Settings
 
     engine = review_cli._engine(s)
     res = review_cli.load_latest(s, engine)
@@ -449,10 +731,18 @@ def _demo_review(s, con) -> None:
     for row in users:
         t.add_row(*row)
     con.print(t)
-    if res is not None and res.loaded:
-        con.print(f"review database: {res.warnings:,} warnings loaded, {res.new_cases:,} new cases")
-    con.print(f"[bold]open the review app:[/bold] .venv/bin/safetynet serve --store {s.store}   "
-              "→ http://127.0.0.1:8000/")
+    url = db.url_of(s)
+    where = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.split("@")[-1]  # no password
+    if res is None:
+        con.print(f"review database {where}: no published snapshot to load")
+    elif res.loaded:
+        con.print(f"review database {where}: snapshot {res.snapshot_date} — {res.warnings:,} warnings loaded, "
+                  f"{res.new_cases:,} new cases")
+    else:
+        con.print(f"review database {where}: snapshot {res.snapshot_date} already loaded (same manifest)")
+    default = s.store == Settings.model_fields["store"].default
+    _say(con, ("open the review app:", "bold"), " .venv/bin/safetynet serve" + ("" if default else f" --store {s.store}")
+         + "   → http://127.0.0.1:8000/")
 
 
 def _published_warnings(store, snapshot_date):
@@ -461,22 +751,46 @@ def _published_warnings(store, snapshot_date):
     return snapshot.read(store, "warnings", snapshot_date, identified=True)  # masked on export
 
 
-def _date(v: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {v!r}") from None
-
-
-def run_build(settings, store, snapshot_date: dt.date, policy_file: str | None = None, accept_unhealthy=()):
-    """Build, warnings, quality gate and publish from clean/ (shared by `run` and `demo`)."""
+def data_county(store, required: bool = True) -> str | None:
+    """The county of the store's person register; None (if not `required`) before there is one."""
     from safetynet import pipeline
 
-    pol = pipeline.load_policy(pipeline.county_of(store), snapshot_date, policy_file)
     try:
-        return pipeline.build_snapshot(settings, store, snapshot_date, pol, accept_unhealthy=accept_unhealthy)
+        return pipeline.county_of(store)
+    except ValueError as e:
+        if not required and "no clean person register" in str(e):
+            return None
+        raise UsageError(str(e)) from None
+
+
+def policy_for_data(store, snapshot_date: dt.date, given=None, required: bool = True):
+    """The policy to build with — the file given (loaded), or the shipped one of the data's county
+    and the snapshot's year — checked against the county of the store's register. Before the
+    register exists (`required=False`) only what can be checked is: the given file, loaded."""
+    from safetynet import policy
+
+    county = data_county(store, required)
+    if county is None:
+        return given
+    pol = given or policy.for_region(county, snapshot_date.year)
+    policy.check_county(pol, county)
+    return pol
+
+
+def run_build(settings, store, snapshot_date: dt.date, pol, accept_unhealthy=()):
+    """Build, warnings, quality gate and publish from clean/ (shared by `run` and `demo`), with a
+    spinner on a terminal. A gate that blocks prints its report here, once; `main` adds one line."""
+    from safetynet import pipeline
+
+    try:
+        with progress_bar(settings.progress, None, "快照 snapshot") as adv:
+            return pipeline.build_snapshot(settings, store, snapshot_date, pol, accept_unhealthy=accept_unhealthy,
+                                           step=lambda what: adv(1, what))
     except pipeline.QualityGateFailed as e:
-        _console().print(f"[red]{e}[/red]\nData Docs: {store.url}/docs/quality/")
+        con = _console()
+        if e.report is not None:
+            con.print(e.report.summary())
+            con.print(f"Data Docs: {store.url}/docs/quality/")
         raise
 
 
@@ -484,6 +798,7 @@ def print_warnings(res, con) -> None:
     """Counts by rule and by street, and the top of the ranked list (masked)."""
     import pyarrow.compute as pc
     from rich.table import Table
+    from rich.text import Text
 
     from quality.rules import RULES
     from safetynet import snapshot
@@ -497,7 +812,7 @@ def print_warnings(res, con) -> None:
     counts = dict(snapshot.count_by(w, "rule_id")) if w.num_rows else {}
     for r in RULES:
         t.add_row(r.id, titles[r.id][0], titles[r.id][1], f"{counts.get(r.id, 0):,}")
-    t.add_row("[bold]total[/bold]", "", "", f"{w.num_rows:,}")
+    t.add_row(Text("total", "bold"), "", "", f"{w.num_rows:,}")
     con.print(t)
     streets = region_names()  # blank for streets outside the reference table
     t2 = Table(title="按街道 by street")
@@ -510,24 +825,30 @@ def print_warnings(res, con) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from safetynet.store import open_store
+    from safetynet import policy
 
     s = _settings(args)
-    store = open_store(s)
     con = _console()
+    kafka = bool(s.kafka_bootstrap) and not args.no_kafka
+    store = _open_store(s, create=kafka, why=NOTHING_TO_INGEST)
+    # the policy before anything is ingested: the file given exists and parses, and matches the
+    # county of the data already in the store (a first run's data is checked after its ingest)
+    given = policy.load(args.policy) if args.policy else None
+    policy_for_data(store, args.snapshot_date, given, required=False)
     accept = args.accept_unhealthy or []
-    report, cleaned = run_ingest(s, store, kafka=bool(s.kafka_bootstrap) and not args.no_kafka)
+    report, cleaned = run_ingest(s, store, kafka=kafka)
     ok = print_summary(report, cleaned)
+    _nothing_waiting(report, store, kafka)
     refused = [f for f in report.unhealthy if f not in accept]
     if refused:
-        con.print(f"[red]not published[/red]: unhealthy feed(s) {', '.join(refused)} (see above); "
-                  f"exit {EXIT_UNHEALTHY}")
-        return EXIT_UNHEALTHY
-    res = run_build(s, store, args.snapshot_date, args.policy, accept)
+        raise _Unhealthy(f"not published: unhealthy feed(s) {', '.join(refused)} (see above); fix them, or "
+                         "publish on their previous state with --accept-unhealthy FEED")
+    pol = policy_for_data(store, args.snapshot_date, given)  # before the build: never 30 s to learn it is the wrong one
+    res = run_build(s, store, args.snapshot_date, pol, accept)
     if res.accepted_unhealthy:
-        con.print(f"[yellow]published on the previous clean state of unhealthy feed(s) "
-                  f"{', '.join(res.accepted_unhealthy)} (--accept-unhealthy)[/yellow]: recorded in the manifest, "
-                  "and warnings of rules reading them list them in stale_inputs")
+        _say(con, (f"published on the previous clean state of unhealthy feed(s) {', '.join(res.accepted_unhealthy)} "
+                   "(--accept-unhealthy)", "yellow"), ": recorded in the manifest, and warnings of rules reading "
+             "them list them in stale_inputs")
     if res.quality is not None:
         con.print(f"data quality: {res.quality.summary()}\nData Docs: {store.url}/docs/quality/ ({len(res.docs)} files)")
     print_warnings(res, con)
@@ -537,39 +858,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILURE
 
 
+class _Unhealthy(Exception):
+    """The data, not the run, needs attention: one line on stderr, exit 3."""
+
+
 def cmd_warnings(args: argparse.Namespace) -> int:
     from safetynet import export, snapshot
-    from safetynet.store import open_store
 
+    out = Path(args.out)
+    if out.suffix.lower() not in (".csv", ".xlsx"):
+        raise UsageError(f"--out {out}: export to .csv or .xlsx, not {out.suffix or 'a file without suffix'}")
     s = _settings(args)
-    store = open_store(s)
+    store = open_existing_store(s)
     w = snapshot.read(store, "warnings", args.snapshot_date, identified=True,  # masked on export
                       version=args.version)
-    n = export.write(w, Path(args.out))
+    n = export.write(w, out)
     _console().print(f"wrote {n:,} warnings of snapshot {w['snapshot_date'][0] if n else args.snapshot_date} "
-                     f"to {args.out}")
-    return 0
+                     f"to {out}")
+    return EXIT_OK
 
 
 def cmd_snapshots_list(args: argparse.Namespace) -> int:
     """Published snapshot dates and their versions: the current one, rows, policy, inputs, quality."""
     import datetime as _dt
-    import json as _json
 
     from rich.table import Table
 
     from safetynet import snapshot
-    from safetynet.store import open_store
 
-    store = open_store(_settings(args))
+    store = open_existing_store(_settings(args))
     days = [args.date] if args.date else snapshot.snapshots(store)
     out = []
     for day in days:
         try:
             current = snapshot.pointer(store, day)["version"]
         except FileNotFoundError:
-            print(f"safetynet: no published snapshot {day} in {store.url}", file=sys.stderr)
-            return EXIT_USAGE
+            published = ", ".join(d.isoformat() for d in snapshot.snapshots(store)) or "none"
+            raise UsageError(f"no published snapshot {day} in {store.url} (published: {published})") from None
         mtimes = {e.path: e.mtime_ns for e in store.list(f"{snapshot.MANIFESTS}/{day.isoformat()}/", ".json")}
         for v in snapshot.versions(store, day) or [current]:
             m = snapshot.manifest(store, day, v)
@@ -587,7 +912,7 @@ def cmd_snapshots_list(args: argparse.Namespace) -> int:
                 "inputs_unhealthy": sorted(f for f, i in inputs.items() if i.get("unhealthy")),
             })
     if args.json:
-        print(_json.dumps(out, ensure_ascii=False, indent=1))
+        _emit(json.dumps(out, ensure_ascii=False, indent=1))
         return EXIT_OK
     if not out:
         _console().print(f"no published snapshot in {store.url}")
@@ -615,23 +940,22 @@ def cmd_snapshots_prune(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
     from safetynet import snapshot
-    from safetynet.review import db
+    from safetynet.review import cli as review_cli
     from safetynet.review import models as m
-    from safetynet.store import open_store
 
+    if args.keep < 1:
+        raise UsageError(f"--keep {args.keep}: keep at least 1 version per date")
     s = _settings(args)
-    if args.db:
-        s = s.model_copy(update={"review_db": args.db})
-    store = open_store(s)
-    url = db.url_of(s)
-    eng = db.engine_for(url)
-    db.migrate(eng)
+    store = open_existing_store(s)
+    # a database named on the command line must be there: an empty one would protect no decision
+    eng = review_cli._engine(s, create=not args.db)
     with eng.connect() as c:
         refs = {(r.snapshot_date, r.snapshot_version) for r in c.execute(
             select(m.actions.c.snapshot_date, m.actions.c.snapshot_version).distinct()
             .where(m.actions.c.snapshot_version.is_not(None)))}
         refs |= {(r.snapshot_date, r.version) for r in c.execute(select(m.snapshots.c.snapshot_date, m.snapshots.c.version))
                  if r.version is not None}
+    url = eng.url.render_as_string(hide_password=True)
     eng.dispose()
     res = snapshot.prune(store, args.keep, refs, dry_run=args.dry_run)
     con = _console()
@@ -645,6 +969,21 @@ def cmd_snapshots_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_store_verify(args: argparse.Namespace) -> int:
+    """Every zone's files against the catalog; with --repair, rebuild what can be rebuilt."""
+    from safetynet import verify
+
+    s = _settings(args)
+    store = open_existing_store(s)
+    with progress_bar(not args.no_progress, None, "verify") as bar:
+        rep = verify.verify(s, store, repair=args.repair, progress=bar)
+    if args.json:
+        print(json.dumps(rep.as_dict(), ensure_ascii=False, indent=1))
+    else:
+        verify.print_report(rep, _console())
+    return EXIT_OK if rep.ok else EXIT_UNHEALTHY
+
+
 def cmd_rules_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -652,7 +991,7 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
 
     t = Table(title="预警规则 Warning rules")
     for col in ("rule id", "ver", "severity", "kind", "title", "policy parameters"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col == "rule id")
     for r in RULES:
         t.add_row(r.id, str(r.version), f"{r.severity} {SEVERITY_ZH.get(r.severity, '')}", r.kind, r.title_zh,
                   ", ".join(r.params))
@@ -664,25 +1003,16 @@ def cmd_rules_backtest(args: argparse.Namespace) -> int:
     """Backtest a policy file on published snapshots: prints per rule kept/added/removed, writes
     the differences as CSV; publishes nothing."""
     from safetynet import backtest, policy, snapshot
-    from safetynet.store import open_store
 
     s = _settings(args)
-    try:
-        pol = policy.load(args.policy)
-        rules = backtest.select_rules(args.rule)
-    except (policy.PolicyError, backtest.UnknownRule) as e:
-        print(f"safetynet: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    if not s.store.startswith("s3://") and not Path(s.store.removeprefix("file://")).expanduser().is_dir():
-        print(f"safetynet: store {s.store} does not exist", file=sys.stderr)
-        return EXIT_USAGE
-    store = open_store(s)
+    pol = policy.load(args.policy)
+    rules = backtest.select_rules(args.rule)
+    store = open_existing_store(s)
     published = snapshot.snapshots(store)
     missing = [d for d in args.snapshot_date if d not in published]
     if missing:
-        print(f"safetynet: no published snapshot for {', '.join(d.isoformat() for d in missing)}; published: "
-              f"{', '.join(d.isoformat() for d in published) or 'none'}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"no published snapshot for {', '.join(d.isoformat() for d in missing)}; published: "
+                         f"{', '.join(d.isoformat() for d in published) or 'none'}")
     dates = list(dict.fromkeys(args.snapshot_date))
     out_dir = Path(args.out)
     results, files = [], []
@@ -694,7 +1024,7 @@ def cmd_rules_backtest(args: argparse.Namespace) -> int:
             files.append(backtest.write_csv(res, out_dir))
             results.append(res)
             adv(1, d.isoformat())
-    con = _pipe_console()
+    con = _console(markup=True)  # backtest.render writes markup and escapes its data
     for res in results:
         backtest.render(res, con)
     for res, f in zip(results, files, strict=True):
@@ -703,44 +1033,29 @@ def cmd_rules_backtest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _pipe_console():
-    """A console for output that may be cut short (`| head`): once the reader has gone, the rest
-    is dropped quietly and the command ends normally (rich's default exits with status 1)."""
-    import os
-
-    from rich.console import Console
-
-    class PipeConsole(Console):
-        def on_broken_pipe(self) -> None:
-            self.quiet = True
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # the exit's flush cannot fail either
-            os.close(devnull)
-
-    return PipeConsole(highlight=False, width=_width())
-
-
 # ---- entry point ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="safetynet", description="兜底保障数据枢纽 Safety-Net Data Hub")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    p.add_argument("-v", "--verbose", action="store_true", help="info-level logs")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = _Parser(prog="safetynet", description="兜底保障数据枢纽 Safety-Net Data Hub",
+                epilog="exit codes: 0 ok · 1 failure · 2 usage or configuration · 3 data unhealthy (nothing new "
+                "published) · 4 busy (another ingest holds a feed)")
+    _common(p, top=True)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     def store_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--store", help="store URL: path, file://…, or s3://bucket (default: $SAFETYNET_STORE)")
+        sp.add_argument("--store", help="store: a path, file://…, or s3://bucket[/prefix] (default: $SAFETYNET_STORE, "
+                        "./var/store)")
         sp.add_argument("--kafka", help="Kafka bootstrap host:port (default: $SAFETYNET_KAFKA_BOOTSTRAP)")
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     sp = sub.add_parser("feeds", help="list the department feeds and their contracts; profile a department's export")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="the contracts as JSON")
     sp.add_argument("--topics", action="store_true", help="the Kafka topics of every feed and the hub, one a line")
     sp.set_defaults(func=cmd_feeds)
-    fsub = sp.add_subparsers(dest="action", required=False)
+    fsub = sp.add_subparsers(dest="action", required=False, metavar="ACTION")
     fp = fsub.add_parser("profile", help="profile export files (or a sample of the topic) against a feed's contract "
                          "and suggest a mapping file; ingests nothing")
     fp.add_argument("paths", nargs="*", metavar="PATH", help="CSV/XLSX/JSON Lines files (or folders) of the department")
-    fp.add_argument("--feed", required=True, help="feed id, e.g. housing.property")
+    fp.add_argument("--feed", required=True, type=_feed_id, help="feed id, e.g. housing.property")
     fp.add_argument("--kafka", nargs="?", const="", default=None, metavar="HOST:PORT",
                     help="profile a sample of the feed's topic instead (default: $SAFETYNET_KAFKA_BOOTSTRAP)")
     fp.add_argument("--sample", type=int, default=5000, help="messages to sample from the topic (default 5000)")
@@ -748,7 +1063,7 @@ def build_parser() -> argparse.ArgumentParser:
     fp.set_defaults(func=cmd_feeds_profile)
     fr = fsub.add_parser("release", help="accept a feed's held (unhealthy) deliveries as they are: their accepted "
                          "records join clean/, and the feed counts as healthy again")
-    fr.add_argument("feed", metavar="FEED", help="feed id, e.g. medical_insurance.claim")
+    fr.add_argument("feed", metavar="FEED", type=_feed_id, help="feed id, e.g. medical_insurance.claim")
     store_opts(fr)
     fr.set_defaults(func=cmd_feeds_release)
 
@@ -757,7 +1072,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_check_config)
 
     for name, fn, hlp in (("generate", cmd_generate, "generate a synthetic district and send its data"),
-                          ("demo", cmd_demo, "generate, publish, ingest and summarise (embedded broker)")):
+                          ("demo", cmd_demo, "generate, publish, ingest, build and publish a snapshot, load the "
+                           "review app (embedded broker)")):
         sp = sub.add_parser(name, help=hlp)
         store_opts(sp)
         sp.add_argument("--persons", type=int, default=20_000)
@@ -766,49 +1082,53 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--out", help="write landing files and truth Parquet to this directory instead")
         else:
             sp.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=True,
-                            help="start from an empty local store (default: yes)")
+                            help="start from an empty local store (default: yes; only a store the demo made is "
+                            "wiped)")
         sp.set_defaults(func=fn)
 
     sp = sub.add_parser("run", help="ingest, clean, quality gate, build, warnings and publish one snapshot")
     store_opts(sp)
-    sp.add_argument("--snapshot-date", type=_date, required=True, help="YYYY-MM-DD: facts before this day")
+    sp.add_argument("--snapshot-date", type=_date, required=True, metavar="YYYY-MM-DD",
+                    help="facts before this day")
     sp.add_argument("--policy", help="policy file (default: quality/policy/<county>-<year>.toml)")
     sp.add_argument("--no-kafka", action="store_true", help="file drops only")
     sp.add_argument("--wait-lease", type=float, metavar="SECONDS",
                     help="wait this long for another ingest holding a feed (default: $SAFETYNET_LEASE_WAIT_S, 0: exit 4)")
-    sp.add_argument("--accept-unhealthy", action="append", metavar="FEED",
+    sp.add_argument("--accept-unhealthy", action="append", metavar="FEED", type=_feed_id,
                     help="publish although this feed is unhealthy, on its previous clean state (recorded in the "
                          "manifest; its rules' warnings list it in stale_inputs); repeatable")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("snapshots", help="published snapshots and their versions: list them, prune old versions")
-    ssub = sp.add_subparsers(dest="action", required=True)
+    ssub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
     sl = ssub.add_parser("list", help="dates, versions (● current), rows, policy, inputs and quality of each version")
     store_opts(sl)
-    sl.add_argument("--date", type=_date, help="only this snapshot date")
+    sl.add_argument("--date", type=_date, metavar="YYYY-MM-DD", help="only this snapshot date")
     sl.add_argument("--json", action="store_true")
     sl.set_defaults(func=cmd_snapshots_list)
     sr = ssub.add_parser("prune", help="delete old versions: keep the newest N per date, the current one and "
                          "every version a review decision references")
     store_opts(sr)
     sr.add_argument("--keep", type=int, required=True, help="versions to keep per date (≥ 1)")
-    sr.add_argument("--db", help="review database URL (default: $SAFETYNET_REVIEW_DB or SQLite in the work dir)")
+    sr.add_argument("--db", type=_db, help="review database: a file path (SQLite) or URL (default: "
+                    "$SAFETYNET_REVIEW_DB or SQLite in the work dir)")
     sr.add_argument("--dry-run", action="store_true", help="show what would be deleted")
     sr.set_defaults(func=cmd_snapshots_prune)
 
     sp = sub.add_parser("warnings", help="published warnings")
-    wsub = sp.add_subparsers(dest="action", required=True)
+    wsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
     we = wsub.add_parser("export", help="export a snapshot's warnings to .csv (UTF-8 with BOM) or .xlsx")
     store_opts(we)
-    we.add_argument("--snapshot-date", type=_date, help="default: the latest published snapshot")
+    we.add_argument("--snapshot-date", type=_date, metavar="YYYY-MM-DD", help="default: the latest published snapshot")
     we.add_argument("--version", type=int, help="a version of that date (default: its current one)")
     we.add_argument("--out", required=True, help="file ending .csv or .xlsx")
     we.set_defaults(func=cmd_warnings)
 
     sp = sub.add_parser("policy", help="policy parameters per region and year (quality/policy/)")
-    psub = sp.add_subparsers(dest="action", required=True)
-    pi = psub.add_parser("init", help="write a complete policy file for a new region with default thresholds")
-    pi.add_argument("--region", required=True, help="6-digit county code (GB/T 2260)")
+    psub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pi = psub.add_parser("init", help="write a complete policy file for a new region with default thresholds, "
+                         "every parameter explained")
+    pi.add_argument("--region", required=True, type=_county, help="6-digit county code (GB/T 2260)")
     pi.add_argument("--year", type=int, required=True)
     pi.add_argument("--urban-dibao", type=float, required=True, help="城市低保标准 元/人/月")
     pi.add_argument("--rural-dibao", type=float, required=True, help="农村低保标准 元/人/月")
@@ -816,19 +1136,19 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--out", required=True, help="file to write (quality/policy/<region>-<year>.toml to ship it)")
     pi.add_argument("--force", action="store_true")
     ps = psub.add_parser("show", help="validate and print the policy in force for a region and year, or a file")
-    ps.add_argument("--region", default="430103")
+    ps.add_argument("--region", default="430103", type=_region, help="region code: its county's policy (default 430103)")
     ps.add_argument("--year", type=int, default=2026)
     ps.add_argument("--file", help="a policy file instead")
     sp.set_defaults(func=cmd_policy)
 
     sp = sub.add_parser("rules", help="the warning rules: list them; backtest a new policy file on published snapshots")
-    rsub = sp.add_subparsers(dest="action", required=True)
+    rsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
     rl = rsub.add_parser("list", help="every warning rule: id, version, severity, kind, title, policy parameters")
     rl.set_defaults(func=cmd_rules_list)
     rb = rsub.add_parser("backtest", help="rebuild published snapshots on their published inputs with a new policy "
                          "file and compare with the published warnings (kept/added/removed per rule); publishes "
                          "nothing")
-    rb.add_argument("--store", help="store URL: path, file://…, or s3://bucket (default: $SAFETYNET_STORE)")
+    rb.add_argument("--store", help="store: a path, file://…, or s3://bucket[/prefix] (default: $SAFETYNET_STORE)")
     rb.add_argument("--no-progress", action="store_true", help="no progress bar")
     rb.add_argument("--policy", required=True, help="the new policy file (TOML)")
     rb.add_argument("--rule", action="extend", nargs="+", metavar="ID",
@@ -839,9 +1159,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory for the differences, one backtest-<D>.csv per date (default: .)")
     rb.set_defaults(func=cmd_rules_backtest)
 
+    sp = sub.add_parser("store", help="the store itself: verify every raw/, quarantine/, clean/ and published file")
+    stsub = sp.add_subparsers(dest="action", required=True)
+    sv = stsub.add_parser("verify", help="check every raw/, quarantine/, clean/ and published file against the "
+                          "checksums and row counts in the catalog; --repair rebuilds what can be rebuilt")
+    store_opts(sv)
+    sv.add_argument("--repair", action="store_true",
+                    help="re-fetch damaged Kafka batches from their recorded offsets, re-read damaged drop files "
+                    "from landing/, rebuild clean/ and published files; name exactly what is lost")
+    sv.add_argument("--json", action="store_true", help="the report as JSON")
+    sv.set_defaults(func=cmd_store_verify)
+
     sp = sub.add_parser("ingest", help="ingest everything waiting on the topics and in landing/, then clean")
     store_opts(sp)
-    sp.add_argument("--feed", action="append", help="only this feed id (repeatable)")
+    sp.add_argument("--feed", action="append", type=_feed_id, help="only this feed id (repeatable)")
     sp.add_argument("--no-kafka", action="store_true")
     sp.add_argument("--no-files", action="store_true")
     sp.add_argument("--wait-lease", type=float, metavar="SECONDS",
@@ -851,64 +1182,91 @@ def build_parser() -> argparse.ArgumentParser:
     from safetynet.review import cli as review_cli
 
     review_cli.add_parsers(sub, _settings)
+    for child in _subparsers(p):  # --debug and -v after the subcommand too
+        _common(child)
     return p
+
+
+#: (module, class, exit code, prefix of the line) of the errors ordinary use meets
+_KNOWN_ERRORS = (
+    ("safetynet.policy", "PolicyError", EXIT_USAGE, ""), ("safetynet.snapshot", "SnapshotNotFound", EXIT_USAGE, ""),
+    ("safetynet.backtest", "UnknownRule", EXIT_USAGE, ""), ("safetynet.review.auth", "AccountError", EXIT_USAGE, ""),
+    ("safetynet.pipeline", "QualityGateFailed", EXIT_UNHEALTHY, "not published: "),
+    ("safetynet.lease", "LeaseBusy", EXIT_BUSY, "not started: "),
+    ("safetynet.store", "StoreError", EXIT_FAILURE, ""), ("safetynet.broker", "BrokerError", EXIT_FAILURE, ""),
+    ("safetynet.lease", "LeaseLost", EXIT_FAILURE, ""),
+)
+
+
+def _expected(e: BaseException) -> tuple[int, str] | None:
+    """(exit code, one line) for the errors a user meets in ordinary use — their own mistakes (2),
+    data that needs attention (3), a busy feed (4), a store or broker that failed (1) — or None for
+    a bug. A class is looked up only if its module is loaded: an error cannot come from one that is not."""
+    def isa(module: str, name: str) -> bool:
+        cls = getattr(sys.modules.get(module), name, None)
+        return isinstance(cls, type) and isinstance(e, cls)
+
+    if isinstance(e, UsageError):
+        return EXIT_USAGE, str(e)
+    if isinstance(e, _Unhealthy):
+        return EXIT_UNHEALTHY, str(e)
+    if isa("connectors.mapping", "MappingError"):
+        return EXIT_USAGE, f"{e}\nnothing was ingested; fix the mapping file(s) (see `safetynet feeds profile`)"
+    if isa("pydantic", "ValidationError"):
+        from safetynet.settings import describe_errors
+
+        return EXIT_USAGE, f"configuration: {describe_errors(e)}"
+    for module, name, code, prefix in _KNOWN_ERRORS:
+        if isa(module, name):
+            return code, prefix + (getattr(e, "headline", None) or str(e))  # the gate's: one line
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
-    from rich.console import Console
-    from rich.logging import RichHandler
-
-    logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[RichHandler(show_path=False, console=Console(stderr=True, width=_width()))])
+    _setup_logging(logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING)
     from safetynet import logmask
 
     logmask.install()  # last line of defence: nothing ID-shaped leaves in a log line
     if not args.debug:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
-        logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it sets INFO on itself
-    from connectors.mapping import MappingError
-    from safetynet.lease import LeaseBusy
-    from safetynet.pipeline import QualityGateFailed
-
     try:
         return args.func(args)
-    except ValidationError as e:
-        print(f"safetynet: configuration error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except MappingError as e:
-        print(f"safetynet: {e}\nnothing was ingested; fix the mapping file(s) (see `safetynet feeds profile`)",
-              file=sys.stderr)
-        return EXIT_USAGE
-    except QualityGateFailed as e:  # a data problem, reported where it was found
-        if args.debug:
-            raise
-        if e.report is None:
-            print(f"safetynet: not published: {e}", file=sys.stderr)
-        return EXIT_UNHEALTHY
-    except LeaseBusy as e:  # another ingest holds a feed: not an error of this run's data
-        print(f"safetynet: not started: {e}", file=sys.stderr)
-        return EXIT_BUSY
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # an unguarded write to a reader that went away (`| head`): quietly, as SIGPIPE
+        _stdout_gone()
+        return EXIT_PIPE
     except Exception as e:
         if args.debug:
             raise
-        print(f"safetynet: error: {type(e).__name__}: {e}  (run with --debug for the traceback)", file=sys.stderr)
-        return 1
+        known = _expected(e)
+        code, line = known or (EXIT_FAILURE, f"error: {type(e).__name__}: {e}  (unexpected — run with --debug "
+                                             "for the traceback)")
+        try:
+            print(f"safetynet: {logmask.mask_text(line)}", file=sys.stderr)
+        except BrokenPipeError:
+            pass
+        return code
 
 
 def entry() -> None:
     """The console script: exit without interpreter teardown, where DuckDB's bindings print
     spurious leak warnings; logs and output are flushed first."""
-    import os
-
     code = main()
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):
+            if stream is sys.stdout:
+                _stdout_gone()
     os._exit(code)
 
 
 if __name__ == "__main__":
-    entry()
+    # `python -m safetynet.cli`: run the module as imported, so that the errors other modules raise
+    # (`from safetynet.cli import UsageError`) are the classes `main` knows, not copies in __main__
+    from safetynet.cli import entry as _entry
+
+    _entry()

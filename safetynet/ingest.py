@@ -259,6 +259,7 @@ def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Co
                 cols[fld.name] = pa.array([lineage.get(fld.name)] * m, fld.type)
         return cols
 
+    lease.check_held([c.feed_id])  # a holder frozen past its lease writes nothing (no-op in the writer process)
     if acc.num_rows:
         raw = pa.table({**{f: acc[f].cast(pa.string()) for f in c.names}, **lineage_cols(acc)},
                        schema=c.raw_schema())

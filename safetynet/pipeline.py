@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +27,15 @@ WARNINGS_TOPIC = "hub.warnings.v1"
 
 
 class QualityGateFailed(RuntimeError):
-    """A critical expectation failed: the snapshot is not published."""
+    """A critical expectation failed: the snapshot is not published.
 
-    def __init__(self, message: str, report: object):
-        super().__init__(message)
+    `headline` is one line; the report (`report.summary()`) is shown by whoever catches it, once
+    (the CLI prints it, an Airflow task fails with `str(e)`, which holds both)."""
+
+    def __init__(self, headline: str, report: object):
+        summary = report.summary() if report is not None and hasattr(report, "summary") else ""
+        super().__init__(headline + (f"\n{summary}" if summary else ""))
+        self.headline = headline
         self.report = report
 
 
@@ -110,7 +116,8 @@ def feed_health_for_gate(store: ObjectStore, accept_unhealthy: list[str] | tuple
 
 def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.date, pol: policy.Policy,
                    quality: bool = True, publish_kafka: bool = True,
-                   accept_unhealthy: list[str] | tuple[str, ...] = ()) -> RunResult:
+                   accept_unhealthy: list[str] | tuple[str, ...] = (),
+                   step: Callable[[str], None] | None = None) -> RunResult:
     """From `clean/`: monitoring build, warnings, quality gate (GX, Data Docs), publish (+ Kafka).
 
     The gate runs on the feeds' health, the clean feeds and the outputs before anything is
@@ -118,9 +125,11 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
     unpublished (its Data Docs are still written, so the report can be read). An unhealthy feed
     fails the gate unless listed in `accept_unhealthy`: then its previous clean state is used,
     the manifest records the acceptance, and warnings of rules reading it list it in
-    `stale_inputs`.
+    `stale_inputs`. `step(name)` is called as each step starts (a progress display).
     """
+    step = step or (lambda name: None)
     res = RunResult(snapshot_date, pol.version)
+    step("feed health")
     health = feed_health_for_gate(store, accept_unhealthy)
     res.unhealthy = {fid: h["problems"] for fid, h in health.items() if h["problems"]}
     res.accepted_unhealthy = sorted(fid for fid, h in health.items() if h["accepted"])
@@ -129,21 +138,27 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
         raise QualityGateFailed("unhealthy feeds (not accepted): " + " | ".join(bad), None)
     con = normalise.connect(memory_limit=settings.duckdb_memory_limit)
     try:
+        step("monitoring build")
         monitoring.register_clean(con, store)
         b = monitoring.build(con, snapshot_date, pol)
         res.stale_inputs = sorted(set(freshness.stale_feeds(store, freshness.snapshot_as_of(snapshot_date)))
                                   | set(res.accepted_unhealthy))
+        step("warnings")
         w = warnings.evaluate(b, pol, stale_inputs=freshness.stale_inputs_by_rule(res.stale_inputs))
         outputs = {"monitoring/person": b.person, "monitoring/household": b.household, "warnings": w}
         if quality:
             from quality import gx
 
+            step("quality gate")
             res.quality = gx.validate(store, snapshot_date, policy=pol, health=health, outputs={
                 "monitoring.person": b.person, "monitoring.household": b.household, "warnings": w})
+            step("Data Docs")
             res.docs = gx.build_docs(res.quality, store)
             if not res.quality.ok:
-                raise QualityGateFailed(f"quality gate failed for snapshot {snapshot_date}: not published\n"
-                                        + res.quality.summary(), res.quality)
+                n = len(getattr(res.quality, "critical_failures", []) or [])
+                raise QualityGateFailed(f"quality gate failed for snapshot {snapshot_date}"
+                                        + (f" ({n} critical failure{'s' if n != 1 else ''})" if n else ""),
+                                        res.quality)
         ps = snapshot.Pseudonymiser(settings.pseudonym_secret.get_secret_value().encode())
         quality = {}
         if res.quality is not None:  # the manifest keeps what is a function of the data, not when or how fast
@@ -158,10 +173,12 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
             if fid in res.unhealthy:
                 inputs[fid]["unhealthy"] = res.unhealthy[fid]
                 inputs[fid]["accepted_unhealthy"] = fid in res.accepted_unhealthy
+        step("publish")
         res.manifest = snapshot.publish(store, snapshot_date, outputs, ps, policy_version=pol.version,
                                         inputs=inputs, quality=quality)
         res.persons, res.households, res.warnings = b.person.num_rows, b.household.num_rows, w
         if publish_kafka and settings.kafka_bootstrap:
+            step("warnings to Kafka")
             res.kafka_published = produce_warnings(settings, snapshot.pseudonymise_warnings(w, ps))
     finally:
         con.close()

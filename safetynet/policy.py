@@ -2,13 +2,15 @@
 
 One TOML file per county and year under `quality/policy/` (`<region>-<year>.toml`), validated on
 load; every warning records the `version` of the file it used. A region without a file is a
-clear error — thresholds are never guessed. `safetynet policy init` writes a complete file for a
-new region with the default thresholds below.
+clear error, and so is a file without one of the parameters — thresholds are never guessed. The
+defaults below are only what `safetynet policy init` writes into a new file; each parameter's
+description is the comment beside it there and in the shipped files (`render`), one text for both.
 """
 
 from __future__ import annotations
 
 import hashlib
+import textwrap
 import tomllib
 from pathlib import Path
 from typing import Annotated
@@ -27,19 +29,23 @@ class _Strict(BaseModel):
 
 class Header(_Strict):
     region_code: str = Field(pattern=r"^\d{6}$", description="GB/T 2260 county code")
-    region_name: str = Field(min_length=2)
-    year: int = Field(ge=2000, le=2100)
-    version: str = Field(min_length=1)
-    source: str = ""
+    region_name: str = Field(min_length=2, description="the county's name")
+    year: int = Field(ge=2000, le=2100, description="the year these standards apply to")
+    version: str = Field(min_length=1, description="recorded on every warning; bump it when a figure changes")
+    source: str = Field("", description="where the figures come from (the county's published standards)")
+
+
+#: Header fields a file may leave out (everything else, every parameter included, must be there)
+OPTIONAL = {("policy", "source")}
 
 
 class Standards(_Strict):
     urban_dibao: Yuan = Field(description="城市低保标准 元/人/月")
     rural_dibao: Yuan = Field(description="农村低保标准 元/人/月")
-    low_income_multiple: float = Field(1.5, ge=1, le=5, description="低收入线 = multiple × 低保标准")
+    low_income_multiple: float = Field(1.5, ge=1, le=5, description="低收入 / 低保边缘 line = multiple × 低保标准")
     tekun_multiple: float = Field(1.3, ge=1, le=5, description="特困 基本生活标准 = multiple × 低保标准")
-    disability_living_subsidy: Yuan = 90.0
-    disability_care_subsidy: Yuan = 90.0
+    disability_living_subsidy: Yuan = Field(90.0, description="困难残疾人生活补贴 元/人/月")
+    disability_care_subsidy: Yuan = Field(90.0, description="重度残疾人护理补贴 元/人/月")
 
     @model_validator(mode="after")
     def _positive(self) -> Standards:
@@ -50,7 +56,8 @@ class Standards(_Strict):
 
 class Diagnoses(_Strict):
     serious_illness_prefixes: tuple[str, ...] = Field(
-        ("C", "N18.5", "N18.6", "Z49", "I21", "I63", "D61", "B20", "F20", "G35"), min_length=1)
+        ("C", "N18.5", "N18.6", "Z49", "I21", "I63", "D61", "B20", "F20", "G35"), min_length=1,
+        description="ICD-10 code prefixes counted as serious illness (大病/特殊慢病) besides the claim's own flag")
 
     @field_validator("serious_illness_prefixes")
     @classmethod
@@ -62,28 +69,46 @@ class Diagnoses(_Strict):
 
 
 class Thresholds(_Strict):
-    medical_burden_oop_12m: Yuan = 20000.0
-    medical_burden_income_share: Share = 0.5
-    medical_burden_min_oop: Yuan = 5000.0
-    income_drop_ratio: Share = 0.5
-    unemployment_contribution_gap_months: int = Field(3, ge=1, le=24)
-    unemployment_min_history_months: int = Field(6, ge=1, le=60)
-    working_age_min: int = Field(16, ge=14, le=20)
-    working_age_max: int = Field(59, ge=50, le=70)
-    event_lookback_months: int = Field(6, ge=1, le=24)  # earner death, unemployment registration, first serious illness
-    risk_income_multiple: float = Field(3.0, ge=1, le=10)  # the economic gate of income_drop, unemployment, medical_burden
-    dangerous_house_ratings: tuple[str, ...] = ("C", "D")
-    repeat_temporary_aid_count: int = Field(2, ge=2, le=12)
-    repeat_temporary_aid_window_months: int = Field(12, ge=1, le=60)
-    phase_out_expiry_days: int = Field(60, ge=1, le=366)
-    severe_disability_grades: tuple[int, ...] = (1, 2)
-    recipient_vehicle_exempt_types: tuple[str, ...] = ("残疾人专用车", "二轮摩托车")
-    recipient_property_max_residences: int = Field(1, ge=0, le=10)
-    recipient_high_income_multiple: float = Field(1.5, ge=1, le=10)
-    death_grace_days: int = Field(60, ge=0, le=366)
-    disaster_lookback_months: int = Field(6, ge=1, le=24)
-    disaster_house_damage: tuple[str, ...] = ("倒塌",)
-    disaster_loss_min: Yuan = 10000.0
+    medical_burden_oop_12m: Yuan = Field(
+        20000.0, description="household out-of-pocket medical cost of claims settled in 12 months (元)")
+    medical_burden_income_share: Share = Field(0.5, description="… or this share of the household's 12-month income")
+    medical_burden_min_oop: Yuan = Field(5000.0, description="… the share test needs at least this much out-of-pocket (元)")
+    income_drop_ratio: Share = Field(
+        0.5, description="household wages of the last 3 months ≤ (1 - ratio) × those of the previous 9 (monthly averages)")
+    unemployment_contribution_gap_months: int = Field(
+        3, ge=1, le=24, description="a working-age member's contributions stopped this many months before the window's end")
+    unemployment_min_history_months: int = Field(
+        6, ge=1, le=60, description="… after at least this many months of contributions in the window")
+    working_age_min: int = Field(16, ge=14, le=20, description="working age: from this age …")
+    working_age_max: int = Field(59, ge=50, le=70, description="… to this age (inclusive)")
+    event_lookback_months: int = Field(
+        6, ge=1, le=24, description="earner death, unemployment registration, first serious-illness claim: "
+        "within this many months before the snapshot")
+    risk_income_multiple: float = Field(
+        3.0, ge=1, le=10, description="income_drop / unemployment / medical_burden fire for a household on an "
+        "active case, or whose per-capita income of the last 3 months (living members), less 12-month "
+        "out-of-pocket / 12, is below this multiple of its 低保 standard")
+    dangerous_house_ratings: tuple[str, ...] = Field(
+        ("C", "D"), description="rated so and not renovated, however old the rating (a later A/B ends it)")
+    repeat_temporary_aid_count: int = Field(
+        2, ge=2, le=12, description="临时救助 awards to members within the window below")
+    repeat_temporary_aid_window_months: int = Field(12, ge=1, le=60, description="… in months before the snapshot")
+    phase_out_expiry_days: int = Field(60, ge=1, le=366, description="渐退期 ending within this many days of the snapshot")
+    severe_disability_grades: tuple[int, ...] = Field(
+        (1, 2), description="disability certificate grades (1-4) counted as severe")
+    recipient_vehicle_exempt_types: tuple[str, ...] = Field(
+        ("残疾人专用车", "二轮摩托车"), description="vehicle types a recipient household may own")
+    recipient_property_max_residences: int = Field(
+        1, ge=0, le=10, description="residential properties a recipient household may own")
+    recipient_high_income_multiple: float = Field(
+        1.5, ge=1, le=10, description="a recipient household's per-capita income above this multiple of its 低保 standard")
+    death_grace_days: int = Field(
+        60, ge=0, le=366, description="a case without payment records still active this long after a death")
+    disaster_lookback_months: int = Field(
+        6, ge=1, le=24, description="应急 受灾登记 within this many months before the snapshot")
+    disaster_house_damage: tuple[str, ...] = Field(
+        ("倒塌",), description="a member's house so damaged calls for a visit whatever the loss")
+    disaster_loss_min: Yuan = Field(10000.0, description="… or a direct loss of at least this much (元, summed per household)")
 
     @field_validator("disaster_house_damage")
     @classmethod
@@ -141,23 +166,58 @@ class PolicyError(ValueError):
     """A policy file is missing or invalid; the message says which and why (all problems at once)."""
 
 
+#: The file's sections in order, with their models.
+SECTIONS: dict[str, type[BaseModel]] = {"policy": Header, "standards": Standards, "diagnoses": Diagnoses,
+                                        "thresholds": Thresholds}
+
+
+def missing(raw: dict) -> list[str]:
+    """Every section and parameter a policy file lacks (`section.name`): none may be left to a default."""
+    out = []
+    for sec, model in SECTIONS.items():
+        have = raw.get(sec)
+        if not isinstance(have, dict):
+            out.append(f"[{sec}]")
+            continue
+        out += [f"{sec}.{k}" for k in model.model_fields if k not in have and (sec, k) not in OPTIONAL]
+    return out
+
+
 def load(path: str | Path) -> Policy:
-    """Load and validate one policy file."""
+    """Load and validate one policy file: every parameter present and valid (all problems at once)."""
     p = Path(path)
     try:
         data = p.read_bytes()
     except FileNotFoundError:
         raise PolicyError(f"policy file {p} does not exist") from None
+    except IsADirectoryError:
+        raise PolicyError(f"policy file {p} is a directory") from None
     try:
         raw = tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise PolicyError(f"policy file {p}: not valid UTF-8 TOML: {e}") from None
+    gaps = missing(raw)
+    problems = [f"{g}: missing" + (" section" if g.startswith("[") else
+                                    f" (`safetynet policy init` writes {_default(g)})" if _default(g) else "")
+                for g in gaps]
     try:
         pol = Policy.model_validate({**raw, "checksum": hashlib.sha256(data).hexdigest()[:16]})
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise PolicyError(f"policy file {p} is invalid: {problems}") from None
+        told = set(gaps) | {g.strip("[]") for g in gaps}
+        problems += [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()
+                     if not (err["type"] == "missing" and ".".join(str(x) for x in err["loc"]) in told)]
+    if problems:
+        raise PolicyError(f"policy file {p} is invalid: {'; '.join(problems)}")
     return pol
+
+
+def _default(key: str) -> str:
+    """The value `policy init` would write for `section.name`, as TOML ("" if it has none)."""
+    sec, _, name = key.partition(".")
+    f = SECTIONS[sec].model_fields.get(name)
+    if f is None or f.is_required() or (sec, name) in OPTIONAL:
+        return ""
+    return f"{name} = {_toml(f.default)}"
 
 
 def for_region(region_code: str, year: int, directory: Path = POLICY_DIR) -> Policy:
@@ -176,28 +236,74 @@ def for_region(region_code: str, year: int, directory: Path = POLICY_DIR) -> Pol
     return pol
 
 
+def check_county(pol: Policy, county: str) -> None:
+    """A policy applies to its own county's data only: raise before anything is built on another's."""
+    if pol.policy.region_code != county[:6]:
+        raise PolicyError(f"policy {pol.policy.region_code} does not match data of {county[:6]} (the store's "
+                          f"person register): give that county's policy file, e.g. `safetynet policy show "
+                          f"--region {county[:6]} --year {pol.policy.year}`")
+
+
+def _toml(v: object) -> str:
+    if isinstance(v, tuple | list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)
+
+
+#: where a parameter's explanation starts on its line, and how long a line may grow
+_COMMENT_AT, _WIDTH = 42, 118
+
+
+def render(values: dict, title: list[str]) -> str:
+    """A policy file: `title` as leading comments, then every section and parameter of `values`
+    (section → name → value) in the models' order, each explained by its description. The shipped
+    files and `policy init` are both written by this, so they carry the same explanations."""
+    lines = [f"# {t}" for t in title]
+    for sec, model in SECTIONS.items():
+        lines += ["", f"[{sec}]"]
+        for name, f in model.model_fields.items():
+            if name not in values.get(sec, {}):
+                continue
+            assignment = f"{name} = {_toml(values[sec][name])}"
+            w = _display_width(assignment)
+            if not f.description:
+                lines.append(assignment)
+            elif w <= _COMMENT_AT - 2:  # the explanation beside it, continued under itself
+                parts = textwrap.wrap(f.description, _WIDTH - _COMMENT_AT - 2)
+                lines.append(assignment + " " * (_COMMENT_AT - w) + f"# {parts[0]}")
+                lines += [" " * _COMMENT_AT + f"# {x}" for x in parts[1:]]
+            else:  # a long value: the explanation above it
+                lines += [f"# {x}" for x in textwrap.wrap(f.description, _WIDTH - 2)]
+                lines.append(assignment)
+    return "\n".join(lines) + "\n"
+
+
+def _display_width(text: str) -> int:
+    """Columns on a terminal or in an editor: CJK characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
 def init_text(region: str, year: int, urban_dibao: float, rural_dibao: float, region_name: str = "") -> str:
     """A complete policy file for a new region with the default thresholds (validated)."""
-    t, d = Thresholds(), Diagnoses()
-
-    def val(v: object) -> str:
-        if isinstance(v, tuple | list):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        return repr(v)
-
-    lines = [
-        f"# {region_name or region} {year} 年度救助标准与预警阈值 — written by `safetynet policy init`;",
-        "# check every figure against the county's published standards before use.",
-        "[policy]", f"region_code = {val(region)}", f"region_name = {val(region_name or region)}", f"year = {year}",
-        f'version = "{region}-{year}.1"', 'source = "safetynet policy init (default thresholds)"', "",
-        "[standards]", f"urban_dibao = {float(urban_dibao)!r}", f"rural_dibao = {float(rural_dibao)!r}",
-        *(f"{k} = {val(v)}" for k, v in Standards(urban_dibao=1, rural_dibao=1).model_dump().items()
-          if k not in ("urban_dibao", "rural_dibao")), "",
-        "[diagnoses]", f"serious_illness_prefixes = {val(d.serious_illness_prefixes)}", "",
-        "[thresholds]", *(f"{k} = {val(v)}" for k, v in t.model_dump().items()), "",
-    ]
-    text = "\n".join(lines)
-    Policy.model_validate(tomllib.loads(text))  # never write a file that would not load
+    defaults = {sec: {k: f.default for k, f in model.model_fields.items() if not f.is_required()}
+                for sec, model in SECTIONS.items()}
+    values = {
+        "policy": {"region_code": region, "region_name": region_name or region, "year": year,
+                   "version": f"{region}-{year}.1", "source": "safetynet policy init (default thresholds)"},
+        "standards": {"urban_dibao": float(urban_dibao), "rural_dibao": float(rural_dibao), **defaults["standards"]},
+        "diagnoses": defaults["diagnoses"],
+        "thresholds": defaults["thresholds"],
+    }
+    text = render(values, [f"{region_name or region} {year} 年度救助标准与预警阈值 — written by `safetynet policy init`;",
+                           "check every figure against the county's published standards before use.",
+                           "One file per region and year. Amounts in yuan (元); monthly unless the name says otherwise."])
+    raw = tomllib.loads(text)
+    assert not missing(raw), missing(raw)
+    Policy.model_validate(raw)  # never write a file that would not load
     return text

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
 
     # --- review app -------------------------------------------------------------------------
     review_db: str | None = Field(
-        None, description="Review app database (SQLAlchemy URL): sqlite:///path.db or "
+        None, description="Review app database: a file path (SQLite), sqlite:///path.db or "
         "postgresql+psycopg2://user:pw@host/db; unset → SQLite at <work_dir>/review.db")
     review_secure_cookies: bool = Field(False, description="Mark session cookies Secure (behind HTTPS)")
     review_session_hours: float = Field(10.0, gt=0, description="Idle time after which a review session ends")
@@ -78,6 +78,11 @@ class Settings(BaseSettings):
         if "://" in v and not v.startswith(("file://", "s3://")):
             raise ValueError(f"store must be a local path, file:// or s3:// URL, got scheme of {v.split('://')[0]!r}")
         return v
+
+    @field_validator("review_db")
+    @classmethod
+    def _review_db(cls, v: str | None) -> str | None:
+        return db_url(v) if v else v
 
     def with_store(self, store: str | None) -> Settings:
         """A copy pointing at another store (the CLI's `--store`)."""
@@ -98,3 +103,27 @@ class Settings(BaseSettings):
         if self.pseudonym_secret.get_secret_value() == "dev-only-change-me" and self.store.startswith("s3://"):
             out.append("SAFETYNET_PSEUDONYM_SECRET is the development default; set a real secret for a shared store")
         return out
+
+
+def db_url(v: str) -> str:
+    """A database given as an SQLAlchemy URL, or as a file path meaning SQLite (`var/review.db`)."""
+    if "://" in v:
+        return v
+    if not v.strip():
+        raise ValueError("empty database path")
+    return f"sqlite:///{Path(v).expanduser().resolve()}"
+
+
+def describe_errors(e: Exception) -> str:
+    """A pydantic ValidationError of the settings as one line naming each variable, e.g.
+    `SAFETYNET_STORE: store must be a local path, file:// or s3:// URL, got scheme of 'http'`."""
+    errors = getattr(e, "errors", None)
+    if not callable(errors):
+        return str(e)
+    parts = []
+    for err in errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        name = f"SAFETYNET_{loc.upper()}" if loc in Settings.model_fields else loc
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"{name}: {msg}" if name else msg)
+    return "; ".join(parts)

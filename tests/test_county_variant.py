@@ -123,13 +123,14 @@ def test_county_variant_exits_3_without_a_mapping_and_reconciles_with_one(distri
 
     sent = county_drops(district, store)
     assert main(run) == EXIT_UNHEALTHY
-    out = " ".join(capsys.readouterr().out.split())
+    captured = capsys.readouterr()
+    out = " ".join(captured.out.split())
     # one drift line per cause: feed, field, value and count — not 40 row errors
     assert "housing.property.status (权属状态): value 正常 in 36 of 40 records is not in the contract" in out
     assert "housing.property.status (权属状态): value 注销 in 4 of 40 records" in out
     assert "medical_insurance.enrollment: file enrollment_20261115.csv" in out and "AAC002" in out
     assert "medical_insurance.claim.inpatient (是否住院): value 11 in 16 of 33 records" in out
-    assert "not published" in out
+    assert "not published: unhealthy feed(s)" in captured.err  # the outcome: one line on stderr
     # nothing new published, previous clean state in force
     assert store.read_bytes(f"_catalog/snapshots/{SNAP}.json") == manifest
     assert {fid: _clean_bytes(store, fid) for fid in MAPPINGS} == before
@@ -302,7 +303,7 @@ def test_profile_suggests_the_mapping_that_then_ingests_cleanly(tmp_path, monkey
     assert '"AAC002" = "id_no"' in suggested and '"正常参保" = "?"  # 15 records' in suggested
     # the suggestion is refused until filled in; filled in, check-config shows it in force
     (tmp_path / "mappings" / "medical_insurance.enrollment.toml").write_text(suggested, encoding="utf-8")
-    assert main(["check-config", "--store", str(tmp_path / "store")]) == 1
+    assert main(["check-config", "--store", str(tmp_path / "store")]) == 2  # a configuration problem
     assert "'正常参保' → '?': not a value of the contract" in capsys.readouterr().out
     filled = suggested.replace('"正常参保" = "?"', '"正常参保" = "参保缴费"').replace('"暂停参保" = "?"', '"暂停参保" = "暂停缴费"')
     (tmp_path / "mappings" / "medical_insurance.enrollment.toml").write_text(filled, encoding="utf-8")

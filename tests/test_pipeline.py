@@ -175,7 +175,7 @@ def test_a_region_without_policy_is_a_clear_error(tmp_path, district, monkeypatc
     store = ObjectStore.from_settings(Settings(store=str(tmp_path / "st")))
     drop_truth_as_files(district, store)
     rc = main(["run", "--snapshot-date", "2031-11-01", "--store", str(tmp_path / "st"), "--no-progress"])
-    assert rc == 1
+    assert rc == 2  # a configuration problem, as from `policy show`
     assert "no policy parameters for region 430103 and year 2031" in capsys.readouterr().err
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import logging
 import os
@@ -22,58 +23,92 @@ DEMO_USERS = (  # username, role, region prefix, display name
 )
 
 
-def _engine(settings):
-    eng = db.engine_for(db.url_of(settings))
+def _engine(settings, create: bool = True):
+    """The review database, migrated. `create=False`: a SQLite file that is not there is the
+    user's mistake (a typo'd --db), not a database to make — commands that only read or change
+    existing accounts never create one."""
+    url = db.url_of(settings)
+    path = url.removeprefix("sqlite:///").split("?")[0] if url.startswith("sqlite:///") else ""
+    if path and path != ":memory:" and not os.path.exists(path):
+        if not create:
+            from safetynet.cli import UsageError
+
+            raise UsageError(f"no review database at {path} — check --db or SAFETYNET_REVIEW_DB; `safetynet "
+                             "review migrate`, `users add` and `demo` create one")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    eng = db.engine_for(url)
     db.migrate(eng)
     return eng
 
 
 def add_parsers(sub, settings_of) -> None:
+    from safetynet.cli import _date, _db
+
+    db_help = "review database: a file path (SQLite) or a URL (default: $SAFETYNET_REVIEW_DB or SQLite in the work dir)"
+
+    def db_opt(p, group: bool) -> None:
+        # on a group and on each of its subcommands: `users --db F list` and `users list --db F` alike
+        p.add_argument("--db", type=_db, help=db_help, default=None if group else argparse.SUPPRESS)
+
+    def store_opt(p, group: bool) -> None:
+        p.add_argument("--store", help="store with the published snapshots (default: $SAFETYNET_STORE)",
+                       default=None if group else argparse.SUPPRESS)
+
     sp = sub.add_parser("serve", help="the review app for monitoring staff (web pages + JSON API)")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8000)
-    sp.add_argument("--store", help="store with the published snapshots (default: $SAFETYNET_STORE)")
-    sp.add_argument("--db", help="review database URL (default: $SAFETYNET_REVIEW_DB or SQLite in the work dir)")
+    store_opt(sp, True)
+    db_opt(sp, True)
     sp.add_argument("--poll-minutes", type=float, default=5.0,
                     help="look for a newer published snapshot this often (0: only at start)")
     sp.set_defaults(func=lambda a: cmd_serve(a, settings_of(a)))
 
     sp = sub.add_parser("users", help="review app accounts")
-    sp.add_argument("--db", help="review database URL")
-    us = sp.add_subparsers(dest="users_cmd", required=True)
+    db_opt(sp, True)
+    us = sp.add_subparsers(dest="users_cmd", required=True, metavar="ACTION")
     a = us.add_parser("add", help="add an account (the password is asked for, or read from $SAFETYNET_NEW_PASSWORD)")
     a.add_argument("username")
     a.add_argument("--role", required=True, choices=sorted(auth.ROLES))
     a.add_argument("--region", required=True, help="region code prefix: 6 county, 9 street/town, 12 community/village "
                    "digits ('' for an admin of everything)")
     a.add_argument("--name", help="display name (中文姓名或岗位)")
-    us.add_parser("list", help="list accounts")
+    db_opt(a, False)
+    db_opt(us.add_parser("list", help="list accounts"), False)
     for verb in ("disable", "enable"):
         d = us.add_parser(verb, help=f"{verb} an account" + (" (its sessions end at once)" if verb == "disable" else ""))
         d.add_argument("username")
+        db_opt(d, False)
     sp.set_defaults(func=lambda a: cmd_users(a, settings_of(a)))
 
     sp = sub.add_parser("review", help="review database: load snapshots, migrate, verify the audit chain")
-    sp.add_argument("--store")
-    sp.add_argument("--db", help="review database URL")
-    rs = sp.add_subparsers(dest="review_cmd", required=True)
+    store_opt(sp, True)
+    db_opt(sp, True)
+    rs = sp.add_subparsers(dest="review_cmd", required=True, metavar="ACTION")
     ld = rs.add_parser("load", help="load a published snapshot (default: the latest) into the review database")
-    ld.add_argument("--date", help="snapshot date YYYY-MM-DD")
-    rs.add_parser("migrate", help="bring the review database schema up to date (Alembic)")
-    rs.add_parser("verify-audit", help="verify the audit log's hash chain")
+    ld.add_argument("--date", type=_date, metavar="YYYY-MM-DD", help="snapshot date (default: the latest)")
+    store_opt(ld, False)
+    db_opt(ld, False)
+    for name, hlp in (("migrate", "bring the review database schema up to date (Alembic)"),
+                      ("verify-audit", "verify the audit log's hash chain")):
+        c = rs.add_parser(name, help=hlp)
+        if name != "migrate":
+            store_opt(c, False)
+        db_opt(c, False)
     sp.set_defaults(func=lambda a: cmd_review(a, settings_of(a)))
 
 
-def _with_db(args, settings):
-    if getattr(args, "db", None):
-        return settings.model_copy(update={"review_db": args.db})
-    return settings
-
-
 def load_latest(settings, engine, quiet: bool = False):
+    """Load the newest published snapshot; None (with a warning unless `quiet`) when there is none
+    yet — or no store yet: it is never created here (`serve` waits for it to appear)."""
+    from safetynet.cli import store_exists, store_location
     from safetynet.review.load import load_snapshot
     from safetynet.store import open_store
 
+    if not store_exists(settings):
+        if not quiet:
+            log.warning("review: no store at %s yet (check --store or SAFETYNET_STORE); nothing loaded",
+                        store_location(settings))
+        return None
     store = open_store(settings)
     try:
         return load_snapshot(engine, store)
@@ -88,7 +123,6 @@ def cmd_serve(args, settings) -> int:
 
     from safetynet.review.app import create_app
 
-    settings = _with_db(args, settings)
     engine = _engine(settings)
     res = load_latest(settings, engine)
     if res is not None:
@@ -113,52 +147,55 @@ def cmd_serve(args, settings) -> int:
 
 
 def cmd_users(args, settings) -> int:
-    engine = _engine(_with_db(args, settings))
+    from safetynet.cli import UsageError, _console, _emit
+
+    engine = _engine(settings, create=args.users_cmd == "add")
     if args.users_cmd == "add":
-        pw = os.environ.get("SAFETYNET_NEW_PASSWORD") or getpass.getpass("密码（至少 10 位）：")
-        try:
-            auth.add_user(engine, args.username, pw, args.role, args.region, args.name)
-        except auth.AccountError as e:
-            print(f"safetynet users add: {e}", file=sys.stderr)
-            return 2
-        print(f"added {args.username} ({auth.ROLES[args.role].title_zh}, region {args.region or '全部'})")
+        pw = os.environ.get("SAFETYNET_NEW_PASSWORD")
+        if not pw:
+            if not sys.stdin.isatty():
+                raise UsageError("no password: set SAFETYNET_NEW_PASSWORD, or run `users add` on a terminal to type it")
+            pw = getpass.getpass("密码（至少 10 位）：")
+        auth.add_user(engine, args.username, pw, args.role, args.region, args.name)  # AccountError: exit 2
+        _emit(f"added {args.username} ({auth.ROLES[args.role].title_zh}, region {args.region or '全部'})")
     elif args.users_cmd == "list":
+        from rich.table import Table
+
+        # a header and aligned columns (rich measures CJK as two columns), no box: one account a line for grep/awk
+        t = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+        for col in ("username", "role", "角色", "region", "status", "name 姓名/岗位"):
+            t.add_column(col, no_wrap=True)
         for u in auth.list_users(engine):
-            print(f"{u['username']:<20} {auth.ROLES[u['role']].title_zh:<12} {u['region_prefix'] or '*':<13} "
-                  f"{'active' if u['active'] else 'DISABLED':<8} {u['display_name']}")
+            t.add_row(u["username"], u["role"], auth.ROLES[u["role"]].title_zh, u["region_prefix"] or "*",
+                      "active" if u["active"] else "DISABLED", u["display_name"] or "")
+        _console().print(t)
     else:
-        try:
-            auth.set_active(engine, args.username, args.users_cmd == "enable")
-        except auth.AccountError as e:
-            print(f"safetynet users {args.users_cmd}: {e}", file=sys.stderr)
-            return 2
-        print(f"{args.users_cmd}d {args.username}")
+        auth.set_active(engine, args.username, args.users_cmd == "enable")  # AccountError: exit 2
+        _emit(f"{args.users_cmd}d {args.username}")
     return 0
 
 
 def cmd_review(args, settings) -> int:
+    from safetynet.cli import UsageError, _emit, open_existing_store
     from safetynet.review import audit
 
-    settings = _with_db(args, settings)
-    if getattr(args, "store", None):
-        settings = settings.model_copy(update={"store": args.store})
-    engine = _engine(settings)
+    engine = _engine(settings, create=args.review_cmd != "verify-audit")
     if args.review_cmd == "migrate":
-        print(f"review database at head: {engine.url.render_as_string(hide_password=True)}")
+        _emit(f"review database at head: {engine.url.render_as_string(hide_password=True)}")
     elif args.review_cmd == "load":
-        import datetime as dt
-
         from safetynet.review.load import load_snapshot
-        from safetynet.store import open_store
 
-        day = dt.date.fromisoformat(args.date) if args.date else None
-        res = load_snapshot(engine, open_store(settings), day)
-        print(f"snapshot {res.snapshot_date}: " + (
+        store = open_existing_store(settings)
+        try:
+            res = load_snapshot(engine, store, args.date)
+        except FileNotFoundError as e:  # no published snapshot (of that date)
+            raise UsageError(str(e)) from None
+        _emit(f"snapshot {res.snapshot_date}: " + (
             f"{res.warnings:,} warnings, {res.new_cases:,} new cases, {res.reopened:,} re-opened, "
             f"{res.kept_closed:,} stay dismissed/closed" if res.loaded else "already loaded (same manifest)"))
     else:
         c = audit.verify(engine)
-        print(f"audit chain: {'OK' if c.ok else 'BROKEN'} ({c.entries:,} entries verified)"
+        _emit(f"audit chain: {'OK' if c.ok else 'BROKEN'} ({c.entries:,} entries verified)"
               + ("" if c.ok else f"; first bad entry {c.first_bad_id}: {c.reason}"))
         return 0 if c.ok else 1
     return 0
