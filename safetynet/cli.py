@@ -211,7 +211,15 @@ def open_existing_store(settings, why: str = ""):
             " (the directory does not exist)" if not Path(where).exists() else " (the directory is empty)"
         raise UsageError(f"no store at {where}{what} — check --store or SAFETYNET_STORE"
                          + (why or "; `safetynet ingest`, `run` and `demo` create one"))
-    return open_store(settings)
+    return _named(open_store(settings))
+
+
+def _named(store):
+    """`store`, whose imported county lists now name regions in everything this command prints."""
+    from safetynet import regions
+
+    regions.use_store(store)
+    return store
 
 
 #: why `ingest`/`run` without Kafka refuse a store that is not there (its landing/ would be inside it)
@@ -227,7 +235,7 @@ def _open_store(settings, *, create: bool, why: str = ""):
     if not create:
         return open_existing_store(settings, why)
     new = not store_exists(settings)
-    store = open_store(settings)
+    store = _named(open_store(settings))
     if new:
         _console(stderr=True).print(f"note: no store at {store_location(settings)} yet: made a new one")
     return store
@@ -532,9 +540,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         out = Path(args.out)
         write_files(em, out)
         write_truth_parquet(d, out / "truth")
-        con.print(f"wrote landing files and truth Parquet under {out}")
+        county, listed = district_regions()
+        regions_csv = out / f"regions-{county}.csv"
+        regions_csv.write_bytes(listed)
+        con.print(f"wrote landing files and truth Parquet under {out}; the district's streets and communities: "
+                  f"{regions_csv} (`safetynet regions import` it)")
         return EXIT_OK
     store = _open_store(s, create=True)
+    import_district_regions(store, con)
     publish_emission(s, store, em, s.progress)
     con.print(f"published {em.total_events:,} events and dropped {len(em.files)} files into {store.url}/landing/")
     return EXIT_OK
@@ -669,10 +682,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         s = s.model_copy(update={"max_quarantine_rate": SYNTHETIC_MAX_QUARANTINE_RATE})
     if args.fresh and not s.store.startswith("s3://"):
         _wipe_demo_store(s)
-    store = open_store(s)
+    store = _named(open_store(s))
     if not store.exists(DEMO_MARKER):
         store.write_bytes(DEMO_MARKER, json.dumps({"persons": args.persons, "seed": args.seed}).encode())
     _say(con, ("兜底保障数据枢纽 demo", "bold"), f": {args.persons:,} persons (seed {args.seed}), store {store.url}")
+    import_district_regions(store, con)
     t0 = time.perf_counter()
     d, em = _load_district(args)
     con.print(f"generated the district in {time.perf_counter() - t0:.1f}s: {em.total_events:,} events, "
@@ -814,7 +828,7 @@ def print_warnings(res, con) -> None:
         t.add_row(r.id, titles[r.id][0], titles[r.id][1], f"{counts.get(r.id, 0):,}")
     t.add_row(Text("total", "bold"), "", "", f"{w.num_rows:,}")
     con.print(t)
-    streets = region_names()  # blank for streets outside the reference table
+    streets = region_names()  # a street no imported list names shows as its county and code
     t2 = Table(title="按街道 by street")
     for col in ("street", "街道", "warnings", "households"):
         t2.add_column(col, justify="right" if col in ("warnings", "households") else "left")
@@ -982,6 +996,152 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
     else:
         verify.print_report(rep, _console())
     return EXIT_OK if rep.ok else EXIT_UNHEALTHY
+
+
+def district_regions() -> tuple[str, bytes]:
+    """(county, list) of the synthetic district's streets and communities, as a county publishes
+    it (12-digit codes, `safetynet.regions.to_published_csv`)."""
+    from safetynet.regions import to_published_csv
+    from safetynet.synth.district import DISTRICT_CODE, region_tree
+
+    names = {}
+    for r in region_tree().table().to_pylist():
+        names[r["street_code"]] = r["street_name"]
+        names[r["region_code"]] = r["name"]
+    return DISTRICT_CODE, to_published_csv(names)
+
+
+def import_district_regions(store, con) -> None:
+    """The demo district's list, imported as any county's is (`safetynet regions import`)."""
+    county, data = district_regions()
+    _print_import(regions_import(store, data, f"regions-{county}.csv"), store, con)
+
+
+def regions_import(store, data: bytes, source: str):
+    import getpass
+
+    from safetynet import regions
+
+    try:
+        by = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        by = ""
+    return regions.import_list(store, data, source, by=by)
+
+
+def _print_import(res, store, con) -> None:
+    from safetynet import regions
+
+    m = res.manifest
+    what = (f"{m['county']} {m['county_name']}: {m['rows']['streets']:,} streets/towns, "
+            f"{m['rows']['communities']:,} communities/villages")
+    if not res.changed:
+        con.print(f"region list {what} — unchanged: {m['source']['file']} (sha256 {m['source']['sha256'][:12]}…) "
+                  f"is the list in force since {m['imported_at']}")
+        return
+    con.print(f"imported the region list {what} from {m['source']['file']} ({m['source']['encoding']}, sha256 "
+              f"{m['source']['sha256'][:12]}…)\n  stored: {store.uri(regions.manifest_path(m['county']))}")
+    if res.replaced:
+        r = res.replaced
+        con.print(f"  it replaces the list imported {r['imported_at']} from {r['source']['file']} "
+                  f"({r['rows']['streets']:,} streets/towns, {r['rows']['communities']:,} communities/villages)")
+
+
+def _region_code(v: str) -> str:
+    """A region code of 2, 4, 6, 9 or 12 digits (a published 12-digit code is normalised)."""
+    from safetynet.regions import normalise_code
+
+    v = v.strip()
+    if v.isdigit() and len(v) in (2, 4):
+        return v
+    code = normalise_code(v) if v.isdigit() else None
+    if code is None:
+        raise argparse.ArgumentTypeError(f"not a region code of 2, 4, 6, 9 or 12 digits: {v!r}")
+    if len(code) == 6 and code.endswith("00") and not code.endswith("0000"):
+        return code if code in _national_counties() else code[:4]  # 430100 = 长沙市, 441900 = 东莞市 (a county too)
+    return code[:2] if len(code) == 6 and code.endswith("0000") else code
+
+
+def _national_counties() -> set[str]:
+    from safetynet.regions import national
+
+    return {c for c, r in national().items() if r.level == "county"}
+
+
+#: what is one level below a code of this length
+LEVEL_PLURAL = {2: "prefectures", 4: "counties", 6: "streets/towns", 9: "communities/villages"}
+
+
+def cmd_regions(args: argparse.Namespace) -> int:
+    """Import a county's street and community list; list the imported ones; show a code."""
+    from safetynet import regions
+
+    s = _settings(args)
+    con = _console()
+    if args.action == "import":
+        path = Path(args.file)
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file" + (" (a directory)" if path.is_dir() else ""))
+        data = path.read_bytes()
+        regions.parse_list(data, str(path))  # a bad file is refused before a store is made for it
+        store = _open_store(s, create=True)
+        _print_import(regions_import(store, data, str(path)), store, con)
+        return EXIT_OK
+    store = open_existing_store(s, "; `safetynet regions import FILE` (or ingest, run, demo) makes one")
+    names = regions.region_names()
+    if args.action == "list":
+        ref = regions.national_edition()
+        lists = regions.imported_lists(store)
+        if args.json:
+            _emit(json.dumps({"national": ref, "imported": list(lists.values())}, ensure_ascii=False, indent=1))
+            return EXIT_OK
+        rows = ref.get("rows", {})
+        con.print(f"national reference: {ref.get('edition', '?')} — {rows.get('province', 0)} provinces, "
+                  f"{rows.get('prefecture', 0)} prefectures, {rows.get('county', 0):,} counties "
+                  f"({ref.get('package', '?')})")
+        if not lists:
+            con.print(f"no county list imported in {store.url}: streets and communities show as their county and "
+                      "code (`safetynet regions import FILE`)")
+            return EXIT_OK
+        from rich.table import Table
+
+        t = Table(title=f"已导入的区划 Imported county lists · {store.url}")
+        for col in ("county", "name", "streets/towns", "communities/villages", "imported (UTC)", "by", "source file",
+                    "sha256", "versions"):
+            right = col in ("streets/towns", "communities/villages", "versions")
+            t.add_column(col, justify="right" if right else "left")
+        for m in lists.values():
+            t.add_row(m["county"], m["county_name"], f"{m['rows']['streets']:,}", f"{m['rows']['communities']:,}",
+                      m["imported_at"], m.get("imported_by", ""), m["source"]["file"], m["source"]["sha256"][:12],
+                      str(1 + len(m.get("history", []))))
+        con.print(t)
+        return EXIT_OK
+    code = args.code
+    if code not in names:
+        near = names.ancestor(code)
+        raise UsageError(f"no region {code} in the national reference or the lists imported in {store.url}"
+                         + (f"; it would show as “{names.get(code)}”" if near else "")
+                         + ("" if len(code) < 9 or code[:6] in names.imported else
+                            f" — no list of county {code[:6]} is imported (`safetynet regions import FILE`)"))
+    level = regions.LEVEL_OF_LENGTH[len(code)]
+    con.print(f"{code} {names[code]} ({level} {regions.LEVEL_ZH[level]})")
+    path = [c for c in dict.fromkeys((code[:2], code[:4], code[:6], code[:9])) if len(c) < len(code) and c in names]
+    con.print("  " + " › ".join(f"{names[c]} {c}" for c in [*path, code]))
+    lst = names.imported.get(code[:6])
+    listed = (f"the list of county {code[:6]} imported {lst['imported_at']} from {lst['source']['file']} "
+              f"(sha256 {lst['source']['sha256'][:12]}…)") if lst else ""
+    if len(code) >= 9:
+        con.print(f"  source: {listed}")
+    else:
+        con.print(f"  source: national reference, {regions.national_edition().get('edition', '?')}")
+        if len(code) == 6:
+            con.print(f"  streets and communities: {listed or 'no list imported (`safetynet regions import FILE`)'}")
+    kids = names.children(code)
+    if kids:
+        con.print(f"{LEVEL_PLURAL[len(code)]} ({len(kids):,}):")
+        for k in kids:
+            con.print(f"  {k} {names[k]}")
+    return EXIT_OK
 
 
 def cmd_rules_list(args: argparse.Namespace) -> int:
@@ -1159,6 +1319,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory for the differences, one backtest-<D>.csv per date (default: .)")
     rb.set_defaults(func=cmd_rules_backtest)
 
+    sp = sub.add_parser("regions", help="region names: import a county's street and community list; list the "
+                        "imported ones; show a code")
+    rgsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ri = rgsub.add_parser("import", help="import a county's published list of streets/towns (乡镇街道) and "
+                          "communities/villages (居委会/村委会): a CSV of code,name (UTF-8 or GBK, header optional); "
+                          "it replaces the county's previous list")
+    ri.add_argument("file", metavar="FILE", help="the county's list, e.g. 430103001000,坡子街街道 and "
+                    "430103001001,西牌楼社区 one a line")
+    store_opts(ri)
+    ri.set_defaults(func=cmd_regions)
+    rli = rgsub.add_parser("list", help="the national reference's edition and every imported county list: counts, "
+                           "when, from which file")
+    store_opts(rli)
+    rli.add_argument("--json", action="store_true", help="the manifests as JSON")
+    rli.set_defaults(func=cmd_regions)
+    rsh = rgsub.add_parser("show", help="a code's name, its parents and the regions under it")
+    rsh.add_argument("code", metavar="CODE", type=_region_code, help="2 to 12 digits: 43, 4301, 430103, 430103001, "
+                     "430103001001 (or 430103001000)")
+    store_opts(rsh)
+    rsh.set_defaults(func=cmd_regions)
+
     sp = sub.add_parser("store", help="the store itself: verify every raw/, quarantine/, clean/ and published file")
     stsub = sp.add_subparsers(dest="action", required=True)
     sv = stsub.add_parser("verify", help="check every raw/, quarantine/, clean/ and published file against the "
@@ -1191,6 +1372,7 @@ def build_parser() -> argparse.ArgumentParser:
 _KNOWN_ERRORS = (
     ("safetynet.policy", "PolicyError", EXIT_USAGE, ""), ("safetynet.snapshot", "SnapshotNotFound", EXIT_USAGE, ""),
     ("safetynet.backtest", "UnknownRule", EXIT_USAGE, ""), ("safetynet.review.auth", "AccountError", EXIT_USAGE, ""),
+    ("safetynet.regions", "RegionListError", EXIT_USAGE, ""),
     ("safetynet.pipeline", "QualityGateFailed", EXIT_UNHEALTHY, "not published: "),
     ("safetynet.lease", "LeaseBusy", EXIT_BUSY, "not started: "),
     ("safetynet.store", "StoreError", EXIT_FAILURE, ""), ("safetynet.broker", "BrokerError", EXIT_FAILURE, ""),

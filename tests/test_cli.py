@@ -139,7 +139,8 @@ TESTED = {
     ("users", "add"): "test_users", ("users", "list"): "test_users", ("users", "disable"): "test_users",
     ("users", "enable"): "test_users", ("review", "load"): "test_review_load",
     ("review", "migrate"): "test_review_migrate", ("review", "verify-audit"): "test_review_verify_audit",
-    ("store", "verify"): "test_store_verify",
+    ("store", "verify"): "test_store_verify", ("regions", "import"): "test_regions_import",
+    ("regions", "list"): "test_regions_list", ("regions", "show"): "test_regions_show",
 }
 
 
@@ -182,6 +183,10 @@ def test_demo(demo, tmp_path):
     assert "review database" in out and "warnings loaded" in out
     assert "open the review app: .venv/bin/safetynet serve   →" in out  # no --store: it is the default
     assert (demo.store / "_catalog" / "demo.json").exists()
+    # the district's own street and community list, imported as any county's: the summary names its streets
+    assert "imported the region list 430103 湖南省长沙市天心区: 14 streets/towns" in out
+    assert (demo.store / "_catalog" / "regions" / "430103.json").exists()
+    assert re.search(r"│ 430103001 │ 坡子街街道 +│", out), out[-3000:]
     assert not re.search(r"\bINFO\b", demo.demo.stderr)  # GX's info lines only with -v
     assert re.search(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} WARNING ", demo.demo.stderr, re.M), demo.demo.stderr[:500]
     # a store the demo did not make is never wiped
@@ -210,7 +215,7 @@ def test_reading_commands_never_create_a_store(demo, tmp_path):
                  ["snapshots", "prune", "--keep", "1"], ["feeds", "release", "housing.property"],
                  ["review", "load"], ["ingest", "--no-kafka"],
                  *([["store", "verify"]] if importlib.util.find_spec("safetynet.verify") else []),
-                 ["run", "--snapshot-date", SNAP, "--no-kafka"],
+                 ["run", "--snapshot-date", SNAP, "--no-kafka"], ["regions", "list"], ["regions", "show", "430103"],
                  ["rules", "backtest", "--policy", str(SHIPPED), "--snapshot-date", SNAP]):
         bad(demo.run(*args, "--store", str(nowhere)), EXIT_USAGE, f"no store at {nowhere}")
         assert not nowhere.exists(), args
@@ -463,6 +468,34 @@ def test_rules_backtest(demo, tmp_path):
     assert (tmp_path / f"backtest-{SNAP}.csv").exists()
     bad(demo.run("rules", "backtest", "--policy", str(SHIPPED), "--snapshot-date", "2026-10-01"), EXIT_USAGE,
         "no published snapshot for 2026-10-01")
+
+
+# ---- region names -----------------------------------------------------------------------------------------
+def test_regions_import(demo, tmp_path):
+    f = tmp_path / "娄星区.csv"
+    f.write_bytes("统计用区划代码,名称\n431302001000,乐坪街道\n431302001001,测试社区\n".encode("gbk"))
+    ok(demo.run("regions", "import", str(f)), "imported the region list 431302 湖南省娄底市娄星区: 1 streets/towns, "
+       "1 communities/villages from 娄星区.csv (gb18030")
+    ok(demo.run("regions", "import", str(f)), "unchanged")
+    f.write_bytes("431302001000,乐坪街道\n431302001001,\n".encode("gbk"))
+    bad(demo.run("regions", "import", str(f)), EXIT_USAGE, "not imported — 1 problem: line 2: no name")
+    bad(demo.run("regions", "import", str(tmp_path / "missing.csv")), EXIT_USAGE, "missing.csv: no such file")
+
+
+def test_regions_list(demo):
+    out = ok(demo.run("regions", "list"), "national reference: 2023年统计用区划代码", "430103", "湖南省长沙市天心区")
+    assert "regions-430103.csv" in out  # the demo's own list
+    assert json.loads(ok(demo.run("regions", "list", "--json")))["imported"][0]["county"] == "430103"
+    bad(demo.run("regions", "list", "--bogus"), EXIT_USAGE, "unrecognized arguments: --bogus")
+
+
+def test_regions_show(demo):
+    ok(demo.run("regions", "show", "430103"), "430103 天心区 (county", "430103001 坡子街街道")
+    ok(demo.run("regions", "show", "430103001000"), "湖南省 43 › 长沙市 4301 › 天心区 430103 › 坡子街街道 430103001",
+       "430103001001 西牌楼社区")
+    bad(demo.run("regions", "show", "429006001"), EXIT_USAGE, "no region 429006001", "天门市 429006001",
+        "no list of county 429006 is imported")
+    bad(demo.run("regions", "show", "43010"), EXIT_USAGE, "not a region code of 2, 4, 6, 9 or 12 digits")
 
 
 # ---- the review app ---------------------------------------------------------------------------------------

@@ -110,6 +110,9 @@ def load_latest(settings, engine, quiet: bool = False):
                         store_location(settings))
         return None
     store = open_store(settings)
+    from safetynet import regions
+
+    regions.use_store(store)  # the app names regions from this store's imported county lists
     try:
         return load_snapshot(engine, store)
     except FileNotFoundError as e:

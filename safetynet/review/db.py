@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import datetime as dt
 from pathlib import Path
 
@@ -38,7 +40,9 @@ def engine_for(url: str) -> Engine:
 def alembic_config(engine: Engine):
     from alembic.config import Config
 
-    cfg = Config()
+    # alembic's default stdout is the sys.stdout of when alembic.config was first imported (a
+    # default argument), which may be long gone (a closed capture, a redirected pipe): pass today's
+    cfg = Config(stdout=sys.stdout)
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     return cfg
