@@ -57,6 +57,7 @@ class FeedHealth:
     empty_snapshots: list[str] = field(default_factory=list)
     held_files: list[str] = field(default_factory=list)
     checked_at: str = ""
+    nothing_accepted_files: int = 0  # file drops delivered in the run when not one record was accepted
 
     @property
     def rate(self) -> float:
@@ -69,6 +70,9 @@ class FeedHealth:
         if self.input and self.rate > self.threshold and self.quarantined >= MIN_QUARANTINED:
             out.append(f"{self.feed_id}: {self.quarantined:,} of {self.input:,} records quarantined "
                        f"({self.rate:.1%} > {self.threshold:.0%})")
+        elif self.nothing_accepted_files and self.quarantined == self.input:  # below MIN_QUARANTINED, but whole files
+            out.append(f"{self.feed_id}: every record of the delivery was quarantined ({self.quarantined:,} of "
+                       f"{self.input:,}, {self.nothing_accepted_files} file(s)): nothing usable arrived")
         out += [f"{self.feed_id}: snapshot delivery {n} is empty (it would replace the register with nothing)"
                 for n in self.empty_snapshots]
         return out
@@ -113,11 +117,16 @@ def drift_lines(c: Contract, drift: Counter, total: int) -> list[str]:
 
 
 def evaluate(c: Contract, run_id: str, input_: int, quarantined: Counter, drift: Counter, threshold: float,
-             empty_snapshots: list[str]) -> FeedHealth:
-    return FeedHealth(c.feed_id, run_id, input_, sum(quarantined.values()), threshold,
+             empty_snapshots: list[str], files: int = 0) -> FeedHealth:
+    """The delivery's health. `files`: drop files delivered in the run — a run whose files and
+    events were all rejected is unhealthy however few records it had (a file nobody can read is
+    a broken delivery, not one bad record in a trickle)."""
+    n_q = sum(quarantined.values())
+    return FeedHealth(c.feed_id, run_id, input_, n_q, threshold,
                       sorted(quarantined.items(), key=lambda kv: (-kv[1], kv[0]))[:3],
                       drift_lines(c, drift, input_), list(empty_snapshots),
-                      checked_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+                      checked_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                      nothing_accepted_files=files if input_ and n_q == input_ else 0)
 
 
 # ---- the catalog ----------------------------------------------------------------------------------

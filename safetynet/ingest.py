@@ -667,7 +667,7 @@ def _judge(store: ObjectStore, c: Contract, counts: FeedCounts, run_id: str, dro
         return  # nothing delivered: the feed's recorded health stands
     threshold = mapping.max_quarantine_rate if mapping.max_quarantine_rate is not None else default_rate
     h = feed_health.evaluate(c, run_id, counts.input, counts.quarantined, counts.drift, threshold,
-                             counts.empty_snapshots)
+                             counts.empty_snapshots, files=len(drops))
     raw_files = [f for f in counts.files if f.startswith("raw/")]
     if h.unhealthy:
         h.held_files = raw_files

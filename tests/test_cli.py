@@ -309,6 +309,18 @@ def test_ingest_of_the_landing_folder(tmp_path):
     assert (land / "housing/proprety/p.csv").exists() and not (store / "raw" / "housing" / "proprety").exists()
 
 
+def test_a_small_delivery_quarantined_whole_is_unhealthy(tmp_path):
+    """One file of one record, unreadable as the feed (no contract column): fewer rejects than a
+    rate verdict needs, but nothing usable arrived — exit 3, not 0."""
+    store = tmp_path / "store"
+    (store / "landing/medical_insurance/claim").mkdir(parents=True)
+    (store / "landing/medical_insurance/claim/claims_20261030.csv").write_text("x,y\n1,2\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "safetynet.cli", "ingest", "--store", str(store), "--no-kafka"],
+                       cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == EXIT_UNHEALTHY, r.stderr[-2000:]
+    assert "every record of the delivery was quarantined (1 of 1, 1 file(s))" in " ".join(r.stderr.split())
+
+
 def test_run(demo):
     runs = lambda: sorted((demo.store / "_catalog" / "ingest").glob("*.json"))  # noqa: E731
     before = runs()
