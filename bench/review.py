@@ -32,6 +32,26 @@ response start), the raw p50/p95 and their ratio; the last line is
 
     .venv/bin/python bench/review.py [--warnings 200000] [--requests 200] [--db postgresql://postgres@127.0.0.1:5432]
                                      [--budget 90] [--floor 30] [--diag-reps 10] [--quick]
+
+Concurrent mode (`--concurrent`, issue #16): for each database in turn (`--backends`, default SQLite then
+the PostgreSQL server `--pg`, a throw-away database created and dropped), the same 200,000-warning county is
+built, the app served by uvicorn in a child process, and `--clients` (20) threads — half county reviewers,
+half street workers of different streets, each its own HTTP connection and session — log in all at once
+through the form and then, for `--duration` seconds (60), each walk the app at random: the list's first page,
+a filtered list, a deep page by keyset cursor (or the next page by the pager's link), a household page and,
+half the time after it, a decision on one of its cases (a transition the page offers: assign, visit, assist,
+dismiss, close, with their fields), now and then a new login. Between two requests a client pauses
+`--think` seconds (exponential, mean 1 s: staff read a page before the next click; 0: a closed loop, i.e.
+saturation, where latency is set by throughput). Before the clock starts, each scope's first list page is
+requested once (a warm server) and its total checked against the database.
+
+Prints p50/p95 per operation (list, household, decision, login; and their kinds) per database against the
+goals (p95 list ≤ 300 ms, household ≤ 150, decision ≤ 200, login ≤ 500; argon2 at or above OWASP's minimum),
+with the machine's load and argon2's speed on it (the burst of logins is bounded by the cores free); the last
+line is `p95_over_goal=<max over databases and operations of p95 / goal>` (≤ 1: every goal met).
+
+    .venv/bin/python bench/review.py --concurrent [--clients 20] [--duration 60] [--think 1]
+                                     [--backends sqlite,postgresql] [--pg postgresql://postgres@127.0.0.1:5432]
 """
 
 from __future__ import annotations
@@ -271,6 +291,10 @@ def build(url: str, n_warnings: int, seed: int) -> dict:
         c.execute(insert(m.snapshots).values(
             snapshot_date=SNAP, loaded_at=db.now(), manifest_sha256=hashlib.sha256(b"bench").hexdigest(),
             policy_version=POLICY, warnings=len(rows["warnings"]), households=len(rows["households"]), reopened=0))
+        from safetynet.review import queries
+
+        if hasattr(queries, "recount_facets"):  # the list's facet counts, as `load.load_snapshot` counts them
+            queries.recount_facets(c, SNAP)
     with engine.begin() as c:  # planner statistics, as `load.load_snapshot` refreshes them after each load
         c.execute(text("ANALYZE"))
     print(f"built review database ({engine.dialect.name}) in {time.perf_counter() - t0:.1f}s", flush=True)
@@ -435,6 +459,10 @@ def kinds_of(stmts: list[tuple[str, object]]) -> list[str]:
             k = "cache version: max(actions.id)"
         elif s.startswith("SELECT max(snapshots.loaded_at)"):
             k = "cache version: last load"
+        elif "FROM facet_counts" in s or "JOIN facet_counts" in s:
+            k = "facet counts: read (first use, or after a load)"
+        elif "JOIN actions ON actions.id >" in s:
+            k = "facet counts: decisions since"
         elif "FROM warnings" in s and " LIMIT " in s:
             k = "list"
         elif s.startswith("SELECT count(*)") and joined:
@@ -509,6 +537,370 @@ def app_version() -> str:
     return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes in safetynet/review" if dirty else "")
 
 
+# ---- concurrent mode: 20 staff browsing, opening households and deciding at once ----------------------
+GOALS_MS = {"list": 300, "household": 150, "decision": 200, "login": 500}  # p95 goals (issue #16, point 3)
+# what a client does next, and how often: the list (first page, a filter, a deep page by cursor), a household
+# (then, half the time, a decision on one of its cases), now and then a new login
+MIX = {"list_first": 14, "list_filtered": 14, "list_deep": 14, "household": 50, "login": 3}
+DECIDE_AFTER_VIEW = 0.5
+ACTION_WEIGHTS = {"assign": 5, "visit": 5, "assist": 2, "dismiss": 2, "close": 1}
+DECISION_FIELDS = {"dismiss": {"reason_code": "verified_no_risk", "note": "基准：已核实无风险"},
+                   "assist": {"assistance": "temporary", "note": "基准：已启动临时救助"},
+                   "visit": {"note": "基准：已入户走访"}, "close": {"note": "基准：办结"}, "assign": {}}
+DECIDE_FORM = re.compile(r'<form method="post" action="/cases/([0-9a-f]+)/decide" class="decision" '
+                         r'data-action="(\w+)">')
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+ASSIGNEE = re.compile(r'<option value="(\d+)">')
+NEXT_LINK = re.compile(r'<a href="/\?([^"]*)"[^>]*id="next-page"')
+
+
+def staff_accounts(n: int) -> list[tuple[str, str, str]]:
+    """(username, role, region prefix) for n clients: half county reviewers, half street workers
+    (a street each, round the county's 14)."""
+    out = []
+    for i in range(n):
+        if i % 2 == 0:
+            out.append((f"bench_cr{i:02d}", "county_reviewer", "430103"))
+        else:
+            out.append((f"bench_sw{i:02d}", "street_worker", f"430103{(i // 2) % 14 + 1:03d}"))
+    return out
+
+
+class Recorder:
+    """Every timed request of every client: (db, operation, kind, round-trip ms, in-server ms, status)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rows: list[tuple[str, str, float, float, int, float]] = []
+        self.t0 = time.perf_counter()
+        self.errors: list[str] = []
+
+    def add(self, op: str, kind: str, ms: float, r) -> None:
+        srv = float(r.headers.get("x-bench-ms", "nan"))
+        with self.lock:
+            self.rows.append((op, kind, ms, srv, r.status_code, time.perf_counter() - self.t0 - ms / 1000))
+
+    def error(self, msg: str) -> None:
+        with self.lock:
+            if len(self.errors) < 50:
+                self.errors.append(msg)
+
+
+class Staff(threading.Thread):
+    """One client: its own HTTP connection and session, a random walk through the app until `deadline`."""
+
+    def __init__(self, base: str, account: tuple[str, str, str], plan: dict, rec: Recorder, start: threading.Barrier,
+                 stop_at: list[float], think: float, seed: int):
+        super().__init__(daemon=True, name=account[0])
+        self.base, self.account, self.plan, self.rec, self.start_gate = base, account, plan, rec, start
+        self.stop_at, self.think, self.rng = stop_at, think, random.Random(seed)
+        self.client = None
+        self.next_query: str | None = None  # the last list page's "next page" link, followed now and then
+
+    def timed(self, op: str, kind: str, method: str, path: str, ok: tuple[int, ...] = (200,), **kw):
+        t0 = time.perf_counter()
+        r = self.client.request(method, path, **kw)
+        ms = (time.perf_counter() - t0) * 1000
+        self.rec.add(op, kind, ms, r)
+        if r.status_code not in ok:
+            self.rec.error(f"{self.account[0]} {method} {path[:80]}: {r.status_code} {r.text[:120]!r}")
+        return r
+
+    def login_form(self) -> str:
+        """A new browser session at the login page (cookies dropped): the form's CSRF token."""
+        import httpx
+
+        if self.client is None:
+            self.client = httpx.Client(base_url=self.base, timeout=120, follow_redirects=False)
+        self.client.cookies.clear()
+        return CSRF_FIELD.search(self.client.get("/login").text).group(1)
+
+    def login(self, token: str, kind: str = "during the run") -> None:
+        r = self.timed("login", kind, "POST", "/login", ok=(303,),
+                       data={"username": self.account[0], "password": PASSWORD, "csrf_token": token, "next": "/"})
+        if r.status_code != 303:
+            raise RuntimeError(f"login {self.account[0]}: {r.status_code}")
+
+    def pause(self) -> None:
+        if self.think > 0:
+            time.sleep(self.rng.expovariate(1 / self.think))
+
+    def run(self) -> None:
+        try:
+            token = self.login_form()
+            self.start_gate.wait()
+            self.login(token, "all at once, at the start")  # twenty staff pressing 登录 at the same moment
+            while time.perf_counter() < self.stop_at[0]:
+                self.pause()
+                op = self.rng.choices(list(MIX), list(MIX.values()))[0]
+                if op == "login":
+                    token = self.login_form()
+                    self.pause()  # typing the password
+                    self.login(token)
+                elif op == "household":
+                    self.household()
+                else:
+                    self.listing(op)
+        except Exception as e:  # noqa: BLE001 — reported with the results, the other clients go on
+            self.rec.error(f"{self.account[0]} stopped: {type(e).__name__}: {e}")
+        finally:
+            if self.client is not None:
+                self.client.close()
+
+    def listing(self, op: str) -> None:
+        p = self.plan
+        if op == "list_first":
+            path, kind = "/", "first page"
+        elif op == "list_filtered":
+            f = self.rng.choice(p["filters"])
+            path, kind = "/?" + "&".join(f"{k}={v}" for k, v in f.items()), "filtered"
+        elif self.next_query and self.rng.random() < 0.5:  # the next page after the one last seen
+            path, kind = "/?" + self.next_query.replace("&amp;", "&"), "next page (link)"
+        else:  # a deep page, somewhere in the list
+            path, kind = self.rng.choice(p["deep"]), p["deep_kind"]
+        r = self.timed("list", kind, "GET", path)
+        m = NEXT_LINK.search(r.text)
+        self.next_query = m.group(1) if m else None
+
+    def household(self) -> None:
+        hh = self.rng.choice(self.plan["households"])
+        r = self.timed("household", "page", "GET", f"/households/{hh}")
+        if r.status_code != 200 or self.rng.random() >= DECIDE_AFTER_VIEW:
+            return
+        forms = DECIDE_FORM.findall(r.text)
+        if not forms:
+            return
+        self.pause()  # reading the facts before deciding
+        weights = [ACTION_WEIGHTS[a] for _, a in forms]
+        key, action = self.rng.choices(forms, weights)[0]
+        data = {"csrf_token": CSRF_FIELD.search(r.text).group(1), "action": action, "household_no": hh,
+                **DECISION_FIELDS[action]}
+        if action == "assign":
+            ids = ASSIGNEE.findall(r.text)
+            if not ids:
+                return
+            data["assignee_id"] = self.rng.choice(ids)
+        # 409: another client decided on the case first (rare here: random households); counted, not an error
+        self.timed("decision", action, "POST", f"/cases/{key}/decide", ok=(303, 409), data=data)
+
+
+def concurrent_plan(url: str, account: tuple[str, str, str], households: list[str], rng: random.Random) -> dict:
+    """What a client may request: households in its scope, filters, deep pages (by keyset cursor when the app
+    pages by cursor, else by page number)."""
+    from sqlalchemy import func, select
+
+    from safetynet.review import db, queries
+    from safetynet.review import models as m
+
+    _, role, prefix = account
+    mine = [h for h in households if h.startswith(prefix)]
+    streets = sorted({h[:9] for h in households})
+    engine = db.engine_for(url)
+    try:
+        with engine.connect() as c:
+            w = m.warnings.c
+            total = c.scalar(select(func.count()).select_from(m.warnings).where(w.region_code.startswith(prefix)))
+            communities = sorted(c.execute(select(w.region_code).where(w.region_code.startswith(prefix)).distinct())
+                                 .scalars())
+            rules = sorted(c.execute(select(w.rule_id).distinct()).scalars())
+            pages = -(-total // queries.PAGE_SIZE)
+            encode = getattr(queries, "encode_cursor", None)
+            if encode is not None:  # deep pages by keyset cursor: the key of a row deep in the list
+                offsets = sorted(rng.randrange(pages // 2, pages) * queries.PAGE_SIZE - 1 for _ in range(40))
+                q = (select(w.score, w.household_no, w.warning_id).where(w.region_code.startswith(prefix))
+                     .order_by(*queries._order()))  # the list's order (the app's own)
+                deep = []
+                for off in offsets:
+                    row = c.execute(q.offset(off).limit(1)).first()
+                    deep.append(f"/?after={encode(tuple(row))}&page={off // queries.PAGE_SIZE + 2}")
+                deep_kind = "deep page (cursor)"
+            else:
+                deep = [f"/?page={rng.randrange(pages // 2, pages + 1)}" for _ in range(40)]
+                deep_kind = "deep page (offset)"
+    finally:
+        engine.dispose()
+    filters = [{"severity": "S1"}, {"status": "visited"}, {"category": "低保"}]
+    filters += [{"rule": r} for r in rng.sample(rules, 3)]
+    filters += [{"community": cm} for cm in rng.sample(communities, 3)]
+    if role == "county_reviewer":
+        filters += [{"street": s, "severity": rng.choice(("S1", "S2"))} for s in rng.sample(streets, 3)]
+    return {"households": mine, "filters": filters, "deep": deep, "deep_kind": deep_kind, "total": total}
+
+
+def concurrent_run(backend: str, url: str, args) -> dict:
+    """Build the database, serve the app, run the clients for `args.duration` seconds: the recorded requests."""
+    from safetynet.review import auth, db
+
+    info = build(url, args.warnings, args.seed)
+    accounts = staff_accounts(args.clients)
+    engine = db.engine_for(url)
+    try:
+        for uname, role, prefix in accounts:
+            auth.add_user(engine, uname, PASSWORD, role, prefix, display_name=f"基准-{uname}")
+    finally:
+        engine.dispose()
+    rng = random.Random(args.seed + 2)
+    plans = [concurrent_plan(url, a, info["households"], rng) for a in accounts]
+    plans_total = {a[2]: p["total"] for a, p in zip(accounts, plans, strict=True)}
+    logdir = Path(tempfile.mkdtemp(prefix="bench-review-log-"))
+    server = Server(url, logdir / "server.log")
+    rec = Recorder()
+    try:
+        server.wait_ready()
+        # a warm server, as after its first minutes: one list page per scope (the first use of a scope reads its
+        # facet counts from the database — ~0.2 s for the county's 30,000 groups; again after each snapshot load)
+        for prefix, uname in {prefix: u for u, _, prefix in accounts}.items():
+            c = login(server.base, uname)
+            r = c.get("/")
+            r.raise_for_status()
+            c.close()
+            shown = int(re.search(r'<strong id="total">(\d+)</strong>', r.text).group(1))
+            if shown != plans_total[prefix]:  # the app's counts are this data's
+                raise RuntimeError(f"list total for {prefix}: {shown}, expected {plans_total[prefix]}")
+        rec.rows.clear()
+        rec.t0 = time.perf_counter()
+        gate = threading.Barrier(len(accounts) + 1)
+        stop_at = [float("inf")]
+        staff = [Staff(server.base, a, p, rec, gate, stop_at, args.think, args.seed + 10 + i)
+                 for i, (a, p) in enumerate(zip(accounts, plans, strict=True))]
+        for s in staff:
+            s.start()
+        gate.wait()
+        t0 = rec.t0 = time.perf_counter()
+        stop_at[0] = t0 + args.duration
+        print(f"  {backend}: {len(staff)} clients for {args.duration:g}s "
+              f"(think time {'none' if args.think <= 0 else f'mean {args.think:g}s'}) …", flush=True)
+        for s in staff:
+            s.join(timeout=args.duration + 300)
+        elapsed = time.perf_counter() - t0
+    finally:
+        server.stop()
+        if rec.errors:  # the server's exception lines (ID numbers masked), not whole tracebacks
+            from safetynet.logmask import mask_text
+
+            lines = server.log_path.read_text(errors="replace").splitlines()
+            rec.errors += [f"server: {mask_text(x)[:300]}" for x in lines
+                           if re.match(r"^[A-Za-z_.]+(Error|Exception)\b", x)][:10]
+        shutil.rmtree(logdir, ignore_errors=True)
+    if os.environ.get("BENCH_REVIEW_DUMP"):  # development: every timed request, for a closer look
+        import json
+
+        Path(os.environ["BENCH_REVIEW_DUMP"] + f".{backend}.json").write_text(json.dumps(rec.rows))
+    return {"rows": rec.rows, "errors": rec.errors, "elapsed": elapsed, "warnings": info["warnings"]}
+
+
+def argon2_cost() -> str:
+    from safetynet.review import auth
+
+    p = getattr(auth, "_hasher", None) or getattr(auth, "HASHER")
+    return f"argon2id m={p.memory_cost // 1024} MiB, t={p.time_cost}, p={p.parallelism}"
+
+
+def owasp_ok() -> bool:
+    """At or above OWASP's minimum for argon2id: m=19 MiB with t=2, p=1 (or more memory and time)."""
+    from safetynet.review import auth
+
+    p = getattr(auth, "_hasher", None) or getattr(auth, "HASHER")
+    return p.memory_cost >= 19 * 1024 and p.time_cost >= 2 and p.parallelism >= 1
+
+
+def machine() -> str:
+    """The machine as the run found it: load, cores, and argon2's time for one hash and for 20 hashed on as many
+    threads as the app has hash slots (the floor of a burst of 20 logins)."""
+    from safetynet.review import auth
+
+    h = auth.hash_password("bench-machine-check")
+    t0 = time.perf_counter()
+    auth._hasher.verify(h, "bench-machine-check")
+    one = (time.perf_counter() - t0) * 1000
+    slots = getattr(auth, "HASH_SLOTS", 1)
+
+    def some(n: int) -> None:
+        for _ in range(n):
+            auth._hasher.verify(h, "bench-machine-check")
+
+    threads = [threading.Thread(target=some, args=(20 // slots + (i < 20 % slots),)) for i in range(slots)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    twenty = (time.perf_counter() - t0) * 1000
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"machine: {os.cpu_count()} cores, load average {load}; argon2 verify {one:.0f} ms, "
+            f"20 of them on {slots} thread(s) {twenty:.0f} ms")
+
+
+def concurrent_main(args) -> None:
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    version = app_version()
+    print(f"app: commit {version}; {argon2_cost()}", flush=True)
+    machines = [machine()]
+    print(machines[0], flush=True)
+    results = {}
+    for backend in backends:
+        if backend == "sqlite":
+            url, remove = create_database(argparse.Namespace(db=""))
+        elif backend == "postgresql":
+            url, remove = create_database(argparse.Namespace(db=args.pg))
+        else:
+            raise SystemExit(f"unknown backend {backend!r} (sqlite, postgresql)")
+        try:
+            results[backend] = concurrent_run(backend, url, args)
+        finally:
+            remove()
+        machines.append(machine())
+
+    print()
+    print(f"review app under load (commit {version}): {args.clients} clients, {args.duration:g}s each database, "
+          f"{next(iter(results.values()))['warnings']:,} warnings in one county; think time "
+          f"{'none (closed loop)' if args.think <= 0 else f'exponential, mean {args.think:g}s'}; {argon2_cost()}")
+    print("ms = HTTP round trip on loopback (srv = inside the server process); goal = p95 goal in ms")
+    for when, m_ in zip(["before", *(f"after {b}" for b in results)], machines, strict=False):
+        print(f"{when}: {m_}")
+    hdr = f"{'database':<11}{'operation':<30}{'n':>6}{'p50':>8}{'p95':>8}{'srv p95':>9}{'goal':>6}  {'':<4}"
+    print(hdr)
+    print("-" * len(hdr))
+    worst = 0.0
+    for backend, res in results.items():
+        rows = res["rows"]
+        for op, goal in GOALS_MS.items():
+            mine = [r for r in rows if r[0] == op]
+            if not mine:
+                print(f"{backend:<11}{op:<30}{0:>6}")
+                worst = float("inf")
+                continue
+            rt, srv = [r[2] for r in mine], [r[3] for r in mine]
+            p95 = pct(rt, .95)
+            worst = max(worst, p95 / goal)
+            print(f"{backend:<11}{op:<30}{len(rt):>6}{pct(rt, .5):>8.1f}{p95:>8.1f}{pct(srv, .95):>9.1f}{goal:>6}  "
+                  f"{'ok' if p95 <= goal else 'MISS'}")
+            kinds = sorted({r[1] for r in mine})
+            if len(kinds) > 1:
+                for k in kinds:
+                    sub = [r for r in mine if r[1] == k]
+                    krt, ksrv = [r[2] for r in sub], [r[3] for r in sub]
+                    print(f"{'':<11}{'  ' + k:<30}{len(krt):>6}{pct(krt, .5):>8.1f}{pct(krt, .95):>8.1f}"
+                          f"{pct(ksrv, .95):>9.1f}")
+        n = len(rows)
+        codes = {}
+        for r in rows:
+            codes[r[4]] = codes.get(r[4], 0) + 1
+        print(f"{'':<11}{n:,} requests in {res['elapsed']:.0f}s ({n / res['elapsed']:.0f}/s); answers "
+              + ", ".join(f"{k}: {v}" for k, v in sorted(codes.items())))
+        for e in res["errors"][:20]:
+            print(f"{'':<11}error: {e}")
+        if res["errors"]:
+            worst = float("inf")
+    print()
+    owasp = owasp_ok()
+    met = worst <= 1 and owasp
+    print(f"goals (p95 list ≤ {GOALS_MS['list']}, household ≤ {GOALS_MS['household']}, decision ≤ "
+          f"{GOALS_MS['decision']}, login ≤ {GOALS_MS['login']} ms; argon2 at or above OWASP's minimum: "
+          f"{'yes' if owasp else 'NO'}) on {' and '.join(results)}: {'met' if met else 'NOT met'}")
+    print(f"p95_over_goal={worst:.3f}")
+
+
 # ---- main ---------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -521,6 +913,16 @@ def main() -> None:
     ap.add_argument("--floor", type=int, default=30, help="fewest samples per loop under the budget")
     ap.add_argument("--diag-reps", type=int, default=10, help="repetitions of the per-statement list diagnostics")
     ap.add_argument("--seed", type=int, default=20261101)
+    ap.add_argument("--concurrent", action="store_true",
+                    help="concurrent mode: --clients staff browsing, opening households and deciding for --duration s")
+    ap.add_argument("--clients", type=int, default=20, help="concurrent mode: clients")
+    ap.add_argument("--duration", type=float, default=60, help="concurrent mode: seconds per database")
+    ap.add_argument("--think", type=float, default=1.0,
+                    help="concurrent mode: mean pause (s, exponential) between a client's requests; 0: none (a "
+                         "closed loop: saturation, where latency is set by throughput)")
+    ap.add_argument("--backends", default="sqlite,postgresql", help="concurrent mode: databases, in order")
+    ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432",
+                    help="concurrent mode: the PostgreSQL server (a throw-away database is created on it)")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -528,6 +930,8 @@ def main() -> None:
         return serve(args.serve, args.port)
     if args.quick:
         args.warnings, args.requests = 20_000, 50
+    if args.concurrent:
+        return concurrent_main(args)
     n = args.requests
 
     url, remove = create_database(args)
@@ -559,18 +963,19 @@ def main() -> None:
         last = -(-info["warnings"] // queries.PAGE_SIZE)  # every synthetic warning is in the county's scope
         rng = random.Random(args.seed + 1)
         sample = [rng.choice(info["households"]) for _ in range(n)]  # county scope: every household
-        with engine.connect() as c:  # a case to record decisions on (the "after a decision" page)
-            w0 = c.execute(select(m.warnings.c.alert_key, m.warnings.c.warning_id)
-                           .order_by(m.warnings.c.warning_id).limit(1)).first()
+        with engine.connect() as c:  # a case to record decisions on (the "after a decision" page), in street 001
+            w0 = c.execute(select(m.cases.c.alert_key, m.cases.c.status)
+                           .where(m.cases.c.street_code == STREET[2], m.cases.c.status.in_(("new", "assigned")))
+                           .order_by(m.cases.c.alert_key).limit(1)).first()
+        state = {"status": w0.status}
 
         def decision() -> None:
-            """A decision recorded (as `queries.decide` would): one more `actions` row — what changes the
-            case statuses the list counts, so any cache of the facet counts must be recomputed."""
-            with engine.begin() as c:
-                c.execute(m.actions.insert().values(
-                    alert_key=w0.alert_key, action="visit", from_status="new", to_status="visited",
-                    user_id=cu.id, at=db.now(), snapshot_date=SNAP, warning_id=w0.warning_id, rule_version=1,
-                    note="bench"))
+            """A real decision (`queries.decide`, as the app records it), the case going visited ↔ assigned: it
+            changes the case statuses the list counts, so whatever the app keeps of the counts must follow."""
+            if state["status"] == "visited":
+                state["status"] = queries.decide(engine, cu, w0.alert_key, "assign", assignee_id=su.id)["status"]
+            else:
+                state["status"] = queries.decide(engine, cu, w0.alert_key, "visit", note="bench")["status"]
 
         pages = [  # (label, client, path(s), user, Filters or None for the household page, before each request)
             ("list / (county)", county, ["/"] * n, cu, queries.Filters(), None),
@@ -579,8 +984,16 @@ def main() -> None:
             ("list ?street=003&severity=S1", county, ["/?street={street}&severity={severity}".format(**FILTERED)] * n,
              cu, queries.Filters(**FILTERED), None),
             (f"list ?page={last} (deep)", county, [f"/?page={last}"] * n, cu, queries.Filters(page=last), None),
-            ("household /households/<no>", county, [f"/households/{h}" for h in sample], cu, None, None),
         ]
+        if hasattr(queries, "encode_cursor"):  # the same deep page, reached by its keyset cursor
+            with engine.connect() as c:
+                w = m.warnings.c
+                row = c.execute(select(w.score, w.household_no, w.warning_id).order_by(*queries._order())
+                                .offset((last - 1) * queries.PAGE_SIZE - 1).limit(1)).first()
+            token = queries.encode_cursor(tuple(row))
+            pages.append(("list ?after=… (deep, cursor)", county, [f"/?after={token}&page={last}"] * n, cu,
+                          queries.Filters(after=token, page=last), None))
+        pages.append(("household /households/<no>", county, [f"/households/{h}" for h in sample], cu, None, None))
         print(f"serving on {server.base}; {n} requests per page, {info['warnings']:,} warnings, "
               f"{last} list pages", flush=True)
 

@@ -61,8 +61,13 @@ def _case(engine, alert_key: str) -> dict:
 
 
 def _set_status(engine, alert_key: str, status: str) -> None:
+    """A case put in `status` by hand (no decision recorded): the list's facet counts moved with it, as a
+    decision moves them, and this process's copies of them dropped (they follow decisions, not hand SQL)."""
     with engine.begin() as c:
+        old = c.scalar(select(m.cases.c.status).where(m.cases.c.alert_key == alert_key))
         c.execute(update(m.cases).where(m.cases.c.alert_key == alert_key).values(status=status, assignee_id=None))
+        queries.move_facet_counts(c, alert_key, old, status)
+    queries.FACETS.clear()
 
 
 def _last_action(engine, alert_key: str) -> dict | None:

@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import func, insert, select
 from starlette.routing import Mount
 
-from safetynet.review import auth
+from safetynet.review import auth, queries
 from safetynet.review import models as m
 from safetynet.review.app import EXPORT_HEADERS, create_app
 from safetynet.review.queries import TRANSITIONS, region_names
@@ -197,6 +197,8 @@ def _seed_foreign(engine) -> Obj:
                                          street_code=FOREIGN_REGION[:9], rule_id=tmpl["rule_id"], status="new",
                                          first_snapshot=FIRST, last_snapshot=FIRST, current_warning_id=wid,
                                          updated_at=dt.datetime.now(dt.UTC)))
+        queries.recount_facets(c, FIRST)  # as the loader does for the warnings it loads (not done by hand SQL)
+    queries.FACETS.clear()
     return Obj(hh, alert, [hh, alert, FOREIGN_ID, auth.mask_id(FOREIGN_ID), "外区甲乙", "外区测试预警说明文字"])
 
 

@@ -9,10 +9,12 @@ an object outside it answers 404, exactly as a missing one.
 """
 
 
+import asyncio
 import csv
 import datetime as dt
 import io
 import secrets
+import weakref
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -23,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, text
+from starlette.concurrency import run_in_threadpool
 
 from safetynet.export import csv_safe as _csv_safe  # one definition, shared with `safetynet rules backtest`
 from safetynet.review import audit, auth, queries
@@ -121,6 +124,10 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
     async def _cf(request: Request, exc):
         return _error(request, 409, str(exc))
 
+    @app.exception_handler(queries.BadRequest)
+    async def _br(request: Request, exc):
+        return _error(request, 400, str(exc))
+
     def _error(request: Request, code: int, msg: str):
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": msg}, status_code=code)
@@ -161,32 +168,45 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
         return resp
 
     @app.post("/login", include_in_schema=False)
-    def login(request: Request, username: Annotated[str, Form()], password: Annotated[str, Form()],
-              csrf_token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/"):
+    async def login(request: Request, username: Annotated[str, Form()], password: Annotated[str, Form()],
+                    csrf_token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/"):
         if not auth.csrf_ok(request.cookies.get(LOGIN_CSRF_COOKIE, ""), csrf_token):
             raise HTTPException(403, "CSRF 校验失败，请刷新页面后重试")
-        return _do_login(request, username, password, _safe_next(next), html=True)
+        return await _do_login(request, username, password, _safe_next(next), html=True)
 
-    def _do_login(request: Request, username: str, password: str, next_url: str, html: bool):
+    async def _do_login(request: Request, username: str, password: str, next_url: str, html: bool):
+        """`auth.authenticate`'s steps in the thread pool; a login waiting for a hash slot (one per core) holds
+        no thread and no connection, so a burst of logins queues without starving other requests. The attempt,
+        the session and the audit entry are written in one transaction."""
         ip = ip_of(request)
+
+        def record(c, u: User | None):
+            if u is None:
+                audit.append(c, None, ip, "login_failed", "user", _loggable(username), "")
+                return None
+            audit.append(c, u, ip, "login", "user", u.username, u.region_prefix)
+            return auth.start_session(c, u)
+
         try:
-            u = auth.authenticate(engine, username, password, ip)
+            check = await run_in_threadpool(auth.login_check, engine, username, ip)
+            async with _hash_gate():
+                ok, rehash = await run_in_threadpool(auth.login_verify, check, password)
+            u, session_ = await run_in_threadpool(auth.login_finish, engine, check, ok, rehash, record)
         except auth.Throttled:
-            audit.record(engine, None, ip, "login_failed", "user", _loggable(username), "", reason="throttled")
+            await run_in_threadpool(audit.record, engine, None, ip, "login_failed", "user", _loggable(username), "",
+                                    reason="throttled")
             msg = "登录失败次数过多，请 15 分钟后再试"
             if not html:
                 return JSONResponse({"detail": msg}, status_code=429)
             return page(request, "login.html", {"login_csrf": request.cookies.get(LOGIN_CSRF_COOKIE, ""),
                                                 "next": next_url, "error": msg}, status=429)
         if u is None:
-            audit.record(engine, None, ip, "login_failed", "user", _loggable(username), "")
             msg = "用户名或密码错误，或账户已停用"
             if not html:
                 return JSONResponse({"detail": msg}, status_code=401)
             return page(request, "login.html", {"login_csrf": request.cookies.get(LOGIN_CSRF_COOKIE, ""),
                                                 "next": next_url, "error": msg}, status=401)
-        token, csrf = auth.new_session(engine, u)
-        audit.record(engine, u, ip, "login", "user", u.username, u.region_prefix)
+        token, csrf = session_
         resp: Response = RedirectResponse(next_url, status_code=303) if html else JSONResponse(
             {"username": u.username, "role": u.role, "region_prefix": u.region_prefix, "csrf_token": csrf})
         resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=secure_cookies,
@@ -205,9 +225,14 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
     # ---- warning list -------------------------------------------------------------------------
     def filters(street: str = "", community: str = "", rule: str = "", severity: str = "", status: str = "",
                 category: str = "", q: Annotated[str, Query(max_length=64)] = "",
-                page: Annotated[int, Query(ge=1, le=100_000)] = 1) -> queries.Filters:
+                page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+                after: Annotated[str, Query(max_length=200, description="page cursor: the page after this row "
+                                            "(`next_cursor` of the page before)")] = "",
+                before: Annotated[str, Query(max_length=200, description="page cursor: the page before this row "
+                                             "(`prev_cursor`); `end`: the last page")] = "") -> queries.Filters:
         return queries.Filters(street=street[:12], community=community[:12], rule=rule[:48], severity=severity[:4],
-                               status=status[:16], category=category[:8], q=q, page=page)
+                               status=status[:16], category=category[:8], q=q, page=page, after=after,
+                               before=before)
 
     Flt = Annotated[queries.Filters, Depends(filters)]
 
@@ -221,7 +246,7 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
         _search_audit(request, user, f)
         data = queries.list_warnings(engine, user, f)
         data["notes"] = queries.snapshot_notes(engine, data["snapshot"])
-        return page(request, "list.html", {"data": data, "f": f, "params": f.params()})
+        return page(request, "list.html", {"data": data, "f": f})
 
     # ---- household ----------------------------------------------------------------------------
     @app.get("/households/{household_no}", response_class=HTMLResponse, include_in_schema=False)
@@ -308,9 +333,9 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
         assignee_id: int | None = None
 
     @app.post("/api/v1/login", tags=["auth"])
-    def api_login(request: Request, body: LoginIn):
+    async def api_login(request: Request, body: LoginIn):
         """Start a session (cookie `sn_session`); send the returned `csrf_token` as `X-CSRF-Token`."""
-        return _do_login(request, body.username, body.password, "/", html=False)
+        return await _do_login(request, body.username, body.password, "/", html=False)
 
     @app.get("/api/v1/me", tags=["auth"])
     def api_me(request: Request, user: Current) -> dict:
@@ -321,10 +346,13 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
     @app.get("/api/v1/warnings", tags=["warnings"])
     def api_warnings(request: Request, user: Current, f: Flt,
                      limit: Annotated[int, Query(ge=1, le=500)] = queries.PAGE_SIZE) -> dict:
+        """One page of the list in risk order. Page on with `after=<next_cursor>` (back: `before=<prev_cursor>`;
+        the last page: `before=end`) — the same cost on any page; `page=N` alone cuts by offset."""
         _search_audit(request, user, f)
         d = queries.list_warnings(engine, user, f, limit=limit)
-        return {"snapshot": str(d["snapshot"]) if d["snapshot"] else None, "total": d["total"], "page": f.page,
-                "pages": d["pages"], "rows": d["rows"], "facets": d["facets"]}
+        return {"snapshot": str(d["snapshot"]) if d["snapshot"] else None, "total": d["total"], "page": d["page"],
+                "pages": d["pages"], "next_cursor": d["next_cursor"], "prev_cursor": d["prev_cursor"],
+                "rows": d["rows"], "facets": d["facets"]}
 
     @app.get("/api/v1/households/{household_no}", tags=["households"])
     def api_household(request: Request, household_no: str, user: Current) -> dict:
@@ -410,6 +438,18 @@ async def _has_nul(request: Request) -> bool:
         body = await request.body()
         return b"\x00" in body or b"%00" in body or b"\\u0000" in body
     return False
+
+
+_HASH_GATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _hash_gate() -> asyncio.Semaphore:
+    """This event loop's gate to the password hash: `auth.HASH_SLOTS` (the cores) logins hash at once."""
+    loop = asyncio.get_running_loop()
+    gate = _HASH_GATES.get(loop)
+    if gate is None:
+        gate = _HASH_GATES[loop] = asyncio.Semaphore(auth.HASH_SLOTS)
+    return gate
 
 
 def _yuan(v) -> str:

@@ -3,7 +3,9 @@
 Only published snapshots are read: the date's pointer `_catalog/snapshots/<date>.json` names its
 current version and is switched last, so a version being written is invisible here; one load
 reads one version throughout. Loading the same version twice changes nothing (its manifest
-checksum is recorded); a newer version of a loaded date replaces that date's warnings.
+checksum is recorded); a newer version of a loaded date replaces that date's warnings. A load
+counts its date's warnings into the list's facet counts (`facet_counts`) afresh, and moves the
+counts of the cases it re-opens on the dates before, in its own transaction.
 
 Lifecycle across snapshots, per `alert_key` (the same concern: rule + household + person):
 a new key opens a case (`new`); a key already open keeps its status and moves to the new
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, bindparam, delete, insert, select, text, update
 
 from safetynet import snapshot
-from safetynet.review import audit
+from safetynet.review import audit, queries
 from safetynet.review import models as m
 from safetynet.review.db import now
 from safetynet.store import ObjectStore
@@ -133,9 +135,15 @@ def load_snapshot(engine: Engine, store: ObjectStore, day: dt.date | None = None
         c.execute(delete(m.warnings).where(m.warnings.c.snapshot_date == day))
         for i in range(0, len(rows), 5000):
             c.execute(insert(m.warnings), rows[i:i + 5000])
+        reopened: list[tuple[str, str]] = []
         if latest_loaded is None or day >= latest_loaded:
             _replace_households(c, day, hh_rows, persons)
-            _carry_cases(c, day, version, rows, res, t)
+            reopened = _carry_cases(c, day, version, rows, res, t)
+        # the list's facet counts: this date's counted afresh; other dates' moved for the cases re-opened (the
+        # cases locked first, the counts next, the audit chain's head last: in the order decisions take them)
+        for key, frm in reopened:
+            queries.move_facet_counts(c, key, frm, "new", skip_day=day)
+        queries.recount_facets(c, day)
         c.execute(delete(m.snapshots).where(m.snapshots.c.snapshot_date == day))
         c.execute(insert(m.snapshots).values(snapshot_date=day, version=version, loaded_at=t, manifest_sha256=sha,
                                              policy_version=manifest.get("policy_version"), warnings=len(rows),
@@ -168,8 +176,13 @@ def _replace_households(c, day: dt.date, hh_rows: dict, persons) -> None:
         c.execute(insert(m.members), mrows[i:i + 5000])
 
 
-def _carry_cases(c, day: dt.date, version: int, rows: list[dict], res: LoadResult, t: dt.datetime) -> None:
-    existing = {r.alert_key: r for r in c.execute(select(m.cases))}
+def _carry_cases(c, day: dt.date, version: int, rows: list[dict], res: LoadResult,
+                 t: dt.datetime) -> list[tuple[str, str]]:
+    """Open, move and re-open the cases of the warnings loaded; the cases re-opened, with the status they left.
+
+    The cases are read locked (PostgreSQL; SQLite's loader already holds the database's write lock): a decision
+    racing the load waits for it, so a re-open never overwrites a decision it did not see."""
+    existing = {r.alert_key: r for r in c.execute(select(m.cases).with_for_update())}
     decided_ids = {r.decided_warning_id for r in existing.values() if r.decided_warning_id}
     decided = {}
     if decided_ids:
@@ -178,7 +191,7 @@ def _carry_cases(c, day: dt.date, version: int, rows: list[dict], res: LoadResul
             for r in c.execute(select(m.warnings.c.warning_id, m.warnings.c.severity, m.warnings.c.facts,
                                       m.warnings.c.magnitude).where(m.warnings.c.warning_id.in_(ids[i:i + 1000]))):
                 decided[r.warning_id] = r._asdict()
-    new_cases, moved = [], []
+    new_cases, moved, reopened = [], [], []
     for w in rows:
         case = existing.get(w["alert_key"])
         if case is None:
@@ -198,6 +211,7 @@ def _carry_cases(c, day: dt.date, version: int, rows: list[dict], res: LoadResul
                     alert_key=w["alert_key"], action="reopen", from_status=case.status, to_status="new", user_id=None,
                     at=t, snapshot_date=day, snapshot_version=version, warning_id=w["warning_id"],
                     rule_version=w["rule_version"], note=note))
+                reopened.append((w["alert_key"], case.status))
                 res.reopened += 1
             else:
                 res.kept_closed += 1
@@ -212,3 +226,4 @@ def _carry_cases(c, day: dt.date, version: int, rows: list[dict], res: LoadResul
     for i in range(0, len(new_cases), 5000):
         c.execute(insert(m.cases), new_cases[i:i + 5000])
     res.new_cases = len(new_cases)
+    return reopened

@@ -7,6 +7,9 @@ Alembic migrations in `safetynet/review/migrations/`; this module is their refer
 * `households`, `members` — the latest snapshot's households and persons (the household page);
 * `cases` — one per `alert_key` (rule + household + person): the lifecycle across snapshots;
 * `actions` — every staff decision on a case (who, when, snapshot, rule version);
+* `facet_counts` — the list's filter counts: warnings per snapshot × filter dimensions × case status, kept
+  exact in place (a decision moves its warnings' counts from the old status to the new one, in its own
+  transaction; a load recounts its date), so a list page never counts the county's warnings;
 * `audit` — append-only, hash-chained log of views, unmasks, exports, decisions, logins.
 """
 
@@ -102,11 +105,17 @@ warnings = Table(
     Column("policy_version", String(64), nullable=False),
     Column("stale_inputs", JSON, nullable=False),
     Index("ix_warnings_list", "snapshot_date", "region_code", "score"),
-    # the list's page is cut on this index alone (covering: order, scope and join keys), see queries.list_warnings
-    Index("ix_warnings_page", "snapshot_date", "score", "household_no", "warning_id", "region_code", "alert_key"),
     Index("ix_warnings_household", "household_no", "snapshot_date"),
     Index("ix_warnings_alert", "alert_key", "snapshot_date"),
 )
+
+# the list's page is cut on this index alone (covering: order, scope, join keys and the filters on warnings), see
+# queries.list_warnings; descending, as the list orders (risk score, then household and warning number), so a page —
+# and a keyset cursor's seek, one row-value comparison — is one forward range scan with no sort, and a filter is
+# tested on the index entries, never on the table rows
+Index("ix_warnings_page", warnings.c.snapshot_date, warnings.c.score.desc(), warnings.c.household_no.desc(),
+      warnings.c.warning_id.desc(), warnings.c.region_code, warnings.c.alert_key, warnings.c.street_code,
+      warnings.c.rule_id, warnings.c.severity, warnings.c.categories)
 
 households = Table(
     "households", metadata,
@@ -146,6 +155,21 @@ cases = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_cases_region_status", "region_code", "status"),
     Index("ix_cases_household", "household_no"),
+)
+
+# the list's facet counts (see queries.FacetCounts): one row per group of a snapshot's warnings with the same
+# filter values and case status; `n` drops to 0 rather than the row going (a decision only moves counts)
+facet_counts = Table(
+    "facet_counts", metadata,
+    Column("snapshot_date", Date, primary_key=True),
+    Column("region_code", String(12), primary_key=True),
+    Column("street_code", String(9), primary_key=True),
+    Column("rule_id", String(48), primary_key=True),
+    Column("rule_title_zh", String(64), primary_key=True),
+    Column("severity", String(4), primary_key=True),
+    Column("categories", String(64), primary_key=True),
+    Column("status", String(16), primary_key=True),
+    Column("n", Integer, nullable=False),
 )
 
 actions = Table(
