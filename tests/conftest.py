@@ -31,6 +31,16 @@ def s3_server():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Browser tests (pytest-playwright): Debian's Chromium, headless, unable to resolve anything
+    but the loopback address — never a downloaded browser, never the network."""
+    return {**browser_type_launch_args, "executable_path": "/usr/bin/chromium", "headless": True,
+            "args": ["--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+                     "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                     "--disable-sync", "--disable-gpu"]}
+
+
 @pytest.fixture
 def local_settings(tmp_path: Path) -> Settings:
     return Settings(store=str(tmp_path / "store"), work_dir=tmp_path / "work", progress=False,

@@ -36,15 +36,6 @@ EXTERNAL = re.compile(r"""(?:\b(?:src|href)\s*=\s*["']?|url\(\s*["']?)(?:https?:
 LOCAL_REF = re.compile(r"""\b(?:src|href)="(?!https?:|data:|#|mailto:|javascript:)([^"]+)\"""")
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    """Debian's Chromium, headless, unable to resolve anything but the loopback address."""
-    return {**browser_type_launch_args, "executable_path": "/usr/bin/chromium", "headless": True,
-            "args": ["--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-                     "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                     "--disable-sync", "--disable-gpu"]}
-
-
 class Offline:
     """A browser page cut off from everything but 127.0.0.1 and files, recording what went wrong."""
 

@@ -55,15 +55,6 @@ UNMASKED_ID = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dX](?![0-9A-Za-z])")
 TIMEOUT_MS = 20_000
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    """Debian's Chromium, headless, unable to resolve anything but the loopback address."""
-    return {**browser_type_launch_args, "executable_path": "/usr/bin/chromium", "headless": True,
-            "args": ["--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-                     "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                     "--disable-sync", "--disable-gpu"]}
-
-
 @pytest.fixture(scope="module")
 def next_store(published, tmp_path_factory) -> ObjectStore:
     """A copy of the shared store with the next snapshot (2026-12-01) published too."""
