@@ -67,9 +67,10 @@ class DropFolderSource:
     def _ledger_path(self, name: str) -> str:
         return f"_catalog/drops/{self.c.prefix}/{name}.json"
 
-    def waiting(self, mapping: str | None = None) -> Iterator[Drop]:
+    def waiting(self, mapping: str | None = None, headers: dict[str, str] | None = None) -> Iterator[Drop]:
         """Drops not yet taken in. A drop held as unhealthy (ledger `held`) is offered again
-        once the feed's mapping checksum differs from the one it was held under."""
+        once the feed's mapping checksum differs from the one it was held under. `headers`: the
+        mapping in force's department columns (a `.txt` naming them is data, not a note)."""
         for e in self.store.list(self.landing):
             name = e.path[len(self.landing):]
             if not name.lower().endswith(SUFFIXES):
@@ -77,7 +78,7 @@ class DropFolderSource:
                             ", ".join(SUFFIXES))
                 continue
             data = self.store.read_bytes(e.path)
-            if name.lower().endswith(UNSURE_SUFFIXES) and not is_blank(data) and not self._looks_like_data(data):
+            if name.lower().endswith(UNSURE_SUFFIXES) and not is_blank(data) and not self._looks_like_data(data, headers):
                 log.warning("drop: %s/%s is not delimited data with the feed's columns (a note?); left in place — "
                             "a data export with other column names: map them (`safetynet feeds profile`) and name "
                             "the file .csv", self.c.feed_id, name)
@@ -101,11 +102,13 @@ class DropFolderSource:
                             "version, which supersedes the old one", self.c.feed_id, name, prev[:12], sha[:12])
             yield Drop(e.path, name, data, sha, prev)
 
-    def _looks_like_data(self, data: bytes) -> bool:
-        from connectors.base import connectors
+    def _looks_like_data(self, data: bytes, headers: dict[str, str] | None) -> bool:
+        if headers is None:  # no mapping given: the connector's own
+            from connectors.base import connectors
 
-        fc = connectors().get(self.c.feed_id)
-        return looks_like_table(data, self.c, fc.load_mapping(None).headers if fc else None)
+            fc = connectors().get(self.c.feed_id)
+            headers = fc.load_mapping(None).headers if fc else None
+        return looks_like_table(data, self.c, headers)
 
     def _ledger(self, name: str) -> list[dict]:
         try:

@@ -510,7 +510,7 @@ def ingest_drops(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract
     records; the caller marks them done once the feed's health is known (`DropFolderSource.mark_done`)."""
     src = DropFolderSource(store, c)
     done: list[tuple[Drop, dict]] = []
-    for d in src.waiting(mapping.checksum if mapping else None):
+    for d in src.waiting(mapping.checksum if mapping else None, mapping.headers if mapping else None):
         r = ingest_drop(store, con, c, d, mapping)
         counts.add(r, kafka=False)
         if r.accepted + sum(r.rejected.values()) == 0 and c.mode == "snapshot":

@@ -49,6 +49,23 @@ MAPPINGS = {
 }
 
 
+def test_a_txt_export_with_this_countys_headers_is_data_not_a_note(tmp_path):
+    """Another county's 医保 exports a tab-separated .txt with its own column names, mapped in the
+    deployment's mapping file: taken in as data (not left as a note); a real note still is left."""
+    s = Settings(store=str(tmp_path / "store"), mappings=tmp_path / "mappings", progress=False)
+    s.mappings.mkdir()
+    (s.mappings / "medical_insurance.enrollment.toml").write_text(MAPPINGS["medical_insurance.enrollment"], "utf-8")
+    st = ObjectStore.from_settings(s)
+    pid = "43130219800101" + "123"
+    pid += idno.check_char(pid)
+    rows = ["\t".join(ENROL_HEADERS), "\t".join([pid, "城乡居民基本医疗保险", "正常参保", "202610"])]
+    st.write_bytes("landing/medical_insurance/enrollment/CBXX_202610.txt", ("\r\n".join(rows) + "\r\n").encode("gbk"))
+    st.write_bytes("landing/medical_insurance/enrollment/说明.txt", "本月数据请查收。\n".encode("gbk"))
+    fc = ingest.ingest(s, st, ["medical_insurance.enrollment"], kafka=False).feeds["medical_insurance.enrollment"]
+    assert (fc.input, fc.accepted) == (1, 1), fc.as_dict()
+    assert fc.files and all("说明" not in f for f in fc.files)
+
+
 @pytest.fixture(scope="module")
 def district():
     return generate(persons=1500, seed=11)
