@@ -12,7 +12,7 @@ TEST_STAMP := $(VENV)/.installed-test
 PERSONS ?= 20000
 SEED ?= 20261101
 
-.PHONY: demo test install install-test bench lint clean browser spark
+.PHONY: demo test test-fast install install-test bench lint clean browser spark
 # Browser tests drive Debian's Chromium (never a downloaded browser); CJK fonts so Chinese renders.
 BROWSER_STAMP := $(VENV)/.browser
 APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
@@ -27,9 +27,9 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --inexact --python $(PY)
 	touch $(STAMP)
 
-# The runtime dependencies and the test extra (exact: nothing else stays in the venv).
+# The runtime dependencies, the test extra and the lint tools (exact: nothing else stays in the venv).
 $(TEST_STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra test --python $(PY)
+	$(UV) sync --frozen --extra test --extra lint --python $(PY)
 	touch $(STAMP) $(TEST_STAMP)
 
 install: $(STAMP)
@@ -61,6 +61,18 @@ demo: $(STAMP)
 
 test: $(TEST_STAMP) $(BROWSER_STAMP) $(SPARK_STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# The inner loop: the pure unit tests (no broker, S3 server, PostgreSQL, browser or Airflow; markers
+# are applied by fixture use in tests/conftest.py), in under a minute.
+test-fast: $(TEST_STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not (broker or s3 or postgres or browser or airflow or slow or faults)" -p no:cacheprovider
+
+# ruff (style, import order, bugbear, Airflow), mypy on the runtime packages, and the layer
+# contract (.importlinter: each layer imports only from the layers before it).
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(TEST_STAMP)
 	$(VENV)/bin/python bench/ingest.py

@@ -3,7 +3,7 @@
 For each size (default 1 M and 10 M persons) a synthetic district is generated and written as
 `clean/` Parquet to a scratch store; then, each in a fresh child process (so peak RSS is its
 own) and under the same DuckDB memory cap:
-  (a) the hub: `monitoring.build` (named SQL steps) + `warnings.evaluate` (15 declarative rules);
+  (a) the hub: `monitoring.build` (named SQL steps) + `evaluation.evaluate` (15 declarative rules);
   (b) a hand-written single DuckDB query computing the household aggregates and rule flags (one
       row per household with its flagged rules) — what the hub computes minus the person table,
       the evidence and the ids.
@@ -167,9 +167,11 @@ def _rss() -> float:
 
 
 def _hub(root: str, memory_limit: str, q: mp.Queue) -> None:
-    from safetynet import monitoring, normalise, policy, warnings
-    from safetynet.settings import Settings
-    from safetynet.store import ObjectStore
+    from safetynet.build import monitoring
+    from schemas import normalise
+    from quality import evaluation, policy
+    from safetynet.core.settings import Settings
+    from safetynet.core.store import ObjectStore
 
     store = ObjectStore.from_settings(Settings(store=root))
     pol = policy.for_region("430103", 2026)
@@ -177,7 +179,7 @@ def _hub(root: str, memory_limit: str, q: mp.Queue) -> None:
     con = normalise.connect(memory_limit=memory_limit)
     monitoring.register_clean(con, store)
     b = monitoring.build(con, SNAP, pol)
-    w = warnings.evaluate(b, pol)
+    w = evaluation.evaluate(b, pol)
     secs = time.perf_counter() - t0
     flags = sorted({(r["rule_id"], r["household_no"]) for r in w.select(["rule_id", "household_no"]).to_pylist()})
     q.put({"seconds": secs, "peak_rss_mb": _rss(), "flags": flags, "households": b.rows("monitoring_household"),
@@ -187,9 +189,10 @@ def _hub(root: str, memory_limit: str, q: mp.Queue) -> None:
 def _hand(root: str, memory_limit: str, q: mp.Queue) -> None:
     import duckdb
 
-    from safetynet import monitoring, policy
-    from safetynet.clean import clean_path
-    from safetynet.warnings import rule_parameters
+    from safetynet.build import monitoring
+    from quality import policy
+    from safetynet.intake.clean import clean_path
+    from quality.evaluation import rule_parameters
     from schemas.registry import contracts
 
     pol = policy.for_region("430103", 2026)
@@ -237,8 +240,8 @@ def prepare(persons: int, root: str) -> int:
     """Generate the district and write every feed's truth as its clean/ Parquet."""
     import pyarrow.parquet as pq
 
-    from safetynet.clean import clean_path
-    from safetynet.synth import generate
+    from safetynet.intake.clean import clean_path
+    from safetynet.demo.synth import generate
     from schemas.registry import contracts
 
     d = generate(persons=persons, seed=20261101)

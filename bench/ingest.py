@@ -26,9 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from safetynet import idno  # noqa: E402
-from safetynet.broker import EmbeddedBroker, ensure_topics  # noqa: E402
-from safetynet.publish import producer  # noqa: E402
-from safetynet.settings import Settings  # noqa: E402
+from connectors.kafka_producer import ensure_topics
+from safetynet.demo.broker import EmbeddedBroker  # noqa: E402
+from connectors.kafka_producer import producer  # noqa: E402
+from safetynet.core.settings import Settings  # noqa: E402
 
 FEED = "medical_insurance.claim"
 
@@ -77,8 +78,8 @@ def _baseline(bootstrap: str, topic: str, settings: Settings, q: mp.Queue) -> No
 
 
 def _connector(bootstrap: str, topic: str, settings: Settings, q: mp.Queue) -> None:
-    from safetynet.ingest import ingest
-    from safetynet.store import ObjectStore
+    from safetynet.intake.ingest import ingest
+    from safetynet.core.store import ObjectStore
     from schemas.registry import get
 
     c = get(FEED)

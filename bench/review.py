@@ -161,7 +161,7 @@ class Progress:
 def synthesise(n_warnings: int, seed: int) -> dict[str, list[dict]]:
     """Rows for warnings, cases, households, members, actions of one snapshot (deterministic in seed)."""
     from quality.rules import RULES, SEVERITY_WEIGHT
-    from safetynet.synth.district import region_tree
+    from safetynet.demo.synth.district import region_tree
 
     rng = random.Random(seed)
     tree = region_tree().table().to_pylist()  # 14 streets 430103001..014, 97 communities (street + 3 digits)
@@ -776,7 +776,7 @@ def concurrent_run(backend: str, url: str, args) -> dict:
     finally:
         server.stop()
         if rec.errors:  # the server's exception lines (ID numbers masked), not whole tracebacks
-            from safetynet.logmask import mask_text
+            from schemas.idno import mask_text
 
             lines = server.log_path.read_text(errors="replace").splitlines()
             rec.errors += [f"server: {mask_text(x)[:300]}" for x in lines

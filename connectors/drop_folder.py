@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from connectors.formats import is_blank, looks_like_table
-from safetynet.store import ObjectStore
+from safetynet.core.store import ObjectStore
 from schemas.contract import Contract
 
 log = logging.getLogger(__name__)

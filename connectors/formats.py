@@ -1,7 +1,7 @@
 """Formats: turning bytes into text records — JSON envelopes (Kafka), CSV, XLSX, JSON Lines.
 
 A format knows nothing about transports (where bytes come from) and only uses a contract to
-map header names and pick fields; validation is `safetynet.normalise`'s job. Every decoder
+map header names and pick fields; validation is `schemas.normalise`'s job. Every decoder
 returns an Arrow table with one text column per contract field (NULL where absent) plus
 `_raw` (the record as received) and `_pre` (a record-level rule, or NULL).
 """
@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.mapping import Mapping
-from safetynet.logmask import mask_text
-from safetynet.normalise import _WS, _lit, _q
+from schemas.idno import mask_text
+from schemas.normalise import _WS, _lit, _q
 from schemas.contract import Contract, norm_header
 
 #: Kinds whose values are free text. No contract field may hold a line break or another control

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
 
 log = logging.getLogger(__name__)
 

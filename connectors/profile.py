@@ -26,7 +26,7 @@ from connectors.formats import (
     rows_to_records,
 )
 from connectors.mapping import Mapping, allowed_values, names_code_value, template
-from safetynet import idno, normalise
+from schemas import idno, normalise
 from schemas.contract import Contract
 
 MAX_EXAMPLES = 3

@@ -31,7 +31,7 @@ joins) is computed vectorised with pyarrow/numpy as boolean helper columns (`__i
 
 PII: validation runs with `exclude_unexpected_values` and `partial_unexpected_count = 0`, so GX
 itself never copies a data value into a result. The gate computes up to 20 example keys per
-failed expectation itself, masking ID numbers 前6后4 (`safetynet.idno.mask`) and never showing a
+failed expectation itself, masking ID numbers 前6后4 (`schemas.idno.mask`) and never showing a
 name; those masked examples are what the report and Data Docs show. `build_docs` additionally
 masks anything shaped like an 18-character ID number in every page before it is written.
 
@@ -61,9 +61,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import safetynet
-from safetynet import idno
-from safetynet.clean import clean_path
-from safetynet.store import ObjectStore
+from schemas import idno
+from safetynet.intake.clean import clean_path
+from safetynet.core.store import ObjectStore
 from schemas.contract import Contract
 from schemas.registry import contracts
 
@@ -71,7 +71,7 @@ if TYPE_CHECKING:  # the GX import takes seconds: only the functions that need i
     from great_expectations.core import ExpectationSuiteValidationResult
     from great_expectations.core.expectation_suite import ExpectationSuite
 
-    from safetynet.policy import Policy
+    from quality.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def _plain(a: pa.ChunkedArray | pa.Array) -> pa.Array:
 def id_ok(values: pa.ChunkedArray | pa.Array) -> pa.Array:
     """Vectorised GB 11643 validity of normalised 18-character ID numbers (null stays null).
 
-    Same rules as `safetynet.idno.normalise` on an already normalised number: 17 digits and a
+    Same rules as `schemas.idno.normalise` on an already normalised number: 17 digits and a
     digit or `X`, a real birth date in 1900–2099, and the check character.
     """
     a = _plain(values)
@@ -362,7 +362,7 @@ def _feed_target(c: Contract, table: pa.Table) -> _Target:
 
 
 def _health_target(health: Mapping[str, dict]) -> _Target:
-    """One row per feed with a recorded health (`safetynet.health`): healthy, or accepted for
+    """One row per feed with a recorded health (`safetynet.intake.health`): healthy, or accepted for
     this run by the operator (`--accept-unhealthy`). An unhealthy feed not accepted is critical."""
     frame = pd.DataFrame({"feed_id": list(health), "ok": [bool(h["ok"]) for h in health.values()],
                           "accepted": [bool(h.get("accepted")) for h in health.values()],
@@ -524,7 +524,7 @@ def output_suite(name: str, table: pa.Table | None = None, *, county: str | None
         add("ExpectColumnPairValuesAToBeGreaterThanB", False, "low_income_line", "consistency",
             column_A="low_income_line", column_B="dibao_standard", or_equal=True)
     elif name == "warnings":
-        from safetynet.warnings import SCHEMA
+        from quality.evaluation import SCHEMA
 
         add("ExpectTableColumnsToMatchSet", True, None, "columns", exact_match=True, column_set=list(SCHEMA.names)
             + ["__snapshot_ok", "__rule_ok", _helper("subject_id_no")] + (["__household_exists"] if has_household else [])
@@ -894,7 +894,7 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
     `monitoring.person`, `monitoring.household`, `warnings` (aliases `person`, `household`).
     `policy` (or `county`, 6 digits) fixes the county the output region codes must belong to.
     `health`: feed id → {"ok", "accepted", "problems"} (the feeds' recorded health, see
-    `safetynet.health`); an unhealthy feed the operator did not accept fails critically.
+    `safetynet.intake.health`); an unhealthy feed the operator did not accept fails critically.
     """
     t_start = time.perf_counter()
     snap = dt.date.fromisoformat(snapshot_date) if isinstance(snapshot_date, str) else snapshot_date

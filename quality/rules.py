@@ -14,7 +14,7 @@ returning one row per warning with
 * `magnitude` — how far past the threshold (≥ 1), which weights the risk score.
 
 Parameters are bound (`$name`), never formatted into the SQL. Conventions (windows, income, per
-capita, active case, recipient) are those of `safetynet.monitoring`.
+capita, active case, recipient) are those of `safetynet.build.monitoring`.
 """
 
 from __future__ import annotations

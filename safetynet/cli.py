@@ -16,8 +16,8 @@ import logging
 import os
 import re
 import sys
-import time
 from collections.abc import Iterator
+from importlib.metadata import entry_points
 from pathlib import Path
 
 log = logging.getLogger("safetynet")
@@ -26,12 +26,6 @@ log = logging.getLogger("safetynet")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNHEALTHY, EXIT_BUSY = 0, 1, 2, 3, 4
 #: A write to stdout failed because its reader went away (`… | head`), as a shell reports SIGPIPE.
 EXIT_PIPE = 141
-#: The synthetic district plants every kind of dirty record in every feed — up to half of a
-#: small feed's records — so its runs judge feed health against this rate unless
-#: SAFETYNET_MAX_QUARANTINE_RATE is set. Real feeds keep the default (5 %).
-SYNTHETIC_MAX_QUARANTINE_RATE = 0.75
-#: Written by `safetynet demo` into the store it makes: only such a store is wiped by the next demo.
-DEMO_MARKER = "_catalog/demo.json"
 
 
 class UsageError(Exception):
@@ -150,7 +144,7 @@ def _setup_logging(level: int) -> None:
 # ---- settings, stores and arguments ---------------------------------------------------------------
 def _settings(args: argparse.Namespace):
     """The settings in force: `SAFETYNET_*` variables, overridden by the flags given (validated alike)."""
-    from safetynet.settings import Settings
+    from safetynet.core.settings import Settings
 
     upd = {}
     if getattr(args, "store", None):
@@ -181,7 +175,7 @@ def store_exists(settings) -> bool:
         return path.is_dir() and any(path.iterdir())
     from minio import Minio
 
-    from safetynet.store import StoreError
+    from safetynet.core.store import StoreError
 
     if not settings.s3_endpoint:
         raise UsageError("SAFETYNET_STORE is s3:// but SAFETYNET_S3_ENDPOINT is not set")
@@ -203,7 +197,7 @@ def store_exists(settings) -> bool:
 def open_existing_store(settings, why: str = ""):
     """The store the settings point at, which must exist: commands that read never create one.
     `why` replaces the default hint (which commands create a store)."""
-    from safetynet.store import open_store
+    from safetynet.core.store import open_store
 
     if not store_exists(settings):
         where = store_location(settings)
@@ -216,7 +210,7 @@ def open_existing_store(settings, why: str = ""):
 
 def _named(store):
     """`store`, whose imported county lists now name regions in everything this command prints."""
-    from safetynet import regions
+    from safetynet.intake import regions
 
     regions.use_store(store)
     return store
@@ -230,7 +224,7 @@ NOTHING_TO_INGEST = ("; nothing to ingest there: department files are dropped un
 def _open_store(settings, *, create: bool, why: str = ""):
     """The store; `create`: made if it is not there yet — and then said so (a typo'd --store
     shows at once instead of quietly filling a second store)."""
-    from safetynet.store import open_store
+    from safetynet.core.store import open_store
 
     if not create:
         return open_existing_store(settings, why)
@@ -282,7 +276,7 @@ def _region(v: str) -> str:
 
 
 def _db(v: str) -> str:
-    from safetynet.settings import db_url
+    from safetynet.core.settings import db_url
 
     try:
         return db_url(v)
@@ -294,7 +288,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with a mistake reported as one line naming the command and where its help is."""
 
     def error(self, message: str):
-        from safetynet.logmask import mask_text
+        from schemas.idno import mask_text
 
         self.exit(EXIT_USAGE, f"{self.prog}: {mask_text(message)} (see `{self.prog} --help`)\n")
 
@@ -317,7 +311,7 @@ def _subparsers(p: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]
 
 # ---- commands ---------------------------------------------------------------------------------
 def cmd_policy(args: argparse.Namespace) -> int:
-    from safetynet import policy
+    from quality import policy
 
     con = _console()
     if args.action == "init":
@@ -416,8 +410,8 @@ def cmd_feeds_profile(args: argparse.Namespace) -> int:
 def cmd_feeds_release(args: argparse.Namespace) -> int:
     import getpass
 
-    from safetynet import health
-    from safetynet.clean import clean_feed
+    from safetynet.intake import health
+    from safetynet.intake.clean import clean_feed
     from schemas.registry import get
 
     s = _settings(args)
@@ -435,7 +429,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     store or broker 1."""
     from pydantic import SecretStr
 
-    from safetynet.settings import Settings
+    from safetynet.core.settings import Settings
 
     s = _settings(args)
     con = _console()
@@ -462,7 +456,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if not store_exists(s):
             con.print(f"store: no store at {store_location(s)} yet — `safetynet ingest`, `run` and `demo` create it")
         else:
-            from safetynet.store import open_store
+            from safetynet.core.store import open_store
 
             st = open_store(s)
             st.write_bytes("_catalog/.check", b"ok")
@@ -495,74 +489,16 @@ def _why(e: BaseException) -> str:
     return "no answer" if not text or text == type(e).__name__ else text[:300]
 
 
-def _load_district(args: argparse.Namespace):
-    from safetynet.synth import emit, generate
-
-    t0 = time.perf_counter()
-    if args.persons < 1:
-        raise UsageError(f"--persons {args.persons}: give a number of persons")
-    try:
-        d = generate(persons=args.persons, seed=args.seed)
-    except ValueError as e:
-        if "persons must be at least" not in str(e):
-            raise
-        raise UsageError(f"--persons {args.persons}: {e}") from None  # the district's planted households need room
-    em = emit(d)
-    log.info("generated %d persons in %.1fs", args.persons, time.perf_counter() - t0)
-    return d, em
-
-
-def publish_emission(settings, store, em, enabled: bool) -> None:
-    """Publish the generated events to their topics and drop the files (with progress)."""
-    from safetynet.broker import ensure_topics
-    from safetynet.publish import drop_files, publish
-    from schemas.registry import get
-
-    total = sum(len(v) for v in em.events.values())
-    if total:
-        ensure_topics(settings.kafka_bootstrap, [get(f).topic for f in em.events])
-    with progress_bar(enabled, total, "发布事件 publishing events") as adv:
-        for fid, msgs in em.events.items():
-            publish(settings.kafka_bootstrap, get(fid).topic, msgs, progress=lambda n, f=fid: adv(n, f))
-    drop_files(store, em.files)
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    s = _settings(args)
-    if not args.out and not s.kafka_bootstrap:
-        raise UsageError("no Kafka to publish to (SAFETYNET_KAFKA_BOOTSTRAP or --kafka): use `safetynet demo` "
-                         "for an embedded broker, or --out DIR to write files only")
-    d, em = _load_district(args)
-    con = _console()
-    if args.out:
-        from safetynet.synth.emit import write_files, write_truth_parquet
-
-        out = Path(args.out)
-        write_files(em, out)
-        write_truth_parquet(d, out / "truth")
-        county, listed = district_regions()
-        regions_csv = out / f"regions-{county}.csv"
-        regions_csv.write_bytes(listed)
-        con.print(f"wrote landing files and truth Parquet under {out}; the district's streets and communities: "
-                  f"{regions_csv} (`safetynet regions import` it)")
-        return EXIT_OK
-    store = _open_store(s, create=True)
-    import_district_regions(store, con)
-    publish_emission(s, store, em, s.progress)
-    con.print(f"published {em.total_events:,} events and dropped {len(em.files)} files into {store.url}/landing/")
-    return EXIT_OK
-
-
 def run_ingest(settings, store, feeds=None, kafka=True, files=True):
     """Ingest + clean with a progress bar; returns (ingest report, clean counts). Folders under
     `landing/` that are no feed's are reported first (their files are never read)."""
     from connectors.base import connectors
     from connectors.drop_folder import stray_folders
-    from safetynet.clean import clean_all
-    from safetynet.ingest import ingest
+    from safetynet.intake.clean import clean_all
+    from safetynet.intake.ingest import ingest
     from schemas.registry import contracts
 
-    from safetynet import lease
+    from safetynet.core import lease
 
     if files:
         for line in stray_folders(store, list(contracts().values())):
@@ -657,110 +593,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return EXIT_UNHEALTHY if report.unhealthy else EXIT_OK
 
 
-def _wipe_demo_store(settings) -> None:
-    """`demo --fresh`: start from an empty local store — but never wipe one the demo did not make."""
-    import shutil
-
-    path = Path(store_location(settings))
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise UsageError(f"the demo store {path} is a file, not a directory; give another --store")
-    if any(path.iterdir()) and not (path / DEMO_MARKER).exists():
-        raise UsageError(f"{path} holds a store the demo did not make, and the demo starts from an empty one: give "
-                         "it another --store (or --no-fresh to add the demo's data to this store)")
-    shutil.rmtree(path)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from safetynet.broker import EmbeddedBroker
-    from safetynet.store import open_store
-
-    s = _settings(args)
-    con = _console()
-    if "max_quarantine_rate" not in s.model_fields_set:
-        s = s.model_copy(update={"max_quarantine_rate": SYNTHETIC_MAX_QUARANTINE_RATE})
-    if args.fresh and not s.store.startswith("s3://"):
-        _wipe_demo_store(s)
-    store = _named(open_store(s))
-    if not store.exists(DEMO_MARKER):
-        store.write_bytes(DEMO_MARKER, json.dumps({"persons": args.persons, "seed": args.seed}).encode())
-    _say(con, ("兜底保障数据枢纽 demo", "bold"), f": {args.persons:,} persons (seed {args.seed}), store {store.url}")
-    import_district_regions(store, con)
-    t0 = time.perf_counter()
-    d, em = _load_district(args)
-    con.print(f"generated the district in {time.perf_counter() - t0:.1f}s: {em.total_events:,} events, "
-              f"{len(em.files)} drop files")
-    broker = None
-    if not s.kafka_bootstrap:
-        s.work_dir.mkdir(parents=True, exist_ok=True)
-        broker = EmbeddedBroker(log_file=s.work_dir / "broker.log").start()
-        s = s.model_copy(update={"kafka_bootstrap": broker.bootstrap})
-        con.print(f"started the embedded Kafka-protocol broker (tansu) at {broker.bootstrap}")
-    try:
-        t1 = time.perf_counter()
-        publish_emission(s, store, em, s.progress)
-        con.print(f"published events and dropped files in {time.perf_counter() - t1:.1f}s")
-        t2 = time.perf_counter()
-        report, cleaned = run_ingest(s, store)
-        con.print(f"ingested and cleaned in {time.perf_counter() - t2:.1f}s")
-        ok = print_summary(report, cleaned, em.expected)
-        con.print(f"clean datasets: {store.url}/clean/   quarantine: {store.url}/quarantine/")
-        t3 = time.perf_counter()
-        pol = policy_for_data(store, d.as_of, None)
-        res = run_build(s, store, d.as_of, pol)
-        con.print(f"quality gate, monitoring build, warnings and publish in {time.perf_counter() - t3:.1f}s"
-                  + (f"; {res.kafka_published:,} warnings produced to hub.warnings.v1" if res.kafka_published else ""))
-    finally:
-        if broker:
-            broker.stop()
-    print_warnings(res, con)
-    from safetynet import export
-
-    out = Path(s.work_dir) / f"warnings-{d.as_of}.xlsx"
-    export.write(_published_warnings(store, d.as_of), out)
-    con.print(f"published snapshot {d.as_of}: {res.persons:,} persons, {res.households:,} households, "
-              f"{res.warnings.num_rows:,} warnings; {res.published_line(store.url)}")
-    if res.quality is not None:
-        con.print(f"data quality: {res.quality.summary()}\nData Docs: {store.url}/docs/quality/ ({len(res.docs)} files)")
-    con.print(f"warning list (Excel, masked IDs): {out}")
-    _demo_review(s, con)
-    return (EXIT_UNHEALTHY if report.unhealthy else EXIT_OK) if ok else EXIT_FAILURE
-
-
-def _demo_review(s, con) -> None:
-    """Load the snapshot into the review app's database, one demo account per role, and say how to open it."""
-    from rich.table import Table
-
-    from safetynet.review import cli as review_cli
-    from safetynet.review import db
-    from safetynet.settings import Settings
-
-    engine = review_cli._engine(s)
-    res = review_cli.load_latest(s, engine)
-    users = review_cli.demo_users(engine)
-    t = Table(title="预警处置系统 demo accounts (one per role; passwords are new on every demo run)")
-    for col in ("username", "password", "role", "region 辖区"):
-        t.add_column(col)
-    for row in users:
-        t.add_row(*row)
-    con.print(t)
-    url = db.url_of(s)
-    where = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.split("@")[-1]  # no password
-    if res is None:
-        con.print(f"review database {where}: no published snapshot to load")
-    elif res.loaded:
-        con.print(f"review database {where}: snapshot {res.snapshot_date} — {res.warnings:,} warnings loaded, "
-                  f"{res.new_cases:,} new cases")
-    else:
-        con.print(f"review database {where}: snapshot {res.snapshot_date} already loaded (same manifest)")
-    default = s.store == Settings.model_fields["store"].default
-    _say(con, ("open the review app:", "bold"), " .venv/bin/safetynet serve" + ("" if default else f" --store {s.store}")
-         + "   → http://127.0.0.1:8000/")
-
-
 def _published_warnings(store, snapshot_date):
-    from safetynet import snapshot
+    from safetynet.publish import snapshot
 
     return snapshot.read(store, "warnings", snapshot_date, identified=True)  # masked on export
 
@@ -781,7 +615,7 @@ def policy_for_data(store, snapshot_date: dt.date, given=None, required: bool = 
     """The policy to build with — the file given (loaded), or the shipped one of the data's county
     and the snapshot's year — checked against the county of the store's register. Before the
     register exists (`required=False`) only what can be checked is: the given file, loaded."""
-    from safetynet import policy
+    from quality import policy
 
     county = data_county(store, required)
     if county is None:
@@ -815,8 +649,8 @@ def print_warnings(res, con) -> None:
     from rich.text import Text
 
     from quality.rules import RULES
-    from safetynet import snapshot
-    from safetynet.regions import region_names
+    from safetynet.publish import snapshot
+    from safetynet.intake.regions import region_names
 
     w = res.warnings
     titles = {r.id: (r.title_zh, r.severity) for r in RULES}
@@ -839,7 +673,7 @@ def print_warnings(res, con) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from safetynet import policy
+    from quality import policy
 
     s = _settings(args)
     con = _console()
@@ -877,7 +711,7 @@ class _Unhealthy(Exception):
 
 
 def cmd_warnings(args: argparse.Namespace) -> int:
-    from safetynet import export, snapshot
+    from safetynet.publish import export, snapshot
 
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".xlsx"):
@@ -898,7 +732,7 @@ def cmd_snapshots_list(args: argparse.Namespace) -> int:
 
     from rich.table import Table
 
-    from safetynet import snapshot
+    from safetynet.publish import snapshot
 
     store = open_existing_store(_settings(args))
     days = [args.date] if args.date else snapshot.snapshots(store)
@@ -953,7 +787,7 @@ def cmd_snapshots_prune(args: argparse.Namespace) -> int:
     """Keep the last N versions per date, the current one, and every version a review decision references."""
     from sqlalchemy import select
 
-    from safetynet import snapshot
+    from safetynet.publish import snapshot
     from safetynet.review import cli as review_cli
     from safetynet.review import models as m
 
@@ -998,29 +832,10 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if rep.ok else EXIT_UNHEALTHY
 
 
-def district_regions() -> tuple[str, bytes]:
-    """(county, list) of the synthetic district's streets and communities, as a county publishes
-    it (12-digit codes, `safetynet.regions.to_published_csv`)."""
-    from safetynet.regions import to_published_csv
-    from safetynet.synth.district import DISTRICT_CODE, region_tree
-
-    names = {}
-    for r in region_tree().table().to_pylist():
-        names[r["street_code"]] = r["street_name"]
-        names[r["region_code"]] = r["name"]
-    return DISTRICT_CODE, to_published_csv(names)
-
-
-def import_district_regions(store, con) -> None:
-    """The demo district's list, imported as any county's is (`safetynet regions import`)."""
-    county, data = district_regions()
-    _print_import(regions_import(store, data, f"regions-{county}.csv"), store, con)
-
-
 def regions_import(store, data: bytes, source: str):
     import getpass
 
-    from safetynet import regions
+    from safetynet.intake import regions
 
     try:
         by = getpass.getuser()
@@ -1030,7 +845,7 @@ def regions_import(store, data: bytes, source: str):
 
 
 def _print_import(res, store, con) -> None:
-    from safetynet import regions
+    from safetynet.intake import regions
 
     m = res.manifest
     what = (f"{m['county']} {m['county_name']}: {m['rows']['streets']:,} streets/towns, "
@@ -1049,7 +864,7 @@ def _print_import(res, store, con) -> None:
 
 def _region_code(v: str) -> str:
     """A region code of 2, 4, 6, 9 or 12 digits (a published 12-digit code is normalised)."""
-    from safetynet.regions import normalise_code
+    from safetynet.intake.regions import normalise_code
 
     v = v.strip()
     if v.isdigit() and len(v) in (2, 4):
@@ -1063,7 +878,7 @@ def _region_code(v: str) -> str:
 
 
 def _national_counties() -> set[str]:
-    from safetynet.regions import national
+    from safetynet.intake.regions import national
 
     return {c for c, r in national().items() if r.level == "county"}
 
@@ -1074,7 +889,7 @@ LEVEL_PLURAL = {2: "prefectures", 4: "counties", 6: "streets/towns", 9: "communi
 
 def cmd_regions(args: argparse.Namespace) -> int:
     """Import a county's street and community list; list the imported ones; show a code."""
-    from safetynet import regions
+    from safetynet.intake import regions
 
     s = _settings(args)
     con = _console()
@@ -1162,7 +977,8 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
 def cmd_rules_backtest(args: argparse.Namespace) -> int:
     """Backtest a policy file on published snapshots: prints per rule kept/added/removed, writes
     the differences as CSV; publishes nothing."""
-    from safetynet import backtest, policy, snapshot
+    from safetynet.publish import backtest, snapshot
+    from quality import policy
 
     s = _settings(args)
     pol = policy.load(args.policy)
@@ -1231,20 +1047,8 @@ def build_parser() -> argparse.ArgumentParser:
     store_opts(sp)
     sp.set_defaults(func=cmd_check_config)
 
-    for name, fn, hlp in (("generate", cmd_generate, "generate a synthetic district and send its data"),
-                          ("demo", cmd_demo, "generate, publish, ingest, build and publish a snapshot, load the "
-                           "review app (embedded broker)")):
-        sp = sub.add_parser(name, help=hlp)
-        store_opts(sp)
-        sp.add_argument("--persons", type=int, default=20_000)
-        sp.add_argument("--seed", type=int, default=20261101)
-        if name == "generate":
-            sp.add_argument("--out", help="write landing files and truth Parquet to this directory instead")
-        else:
-            sp.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=True,
-                            help="start from an empty local store (default: yes; only a store the demo made is "
-                            "wiped)")
-        sp.set_defaults(func=fn)
+    for ep in entry_points(group="safetynet.commands"):  # commands of other packages (the demo's)
+        ep.load()(sub, store_opts)
 
     sp = sub.add_parser("run", help="ingest, clean, quality gate, build, warnings and publish one snapshot")
     store_opts(sp)
@@ -1370,13 +1174,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: (module, class, exit code, prefix of the line) of the errors ordinary use meets
 _KNOWN_ERRORS = (
-    ("safetynet.policy", "PolicyError", EXIT_USAGE, ""), ("safetynet.snapshot", "SnapshotNotFound", EXIT_USAGE, ""),
-    ("safetynet.backtest", "UnknownRule", EXIT_USAGE, ""), ("safetynet.review.auth", "AccountError", EXIT_USAGE, ""),
-    ("safetynet.regions", "RegionListError", EXIT_USAGE, ""),
+    ("quality.policy", "PolicyError", EXIT_USAGE, ""), ("safetynet.publish.snapshot", "SnapshotNotFound", EXIT_USAGE, ""),
+    ("safetynet.publish.backtest", "UnknownRule", EXIT_USAGE, ""), ("safetynet.review.auth", "AccountError", EXIT_USAGE, ""),
+    ("safetynet.intake.regions", "RegionListError", EXIT_USAGE, ""),
     ("safetynet.pipeline", "QualityGateFailed", EXIT_UNHEALTHY, "not published: "),
-    ("safetynet.lease", "LeaseBusy", EXIT_BUSY, "not started: "),
-    ("safetynet.store", "StoreError", EXIT_FAILURE, ""), ("safetynet.broker", "BrokerError", EXIT_FAILURE, ""),
-    ("safetynet.lease", "LeaseLost", EXIT_FAILURE, ""),
+    ("safetynet.core.lease", "LeaseBusy", EXIT_BUSY, "not started: "),
+    ("safetynet.core.store", "StoreError", EXIT_FAILURE, ""), ("safetynet.demo.broker", "BrokerError", EXIT_FAILURE, ""),
+    ("safetynet.core.lease", "LeaseLost", EXIT_FAILURE, ""),
 )
 
 
@@ -1395,7 +1199,7 @@ def _expected(e: BaseException) -> tuple[int, str] | None:
     if isa("connectors.mapping", "MappingError"):
         return EXIT_USAGE, f"{e}\nnothing was ingested; fix the mapping file(s) (see `safetynet feeds profile`)"
     if isa("pydantic", "ValidationError"):
-        from safetynet.settings import describe_errors
+        from safetynet.core.settings import describe_errors
 
         return EXIT_USAGE, f"configuration: {describe_errors(e)}"
     for module, name, code, prefix in _KNOWN_ERRORS:
@@ -1407,7 +1211,7 @@ def _expected(e: BaseException) -> tuple[int, str] | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING)
-    from safetynet import logmask
+    from safetynet.core import logmask
 
     logmask.install()  # last line of defence: nothing ID-shaped leaves in a log line
     if not args.debug:

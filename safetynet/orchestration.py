@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from airflow.sdk import Asset
 
-    from safetynet.settings import Settings
-    from safetynet.store import ObjectStore
+    from safetynet.core.settings import Settings
+    from safetynet.core.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +145,9 @@ def kafka_wakeup(message: Any, min_interval_s: float = WAKEUP_MIN_INTERVAL_S, ke
 
 # ---- task functions -----------------------------------------------------------------------------------
 def _edge() -> tuple[Settings, ObjectStore]:
-    from safetynet import logmask
-    from safetynet.settings import Settings
-    from safetynet.store import ObjectStore
+    from safetynet.core import logmask
+    from safetynet.core.settings import Settings
+    from safetynet.core.store import ObjectStore
 
     logmask.install()  # in the task process, after Airflow set up its logging: masks ID-shaped text
 
@@ -187,7 +187,7 @@ def ingest_feed(feed_id: str, *, skip_unchanged: bool = False) -> dict:
     With `skip_unchanged` (the DAG), a run that changed nothing raises Airflow's skip exception,
     so no asset event is emitted and the monitoring DAG is not woken for nothing.
     """
-    from safetynet import lease
+    from safetynet.core import lease
     from schemas.registry import get
 
     s, store = _edge()
@@ -201,8 +201,8 @@ def ingest_feed(feed_id: str, *, skip_unchanged: bool = False) -> dict:
 
 
 def _ingest_feed(s, store, c, t0: float, skip_unchanged: bool) -> dict:
-    from safetynet.clean import clean_all
-    from safetynet.ingest import ingest
+    from safetynet.intake.clean import clean_all
+    from safetynet.intake.ingest import ingest
 
     feed_id = c.feed_id
     report = ingest(s, store, [feed_id], kafka=bool(s.kafka_bootstrap), files=True)
@@ -250,7 +250,8 @@ def run_monitoring(snapshot_date: str) -> dict:
     the end of the day in Asia/Shanghai, for a past day independent of when it runs). A failed
     critical expectation fails the task without retries (the data, not the attempt, is at fault).
     """
-    from safetynet import freshness, pipeline
+    from quality import freshness
+    from safetynet import pipeline
 
     s, store = _edge()
     day = dt.date.fromisoformat(snapshot_date)
@@ -295,7 +296,7 @@ def check_freshness(now: str) -> dict:
     in the report); the task itself succeeds — lateness is the departments' to fix, not a
     reason to retry.
     """
-    from safetynet import freshness
+    from quality import freshness
 
     _, store = _edge()
     r = freshness.check(store, now)

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from safetynet import freshness, monitoring, normalise, policy, snapshot, warnings
-from safetynet import health as feed_health
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
+from quality import evaluation, freshness, policy
+from safetynet.build import monitoring
+from schemas import normalise
+from safetynet.publish import snapshot
+from safetynet.intake import health as feed_health
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
 from schemas.registry import contracts
 
 log = logging.getLogger(__name__)
@@ -77,7 +80,7 @@ def load_policy(county: str, snapshot: dt.date, policy_file: str | Path | None) 
 
 def county_of(store: ObjectStore) -> str:
     """The county the clean register covers (the first 6 digits of its region codes)."""
-    from safetynet.clean import clean_path
+    from safetynet.intake.clean import clean_path
 
     c = contracts()["public_security.person"]
     if not store.exists(clean_path(c)):
@@ -144,7 +147,7 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
         res.stale_inputs = sorted(set(freshness.stale_feeds(store, freshness.snapshot_as_of(snapshot_date)))
                                   | set(res.accepted_unhealthy))
         step("warnings")
-        w = warnings.evaluate(b, pol, stale_inputs=freshness.stale_inputs_by_rule(res.stale_inputs))
+        w = evaluation.evaluate(b, pol, stale_inputs=freshness.stale_inputs_by_rule(res.stale_inputs))
         outputs = {"monitoring/person": b.person, "monitoring/household": b.household, "warnings": w}
         if quality:
             from quality import gx
@@ -187,8 +190,8 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
 
 def produce_warnings(settings: Settings, w: pa.Table) -> int:
     """Warnings to `hub.warnings.v1`, keyed by warning_id (pseudonymised; a replay adds no new key)."""
-    from safetynet.broker import ensure_topics
-    from safetynet.publish import publish
+    from connectors.kafka_producer import ensure_topics
+    from connectors.kafka_producer import publish
 
     ensure_topics(settings.kafka_bootstrap, [WARNINGS_TOPIC])
     msgs = [(r["warning_id"].encode(), json.dumps(r, ensure_ascii=False, default=str, sort_keys=True).encode())

@@ -41,9 +41,10 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from safetynet import clean, snapshot
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
+from safetynet.intake import clean
+from safetynet.publish import snapshot
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
 from schemas.registry import contracts
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def _feed_of(path: str) -> str | None:
 
 def _repair(settings: Settings, store: ObjectStore, rep: VerifyReport, expected: dict[str, dict | None],
             mappings: dict[str, dict], advance: Advance) -> None:
-    from safetynet import normalise
+    from schemas import normalise
 
     record = {"repair_id": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8],
               "rewritten": {}, "lost": {}, "rebuilt": []}
@@ -333,7 +334,7 @@ def _refetch_kafka(settings: Settings, store: ObjectStore, con, fid: str, name: 
     from kafka import KafkaConsumer, TopicPartition
 
     from connectors.kafka_topic import KafkaBatch, consumer_config
-    from safetynet.ingest import write_kafka_batch
+    from safetynet.intake.ingest import write_kafka_batch
 
     c = contracts()[fid]
     topic = name.path.rsplit("/", 1)[-1].removesuffix(".parquet").rsplit("+", 3)[0]
@@ -394,7 +395,7 @@ def _reread_drop(settings: Settings, store: ObjectStore, con, fid: str, name: cl
                  recorded_mapping: dict) -> tuple[bool, str, str]:
     """Read the drop's landing file again and rewrite its batch, if landing still has that version."""
     from connectors.drop_folder import Drop, DropFolderSource
-    from safetynet.ingest import ingest_drop
+    from safetynet.intake.ingest import ingest_drop
 
     c = contracts()[fid]
     src = DropFolderSource(store, c)
@@ -457,7 +458,11 @@ def _rebuild_published(settings: Settings, store: ObjectStore, day: dt.date, ver
                        ) -> tuple[bool, str]:
     """Rebuild a version's datasets from the inputs its manifest records; restore the damaged files
     if the rebuild is byte-identical to what the manifest recorded."""
-    from safetynet import backtest, freshness, monitoring, normalise, pipeline, warnings
+    from safetynet.publish import backtest
+    from quality import evaluation, freshness
+    from safetynet.build import monitoring
+    from schemas import normalise
+    from safetynet import pipeline
 
     m = snapshot.manifest(store, day, version or None)
     con = normalise.connect(memory_limit=settings.duckdb_memory_limit)
@@ -475,7 +480,7 @@ def _rebuild_published(settings: Settings, store: ObjectStore, day: dt.date, ver
         monitoring.register_sources(con, tables)
         b = monitoring.build(con, day, pol)
         stale = sorted(f for f, i in (m.get("inputs") or {}).items() if i.get("stale"))
-        w = warnings.evaluate(b, pol, stale_inputs=freshness.stale_inputs_by_rule(stale))
+        w = evaluation.evaluate(b, pol, stale_inputs=freshness.stale_inputs_by_rule(stale))
         ps = snapshot.Pseudonymiser(settings.pseudonym_secret.get_secret_value().encode())
         blobs = snapshot.encode({"monitoring/person": b.person, "monitoring/household": b.household,
                                  "warnings": w}, ps)

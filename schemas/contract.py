@@ -2,7 +2,7 @@
 
 From one declaration come the pyarrow schema of `clean/`, the string schema of `raw/`, the
 Chinese/English header mapping of file drops, the key, the PII class of every field, the
-evolution mode, the expected cadence, and (in `safetynet.normalise`) the SQL that validates and
+evolution mode, the expected cadence, and (in `schemas.normalise`) the SQL that validates and
 normalises a record.  Nothing about a feed is written twice.
 """
 

@@ -3,7 +3,7 @@
 `monitoring/person/`, `monitoring/household/` and `warnings/` are partitioned Hive-style by
 `snapshot_date=YYYY-MM-DD/version=N` (date32, int32; in the path only, not in the files); each
 version has an immutable manifest `_catalog/snapshots/D/vN.json`, and `_catalog/snapshots/D.json`
-points at the current one (switched last: see `safetynet.snapshot`). In these datasets the ID number is
+points at the current one (switched last: see `safetynet.publish.snapshot`). In these datasets the ID number is
 replaced by `person_key`, a keyed pseudonym (HMAC-SHA256 with the hub's secret); the identified
 variant, with ID numbers, lives under `identified/` for consumers granted access to it.
 Money is `decimal(14,2)` yuan, dates `date32`.

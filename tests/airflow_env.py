@@ -30,7 +30,7 @@ def airflow_env(home: Path, bootstrap: str, sql_alchemy_conn: str | None = None,
         "SAFETYNET_KAFKA_BOOTSTRAP": bootstrap, "SAFETYNET_KAFKA_GROUP": group,
         "SAFETYNET_PROGRESS": "false",
         # the synthetic district plants every kind of dirty record: its small feeds quarantine up to
-        # half at 2,000 persons (see safetynet.cli.SYNTHETIC_MAX_QUARANTINE_RATE); real feeds keep 5 %
+        # half at 2,000 persons (see safetynet.demo.cli.SYNTHETIC_MAX_QUARANTINE_RATE); real feeds keep 5 %
         "SAFETYNET_MAX_QUARANTINE_RATE": "0.75",
         # the wake-up trigger's consumer: its own group, offsets auto-committed (see dags/ingest.py)
         "AIRFLOW_CONN_SAFETYNET_KAFKA": json.dumps({"conn_type": "kafka", "extra": {

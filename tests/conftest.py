@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from safetynet.broker import EmbeddedBroker, free_port
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
+from safetynet.demo.broker import EmbeddedBroker, free_port
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 
-from safetynet import idno
+from schemas import idno
 
 
 def claim_events(n: int, seed: int = 7) -> tuple[list[tuple[bytes, bytes]], dict]:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from safetynet.broker import free_port
+from safetynet.demo.broker import free_port
 from safetynet.cli import main
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
-from safetynet.synth import generate
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
+from safetynet.demo.synth import generate
 from tests.pg import temp_database
 
 FIRST, NEXT = dt.date(2026, 11, 1), dt.date(2026, 12, 1)
@@ -55,7 +55,7 @@ def published(tmp_path_factory) -> ObjectStore:
     try:
         store_dir = tmp_path_factory.mktemp("review_store")
         store = ObjectStore.from_settings(Settings(store=str(store_dir)))
-        # community 430103001001 holds every rule's first planted town household (safetynet.synth.plant),
+        # community 430103001001 holds every rule's first planted town household (safetynet.demo.synth.plant),
         # so it has the ≥ 5 warnings the decision tests take one each of, whatever the seed
         drop_truth_as_files(generate(persons=2500, seed=9), store)
         publish_snapshot(store_dir, FIRST)

@@ -40,11 +40,13 @@ import json
 import tomllib
 from pathlib import Path
 
-from safetynet import idno, monitoring, normalise, policy, warnings
-from safetynet.clean import clean_all
-from safetynet.ingest import ingest
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
+from schemas import idno, normalise
+from safetynet.build import monitoring
+from quality import evaluation, policy
+from safetynet.intake.clean import clean_all
+from safetynet.intake.ingest import ingest
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
 from schemas.registry import contracts
 
 FIXTURES = Path(__file__).parent / "rules"
@@ -129,7 +131,7 @@ def run(fixture: dict, root: Path) -> dict[str, set[str]]:
     try:
         monitoring.register_clean(con, store)
         b = monitoring.build(con, snap, pol)
-        w = warnings.evaluate(b, pol)
+        w = evaluation.evaluate(b, pol)
     finally:
         con.close()
     out: dict[str, set[str]] = {}

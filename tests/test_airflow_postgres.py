@@ -33,7 +33,7 @@ from typing import Any
 import psutil
 import pytest
 
-from safetynet.broker import free_port
+from safetynet.demo.broker import free_port
 from tests.airflow_env import AIRFLOW, migrate
 from tests.airflow_env import airflow_env as make_env
 from tests.pg import temp_database
@@ -147,7 +147,7 @@ class Stack:
 def broker():
     """This module's own broker: it publishes to the contract topics `dept.*.v1`, as test_dags does
     on the session broker, and the two scenarios must not see each other's events."""
-    from safetynet.broker import EmbeddedBroker
+    from safetynet.demo.broker import EmbeddedBroker
 
     with EmbeddedBroker() as b:
         yield b
@@ -205,11 +205,12 @@ def _task_process(stack: Stack, ti_id: str) -> psutil.Process | None:
 
 @pytest.fixture(scope="module")
 def scenario(stack, broker) -> dict[str, Any]:
-    from safetynet.broker import ensure_topics
-    from safetynet.publish import drop_files, publish
-    from safetynet.settings import Settings
-    from safetynet.store import ObjectStore
-    from safetynet.synth import emit, generate
+    from connectors.kafka_producer import ensure_topics
+    from connectors.kafka_producer import publish
+    from safetynet.demo.departments import drop_files
+    from safetynet.core.settings import Settings
+    from safetynet.core.store import ObjectStore
+    from safetynet.demo.synth import emit, generate
     from schemas.registry import contracts, get
 
     store = ObjectStore.from_settings(Settings(store=stack.env["SAFETYNET_STORE"], progress=False))
@@ -328,7 +329,7 @@ def test_the_killed_ingest_task_was_retried_with_no_loss_and_no_duplicate(scenar
 
 
 def test_clean_state_equals_the_truth_after_the_scheduled_runs(scenario):
-    from safetynet import clean
+    from safetynet.intake import clean
     from schemas.registry import contracts
 
     em, store = scenario["em"], scenario["store"]
@@ -340,7 +341,7 @@ def test_clean_state_equals_the_truth_after_the_scheduled_runs(scenario):
 def test_both_monitoring_runs_published_their_snapshot(scenario):
     """The daily run (late feed missing) and the asset-triggered one (late feed in) each published
     their own version: both still exist, each consistent with its manifest, the pointer at the later."""
-    from safetynet import snapshot
+    from safetynet.publish import snapshot
 
     store = scenario["store"]
     cron, asset = scenario["monitoring_cron_xcom"], scenario["monitoring_asset_xcom"]
@@ -370,7 +371,7 @@ def test_both_monitoring_runs_published_their_snapshot(scenario):
 def test_no_unmasked_id_number_in_any_log(stack, scenario):
     import re
 
-    from safetynet import idno
+    from schemas import idno
 
     files = list(stack.logs) + [p for p in (stack.home / "logs").rglob("*") if p.is_file()]
     leaks = [f"{f.name}: {m[:6]}…" for f in files for m in re.findall(ID18, f.read_text(errors="replace"))

@@ -23,11 +23,16 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from safetynet import backtest, clean, ingest, monitoring, normalise, pipeline, policy, snapshot, warnings
+from safetynet.publish import backtest, snapshot
+from safetynet.intake import clean, ingest
+from safetynet.build import monitoring
+from schemas import normalise
+from safetynet import pipeline
+from quality import evaluation, policy
 from safetynet.cli import EXIT_USAGE, main
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
-from safetynet.synth import generate
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
+from safetynet.demo.synth import generate
 from schemas.registry import contracts, get
 from tests.test_pipeline import drop_truth_as_files, has_id
 
@@ -202,7 +207,7 @@ def test_the_backtest_runs_on_the_published_inputs_not_on_later_data(published, 
     con = normalise.connect()
     try:
         monitoring.register_clean(con, store)
-        now = warnings.evaluate(monitoring.build(con, FIRST, shipped), shipped)
+        now = evaluation.evaluate(monitoring.build(con, FIRST, shipped), shipped)
     finally:
         con.close()
     assert sum(1 for r in now["rule_id"].to_pylist() if r == "medical_burden") >= n_published + 4
@@ -314,12 +319,12 @@ def test_the_csv_neutralises_spreadsheet_formulas():
 
 
 def test_the_warnings_export_neutralises_formulas_too(tmp_path):
-    """`safetynet warnings export` (safetynet.export.write) and the review app share `csv_safe`."""
+    """`safetynet warnings export` (safetynet.publish.export.write) and the review app share `csv_safe`."""
     import openpyxl
     import pyarrow as pa
 
-    from safetynet import export
-    from safetynet.warnings import SCHEMA
+    from safetynet.publish import export
+    from quality.evaluation import SCHEMA
 
     row = {f.name: None for f in SCHEMA}
     row.update(snapshot_date=FIRST, warning_id="w1", rule_id="medical_burden", rule_title_zh="大额医疗支出",

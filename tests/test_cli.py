@@ -36,7 +36,7 @@ from safetynet.cli import (
     build_parser,
     main,
 )
-from safetynet.policy import POLICY_DIR
+from quality.policy import POLICY_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAP = "2026-11-01"
@@ -199,8 +199,9 @@ def test_demo(demo, tmp_path):
 
 def test_a_second_demo_names_the_review_database_too(demo, capsys, monkeypatch):
     """The review-database line when the snapshot is already loaded (what a second `make demo` prints)."""
-    from safetynet.cli import _console, _demo_review
-    from safetynet.settings import Settings
+    from safetynet.cli import _console
+    from safetynet.demo.cli import _demo_review
+    from safetynet.core.settings import Settings
 
     monkeypatch.chdir(demo.cwd)
     s = Settings(store=str(demo.store), work_dir=demo.cwd / "var")
@@ -512,7 +513,7 @@ def test_regions_show(demo):
 
 # ---- the review app ---------------------------------------------------------------------------------------
 def test_serve(demo):
-    from safetynet.broker import free_port
+    from safetynet.demo.broker import free_port
 
     port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "safetynet.cli", "serve", "--port", str(port), "--poll-minutes", "0"],

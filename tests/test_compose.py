@@ -7,7 +7,7 @@ No Docker engine runs here, so this is what keeps the production-like stack hone
 - every `${VAR}` it uses is documented in `.env.example`, secrets are required (`${VAR:?}`),
   never defaulted or written into the file, and `.env.example` ships none;
 - every service that runs project code gets the SAFETYNET_* settings production needs
-  (safetynet/settings.py), and `Settings.problems()` finds nothing with them;
+  (safetynet/core/settings.py), and `Settings.problems()` finds nothing with them;
 - the services agree with each other (bucket, MinIO user, DB users and passwords, Kafka
   listeners, Airflow's shared secrets and Execution API URL);
 - depends_on waits on healthchecks / finished one-shot jobs, and every stateful service keeps
@@ -38,7 +38,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from safetynet.settings import Settings
+from safetynet.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -344,7 +344,7 @@ def test_the_hub_image_runs_exactly_the_project_services(raw):
 
 def test_required_settings_fields_still_exist():
     missing = (PRODUCTION_REQUIRED | set(UNSET_ALLOWED)) - set(Settings.model_fields)
-    assert not missing, f"safetynet/settings.py no longer has {sorted(missing)}: update this test and the compose file"
+    assert not missing, f"safetynet/core/settings.py no longer has {sorted(missing)}: update this test and the compose file"
 
 
 @pytest.mark.parametrize("service", sorted(PROJECT_SERVICES))

@@ -29,14 +29,15 @@ import pyarrow as pa
 import pytest
 
 from connectors.base import connectors
-from safetynet import idno
-from safetynet.broker import EmbeddedBroker, ensure_topics
-from safetynet.clean import clean_feed, read_clean
-from safetynet.ingest import ingest
-from safetynet.normalise import RULES, connect, validate_sql
-from safetynet.publish import publish
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
+from schemas import idno
+from connectors.kafka_producer import ensure_topics
+from safetynet.demo.broker import EmbeddedBroker
+from safetynet.intake.clean import clean_feed, read_clean
+from safetynet.intake.ingest import ingest
+from schemas.normalise import RULES, connect, validate_sql
+from connectors.kafka_producer import publish
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
 from schemas.contract import Contract, Field
 from schemas.registry import contracts
 

@@ -24,13 +24,17 @@ import pyarrow.compute as pc
 import pytest
 
 from connectors.base import connectors
-from safetynet import freshness, health, idno, ingest, pipeline, snapshot
+from quality import freshness
+from safetynet.intake import health, ingest
+from schemas import idno
+from safetynet import pipeline
+from safetynet.publish import snapshot
 from safetynet.review.load import input_notes
 from safetynet.cli import EXIT_OK, EXIT_UNHEALTHY, main
-from safetynet.clean import clean_path
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
-from safetynet.synth import generate
+from safetynet.intake.clean import clean_path
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
+from safetynet.demo.synth import generate
 from schemas.registry import get
 from tests.test_pipeline import drop_truth_as_files
 
@@ -255,7 +259,7 @@ def test_an_empty_snapshot_delivery_is_unhealthy_and_keeps_the_register(local_se
     s = local_settings.model_copy(update={"mappings": local_settings.work_dir / "none"})
     r1 = ingest.ingest(s, local_store, [c.feed_id], kafka=False)
     assert not r1.unhealthy
-    from safetynet.clean import clean_feed
+    from safetynet.intake.clean import clean_feed
     clean_feed(local_store, c)
     kept = local_store.read_parquet(clean_path(c))
     local_store.write_bytes("landing/housing/property/p_20261101.csv", f"{head}\n".encode())
@@ -330,7 +334,7 @@ def test_profile_suggests_the_mapping_that_then_ingests_cleanly(tmp_path, monkey
 
 def test_release_accepts_a_held_delivery(local_settings, local_store, capsys):
     """An unhealthy delivery is held; the operator releases it: its accepted records join clean/."""
-    from safetynet.clean import clean_feed
+    from safetynet.intake.clean import clean_feed
 
     c = get("housing.property")
     rows = [",".join(f.label_zh for f in c.fields)]

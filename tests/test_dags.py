@@ -277,11 +277,12 @@ def driver(airflow_env):
 @pytest.fixture(scope="module")
 def scenario(airflow_env, driver, broker) -> dict[str, Any]:
     """The end-to-end scenario; each step's run info and the published bytes, for the tests below."""
-    from safetynet.broker import ensure_topics
-    from safetynet.publish import drop_files, publish
-    from safetynet.settings import Settings
-    from safetynet.store import ObjectStore
-    from safetynet.synth import emit, generate
+    from connectors.kafka_producer import ensure_topics
+    from connectors.kafka_producer import publish
+    from safetynet.demo.departments import drop_files
+    from safetynet.core.settings import Settings
+    from safetynet.core.store import ObjectStore
+    from safetynet.demo.synth import emit, generate
     from schemas.registry import contracts, get
 
     env = airflow_env["env"]
@@ -608,7 +609,7 @@ def test_ingest_runs_every_feed_and_counts_reconcile(scenario):
 
 
 def test_freshness_reports_the_missing_feed(scenario):
-    from safetynet import freshness
+    from quality import freshness
     from schemas.registry import contracts
 
     run = scenario["freshness1"]
@@ -624,7 +625,7 @@ def test_freshness_reports_the_missing_feed(scenario):
 
 
 def test_monitoring_for_a_past_date_publishes_with_stale_inputs_marked(scenario):
-    from safetynet import snapshot
+    from safetynet.publish import snapshot
 
     run = scenario["monitoring1"]
     assert run["state"] == "success", run
@@ -664,7 +665,7 @@ def test_monitoring_rerun_for_the_same_date_is_identical(scenario):
 
 
 def test_a_late_feed_arriving_changes_only_its_own_asset(scenario):
-    from safetynet import freshness
+    from quality import freshness
     from schemas.registry import get
 
     run, em = scenario["ingest2"], scenario["em"]
@@ -696,9 +697,9 @@ def test_a_retry_after_a_kill_between_ingest_and_clean_rebuilds_clean(airflow_en
     """Attempt 1 made its raw files durable and committed, then died before cleaning; the retry
     finds nothing new to read but sees the clean state behind raw/ and rebuilds it."""
     from safetynet import orchestration
-    from safetynet.ingest import ingest
-    from safetynet.publish import publish
-    from safetynet.settings import Settings
+    from safetynet.intake.ingest import ingest
+    from connectors.kafka_producer import publish
+    from safetynet.core.settings import Settings
     from schemas.registry import get
 
     for k in ("SAFETYNET_STORE", "SAFETYNET_WORK_DIR", "SAFETYNET_KAFKA_BOOTSTRAP", "SAFETYNET_KAFKA_GROUP",
@@ -719,7 +720,7 @@ def test_a_retry_after_a_kill_between_ingest_and_clean_rebuilds_clean(airflow_en
 
 
 def test_no_unmasked_id_number_in_any_airflow_log(airflow_env, scenario):
-    from safetynet import idno
+    from schemas import idno
 
     files = list(airflow_env["logs"]) + [p for p in (airflow_env["home"] / "logs").rglob("*") if p.is_file()]
     leaks = []

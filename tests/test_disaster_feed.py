@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from safetynet import idno, ingest
-from safetynet.clean import clean_feed, clean_path
+from schemas import idno
+from safetynet.intake import ingest
+from safetynet.intake.clean import clean_feed, clean_path
 from schemas.registry import get
 
 

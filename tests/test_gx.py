@@ -19,9 +19,11 @@ import pyarrow.compute as pc
 import pytest
 
 from quality import gx as q
-from safetynet import idno, monitoring, normalise, policy, warnings
-from safetynet.clean import clean_path
-from safetynet.synth import generate
+from schemas import idno, normalise
+from safetynet.build import monitoring
+from quality import evaluation, policy
+from safetynet.intake.clean import clean_path
+from safetynet.demo.synth import generate
 from schemas.registry import contracts, get
 
 SNAP = dt.date(2026, 11, 1)
@@ -46,7 +48,7 @@ def built(district):
         con.register(name, district.table(fid))
     pol = policy.for_region("430103", 2026)
     b = monitoring.build(con, SNAP, pol)
-    return b, pol, warnings.evaluate(b, pol)
+    return b, pol, evaluation.evaluate(b, pol)
 
 
 @pytest.fixture(scope="module")

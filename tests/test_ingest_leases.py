@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from safetynet import lease
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
+from safetynet.core import lease
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_concurrent_takers_exactly_one_wins(store):
 
 
 def test_a_killed_holder_on_this_host_is_taken_over_at_once(store):
-    code = ("import sys, time; from safetynet.settings import Settings; from safetynet.store import ObjectStore; "
+    code = ("import sys, time; from safetynet.core.settings import Settings; from safetynet.core.store import ObjectStore; "
             "from safetynet import lease; s = ObjectStore.from_settings(Settings(store=sys.argv[1])); "
             "lease.acquire(s, 'feed.z', run_id='victim', ttl_s=3600); print('held', flush=True); time.sleep(600)")
     p = subprocess.Popen([sys.executable, "-c", code, store.root], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -92,7 +92,7 @@ def test_a_killed_holder_on_this_host_is_taken_over_at_once(store):
 
 # ---- two ingest processes on one store -----------------------------------------------------------------
 def _drops(store: ObjectStore) -> None:
-    from safetynet.synth import generate
+    from safetynet.demo.synth import generate
     from tests.test_pipeline import drop_truth_as_files
 
     drop_truth_as_files(generate(persons=800, seed=4), store)
@@ -132,7 +132,7 @@ def test_a_second_ingest_exits_4_or_waits_and_the_records_stay_exact(tmp_path):
 
 def test_a_crashed_run_is_recorded_and_its_raw_files_adopted(tmp_path, monkeypatch):
     """The durable state a kill -9 leaves: a run record still "running", raw files no record lists."""
-    from safetynet.ingest import ingest
+    from safetynet.intake.ingest import ingest
 
     monkeypatch.delenv("SAFETYNET_KAFKA_BOOTSTRAP", raising=False)
     root = tmp_path / "store"
@@ -166,7 +166,7 @@ def test_a_crashed_run_is_recorded_and_its_raw_files_adopted(tmp_path, monkeypat
 
 
 def test_a_failed_run_says_so_in_its_record(tmp_path, monkeypatch):
-    from safetynet import ingest as ingest_mod
+    from safetynet.intake import ingest as ingest_mod
 
     monkeypatch.delenv("SAFETYNET_KAFKA_BOOTSTRAP", raising=False)
     root = tmp_path / "store"
@@ -188,7 +188,7 @@ def test_a_failed_run_says_so_in_its_record(tmp_path, monkeypatch):
 def test_kafka_errors_are_retried_then_fail_clearly(store, monkeypatch):
     from kafka.errors import KafkaConnectionError
 
-    from safetynet import ingest as ingest_mod
+    from safetynet.intake import ingest as ingest_mod
 
     calls = []
 
@@ -219,8 +219,8 @@ def test_kafka_errors_are_retried_then_fail_clearly(store, monkeypatch):
 
 def test_an_unreachable_broker_fails_the_ingest_after_the_retry_window(store):
     """A real client against a closed port: kafka-python's own errors are the transient ones."""
-    from safetynet.broker import free_port
-    from safetynet.ingest import ingest
+    from safetynet.demo.broker import free_port
+    from safetynet.intake.ingest import ingest
 
     s = Settings(store=store.root, kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_retry_s=3, progress=False)
     t0 = time.monotonic()

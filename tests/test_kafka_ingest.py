@@ -16,13 +16,13 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from connectors.kafka_topic import KafkaTopicSource
-from safetynet import normalise
-from safetynet.broker import ensure_topics
-from safetynet.clean import clean_feed, clean_path
-from safetynet.ingest import ingest, write_kafka_batch
-from safetynet.publish import publish
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
+from schemas import normalise
+from connectors.kafka_producer import ensure_topics
+from safetynet.intake.clean import clean_feed, clean_path
+from safetynet.intake.ingest import ingest, write_kafka_batch
+from connectors.kafka_producer import publish
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
 from schemas.registry import get
 from tests.kafka_events import claim_events
 

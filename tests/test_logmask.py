@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from safetynet import idno
-from safetynet.logmask import IdMaskFilter, install, mask_text
+from schemas import idno
+from safetynet.core.logmask import IdMaskFilter, install, mask_text
 
 S17 = "43010319800101123"
 ID = S17 + idno.check_char(S17)

@@ -14,8 +14,10 @@ import pyarrow.compute as pc
 import pytest
 
 from quality.rules import RULES
-from safetynet import monitoring, normalise, policy, warnings
-from safetynet.synth import generate
+from safetynet.build import monitoring
+from schemas import normalise
+from quality import evaluation, policy
+from safetynet.demo.synth import generate
 from tests.test_synth import reference_fired
 
 SNAP = dt.date(2026, 11, 1)
@@ -27,7 +29,7 @@ def _build(d, tables=None):
         con.register(name, (tables or {}).get(fid, d.table(fid)))
     pol = policy.for_region("430103", 2026)
     b = monitoring.build(con, SNAP, pol)
-    return b, pol, warnings.evaluate(b, pol)
+    return b, pol, evaluation.evaluate(b, pol)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def test_warning_ids_are_stable_and_follow_the_facts(district, built):
 
 
 def test_the_window_is_the_12_months_ended_on_or_before_the_snapshot_date():
-    from safetynet.monitoring import months_ended
+    from safetynet.build.monitoring import months_ended
 
     expected = [f"2025-{m:02d}" for m in (11, 12)] + [f"2026-{m:02d}" for m in range(1, 11)]
     assert months_ended(dt.date(2026, 10, 31)) == months_ended(dt.date(2026, 11, 1)) == expected

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from safetynet import idno
-from safetynet.normalise import _fill, connect, field_sql
+from schemas import idno
+from schemas.normalise import _fill, connect, field_sql
 from schemas.contract import F
 
 FW = str.maketrans("0123456789X", "０１２３４５６７８９Ｘ")

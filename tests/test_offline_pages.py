@@ -25,8 +25,8 @@ from playwright.sync_api import expect
 
 from quality import gx
 from safetynet.review.app import CSP
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
 from tests.review_support import FIRST, live_server, new_review_db, published  # noqa: F401  (fixture by name)
 
 pytestmark = [pytest.mark.integration]
@@ -178,7 +178,7 @@ def test_data_docs_render_offline(offline, published):
 
 def test_data_docs_rebuild_is_the_same(tmp_path):
     """Identical runs: the same files listed (static assets already present or not) and the same pages."""
-    from safetynet.synth import generate
+    from safetynet.demo.synth import generate
 
     tables = generate(persons=1000, seed=5).tables()
     feeds = ["public_security.person", "medical_insurance.claim"]

@@ -16,11 +16,13 @@ import pyarrow as pa
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from safetynet import idno, pipeline, snapshot
+from schemas import idno
+from safetynet import pipeline
+from safetynet.publish import snapshot
 from safetynet.cli import main
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
-from safetynet.synth import generate
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
+from safetynet.demo.synth import generate
 from schemas import outputs
 from schemas.registry import contracts
 from tests.test_synth import reference_fired

@@ -15,9 +15,9 @@ import pyarrow as pa
 import pytest
 
 from connectors.formats import csv_rows, last_value_row, physical_lines, read_rows
-from safetynet import idno
-from safetynet.ingest import ingest
-from safetynet.normalise import RULES
+from schemas import idno
+from safetynet.intake.ingest import ingest
+from schemas.normalise import RULES
 from schemas.registry import get
 
 CLAIM = get("medical_insurance.claim")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from safetynet import policy
+from quality import policy
 
 
 def test_shipped_demo_policy_loads_with_its_version():

@@ -27,11 +27,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from safetynet import regions
-from safetynet.cli import EXIT_OK, EXIT_USAGE, district_regions, import_district_regions, main
-from safetynet.regions import RegionListError, import_list, parse_list, region_names, use_store
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
+from safetynet.intake import regions
+from safetynet.cli import EXIT_OK, EXIT_USAGE, main
+from safetynet.demo.cli import district_regions, import_district_regions
+from safetynet.intake.regions import RegionListError, import_list, parse_list, region_names, use_store
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
 from tests.review_support import published  # noqa: F401  (a fixture used by name)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +219,7 @@ def test_a_damaged_stored_list_leaves_the_national_names(store, caplog):
 
 
 def test_a_bad_manifest_or_a_store_outage_never_breaks_a_page(store, caplog, monkeypatch):
-    from safetynet.store import StoreError
+    from safetynet.core.store import StoreError
 
     import_list(store, LOUXING.encode(), "l.csv")
     store.write_bytes("_catalog/regions/430103.json", b"{not json")
@@ -244,7 +245,7 @@ def test_a_bad_manifest_or_a_store_outage_never_breaks_a_page(store, caplog, mon
 def test_the_warning_summary_and_the_backtest_name_another_countys_streets(store):
     from types import SimpleNamespace
 
-    from safetynet import backtest
+    from safetynet.publish import backtest
     from safetynet.cli import print_warnings
 
     import_list(store, LOUXING.encode("gbk"), "l.csv")
@@ -361,7 +362,7 @@ def test_serve_binds_the_store_it_loads_snapshots_from(tmp_path):
 
 # ---- the demo's own list ----------------------------------------------------------------------------------
 def test_the_demo_imports_its_district_through_the_same_path(store, tmp_path):
-    from safetynet.synth.district import region_tree
+    from safetynet.demo.synth.district import region_tree
 
     county, data = district_regions()
     assert county == "430103" and data.decode().splitlines()[1] == "430103001000,坡子街街道"

@@ -17,15 +17,15 @@ import pytest
 from sqlalchemy import func, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from safetynet import snapshot
+from safetynet.publish import snapshot
 from safetynet.cli import main
 from safetynet.review import audit, auth, db, queries
 from safetynet.review import models as m
 from safetynet.review.auth import User, mask_id, mask_name
 from safetynet.review.load import load_snapshot, material_change
 from safetynet.review.queries import STATUS_ZH, TRANSITIONS
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
 from tests.review_support import (  # noqa: F401  (fixtures used by name)
     ACCOUNTS,
     FIRST,
@@ -358,7 +358,7 @@ def next_store(published, tmp_path_factory):
 
     import pyarrow as pa
 
-    from safetynet.snapshot import Pseudonymiser, publish
+    from safetynet.publish.snapshot import Pseudonymiser, publish
 
     store = _copy_store(published, tmp_path_factory.mktemp("next") / "store")
     w = snapshot.read(store, "warnings", FIRST, identified=True)

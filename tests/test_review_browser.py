@@ -33,8 +33,8 @@ from sqlalchemy import func, select
 from safetynet.review import models as m
 from safetynet.review.load import load_snapshot, material_change
 from safetynet.review.queries import region_names
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
 from tests.review_support import (  # noqa: F401  (fixtures used by name)
     FIRST,
     NEXT,
@@ -142,7 +142,7 @@ def assert_no_unmasked(text: str, ids: set[str], where: str) -> None:
 
 def pick_case(engine, next_store) -> dict:
     """The highest-ranked case of street A (list order) whose concern is still warned on in NEXT."""
-    from safetynet import snapshot
+    from safetynet.publish import snapshot
 
     nxt = {r["alert_key"] for r in snapshot.read(next_store, "warnings", NEXT, identified=True).to_pylist()}
     w = m.warnings.c

@@ -171,10 +171,10 @@ def test_facet_counts_follow_the_next_snapshot(review_db, published, tmp_path):
 
     import pyarrow as pa
 
-    from safetynet import snapshot
-    from safetynet.settings import Settings
-    from safetynet.snapshot import Pseudonymiser, publish
-    from safetynet.store import ObjectStore
+    from safetynet.publish import snapshot
+    from safetynet.core.settings import Settings
+    from safetynet.publish.snapshot import Pseudonymiser, publish
+    from safetynet.core.store import ObjectStore
 
     shutil.copytree(published.dir, tmp_path / "store")
     store = ObjectStore.from_settings(Settings(store=str(tmp_path / "store")))

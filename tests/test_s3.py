@@ -9,10 +9,10 @@ import time
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from safetynet.clean import clean_feed, clean_path
-from safetynet.ingest import ingest
-from safetynet.publish import publish
-from safetynet.store import ObjectStore
+from safetynet.intake.clean import clean_feed, clean_path
+from safetynet.intake.ingest import ingest
+from connectors.kafka_producer import publish
+from safetynet.core.store import ObjectStore
 from schemas.registry import get
 from tests.kafka_events import claim_events
 from tests.test_kafka_ingest import CLAIM, raw_snapshot, topic  # noqa: F401  (fixture)
@@ -74,7 +74,7 @@ def test_s3_outage_during_ingest_retries_and_loses_nothing(broker, topic, s3_ser
 
     t = threading.Thread(target=outage)
     t.start()
-    with caplog.at_level(logging.WARNING, logger="safetynet.store"):
+    with caplog.at_level(logging.WARNING, logger="safetynet.core.store"):
         fc = ingest(s, s3_store, [CLAIM.feed_id], files=False).feeds[CLAIM.feed_id]
     t.join()
     assert any("retry" in r.getMessage() for r in caplog.records), "the outage was never hit"

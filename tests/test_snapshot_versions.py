@@ -15,10 +15,10 @@ import threading
 import pyarrow as pa
 import pytest
 
-from safetynet import snapshot
-from safetynet.snapshot import Pseudonymiser, SnapshotNotFound
-from safetynet.store import ObjectStore
-from safetynet.warnings import SCHEMA as WARNINGS
+from safetynet.publish import snapshot
+from safetynet.publish.snapshot import Pseudonymiser, SnapshotNotFound
+from safetynet.core.store import ObjectStore
+from quality.evaluation import SCHEMA as WARNINGS
 
 D = dt.date(2026, 11, 1)
 PS = Pseudonymiser(b"test-secret")
@@ -51,7 +51,7 @@ def _publish(store: ObjectStore, n: int = 1, inputs: dict | None = None, publish
 
 @pytest.fixture
 def store(tmp_path) -> ObjectStore:
-    from safetynet.settings import Settings
+    from safetynet.core.settings import Settings
 
     return ObjectStore.from_settings(Settings(store=str(tmp_path / "store")))
 
@@ -153,7 +153,7 @@ def test_prune_keeps_the_newest_the_current_and_referenced_versions(store):
 def test_a_store_published_before_versions_still_reads(store):
     """The old layout: the manifest itself at _catalog/snapshots/D.json (read as version 0)."""
     t = _tables(2)["warnings"]
-    from safetynet.store import parquet_bytes
+    from safetynet.core.store import parquet_bytes
 
     data = parquet_bytes(t)
     path = f"warnings/snapshot_date={D}/part-00000.parquet"
@@ -192,8 +192,8 @@ def test_a_late_feed_makes_version_2_and_a_decision_on_v1_still_resolves_v1(tmp_
     from safetynet.review import models as m
     from safetynet.review.auth import User
     from safetynet.review.load import load_snapshot
-    from safetynet.settings import Settings
-    from safetynet.synth import generate
+    from safetynet.core.settings import Settings
+    from safetynet.demo.synth import generate
     from tests.test_pipeline import _json, drop_truth_as_files
 
     monkeypatch.delenv("SAFETYNET_KAFKA_BOOTSTRAP", raising=False)

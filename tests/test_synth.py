@@ -1,7 +1,7 @@
 """The synthetic district generator: determinism, a valid register, planted households, dirt, end to end.
 
 `reference_fired` is a small pandas evaluation of the warning rules under the conventions
-documented in `safetynet.synth.plant` — not the rule engine (that is the next issue), but proof
+documented in `safetynet.demo.synth.plant` — not the rule engine (that is the next issue), but proof
 that every planted household fires and no near miss does, and that the background hardly ever
 trips the reverse (eligibility) rules.
 """
@@ -17,15 +17,15 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from safetynet import idno
-from safetynet.normalise import RULES
-from safetynet.synth import emit, generate
-from safetynet.synth.district import region_tree
-from safetynet.synth.emit import applicable_rules, channels, write_files, write_truth_parquet
-from safetynet.synth.generate import generic_facts
-from safetynet.synth.model import MONTHS
-from safetynet.synth.plant import RULES as RULE_IDS
-from safetynet.synth.truth import truth_schema
+from schemas import idno
+from schemas.normalise import RULES
+from safetynet.demo.synth import emit, generate
+from safetynet.demo.synth.district import region_tree
+from safetynet.demo.synth.emit import applicable_rules, channels, write_files, write_truth_parquet
+from safetynet.demo.synth.generate import generic_facts
+from safetynet.demo.synth.model import MONTHS
+from safetynet.demo.synth.plant import RULES as RULE_IDS
+from safetynet.demo.synth.truth import truth_schema
 from schemas.contract import F, Contract
 from schemas.registry import contracts, get
 
@@ -139,7 +139,7 @@ def test_every_rule_has_planted_and_near_miss_households(district):
 
 
 def reference_fired(d) -> dict[str, set[str]]:
-    """Households each rule fires on, under the conventions documented in `safetynet.synth.plant`."""
+    """Households each rule fires on, under the conventions documented in `safetynet.demo.synth.plant`."""
     pol = d.policy
     std, th = pol["standards"], pol["thresholds"]
     dibao = float(std["urban_dibao"])
@@ -448,8 +448,9 @@ def test_a_feed_with_no_generation_code_is_generated_and_emitted_and_shifts_noth
 # ---- end to end ------------------------------------------------------------------------------------------
 @pytest.mark.integration
 def test_publish_ingest_clean_matches_expected_and_truth(broker, local_settings, local_store, district, emission, monkeypatch):
-    from safetynet.clean import read_clean
-    from safetynet.cli import publish_emission, run_ingest
+    from safetynet.intake.clean import read_clean
+    from safetynet.cli import run_ingest
+    from safetynet.demo.cli import publish_emission
 
     suffix = uuid.uuid4().hex[:8]  # this test's own topics on the session broker
     monkeypatch.setattr(Contract, "topic", property(lambda c: f"dept.{c.department}.{c.feed}.v{c.version}.{suffix}"))

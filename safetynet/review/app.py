@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
 
-from safetynet.export import csv_safe as _csv_safe  # one definition, shared with `safetynet rules backtest`
+from safetynet.publish.export import csv_safe as _csv_safe  # one definition, shared with `safetynet rules backtest`
 from safetynet.review import audit, auth, queries
 from safetynet.review.auth import ROLES, User
 

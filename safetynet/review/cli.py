@@ -102,7 +102,7 @@ def load_latest(settings, engine, quiet: bool = False):
     yet — or no store yet: it is never created here (`serve` waits for it to appear)."""
     from safetynet.cli import store_exists, store_location
     from safetynet.review.load import load_snapshot
-    from safetynet.store import open_store
+    from safetynet.core.store import open_store
 
     if not store_exists(settings):
         if not quiet:
@@ -110,7 +110,7 @@ def load_latest(settings, engine, quiet: bool = False):
                         store_location(settings))
         return None
     store = open_store(settings)
-    from safetynet import regions
+    from safetynet.intake import regions
 
     regions.use_store(store)  # the app names regions from this store's imported county lists
     try:
@@ -214,7 +214,7 @@ def demo_users(engine) -> list[tuple[str, str, str, str]]:
         except auth.AccountError:
             auth.set_password(engine, username, pw)
             auth.set_active(engine, username, True)
-        from safetynet.regions import region_names
+        from safetynet.intake.regions import region_names
 
         out.append((username, pw, auth.ROLES[role].title_zh, f"{region} {region_names().get(region, '')}".strip()
                     if region else "全部"))

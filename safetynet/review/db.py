@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 
-from safetynet.settings import Settings
+from safetynet.core.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, bindparam, delete, insert, select, text, update
 
-from safetynet import snapshot
+from safetynet.publish import snapshot
 from safetynet.review import audit, queries
 from safetynet.review import models as m
 from safetynet.review.db import now
-from safetynet.store import ObjectStore
+from safetynet.core.store import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -70,7 +70,7 @@ snapshots = Table(
     Column("snapshot_date", Date, primary_key=True),
     Column("loaded_at", DateTime(timezone=True), nullable=False),
     Column("manifest_sha256", String(64), nullable=False),
-    Column("version", Integer),  # the snapshot version of its date (see safetynet.snapshot); 0: before versions
+    Column("version", Integer),  # the snapshot version of its date (see safetynet.publish.snapshot); 0: before versions
     Column("policy_version", String(64)),
     Column("warnings", Integer, nullable=False),
     Column("households", Integer, nullable=False),

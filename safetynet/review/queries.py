@@ -15,7 +15,7 @@ from functools import cache
 
 from sqlalchemy import Connection, Engine, Integer, and_, delete, func, insert, literal, select, tuple_, update
 
-from safetynet.regions import region_names
+from safetynet.intake.regions import region_names
 from safetynet.review import audit
 from safetynet.review import models as m
 from safetynet.review.auth import (

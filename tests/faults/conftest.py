@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from safetynet.broker import EmbeddedBroker
+from safetynet.demo.broker import EmbeddedBroker
 from tests.faults.harness import PERSONS, SEED, Rig
 
 
 @pytest.fixture(scope="session")
 def fault_district():
-    from safetynet.synth import generate
-    from safetynet.synth.emit import emit
+    from safetynet.demo.synth import generate
+    from safetynet.demo.synth.emit import emit
 
     d = generate(persons=PERSONS, seed=SEED)
     return d, emit(d)
@@ -20,8 +20,8 @@ def fault_district():
 @pytest.fixture(scope="session")
 def rig(fault_district, tmp_path_factory):
     """The district's events on a broker of the suite's own (default topic names), published once."""
-    from safetynet.broker import ensure_topics
-    from safetynet.publish import publish
+    from connectors.kafka_producer import ensure_topics
+    from connectors.kafka_producer import publish
     from schemas.registry import get
 
     d, em = fault_district

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from safetynet.settings import Settings
-from safetynet.store import ObjectStore
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
 from schemas.registry import contracts, get
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ class Rig:
         return Settings(**{**base, **kw})
 
     def store(self, s: Settings, *, drops: bool = True) -> ObjectStore:
-        from safetynet.publish import drop_files
+        from safetynet.demo.departments import drop_files
 
         st = ObjectStore.from_settings(s)
         if drops:
@@ -108,7 +108,7 @@ class Rig:
 
     def assert_clean_is_truth(self, store: ObjectStore, *, except_feeds: tuple[str, ...] = ()) -> int:
         """Invariant 2 (after cleaning every feed again)."""
-        from safetynet.clean import clean_all, read_clean
+        from safetynet.intake.clean import clean_all, read_clean
 
         cleaned = clean_all(store, list(contracts().values()))
         n = 0

@@ -18,9 +18,12 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from safetynet import idno, lease, snapshot, verify
+from schemas import idno
+from safetynet.core import lease
+from safetynet.publish import snapshot
+from safetynet import verify
 from safetynet.cli import main, run_ingest
-from safetynet.store import ObjectStore
+from safetynet.core.store import ObjectStore
 from schemas.registry import get
 from tests.faults.harness import kill_group, wait_for
 
@@ -95,7 +98,7 @@ def test_kill9_during_clean_between_data_and_manifest(rig):
     the next clean rebuilds it (clean is a function of raw/)."""
     s = rig.settings("kclean")
     st = rig.store(s)
-    p = rig.killed_at(s, "safetynet.store:ObjectStore.write_bytes", ["ingest"], match="_catalog/clean/", nth=3,
+    p = rig.killed_at(s, "safetynet.core.store:ObjectStore.write_bytes", ["ingest"], match="_catalog/clean/", nth=3,
                       when="before")
     assert p.returncode == -signal.SIGKILL
     _resume(rig, s, st)
@@ -122,7 +125,7 @@ def test_kill9_during_a_republish_leaves_the_published_version_intact(rig, monke
     row = rig.d.table(EMPLOYMENT.feed_id).slice(0, 1).to_pylist()[0]
     st.write_bytes(f"landing/{EMPLOYMENT.prefix}/employment_fix_20261031.csv",
                    _csv([{**row, "wage": row["wage"] + 1000}]))
-    p = rig.killed_at(s, "safetynet.store:ObjectStore.write_bytes", ["run", "--snapshot-date", SNAP, "--no-progress"],
+    p = rig.killed_at(s, "safetynet.core.store:ObjectStore.write_bytes", ["run", "--snapshot-date", SNAP, "--no-progress"],
                       match="/version=2/", nth=1)
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
     assert snapshot.pointer(st, D)["version"] == 1
@@ -142,7 +145,7 @@ def test_kill9_after_the_manifest_before_the_pointer_switch(rig, monkeypatch):
     keep the previous state (no snapshot yet), and the next run publishes and switches."""
     s = rig.settings("kpointer")
     st = rig.store(s)
-    p = rig.killed_at(s, "safetynet.snapshot:_switch_pointer", ["run", "--snapshot-date", SNAP, "--no-progress"],
+    p = rig.killed_at(s, "safetynet.publish.snapshot:_switch_pointer", ["run", "--snapshot-date", SNAP, "--no-progress"],
                       when="before")
     assert p.returncode == -signal.SIGKILL
     with pytest.raises(FileNotFoundError):
@@ -161,8 +164,9 @@ def durable_broker(rig, tmp_path_factory):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from safetynet.broker import EmbeddedBroker, ensure_topics, free_port
-    from safetynet.publish import publish
+    from connectors.kafka_producer import ensure_topics
+    from safetynet.demo.broker import EmbeddedBroker, free_port
+    from connectors.kafka_producer import publish
 
     port = free_port()
     srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -250,7 +254,7 @@ def test_broker_down_past_the_retry_window_fails_clearly_then_resumes(rig, durab
 def test_no_broker_at_start_fails_after_the_retry_window(rig):
     """No broker listening at all: the ingest retries for `kafka_retry_s`, then fails clearly,
     having written no Kafka batch; the next run against the broker is exact."""
-    from safetynet.broker import free_port
+    from safetynet.demo.broker import free_port
 
     s = rig.settings("bnone", kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_retry_s=2.0)
     st = rig.store(s)
@@ -434,7 +438,7 @@ def test_a_damaged_batch_the_topic_no_longer_holds_is_named_as_lost(rig):
     """A damaged Kafka batch whose offsets the broker no longer retains (here: a new, empty
     broker): `--repair` names the exact range lost, moves the damaged file aside so the pipeline
     runs on, and every later verify reports the loss; everything else stays exact."""
-    from safetynet.broker import EmbeddedBroker
+    from safetynet.demo.broker import EmbeddedBroker
 
     s = rig.settings("lost")
     st = rig.store(s)

@@ -1,0 +1,320 @@
+"""The 低收入人口动态监测 dataset: person and household tables for one snapshot date.
+
+Named SQL steps over the `clean/` feeds (DuckDB; every value bound as a parameter, identifiers
+only from the contracts), portable SQL — joins, group-bys, window-free aggregates — so a
+distributed engine could run the same steps partitioned by county. Conventions (shared with the
+warning rules and the synthetic district's planted households, `safetynet.demo.synth.plant`):
+
+* windows count back from the snapshot date D: the 12 months are those that have ended on or
+  before D (D = 2026-10-31 and D = 2026-11-01 both → 2025-11 … 2026-10); "last 3" are the
+  newest three of them, "previous 9" the rest; dated facts count when on/after D − 12 months
+  and before D;
+* income of a person = average monthly wage over the 12 months (all employers) + average
+  pension + unemployment benefit being drawn (领取中); assistance payments are not income;
+* a household is the registration household (户号); per capita = divided by its living
+  (正常) members; a roster case may span households and is kept as `case_member`;
+* an active case is 在保 or 渐退期; a recipient is on an active 低保 or 特困 case.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+from schemas.policy import Policy
+from safetynet.core.store import ObjectStore
+from schemas.registry import contracts
+
+log = logging.getLogger(__name__)
+
+def sources() -> dict[str, str]:
+    """Every registered feed → the name its clean table has in the SQL steps: the feed's own
+    name (`medical_insurance.claim` → `claim`), so a new feed is a view without code here."""
+    out: dict[str, str] = {}
+    for fid, c in contracts().items():
+        if c.feed in out.values():
+            other = next(f for f, n in out.items() if n == c.feed)
+            raise ValueError(f"feeds {other} and {fid} share the name {c.feed!r}: the monitoring build "
+                             "exposes each feed as a view by its name, so feed names must be unique")
+        out[fid] = c.feed
+    return out
+
+
+def months_ended(snapshot: dt.date, n: int = 12) -> list[str]:
+    """The n months that have ended on or before the snapshot date, oldest first ('YYYY-MM'):
+    D = 2026-10-31 and D = 2026-11-01 both give 2025-11 … 2026-10 (October has ended on the 31st)."""
+    end = snapshot + dt.timedelta(days=1)  # a month has ended on or before D iff it ended before D + 1
+    y, m = end.year, end.month
+    out = []
+    for _ in range(n):
+        m -= 1
+        if m == 0:
+            y, m = y - 1, 12
+        out.append(f"{y:04d}-{m:02d}")
+    return out[::-1]
+
+
+def add_months(d: dt.date, n: int) -> dt.date:
+    y, m = divmod(d.month - 1 + n, 12)
+    y += d.year
+    m += 1
+    last = [31, 29 if y % 4 == 0 and (y % 100 or y % 400 == 0) else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][m - 1]
+    return dt.date(y, m, min(d.day, last))
+
+
+def parameters(snapshot: dt.date, pol: Policy) -> dict:
+    """Every value the steps bind, from the snapshot date and the policy file."""
+    t = pol.thresholds
+    months = months_ended(snapshot)
+    return {
+        "snapshot": snapshot,
+        "win12": add_months(snapshot, -12),
+        "months12": months, "last3": months[-3:], "prev9": months[:-3],
+        "wa_min": t.working_age_min, "wa_max": t.working_age_max,
+        "serious_prefixes": list(pol.diagnoses.serious_illness_prefixes),
+        "event_since": add_months(snapshot, -t.event_lookback_months),
+        "vehicle_exempt": list(t.recipient_vehicle_exempt_types),
+        "severe_grades": list(t.severe_disability_grades),
+        "urban_dibao": pol.standards.urban_dibao, "rural_dibao": pol.standards.rural_dibao,
+        "low_income_multiple": pol.standards.low_income_multiple,
+        "risk_income_multiple": t.risk_income_multiple,
+    }
+
+
+#: (step name, SQL, the parameters it binds). Steps are views except the two published tables.
+STEPS: list[tuple[str, str]] = [
+    ("person_base", """
+        SELECT id_no, name, gender, birth_date,
+               CAST(date_diff('year', birth_date, $snapshot::DATE)
+                    - CASE WHEN strftime(birth_date, '%m-%d') > strftime($snapshot::DATE, '%m-%d') THEN 1 ELSE 0 END
+                    AS INTEGER) AS age,
+               household_no, relation_to_head, region_code, substr(region_code, 1, 9) AS street_code,
+               substr(region_code, 1, 6) AS county_code, hukou_type, status, status_date,
+               status = '正常' AS alive
+        FROM person"""),
+    ("wage_person", """
+        SELECT id_no,
+               CAST(count(DISTINCT month) AS INTEGER) AS wage_months_12m,
+               CAST(sum(wage) / 12 AS DECIMAL(14,2)) AS wage_12m_avg,
+               coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0)::DECIMAL(16,2) AS wage_last3_total,
+               coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0)::DECIMAL(16,2) AS wage_prev9_total,
+               max(month) AS last_wage_month,
+               arg_max(employer_name, month) AS employer_name
+        FROM employment WHERE list_contains($months12, month) GROUP BY id_no"""),
+    ("pension_person", """
+        SELECT id_no, CAST(avg(amount) AS DECIMAL(14,2)) AS pension_monthly, arg_max(scheme, month) AS pension_scheme,
+               coalesce(sum(amount) FILTER (WHERE list_contains($last3, month)), 0)::DECIMAL(16,2) AS pension_last3_total
+        FROM pension WHERE list_contains($months12, month) GROUP BY id_no"""),
+    ("unemployment_person", """
+        SELECT id_no, arg_max(status, registered_date) AS unemployment_status,
+               max(registered_date) AS unemployment_registered_date,
+               CAST(coalesce(sum(benefit_monthly) FILTER (WHERE status = '领取中'), 0) AS DECIMAL(14,2)) AS unemployment_benefit
+        FROM unemployment GROUP BY id_no"""),
+    ("claim_person", """
+        SELECT id_no, CAST(count(*) AS INTEGER) AS claims_12m,
+               CAST(sum(total_amount) AS DECIMAL(14,2)) AS medical_total_12m,
+               CAST(sum(out_of_pocket) AS DECIMAL(14,2)) AS oop_12m
+        FROM claim WHERE settle_date >= $win12::DATE AND settle_date < $snapshot::DATE GROUP BY id_no"""),
+    ("serious_person", """
+        SELECT id_no, max(settle_date) AS serious_illness_date,
+               arg_max(diagnosis_code, settle_date) AS serious_illness_code,
+               arg_max(diagnosis_name, settle_date) AS serious_illness_name
+        FROM claim
+        WHERE settle_date >= $win12::DATE AND settle_date < $snapshot::DATE
+          AND (coalesce(serious_illness, false)
+               OR len(list_filter($serious_prefixes, lambda p: starts_with(diagnosis_code, p))) > 0)
+        GROUP BY id_no"""),
+    ("vehicle_person", """
+        SELECT owner_id_no AS id_no, CAST(count(*) AS INTEGER) AS vehicles_active,
+               CAST(count(*) FILTER (WHERE NOT list_contains($vehicle_exempt, vehicle_type)) AS INTEGER) AS vehicles_non_exempt,
+               list(vehicle_type ORDER BY plate_no) AS vehicle_types
+        FROM vehicle WHERE status = '正常' GROUP BY owner_id_no"""),
+    ("property_person", """
+        SELECT owner_id_no AS id_no,
+               CAST(count(DISTINCT property_id) FILTER (WHERE usage = '住宅') AS INTEGER) AS residences,
+               CAST(count(DISTINCT property_id) FILTER (WHERE usage <> '住宅') AS INTEGER) AS properties_other
+        FROM property WHERE status = '现势' GROUP BY owner_id_no"""),
+    ("disability_person", """
+        SELECT id_no, category AS disability_category, grade AS disability_grade, subsidies AS disability_subsidies
+        FROM disability"""),
+    ("enrollment_person", """
+        SELECT id_no, arg_max(scheme, month) AS medical_scheme, arg_max(status, month) AS medical_status
+        FROM enrollment GROUP BY id_no"""),
+    ("case_member", """
+        SELECT c.case_no, c.category, c.status AS case_status, c.urban_rural, c.region_code AS case_region_code,
+               c.monthly_amount, c.start_date, c.end_date, c.applicant_id_no,
+               m.id_no, m.relation, c.status IN ('在保', '渐退期') AS active
+        FROM assistance_case c, unnest(c.members) AS u(m)"""),
+    ("programme_person", """
+        SELECT id_no,
+               list(struct_pack(case_no := case_no, category := category, status := case_status,
+                                start_date := start_date, end_date := end_date) ORDER BY start_date, case_no) AS programmes,
+               CAST(count(DISTINCT case_no) FILTER (WHERE active) AS INTEGER) AS active_cases,
+               list_sort(list_distinct(list(category) FILTER (WHERE active))) AS active_categories
+        FROM case_member GROUP BY id_no"""),
+    ("monitoring_person", """
+        SELECT $snapshot::DATE AS snapshot_date, b.*,
+               b.alive AND b.age BETWEEN $wa_min AND $wa_max AS working_age,
+               coalesce(w.wage_months_12m, 0) AS wage_months_12m,
+               coalesce(w.wage_12m_avg, 0)::DECIMAL(14,2) AS wage_12m_avg,
+               coalesce(w.wage_last3_total / 3, 0)::DECIMAL(14,2) AS wage_last3_avg,
+               coalesce(w.wage_prev9_total / 9, 0)::DECIMAL(14,2) AS wage_prev9_avg,
+               coalesce(w.wage_last3_total, 0)::DECIMAL(16,2) AS wage_last3_total,
+               coalesce(w.wage_prev9_total, 0)::DECIMAL(16,2) AS wage_prev9_total,
+               w.last_wage_month, w.employer_name,
+               coalesce(p.pension_monthly, 0)::DECIMAL(14,2) AS pension_monthly, p.pension_scheme,
+               u.unemployment_status, u.unemployment_registered_date,
+               coalesce(u.unemployment_benefit, 0)::DECIMAL(14,2) AS unemployment_benefit,
+               (coalesce(w.wage_12m_avg, 0) + coalesce(p.pension_monthly, 0)
+                + coalesce(u.unemployment_benefit, 0))::DECIMAL(14,2) AS income_monthly,
+               ((coalesce(w.wage_last3_total, 0) + coalesce(p.pension_last3_total, 0)) / 3
+                + coalesce(u.unemployment_benefit, 0))::DECIMAL(14,2) AS income_last3_monthly,
+               coalesce(c.claims_12m, 0) AS claims_12m,
+               coalesce(c.medical_total_12m, 0)::DECIMAL(14,2) AS medical_total_12m,
+               coalesce(c.oop_12m, 0)::DECIMAL(14,2) AS oop_12m,
+               s.id_no IS NOT NULL AS serious_illness, s.serious_illness_date, s.serious_illness_code,
+               s.serious_illness_name,
+               coalesce(v.vehicles_active, 0) AS vehicles_active,
+               coalesce(v.vehicles_non_exempt, 0) AS vehicles_non_exempt, v.vehicle_types,
+               coalesce(r.residences, 0) AS residences, coalesce(r.properties_other, 0) AS properties_other,
+               d.disability_category, d.disability_grade, d.disability_subsidies,
+               coalesce(list_contains($severe_grades, d.disability_grade), false) AS severe_disability,
+               e.medical_scheme, e.medical_status,
+               g.programmes, coalesce(g.active_cases, 0) AS active_cases, g.active_categories
+        FROM person_base b
+        LEFT JOIN wage_person w USING (id_no) LEFT JOIN pension_person p USING (id_no)
+        LEFT JOIN unemployment_person u USING (id_no) LEFT JOIN claim_person c USING (id_no)
+        LEFT JOIN serious_person s USING (id_no) LEFT JOIN vehicle_person v USING (id_no)
+        LEFT JOIN property_person r USING (id_no) LEFT JOIN disability_person d USING (id_no)
+        LEFT JOIN enrollment_person e USING (id_no) LEFT JOIN programme_person g USING (id_no)"""),
+    ("household_cases", """
+        SELECT b.household_no,
+               list_sort(list_distinct(list(cm.case_no) FILTER (WHERE cm.active))) AS active_case_nos,
+               list_sort(list_distinct(list(cm.category) FILTER (WHERE cm.active))) AS active_categories
+        FROM case_member cm JOIN person_base b USING (id_no) GROUP BY b.household_no"""),
+    ("monitoring_household", """
+        WITH h AS (
+            SELECT household_no,
+                   coalesce(min(region_code) FILTER (WHERE relation_to_head = '户主'), min(region_code)) AS region_code,
+                   coalesce(min(hukou_type) FILTER (WHERE relation_to_head = '户主'), min(hukou_type)) AS hukou_type,
+                   CAST(count(*) AS INTEGER) AS members_total,
+                   CAST(count(*) FILTER (WHERE alive) AS INTEGER) AS members_alive,
+                   CAST(count(*) FILTER (WHERE working_age) AS INTEGER) AS working_age_members,
+                   CAST(count(*) FILTER (WHERE alive AND wage_months_12m > 0) AS INTEGER) AS earners,
+                   CAST(count(*) FILTER (WHERE status = '死亡' AND status_date >= $win12::DATE) AS INTEGER) AS deceased_12m,
+                   sum(income_monthly) FILTER (WHERE alive)::DECIMAL(14,2) AS income_monthly,
+                   coalesce(sum(income_last3_monthly) FILTER (WHERE alive), 0)::DECIMAL(14,2) AS income_last3_monthly,
+                   sum(wage_last3_total)::DECIMAL(16,2) AS wage_last3_total,
+                   sum(wage_prev9_total)::DECIMAL(16,2) AS wage_prev9_total,
+                   sum(oop_12m)::DECIMAL(14,2) AS oop_12m,
+                   sum(medical_total_12m)::DECIMAL(14,2) AS medical_total_12m,
+                   CAST(count(*) FILTER (WHERE serious_illness) AS INTEGER) AS serious_ill_members,
+                   CAST(count(*) FILTER (WHERE severe_disability AND alive) AS INTEGER) AS severe_disabled_members,
+                   CAST(count(*) FILTER (WHERE unemployment_status IN ('登记', '领取中')) AS INTEGER) AS unemployed_members,
+                   CAST(sum(vehicles_non_exempt) AS INTEGER) AS vehicles_non_exempt,
+                   CAST(sum(residences) AS INTEGER) AS residences
+            FROM monitoring_person GROUP BY household_no)
+        , g AS (
+            SELECT h.*, coalesce(hc.active_case_nos, []) AS active_case_nos,
+                   coalesce(hc.active_categories, []) AS active_categories,
+                   (CASE WHEN h.hukou_type = '城镇' THEN $urban_dibao ELSE $rural_dibao END)::DECIMAL(14,2) AS dibao_standard,
+                   -- the economic gate of forward rules: income after the event, less rigid medical spending
+                   CASE WHEN h.members_alive > 0
+                        THEN ((h.income_last3_monthly - coalesce(h.oop_12m, 0) / 12) / h.members_alive)::DECIMAL(14,2)
+                   END AS risk_income_per_capita
+            FROM h LEFT JOIN household_cases hc USING (household_no))
+        SELECT $snapshot::DATE AS snapshot_date, h.household_no, h.region_code, substr(h.region_code, 1, 9) AS street_code,
+               substr(h.region_code, 1, 6) AS county_code, h.hukou_type,
+               h.members_total, h.members_alive, h.working_age_members, h.earners, h.deceased_12m,
+               h.income_monthly,
+               CASE WHEN h.members_alive > 0 THEN (h.income_monthly / h.members_alive)::DECIMAL(14,2) END AS income_per_capita,
+               h.income_last3_monthly, h.risk_income_per_capita,
+               len(h.active_case_nos) > 0 OR coalesce(h.risk_income_per_capita < $risk_income_multiple * h.dibao_standard, false)
+                   AS at_risk,
+               (h.wage_last3_total / 3)::DECIMAL(14,2) AS wage_last3_avg, (h.wage_prev9_total / 9)::DECIMAL(14,2) AS wage_prev9_avg,
+               h.wage_last3_total, h.wage_prev9_total, h.oop_12m, h.medical_total_12m,
+               h.serious_ill_members, h.severe_disabled_members, h.unemployed_members,
+               h.vehicles_non_exempt, h.residences,
+               dh.rating AS dangerous_house_rating, dh.assessed_date AS dangerous_house_assessed_date,
+               dh.renovated AS dangerous_house_renovated,
+               h.active_case_nos, h.active_categories, h.dibao_standard,
+               (h.dibao_standard * $low_income_multiple)::DECIMAL(14,2) AS low_income_line
+        FROM g h LEFT JOIN dangerous_house dh USING (household_no)"""),
+]
+
+#: the steps whose result is published, and their sort keys (deterministic bytes)
+PUBLISHED = {"monitoring_person": ("household_no", "id_no"), "monitoring_household": ("household_no",)}
+
+
+@dataclass
+class Build:
+    """A finished build: its tables live in DuckDB (under its memory cap) until asked for."""
+
+    snapshot_date: dt.date
+    con: duckdb.DuckDBPyConnection
+    params: dict
+    _cache: dict = field(default_factory=dict)
+
+    def table(self, name: str) -> pa.Table:
+        """A published step's table as Arrow, in its deterministic order (fetched once)."""
+        if name not in self._cache:
+            self._cache[name] = self.con.sql(f"SELECT * FROM {name}").to_arrow_table()
+        return self._cache[name]
+
+    def reader(self, name: str, batch_rows: int = 250_000) -> pa.RecordBatchReader:
+        """The same table streamed in batches (for writing without holding it in memory)."""
+        return self.con.sql(f"SELECT * FROM {name}").to_arrow_reader(batch_rows)
+
+    def rows(self, name: str) -> int:
+        return self.con.sql(f"SELECT count(*) FROM {name}").fetchall()[0][0]
+
+    @property
+    def person(self) -> pa.Table:
+        return self.table("monitoring_person")
+
+    @property
+    def household(self) -> pa.Table:
+        return self.table("monitoring_household")
+
+
+def register_clean(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> dict[str, str]:
+    """Register every feed's `clean/` data under its step name (lazy pyarrow datasets: DuckDB reads
+    only the columns it needs, locally or from S3); returns feed → path of the feeds present."""
+    from safetynet.intake.clean import clean_path
+
+    seen, data = {}, {}
+    for fid, c in contracts().items():
+        path = clean_path(c)
+        if store.exists(path):
+            data[fid] = store.dataset(path.rsplit("/", 1)[0] + "/", schema=c.arrow_schema())
+            seen[fid] = path
+    register_sources(con, data)
+    return seen
+
+
+def register_sources(con: duckdb.DuckDBPyConnection, data: dict) -> None:
+    """Register each feed's clean relation (a table or dataset) under its step name; a feed not
+    given (no data yet) as an empty table of its schema."""
+    for fid, name in sources().items():
+        rel = data.get(fid)
+        con.register(name, rel if rel is not None else contracts()[fid].arrow_schema().empty_table())
+
+
+def build(con: duckdb.DuckDBPyConnection, snapshot: dt.date, pol: Policy) -> Build:
+    """Run every step for the snapshot date; the clean tables must be registered on `con`.
+
+    Each step becomes a DuckDB temporary table (it stays in DuckDB and spills to disk under the
+    connection's memory limit); the published tables are sorted, and fetched only when asked.
+    """
+    params = parameters(snapshot, pol)
+    for name, sql in STEPS:
+        used = {k: v for k, v in params.items() if f"${k}" in sql}
+        log.debug("monitoring step %s", name, extra={"event": "sql_step", "step": name, "sql": sql})
+        if name in PUBLISHED:  # sorted, so the published bytes are the same on every run
+            sql = f"SELECT * FROM ({sql}) ORDER BY {', '.join(PUBLISHED[name])}"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", used)
+    return Build(snapshot, con, params)

@@ -1,0 +1,686 @@
+"""Ingest: everything waiting on the feed topics and in the landing area → `raw/` + `quarantine/`.
+
+For each feed and transport, a batch (Kafka: one partition's offset range; file drop: one
+file) is decoded (`connectors.formats`), validated against the contract
+(`schemas.normalise`), and split: accepted records go to `raw/` as received plus lineage
+columns, rejected ones to `quarantine/` with the raw text, `_rule`, `_field` and `_reason`.
+Only then is the Kafka offset committed or the drop recorded as done. Per feed and run,
+`input == accepted + quarantined` is checked and written to the run manifest
+(`_catalog/ingest/<run_id>.json`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from connectors.base import load_mappings
+from connectors.drop_folder import Drop, DropFolderSource
+from connectors.formats import (
+    FileFormatError,
+    decode_json_values,
+    json_records_sql,
+    map_values_sql,
+    read_rows,
+    rows_to_records,
+)
+from connectors.kafka_topic import KafkaBatch, KafkaTopicSource
+from connectors.mapping import Mapping
+from safetynet.intake import health as feed_health
+from safetynet.core import lease
+from schemas.idno import mask_text
+from schemas import normalise
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore, parquet_bytes
+from schemas.contract import Contract
+from schemas.registry import contracts
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int], None]  # (feed_id, records just processed)
+
+
+@dataclass
+class FeedCounts:
+    """What one run did to one feed. `input == accepted + sum(quarantined)` always."""
+
+    feed_id: str
+    input: int = 0
+    accepted: int = 0
+    quarantined: Counter = field(default_factory=Counter)
+    kafka_records: int = 0
+    file_records: int = 0
+    batches: int = 0
+    files: list[str] = field(default_factory=list)
+    checksums: dict = field(default_factory=dict)  # file → {sha256, bytes, rows, ingested_at} (`store verify`)
+    seconds: float = 0.0
+    drift: Counter = field(default_factory=Counter)  # (field, rule, value or "") → rejected records
+    empty_snapshots: list[str] = field(default_factory=list)  # snapshot drops without a data row
+    mapping: dict = field(default_factory=dict)  # the effective mapping's checksum and sources
+    health: feed_health.FeedHealth | None = None
+
+    @property
+    def quarantined_total(self) -> int:
+        return sum(self.quarantined.values())
+
+    @property
+    def reconciles(self) -> bool:
+        return self.input == self.accepted + self.quarantined_total
+
+    def add(self, r: BatchResult, *, kafka: bool) -> None:
+        n = r.accepted + sum(r.rejected.values())
+        self.input += n
+        self.accepted += r.accepted
+        self.quarantined.update(r.rejected)
+        self.drift.update(r.drift)
+        self.files += r.files
+        self.checksums.update(r.checksums)
+        if kafka:
+            self.kafka_records += n
+        else:
+            self.file_records += n
+        self.batches += 1
+
+    def as_dict(self) -> dict:
+        return {"feed_id": self.feed_id, "input": self.input, "accepted": self.accepted,
+                "quarantined": dict(sorted(self.quarantined.items())), "kafka_records": self.kafka_records,
+                "file_records": self.file_records, "batches": self.batches, "files": self.files,
+                "checksums": self.checksums,
+                "seconds": round(self.seconds, 3), "reconciles": self.reconciles, "mapping": self.mapping,
+                **({"health": self.health.as_dict()} if self.health else {})}
+
+
+@dataclass
+class IngestReport:
+    run_id: str
+    started_at: str
+    feeds: dict[str, FeedCounts]
+    manifest: str = ""
+
+    @property
+    def reconciles(self) -> bool:
+        return all(f.reconciles for f in self.feeds.values())
+
+    @property
+    def unhealthy(self) -> list[str]:
+        """Feeds whose delivery in this run is unhealthy (held out of `clean/`)."""
+        return [fid for fid, f in self.feeds.items() if f.health is not None and f.health.unhealthy]
+
+    status: str = "running"  # running → complete | failed; a run found still "running" later crashed
+    error: str = ""
+    adopted: dict = field(default_factory=dict)  # crashed run id → raw files of its feeds no run recorded
+
+    def as_dict(self) -> dict:
+        return {"run_id": self.run_id, "started_at": self.started_at, "status": self.status,
+                **({"error": self.error} if self.error else {}), "reconciles": self.reconciles,
+                "unhealthy": self.unhealthy, "feeds": {k: v.as_dict() for k, v in self.feeds.items()},
+                **({"adopted": self.adopted} if self.adopted else {})}
+
+    def write(self, store: ObjectStore) -> None:
+        store.write_bytes(self.manifest, json.dumps(self.as_dict(), ensure_ascii=False, indent=1).encode())
+
+
+RUNS = "_catalog/ingest"
+
+
+def adopt_crashed_runs(store: ObjectStore, report: IngestReport) -> dict:
+    """Run records still "running" for feeds this run now holds belong to runs that died (a live
+    run holds its feeds' leases for its whole life): mark them crashed. Give them — and runs that
+    failed (e.g. a batch written, then the broker lost before its commit was confirmed) — the
+    `raw/` and `quarantine/` files of their feeds that no run record lists, with the checksums
+    found, so every file belongs to a run record (the most recent unfinished run first)."""
+    mine = set(report.feeds)
+    records = {}
+    for e in store.list(f"{RUNS}/", ".json"):
+        try:
+            records[e.path] = json.loads(store.read_bytes(e.path))
+        except (FileNotFoundError, ValueError):
+            continue
+    crashed = {p: r for p, r in records.items()
+               if (r.get("status") == "running" or (r.get("status") == "failed" and not r.get("adopted_by")))
+               and r.get("run_id") != report.run_id and mine & set(r.get("feeds", {}))}
+    if not crashed:
+        return {}
+    listed = {f for r in records.values() for fc in r.get("feeds", {}).values() for f in fc.get("files", [])}
+    listed |= {f for r in records.values() for files in (r.get("orphan_files") or {}).values() for f in files}
+    out = {}
+    for path, r in sorted(crashed.items(), reverse=True):
+        orphans = {}
+        for fid in sorted(mine & set(r.get("feeds", {}))):
+            prefix = contracts()[fid].prefix
+            orphans[fid] = [e.path for zone in ("raw", "quarantine") for e in store.list(f"{zone}/{prefix}/")
+                            if e.path not in listed and "/damaged/" not in e.path]
+            listed |= set(orphans[fid])
+        was = r.get("status")
+        r.update(status="crashed" if was == "running" else was, adopted_by=report.run_id, orphan_files=orphans,
+                 orphan_checksums={f: _digest(store, f) for files in orphans.values() for f in files})
+        store.write_bytes(path, json.dumps(r, ensure_ascii=False, indent=1).encode())
+        out[r["run_id"]] = orphans
+        if was == "running" or any(orphans.values()):
+            log.warning("ingest run %s (started %s) %s: %d raw/quarantine files no record listed recorded in it",
+                        r["run_id"], r.get("started_at", "?"), "did not finish: marked crashed" if was == "running"
+                        else "failed", sum(len(v) for v in orphans.values()),
+                        extra={"event": "ingest_crashed_run", "crashed_run": r["run_id"]})
+    return out
+
+
+def _digest(store: ObjectStore, path: str) -> dict:
+    """An adopted file's checksum entry, as found (its writer died before recording one)."""
+    data = store.read_bytes(path)
+    rows = None
+    if path.endswith(".parquet"):
+        try:
+            rows = pq.read_metadata(pa.BufferReader(data)).num_rows
+        except (pa.ArrowInvalid, OSError):  # torn by the crash: `store verify` reports it
+            rows = None
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "rows": rows, "adopted": True}
+
+
+@dataclass
+class BatchResult:
+    """What validating and writing one batch (a Kafka offset range, a drop file) did."""
+
+    accepted: int
+    rejected: Counter  # rule → records
+    files: list[str]
+    drift: Counter = field(default_factory=Counter)  # (field, rule, value or "") → records
+    checksums: dict = field(default_factory=dict)  # file → {sha256, bytes, rows, ingested_at}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _write(store: ObjectStore, path: str, data: bytes, rows: int | None, ingested_at: dt.datetime,
+           sums: dict) -> None:
+    """Write one zone file and record what `safetynet store verify` checks it against."""
+    store.write_bytes(path, data)
+    sums[path] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "rows": rows,
+                  "ingested_at": ingested_at.isoformat()}
+
+
+# ---- the shared batch step --------------------------------------------------------------------
+def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, sql_source: str,
+                       *, name: str, ingest_date: str, lineage: dict[str, object], where: Callable[[dict], str],
+                       mapping: Mapping | None = None, ingested_at: dt.datetime | None = None) -> BatchResult:
+    """Map, validate the records of `sql_source` and write `raw/` (+ `quarantine/`) files named `name`.
+
+    The mapping's `[values]` are applied first (`raw/` holds contract values; `_mapping` names
+    the mapping). `lineage` gives constant lineage columns; per-record lineage (`_event_id`,
+    `_op`, `_occurred_at`, `_kafka_partition`, `_kafka_offset`, `_row_number`) comes from the
+    source. Files are durable on return. `ingested_at` (default: now) is given when `store verify
+    --repair` rewrites a damaged batch: the same records and time give the same bytes.
+    """
+    lineage = {**lineage, "_mapping": mapping.checksum if mapping else None}
+    mapped = f"({map_values_sql(c, sql_source, mapping)})"
+    t = con.sql(normalise.validate_sql(c, mapped, pre_rule="_pre", typed=False, record_date=True)).to_arrow_table()
+    n = t.num_rows
+    ok = pc.is_null(t["_rule"])
+    acc = t.filter(ok)
+    rej = t.filter(pc.invert(ok))
+    at = ingested_at or _now()
+    at = at.replace(microsecond=at.microsecond // 1000 * 1000)  # the column holds milliseconds
+    ingested_at = pa.scalar(at, pa.timestamp("ms", tz="UTC"))
+    written: list[str] = []
+    sums: dict = {}
+    part = f"{c.prefix}/ingest_date={ingest_date}/{name}.parquet"
+
+    def lineage_cols(tab: pa.Table) -> dict[str, pa.Array]:
+        m = tab.num_rows
+        cols = {}
+        for fld in c.raw_schema():
+            if not fld.name.startswith("_"):
+                continue
+            if fld.name == "_ingested_at":
+                cols[fld.name] = pa.array([ingested_at.as_py()] * m, fld.type)
+            elif fld.name in tab.column_names:
+                cols[fld.name] = tab[fld.name].cast(fld.type)
+            else:
+                cols[fld.name] = pa.array([lineage.get(fld.name)] * m, fld.type)
+        return cols
+
+    lease.check_held([c.feed_id])  # a holder frozen past its lease writes nothing (no-op in the writer process)
+    if acc.num_rows:
+        raw = pa.table({**{f: acc[f].cast(pa.string()) for f in c.names}, **lineage_cols(acc)},
+                       schema=c.raw_schema())
+        _write(store, f"raw/{part}", parquet_bytes(raw), raw.num_rows, at, sums)
+        written.append(f"raw/{part}")
+    rejected: Counter = Counter()
+    drift: Counter = Counter()
+    if rej.num_rows:
+        rows = rej.select([x for x in ("_rule", "_field", "_event_id", "_kafka_partition", "_kafka_offset",
+                                        "_row_number") if x in rej.column_names]).to_pylist()
+        reasons = [normalise.reason(c, r["_rule"], r["_field"] or "", where(r)) for r in rows]
+        rejected.update(r["_rule"] for r in rows)
+        drift = feed_health.drift_keys(c, rej)
+        q = {"_raw": rej["_raw"].cast(pa.string()), "_rule": rej["_rule"], "_field": rej["_field"],
+             "_reason": pa.array(reasons, pa.string()), **lineage_cols(rej)}
+        _write(store, f"quarantine/{part}", parquet_bytes(pa.table(q, schema=c.quarantine_schema())), rej.num_rows,
+               at, sums)
+        written.append(f"quarantine/{part}")
+        for r, why in zip(rows[:3], reasons[:3], strict=False):
+            log.info("quarantined: %s", why, extra={"event": "quarantine", "feed": c.feed_id, "rule": r["_rule"]})
+    assert acc.num_rows + sum(rejected.values()) == n
+    return BatchResult(acc.num_rows, rejected, written, drift, sums)
+
+
+# ---- Kafka ------------------------------------------------------------------------------------
+class BatchWriter:
+    """Writes Kafka batches, overlapping with fetching.
+
+    DuckDB re-takes the GIL while it runs, so a writer *thread* would fight the fetching thread
+    (kafka-python decodes in Python); big batches therefore go to one writer *process*
+    (spawned on first need, reused for every feed of the run), small ones are written inline.
+    Either way the same function writes the same bytes.
+    """
+
+    def __init__(self, settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyConnection):
+        self.settings, self.store, self.con = settings, store, con
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _in_process(self, fn, *args) -> Future:
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
+                                         initializer=_writer_init, initargs=(self.settings,))
+        with _spawn_without_host_main():  # the pool starts its process on the first submit
+            return self._pool.submit(fn, *args)
+
+    def fetched(self, n: int) -> None:
+        """A topic's backlog reached n records: start the writer process early (its imports take
+        a second or two, better spent while the first batch is still being fetched)."""
+        if self._pool is None and n >= self.settings.writer_process_min_records:
+            self._in_process(int)  # a no-op that makes the pool spawn its process now
+
+    def submit(self, c: Contract, b: KafkaBatch, mapping: Mapping | None = None) -> Future:
+        if len(b.values) >= self.settings.writer_process_min_records:
+            return self._in_process(_writer_write, c.feed_id, b, mapping)
+        # inline: run now, in this thread's order (a thread here would only contend for the GIL)
+        fut: Future = Future()
+        try:
+            fut.set_result(write_kafka_batch(self.store, self.con, c, b, mapping))
+        except BaseException as e:  # handed to the caller through the future, like the process path
+            fut.set_exception(e)
+        return fut
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+@contextlib.contextmanager
+def _spawn_without_host_main() -> Iterator[None]:
+    """Start spawn-method processes without re-running the host program's `__main__` in them.
+
+    `spawn` imports the parent's main script in the child before unpickling anything. The writer
+    needs only this package (its functions pickle by module name), and the host program may be
+    one whose import fails there: in an Airflow task the main script is the `airflow` CLI, whose
+    import configures Airflow's ORM from settings the task process is deliberately not given.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    if main is not None:
+        main.__dict__.pop("__file__", None)
+        main.__spec__ = None
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+
+
+_worker: dict = {}
+
+
+def _writer_init(settings: Settings) -> None:
+    _exit_with_parent()
+    _worker["store"] = ObjectStore.from_settings(settings)
+    _worker["con"] = con = normalise.connect()
+
+    def bye() -> None:  # skip interpreter teardown, where DuckDB's bindings print leak warnings
+        con.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    atexit.register(bye)
+
+
+def _exit_with_parent() -> None:
+    """End this writer process when its parent dies (e.g. SIGKILL): nothing else would stop it.
+
+    Its unfinished write is harmless: files are written atomically and the batch is not
+    committed, so the next run rewrites it under the same name.
+    """
+    parent = os.getppid()
+    try:  # Linux: the kernel delivers SIGKILL when the parent goes
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # died before prctl took effect
+        os._exit(70)
+
+    def watch() -> None:  # elsewhere (and as a backstop): poll
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _writer_write(feed_id: str, b: KafkaBatch, mapping: Mapping | None) -> BatchResult:
+    return write_kafka_batch(_worker["store"], _worker["con"], contracts()[feed_id], b, mapping)
+
+
+def ingest_topic(settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract,
+                 counts: FeedCounts, progress: Progress | None = None, writer: BatchWriter | None = None,
+                 mapping: Mapping | None = None) -> None:
+    """Read the feed's topic up to the watermark; write, then commit, batch by batch.
+
+    Fetching and writing overlap: while the writer validates and writes a batch, this thread
+    fetches the next ones. Per partition the durable steps stay strictly sequential: a
+    partition's next intent is recorded only after its previous batch is written and committed,
+    so a crash leaves at most one uncommitted batch per partition, exactly as without the
+    overlap (see `connectors.kafka_topic`). The consumer is only ever used by this thread.
+    """
+    own = writer is None
+    writer = writer or BatchWriter(settings, store, con)
+    try:
+        _retrying(settings, c.topic, lambda: _read_topic(settings, store, c, counts, progress, writer, mapping))
+    finally:
+        if own:
+            writer.close()
+
+
+def _transient(e: BaseException) -> bool:
+    """A lost or unreachable broker (worth retrying), not a bug or a bad message."""
+    from kafka import errors as ke
+
+    names = ("KafkaConnectionError", "NoBrokersAvailable", "KafkaTimeoutError", "RequestTimedOutError",
+             "NodeNotReadyError", "BrokerNotAvailableError", "RetriableError")  # (as this kafka-python has them)
+    kinds = tuple(getattr(ke, n) for n in names if hasattr(ke, n))
+    return isinstance(e, (*kinds, ConnectionError, TimeoutError))
+
+
+def _retrying(settings: Settings, what: str, fn: Callable[[], None]) -> None:
+    """Run `fn`; on a transient broker error run it again (it resumes from the committed offsets:
+    an uncommitted batch is read again and rewritten under the same name, counted once) with
+    exponential backoff, for at most `settings.kafka_retry_s` since the streak's first failure."""
+    first: float | None = None
+    delay = 0.5
+    while True:
+        try:
+            fn()
+            return
+        except Exception as e:
+            if not _transient(e):
+                raise
+            now = time.monotonic()
+            first = first if first is not None else now
+            if now - first >= settings.kafka_retry_s:
+                raise RuntimeError(f"kafka: {what}: the broker at {settings.kafka_bootstrap} stayed unreachable for "
+                                   f"{settings.kafka_retry_s:.0f} s ({type(e).__name__}: {e}); nothing uncommitted "
+                                   "was lost: the next run resumes from the committed offsets "
+                                   "(SAFETYNET_KAFKA_RETRY_S sets the wait)") from e
+            log.warning("kafka: %s: %s: %s; retrying in %.1f s", what, type(e).__name__, e, delay,
+                        extra={"event": "kafka_retry", "topic": what})
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+def _read_topic(settings: Settings, store: ObjectStore, c: Contract, counts: FeedCounts,
+                progress: Progress | None, writer: BatchWriter, mapping: Mapping | None) -> None:
+    inflight: dict[int, tuple[KafkaBatch, Future]] = {}  # partition → its batch being written
+
+    def finish(partition: int) -> None:
+        b, fut = inflight.pop(partition)
+        res: BatchResult = fut.result()  # re-raises a write failure here: nothing committed
+        lease.check_held([c.feed_id])  # a holder that lost its lease commits nothing more
+        src.commit(b)
+        counts.add(res, kafka=True)
+        if progress:
+            progress(c.feed_id, len(b.values))
+
+    with KafkaTopicSource(settings, c.topic, store).open() as src:
+        if not src.partitions:
+            log.info("kafka: topic %s does not exist (yet); nothing to read", c.topic)
+            return
+        try:
+            for b in src.batches(on_fetched=writer.fetched):
+                # one batch in flight per partition: a partition's next intent is recorded
+                # only after its previous batch is written and committed
+                if b.partition in inflight:
+                    finish(b.partition)
+                for p in [p for p, (_, f) in inflight.items() if f.done()]:
+                    finish(p)
+                lease.check_held([c.feed_id])
+                src.record_intent(b)
+                inflight[b.partition] = (b, writer.submit(c, b, mapping))
+            for p in list(inflight):
+                finish(p)
+        finally:
+            for _, fut in inflight.values():  # failed: let the writes end (uncommitted) before leaving
+                fut.exception()
+
+
+def write_kafka_batch(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, b: KafkaBatch,
+                      mapping: Mapping | None = None, ingested_at: dt.datetime | None = None) -> BatchResult:
+    meta = pa.table({"_kafka_partition": pa.array([b.partition] * len(b.values), pa.int32()),
+                     "_kafka_offset": pa.array(b.offsets, pa.int64())})
+    decoded = decode_json_values(con, c, b.values, meta, envelope=True, mapping=mapping)
+    con.register("__dec", decoded)
+    try:
+        return validate_and_write(
+            store, con, c, "__dec", name=b.name, ingest_date=b.ingest_date,
+            lineage={"_source": "kafka", "_kafka_topic": b.topic},
+            where=lambda r: (f"event {r['_event_id']}, " if r.get("_event_id") else "")
+            + f"{b.topic}/{r['_kafka_partition']}@{r['_kafka_offset']}", mapping=mapping, ingested_at=ingested_at)
+    finally:
+        con.unregister("__dec")
+
+
+# ---- file drops -------------------------------------------------------------------------------
+def ingest_drops(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, counts: FeedCounts,
+                 progress: Progress | None = None, run_id: str = "", mapping: Mapping | None = None
+                 ) -> list[tuple[Drop, dict]]:
+    """Every waiting drop of the feed → raw/quarantine. Returns the drops with their ledger
+    records; the caller marks them done once the feed's health is known (`DropFolderSource.mark_done`)."""
+    src = DropFolderSource(store, c)
+    done: list[tuple[Drop, dict]] = []
+    for d in src.waiting(mapping.checksum if mapping else None, mapping.headers if mapping else None):
+        r = ingest_drop(store, con, c, d, mapping)
+        counts.add(r, kafka=False)
+        if r.accepted + sum(r.rejected.values()) == 0 and c.mode == "snapshot":
+            counts.empty_snapshots.append(d.name)
+        done.append((d, {"run_id": run_id, "ingested_at": _now().isoformat(), "accepted": r.accepted,
+                         "quarantined": dict(r.rejected), "files": r.files,
+                         "mapping": mapping.checksum if mapping else None}))
+        if progress:
+            progress(c.feed_id, r.accepted + sum(r.rejected.values()))
+    return done
+
+
+def ingest_drop(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, d: Drop,
+                mapping: Mapping | None = None, ingested_at: dt.datetime | None = None) -> BatchResult:
+    """One landing file → raw/quarantine. A file that cannot be read as a whole is quarantined
+    whole, counted as the records it holds. JSON Lines may hold flat records or event envelopes
+    (an outbox export): envelope lines keep their event id, op and time, so redeliveries and
+    deletes behave as on the topic. `ingested_at`: see `validate_and_write`."""
+    at = ingested_at or _now()
+    today = at.date().isoformat()
+    name = f"file+{d.name.replace('/', '_')}+{d.version}"
+    occurred = d.stamp or today
+    try:
+        header, rows, fmt = read_rows(d.name, d.data)
+        if fmt.startswith("jsonl"):
+            values = [r[0] for r in rows]
+            meta = pa.table({"_row_number": pa.array(range(1, len(values) + 1), pa.int64())})
+            con.register("__lines", meta.append_column("_value", pa.array(values, pa.string())))
+            try:
+                recs = con.sql(json_records_sql(c, "__lines", envelope=None, mapping=mapping)).to_arrow_table()
+            finally:
+                con.unregister("__lines")
+        else:
+            recs = rows_to_records(c, header, rows, mapping)
+    except FileFormatError as e:
+        return _quarantine_file(store, c, d, e, name, at)
+    if recs.num_rows == 0:
+        log.warning("drop: %s/%s has no data rows", c.feed_id, d.name)
+        return BatchResult(0, Counter(), [])
+    m = recs.num_rows
+    file_ids = pc.binary_join_element_wise(f"file:{d.version}:", pc.cast(recs["_row_number"], pa.string()), "")
+    if "_event_id" in recs.column_names:  # JSON Lines: envelope lines carry their own
+        env = pc.is_valid(recs["_event_id"])
+        recs = recs.set_column(recs.column_names.index("_event_id"), "_event_id",
+                               pc.if_else(env, recs["_event_id"], file_ids))
+        recs = recs.set_column(recs.column_names.index("_occurred_at"), "_occurred_at",
+                               pc.if_else(env, recs["_occurred_at"], pa.scalar(occurred)))
+    else:
+        recs = recs.append_column("_event_id", file_ids)
+        recs = recs.append_column("_op", pa.array(["upsert"] * m, pa.string()))
+        recs = recs.append_column("_occurred_at", pa.array([occurred] * m, pa.string()))
+    con.register("__rec", recs)
+    try:
+        return validate_and_write(store, con, c, "__rec", name=name, ingest_date=today,
+                                  lineage={"_source": "file", "_source_file": d.path},
+                                  where=lambda r: f"file {d.name}, row {r['_row_number']}", mapping=mapping,
+                                  ingested_at=at)
+    finally:
+        con.unregister("__rec")
+
+
+def _quarantine_file(store: ObjectStore, c: Contract, d: Drop, e: FileFormatError, name: str, now: dt.datetime
+                     ) -> BatchResult:
+    """Keep an unreadable file whole in quarantine, and one quarantine record per data record it
+    holds (its line or row as text), each explaining why; one record if not even rows can be told."""
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    today = now.date().isoformat()
+    sums: dict = {}
+    qfile = f"quarantine/{c.prefix}/ingest_date={today}/files/{d.name}"
+    _write(store, qfile, d.data, None, now, sums)
+    why = mask_text(f"{c.feed_id}: file {d.name} — {e.rule}: {e}")
+    records = e.records or [f"(whole file kept at {qfile}, {len(d.data)} bytes)"]
+    # spreadsheet-style row numbers: CSV/XLSX data start at row 2 (after the header), JSON Lines at 1
+    first = 0 if not e.records else 1 if d.name.lower().endswith((".jsonl", ".ndjson")) else 2
+    rows = [{"_raw": raw, "_rule": e.rule, "_field": "", "_reason": f"{why} [file {d.name}, row {first + i}]",
+             "_event_id": f"file:{d.version}:{first + i}", "_op": "upsert", "_occurred_at": d.stamp,
+             "_source": "file", "_kafka_topic": None, "_kafka_partition": None, "_kafka_offset": None,
+             "_source_file": d.path, "_row_number": first + i, "_ingested_at": now}
+            for i, raw in enumerate(records)]
+    path = f"quarantine/{c.prefix}/ingest_date={today}/{name}.parquet"
+    _write(store, path, parquet_bytes(pa.Table.from_pylist(rows, schema=c.quarantine_schema())), len(rows), now, sums)
+    log.warning("quarantined whole file (%d records): %s", len(rows), why,
+                extra={"event": "quarantine", "feed": c.feed_id, "rule": e.rule})
+    drift = Counter({("", e.rule, f"file {d.name}: {str(e).removeprefix(c.feed_id + ': ')}"): len(rows)})
+    return BatchResult(0, Counter({e.rule: len(rows)}), [path, qfile], drift, sums)
+
+
+# ---- the run ----------------------------------------------------------------------------------
+def ingest(settings: Settings, store: ObjectStore, feeds: Iterable[str] | None = None, *, kafka: bool = True,
+           files: bool = True, progress: Progress | None = None) -> IngestReport:
+    """Ingest everything waiting for the given feeds (default: all). Writes the run manifest.
+
+    The feeds' mappings are loaded first: a wrong mapping file stops the run before anything is
+    read (`MappingError`, every problem listed). After each feed its health is judged
+    (`safetynet.intake.health`): an unhealthy delivery's `raw/` files are held out of `clean/` and its
+    drops stay re-offerable for a changed mapping; a healthy one releases files it rewrote.
+    """
+    started = _now()
+    run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+    selected = [contracts()[f] for f in feeds] if feeds else list(contracts().values())
+    if kafka and not settings.kafka_bootstrap:
+        raise ValueError("no Kafka bootstrap configured (SAFETYNET_KAFKA_BOOTSTRAP) — "
+                         "use --no-kafka, or `safetynet demo`, which starts an embedded broker")
+    maps = load_mappings(settings.mappings, [c.feed_id for c in selected])
+    report = IngestReport(run_id, started.isoformat(), {c.feed_id: FeedCounts(c.feed_id) for c in selected},
+                          manifest=f"{RUNS}/{run_id}.json")
+    ids = [c.feed_id for c in selected]
+    with lease.held(store, ids, run_id=run_id, ttl_s=settings.lease_ttl_s, wait_s=settings.lease_wait_s):
+        report.write(store)  # the "started" record first: a run that dies still has one
+        report.adopted = adopt_crashed_runs(store, report)
+        try:
+            _ingest_feeds(settings, store, selected, maps, report, kafka, files, progress)
+            lease.check_held(ids)
+            report.status = "complete"
+        except BaseException as e:
+            report.status, report.error = "failed", f"{type(e).__name__}: {e}"[:500]
+            raise
+        finally:
+            report.write(store)
+    return report
+
+
+def _ingest_feeds(settings: Settings, store: ObjectStore, selected: list[Contract], maps: dict,
+                  report: IngestReport, kafka: bool, files: bool, progress: Progress | None) -> None:
+    run_id = report.run_id
+    con = normalise.connect()
+    writer = BatchWriter(settings, store, con)
+    try:
+        for c in selected:
+            lease.check_held([c.feed_id])
+            t0 = time.perf_counter()
+            counts = report.feeds[c.feed_id]
+            mp_ = maps[c.feed_id]
+            counts.mapping = {"sha256": mp_.sha256, "checksum": mp_.checksum, "sources": list(mp_.sources)}
+            drops = ingest_drops(store, con, c, counts, progress, run_id, mp_) if files else []
+            if kafka:
+                ingest_topic(settings, store, con, c, counts, progress, writer, mp_)
+            counts.seconds = time.perf_counter() - t0
+            if not counts.reconciles:  # a bug, never expected: stop loudly rather than publish it
+                raise AssertionError(f"{c.feed_id}: counts do not reconcile: {counts.as_dict()}")
+            _judge(store, c, counts, run_id, drops, mp_, settings.max_quarantine_rate)
+            log.info("ingest %s: input=%d accepted=%d quarantined=%d%s", c.feed_id, counts.input, counts.accepted,
+                     counts.quarantined_total, " UNHEALTHY" if counts.health and counts.health.unhealthy else "",
+                     extra={"event": "ingest_feed", **counts.as_dict()})
+    finally:
+        writer.close()
+        con.close()
+
+
+def _judge(store: ObjectStore, c: Contract, counts: FeedCounts, run_id: str, drops: list[tuple[Drop, dict]],
+           mapping: Mapping, default_rate: float) -> None:
+    """Judge the feed's delivery in this run, hold or release its raw files, record the drops."""
+    if not counts.input and not counts.empty_snapshots:
+        return  # nothing delivered: the feed's recorded health stands
+    threshold = mapping.max_quarantine_rate if mapping.max_quarantine_rate is not None else default_rate
+    h = feed_health.evaluate(c, run_id, counts.input, counts.quarantined, counts.drift, threshold,
+                             counts.empty_snapshots, files=len(drops))
+    raw_files = [f for f in counts.files if f.startswith("raw/")]
+    if h.unhealthy:
+        h.held_files = raw_files
+        feed_health.set_held(store, c, {f: {"run_id": run_id, "why": h.problems} for f in raw_files}, [])
+        for line in h.problems + h.drift:
+            log.error("feed unhealthy: %s", line, extra={"event": "feed_unhealthy", "feed": c.feed_id})
+    else:
+        feed_health.set_held(store, c, {}, raw_files)
+        for line in h.drift:
+            log.warning("feed drift: %s", line, extra={"event": "feed_drift", "feed": c.feed_id})
+    src = DropFolderSource(store, c)
+    lease.check_held([c.feed_id])
+    for d, rec in drops:
+        src.mark_done(d, {**rec, "held": h.unhealthy})
+    feed_health.write(store, c, h)
+    counts.health = h
