@@ -73,6 +73,19 @@ def mask(id_no: str | None) -> str:
     return s[:6] + "*" * (len(s) - 10) + s[-4:]
 
 
+def mask_value(value: object, pii: str = "none") -> str:
+    """How a value of a contract field is shown, by its `pii` class: `direct` (ID numbers) as `mask`,
+    `quasi` (names, addresses) partly, anything else as it is; None as `null`."""
+    if value is None:
+        return "null"
+    s = str(value)
+    if pii == "direct":
+        return mask(s)
+    if pii == "quasi":
+        return s[:2] + "*" * max(len(s) - 3, 1) + s[-1:] if len(s) > 3 else "*" * len(s)
+    return s
+
+
 def check_chars(first17: np.ndarray) -> np.ndarray:
     """Vectorised check characters for an (n, 17) uint8 array of digits → array of 1-char strings."""
     sums = (first17.astype(np.int64) * np.asarray(WEIGHTS, dtype=np.int64)).sum(axis=1) % 11
