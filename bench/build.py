@@ -167,11 +167,11 @@ def _rss() -> float:
 
 
 def _hub(root: str, memory_limit: str, q: mp.Queue) -> None:
-    from safetynet.build import monitoring
-    from schemas import normalise
     from quality import evaluation, policy
+    from safetynet.build import monitoring
     from safetynet.core.settings import Settings
     from safetynet.core.store import ObjectStore
+    from schemas import normalise
 
     store = ObjectStore.from_settings(Settings(store=root))
     pol = policy.for_region("430103", 2026)
@@ -189,10 +189,10 @@ def _hub(root: str, memory_limit: str, q: mp.Queue) -> None:
 def _hand(root: str, memory_limit: str, q: mp.Queue) -> None:
     import duckdb
 
-    from safetynet.build import monitoring
     from quality import policy
-    from safetynet.intake.clean import clean_path
     from quality.evaluation import rule_parameters
+    from safetynet.build import monitoring
+    from safetynet.intake.clean import clean_path
     from schemas.registry import contracts
 
     pol = policy.for_region("430103", 2026)
@@ -240,8 +240,8 @@ def prepare(persons: int, root: str) -> int:
     """Generate the district and write every feed's truth as its clean/ Parquet."""
     import pyarrow.parquet as pq
 
-    from safetynet.intake.clean import clean_path
     from safetynet.demo.synth import generate
+    from safetynet.intake.clean import clean_path
     from schemas.registry import contracts
 
     d = generate(persons=persons, seed=20261101)

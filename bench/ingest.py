@@ -25,11 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from safetynet import idno  # noqa: E402
-from connectors.kafka_producer import ensure_topics
-from safetynet.demo.broker import EmbeddedBroker  # noqa: E402
-from connectors.kafka_producer import producer  # noqa: E402
-from safetynet.core.settings import Settings  # noqa: E402
+from connectors.kafka_producer import (
+    ensure_topics,
+    producer,
+)
+from safetynet.core.settings import Settings
+from safetynet.demo.broker import EmbeddedBroker
+from schemas import envelope, idno
 
 FEED = "medical_insurance.claim"
 
@@ -41,14 +43,14 @@ def make_events(n: int, dirt_every: int = 500):
         pid = s17 + idno.check_char(s17)
         if i % dirt_every == 7:
             pid = pid[:17] + ("0" if pid[17] != "0" else "1")
-        v = ('{"event_id":"e%d","source":"medical_insurance","feed":"claim","op":"upsert",'
-             '"occurred_at":"2026-10-%02dT08:00:00+08:00","schema_version":1,"payload":{"claim_id":"CL%09d",'
-             '"id_no":"%s","settle_date":"2026-09-%02d","hospital_name":"长沙市第%d人民医院","inpatient":%s,'
-             '"diagnosis_code":"I10","diagnosis_name":"特发性(原发性)高血压","total_amount":"%d.50",'
-             '"fund_paid":"%d.00","out_of_pocket":"%d.50","serious_illness":false}}'
-             % (i, 1 + i % 28, i, pid, 1 + i % 28, 1 + i % 9, "true" if i % 3 == 0 else "false",
-                1000 + i % 5000, 700 + i % 3000, 300 + i % 2000))
-        yield f"CL{i:09d}".encode(), v.encode()
+        payload = {"claim_id": f"CL{i:09d}", "id_no": pid, "settle_date": f"2026-09-{1 + i % 28:02d}",
+                   "hospital_name": f"长沙市第{1 + i % 9}人民医院", "inpatient": i % 3 == 0, "diagnosis_code": "I10",
+                   "diagnosis_name": "特发性(原发性)高血压", "total_amount": f"{1000 + i % 5000}.50",
+                   "fund_paid": f"{700 + i % 3000}.00", "out_of_pocket": f"{300 + i % 2000}.50",
+                   "serious_illness": False}
+        v = envelope.wrap(payload, event_id=f"e{i}", source="medical_insurance", feed="claim",
+                          occurred_at=f"2026-10-{1 + i % 28:02d}T08:00:00+08:00", schema_version=1)
+        yield f"CL{i:09d}".encode(), envelope.encode(v)
 
 
 def _baseline(bootstrap: str, topic: str, settings: Settings, q: mp.Queue) -> None:
@@ -64,7 +66,7 @@ def _baseline(bootstrap: str, topic: str, settings: Settings, q: mp.Queue) -> No
     n = nbytes = 0
     done: set = set()
     while len(done) < len(tps):
-        for tp, msgs in c.poll(timeout_ms=1000, max_records=settings.batch_max_records).items():
+        for msgs in c.poll(timeout_ms=1000, max_records=settings.batch_max_records).values():
             n += len(msgs)
             nbytes += sum(len(m.value) for m in msgs)
         for tp in tps:
@@ -78,8 +80,9 @@ def _baseline(bootstrap: str, topic: str, settings: Settings, q: mp.Queue) -> No
 
 
 def _connector(bootstrap: str, topic: str, settings: Settings, q: mp.Queue) -> None:
-    from safetynet.intake.ingest import ingest
+    from safetynet.core import paths
     from safetynet.core.store import ObjectStore
+    from safetynet.intake.ingest import ingest
     from schemas.registry import get
 
     c = get(FEED)
@@ -90,7 +93,7 @@ def _connector(bootstrap: str, topic: str, settings: Settings, q: mp.Queue) -> N
     t0 = time.perf_counter()
     fc = ingest(s, store, [FEED], files=False).feeds[FEED]
     secs = time.perf_counter() - t0
-    size = sum(e.size for e in store.list("raw/")) + sum(e.size for e in store.list("quarantine/"))
+    size = sum(e.size for e in store.list(paths.RAW)) + sum(e.size for e in store.list(paths.QUARANTINE))
     shutil.rmtree(root, ignore_errors=True)
     q.put({"records": fc.input, "accepted": fc.accepted, "quarantined": fc.quarantined_total, "seconds": secs,
            "parquet_bytes": size, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})

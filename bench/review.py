@@ -641,7 +641,7 @@ class Staff(threading.Thread):
                     self.household()
                 else:
                     self.listing(op)
-        except Exception as e:  # noqa: BLE001 — reported with the results, the other clients go on
+        except Exception as e:
             self.rec.error(f"{self.account[0]} stopped: {type(e).__name__}: {e}")
         finally:
             if self.client is not None:
@@ -792,7 +792,7 @@ def concurrent_run(backend: str, url: str, args) -> dict:
 def argon2_cost() -> str:
     from safetynet.review import auth
 
-    p = getattr(auth, "_hasher", None) or getattr(auth, "HASHER")
+    p = getattr(auth, "_hasher", None) or auth.HASHER
     return f"argon2id m={p.memory_cost // 1024} MiB, t={p.time_cost}, p={p.parallelism}"
 
 
@@ -800,7 +800,7 @@ def owasp_ok() -> bool:
     """At or above OWASP's minimum for argon2id: m=19 MiB with t=2, p=1 (or more memory and time)."""
     from safetynet.review import auth
 
-    p = getattr(auth, "_hasher", None) or getattr(auth, "HASHER")
+    p = getattr(auth, "_hasher", None) or auth.HASHER
     return p.memory_cost >= 19 * 1024 and p.time_cost >= 2 and p.parallelism >= 1
 
 

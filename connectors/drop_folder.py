@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from connectors.formats import is_blank, looks_like_table
+from safetynet.core import paths
 from safetynet.core.store import ObjectStore
 from schemas.contract import Contract
 
@@ -62,10 +63,10 @@ class DropFolderSource:
 
     @property
     def landing(self) -> str:
-        return f"landing/{self.c.prefix}/"
+        return paths.landing(self.c.prefix)
 
     def _ledger_path(self, name: str) -> str:
-        return f"_catalog/drops/{self.c.prefix}/{name}.json"
+        return paths.drop_ledger(self.c.prefix, name)
 
     def waiting(self, mapping: str | None = None, headers: dict[str, str] | None = None) -> Iterator[Drop]:
         """Drops not yet taken in. A drop held as unhealthy (ledger `held`) is offered again
@@ -129,7 +130,7 @@ def stray_folders(store: ObjectStore, contracts: list[Contract]) -> list[str]:
     never read; the lines say so."""
     known = {c.prefix for c in contracts}
     stray: dict[str, int] = {}
-    for e in store.list("landing/"):
+    for e in store.list(paths.LANDING):
         parts = e.path.split("/")[1:-1]  # the folders between landing/ and the file
         folder = "/".join(parts[:2])
         if folder not in known:
@@ -137,8 +138,9 @@ def stray_folders(store: ObjectStore, contracts: list[Contract]) -> list[str]:
     lines = []
     for folder, n in sorted(stray.items()):
         close = difflib.get_close_matches(folder, sorted(known), n=1, cutoff=0.6) if folder else []
-        where = f"landing/{folder}/" if folder else "landing/ itself"
-        hint = f"did you mean landing/{close[0]}/?" if close else "feed folders are landing/<department>/<feed>/ " \
+        where = paths.landing(folder) if folder else f"{paths.LANDING} itself"
+        hint = f"did you mean {paths.landing(close[0])}?" if close else \
+            f"feed folders are {paths.landing('<department>/<feed>')} " \
             "(`safetynet feeds` lists them)"
         lines.append(f"{where}: {n} file(s) in a folder that is no feed's — {hint}; left in place, not ingested")
     return lines

@@ -22,9 +22,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.mapping import Mapping
+from schemas.contract import Contract, norm_header
+from schemas.envelope import (
+    EVENT_ID,
+    FEED,
+    HEADER,
+    OCCURRED_AT,
+    OP,
+    OPS,
+    PAYLOAD,
+    SCHEMA_VERSION,
+    SOURCE,
+    UPSERT,
+    json_path,
+)
 from schemas.idno import mask_text
 from schemas.normalise import _WS, _lit, _q
-from schemas.contract import Contract, norm_header
 
 #: Kinds whose values are free text. No contract field may hold a line break or another control
 #: character (tab excepted): a text field carrying one is quarantined as `control_char`.
@@ -61,19 +74,22 @@ def _json_key(base: str, key: str) -> str:
 def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping: Mapping | None = None) -> str:
     """SQL extracting contract fields as text from a `_value` JSON text column of `source`.
 
-    `envelope=True` (Kafka): every value is an event envelope; fields come from `$.payload` and
-    the envelope is checked (event_id, op, occurred_at, source/feed, schema_version).
-    `envelope=None` (JSON Lines drops): per line, a flat record (fields at the top level) or an
-    envelope (an export of the department's outbox: `payload` is an object and `event_id` is
-    present), which is checked like an event on the topic and keeps its event id, op and time.
-    A field is read from its own name and from every key the feed's mapping maps to it.
+    `envelope=True` (Kafka): every value is an event envelope (`schemas.envelope`); fields come
+    from its payload and the envelope is checked (event_id, op, occurred_at, source/feed,
+    schema_version). `envelope=None` (JSON Lines drops): per line, a flat record (fields at the
+    top level) or an envelope (an export of the department's outbox, `schemas.envelope.is_envelope`:
+    `payload` is an object and `event_id` is present), which is checked like an event on the
+    topic and keeps its event id, op and time. A field is read from its own name and from every
+    key the feed's mapping maps to it. The envelope's SQL is generated from `schemas.envelope`.
     """
     keys = {n: [n, *(mapping.keys_for(n) if mapping else [])] for n in c.names}
-    head = ["$.event_id", "$.op", "$.occurred_at", "$.source", "$.feed", "$.schema_version"]
-    paths = list(head)
+    # the envelope header is extracted first: x[field] is its element of the extracted list __x
+    paths = [json_path(f) for f in HEADER]
+    x = {f: f"__x[{i}]" for i, f in enumerate(HEADER, 1)}
+    pl = json_path(PAYLOAD)
     pos: dict[str, list[int]] = {}
     for n, ks in keys.items():
-        for base in (("$.payload",) if envelope else ("$.payload", "$")):
+        for base in ((pl,) if envelope else (pl, "$")):
             for k in ks:
                 pos.setdefault(f"{base}|{n}", []).append(len(paths) + 1)
                 paths.append(_json_key(base, k))
@@ -83,26 +99,28 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
         idx = pos[f"{base}|{n}"]
         return f"__x[{idx[0]}]" if len(idx) == 1 else "coalesce(" + ", ".join(f"__x[{i}]" for i in idx) + ")"
 
-    env = "true" if envelope else "coalesce(__pt = 'OBJECT' AND __x[1] IS NOT NULL, false)"
+    # a JSON Lines line is an envelope when its payload is an object and it has an event id
+    env = "true" if envelope else f"coalesce(__pt = 'OBJECT' AND {x[EVENT_ID]} IS NOT NULL, false)"
     if envelope:
-        cols = ", ".join(f"{fld('$.payload', n)} AS {_q(n)}" for n in c.names)
+        cols = ", ".join(f"{fld(pl, n)} AS {_q(n)}" for n in c.names)
     else:
-        cols = ", ".join(f"CASE WHEN __env THEN {fld('$.payload', n)} ELSE {fld('$', n)} END AS {_q(n)}"
+        cols = ", ".join(f"CASE WHEN __env THEN {fld(pl, n)} ELSE {fld('$', n)} END AS {_q(n)}"
                          for n in c.names)
     envelope_bad = (
-        "__x[1] IS NULL OR coalesce(__x[2], '') NOT IN ('upsert', 'delete') "
-        f"OR __pt IS DISTINCT FROM 'OBJECT' OR __x[4] IS DISTINCT FROM {_lit(c.department)} "
-        f"OR __x[5] IS DISTINCT FROM {_lit(c.feed)} OR __ts IS NULL "
-        f"OR TRY_CAST(coalesce(__x[6], '{c.version}') AS INTEGER) IS DISTINCT FROM {c.version}")
+        f"{x[EVENT_ID]} IS NULL OR coalesce({x[OP]}, '') NOT IN ({', '.join(_lit(o) for o in OPS)}) "
+        f"OR __pt IS DISTINCT FROM 'OBJECT' OR {x[SOURCE]} IS DISTINCT FROM {_lit(c.department)} "
+        f"OR {x[FEED]} IS DISTINCT FROM {_lit(c.feed)} OR __ts IS NULL "
+        f"OR TRY_CAST(coalesce({x[SCHEMA_VERSION]}, '{c.version}') AS INTEGER) IS DISTINCT FROM {c.version}")
     pre = ("CASE WHEN NOT __ok THEN 'json_malformed' "
            + ("" if envelope else "WHEN __top IS DISTINCT FROM 'OBJECT' THEN 'json_malformed' ")
            + f"WHEN __env AND ({envelope_bad}) THEN 'envelope_invalid' ")
-    meta = ("CASE WHEN __env THEN __x[1] END AS _event_id, CASE WHEN __env THEN coalesce(__x[2], 'upsert') "
-            "ELSE 'upsert' END AS _op, CASE WHEN __env THEN __x[3] END AS _occurred_at")
+    meta = (f"CASE WHEN __env THEN {x[EVENT_ID]} END AS _event_id, "
+            f"CASE WHEN __env THEN coalesce({x[OP]}, {_lit(UPSERT)}) ELSE {_lit(UPSERT)} END AS _op, "
+            f"CASE WHEN __env THEN {x[OCCURRED_AT]} END AS _occurred_at")
     if c.evolution == "frozen":
         known = ", ".join(_lit(k) for ks in keys.values() for k in ks)
-        body = ("json_keys(_value, '$.payload')" if envelope else
-                "CASE WHEN __env THEN json_keys(_value, '$.payload') ELSE json_keys(_value) END")
+        body = (f"json_keys(_value, {_lit(pl)})" if envelope else
+                f"CASE WHEN __env THEN json_keys(_value, {_lit(pl)}) ELSE json_keys(_value) END")
         pre += f"WHEN len(list_filter({body}, lambda k: k NOT IN ({known}))) > 0 THEN 'unknown_field' "
     pre += "END"
     # the occurred_at check is a column of its own, not inside the CASE (DuckDB evaluates an
@@ -110,9 +128,9 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
     sql = (
         f"WITH __j AS (SELECT *, coalesce(json_valid(_value), false) AS __ok FROM {source}), "
         f"__e AS (SELECT *, CASE WHEN __ok THEN json_extract_string(_value, [{allp}]) END AS __x, "
-        "CASE WHEN __ok THEN json_type(_value, '$.payload') END AS __pt, "
+        f"CASE WHEN __ok THEN json_type(_value, {_lit(pl)}) END AS __pt, "
         + ("NULL AS __top FROM __j), " if envelope else "CASE WHEN __ok THEN json_type(_value) END AS __top FROM __j), ")
-        + f"__d AS (SELECT *, {env} AS __env, sn_datetime(__x[3]) AS __ts FROM __e) "
+        + f"__d AS (SELECT *, {env} AS __env, sn_datetime({x[OCCURRED_AT]}) AS __ts FROM __e) "
         f"SELECT * EXCLUDE (__ok, __x, __pt, __top, __env, __ts, _value), _value AS _raw, {meta}, {cols}, "
         f"{pre} AS _pre FROM __d"
     )
@@ -209,7 +227,7 @@ class _Cursor:
     """Feeds the CSV reader physical lines from `i` on; tells how many a record took and whether
     the reader asked past the last line in the middle of a record (a quote left open)."""
 
-    __slots__ = ("lines", "i", "past_end", "cr")
+    __slots__ = ("cr", "i", "lines", "past_end")
 
     def __init__(self, lines: list[str], i: int):
         self.lines, self.i, self.past_end, self.cr = lines, i, False, ""
@@ -359,7 +377,8 @@ def last_value_row(open_sheet: Callable[[], io.BufferedIOBase], block: int = 1 <
     the previous row. The fast pass reads the `r` of the row around each block's last value;
     a sheet whose rows lack `r` there is counted tag by tag instead.
     """
-    last, prev_r = 0, 0  # prev_r: `r` of the last row started in an earlier block (None: without r)
+    last = 0
+    prev_r: int | None = 0  # `r` of the last row started in an earlier block (None: without r)
     with open_sheet() as sheet:
         for buf in _chunks(sheet, block):
             # most blocks of a padded sheet hold no value: a value is a `<v>` or an inline string
@@ -368,9 +387,12 @@ def last_value_row(open_sheet: Callable[[], io.BufferedIOBase], block: int = 1 <
             if v:
                 row = _LAST_ROW.match(buf, 0, v.end())
                 r = _ROW_R.search(row.group(1)) if row else None
-                if (row and not r) or (not row and prev_r is None):
+                if r:
+                    last = int(float(r.group(1)))
+                elif row or prev_r is None:  # a row without `r`, or no row here and none with `r` before
                     return _count_rows(open_sheet, block)
-                last = int(float(r.group(1))) if r else prev_r
+                else:
+                    last = prev_r
             row = _LAST_ROW.match(buf)
             if row:
                 r = _ROW_R.search(row.group(1))
@@ -405,7 +427,8 @@ def _read_xlsx(data: bytes) -> tuple[list[str], list[list[str | None]]]:
     try:
         ws = wb.worksheets[0]
         try:
-            last = last_value_row(lambda: wb._archive.open(ws._worksheet_path))
+            # openpyxl's private zip archive and sheet path (not in its stubs): the sheet's XML, streamed
+            last = last_value_row(lambda: wb._archive.open(ws._worksheet_path))  # type: ignore[attr-defined]
         except (KeyError, OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
             raise FileFormatError("file_encoding", f"not a readable XLSX workbook ({type(e).__name__})") from None
         if last == 0:
@@ -430,7 +453,7 @@ def _read_xlsx(data: bytes) -> tuple[list[str], list[list[str | None]]]:
 
 
 def _row_json(header: list[str], r: list[str | None]) -> str:
-    d = dict(zip(header, r, strict=False))
+    d: dict[str, object] = dict(zip(header, r, strict=False))
     if len(r) > len(header):  # cells beyond the header are kept too (a `row_shape` record is shown whole)
         d["_extra_cells"] = list(r[len(header):])
     return json.dumps(d, ensure_ascii=False)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from safetynet.core import paths
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
 
@@ -113,7 +114,7 @@ class KafkaTopicSource:
 
     # ---- intents ------------------------------------------------------------------------------
     def _intent_path(self, partition: int) -> str:
-        return f"_catalog/kafka/{self.group}/{self.topic}/{partition}.json"
+        return paths.kafka_intent(self.group, self.topic, partition)
 
     def _read_intent(self, partition: int) -> dict | None:
         try:

@@ -31,14 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.contract import Contract, Field, norm_header
+from schemas.errors import ConfigError
 
 #: What a value may be mapped to, per field kind, when the kind has a closed set.
 _CLOSED = {"urban_rural": ("城镇", "农村"), "bool": ("true", "false", "是", "否", "1", "0", "Y", "N")}
 _SECTIONS = {"headers", "values", "health"}
 
 
-class MappingError(ValueError):
-    """One or more mapping files are wrong; `problems` lists every one."""
+class MappingError(ConfigError):
+    """One or more mapping files are wrong; `problems` lists every one. A `ConfigError`: exit 2, an
+    Airflow task fails without retries."""
 
     def __init__(self, problems: list[str]):
         super().__init__("mapping problems:\n  - " + "\n  - ".join(problems))

@@ -26,20 +26,15 @@ from connectors.formats import (
     rows_to_records,
 )
 from connectors.mapping import Mapping, allowed_values, names_code_value, template
-from schemas import idno, normalise
+from schemas import envelope, idno, normalise
 from schemas.contract import Contract
 
 MAX_EXAMPLES = 3
 
 
-def mask(value: str, pii: str) -> str:
-    """An example value safe to print: personal values masked (IDs 前6后4, other text to its first character)."""
-    v = str(value)
-    if pii == "none":
-        return v[:40]
-    if len(v) == 18 or len(v) == 15:
-        return idno.mask(v)
-    return v[:1] + "*" * max(len(v) - 1, 0)
+def _example(value: str, pii: str) -> str:
+    """An example value safe to print: masked by its field's `pii` class (`idno.mask_value`), at most 40 characters."""
+    return idno.mask_value(value, pii)[:40]
 
 
 @dataclass
@@ -75,7 +70,7 @@ def _collect(c: Contract, p: Profile, con: duckdb.DuckDBPyConnection, source: st
                 p.unknown_values.setdefault(f, Counter())[str(v).strip()] += 1
             elif rule != "required_missing":
                 prev = p.bad_formats.get(f, (rule, 0, []))
-                ex = prev[2] + ([mask(v, fld.pii)] if v is not None and len(prev[2]) < MAX_EXAMPLES else [])
+                ex = prev[2] + ([_example(v, fld.pii)] if v is not None and len(prev[2]) < MAX_EXAMPLES else [])
                 p.bad_formats[f] = (rule, prev[1] + 1, ex)
 
 
@@ -100,11 +95,11 @@ def profile_files(c: Contract, mapping: Mapping, files: list[tuple[str, bytes]])
                 con.unregister("__lines")
                 p.envelopes += recs.num_rows - recs["_event_id"].null_count
                 json_seen = True
-                for k in {k for r in rows[:200] for k in _keys(r[0])}:
+                for k in {k for r in rows[:200] for k in _keys(r[0] or "")}:  # (a JSON Lines row is its line)
                     p.columns.setdefault(k, _field_of(c, mapping, k))
             else:
                 mapped, missing = c.map_headers(header, mapping.headers)
-                p.columns.update({h: m for h, m in zip(header, mapped, strict=True)})
+                p.columns.update(dict(zip(header, mapped, strict=True)))
                 p.missing = sorted(set(p.missing) | set(missing))
                 recs = rows_to_records(c, header, rows, mapping, strict=False)
                 recs = recs.append_column("_occurred_at", pa.nulls(recs.num_rows, pa.string()))
@@ -141,8 +136,7 @@ def _keys(line: str) -> list[str]:
         obj = json.loads(line)
     except ValueError:
         return []
-    if isinstance(obj, dict) and isinstance(obj.get("payload"), dict) and "event_id" in obj:
-        obj = obj["payload"]
+    obj = envelope.unwrap(obj)
     return list(obj) if isinstance(obj, dict) else []
 
 

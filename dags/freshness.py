@@ -20,7 +20,8 @@ from safetynet import orchestration as orch
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
-    default_args=orch.task_defaults(2, dt.timedelta(minutes=1)),
+    # transient failures (the store) retried with backoff; a ConfigError fails at once (orchestration.no_retry)
+    default_args=orch.task_defaults(2, dt.timedelta(minutes=1), dt.timedelta(minutes=10), dt.timedelta(minutes=30)),
     tags=["safetynet", "quality"],
 )
 def freshness():

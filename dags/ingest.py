@@ -23,13 +23,15 @@ from safetynet import orchestration as orch
 try:  # apache-airflow-providers-apache-kafka (confluent-kafka); without it: cron only
     from airflow.providers.apache.kafka.triggers.await_message import AwaitMessageTrigger
 except ImportError:
-    AwaitMessageTrigger = None
+    HAS_KAFKA_PROVIDER = False
+else:
+    HAS_KAFKA_PROVIDER = True
 
 FEEDS = orch.feed_specs()
 CLEAN = orch.clean_assets()
 
 watchers = []
-if AwaitMessageTrigger is not None:
+if HAS_KAFKA_PROVIDER:
     watchers.append(AssetWatcher(
         name="department_topics",
         trigger=AwaitMessageTrigger(
@@ -54,6 +56,8 @@ KAFKA_ACTIVITY = orch.kafka_activity_asset(watchers)
     catchup=False,
     max_active_runs=1,
     max_active_tasks=4,
+    # transient failures (store, lease busy, broker past kafka_retry_s) retried with backoff; a ConfigError or an
+    # unhealthy feed (DataError) fails the task at once (orchestration.no_retry)
     default_args=orch.task_defaults(3, dt.timedelta(seconds=30), dt.timedelta(minutes=10), dt.timedelta(hours=1)),
     tags=["safetynet", "ingest"],
 )

@@ -24,6 +24,7 @@ from safetynet import orchestration as orch
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,  # asset events arriving during a build queue up as one next run
+    # transient failures retried with backoff; a ConfigError (policy) or the quality gate (DataError) fails at once
     default_args=orch.task_defaults(2, dt.timedelta(minutes=1), dt.timedelta(minutes=15), dt.timedelta(hours=2)),
     tags=["safetynet", "monitoring"],
 )

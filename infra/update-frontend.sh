@@ -4,7 +4,7 @@
 #
 # The review app's own files (ECharts, htmx, Swagger UI for /api/docs) follow their major version.
 # The Data Docs files (data-docs/) are the exact versions Great Expectations' page templates load
-# from CDNs; quality/gx.py (_DOCS_ASSETS) maps each CDN URL to one of them, so change both together.
+# from CDNs; quality/datadocs.py (_DOCS_ASSETS) maps each CDN URL to one of them, so change both together.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=safetynet/review/static/vendor
@@ -65,7 +65,7 @@ done
   echo "Written by \`infra/update-frontend.sh\` (\`npm pack\` from the npm registry, files as released)."
   echo "The review app serves this directory under \`/static/vendor/\`: ECharts, htmx and Swagger UI"
   echo "(\`/api/docs\`). \`data-docs/\` holds what Great Expectations' Data Docs pages would load from"
-  echo "CDNs; \`quality/gx.py\` copies it into every Data Docs site and points the pages at the copies."
+  echo "CDNs; \`quality/datadocs.py\` copies it into every Data Docs site and points the pages at the copies."
   echo
   echo "| files | npm package | licence |"
   echo "| --- | --- | --- |"

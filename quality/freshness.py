@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from zoneinfo import ZoneInfo
 
+from safetynet.core import paths
 from safetynet.core.store import Entry, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 GRACE_FRACTION = 0.25
 #: Tolerated difference between a file's mtime (store clock) and its `_ingested_at` (worker clock).
 CLOCK_SLACK = dt.timedelta(minutes=10)
-REPORTS = "_catalog/freshness"
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def last_arrival(store: ObjectStore, prefix: str, until: dt.datetime | None = No
 
 def _clean_rows(store: ObjectStore, prefix: str) -> int | None:
     try:
-        return int(json.loads(store.read_bytes(f"_catalog/clean/{prefix}.json"))["counts"]["rows"])
+        return int(json.loads(store.read_bytes(paths.clean_manifest(prefix)))["counts"]["rows"])
     except FileNotFoundError:
         return None
 
@@ -139,8 +139,8 @@ def feed_freshness(store: ObjectStore, contract, as_of: dt.datetime, grace_fract
     """
     as_of = parse_instant(as_of)
     until = as_of if point_in_time else None
-    arrived = last_arrival(store, f"raw/{contract.prefix}/", until)
-    received = last_arrival(store, f"quarantine/{contract.prefix}/", until)
+    arrived = last_arrival(store, paths.raw(contract.prefix), until)
+    received = last_arrival(store, paths.quarantine(contract.prefix), until)
     if arrived is not None and (received is None or arrived > received):
         received = arrived
     late_after = contract.cadence_hours * (1 + grace_fraction)
@@ -183,16 +183,16 @@ def check(store: ObjectStore, as_of: str | dt.datetime, grace_fraction: float = 
     t = parse_instant(as_of)
     feeds = freshness(store, t, grace_fraction)
     healths = health.latest(store, list(contracts().values()))  # the latest delivery's verdict per feed
+    stale = sorted(fid for fid, f in feeds.items() if f.stale)
+    unhealthy = sorted(fid for fid, h in healths.items() if h.get("unhealthy"))
     report = {
-        "as_of": t.isoformat(), "grace_fraction": grace_fraction,
-        "stale": sorted(fid for fid, f in feeds.items() if f.stale),
-        "unhealthy": sorted(fid for fid, h in healths.items() if h.get("unhealthy")),
+        "as_of": t.isoformat(), "grace_fraction": grace_fraction, "stale": stale, "unhealthy": unhealthy,
         "feeds": {fid: {**asdict(f), "stale": f.stale,
                         "health": {k: healths[fid].get(k) for k in ("unhealthy", "rate", "problems", "drift", "run_id")}
                         if fid in healths else None}
                   for fid, f in feeds.items()},
     }
-    path = f"{REPORTS}/{t.date().isoformat()}.json"
+    path = paths.freshness_report(t.date())
     store.write_bytes(path, json.dumps(report, ensure_ascii=False, indent=1, sort_keys=True).encode())
     report["report"] = path
     for f in feeds.values():
@@ -208,18 +208,18 @@ def check(store: ObjectStore, as_of: str | dt.datetime, grace_fraction: float = 
                         extra={"event": "feed_stale", "feed": f.feed_id, "status": f.status, "as_of": t.isoformat(),
                                "cadence_hours": f.cadence_hours, "last_arrival": f.last_arrival,
                                "age_hours": f.age_hours})
-    for fid in report["unhealthy"]:
+    for fid in unhealthy:
         log.warning("feed %s is unhealthy (its last delivery is held; the previous clean state is in force): %s",
                     fid, "; ".join(healths[fid].get("problems", [])),
                     extra={"event": "feed_unhealthy", "feed": fid, "as_of": t.isoformat()})
-    log.info("freshness as of %s: %d feeds, %d stale", t.isoformat(), len(feeds), len(report["stale"]),
-             extra={"event": "freshness", "as_of": t.isoformat(), "feeds": len(feeds), "stale": report["stale"]})
+    log.info("freshness as of %s: %d feeds, %d stale", t.isoformat(), len(feeds), len(stale),
+             extra={"event": "freshness", "as_of": t.isoformat(), "feeds": len(feeds), "stale": stale})
     return report
 
 
 def read_report(store: ObjectStore, day: dt.date) -> dict:
     """The latest freshness check written for a day."""
-    return json.loads(store.read_bytes(f"{REPORTS}/{day.isoformat()}.json"))
+    return json.loads(store.read_bytes(paths.freshness_report(day)))
 
 
 # ---- which rules read which feeds -----------------------------------------------------------------

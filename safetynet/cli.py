@@ -98,6 +98,7 @@ def progress_bar(enabled: bool, total: int | None, label: str) -> Iterator:
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
         SpinnerColumn,
         TextColumn,
         TimeElapsedColumn,
@@ -105,6 +106,7 @@ def progress_bar(enabled: bool, total: int | None, label: str) -> Iterator:
     )
 
     con = _console(stderr=True)
+    cols: tuple[ProgressColumn, ...]
     if total is None:
         cols = (SpinnerColumn(), TextColumn("{task.description}", markup=False),
                 TextColumn("{task.fields[detail]}", markup=False), TimeElapsedColumn())
@@ -120,6 +122,10 @@ def progress_bar(enabled: bool, total: int | None, label: str) -> Iterator:
         yield advance
 
 
+#: the name of our log handler on the root logger
+_LOG_HANDLER = "safetynet"
+
+
 def _setup_logging(level: int) -> None:
     """Our handler on the root logger (stderr, ISO-like times), its level the one asked for: a
     library that sets INFO on its own logger (great_expectations) shows nothing without -v."""
@@ -127,14 +133,14 @@ def _setup_logging(level: int) -> None:
     from rich.logging import RichHandler
 
     root = logging.getLogger()
-    ours = [h for h in root.handlers if getattr(h, "_safetynet", False)]
+    ours = [h for h in root.handlers if h.get_name() == _LOG_HANDLER]
     if not ours and not root.handlers:  # an embedding program (pytest) keeps its own
-        h = RichHandler(show_path=False, console=Console(stderr=True, width=_width()),
-                        log_time_format="%Y-%m-%d %H:%M:%S", omit_repeated_times=False)
-        h.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-        h._safetynet = True
-        root.addHandler(h)
-        ours = [h]
+        handler = RichHandler(show_path=False, console=Console(stderr=True, width=_width()),
+                              log_time_format="%Y-%m-%d %H:%M:%S", omit_repeated_times=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        handler.set_name(_LOG_HANDLER)
+        root.addHandler(handler)
+        ours = [handler]
     for h in ours:
         h.setLevel(level)
     if ours:
@@ -456,11 +462,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if not store_exists(s):
             con.print(f"store: no store at {store_location(s)} yet — `safetynet ingest`, `run` and `demo` create it")
         else:
+            from safetynet.core import paths
             from safetynet.core.store import open_store
 
             st = open_store(s)
-            st.write_bytes("_catalog/.check", b"ok")
-            st.delete("_catalog/.check")
+            st.write_bytes(paths.WRITE_CHECK, b"ok")
+            st.delete(paths.WRITE_CHECK)
             _say(con, ("store reachable", "green"), f": {st.url}")
     except UsageError as e:
         problems.append(str(e))
@@ -494,11 +501,10 @@ def run_ingest(settings, store, feeds=None, kafka=True, files=True):
     `landing/` that are no feed's are reported first (their files are never read)."""
     from connectors.base import connectors
     from connectors.drop_folder import stray_folders
+    from safetynet.core import lease
     from safetynet.intake.clean import clean_all
     from safetynet.intake.ingest import ingest
     from schemas.registry import contracts
-
-    from safetynet.core import lease
 
     if files:
         for line in stray_folders(store, list(contracts().values())):
@@ -573,8 +579,10 @@ def print_summary(report, cleaned, expected=None) -> bool:
 
 
 def _nothing_waiting(report, store, kafka: bool) -> None:
+    from safetynet.core import paths
+
     if not any(fc.input or fc.empty_snapshots for fc in report.feeds.values()):
-        _console().print(f"nothing was waiting: no new drops under {store.url}/landing/"
+        _console().print(f"nothing was waiting: no new drops under {store.url}/{paths.LANDING}"
                          + (" and no new events on the topics" if kafka else ""))
 
 
@@ -636,7 +644,7 @@ def run_build(settings, store, snapshot_date: dt.date, pol, accept_unhealthy=())
                                            step=lambda what: adv(1, what))
     except pipeline.QualityGateFailed as e:
         con = _console()
-        if e.report is not None:
+        if e.report is not None and hasattr(e.report, "summary"):  # (as the gate's own message has it)
             con.print(e.report.summary())
             con.print(f"Data Docs: {store.url}/docs/quality/")
         raise
@@ -649,8 +657,8 @@ def print_warnings(res, con) -> None:
     from rich.text import Text
 
     from quality.rules import RULES
-    from safetynet.publish import snapshot
     from safetynet.intake.regions import region_names
+    from safetynet.publish import snapshot
 
     w = res.warnings
     titles = {r.id: (r.title_zh, r.severity) for r in RULES}
@@ -732,6 +740,7 @@ def cmd_snapshots_list(args: argparse.Namespace) -> int:
 
     from rich.table import Table
 
+    from safetynet.core import paths
     from safetynet.publish import snapshot
 
     store = open_existing_store(_settings(args))
@@ -743,12 +752,12 @@ def cmd_snapshots_list(args: argparse.Namespace) -> int:
         except FileNotFoundError:
             published = ", ".join(d.isoformat() for d in snapshot.snapshots(store)) or "none"
             raise UsageError(f"no published snapshot {day} in {store.url} (published: {published})") from None
-        mtimes = {e.path: e.mtime_ns for e in store.list(f"{snapshot.MANIFESTS}/{day.isoformat()}/", ".json")}
+        mtimes = {e.path: e.mtime_ns for e in store.list(paths.snapshot_versions(day), ".json")}
         for v in snapshot.versions(store, day) or [current]:
             m = snapshot.manifest(store, day, v)
             q = m.get("quality") or {}
             inputs = m.get("inputs") or {}
-            t = mtimes.get(f"{snapshot.MANIFESTS}/{day.isoformat()}/v{v}.json")
+            t = mtimes.get(paths.snapshot_version(day, v))
             out.append({
                 "snapshot_date": day.isoformat(), "version": v, "current": v == current,
                 "published_at": _dt.datetime.fromtimestamp(t / 1e9, _dt.UTC).isoformat(timespec="seconds") if t else None,
@@ -940,8 +949,8 @@ def cmd_regions(args: argparse.Namespace) -> int:
                             f" — no list of county {code[:6]} is imported (`safetynet regions import FILE`)"))
     level = regions.LEVEL_OF_LENGTH[len(code)]
     con.print(f"{code} {names[code]} ({level} {regions.LEVEL_ZH[level]})")
-    path = [c for c in dict.fromkeys((code[:2], code[:4], code[:6], code[:9])) if len(c) < len(code) and c in names]
-    con.print("  " + " › ".join(f"{names[c]} {c}" for c in [*path, code]))
+    above = [c for c in dict.fromkeys((code[:2], code[:4], code[:6], code[:9])) if len(c) < len(code) and c in names]
+    con.print("  " + " › ".join(f"{names[c]} {c}" for c in [*above, code]))
     lst = names.imported.get(code[:6])
     listed = (f"the list of county {code[:6]} imported {lst['imported_at']} from {lst['source']['file']} "
               f"(sha256 {lst['source']['sha256'][:12]}…)") if lst else ""
@@ -977,8 +986,8 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
 def cmd_rules_backtest(args: argparse.Namespace) -> int:
     """Backtest a policy file on published snapshots: prints per rule kept/added/removed, writes
     the differences as CSV; publishes nothing."""
-    from safetynet.publish import backtest, snapshot
     from quality import policy
+    from safetynet.publish import backtest, snapshot
 
     s = _settings(args)
     pol = policy.load(args.policy)
@@ -994,9 +1003,11 @@ def cmd_rules_backtest(args: argparse.Namespace) -> int:
     results, files = [], []
     with progress_bar(s.progress, len(dates), "回测 backtest") as adv:
         for d in dates:
+            def step(what: str, d: dt.date = d) -> None:
+                adv(0, f"{d} {what}")
+
             res = backtest.backtest(store, d, pol, rules, include_retired=not args.rule,
-                                    memory_limit=s.duckdb_memory_limit,
-                                    step=lambda what, d=d: adv(0, f"{d} {what}"))
+                                    memory_limit=s.duckdb_memory_limit, step=step)
             files.append(backtest.write_csv(res, out_dir))
             results.append(res)
             adv(1, d.isoformat())
@@ -1172,15 +1183,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: (module, class, exit code, prefix of the line) of the errors ordinary use meets
+#: (module, class, exit code, prefix of the line) of the errors ordinary use meets: first those with a
+#: code or prefix of their own, then by how they are handled (`schemas.errors`) — a `ConfigError`
+#: (policy, settings, mapping, region list, unknown rule, no such snapshot …) exits 2, a `DataError` 3,
+#: a `TransientError` (`StoreError`, `LeaseLost`) 1
 _KNOWN_ERRORS = (
-    ("quality.policy", "PolicyError", EXIT_USAGE, ""), ("safetynet.publish.snapshot", "SnapshotNotFound", EXIT_USAGE, ""),
-    ("safetynet.publish.backtest", "UnknownRule", EXIT_USAGE, ""), ("safetynet.review.auth", "AccountError", EXIT_USAGE, ""),
-    ("safetynet.intake.regions", "RegionListError", EXIT_USAGE, ""),
-    ("safetynet.pipeline", "QualityGateFailed", EXIT_UNHEALTHY, "not published: "),
+    ("quality.gate", "QualityGateFailed", EXIT_UNHEALTHY, "not published: "),
     ("safetynet.core.lease", "LeaseBusy", EXIT_BUSY, "not started: "),
-    ("safetynet.core.store", "StoreError", EXIT_FAILURE, ""), ("safetynet.demo.broker", "BrokerError", EXIT_FAILURE, ""),
-    ("safetynet.core.lease", "LeaseLost", EXIT_FAILURE, ""),
+    ("safetynet.review.auth", "AccountError", EXIT_USAGE, ""), ("safetynet.demo.broker", "BrokerError", EXIT_FAILURE, ""),
+    ("schemas.errors", "ConfigError", EXIT_USAGE, ""), ("schemas.errors", "DataError", EXIT_UNHEALTHY, ""),
+    ("schemas.errors", "TransientError", EXIT_FAILURE, ""),
 )
 
 

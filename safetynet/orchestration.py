@@ -17,16 +17,26 @@ Assets (one naming scheme, grep the feed id to find it):
 * `safetynet://catalog/freshness` — a freshness report was written.
 
 Airflow specifics are imported lazily and only where a task needs them (skipping a no-op
-ingest, failing a quality gate without retries), so the functions also run without Airflow.
+ingest, failing a task without retries), so the functions also run without Airflow.
+
+Errors are handled by their group (`schemas.errors`): a `ConfigError` (settings, policy, mapping,
+an unknown feed) or a `DataError` (an unhealthy delivery, the quality gate) fails the task at once
+with `AirflowFailException` — retrying the same configuration or data cannot help; anything else
+(a `TransientError` such as `StoreError` or `LeaseBusy`, a lost broker, a bug) is re-raised as it
+is and retried by Airflow with exponential backoff (`task_defaults`, the DAGs' `default_args`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from schemas.errors import ConfigError, DataError  # no imports of its own: the module stays cheap
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset
@@ -65,7 +75,10 @@ class FeedSpec:
 
 def task_defaults(retries: int, first_retry: dt.timedelta, max_retry: dt.timedelta | None = None,
                   timeout: dt.timedelta | None = None) -> dict:
-    """The DAGs' `default_args`: retries with exponential backoff (tasks are idempotent) and a timeout."""
+    """The DAGs' `default_args`: retries with exponential backoff (tasks are idempotent) and a timeout.
+
+    Retries are for transient failures only: a task function turns a `ConfigError` or `DataError`
+    into `AirflowFailException`, which Airflow does not retry (`no_retry` below)."""
     out: dict = {"retries": retries, "retry_delay": first_retry}
     if max_retry is not None:
         out.update(retry_exponential_backoff=True, max_retry_delay=max_retry)
@@ -145,16 +158,12 @@ def kafka_wakeup(message: Any, min_interval_s: float = WAKEUP_MIN_INTERVAL_S, ke
 
 # ---- task functions -----------------------------------------------------------------------------------
 def _edge() -> tuple[Settings, ObjectStore]:
-    from safetynet.core import logmask
-    from safetynet.core.settings import Settings
+    from safetynet.core import logmask, settings
     from safetynet.core.store import ObjectStore
 
     logmask.install()  # in the task process, after Airflow set up its logging: masks ID-shaped text
 
-    s = Settings(progress=False)
-    problems = s.problems()
-    if problems:
-        raise ValueError("configuration problems: " + "; ".join(problems))
+    s = settings.load(progress=False)  # SettingsError (a ConfigError) naming every problem
     return s, ObjectStore.from_settings(s)
 
 
@@ -168,15 +177,37 @@ def _airflow_exception(name: str, fallback: type[Exception]) -> type[Exception]:
         return fallback
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def no_retry(fn: _F) -> _F:
+    """A task function whose `ConfigError` and `DataError` fail the Airflow task at once: raised
+    again as `AirflowFailException` (same message, the original chained), which Airflow does not
+    retry. Every other exception — transient ones included — passes as it is, to the task's
+    retries with backoff. Without Airflow the original error is raised."""
+    @functools.wraps(fn)
+    def task(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError) as e:
+            fail = _airflow_exception("AirflowFailException", type(e))
+            if isinstance(e, fail):
+                raise
+            raise fail(str(e)) from e
+
+    return task  # type: ignore[return-value]
+
+
 class NothingNew(Exception):
     """No change to a feed's clean state (outside Airflow; inside it is `AirflowSkipException`)."""
 
 
-class FeedUnhealthy(RuntimeError):
-    """A feed's delivery is unhealthy (outside Airflow; inside it is `AirflowFailException`: a data
-    problem, not a transient one, so the task fails at once, without retries)."""
+class FeedUnhealthy(DataError, RuntimeError):
+    """A feed's delivery is unhealthy: a `DataError` (inside Airflow the task fails at once with
+    `AirflowFailException`, without retries — a data problem, not a transient one)."""
 
 
+@no_retry
 def ingest_feed(feed_id: str, *, skip_unchanged: bool = False) -> dict:
     """Ingest one feed (Kafka up to the watermark seen at start, if configured, and waiting drops),
     then rebuild its `clean/` state if raw data changed. Returns the counts.
@@ -191,7 +222,10 @@ def ingest_feed(feed_id: str, *, skip_unchanged: bool = False) -> dict:
     from schemas.registry import get
 
     s, store = _edge()
-    c = get(feed_id)
+    try:
+        c = get(feed_id)
+    except KeyError as e:  # the registry's lookup error: here a configuration problem (the DAG's feed id)
+        raise ConfigError(e.args[0]) from None
     t0 = time.perf_counter()
     # one writer per feed, ingest and clean alike; a retry after a kill takes the dead attempt's
     # lease over (at once on the same host, else after its expiry: the task waits that long)
@@ -210,7 +244,7 @@ def _ingest_feed(s, store, c, t0: float, skip_unchanged: bool) -> dict:
     if not fc.reconciles:  # ingest raises first; kept as the task's own guard
         raise AssertionError(f"{feed_id}: counts do not reconcile: {fc.as_dict()}")
     if fc.health is not None and fc.health.unhealthy:  # held out of clean/ by ingest; nothing to clean
-        raise _airflow_exception("AirflowFailException", FeedUnhealthy)(
+        raise FeedUnhealthy(
             f"{feed_id} unhealthy (delivery held, previous clean state in force; run {report.run_id}): "
             + " | ".join(fc.health.problems + fc.health.drift)
             + " — fix the mapping (safetynet feeds profile) or the delivery; no retry")
@@ -235,13 +269,17 @@ def _ingest_feed(s, store, c, t0: float, skip_unchanged: bool) -> dict:
 def clean_is_behind(store: ObjectStore, contract) -> bool:
     """Whether the feed's clean state misses raw data: no clean manifest yet, or a raw file at
     least as new as it (same store clock on both sides, so no skew)."""
-    manifest = store.list(f"_catalog/clean/{contract.department}/", f"/{contract.feed}.json")
+    from safetynet.core import paths
+
+    manifest = [e for e in store.list(paths.clean_manifests(contract.department), ".json")
+                if e.path == paths.clean_manifest(contract.prefix)]
     if not manifest:
         return True
-    raw = store.list(f"raw/{contract.prefix}/", ".parquet")
+    raw = store.list(paths.raw(contract.prefix), ".parquet")
     return bool(raw) and max(e.mtime_ns for e in raw) >= manifest[0].mtime_ns
 
 
+@no_retry
 def run_monitoring(snapshot_date: str) -> dict:
     """Quality gate → monitoring build → warnings → publish (+ `hub.warnings.v1`) for one snapshot date.
 
@@ -252,6 +290,7 @@ def run_monitoring(snapshot_date: str) -> dict:
     """
     from quality import freshness
     from safetynet import pipeline
+    from safetynet.core import paths
 
     s, store = _edge()
     day = dt.date.fromisoformat(snapshot_date)
@@ -261,11 +300,8 @@ def run_monitoring(snapshot_date: str) -> dict:
         log.warning("snapshot %s is computed on stale inputs: %s", day, ", ".join(stale),
                     extra={"event": "stale_inputs", "snapshot_date": snapshot_date, "stale_inputs": stale,
                            "as_of": as_of.isoformat()})
-    pol = pipeline.load_policy(pipeline.county_of(store), day, None)
-    try:
-        res = pipeline.build_snapshot(s, store, day, pol)
-    except pipeline.QualityGateFailed as e:
-        raise _airflow_exception("AirflowFailException", RuntimeError)(str(e)) from e
+    pol = pipeline.load_policy(pipeline.county_of(store), day, None)  # PolicyError: a ConfigError, no retry
+    res = pipeline.build_snapshot(s, store, day, pol)  # QualityGateFailed: a DataError, no retry (`no_retry`)
     w = res.warnings
     by_rule: dict[str, int] = {}
     if w is not None:
@@ -276,7 +312,7 @@ def run_monitoring(snapshot_date: str) -> dict:
         "snapshot_date": day.isoformat(), "policy_version": res.policy_version, "persons": res.persons,
         "households": res.households, "warnings": w.num_rows if w is not None else 0,
         "warnings_by_rule": dict(sorted(by_rule.items())),
-        "manifest": f"_catalog/snapshots/{day.isoformat()}/v{res.manifest.get('version')}.json",
+        "manifest": paths.snapshot_version(day, res.manifest["version"]),
         "version": res.manifest.get("version"), "publish": res.manifest.get("status"),
         "quality_ok": None if res.quality is None else bool(res.quality.ok),
         "kafka_published": res.kafka_published,
@@ -289,6 +325,7 @@ def run_monitoring(snapshot_date: str) -> dict:
     return out
 
 
+@no_retry
 def check_freshness(now: str) -> dict:
     """Freshness of every feed at `now` (ISO time with offset); writes `_catalog/freshness/<date>.json`.
 

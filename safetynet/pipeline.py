@@ -16,30 +16,21 @@ from pathlib import Path
 import pyarrow as pa
 
 from quality import evaluation, freshness, policy
+from quality.gate import QualityGateFailed
+from quality.report import QualityReport
 from safetynet.build import monitoring
-from schemas import normalise
-from safetynet.publish import snapshot
-from safetynet.intake import health as feed_health
+from safetynet.core import paths
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
+from safetynet.intake import health as feed_health
+from safetynet.publish import snapshot
+from schemas import normalise
+from schemas.errors import ConfigError
 from schemas.registry import contracts
 
 log = logging.getLogger(__name__)
 
 WARNINGS_TOPIC = "hub.warnings.v1"
-
-
-class QualityGateFailed(RuntimeError):
-    """A critical expectation failed: the snapshot is not published.
-
-    `headline` is one line; the report (`report.summary()`) is shown by whoever catches it, once
-    (the CLI prints it, an Airflow task fails with `str(e)`, which holds both)."""
-
-    def __init__(self, headline: str, report: object):
-        summary = report.summary() if report is not None and hasattr(report, "summary") else ""
-        super().__init__(headline + (f"\n{summary}" if summary else ""))
-        self.headline = headline
-        self.report = report
 
 
 @dataclass
@@ -50,7 +41,7 @@ class RunResult:
     households: int = 0
     warnings: pa.Table | None = None
     manifest: dict = field(default_factory=dict)
-    quality: object | None = None
+    quality: QualityReport | None = None
     ingest: object | None = None
     kafka_published: int = 0
     docs: list[str] = field(default_factory=list)
@@ -62,7 +53,7 @@ class RunResult:
         """One line on what the publish did: the version, or why none was written."""
         m = self.manifest
         v = f"v{m.get('version')}"
-        where = f"{store_url}/_catalog/snapshots/{self.snapshot_date}/{v}.json"
+        where = f"{store_url}/{paths.snapshot_version(self.snapshot_date, m['version'])}"
         if m.get("status") == "unchanged":
             return f"snapshot {self.snapshot_date} unchanged: identical to its current version {v} (nothing written)"
         if m.get("status") == "superseded":
@@ -88,8 +79,8 @@ def county_of(store: ObjectStore) -> str:
     codes = store.read_parquet(clean_path(c)).column("region_code")
     counties = sorted({v[:6] for v in codes.to_pylist() if v})
     if len(counties) != 1:
-        raise ValueError(f"the register spans counties {counties}: give --policy for the one to build, "
-                         "or run per county")
+        raise ConfigError(f"the register spans counties {counties}: give --policy for the one to build, "
+                          "or run per county")
     return counties[0]
 
 
@@ -98,7 +89,7 @@ def inputs_of(store: ObjectStore) -> dict:
     out = {}
     for fid, c in contracts().items():
         try:
-            m = json.loads(store.read_bytes(f"_catalog/clean/{c.prefix}.json"))
+            m = json.loads(store.read_bytes(paths.clean_manifest(c.prefix)))
             out[fid] = {"contract_version": c.version, "rows": m["counts"]["rows"], "watermarks": m["watermarks"]}
         except FileNotFoundError:
             out[fid] = {"contract_version": c.version, "rows": 0, "watermarks": None, "missing": True}
@@ -109,7 +100,7 @@ def feed_health_for_gate(store: ObjectStore, accept_unhealthy: list[str] | tuple
     """Every feed's recorded health as the gate reads it: ok = healthy, or accepted for this run."""
     unknown = sorted(set(accept_unhealthy) - set(contracts()))
     if unknown:
-        raise ValueError(f"--accept-unhealthy: unknown feed(s) {', '.join(unknown)}; known: {', '.join(contracts())}")
+        raise ConfigError(f"--accept-unhealthy: unknown feed(s) {', '.join(unknown)}; known: {', '.join(contracts())}")
     latest = feed_health.latest(store, list(contracts().values()))
     return {fid: {"ok": not h.get("unhealthy") or fid in accept_unhealthy,
                   "accepted": bool(h.get("unhealthy")) and fid in accept_unhealthy,
@@ -150,26 +141,22 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
         w = evaluation.evaluate(b, pol, stale_inputs=freshness.stale_inputs_by_rule(res.stale_inputs))
         outputs = {"monitoring/person": b.person, "monitoring/household": b.household, "warnings": w}
         if quality:
-            from quality import gx
+            from quality import datadocs, gate
 
             step("quality gate")
-            res.quality = gx.validate(store, snapshot_date, policy=pol, health=health, outputs={
+            res.quality = gate.validate(store, snapshot_date, policy=pol, health=health, outputs={
                 "monitoring.person": b.person, "monitoring.household": b.household, "warnings": w})
             step("Data Docs")
-            res.docs = gx.build_docs(res.quality, store)
-            if not res.quality.ok:
-                n = len(getattr(res.quality, "critical_failures", []) or [])
-                raise QualityGateFailed(f"quality gate failed for snapshot {snapshot_date}"
-                                        + (f" ({n} critical failure{'s' if n != 1 else ''})" if n else ""),
-                                        res.quality)
+            res.docs = datadocs.build_docs(res.quality, store)
+            res.quality.raise_for_critical()
         ps = snapshot.Pseudonymiser(settings.pseudonym_secret.get_secret_value().encode())
-        quality = {}
+        gate_record: dict = {}
         if res.quality is not None:  # the manifest keeps what is a function of the data, not when or how fast
             q = res.quality.as_dict()
-            quality = {k: q[k] for k in ("ok", "counts", "missing")}
-            quality["failures"] = [{k: f.get(k) for k in ("suite", "field", "expectation", "check", "critical", "unexpected_count")}
+            gate_record = {k: q[k] for k in ("ok", "counts", "missing")}
+            gate_record["failures"] = [{k: f.get(k) for k in ("suite", "field", "expectation", "check", "critical", "unexpected_count")}
                                    for s_ in q["suites"] for f in s_.get("failures", [])]
-            quality["docs"] = "docs/quality/"
+            gate_record["docs"] = paths.DOCS_QUALITY
         inputs = inputs_of(store)
         for fid in inputs:
             inputs[fid]["stale"] = fid in res.stale_inputs
@@ -178,7 +165,7 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
                 inputs[fid]["accepted_unhealthy"] = fid in res.accepted_unhealthy
         step("publish")
         res.manifest = snapshot.publish(store, snapshot_date, outputs, ps, policy_version=pol.version,
-                                        inputs=inputs, quality=quality)
+                                        inputs=inputs, quality=gate_record)
         res.persons, res.households, res.warnings = b.person.num_rows, b.household.num_rows, w
         if publish_kafka and settings.kafka_bootstrap:
             step("warnings to Kafka")
@@ -190,10 +177,12 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
 
 def produce_warnings(settings: Settings, w: pa.Table) -> int:
     """Warnings to `hub.warnings.v1`, keyed by warning_id (pseudonymised; a replay adds no new key)."""
-    from connectors.kafka_producer import ensure_topics
-    from connectors.kafka_producer import publish
+    from connectors.kafka_producer import ensure_topics, publish
 
-    ensure_topics(settings.kafka_bootstrap, [WARNINGS_TOPIC])
+    bootstrap = settings.kafka_bootstrap
+    if not bootstrap:
+        raise ConfigError("no Kafka bootstrap configured (SAFETYNET_KAFKA_BOOTSTRAP): the warnings cannot be produced")
+    ensure_topics(bootstrap, [WARNINGS_TOPIC])
     msgs = [(r["warning_id"].encode(), json.dumps(r, ensure_ascii=False, default=str, sort_keys=True).encode())
             for r in w.to_pylist()]
-    return publish(settings.kafka_bootstrap, WARNINGS_TOPIC, msgs)
+    return publish(bootstrap, WARNINGS_TOPIC, msgs)

@@ -37,20 +37,20 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from safetynet.intake import clean
-from safetynet.publish import snapshot
+from safetynet.core import paths
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
+from safetynet.intake import clean
+from safetynet.publish import snapshot
 from schemas.registry import contracts
 
 log = logging.getLogger(__name__)
 
-REPAIRS = "_catalog/repairs"
-RUNS = "_catalog/ingest"
 Advance = Callable[..., None]
 
 
@@ -91,7 +91,7 @@ class VerifyReport:
 # ---- what the catalog recorded ------------------------------------------------------------------
 def _records(store: ObjectStore, prefix: str) -> list[tuple[str, dict]]:
     out = []
-    for e in store.list(f"{prefix}/", ".json"):
+    for e in store.list(prefix, ".json"):
         try:
             out.append((e.path, json.loads(store.read_bytes(e.path))))
         except (FileNotFoundError, ValueError):
@@ -104,9 +104,9 @@ def expected_zone_files(store: ObjectStore) -> tuple[dict[str, dict | None], dic
     then repair-record order (the last writer wins); path → the feed's mapping record of that
     run; path → a loss recorded by a repair (the file is no longer expected)."""
     events: list[tuple[str, str, dict]] = []
-    for _, r in _records(store, RUNS):
+    for _, r in _records(store, paths.RUNS):
         events.append((r.get("run_id", ""), "run", r))
-    for _, r in _records(store, REPAIRS):
+    for _, r in _records(store, paths.REPAIRS):
         events.append((r.get("repair_id", ""), "repair", r))
     expected: dict[str, dict | None] = {}
     mapping: dict[str, dict] = {}
@@ -173,16 +173,16 @@ def verify(settings: Settings, store: ObjectStore, *, repair: bool = False, prog
         f = _check(store, rep, path.split("/", 1)[0], path, entry, advance)
         if f:
             rep.findings.append(f)
-    for zone in ("raw", "quarantine"):
-        for e in store.list(f"{zone}/"):
-            if e.path not in expected and "/damaged/" not in e.path:
+    for zone, prefix in (("raw", paths.RAW), ("quarantine", paths.QUARANTINE)):
+        for e in store.list(prefix):
+            if e.path not in expected and not paths.is_damaged(e.path):
                 rep.findings.append(Finding(zone, e.path, "unrecorded", "no run record lists this file (written by "
                                             "a run that crashed before recording it? the next ingest adopts it)"))
     # clean/
     clean_sums = {}
     for c in contracts().values():
         try:
-            m = json.loads(store.read_bytes(f"_catalog/clean/{c.prefix}.json"))
+            m = json.loads(store.read_bytes(paths.clean_manifest(c.prefix)))
         except FileNotFoundError:
             continue
         clean_sums[c.feed_id] = m
@@ -217,12 +217,23 @@ def _feed_of(path: str) -> str | None:
     return next((c.feed_id for c in contracts().values() if c.prefix == prefix), None)
 
 
+class _RepairRecord(TypedDict):
+    """What a repair did (`_catalog/repairs/<id>.json`): files rewritten (path → recorded entry), lost
+    (path → what was lost), rebuilt (paths)."""
+
+    repair_id: str
+    rewritten: dict[str, dict]
+    lost: dict[str, str]
+    rebuilt: list[str]
+
+
 def _repair(settings: Settings, store: ObjectStore, rep: VerifyReport, expected: dict[str, dict | None],
             mappings: dict[str, dict], advance: Advance) -> None:
     from schemas import normalise
 
-    record = {"repair_id": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8],
-              "rewritten": {}, "lost": {}, "rebuilt": []}
+    record: _RepairRecord = {
+        "repair_id": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8],
+        "rewritten": {}, "lost": {}, "rebuilt": []}
     con = normalise.connect()
     try:
         zone_findings = [f for f in rep.findings if f.zone in ("raw", "quarantine") and not f.resolved
@@ -238,8 +249,8 @@ def _repair(settings: Settings, store: ObjectStore, rep: VerifyReport, expected:
                 continue
             # a batch's raw and quarantine files are written together: repair both
             siblings = [p for p in expected if _feed_of(p) == fid and p.rsplit("/", 1)[-1] == f.path.rsplit("/", 1)[-1]]
-            entries = {p: expected[p] for p in siblings}
-            if any(e is None or not e.get("sha256") for e in entries.values()):
+            entries = {p: rec for p in siblings if (rec := expected[p]) is not None and rec.get("sha256")}
+            if len(entries) < len(siblings):  # one without a record, or a record without a checksum
                 f.repair = ("written before run records kept checksums: cannot prove a re-fetch identical; "
                             "re-ingest it by hand")
                 continue
@@ -259,14 +270,14 @@ def _repair(settings: Settings, store: ObjectStore, rep: VerifyReport, expected:
             elif lost:  # gone for good: move the damaged files aside so the pipeline can run on
                 for p in entries:
                     if store.exists(p):
-                        aside = _damaged_path(p)
+                        aside = paths.damaged(p)
                         store.write_bytes(aside, store.read_bytes(p))
                         store.delete(p)
                     record["lost"][p] = lost
                     for g in rep.findings:
                         if g.path == p:
                             g.repaired = True
-                            g.repair = f"{msg}; the damaged file was moved to {_damaged_path(p)}"
+                            g.repair = f"{msg}; the damaged file was moved to {paths.damaged(p)}"
         # clean/: deterministic from raw/
         for f in [f for f in rep.findings if f.zone == "clean" and not f.resolved]:
             fid = _feed_of(f.path)
@@ -281,14 +292,14 @@ def _repair(settings: Settings, store: ObjectStore, rep: VerifyReport, expected:
                 continue
             f.repaired = True
             f.repair = f"rebuilt from raw/ ({counts.rows:,} rows)"
-            if any(p.startswith(f"raw/{c.prefix}/") for p in record["lost"]):
+            if any(p.startswith(paths.raw(c.prefix)) for p in record["lost"]):
                 f.repair += "; without the lost raw files named above"
             record["rebuilt"].append(f.path)
         # published: rebuilt from the recorded inputs, restored only if identical
         pub = [f for f in rep.findings if f.zone == "published" and not f.resolved]
         by_version: dict[tuple[str, int], list[Finding]] = {}
         for f in pub:
-            day, version = _snapshot_of(f.path)
+            day, version = paths.snapshot_of(f.path)
             by_version.setdefault((day, version), []).append(f)
         for (day, version), fs in sorted(by_version.items()):
             try:
@@ -302,13 +313,8 @@ def _repair(settings: Settings, store: ObjectStore, rep: VerifyReport, expected:
     finally:
         con.close()
     if record["rewritten"] or record["lost"] or record["rebuilt"]:
-        rep.repair_record = f"{REPAIRS}/{record['repair_id']}.json"
+        rep.repair_record = paths.repair_record(record["repair_id"])
         store.write_bytes(rep.repair_record, json.dumps(record, ensure_ascii=False, indent=1).encode())
-
-
-def _damaged_path(path: str) -> str:
-    zone, dept, feed, *rest = path.split("/")
-    return f"quarantine/{dept}/{feed}/damaged/{zone}/{'/'.join(rest)}"
 
 
 def _identical(store: ObjectStore, entries: dict[str, dict], written: dict[str, dict]) -> tuple[bool, str]:
@@ -378,7 +384,7 @@ def _refetch_kafka(settings: Settings, store: ObjectStore, con, fid: str, name: 
         lost = (f"{span}: the topic no longer holds them (fetched {len(values):,}, offsets {held}): "
                 f"{want - len(values):,} records lost")
         return False, f"cannot re-fetch: {lost}", lost
-    date = name.path.split("ingest_date=", 1)[1].split("/", 1)[0]
+    date = paths.ingest_date_of(name.path)
     b = KafkaBatch(topic, part, first, last, date, values, offsets, stamps)
     at = dt.datetime.fromisoformat(next(iter(entries.values()))["ingested_at"])
     staged = _Staging(store)
@@ -448,21 +454,15 @@ class _Staging:
         return getattr(self.store, name)
 
 
-def _snapshot_of(path: str) -> tuple[str, int]:
-    day = path.split("snapshot_date=", 1)[1].split("/", 1)[0]
-    version = int(path.split("version=", 1)[1].split("/", 1)[0]) if "version=" in path else 0
-    return day, version
-
-
 def _rebuild_published(settings: Settings, store: ObjectStore, day: dt.date, version: int, paths: list[str]
                        ) -> tuple[bool, str]:
     """Rebuild a version's datasets from the inputs its manifest records; restore the damaged files
     if the rebuild is byte-identical to what the manifest recorded."""
-    from safetynet.publish import backtest
     from quality import evaluation, freshness
-    from safetynet.build import monitoring
-    from schemas import normalise
     from safetynet import pipeline
+    from safetynet.build import monitoring
+    from safetynet.publish import backtest
+    from schemas import normalise
 
     m = snapshot.manifest(store, day, version or None)
     con = normalise.connect(memory_limit=settings.duckdb_memory_limit)
@@ -527,6 +527,6 @@ def print_report(rep: VerifyReport, con) -> None:
         con.print(Text("store verify: every file matches the catalog" + (" after repair" if any(f.repaired for f in rep.findings) else "")
                        + (f"; {len(lost)} range(s) recorded as lost (LOST above)" if lost else "")))
     else:
-        bad = sum(not f.resolved for f in rep.findings)
-        con.print(Text(f"store verify: {bad} file(s) damaged" + ("" if any(f.repair for f in rep.findings)
+        damaged = sum(not f.resolved for f in rep.findings)
+        con.print(Text(f"store verify: {damaged} file(s) damaged" + ("" if any(f.repair for f in rep.findings)
                                                              else "; run with --repair to mend what can be mended")))

@@ -208,7 +208,7 @@ def norm_header(h: str) -> str:
     return "".join(str(h).split()).lower().lstrip("\ufeff")
 
 
-def F(name: str, kind: Kind, label_zh: str, **kw) -> Field:  # noqa: N802 - a short declaration helper
+def F(name: str, kind: Kind, label_zh: str, **kw) -> Field:
     """Shorthand used by the feed declarations."""
     if "values" in kw:
         kw["values"] = tuple(kw["values"])

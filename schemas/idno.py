@@ -1,7 +1,11 @@
 """PRC resident ID numbers (GB 11643-1999): check character, 15→18 upgrade, validation, masking.
 
-This is the reference implementation. The vectorised SQL in `schemas.normalise` must agree
-with it (a property test holds them to that); the generator uses it to mint valid numbers.
+This is the reference implementation and the one home of these rules: the check character is
+computed once (`check_chars`; `check_char` is its one-number case) and generated as SQL from the
+same `WEIGHTS`/`CHECK` (`check_sql`, the normaliser's `sn_idcheck` macro); the vectorised SQL in
+`schemas.normalise` must agree with it (a property test holds them to that); the generator uses
+it to mint valid numbers. Masking for display (`mask`, `mask_value`, `mask_text`, `looks_like_id`)
+lives here too, for every layer.
 """
 
 from __future__ import annotations
@@ -24,9 +28,31 @@ class IdError(ValueError):
         self.rule = rule
 
 
+_WEIGHTS = np.asarray(WEIGHTS, dtype=np.int64)
+_CHECKS = np.asarray(list(CHECK))
+
+
+def check_chars(first17: np.ndarray) -> np.ndarray:
+    """Check characters for an (n, 17) array of digits → array of 1-char strings. The one computation
+    of GB 11643 in Python (`check_char` is its one-number case; `check_sql` the same in SQL)."""
+    return _CHECKS[first17.astype(np.int64) @ _WEIGHTS % 11]
+
+
 def check_char(first17: str) -> str:
     """The GB 11643 check character of the first 17 digits."""
-    return CHECK[sum(int(c) * w for c, w in zip(first17, WEIGHTS, strict=True)) % 11]
+    if len(first17) != 17 or not first17.isascii() or not first17.isdigit():
+        raise ValueError(f"not 17 digits: {len(first17)} characters")
+    return str(check_chars(np.frombuffer(first17.encode("ascii"), np.uint8).reshape(1, 17) - ord("0"))[0])
+
+
+def check_sql(first17: str) -> str:
+    """The check character as a SQL (DuckDB) expression over `first17`, an expression of 17 digits (text).
+
+    Generated from `WEIGHTS` and `CHECK`: the digits are read off one BIGINT (17 digits fit), which
+    is several times faster than 17 substring casts."""
+    digits = f"TRY_CAST(substr({first17}, 1, 17) AS BIGINT)"
+    total = " + ".join(f"({digits} // {10 ** (16 - i)} % 10) * {w}" for i, w in enumerate(WEIGHTS))
+    return f"substr('{CHECK}', ((({total}) % 11) + 1)::INTEGER, 1)"
 
 
 def normalise(raw: str, as_of: _dt.date | None = None) -> str:
@@ -63,8 +89,21 @@ def is_valid(raw: str) -> bool:
         return False
 
 
+# ---- masking: the one implementation (review app, exports, profiles, quality reports, logs) ----
+_DIGIT = "0-9０-９"
+#: a run of 15 or 18 (the last may be X) digits, not inside a longer run of digits
+_ID_SHAPED = re.compile(rf"(?<![{_DIGIT}])(?:[{_DIGIT}]{{17}}[{_DIGIT}XxＸｘ]|[{_DIGIT}]{{15}})(?![{_DIGIT}XxＸｘ])")
+
+
+def looks_like_id(v: str | None) -> bool:
+    """`v` has an ID number's shape (18 digits, the last may be X, or a legacy 15; full-width digits
+    count), whatever its check character: what must never be shown or logged unmasked."""
+    return bool(v) and _ID_SHAPED.fullmatch(str(v)) is not None
+
+
 def mask(id_no: str | None) -> str:
-    """Mask for display: first 6 and last 4 kept (`430103********1234`)."""
+    """An ID number for display: first 6 and last 4 kept (前6后4, `430103********1234`); a value of 10
+    characters or fewer entirely masked."""
     if not id_no:
         return ""
     s = str(id_no)
@@ -74,42 +113,33 @@ def mask(id_no: str | None) -> str:
 
 
 def mask_value(value: object, pii: str = "none") -> str:
-    """How a value of a contract field is shown, by its `pii` class: `direct` (ID numbers) as `mask`,
-    `quasi` (names, addresses) partly, anything else as it is; None as `null`."""
+    """How a value of a contract field is shown, by its `pii` class; None as `null`.
+
+    `direct`: an ID number (ID-shaped) as `mask`, any other direct identifier (a name, an address)
+    keeps only its first character (`张*`, `欧***`); `quasi` (a plate, a birth date) partly (first
+    2 and last 1 kept, short values entirely masked); anything else as it is."""
     if value is None:
         return "null"
     s = str(value)
+    if not s or pii not in ("direct", "quasi"):
+        return s
     if pii == "direct":
-        return mask(s)
-    if pii == "quasi":
-        return s[:2] + "*" * max(len(s) - 3, 1) + s[-1:] if len(s) > 3 else "*" * len(s)
-    return s
-
-
-def check_chars(first17: np.ndarray) -> np.ndarray:
-    """Vectorised check characters for an (n, 17) uint8 array of digits → array of 1-char strings."""
-    sums = (first17.astype(np.int64) * np.asarray(WEIGHTS, dtype=np.int64)).sum(axis=1) % 11
-    return np.asarray(list(CHECK))[sums]
-
-
-# ---- masking ID-shaped numbers in free text (logs, quarantine reasons) ----
-_DIGIT = "0-9０-９"
-#: a run of 15 or 18 (the last may be X) digits, not inside a longer run of digits
-_ID_SHAPED = re.compile(rf"(?<![{_DIGIT}])(?:[{_DIGIT}]{{17}}[{_DIGIT}XxＸｘ]|[{_DIGIT}]{{15}})(?![{_DIGIT}XxＸｘ])")
-_TO_ASCII = str.maketrans("０１２３４５６７８９ｘＸ", "0123456789xX")
+        return mask(s) if looks_like_id(s) else s[:1] + "*" * max(len(s) - 1, 1)
+    return s[:2] + "*" * max(len(s) - 3, 1) + s[-1:] if len(s) > 3 else "*" * len(s)
 
 
 def _mask(m: re.Match[str]) -> str:
     s = m.group(0)
     if len(s) == 18:
-        a = s.translate(_TO_ASCII).upper()
+        a = s.translate(_FULLWIDTH).upper()
         if not a[:17].isdigit() or check_char(a[:17]) != a[17]:
             return s  # 18 digits but not an ID number: left alone
     return mask(s)
 
 
 def mask_text(s: str) -> str:
-    """`s` with every ID-shaped number masked (`430103********1234`); other text unchanged."""
+    """`s` with every ID-shaped number masked (`430103********1234`); other text unchanged. An 18-digit
+    run whose check character is wrong (a claim or account number) is left alone."""
     if not s or len(s) < 15:
         return s
     return _ID_SHAPED.sub(_mask, s)

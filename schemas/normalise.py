@@ -16,15 +16,15 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from schemas.idno import mask_text
 from schemas.contract import Contract, Field
+from schemas.idno import check_sql, mask_text
 
 _FW_FROM = "０１２３４５６７８９ｘＸ．－／"
 _FW_TO = "0123456789xX.-/"
 _WS = " \t\r\n\u3000\u00a0"
 
 #: Quarantine rules: stable identifiers → what they mean (used in reasons and docs).
-RULES: dict[str, str] = {
+QUARANTINE_RULES: dict[str, str] = {
     "json_malformed": "the message is not valid JSON",
     "envelope_invalid": "the event envelope is incomplete or wrong (event_id, op, payload, source/feed)",
     "unknown_field": "a field the contract does not know (the feed's evolution mode is frozen)",
@@ -51,15 +51,9 @@ RULES: dict[str, str] = {
     "file_encoding": "the file is not UTF-8, GBK/GB18030 or a readable XLSX",
 }
 
-_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-
 MACROS = [
-    # check character of a 17-digit string (GB 11643): the digits are read off one BIGINT (17 digits
-    # fit), which is several times faster than 17 substring casts
-    "CREATE OR REPLACE MACRO sn_idcheck(s) AS substr('10X98765432', ((("
-    + " + ".join(f"(TRY_CAST(substr(s, 1, 17) AS BIGINT) // {10 ** (16 - i)} % 10) * {w}"
-                 for i, w in enumerate(_ID_WEIGHTS))
-    + ") % 11) + 1)::INTEGER, 1)",
+    # check character of a 17-digit string (GB 11643), generated from `schemas.idno.WEIGHTS`/`CHECK`
+    "CREATE OR REPLACE MACRO sn_idcheck(s) AS " + check_sql("s"),
     # full-width → ASCII; pure-ASCII text (byte length = character length) skips the translation
     f"CREATE OR REPLACE MACRO sn_fw(x) AS CASE WHEN strlen(x) = length(x) THEN x ELSE translate(x, '{_FW_FROM}', '{_FW_TO}') END",
     # ID: full-width → ASCII, upper-case, 15 → 18 digits
@@ -246,10 +240,11 @@ def validate_sql(c: Contract, source: str, *, pre_rule: str | None = None, typed
 def reason(c: Contract, rule: str, field: str, where: str) -> str:
     """One readable line naming feed, field, rule and a non-personal key — never a value (and
     anything ID-shaped that reached it anyway, e.g. in a file name, is masked)."""
+    what = QUARANTINE_RULES.get(rule, rule)
     if field:
         f = c.field(field)
-        return mask_text(f"{c.feed_id}: field {field} ({f.label_zh}) — {rule}: {RULES.get(rule, rule)} [{where}]")
-    return mask_text(f"{c.feed_id}: record — {rule}: {RULES.get(rule, rule)} [{where}]")
+        return mask_text(f"{c.feed_id}: field {field} ({f.label_zh}) — {rule}: {what} [{where}]")
+    return mask_text(f"{c.feed_id}: record — {rule}: {what} [{where}]")
 
 
 def normalise_table(con: duckdb.DuckDBPyConnection, c: Contract, table: pa.Table) -> pa.Table:

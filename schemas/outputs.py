@@ -136,6 +136,18 @@ WARNING: dict[str, tuple[str, str]] = {
     "stale_inputs": ("计算时数据滞后的来源", "feeds the rule reads that were late or missing at the end of the snapshot day"),
 }
 
+#: columns of the warning lists for people (`safetynet.publish.export`: `safetynet warnings export` and
+#: the review app's export) that are not columns of `WARNING`: shown forms of its columns, the app's own
+WARNING_LIST: dict[str, tuple[str, str]] = {
+    "subject_id_masked": ("当事人身份号码（脱敏）", "ID number of the person concerned, masked 前6后4 "
+                          "(a pseudonymised list: the start of subject_key)"),
+    "severity_zh": ("严重程度", "紧急 / 重要 / 一般"),
+    "street_name": ("街道（乡镇）", "street/town name"),
+    "community_name": ("社区（村）", "community/village name"),
+    "status_zh": ("处置状态", "case status in the review app"),
+    "categories": ("在保救助类别", "categories of the household's active assistance cases"),
+}
+
 DATASETS = {"monitoring/person": PERSON, "monitoring/household": HOUSEHOLD, "warnings": WARNING}
 
 #: columns only the identified variant carries

@@ -1,4 +1,7 @@
-"""Fixtures: a real Kafka-protocol broker, a real S3-protocol server, a store per test."""
+"""Fixtures: a real Kafka-protocol broker, a real S3-protocol server, a store per test — and the test
+tiers: each test gets the marker of every heavy fixture it uses (directly or through other fixtures),
+so `make test-fast` (`-m "not (broker or s3 or postgres or browser or airflow or slow or faults)"`)
+runs only the pure tests. See README "Test tiers"."""
 
 from __future__ import annotations
 
@@ -7,9 +10,63 @@ from pathlib import Path
 
 import pytest
 
-from safetynet.demo.broker import EmbeddedBroker, free_port
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
+from safetynet.demo.broker import EmbeddedBroker, free_port
+
+#: the review app's fixtures (`published`, a district published once per session; `review_db`), here so
+#: every module shares the one session-scoped build instead of importing its own copy
+pytest_plugins = ["tests.review_support"]
+
+#: fixture name → the tier marker of what it starts (or `slow`: what it runs). Matched against
+#: `item.fixturenames`, the transitive closure of the fixtures a test uses, so a fixture built on these
+#: (s3_store, topic, scenario, review_db …) needs no entry of its own.
+HEAVY_FIXTURES: dict[str, str] = {
+    # an embedded Tansu broker (safetynet.demo.broker.EmbeddedBroker)
+    "broker": "broker",  # here; also tests/test_airflow_postgres.py's module-scoped one
+    "rig": "broker",  # tests/faults/conftest.py
+    "durable_broker": "broker",  # tests/faults/test_faults.py (Tansu on moto S3)
+    "feed_broker": "broker",  # tests/test_contracts.py
+    "demo": "broker",  # tests/test_cli.py: a `safetynet demo` subprocess, which starts its own broker
+    # moto's ThreadedMotoServer
+    "s3_server": "s3",  # here
+    # the machine's PostgreSQL (tests/pg.py temp_database)
+    "pg_url": "postgres",  # tests/test_airflow_postgres.py
+    # Playwright (pytest-playwright launches Debian's chromium)
+    "browser": "browser",
+    "page": "browser",
+    "context": "browser",
+    "new_context": "browser",
+    # Airflow subprocesses (`airflow db migrate`, `dags test`, standalone scheduler …)
+    "airflow_env": "airflow",  # tests/test_dags.py
+    "driver": "airflow",  # tests/test_dags.py
+    "stack": "airflow",  # tests/test_airflow_postgres.py
+    # `slow`: no server, but the whole pipeline (`safetynet run`) over a generated district
+    "published": "slow",  # tests/review_support.py (so every review_db test), tests/test_backtest.py
+    "run_store": "slow",  # tests/test_pipeline.py: one run per test
+}
+#: parametrized fixtures whose parameter picks the server: (fixture, param value) → marker
+HEAVY_PARAMS: dict[tuple[str, str], str] = {
+    ("review_db", "postgresql"): "postgres",  # tests/review_support.py: SQLite, then PostgreSQL
+}
+TIER_MARKERS = ("broker", "s3", "postgres", "browser", "airflow")  # and `slow` (by fixture or by hand)
+
+
+def tier_markers(item: pytest.Item) -> set[str]:
+    """The tier markers a collected test gets from the fixtures it uses."""
+    names = set(getattr(item, "fixturenames", ()))
+    found = {m for f, m in HEAVY_FIXTURES.items() if f in names}
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None:
+        found |= {m for (f, v), m in HEAVY_PARAMS.items() if f in names and callspec.params.get(f) == v}
+    return found
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        have = {m.name for m in item.iter_markers()}
+        for marker in sorted(tier_markers(item) - have):
+            item.add_marker(getattr(pytest.mark, marker))
 
 
 @pytest.fixture(scope="session")

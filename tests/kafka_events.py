@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import random
 
-from schemas import idno
+from schemas import envelope, idno
 
 
 def claim_events(n: int, seed: int = 7) -> tuple[list[tuple[bytes, bytes]], dict]:
@@ -14,9 +13,9 @@ def claim_events(n: int, seed: int = 7) -> tuple[list[tuple[bytes, bytes]], dict
     exp = {"redelivered": 0, "corrections": 0, "deletes": 0, "bad": 0}
 
     def env(eid: str, op: str, payload: dict, day: int) -> bytes:
-        return json.dumps({"event_id": eid, "source": "medical_insurance", "feed": "claim", "op": op,
-                           "occurred_at": f"2026-10-{1 + day % 28:02d}T08:00:00+08:00", "schema_version": 1,
-                           "payload": payload}, ensure_ascii=False).encode()
+        return envelope.encode(envelope.wrap(payload, event_id=eid, source="medical_insurance", feed="claim", op=op,
+                                             occurred_at=f"2026-10-{1 + day % 28:02d}T08:00:00+08:00",
+                                             schema_version=1))
 
     for i in range(n):
         s17 = f"430103{1950 + i % 50}{1 + i % 12:02d}{1 + i % 28:02d}{i % 1000:03d}"

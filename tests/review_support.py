@@ -1,7 +1,8 @@
 """Shared by the review app's tests: a store with published snapshots, review databases on SQLite
 and on the machine's PostgreSQL, accounts per role in two streets, logged-in clients, a live server.
 
-Import the fixtures into a test module (`from tests.review_support import published, review_db, ...`).
+The fixtures (`published`, `review_db`) are registered for every test module by tests/conftest.py
+(`pytest_plugins`); import only the helpers (`from tests.review_support import client_for, ...`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from safetynet.demo.broker import free_port
 from safetynet.cli import main
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
+from safetynet.demo.broker import free_port
 from safetynet.demo.synth import generate
 from tests.pg import temp_database
 

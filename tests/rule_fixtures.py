@@ -40,13 +40,13 @@ import json
 import tomllib
 from pathlib import Path
 
-from schemas import idno, normalise
-from safetynet.build import monitoring
 from quality import evaluation, policy
-from safetynet.intake.clean import clean_all
-from safetynet.intake.ingest import ingest
+from safetynet.build import monitoring
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
+from safetynet.intake.clean import clean_all
+from safetynet.intake.ingest import ingest
+from schemas import idno, normalise
 from schemas.registry import contracts
 
 FIXTURES = Path(__file__).parent / "rules"
@@ -105,12 +105,12 @@ def run(fixture: dict, root: Path) -> dict[str, set[str]]:
         records["public_security.person"] += persons
         subs = {f"@{i}": p["id_no"] for i, p in enumerate(persons, 1)} | {"@hh": persons[0]["household_no"]}
 
-        def sub(v):  # recursively: member lists hold references too
+        def sub(v, subs=subs):  # recursively: member lists hold references too
             if isinstance(v, str):
                 return subs.get(v, v)
             if isinstance(v, list):
-                return [sub(x) for x in v]
-            return {k: sub(x) for k, x in v.items()} if isinstance(v, dict) else v
+                return [sub(x, subs) for x in v]
+            return {k: sub(x, subs) for k, x in v.items()} if isinstance(v, dict) else v
 
         for fid, recs in case.get("records", {}).items():
             records[fid] += [sub(r) for r in recs]

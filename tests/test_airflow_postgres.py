@@ -108,7 +108,7 @@ class Stack:
                                      data=None if body is None else json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 — loopback only
+            with urllib.request.urlopen(req, timeout=30) as r:
                 return json.loads(r.read() or b"null")
         except urllib.error.HTTPError as e:
             raise AssertionError(f"{method} {path}: HTTP {e.code}: {e.read()[:500]!r}") from e
@@ -205,11 +205,10 @@ def _task_process(stack: Stack, ti_id: str) -> psutil.Process | None:
 
 @pytest.fixture(scope="module")
 def scenario(stack, broker) -> dict[str, Any]:
-    from connectors.kafka_producer import ensure_topics
-    from connectors.kafka_producer import publish
-    from safetynet.demo.departments import drop_files
+    from connectors.kafka_producer import ensure_topics, publish
     from safetynet.core.settings import Settings
     from safetynet.core.store import ObjectStore
+    from safetynet.demo.departments import drop_files
     from safetynet.demo.synth import emit, generate
     from schemas.registry import contracts, get
 

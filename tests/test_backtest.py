@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import io
 import hashlib
+import io
 import json
 import os
 import re
@@ -23,16 +23,16 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from safetynet.publish import backtest, snapshot
-from safetynet.intake import clean, ingest
-from safetynet.build import monitoring
-from schemas import normalise
-from safetynet import pipeline
 from quality import evaluation, policy
+from safetynet import pipeline
+from safetynet.build import monitoring
 from safetynet.cli import EXIT_USAGE, main
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
 from safetynet.demo.synth import generate
+from safetynet.intake import clean, ingest
+from safetynet.publish import backtest, snapshot
+from schemas import normalise
 from schemas.registry import contracts, get
 from tests.test_pipeline import drop_truth_as_files, has_id
 
@@ -217,7 +217,7 @@ def test_the_backtest_runs_on_the_published_inputs_not_on_later_data(published, 
     assert res.not_reproduced == [] and res.notes == []
     # a manifest from before drop versions were recorded (names only) takes the corrected
     # version too: the rebuilt row count no longer matches the manifest, and the backtest says so
-    ptr_path = f"{snapshot.MANIFESTS}/{FIRST}.json"
+    ptr_path = f"_catalog/snapshots/{FIRST}.json"
     ptr = json.loads(store.read_bytes(ptr_path))
     m = json.loads(store.read_bytes(ptr["manifest"]))
     for i in m["inputs"].values():
@@ -323,8 +323,8 @@ def test_the_warnings_export_neutralises_formulas_too(tmp_path):
     import openpyxl
     import pyarrow as pa
 
-    from safetynet.publish import export
     from quality.evaluation import SCHEMA
+    from safetynet.publish import export
 
     row = {f.name: None for f in SCHEMA}
     row.update(snapshot_date=FIRST, warning_id="w1", rule_id="medical_burden", rule_title_zh="大额医疗支出",

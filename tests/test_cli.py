@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from quality.policy import POLICY_DIR
 from safetynet.cli import (
     EXIT_OK,
     EXIT_UNHEALTHY,
@@ -36,7 +37,6 @@ from safetynet.cli import (
     build_parser,
     main,
 )
-from quality.policy import POLICY_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAP = "2026-11-01"
@@ -200,8 +200,8 @@ def test_demo(demo, tmp_path):
 def test_a_second_demo_names_the_review_database_too(demo, capsys, monkeypatch):
     """The review-database line when the snapshot is already loaded (what a second `make demo` prints)."""
     from safetynet.cli import _console
-    from safetynet.demo.cli import _demo_review
     from safetynet.core.settings import Settings
+    from safetynet.demo.cli import _demo_review
 
     monkeypatch.chdir(demo.cwd)
     s = Settings(store=str(demo.store), work_dir=demo.cwd / "var")
@@ -285,6 +285,7 @@ def test_ingest(demo):
     bad(demo.run("ingest", "--feed", "housing.proprety"), EXIT_USAGE, "did you mean housing.property?")
 
 
+@pytest.mark.slow
 def test_ingest_of_the_landing_folder(tmp_path):
     """A typo'd feed folder, a note, an empty file: named and left alone; a delivery quarantined whole: exit 3."""
     store = tmp_path / "store"
@@ -310,6 +311,7 @@ def test_ingest_of_the_landing_folder(tmp_path):
     assert (land / "housing/proprety/p.csv").exists() and not (store / "raw" / "housing" / "proprety").exists()
 
 
+@pytest.mark.slow
 def test_a_small_delivery_quarantined_whole_is_unhealthy(tmp_path):
     """One file of one record, unreadable as the feed (no contract column): fewer rejects than a
     rate verdict needs, but nothing usable arrived — exit 3, not 0."""

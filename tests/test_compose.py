@@ -29,7 +29,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit

@@ -25,16 +25,16 @@ import pytest
 
 from connectors.base import connectors
 from quality import freshness
-from safetynet.intake import health, ingest
-from schemas import idno
 from safetynet import pipeline
-from safetynet.publish import snapshot
-from safetynet.review.load import input_notes
 from safetynet.cli import EXIT_OK, EXIT_UNHEALTHY, main
-from safetynet.intake.clean import clean_path
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
 from safetynet.demo.synth import generate
+from safetynet.intake import health, ingest
+from safetynet.intake.clean import clean_path
+from safetynet.publish import snapshot
+from safetynet.review.load import input_notes
+from schemas import idno
 from schemas.registry import get
 from tests.test_pipeline import drop_truth_as_files
 
@@ -128,6 +128,7 @@ def _clean_bytes(store: ObjectStore, fid: str) -> bytes:
     return store.read_bytes(clean_path(get(fid)))
 
 
+@pytest.mark.slow
 def test_county_variant_exits_3_without_a_mapping_and_reconciles_with_one(district, tmp_path, monkeypatch, capsys):
     for k in ("SAFETYNET_KAFKA_BOOTSTRAP", "SAFETYNET_MAPPINGS", "SAFETYNET_MAX_QUARANTINE_RATE"):
         monkeypatch.delenv(k, raising=False)

@@ -277,11 +277,10 @@ def driver(airflow_env):
 @pytest.fixture(scope="module")
 def scenario(airflow_env, driver, broker) -> dict[str, Any]:
     """The end-to-end scenario; each step's run info and the published bytes, for the tests below."""
-    from connectors.kafka_producer import ensure_topics
-    from connectors.kafka_producer import publish
-    from safetynet.demo.departments import drop_files
+    from connectors.kafka_producer import ensure_topics, publish
     from safetynet.core.settings import Settings
     from safetynet.core.store import ObjectStore
+    from safetynet.demo.departments import drop_files
     from safetynet.demo.synth import emit, generate
     from schemas.registry import contracts, get
 
@@ -696,10 +695,10 @@ def test_a_run_without_logical_date_uses_its_run_after(scenario):
 def test_a_retry_after_a_kill_between_ingest_and_clean_rebuilds_clean(airflow_env, scenario, broker, monkeypatch):
     """Attempt 1 made its raw files durable and committed, then died before cleaning; the retry
     finds nothing new to read but sees the clean state behind raw/ and rebuilds it."""
-    from safetynet import orchestration
-    from safetynet.intake.ingest import ingest
     from connectors.kafka_producer import publish
+    from safetynet import orchestration
     from safetynet.core.settings import Settings
+    from safetynet.intake.ingest import ingest
     from schemas.registry import get
 
     for k in ("SAFETYNET_STORE", "SAFETYNET_WORK_DIR", "SAFETYNET_KAFKA_BOOTSTRAP", "SAFETYNET_KAFKA_GROUP",

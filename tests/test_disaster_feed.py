@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from schemas import idno
 from safetynet.intake import ingest
 from safetynet.intake.clean import clean_feed, clean_path
+from schemas import idno
 from schemas.registry import get
 
 

@@ -9,9 +9,9 @@ import json
 import openpyxl
 import pytest
 
-from schemas import idno
 from safetynet.intake.clean import clean_feed, read_clean
 from safetynet.intake.ingest import ingest
+from schemas import idno
 from schemas.registry import get
 
 S17 = "43010319800101123"

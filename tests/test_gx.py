@@ -1,4 +1,4 @@
-"""The Great Expectations quality gate (`quality.gx`) over a synthetic district's clean truth.
+"""The Great Expectations quality gate (`quality.gate`) over a synthetic district's clean truth.
 
 The truth passes every critical expectation; planted defects (a duplicate key, a bad check
 character, a claim for an unknown person, a negative amount, a missing column, bad outputs) each
@@ -18,14 +18,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from quality import gx as q
-from schemas import idno, normalise
+from quality import checks, datadocs, evaluation, gate, policy, suites
+from quality.report import MAX_EXAMPLES, Failure, QualityReport
 from safetynet.build import monitoring
-from quality import evaluation, policy
-from safetynet.intake.clean import clean_path
 from safetynet.demo.synth import generate
+from safetynet.intake.clean import clean_path
+from schemas import idno, normalise
 from schemas.registry import contracts, get
 
+# the Great Expectations engine (a seconds-long import) over a generated 3,000-person district, and Data Docs
+pytestmark = pytest.mark.slow
 SNAP = dt.date(2026, 11, 1)
 PERSON, CLAIM = "public_security.person", "medical_insurance.claim"
 ID_SHAPED = re.compile(r"(?<![0-9A-Za-z])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
@@ -54,7 +56,7 @@ def built(district):
 @pytest.fixture(scope="module")
 def truth_report(tables, built):
     b, pol, w = built
-    return q.validate(tables, SNAP, outputs={"person": b.person, "household": b.household, "warnings": w},
+    return gate.validate(tables, SNAP, outputs={"person": b.person, "household": b.household, "warnings": w},
                       policy=pol)
 
 
@@ -64,7 +66,7 @@ def _set(t: pa.Table, col: str, row: int, value) -> pa.Table:
     return t.set_column(t.schema.get_field_index(col), t.schema.field(col), pa.array(vals, t.schema.field(col).type))
 
 
-def _failures(report: q.QualityReport, suite: str, check: str | None = None) -> list[q.Failure]:
+def _failures(report: QualityReport, suite: str, check: str | None = None) -> list[Failure]:
     return [f for f in report.suite(suite).failures if check is None or f.check == check]
 
 
@@ -105,17 +107,17 @@ def test_vectorised_id_check_agrees_with_the_reference(district):
             s17 = s[:6] + "20000229" + s[14:17]
             variants.append(s17 + idno.check_char(s17))
     variants += [None, "", "１" * 18]
-    got = q.id_ok(pa.array(variants, pa.string())).to_pylist()
+    got = checks.id_ok(pa.array(variants, pa.string())).to_pylist()
     want = [None if v is None else idno.is_valid(v) and v == v.upper() and len(v) == 18 for v in variants]
     assert got == want
     members = pa.array([[{"id_no": ids[0], "relation": "本人"}], [], [{"id_no": ids[1], "relation": "本人"},
                         {"id_no": ids[2][:17] + "Y", "relation": "子女"}], None], pa.list_(contracts()[
                             "civil_affairs.assistance_case"].field("members").arrow_type.value_type))
-    assert q.members_ok(members).to_pylist() == [True, False, False, None]
+    assert checks.members_ok(members).to_pylist() == [True, False, False, None]
 
 
 def test_suite_is_generated_from_the_contract():
-    s = q.suite_for(get(CLAIM))
+    s = suites.suite_for(get(CLAIM))
     by = {(e.meta["check"], e.meta["field"]): e for e in s.expectations}
     assert by[("unique_key", "claim_id")].meta["critical"] is True
     assert by[("not_null", "claim_id")].meta["critical"] is True
@@ -125,11 +127,11 @@ def test_suite_is_generated_from_the_contract():
     assert by[("not_null", "hospital_name")].meta["critical"] is False
     assert ("not_null", "diagnosis_name") not in by  # optional field
     assert all(e.meta["feed"] == CLAIM for e in s.expectations)
-    compound = q.suite_for(get("human_resources.employment"))
+    compound = suites.suite_for(get("human_resources.employment"))
     [u] = [e for e in compound.expectations if e.meta["check"] == "unique_key"]
     assert u.expectation_type == "expect_compound_columns_to_be_unique"
     assert u.column_list == ["id_no", "month", "employer_credit_code"]
-    enum = q.suite_for(get(PERSON))
+    enum = suites.suite_for(get(PERSON))
     [g] = [e for e in enum.expectations if e.meta["check"] == "value_set" and e.meta["field"] == "gender"]
     assert sorted(g.value_set) == ["女", "男"] and g.meta["critical"] is False
 
@@ -162,7 +164,7 @@ def test_duplicate_key_is_critical_with_masked_examples(tables):
     dup = pa.concat_tables([person, person.slice(7, 1)])
     claim = tables[CLAIM]
     claim_dup = pa.concat_tables([claim, claim.slice(3, 1)])
-    r = q.validate({**tables, PERSON: dup, CLAIM: claim_dup}, SNAP, feeds=[PERSON, CLAIM])
+    r = gate.validate({**tables, PERSON: dup, CLAIM: claim_dup}, SNAP, feeds=[PERSON, CLAIM])
     assert not r.ok
     [f] = _failures(r, f"feed.{PERSON}", "unique_key")
     assert f.critical and f.unexpected_count == 2 and f.expectation == "expect_column_values_to_be_unique"
@@ -172,7 +174,7 @@ def test_duplicate_key_is_critical_with_masked_examples(tables):
     assert g.critical and g.unexpected_count == 2
     assert g.examples[0] == f"claim_id={claim['claim_id'][3].as_py()}"
     _no_raw_ids(r.summary() + json.dumps(r.as_dict(), ensure_ascii=False))
-    with pytest.raises(q.QualityGateError, match="BLOCKED"):
+    with pytest.raises(gate.QualityGateFailed, match="BLOCKED"):
         r.raise_for_critical()
 
 
@@ -180,7 +182,7 @@ def test_bad_check_character_is_critical(tables):
     claim = tables[CLAIM]
     raw = claim["id_no"][5].as_py()
     bad = raw[:17] + ("1" if raw[17] != "1" else "2")
-    r = q.validate({**tables, CLAIM: _set(claim, "id_no", 5, bad)}, SNAP, feeds=[PERSON, CLAIM])
+    r = gate.validate({**tables, CLAIM: _set(claim, "id_no", 5, bad)}, SNAP, feeds=[PERSON, CLAIM])
     assert not r.ok
     [f] = _failures(r, f"feed.{CLAIM}", "id_valid")
     assert f.critical and f.unexpected_count == 1 and f.field == "id_no"
@@ -194,7 +196,7 @@ def test_bad_check_character_is_critical(tables):
 def test_claim_for_an_unknown_person_is_critical(tables):
     claim = tables[CLAIM]
     unknown = _valid_unknown_id(set(tables[PERSON]["id_no"].to_pylist()))
-    r = q.validate({**tables, CLAIM: _set(claim, "id_no", 11, unknown)}, SNAP, feeds=[PERSON, CLAIM])
+    r = gate.validate({**tables, CLAIM: _set(claim, "id_no", 11, unknown)}, SNAP, feeds=[PERSON, CLAIM])
     assert not r.ok
     assert r.suite(f"feed.{CLAIM}").success  # a valid number: the feed itself is fine
     [f] = _failures(r, "cross.claim_person")
@@ -211,7 +213,7 @@ def test_assistance_member_and_owner_links(tables):
     case2 = case.set_column(case.schema.get_field_index("members"), case.schema.field("members"),
                             pa.array(members, case.schema.field("members").type))
     vehicle = _set(tables["public_security.vehicle"], "owner_id_no", 0, unknown)
-    r = q.validate({**tables, "civil_affairs.assistance_case": case2, "public_security.vehicle": vehicle}, SNAP,
+    r = gate.validate({**tables, "civil_affairs.assistance_case": case2, "public_security.vehicle": vehicle}, SNAP,
                    feeds=[PERSON, "civil_affairs.assistance_case", "public_security.vehicle"])
     [f] = _failures(r, "cross.assistance_case_person")
     assert f.critical and f.unexpected_count == 1
@@ -225,7 +227,7 @@ def test_assistance_member_and_owner_links(tables):
 
 def test_negative_amount_warns_in_the_feed_and_blocks_in_the_money_check(tables):
     claim = tables[CLAIM]
-    r = q.validate({**tables, CLAIM: _set(claim, "out_of_pocket", 4, Decimal("-12.50"))}, SNAP, feeds=[PERSON, CLAIM])
+    r = gate.validate({**tables, CLAIM: _set(claim, "out_of_pocket", 4, Decimal("-12.50"))}, SNAP, feeds=[PERSON, CLAIM])
     [w] = _failures(r, f"feed.{CLAIM}", "range")
     assert not w.critical and w.field == "out_of_pocket" and w.unexpected_count == 1
     assert w.examples == [f"claim_id={claim['claim_id'][4].as_py()} out_of_pocket=-12.50"]
@@ -237,7 +239,7 @@ def test_negative_amount_warns_in_the_feed_and_blocks_in_the_money_check(tables)
 
 def test_a_gx_internal_error_is_a_critical_failure(tables):
     person = tables[PERSON].drop_columns(["gender"])  # a non-critical value-set check on a missing column
-    r = q.validate({**tables, PERSON: person}, SNAP, feeds=[PERSON])
+    r = gate.validate({**tables, PERSON: person}, SNAP, feeds=[PERSON])
     assert not r.ok
     fails = _failures(r, f"feed.{PERSON}")
     [cols] = [f for f in fails if f.check == "columns"]
@@ -255,7 +257,7 @@ def test_a_wrong_type_is_critical(tables):
     grade = tables["disabled_persons_federation.disability"]
     j = grade.schema.get_field_index("grade")
     as_int64 = grade.set_column(j, pa.field("grade", pa.int64()), pc.cast(grade["grade"], pa.int64()))
-    r = q.validate({CLAIM: as_float, "disabled_persons_federation.disability": as_int64}, SNAP,
+    r = gate.validate({CLAIM: as_float, "disabled_persons_federation.disability": as_int64}, SNAP,
                    feeds=[CLAIM, "disabled_persons_federation.disability"])
     [f] = _failures(r, f"feed.{CLAIM}", "type")
     assert f.critical and f.field == "total_amount" and "float" in f.message
@@ -271,7 +273,7 @@ def test_output_suites(tables, built):
     w_dup = pa.concat_tables([w, w.slice(0, 1)])
     w_dup = _set(w_dup, "severity", 1, "S9")
     neg = _set(b.person, "oop_12m", 3, Decimal("-1"))
-    r = q.validate({}, SNAP, outputs={"person": neg, "household": wrong_region, "warnings": w_dup}, policy=pol)
+    r = gate.validate({}, SNAP, outputs={"person": neg, "household": wrong_region, "warnings": w_dup}, policy=pol)
     assert not r.ok
     [u] = _failures(r, "output.warnings", "unique_key")
     assert u.critical and u.examples[0] == f"warning_id={w['warning_id'][0].as_py()}"
@@ -283,7 +285,7 @@ def test_output_suites(tables, built):
     assert m.examples == [f"id_no={idno.mask(b.person['id_no'][3].as_py())} oop_12m=-1.00"]
     # a warning for a household that is not in the household table
     w_orphan = _set(w, "household_no", 0, "999999999999999")
-    r2 = q.validate({}, SNAP, outputs={"household": hh, "warnings": w_orphan}, county="430103")
+    r2 = gate.validate({}, SNAP, outputs={"household": hh, "warnings": w_orphan}, county="430103")
     [o] = _failures(r2, "output.warnings", "household_exists")
     assert o.critical and o.examples == [f"warning_id={w['warning_id'][0].as_py()} household_no=999999999999999"]
 
@@ -291,7 +293,7 @@ def test_output_suites(tables, built):
 def test_validate_reads_the_store(tables, local_store):
     for fid in (PERSON, CLAIM):
         local_store.write_parquet(clean_path(get(fid)), tables[fid])
-    r = q.validate(local_store, SNAP, feeds=[PERSON, CLAIM, "public_security.vehicle"])
+    r = gate.validate(local_store, SNAP, feeds=[PERSON, CLAIM, "public_security.vehicle"])
     assert r.ok, r.summary()
     assert r.missing == ["public_security.vehicle"]
     assert r.suite(f"feed.{CLAIM}").rows == tables[CLAIM].num_rows
@@ -305,9 +307,9 @@ def test_data_docs_in_the_store_hold_only_masked_keys(tables, local_store):
     dup = pa.concat_tables([person, person.slice(7, 1)])
     bad = claim["id_no"][5].as_py()[:17] + ("1" if claim["id_no"][5].as_py()[17] != "1" else "2")
     claim2 = _set(_set(claim, "id_no", 5, bad), "out_of_pocket", 4, Decimal("-3"))
-    r = q.validate({**tables, PERSON: dup, CLAIM: claim2}, SNAP, feeds=[PERSON, CLAIM, "housing.property"])
+    r = gate.validate({**tables, PERSON: dup, CLAIM: claim2}, SNAP, feeds=[PERSON, CLAIM, "housing.property"])
     assert not r.ok
-    written = q.build_docs(r, local_store)
+    written = datadocs.build_docs(r, local_store)
     assert "docs/quality/index.html" in written and f"docs/quality/index-{SNAP}.html" in written
     assert f"docs/quality/reports/{SNAP}.json" in written
     assert any(p.startswith("docs/quality/validations/feed/public_security/person/") for p in written)
@@ -327,7 +329,7 @@ def test_data_docs_in_the_store_hold_only_masked_keys(tables, local_store):
     report = json.loads(local_store.read_bytes(f"docs/quality/reports/{SNAP}.json"))
     assert report["ok"] is False and report["counts"]["critical_failures"] >= 3
     # a second build (re-run of the same snapshot) overwrites and does not rewrite static assets
-    again = q.build_docs(r, local_store)
+    again = datadocs.build_docs(r, local_store)
     assert not any(p.startswith("docs/quality/static/") for p in again)
 
 
@@ -336,12 +338,12 @@ def test_summary_is_one_screen(tables):
     broken = claim
     for i in range(30):
         broken = _set(broken, "out_of_pocket", i, Decimal("-1"))
-    r = q.validate({**tables, CLAIM: broken.drop_columns(["hospital_name"])}, SNAP, feeds=[PERSON, CLAIM])
+    r = gate.validate({**tables, CLAIM: broken.drop_columns(["hospital_name"])}, SNAP, feeds=[PERSON, CLAIM])
     text = r.summary()
     assert len(text.splitlines()) <= 22
     assert "未通过" in text and "BLOCKED" in text and "严重" in text and "critical" in text
     _no_raw_ids(text)
-    assert all(len(f.examples) <= q.MAX_EXAMPLES for f in r.failures)
+    assert all(len(f.examples) <= MAX_EXAMPLES for f in r.failures)
     [m] = _failures(r, "cross.money")
     assert m.unexpected_count == 30 and len(m.examples) == 20
     assert pc.sum(pc.less(claim["out_of_pocket"], 0)).as_py() in (None, 0)

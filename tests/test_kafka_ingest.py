@@ -10,19 +10,18 @@ import time
 import uuid
 from pathlib import Path
 
-import pyarrow as pa
 import psutil
+import pyarrow as pa
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from connectors.kafka_producer import ensure_topics, publish
 from connectors.kafka_topic import KafkaTopicSource
-from schemas import normalise
-from connectors.kafka_producer import ensure_topics
-from safetynet.intake.clean import clean_feed, clean_path
-from safetynet.intake.ingest import ingest, write_kafka_batch
-from connectors.kafka_producer import publish
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
+from safetynet.intake.clean import clean_feed, clean_path
+from safetynet.intake.ingest import ingest, write_kafka_batch
+from schemas import normalise
 from schemas.registry import get
 from tests.kafka_events import claim_events
 

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from schemas import idno
 from safetynet.core.logmask import IdMaskFilter, install, mask_text
+from schemas import idno
 
 S17 = "43010319800101123"
 ID = S17 + idno.check_char(S17)

@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from quality import evaluation, policy
 from quality.rules import RULES
 from safetynet.build import monitoring
-from schemas import normalise
-from quality import evaluation, policy
 from safetynet.demo.synth import generate
+from schemas import normalise
 from tests.test_synth import reference_fired
 
 SNAP = dt.date(2026, 11, 1)
@@ -95,7 +95,7 @@ def test_warning_ids_are_stable_and_follow_the_facts(district, built):
     _, _, w2 = _build(district)
     assert w1.equals(w2)  # a re-run: same rows, same ids, same order
     # one medical_burden household's claim grows: its warning id changes, its alert key does not
-    mb = [r for r in w1.to_pylist() if r["rule_id"] == "medical_burden"][0]
+    mb = next(r for r in w1.to_pylist() if r["rule_id"] == "medical_burden")
     claim_id = next(f["record_key"] for f in mb["facts"] if f["feed"] == "medical_insurance.claim")
     claims = district.table("medical_insurance.claim")
     oop = [v + 100 if cid == claim_id else v

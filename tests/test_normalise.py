@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import idno
-from schemas.normalise import _fill, connect, field_sql
 from schemas.contract import F
+from schemas.normalise import _fill, connect, field_sql
 
 FW = str.maketrans("0123456789X", "０１２３４５６７８９Ｘ")
 
@@ -95,7 +95,7 @@ def test_sql_and_reference_agree_on_arbitrary_strings(con, vals):
 @given(valid_ids(), st.integers(1, 10))
 def test_a_wrong_check_character_is_never_repaired(con, i, bump):
     wrong = i[:17] + idno.CHECK[(idno.CHECK.index(i[17]) + bump) % 11]
-    [(n, rule)] = run(con, "id_no", [wrong])
+    [(_n, rule)] = run(con, "id_no", [wrong])
     assert rule == "id_no_checksum"
     with pytest.raises(idno.IdError) as e:
         idno.normalise(wrong)
@@ -136,7 +136,7 @@ def test_dates_in_every_accepted_format_parse_to_the_same_day(con, days):
             lambda d: d.isoformat().translate(FW)]
     vals = [f(d) for d in days for f in fmts]
     got = run(con, "date", vals)
-    assert [g for g in got] == [(d, None) for d in days for _ in fmts]
+    assert list(got) == [(d, None) for d in days for _ in fmts]
 
 
 @pytest.mark.parametrize("bad", ["2024-13-01", "2024-02-30", "昨天", "2024-1", "0001-01-01", "31/12/2024"])
@@ -168,7 +168,7 @@ def test_booleans_urban_rural_lists_and_months(con):
     assert [r[0] for r in run(con, "urban_rural", ["城镇", "城市", "农村"])] == ["城镇", "城镇", "农村"]
     assert run(con, "text_list", ["困难残疾人生活补贴、重度残疾人护理补贴"])[0][0] == ["困难残疾人生活补贴", "重度残疾人护理补贴"]
     assert run(con, "text_list", ['["a","b"]'])[0][0] == ["a", "b"]
-    assert [r for r in run(con, "month", ["2026-10", "202610", "2026年10月", "2026-13"])] == [
+    assert list(run(con, "month", ["2026-10", "202610", "2026年10月", "2026-13"])) == [
         ("2026-10", None), ("2026-10", None), ("2026-10", None), (None, "month_format")]
 
 

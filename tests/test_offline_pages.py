@@ -23,11 +23,11 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from playwright.sync_api import expect
 
-from quality import gx
-from safetynet.review.app import CSP
+from quality import datadocs, gate
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
-from tests.review_support import FIRST, live_server, new_review_db, published  # noqa: F401  (fixture by name)
+from safetynet.review.app import CSP
+from tests.review_support import FIRST, live_server, new_review_db
 
 pytestmark = [pytest.mark.integration]
 
@@ -147,7 +147,7 @@ def test_data_docs_point_nowhere_outside_the_site(published):
         for ref in LOCAL_REF.findall(html):  # every file a page names is in the site
             target = (root / rel).parent / unquote(ref.split("#")[0].split("?")[0])
             assert target.resolve().is_file(), f"{rel} points at {ref}, which is not there"
-    title = f"{gx.DOCS_TITLE} · 430103 · {FIRST.isoformat()}"
+    title = f"{datadocs.DOCS_TITLE} · 430103 · {FIRST.isoformat()}"
     assert re.search(r"<title>(.*?)</title>", pages["index.html"]).group(1) == title
     assert not re.search(r"\bsn_\d+", pages["index.html"])
     assert pages[f"index-{FIRST.isoformat()}.html"] == pages["index.html"]
@@ -165,7 +165,7 @@ def test_data_docs_render_offline(offline, published):
         assert page.evaluate("typeof jQuery === 'function' && typeof jQuery.fn.bootstrapTable === 'function'")
         # Bootstrap's stylesheet applied (.pl-5 = 3rem), the page's title is the site's
         assert page.evaluate("getComputedStyle(document.querySelector('.container-fluid')).paddingLeft") == "48px"
-        assert gx.DOCS_TITLE in page.title()
+        assert datadocs.DOCS_TITLE in page.title()
         offline.assert_clean(path.relative_to(root).as_posix())
         assert all(u.startswith(("file:", "data:")) for u in offline.requests), offline.requests
     # the index's suite and validation lists are bootstrap-table tables (the plugin ran)
@@ -176,21 +176,22 @@ def test_data_docs_render_offline(offline, published):
     offline.assert_clean("index.html")
 
 
+@pytest.mark.slow  # Great Expectations validation and Data Docs, twice
 def test_data_docs_rebuild_is_the_same(tmp_path):
     """Identical runs: the same files listed (static assets already present or not) and the same pages."""
     from safetynet.demo.synth import generate
 
     tables = generate(persons=1000, seed=5).tables()
     feeds = ["public_security.person", "medical_insurance.claim"]
-    report = gx.validate(tables, dt.date(2026, 11, 1), feeds=feeds, county="430103")
+    report = gate.validate(tables, dt.date(2026, 11, 1), feeds=feeds, county="430103")
 
     def store(name: str) -> ObjectStore:
         return ObjectStore.from_settings(Settings(store=str(tmp_path / name), work_dir=tmp_path / "work"))
 
     a, b = store("a"), store("b")
-    first = gx.build_docs(report, a)
-    again = gx.build_docs(report, a)
-    fresh = gx.build_docs(gx.validate(tables, dt.date(2026, 11, 1), feeds=feeds, county="430103"), b)
+    first = datadocs.build_docs(report, a)
+    again = datadocs.build_docs(report, a)
+    fresh = datadocs.build_docs(gate.validate(tables, dt.date(2026, 11, 1), feeds=feeds, county="430103"), b)
     assert first == again == fresh
     assert not any(p.startswith("docs/quality/static/") for p in first)
     pages_a, pages_b = _pages(tmp_path / "a" / "docs" / "quality"), _pages(tmp_path / "b" / "docs" / "quality")
@@ -202,6 +203,7 @@ def test_data_docs_rebuild_is_the_same(tmp_path):
     assert not any("/static/vendor/vega/" in p for p in listed)
 
 
+@pytest.mark.slow  # imports Great Expectations (seconds)
 def test_every_cdn_file_gx_loads_is_vendored():
     """Each CDN URL of GX's templates maps to a file `infra/update-frontend.sh` vendored."""
     import great_expectations
@@ -209,31 +211,31 @@ def test_every_cdn_file_gx_loads_is_vendored():
     templates = Path(great_expectations.__file__).parent / "render" / "view" / "templates"
     urls = {u for t in templates.glob("*.j2") if not t.name.startswith("markdown")
             for u in re.findall(r'<(?:script|link)\b[^>]*\b(?:src|href)="(https?://[^"]+)"', t.read_text("utf-8"))}
-    assert urls and urls <= set(gx._DOCS_ASSETS), f"CDN files GX loads that are not vendored: {urls - set(gx._DOCS_ASSETS)}"
-    for local, _ in gx._DOCS_ASSETS.values():
-        assert (gx._DOCS_VENDOR / local).is_file(), local
+    assert urls and urls <= set(datadocs._DOCS_ASSETS), f"CDN files GX loads that are not vendored: {urls - set(datadocs._DOCS_ASSETS)}"
+    for local, _ in datadocs._DOCS_ASSETS.values():
+        assert (datadocs._DOCS_VENDOR / local).is_file(), local
 
 
 def test_a_chart_draws_offline(offline, tmp_path):
     """A page with a chart (GX's graph block: vega-embed of a vega-lite spec) gets the vendored vega."""
-    head = "\n".join(f'<script src="{u}"></script>' for u, (_, need) in gx._DOCS_ASSETS.items()
+    head = "\n".join(f'<script src="{u}"></script>' for u, (_, need) in datadocs._DOCS_ASSETS.items()
                      if u.endswith((".js", "@5", "@6")) and (need or "jquery" in u))
     spec = ('{"data": {"values": [{"k": "a", "n": 3}, {"k": "b", "n": 5}]}, "mark": "bar", '
             '"encoding": {"x": {"field": "k", "type": "nominal"}, "y": {"field": "n", "type": "quantitative"}}}')
     raw = (f"<!DOCTYPE html><html><head><title>x</title>{head}</head><body><div id='g'></div>"
            f"<script>vegaEmbed('#g', {spec}, {{actions: false}}).catch(console.error);</script></body></html>")
     used: set[str] = set()
-    html = gx._offline_page(raw, "charts/page.html", gx.DOCS_TITLE, used)
+    html = datadocs._offline_page(raw, "charts/page.html", datadocs.DOCS_TITLE, used)
     assert {"vega/vega.min.js", "vega/vega-lite.min.js", "vega/vega-embed.min.js"} <= used
     assert not EXTERNAL.search(html)
     (tmp_path / "charts").mkdir()
     (tmp_path / "charts" / "page.html").write_text(html, "utf-8")
     for package in {u.split("/")[0] for u in used}:
-        shutil.copytree(gx._DOCS_VENDOR / package, tmp_path / "static" / "vendor" / package)
+        shutil.copytree(datadocs._DOCS_VENDOR / package, tmp_path / "static" / "vendor" / package)
     offline.page.goto((tmp_path / "charts" / "page.html").as_uri())
     expect(offline.page.locator("#g svg, #g canvas").first).to_be_visible()
     offline.assert_clean("a chart page")
     # and a page without a chart loads no vega at all
     plain: set[str] = set()
-    assert "vega" not in gx._offline_page(raw.replace("vegaEmbed(", "draw("), "p.html", "t", plain)
+    assert "vega" not in datadocs._offline_page(raw.replace("vegaEmbed(", "draw("), "p.html", "t", plain)
     assert not any(u.startswith("vega/") for u in plain)

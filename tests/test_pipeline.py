@@ -16,14 +16,13 @@ import pyarrow as pa
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from schemas import idno
 from safetynet import pipeline
-from safetynet.publish import snapshot
 from safetynet.cli import main
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
 from safetynet.demo.synth import generate
-from schemas import outputs
+from safetynet.publish import snapshot
+from schemas import idno, outputs
 from schemas.registry import contracts
 from tests.test_synth import reference_fired
 
@@ -117,7 +116,7 @@ def test_downstream_datasets_carry_pseudonyms_not_id_numbers(district, run_store
 
 
 def test_a_snapshot_without_manifest_is_invisible(run_store):
-    run_store.delete(f"{snapshot.MANIFESTS}/{SNAP}.json")
+    run_store.delete(f"_catalog/snapshots/{SNAP}.json")
     assert snapshot.snapshots(run_store) == []
     with pytest.raises(snapshot.SnapshotNotFound):
         snapshot.read(run_store, "warnings", SNAP)
@@ -172,6 +171,7 @@ def test_warnings_go_to_kafka_keyed_by_warning_id_and_a_replay_adds_no_key(broke
     assert not any(has_id(v) for v in values)
 
 
+@pytest.mark.slow
 def test_a_region_without_policy_is_a_clear_error(tmp_path, district, monkeypatch, capsys):
     monkeypatch.delenv("SAFETYNET_KAFKA_BOOTSTRAP", raising=False)
     store = ObjectStore.from_settings(Settings(store=str(tmp_path / "st")))

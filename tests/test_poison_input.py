@@ -15,9 +15,9 @@ import pyarrow as pa
 import pytest
 
 from connectors.formats import csv_rows, last_value_row, physical_lines, read_rows
-from schemas import idno
 from safetynet.intake.ingest import ingest
-from schemas.normalise import RULES
+from schemas import idno
+from schemas.normalise import QUARANTINE_RULES
 from schemas.registry import get
 
 CLAIM = get("medical_insurance.claim")
@@ -63,7 +63,7 @@ def assert_reconciles(fc, data_lines: int) -> None:
 
 def assert_masked(q: dict) -> None:
     assert ID not in q["_reason"] and "长沙市第一医院" not in q["_reason"]
-    assert q["_rule"] in RULES
+    assert q["_rule"] in QUARANTINE_RULES
 
 
 # ---- CSV: unbalanced quotes ----------------------------------------------------------------------
@@ -266,6 +266,7 @@ def padded_xlsx(rows: dict[int, list[str]], total: int, width: int, dimension: s
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_a_sheet_of_a_million_empty_rows_yields_its_three_rows(local_settings, local_store):
     data = padded_xlsx({1: ZH, 2: good("X1"), 3: good("X2"), 4: good("X3")}, 1_048_576, len(ZH))
     local_store.write_bytes(LANDING + "claims.xlsx", data)

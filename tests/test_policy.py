@@ -35,6 +35,7 @@ def test_invalid_file_reports_every_problem(tmp_path):
         assert part in msg, msg
 
 
+@pytest.mark.slow
 def test_init_writes_a_complete_file_that_loads(tmp_path):
     out = tmp_path / "431302-2026.toml"
     r = subprocess.run([sys.executable, "-m", "safetynet.cli", "policy", "init", "--region", "431302", "--year", "2026",

@@ -32,7 +32,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from tests.review_support import FIRST, published  # noqa: F401  (the session fixture: a published store)
+from tests.review_support import FIRST
 
 DATASETS = ["monitoring/person", "monitoring/household", "warnings",
             "identified/monitoring/person", "identified/warnings"]
@@ -60,7 +60,7 @@ def _manifest(store_root: Path, day: dt.date) -> dict | None:
 
 
 @pytest.fixture(scope="module")
-def pub(published) -> Published:  # noqa: F811  (the fixture imported above)
+def pub(published) -> Published:
     root = Path(published.dir)
     return Published(root, _manifest(root, FIRST))
 
@@ -92,7 +92,7 @@ class Read:
 
 
 def _pairs(dates, versions) -> set:
-    return {(d, int(v)) for d, v in zip(dates, versions)}
+    return {(d, int(v)) for d, v in zip(dates, versions, strict=False)}
 
 
 def read_pyarrow(root: Path, dataset: str, _spark=None) -> Read:
@@ -323,7 +323,7 @@ def test_engine_reads_dataset(engine, dataset, pub, reads, request):
     assert got.partitions == pairs, f"{engine} {dataset}: partition values {got.partitions} ≠ {pairs}"
 
     # every column's type, leaf by leaf: decimals with their precision and scale, date32 in structs
-    for (name, want), (_, have) in zip(columns, got.columns):
+    for (name, want), (_, have) in zip(columns, got.columns, strict=False):
         want_leaves, have_leaves = list(_leaves(want, name)), list(_leaves(have, name))
         assert have_leaves == want_leaves, f"{engine} {dataset}: {name} is {have}, the file has {want}"
     if dataset.endswith("warnings"):

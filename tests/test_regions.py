@@ -27,13 +27,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from safetynet.intake import regions
 from safetynet.cli import EXIT_OK, EXIT_USAGE, main
-from safetynet.demo.cli import district_regions, import_district_regions
-from safetynet.intake.regions import RegionListError, import_list, parse_list, region_names, use_store
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
-from tests.review_support import published  # noqa: F401  (a fixture used by name)
+from safetynet.demo.cli import district_regions, import_district_regions
+from safetynet.intake import regions
+from safetynet.intake.regions import RegionListError, import_list, parse_list, region_names, use_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -245,8 +244,8 @@ def test_a_bad_manifest_or_a_store_outage_never_breaks_a_page(store, caplog, mon
 def test_the_warning_summary_and_the_backtest_name_another_countys_streets(store):
     from types import SimpleNamespace
 
-    from safetynet.publish import backtest
     from safetynet.cli import print_warnings
+    from safetynet.publish import backtest
 
     import_list(store, LOUXING.encode("gbk"), "l.csv")
     use_store(store)
@@ -280,6 +279,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_the_regions_commands(tmp_path):
     st = str(tmp_path / "store")
     f = tmp_path / "娄星区.csv"
@@ -314,11 +314,10 @@ def test_the_regions_commands(tmp_path):
 def test_the_review_app_names_regions_from_the_imported_list(published, tmp_path):
     """A county list with names of its own (not the synthetic district's) for part of 430103: the
     app's export and statistics show them, and the county with the code where the list is silent."""
-    from tests.review_support import ACCOUNTS, PASSWORD, client_for, new_review_db
-
     from safetynet.review import auth
     from safetynet.review.app import EXPORT_HEADERS
     from safetynet.review.load import load_snapshot
+    from tests.review_support import ACCOUNTS, PASSWORD, client_for, new_review_db
 
     lst = tmp_path / "list"
     lst_store = ObjectStore.from_settings(Settings(store=str(lst)))

@@ -30,21 +30,12 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import func, select
 
+from safetynet.core.settings import Settings
+from safetynet.core.store import ObjectStore
 from safetynet.review import models as m
 from safetynet.review.load import load_snapshot, material_change
 from safetynet.review.queries import region_names
-from safetynet.core.settings import Settings
-from safetynet.core.store import ObjectStore
-from tests.review_support import (  # noqa: F401  (fixtures used by name)
-    FIRST,
-    NEXT,
-    PASSWORD,
-    STREET_A,
-    live_server,
-    publish_snapshot,
-    published,
-    review_db,
-)
+from tests.review_support import FIRST, NEXT, PASSWORD, STREET_A, live_server, publish_snapshot
 
 pytestmark = [pytest.mark.integration]
 

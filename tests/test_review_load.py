@@ -33,7 +33,7 @@ from safetynet.review import auth, db, queries
 from safetynet.review import models as m
 from safetynet.review.auth import User
 from safetynet.review.load import load_snapshot
-from tests.review_support import (  # noqa: F401  (fixtures used by name)
+from tests.review_support import (
     ACCOUNTS,
     FIRST,
     NEXT,
@@ -43,8 +43,6 @@ from tests.review_support import (  # noqa: F401  (fixtures used by name)
     client_for,
     live_server,
     new_review_db,
-    published,
-    review_db,
 )
 
 pytestmark = pytest.mark.integration
@@ -171,10 +169,10 @@ def test_facet_counts_follow_the_next_snapshot(review_db, published, tmp_path):
 
     import pyarrow as pa
 
-    from safetynet.publish import snapshot
     from safetynet.core.settings import Settings
-    from safetynet.publish.snapshot import Pseudonymiser, publish
     from safetynet.core.store import ObjectStore
+    from safetynet.publish import snapshot
+    from safetynet.publish.snapshot import Pseudonymiser, publish
 
     shutil.copytree(published.dir, tmp_path / "store")
     store = ObjectStore.from_settings(Settings(store=str(tmp_path / "store")))

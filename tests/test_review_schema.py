@@ -7,7 +7,7 @@ import pytest
 from tests.review_support import new_review_db
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_migrations_match_the_models(kind, tmp_path):
     from alembic import command
 

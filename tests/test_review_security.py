@@ -30,7 +30,8 @@ from safetynet.review import auth, queries
 from safetynet.review import models as m
 from safetynet.review.app import EXPORT_HEADERS, create_app
 from safetynet.review.queries import TRANSITIONS, region_names
-from tests.review_support import (  # noqa: F401  (fixtures used by name)
+from schemas.idno import mask
+from tests.review_support import (
     ACCOUNTS,
     FIRST,
     PASSWORD,
@@ -39,8 +40,6 @@ from tests.review_support import (  # noqa: F401  (fixtures used by name)
     client_for,
     csrf_of,
     login,
-    published,
-    review_db,
 )
 
 pytestmark = pytest.mark.integration
@@ -170,7 +169,7 @@ def _secrets(engine, household_no: str, alert_key: str) -> list[str]:
         summ = c.scalar(select(m.warnings.c.summary_zh).where(m.warnings.c.alert_key == alert_key))
     out = [household_no, alert_key, summ]
     for id_no, name in mem:
-        out += [id_no, auth.mask_id(id_no)]
+        out += [id_no, mask(id_no)]
         if len(name) >= 2:
             out.append(name)
     return [s for s in out if s]
@@ -199,7 +198,7 @@ def _seed_foreign(engine) -> Obj:
                                          updated_at=dt.datetime.now(dt.UTC)))
         queries.recount_facets(c, FIRST)  # as the loader does for the warnings it loads (not done by hand SQL)
     queries.FACETS.clear()
-    return Obj(hh, alert, [hh, alert, FOREIGN_ID, auth.mask_id(FOREIGN_ID), "外区甲乙", "外区测试预警说明文字"])
+    return Obj(hh, alert, [hh, alert, FOREIGN_ID, mask(FOREIGN_ID), "外区甲乙", "外区测试预警说明文字"])
 
 
 @pytest.fixture(scope="module")
@@ -408,7 +407,7 @@ def test_unmask_only_for_roles_allowed(world, username):
     assert ids
     for r in (c.get(f"/households/{hh}"), c.get(f"/api/v1/households/{hh}")):  # the masked view: all may read it
         assert r.status_code == 200
-        assert auth.mask_id(ids[0]) in r.text
+        assert mask(ids[0]) in r.text
         assert not any(i in r.text for i in ids)
     n0 = _unmasks(world.engine, username, hh)
     html = _form(c, f"/households/{hh}/unmask", world.csrf[username])

@@ -9,11 +9,10 @@ import time
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from safetynet.intake.clean import clean_feed, clean_path
-from safetynet.intake.ingest import ingest
 from connectors.kafka_producer import publish
 from safetynet.core.store import ObjectStore
-from schemas.registry import get
+from safetynet.intake.clean import clean_feed, clean_path
+from safetynet.intake.ingest import ingest
 from tests.kafka_events import claim_events
 from tests.test_kafka_ingest import CLAIM, raw_snapshot, topic  # noqa: F401  (fixture)
 
@@ -31,11 +30,11 @@ def test_store_round_trip_over_s3(s3_store: ObjectStore):
         s3_store.read_bytes("landing/a/b/x.csv")
 
 
-def test_ingest_and_clean_on_s3_equal_the_local_run(broker, topic, s3_settings, s3_store, local_settings, local_store):  # noqa: F811
+def test_ingest_and_clean_on_s3_equal_the_local_run(broker, topic, s3_settings, s3_store, local_settings, local_store):
     msgs, exp = claim_events(2000)
     publish(broker.bootstrap, topic, msgs)
     csv = ("结算单号,公民身份号码,结算日期,定点医疗机构,是否住院,疾病诊断编码,医疗费用总额,基金支付,个人自付\n"
-           "F1,%s,2026/9/3,医院,是,I10,100,80,20\n" % claim_events(1)[0][0][1].decode().split('"id_no": "')[1][:18])
+           "F1,{},2026/9/3,医院,是,I10,100,80,20\n".format(claim_events(1)[0][0][1].decode().split('"id_no": "')[1][:18]))
     for st, s in ((s3_store, s3_settings), (local_store, local_settings)):
         st.write_bytes("landing/medical_insurance/claim/claim_20261001.csv", csv.encode("gbk"))
         s = s.model_copy(update={"kafka_bootstrap": broker.bootstrap})
@@ -48,7 +47,7 @@ def test_ingest_and_clean_on_s3_equal_the_local_run(broker, topic, s3_settings, 
 
 
 @pytest.mark.slow
-def test_s3_outage_during_ingest_retries_and_loses_nothing(broker, topic, s3_server, s3_settings, s3_store, caplog):  # noqa: F811
+def test_s3_outage_during_ingest_retries_and_loses_nothing(broker, topic, s3_server, s3_settings, s3_store, caplog):
     from moto.server import ThreadedMotoServer
 
     msgs, exp = claim_events(20_000)
@@ -101,7 +100,7 @@ def _moto_keys(bucket: str) -> list[str]:
     return []
 
 
-def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:  # noqa: F811
+def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
     c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
         return {p: c.committed(TopicPartition(topic, p)) for p in sorted(c.partitions_for_topic(topic) or [])}

@@ -15,10 +15,10 @@ import threading
 import pyarrow as pa
 import pytest
 
+from quality.evaluation import SCHEMA as WARNINGS
+from safetynet.core.store import ObjectStore
 from safetynet.publish import snapshot
 from safetynet.publish.snapshot import Pseudonymiser, SnapshotNotFound
-from safetynet.core.store import ObjectStore
-from quality.evaluation import SCHEMA as WARNINGS
 
 D = dt.date(2026, 11, 1)
 PS = Pseudonymiser(b"test-secret")
@@ -184,16 +184,17 @@ def test_versions_on_s3(s3_store):
 
 
 # ---- the pipeline: a late feed between two publishes of one date --------------------------------------
+@pytest.mark.slow
 def test_a_late_feed_makes_version_2_and_a_decision_on_v1_still_resolves_v1(tmp_path, monkeypatch):
     from sqlalchemy import select
 
     from safetynet.cli import main
+    from safetynet.core.settings import Settings
+    from safetynet.demo.synth import generate
     from safetynet.review import auth, db, queries
     from safetynet.review import models as m
     from safetynet.review.auth import User
     from safetynet.review.load import load_snapshot
-    from safetynet.core.settings import Settings
-    from safetynet.demo.synth import generate
     from tests.test_pipeline import _json, drop_truth_as_files
 
     monkeypatch.delenv("SAFETYNET_KAFKA_BOOTSTRAP", raising=False)
@@ -245,7 +246,7 @@ def test_a_late_feed_makes_version_2_and_a_decision_on_v1_still_resolves_v1(tmp_
         assert c.scalar(select(m.snapshots.c.version).where(m.snapshots.c.snapshot_date == D)) == 2
     page = queries.household(eng, user, burden["household_no"])
     assert page["snapshot_version"] == 2
-    changed = [w for w in page["warnings"] if w["alert_key"] == burden["alert_key"]][0]
+    changed = next(w for w in page["warnings"] if w["alert_key"] == burden["alert_key"])
     assert "data changed since" in changed["changed_since"] and "第1版" in changed["changed_since"]
     assert "第2版" in changed["changed_since"]
     untouched = [w for w in page["warnings"] if w["alert_key"] != burden["alert_key"]]

@@ -17,16 +17,16 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from schemas import idno
-from schemas.normalise import RULES
 from safetynet.demo.synth import emit, generate
 from safetynet.demo.synth.district import region_tree
 from safetynet.demo.synth.emit import applicable_rules, channels, write_files, write_truth_parquet
 from safetynet.demo.synth.generate import generic_facts
 from safetynet.demo.synth.model import MONTHS
-from safetynet.demo.synth.plant import RULES as RULE_IDS
+from safetynet.demo.synth.plant import PLANTED_RULES
 from safetynet.demo.synth.truth import truth_schema
-from schemas.contract import F, Contract
+from schemas import idno
+from schemas.contract import Contract, F
+from schemas.normalise import QUARANTINE_RULES
 from schemas.registry import contracts, get
 
 PERSONS = 2500
@@ -130,8 +130,8 @@ def test_truth_keys_are_unique_and_feeds_have_rows(district):
 # ---- planted households ----------------------------------------------------------------------------
 def test_every_rule_has_planted_and_near_miss_households(district):
     pl = district.planted.to_pylist()
-    assert {r["rule_id"] for r in pl} == set(RULE_IDS)
-    for rule in RULE_IDS:
+    assert {r["rule_id"] for r in pl} == set(PLANTED_RULES)
+    for rule in PLANTED_RULES:
         kinds = Counter(r["kind"] for r in pl if r["rule_id"] == rule)
         assert kinds["planted"] >= 2 and kinds["near_miss"] >= 2, rule
     hh = {r["household_no"] for r in district.table("public_security.person").to_pylist()}
@@ -265,7 +265,7 @@ def reference_fired(d) -> dict[str, set[str]]:
 def test_planted_households_fire_and_near_misses_do_not(district):
     fired = reference_fired(district)
     pl = district.planted.to_pylist()
-    for rule in RULE_IDS:
+    for rule in PLANTED_RULES:
         planted = {r["household_no"] for r in pl if r["rule_id"] == rule and r["kind"] == "planted"}
         near = {r["household_no"] for r in pl if r["rule_id"] == rule and r["kind"] == "near_miss"}
         assert planted <= fired[rule], (rule, planted - fired[rule])
@@ -278,7 +278,7 @@ def test_background_hardly_trips_the_reverse_rules(district):
     n_hh = district.n_households
     for rule in REVERSE:
         assert len(fired[rule] - planted_hh) <= max(1, n_hh // 1000), (rule, len(fired[rule] - planted_hh))
-    for rule in set(RULE_IDS) - set(REVERSE):  # forward rules: a realistic few percent, not everyone
+    for rule in set(PLANTED_RULES) - set(REVERSE):  # forward rules: a realistic few percent, not everyone
         assert len(fired[rule]) < n_hh * 0.1, rule
 
 
@@ -290,12 +290,12 @@ def test_every_dirt_kind_and_every_quarantine_rule_is_present(emission):
     missing = [k for k in NORMALISABLE if not seen[k]]
     assert not missing, missing
     frozen = any(c.evolution == "frozen" for c in contracts().values())
-    rules = set(RULES) - (set() if frozen else {"unknown_field"})
+    rules = set(QUARANTINE_RULES) - (set() if frozen else {"unknown_field"})
     quarantined = Counter()
     for e in emission.expected.values():
         quarantined.update(e.quarantined)
     assert rules <= set(quarantined), rules - set(quarantined)
-    assert set(quarantined) <= set(RULES)
+    assert set(quarantined) <= set(QUARANTINE_RULES)
 
 
 def test_expected_counts_reconcile_and_match_the_dirt_ledger(district, emission):
@@ -389,7 +389,7 @@ def test_generic_generation_from_a_contract(district):
             if f.min is not None or f.max is not None:
                 assert all((f.min is None or v >= f.min) and (f.max is None or v <= f.max) for v in vals), f.name
             if f.kind in ("enum", "text_list"):
-                assert set(vals if f.kind == "enum" else sum(vals, [])) <= set(f.values), f.name
+                assert set(vals if f.kind == "enum" else [x for v in vals for x in v]) <= set(f.values), f.name
             elif f.kind == "id_no":  # living persons of the district, born before any record's date
                 assert set(vals) <= ids, f.name
             elif f.kind == "members":
@@ -448,9 +448,9 @@ def test_a_feed_with_no_generation_code_is_generated_and_emitted_and_shifts_noth
 # ---- end to end ------------------------------------------------------------------------------------------
 @pytest.mark.integration
 def test_publish_ingest_clean_matches_expected_and_truth(broker, local_settings, local_store, district, emission, monkeypatch):
-    from safetynet.intake.clean import read_clean
     from safetynet.cli import run_ingest
     from safetynet.demo.cli import publish_emission
+    from safetynet.intake.clean import read_clean
 
     suffix = uuid.uuid4().hex[:8]  # this test's own topics on the session broker
     monkeypatch.setattr(Contract, "topic", property(lambda c: f"dept.{c.department}.{c.feed}.v{c.version}.{suffix}"))

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import duckdb
 import pyarrow as pa
 
-from schemas.policy import Policy
 from safetynet.core.store import ObjectStore
+from schemas.policy import Policy
 from schemas.registry import contracts
 
 log = logging.getLogger(__name__)

@@ -24,24 +24,28 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
+from safetynet.core import paths
 from safetynet.core.store import ObjectStore
+from schemas.errors import TransientError
 
 log = logging.getLogger(__name__)
 
-PREFIX = "_catalog/leases"
-_HELD: contextvars.ContextVar[dict[str, Lease]] = contextvars.ContextVar("safetynet_leases", default={})
+_HELD: contextvars.ContextVar[Mapping[str, Lease]] = contextvars.ContextVar("safetynet_leases", default=MappingProxyType({}))
 
 
-class LeaseBusy(RuntimeError):
-    """Another live process holds the lease (after waiting as long as allowed)."""
+class LeaseBusy(TransientError, RuntimeError):
+    """Another live process holds the lease (after waiting as long as allowed). A `TransientError`:
+    the CLI exits 4; an Airflow task is retried later with backoff."""
 
 
-class LeaseLost(RuntimeError):
-    """A newer generation exists: this holder was too slow to renew and another took over."""
+class LeaseLost(TransientError, RuntimeError):
+    """A newer generation exists: this holder was too slow to renew and another took over. A
+    `TransientError`: the CLI exits 1; an Airflow task is retried (the new attempt takes a new lease)."""
 
 
 def _now() -> dt.datetime:
@@ -49,12 +53,12 @@ def _now() -> dt.datetime:
 
 
 def _path(name: str, gen: int) -> str:
-    return f"{PREFIX}/{name}/{gen:010d}.json"
+    return paths.lease_generation(name, gen)
 
 
 def _generations(store: ObjectStore, name: str) -> list[int]:
     out = []
-    for e in store.list(f"{PREFIX}/{name}/", ".json"):
+    for e in store.list(paths.lease_generations(name), ".json"):
         stem = e.path.rsplit("/", 1)[-1][:-5]
         if stem.isdigit():
             out.append(int(stem))
@@ -160,6 +164,7 @@ def acquire(store: ObjectStore, name: str, *, run_id: str = "", ttl_s: float = 6
                         store.delete(_path(name, g))
                 return Lease(store, name, top + 1, rec, ttl_s)
             continue  # another process created that generation first: look again
+        assert holder is not None  # not free: someone holds it
         if time.monotonic() >= deadline:
             raise LeaseBusy(f"{name} is being written by another run: {describe(holder)}. Wait for it, or "
                             f"give a longer wait (--wait-lease SECONDS / SAFETYNET_LEASE_WAIT_S)")

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import ConfigError
+
+
+class SettingsError(ConfigError):
+    """Settings that cannot be used: an invalid `SAFETYNET_*` value, or values that do not work
+    together (`Settings.problems`). A `ConfigError`: exit 2, an Airflow task fails without retries.
+    (Inside a field validator it is a `ValueError` like any other, so pydantic reports it.)"""
 
 
 class Settings(BaseSettings):
@@ -110,11 +118,25 @@ def db_url(v: str) -> str:
     if "://" in v:
         return v
     if not v.strip():
-        raise ValueError("empty database path")
+        raise SettingsError("empty database path")
     return f"sqlite:///{Path(v).expanduser().resolve()}"
 
 
-def describe_errors(e: Exception) -> str:
+def load(**overrides) -> Settings:
+    """Settings from the environment and `overrides`, checked at the edge (an Airflow task): every
+    invalid variable, then every problem of `Settings.problems`, as one `SettingsError` — never a
+    pydantic `ValidationError`, whose text would echo the values (a password in a database URL)."""
+    try:
+        s = Settings(**overrides)
+    except ValidationError as e:
+        raise SettingsError(f"configuration: {describe_errors(e)}") from None
+    problems = s.problems()
+    if problems:
+        raise SettingsError("configuration problems: " + "; ".join(problems))
+    return s
+
+
+def describe_errors(e: BaseException) -> str:
     """A pydantic ValidationError of the settings as one line naming each variable, e.g.
     `SAFETYNET_STORE: store must be a local path, file:// or s3:// URL, got scheme of 'http'`."""
     errors = getattr(e, "errors", None)

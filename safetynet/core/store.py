@@ -15,17 +15,22 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Collection, Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from safetynet.core import paths
 from safetynet.core.settings import Settings
+from schemas.errors import ConfigError, TransientError
+
+if TYPE_CHECKING:
+    from minio import Minio
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +43,16 @@ PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=T
                        row_group_size=256 * 1024)
 
 
-class StoreError(RuntimeError):
-    """A store call that still failed after every retry (terminal)."""
+class StoreError(TransientError, RuntimeError):
+    """A store call that still failed after every retry (terminal for this call). A `TransientError`:
+    the CLI exits 1; an Airflow task is retried later with backoff (an S3 outage outlasting the
+    store's own retries)."""
+
+
+class StoreConfigError(ConfigError):
+    """The store is configured wrongly: an `s3://` store without an endpoint, or an S3 server that
+    ignores conditional writes. A `ConfigError` (and so a `ValueError`), not a `StoreError`: fatal, not
+    retried — the CLI exits 2, an Airflow task fails at once; fix the settings or the server first."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,7 @@ class ObjectStore:
         self.backoff_max_s = backoff_max_s
         self.local = local
         self._conditional_checked = False
-        self._minio = None  # S3 stores: the minio client (bucket creation, conditional PUT)
+        self._minio: Minio | None = None  # S3 stores: the minio client (bucket creation, conditional PUT)
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
@@ -69,7 +82,7 @@ class ObjectStore:
         url = settings.store
         if url.startswith("s3://"):
             if not settings.s3_endpoint:
-                raise StoreError("SAFETYNET_STORE is s3:// but SAFETYNET_S3_ENDPOINT is not set")
+                raise StoreConfigError("SAFETYNET_STORE is s3:// but SAFETYNET_S3_ENDPOINT is not set")
             endpoint = settings.s3_endpoint
             scheme = "https" if endpoint.startswith("https://") else "http"
             host = endpoint.split("://", 1)[-1].rstrip("/")
@@ -204,11 +217,13 @@ class ObjectStore:
         from minio.error import S3Error
 
         bucket, _, key = self.full(rel).partition("/")
+        client = self._minio
+        assert client is not None, "an S3 store has its minio client (from_settings)"
 
         def put() -> bool:
             try:  # minio's public put_object takes no request headers; its PutObject call does
-                self._minio._put_object(bucket, key, data, headers={"If-None-Match": "*",
-                                                                    "Content-Length": str(len(data))})
+                client._put_object(bucket, key, data, headers={"If-None-Match": "*",
+                                                               "Content-Length": str(len(data))})
                 return True
             except S3Error as e:
                 if e.code in ("PreconditionFailed", "ConditionalRequestConflict"):
@@ -218,13 +233,13 @@ class ObjectStore:
         return self._retry(put, f"create {rel}")
 
     def _check_conditional_put(self) -> None:
-        probe = f"_catalog/.conditional-put-probe/{uuid.uuid4().hex}"
+        probe = paths.conditional_put_probe(uuid.uuid4().hex)
         first, second = self._put_if_absent(probe, b"1"), self._put_if_absent(probe, b"2")
         self.delete(probe)
         if not (first and not second):
-            raise StoreError(f"the S3 server at {self.url} ignores conditional writes (If-None-Match: *): two "
-                             "publishers could claim the same snapshot version. Use AWS S3 or a MinIO release "
-                             "with conditional PUT support")
+            raise StoreConfigError(f"the S3 server at {self.url} ignores conditional writes (If-None-Match: *): "
+                                   "two publishers could claim the same snapshot version. Use AWS S3 or a MinIO "
+                                   "release with conditional PUT support")
         self._conditional_checked = True
 
     def read_bytes(self, rel: str) -> bytes:

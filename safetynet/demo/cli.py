@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from safetynet.cli import (
-    EXIT_OK,
     EXIT_FAILURE,
+    EXIT_OK,
     EXIT_UNHEALTHY,
     UsageError,
     _console,
@@ -35,6 +35,7 @@ from safetynet.cli import (
     run_ingest,
     store_location,
 )
+from safetynet.core import paths
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ log = logging.getLogger(__name__)
 #: small feed's records — so its runs judge feed health against this rate unless
 #: SAFETYNET_MAX_QUARANTINE_RATE is set. Real feeds keep the default (5 %).
 SYNTHETIC_MAX_QUARANTINE_RATE = 0.75
-#: Written by `safetynet demo` into the store it makes: only such a store is wiped by the next demo.
-DEMO_MARKER = "_catalog/demo.json"
 
 
 def _load_district(args: argparse.Namespace):
@@ -65,8 +64,7 @@ def _load_district(args: argparse.Namespace):
 
 def publish_emission(settings, store, em, enabled: bool) -> None:
     """Publish the generated events to their topics and drop the files (with progress)."""
-    from connectors.kafka_producer import ensure_topics
-    from connectors.kafka_producer import publish
+    from connectors.kafka_producer import ensure_topics, publish
     from safetynet.demo.departments import drop_files
     from schemas.registry import get
 
@@ -101,7 +99,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     store = _open_store(s, create=True)
     import_district_regions(store, con)
     publish_emission(s, store, em, s.progress)
-    con.print(f"published {em.total_events:,} events and dropped {len(em.files)} files into {store.url}/landing/")
+    con.print(f"published {em.total_events:,} events and dropped {len(em.files)} files into {store.url}/{paths.LANDING}")
     return EXIT_OK
 
 
@@ -114,15 +112,16 @@ def _wipe_demo_store(settings) -> None:
         return
     if not path.is_dir():
         raise UsageError(f"the demo store {path} is a file, not a directory; give another --store")
-    if any(path.iterdir()) and not (path / DEMO_MARKER).exists():
+    # `paths.DEMO_MARKER` is written by `safetynet demo` into the store it makes: only such a store is wiped
+    if any(path.iterdir()) and not (path / paths.DEMO_MARKER).exists():
         raise UsageError(f"{path} holds a store the demo did not make, and the demo starts from an empty one: give "
                          "it another --store (or --no-fresh to add the demo's data to this store)")
     shutil.rmtree(path)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from safetynet.demo.broker import EmbeddedBroker
     from safetynet.core.store import open_store
+    from safetynet.demo.broker import EmbeddedBroker
 
     s = _settings(args)
     con = _console()
@@ -131,8 +130,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.fresh and not s.store.startswith("s3://"):
         _wipe_demo_store(s)
     store = _named(open_store(s))
-    if not store.exists(DEMO_MARKER):
-        store.write_bytes(DEMO_MARKER, json.dumps({"persons": args.persons, "seed": args.seed}).encode())
+    if not store.exists(paths.DEMO_MARKER):
+        store.write_bytes(paths.DEMO_MARKER, json.dumps({"persons": args.persons, "seed": args.seed}).encode())
     _say(con, ("兜底保障数据枢纽 demo", "bold"), f": {args.persons:,} persons (seed {args.seed}), store {store.url}")
     import_district_regions(store, con)
     t0 = time.perf_counter()
@@ -180,9 +179,9 @@ def _demo_review(s, con) -> None:
     """Load the snapshot into the review app's database, one demo account per role, and say how to open it."""
     from rich.table import Table
 
+    from safetynet.core.settings import Settings
     from safetynet.review import cli as review_cli
     from safetynet.review import db
-    from safetynet.core.settings import Settings
 
     engine = review_cli._engine(s)
     res = review_cli.load_latest(s, engine)
@@ -210,8 +209,8 @@ def _demo_review(s, con) -> None:
 def district_regions() -> tuple[str, bytes]:
     """(county, list) of the synthetic district's streets and communities, as a county publishes
     it (12-digit codes, `safetynet.intake.regions.to_published_csv`)."""
-    from safetynet.intake.regions import to_published_csv
     from safetynet.demo.synth.district import DISTRICT_CODE, region_tree
+    from safetynet.intake.regions import to_published_csv
 
     names = {}
     for r in region_tree().table().to_pylist():

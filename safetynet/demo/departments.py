@@ -5,6 +5,7 @@ with their own systems to the same landing prefixes.
 
 from __future__ import annotations
 
+from safetynet.core import paths
 from safetynet.core.store import ObjectStore
 
 
@@ -12,7 +13,7 @@ def drop_files(store: ObjectStore, files: dict[str, bytes]) -> list[str]:
     """Put files into `landing/` (paths relative to it: `<department>/<feed>/<name>`)."""
     out = []
     for rel, data in sorted(files.items()):
-        path = f"landing/{rel}"
+        path = paths.landing_file(rel)
         store.write_bytes(path, data)
         out.append(path)
     return out

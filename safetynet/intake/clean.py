@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass
 import duckdb
 import pyarrow as pa
 
+from safetynet.core import paths
+from safetynet.core.store import ObjectStore, parquet_bytes
 from safetynet.intake import health
 from schemas import normalise
-from schemas.normalise import _q
-from safetynet.core.store import ObjectStore, parquet_bytes
 from schemas.contract import Contract
+from schemas.normalise import _q
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class CleanCounts:
 
 
 def clean_path(c: Contract) -> str:
-    return f"clean/{c.prefix}/part-00000.parquet"
+    return paths.clean_file(c.prefix)
 
 
 def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection | None = None) -> CleanCounts:
@@ -57,7 +58,7 @@ def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection |
     con = con or normalise.connect()
     try:
         held = health.held(store, c)  # unhealthy deliveries: the previous clean state stays in force
-        raw = store.dataset(f"raw/{c.prefix}/", schema=c.raw_schema(), exclude=held)
+        raw = store.dataset(paths.raw(c.prefix), schema=c.raw_schema(), exclude=held)
         table, counts = clean_table(con, c, raw)
         data = parquet_bytes(table)
         store.write_bytes(clean_path(c), data)
@@ -66,7 +67,7 @@ def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection |
                     "written_at": dt.datetime.now(dt.UTC).isoformat(), "counts": asdict(counts),
                     "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
                     "reconciles": counts.reconciles, "watermarks": watermarks, "held_files": sorted(held)}
-        store.write_bytes(f"_catalog/clean/{c.prefix}.json", json.dumps(manifest, ensure_ascii=False, indent=1).encode())
+        store.write_bytes(paths.clean_manifest(c.prefix), json.dumps(manifest, ensure_ascii=False, indent=1).encode())
         log.info("clean %s: raw=%d → rows=%d (redelivered=%d superseded=%d deleted=%d)", c.feed_id, counts.raw_rows,
                  counts.rows, counts.redelivered, counts.superseded, counts.deleted,
                  extra={"event": "clean_feed", **asdict(counts)})
@@ -186,7 +187,7 @@ def _watermarks(store: ObjectStore, c: Contract, held: dict | None = None) -> di
     same name can be told from the one in force — see `safetynet.publish.backtest`)."""
     out: dict = {"kafka": {}, "files": []}
     versions: dict[str, set[str]] = {}
-    for e in store.list(f"raw/{c.prefix}/", ".parquet"):
+    for e in store.list(paths.raw(c.prefix), ".parquet"):
         if held and e.path in held:
             continue
         f = raw_file(e.path)

@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 from connectors.mapping import names_code_value
-from schemas.normalise import RULES
+from safetynet.core import paths
 from safetynet.core.store import ObjectStore
 from schemas.contract import Contract
+from schemas.normalise import QUARANTINE_RULES
 
 #: A drift line needs at least DRIFT_MIN_RECORDS records, and either this share of the feed's
 #: input or DRIFT_MANY records: one cause behind many rejects, not scattered dirt.
@@ -111,7 +112,7 @@ def drift_lines(c: Contract, drift: Counter, total: int) -> list[str]:
             continue
         label = c.field(f).label_zh
         what = f"value {value} in" if value else f"{rule} in"
-        hint = _HINT.get(rule, "").format(f=f) or f"— {RULES.get(rule, rule)}"
+        hint = _HINT.get(rule, "").format(f=f) or f"— {QUARANTINE_RULES.get(rule, rule)}"
         lines.append(f"{c.feed_id}.{f} ({label}): {what} {n:,} of {total:,} records {hint}")
     return lines
 
@@ -131,11 +132,11 @@ def evaluate(c: Contract, run_id: str, input_: int, quarantined: Counter, drift:
 
 # ---- the catalog ----------------------------------------------------------------------------------
 def _health_path(c: Contract) -> str:
-    return f"_catalog/health/{c.prefix}.json"
+    return paths.health(c.prefix)
 
 
 def _held_path(c: Contract) -> str:
-    return f"_catalog/held/{c.prefix}.json"
+    return paths.held(c.prefix)
 
 
 def write(store: ObjectStore, c: Contract, h: FeedHealth) -> None:

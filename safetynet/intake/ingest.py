@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import duckdb
 import pyarrow as pa
@@ -46,18 +47,32 @@ from connectors.formats import (
 )
 from connectors.kafka_topic import KafkaBatch, KafkaTopicSource
 from connectors.mapping import Mapping
-from safetynet.intake import health as feed_health
-from safetynet.core import lease
-from schemas.idno import mask_text
-from schemas import normalise
+from safetynet.core import lease, paths
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore, parquet_bytes
+from safetynet.intake import health as feed_health
+from schemas import normalise
 from schemas.contract import Contract
+from schemas.errors import ConfigError, TransientError
+from schemas.idno import mask_text
 from schemas.registry import contracts
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int], None]  # (feed_id, records just processed)
+
+
+class ZoneWriter(Protocol):
+    """What writing a batch needs of a store: an `ObjectStore`, or the staging facade of `store verify
+    --repair` (which keeps the files in memory until they are proven identical)."""
+
+    def write_bytes(self, rel: str, data: bytes) -> None: ...
+
+
+class BrokerUnreachable(TransientError, RuntimeError):
+    """The Kafka broker stayed unreachable for `SAFETYNET_KAFKA_RETRY_S`. A `TransientError`: the CLI
+    exits 1, an Airflow task is retried with backoff; nothing uncommitted is lost (the next run
+    resumes from the committed offsets). A `RuntimeError`, as it was before it had a class."""
 
 
 @dataclass
@@ -140,9 +155,6 @@ class IngestReport:
         store.write_bytes(self.manifest, json.dumps(self.as_dict(), ensure_ascii=False, indent=1).encode())
 
 
-RUNS = "_catalog/ingest"
-
-
 def adopt_crashed_runs(store: ObjectStore, report: IngestReport) -> dict:
     """Run records still "running" for feeds this run now holds belong to runs that died (a live
     run holds its feeds' leases for its whole life): mark them crashed. Give them — and runs that
@@ -151,7 +163,7 @@ def adopt_crashed_runs(store: ObjectStore, report: IngestReport) -> dict:
     found, so every file belongs to a run record (the most recent unfinished run first)."""
     mine = set(report.feeds)
     records = {}
-    for e in store.list(f"{RUNS}/", ".json"):
+    for e in store.list(paths.RUNS, ".json"):
         try:
             records[e.path] = json.loads(store.read_bytes(e.path))
         except (FileNotFoundError, ValueError):
@@ -168,8 +180,8 @@ def adopt_crashed_runs(store: ObjectStore, report: IngestReport) -> dict:
         orphans = {}
         for fid in sorted(mine & set(r.get("feeds", {}))):
             prefix = contracts()[fid].prefix
-            orphans[fid] = [e.path for zone in ("raw", "quarantine") for e in store.list(f"{zone}/{prefix}/")
-                            if e.path not in listed and "/damaged/" not in e.path]
+            orphans[fid] = [e.path for zone in (paths.raw(prefix), paths.quarantine(prefix)) for e in store.list(zone)
+                            if e.path not in listed and not paths.is_damaged(e.path)]
             listed |= set(orphans[fid])
         was = r.get("status")
         r.update(status="crashed" if was == "running" else was, adopted_by=report.run_id, orphan_files=orphans,
@@ -211,7 +223,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _write(store: ObjectStore, path: str, data: bytes, rows: int | None, ingested_at: dt.datetime,
+def _write(store: ZoneWriter, path: str, data: bytes, rows: int | None, ingested_at: dt.datetime,
            sums: dict) -> None:
     """Write one zone file and record what `safetynet store verify` checks it against."""
     store.write_bytes(path, data)
@@ -220,7 +232,7 @@ def _write(store: ObjectStore, path: str, data: bytes, rows: int | None, ingeste
 
 
 # ---- the shared batch step --------------------------------------------------------------------
-def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, sql_source: str,
+def validate_and_write(store: ZoneWriter, con: duckdb.DuckDBPyConnection, c: Contract, sql_source: str,
                        *, name: str, ingest_date: str, lineage: dict[str, object], where: Callable[[dict], str],
                        mapping: Mapping | None = None, ingested_at: dt.datetime | None = None) -> BatchResult:
     """Map, validate the records of `sql_source` and write `raw/` (+ `quarantine/`) files named `name`.
@@ -240,10 +252,9 @@ def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Co
     rej = t.filter(pc.invert(ok))
     at = ingested_at or _now()
     at = at.replace(microsecond=at.microsecond // 1000 * 1000)  # the column holds milliseconds
-    ingested_at = pa.scalar(at, pa.timestamp("ms", tz="UTC"))
+    at_ms = pa.scalar(at, pa.timestamp("ms", tz="UTC"))
     written: list[str] = []
     sums: dict = {}
-    part = f"{c.prefix}/ingest_date={ingest_date}/{name}.parquet"
 
     def lineage_cols(tab: pa.Table) -> dict[str, pa.Array]:
         m = tab.num_rows
@@ -252,7 +263,7 @@ def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Co
             if not fld.name.startswith("_"):
                 continue
             if fld.name == "_ingested_at":
-                cols[fld.name] = pa.array([ingested_at.as_py()] * m, fld.type)
+                cols[fld.name] = pa.array([at_ms.as_py()] * m, fld.type)
             elif fld.name in tab.column_names:
                 cols[fld.name] = tab[fld.name].cast(fld.type)
             else:
@@ -263,8 +274,9 @@ def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Co
     if acc.num_rows:
         raw = pa.table({**{f: acc[f].cast(pa.string()) for f in c.names}, **lineage_cols(acc)},
                        schema=c.raw_schema())
-        _write(store, f"raw/{part}", parquet_bytes(raw), raw.num_rows, at, sums)
-        written.append(f"raw/{part}")
+        raw_path = paths.raw_batch(c.prefix, ingest_date, name)
+        _write(store, raw_path, parquet_bytes(raw), raw.num_rows, at, sums)
+        written.append(raw_path)
     rejected: Counter = Counter()
     drift: Counter = Counter()
     if rej.num_rows:
@@ -275,9 +287,9 @@ def validate_and_write(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Co
         drift = feed_health.drift_keys(c, rej)
         q = {"_raw": rej["_raw"].cast(pa.string()), "_rule": rej["_rule"], "_field": rej["_field"],
              "_reason": pa.array(reasons, pa.string()), **lineage_cols(rej)}
-        _write(store, f"quarantine/{part}", parquet_bytes(pa.table(q, schema=c.quarantine_schema())), rej.num_rows,
-               at, sums)
-        written.append(f"quarantine/{part}")
+        q_path = paths.quarantine_batch(c.prefix, ingest_date, name)
+        _write(store, q_path, parquet_bytes(pa.table(q, schema=c.quarantine_schema())), rej.num_rows, at, sums)
+        written.append(q_path)
         for r, why in zip(rows[:3], reasons[:3], strict=False):
             log.info("quarantined: %s", why, extra={"event": "quarantine", "feed": c.feed_id, "rule": r["_rule"]})
     assert acc.num_rows + sum(rejected.values()) == n
@@ -339,7 +351,7 @@ def _spawn_without_host_main() -> Iterator[None]:
     import configures Airflow's ORM from settings the task process is deliberately not given.
     """
     main = sys.modules.get("__main__")
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    saved: dict[str, Any] = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
     if main is not None:
         main.__dict__.pop("__file__", None)
         main.__spec__ = None
@@ -441,10 +453,10 @@ def _retrying(settings: Settings, what: str, fn: Callable[[], None]) -> None:
             now = time.monotonic()
             first = first if first is not None else now
             if now - first >= settings.kafka_retry_s:
-                raise RuntimeError(f"kafka: {what}: the broker at {settings.kafka_bootstrap} stayed unreachable for "
-                                   f"{settings.kafka_retry_s:.0f} s ({type(e).__name__}: {e}); nothing uncommitted "
-                                   "was lost: the next run resumes from the committed offsets "
-                                   "(SAFETYNET_KAFKA_RETRY_S sets the wait)") from e
+                raise BrokerUnreachable(f"kafka: {what}: the broker at {settings.kafka_bootstrap} stayed unreachable "
+                                        f"for {settings.kafka_retry_s:.0f} s ({type(e).__name__}: {e}); nothing "
+                                        "uncommitted was lost: the next run resumes from the committed offsets "
+                                        "(SAFETYNET_KAFKA_RETRY_S sets the wait)") from e
             log.warning("kafka: %s: %s: %s; retrying in %.1f s", what, type(e).__name__, e, delay,
                         extra={"event": "kafka_retry", "topic": what})
             time.sleep(delay)
@@ -486,7 +498,7 @@ def _read_topic(settings: Settings, store: ObjectStore, c: Contract, counts: Fee
                 fut.exception()
 
 
-def write_kafka_batch(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, b: KafkaBatch,
+def write_kafka_batch(store: ZoneWriter, con: duckdb.DuckDBPyConnection, c: Contract, b: KafkaBatch,
                       mapping: Mapping | None = None, ingested_at: dt.datetime | None = None) -> BatchResult:
     meta = pa.table({"_kafka_partition": pa.array([b.partition] * len(b.values), pa.int32()),
                      "_kafka_offset": pa.array(b.offsets, pa.int64())})
@@ -523,7 +535,7 @@ def ingest_drops(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract
     return done
 
 
-def ingest_drop(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, d: Drop,
+def ingest_drop(store: ZoneWriter, con: duckdb.DuckDBPyConnection, c: Contract, d: Drop,
                 mapping: Mapping | None = None, ingested_at: dt.datetime | None = None) -> BatchResult:
     """One landing file → raw/quarantine. A file that cannot be read as a whole is quarantined
     whole, counted as the records it holds. JSON Lines may hold flat records or event envelopes
@@ -572,14 +584,14 @@ def ingest_drop(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract,
         con.unregister("__rec")
 
 
-def _quarantine_file(store: ObjectStore, c: Contract, d: Drop, e: FileFormatError, name: str, now: dt.datetime
+def _quarantine_file(store: ZoneWriter, c: Contract, d: Drop, e: FileFormatError, name: str, now: dt.datetime
                      ) -> BatchResult:
     """Keep an unreadable file whole in quarantine, and one quarantine record per data record it
     holds (its line or row as text), each explaining why; one record if not even rows can be told."""
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)
     today = now.date().isoformat()
     sums: dict = {}
-    qfile = f"quarantine/{c.prefix}/ingest_date={today}/files/{d.name}"
+    qfile = paths.quarantine_file(c.prefix, today, d.name)
     _write(store, qfile, d.data, None, now, sums)
     why = mask_text(f"{c.feed_id}: file {d.name} — {e.rule}: {e}")
     records = e.records or [f"(whole file kept at {qfile}, {len(d.data)} bytes)"]
@@ -590,7 +602,7 @@ def _quarantine_file(store: ObjectStore, c: Contract, d: Drop, e: FileFormatErro
              "_source": "file", "_kafka_topic": None, "_kafka_partition": None, "_kafka_offset": None,
              "_source_file": d.path, "_row_number": first + i, "_ingested_at": now}
             for i, raw in enumerate(records)]
-    path = f"quarantine/{c.prefix}/ingest_date={today}/{name}.parquet"
+    path = paths.quarantine_batch(c.prefix, today, name)
     _write(store, path, parquet_bytes(pa.Table.from_pylist(rows, schema=c.quarantine_schema())), len(rows), now, sums)
     log.warning("quarantined whole file (%d records): %s", len(rows), why,
                 extra={"event": "quarantine", "feed": c.feed_id, "rule": e.rule})
@@ -612,11 +624,11 @@ def ingest(settings: Settings, store: ObjectStore, feeds: Iterable[str] | None =
     run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
     selected = [contracts()[f] for f in feeds] if feeds else list(contracts().values())
     if kafka and not settings.kafka_bootstrap:
-        raise ValueError("no Kafka bootstrap configured (SAFETYNET_KAFKA_BOOTSTRAP) — "
-                         "use --no-kafka, or `safetynet demo`, which starts an embedded broker")
+        raise ConfigError("no Kafka bootstrap configured (SAFETYNET_KAFKA_BOOTSTRAP) — "
+                          "use --no-kafka, or `safetynet demo`, which starts an embedded broker")
     maps = load_mappings(settings.mappings, [c.feed_id for c in selected])
     report = IngestReport(run_id, started.isoformat(), {c.feed_id: FeedCounts(c.feed_id) for c in selected},
-                          manifest=f"{RUNS}/{run_id}.json")
+                          manifest=paths.ingest_run(run_id))
     ids = [c.feed_id for c in selected]
     with lease.held(store, ids, run_id=run_id, ttl_s=settings.lease_ttl_s, wait_s=settings.lease_wait_s):
         report.write(store)  # the "started" record first: a run that dies still has one
@@ -668,7 +680,7 @@ def _judge(store: ObjectStore, c: Contract, counts: FeedCounts, run_id: str, dro
     threshold = mapping.max_quarantine_rate if mapping.max_quarantine_rate is not None else default_rate
     h = feed_health.evaluate(c, run_id, counts.input, counts.quarantined, counts.drift, threshold,
                              counts.empty_snapshots, files=len(drops))
-    raw_files = [f for f in counts.files if f.startswith("raw/")]
+    raw_files = [f for f in counts.files if f.startswith(paths.RAW)]
     if h.unhealthy:
         h.held_files = raw_files
         feed_health.set_held(store, c, {f: {"run_id": run_id, "why": h.problems} for f in raw_files}, [])

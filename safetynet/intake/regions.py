@@ -36,15 +36,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from safetynet.core import paths
+from schemas.errors import ChecksumMismatch, ConfigError
+
 log = logging.getLogger(__name__)
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "schemas" / "reference"
 NATIONAL_CSV = REFERENCE_DIR / "regions_national.csv"
 NATIONAL_META = REFERENCE_DIR / "regions_national.json"
-#: Where the imported county lists live in the store: `<county>.json` (the manifest in force) and
-#: `<county>/<sha256 prefix>.csv` (every version imported, the normalised list).
-CATALOG = "_catalog/regions"
-#: How often the review app looks for a list imported while it runs (one listing of CATALOG).
+#: How often the review app looks for a list imported while it runs (one listing of `paths.REGIONS`).
 REFRESH_S = 30.0
 #: A county list is a few thousand lines; anything much bigger is not one.
 MAX_LIST_BYTES = 20 << 20
@@ -106,13 +106,13 @@ class RegionNames(dict):
     default (or KeyError). `code in names` is exact.
     """
 
-    def __init__(self, names: Mapping[str, str] = (), aliases: Iterable[str] = (),
+    def __init__(self, names: Mapping[str, str] | None = None, aliases: Iterable[str] = (),
                  imported: Mapping[str, dict] | None = None):
-        super().__init__(names)
+        super().__init__(names or {})
         self.aliases = frozenset(aliases)  # 430000, 430100: other keys of a province or prefecture
         self.imported = dict(imported or {})  # county → manifest of its list in force
 
-    def get(self, code, default=None):  # type: ignore[override]
+    def get(self, code, default=None):
         if dict.__contains__(self, code):
             return dict.__getitem__(self, code)
         found = self.fallback(code)
@@ -172,7 +172,7 @@ def _token(store) -> tuple:
     without the store's retries: a page is not held up by a store outage (the names stay as they are)."""
     from pyarrow import fs as pafs
 
-    sel = pafs.FileSelector(store.full(CATALOG), recursive=False, allow_not_found=True)
+    sel = pafs.FileSelector(store.full(paths.REGIONS), recursive=False, allow_not_found=True)
     return tuple(sorted((i.path, i.size, i.mtime_ns) for i in store.fs.get_file_info(sel)
                         if i.type == pafs.FileType.File and i.path.endswith(".json")))
 
@@ -190,7 +190,7 @@ def region_names() -> RegionNames:
             try:
                 token = _token(store)
             except Exception as e:  # a store outage must not break a page: keep the names we have
-                log.warning("regions: cannot list %s in %s (%s); names as before", CATALOG, store.url, e)
+                log.warning("regions: cannot list %s in %s (%s); names as before", paths.REGIONS, store.url, e)
                 if names is not None:
                     _bound["checked"] = now
                     return names
@@ -225,8 +225,9 @@ def _build(store) -> RegionNames:
 
 
 # ---- reading a published list ---------------------------------------------------------------------
-class RegionListError(ValueError):
-    """A county list that cannot be imported; the message names every problem and its lines."""
+class RegionListError(ConfigError):
+    """A county list that cannot be imported; the message names every problem and its lines. A
+    `ConfigError` (so a `ValueError`): exit 2."""
 
     def __init__(self, source: str, problems: list[str]):
         self.problems = problems
@@ -351,7 +352,7 @@ def parse_list(data: bytes, source: str = "the file") -> CountyList:
             seen[code].append((name, line))
     except csv.Error as e:
         problems[f"not readable as CSV ({e})"].append(reader.line_num)
-    found: list[tuple[list[int], str]] = list((lines, what) for what, lines in problems.items())
+    found: list[tuple[list[int], str]] = [(lines, what) for what, lines in problems.items()]
     counties = Counter(code[:6] for code in seen for _ in seen[code])
     county = min(counties, key=lambda c: (-counties[c], c)) if counties else ""
     other = sorted(ln for code, v in seen.items() if code[:6] != county for _, ln in v)
@@ -398,15 +399,15 @@ class Imported:
 
 
 def manifest_path(county: str) -> str:
-    return f"{CATALOG}/{county}.json"
+    return paths.region_manifest(county)
 
 
 def imported_lists(store, strict: bool = True) -> dict[str, dict]:
     """county → manifest of the list in force, for every county imported in the store. A manifest
     that cannot be read raises — or, not `strict`, is left out with a warning."""
     out = {}
-    for e in store.list(CATALOG + "/", ".json"):
-        if e.path.count("/") != CATALOG.count("/") + 1:
+    for e in store.list(paths.REGIONS, ".json"):
+        if e.path.count("/") != paths.REGIONS.count("/"):  # a manifest, not a list file of a county folder
             continue
         try:
             m = json.loads(store.read_bytes(e.path))
@@ -425,7 +426,7 @@ def read_list(store, manifest: dict) -> dict[str, str]:
     """code → name of an imported list (its stored file, checked against the manifest's sha256)."""
     data = store.read_bytes(manifest["file"])
     if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
-        raise ValueError(f"{manifest['file']} does not match the sha256 in {manifest_path(manifest['county'])}")
+        raise ChecksumMismatch(f"{manifest['file']} does not match the sha256 in {manifest_path(manifest['county'])}")
     return {r["code"]: r["name"] for r in csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))}
 
 
@@ -445,7 +446,7 @@ def import_list(store, data: bytes, source: str, *, by: str = "", now: dt.dateti
         return Imported(old, changed=False)
     body = parsed.csv_bytes()
     sha = hashlib.sha256(body).hexdigest()
-    rel = f"{CATALOG}/{parsed.county}/{sha[:16]}.csv"
+    rel = paths.region_list(parsed.county, sha[:16])
     if not store.exists(rel):
         store.write_bytes(rel, body)
     when = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")

@@ -34,18 +34,19 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from quality.rules import RULES, Rule, by_id
-from safetynet.intake import clean, health
-from safetynet.build import monitoring
-from schemas import normalise
-from safetynet.publish import snapshot
 from quality import evaluation
-from safetynet.publish.export import csv_safe
-from schemas.idno import mask
-from schemas.idno import mask_text
 from quality.policy import Policy
+from quality.rules import RULES, Rule, by_id
+from safetynet.build import monitoring
+from safetynet.core import paths
 from safetynet.core.store import ObjectStore
+from safetynet.intake import clean, health
+from safetynet.publish import snapshot
+from safetynet.publish.export import csv_safe
+from schemas import normalise
 from schemas.contract import Contract
+from schemas.errors import ConfigError
+from schemas.idno import mask, mask_text
 from schemas.registry import contracts
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,8 @@ CSV_COLUMNS = ("snapshot_date", "change", "rule_id", "rule_title_zh", "household
                "subject", "summary_zh")
 
 
-class UnknownRule(ValueError):
-    """A `--rule` id that no warning rule has."""
+class UnknownRule(ConfigError):
+    """A `--rule` id that no warning rule has (a `ConfigError`, so a `ValueError`: exit 2)."""
 
 
 def select_rules(ids: Sequence[str] | None) -> tuple[Rule, ...]:
@@ -101,7 +102,7 @@ def published_raw(store: ObjectStore, c: Contract, watermarks: dict | None) -> t
     held = health.held(store, c)
     chosen: list[str] = []
     straddle = False
-    for e in store.list(f"raw/{c.prefix}/", ".parquet"):
+    for e in store.list(paths.raw(c.prefix), ".parquet"):
         f = clean.raw_file(e.path)
         if f is None:
             continue
@@ -112,8 +113,11 @@ def published_raw(store: ObjectStore, c: Contract, watermarks: dict | None) -> t
                 ok = f.name in names and e.path not in held
         else:
             wm = offsets.get(f.partition)
-            ok = wm is not None and f.first <= wm and e.path not in held
-            straddle |= ok and f.last > wm
+            if wm is None:  # a partition not in the watermarks: none of its batches
+                ok = False
+            else:
+                ok = f.first <= wm and e.path not in held
+                straddle |= ok and f.last > wm
         if ok:
             chosen.append(e.path)
     if not chosen:
@@ -348,7 +352,7 @@ def render(res: Backtest, con) -> None:
     order = {d.rule_id: i for i, d in enumerate(res.rules)}
     for code, added, removed, by_rule in streets:
         per_rule = []
-        for rid in sorted({r for r, _ in by_rule}, key=order.get):
+        for rid in sorted({r for r, _ in by_rule}, key=order.__getitem__):  # every changed rule is one of res.rules
             a, r = by_rule[(rid, "added")], by_rule[(rid, "removed")]
             per_rule.append(f"{rid} " + " ".join(x for x in (f"+{a}" if a else "", f"-{r}" if r else "") if x))
         t2.add_row(code or "-", names.get(code, ""), f"{added:,}", f"{removed:,}", "; ".join(per_rule))

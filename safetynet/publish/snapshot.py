@@ -31,22 +31,24 @@ import hmac
 import json
 import logging
 import os
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from safetynet.core import paths
 from safetynet.core.store import ObjectStore, parquet_bytes
 from schemas import outputs
+from schemas.errors import ChecksumMismatch, ConfigError
 
 log = logging.getLogger(__name__)
 
-MANIFESTS = "_catalog/snapshots"
 
-
-class SnapshotNotFound(LookupError):
-    """No published (manifested) snapshot for the date."""
+class SnapshotNotFound(ConfigError, LookupError):
+    """No published (manifested) snapshot for the date (or version) asked for — a request to correct,
+    handled as a `ConfigError` (exit 2, the published dates listed; not retried), and a `LookupError`."""
 
 
 @dataclass(frozen=True)
@@ -91,16 +93,15 @@ PARTITIONING = pa.schema([("snapshot_date", pa.date32()), ("version", pa.int32()
 
 
 def _path(dataset: str, snapshot: dt.date, version: int, identified: bool) -> str:
-    return (f"{'identified/' if identified else ''}{dataset}/snapshot_date={snapshot.isoformat()}/"
-            f"version={version}/part-00000.parquet")
+    return paths.published_file(dataset, snapshot, version, identified)
 
 
 def _pointer_path(snapshot: dt.date) -> str:
-    return f"{MANIFESTS}/{snapshot.isoformat()}.json"
+    return paths.snapshot_pointer(snapshot)
 
 
 def _version_path(snapshot: dt.date, version: int, ext: str = "json") -> str:
-    return f"{MANIFESTS}/{snapshot.isoformat()}/v{version}.{ext}"
+    return paths.snapshot_version(snapshot, version, ext)
 
 
 def _without_partitions(t: pa.Table) -> pa.Table:
@@ -148,7 +149,7 @@ def publish(store: ObjectStore, snapshot: dt.date, tables: dict[str, pa.Table], 
     "published" (this version is current), "unchanged" (identical to the current version; nothing
     written) or "superseded" (written, but a concurrent publish made a higher version current)."""
     blobs = encode(tables, ps)  # encoded and hashed once, written if new
-    content = _content_sha256({f"{'identified/' if ident else ''}{name}": entry["sha256"]
+    content = _content_sha256({paths.published_dataset(name, ident): entry["sha256"]
                                for (name, ident), (_, entry) in blobs.items()}, policy_version, inputs)
     current = _current_manifest(store, snapshot)
     if current is not None and current.get("content_sha256") == content:
@@ -161,13 +162,14 @@ def publish(store: ObjectStore, snapshot: dt.date, tables: dict[str, pa.Table], 
         path = _path(name, snapshot, version, ident)
         store.write_bytes(path, data)
         files[path] = entry
+    datasets = {name: {"rows": blobs[name, False][1]["rows"], "path": _path(name, snapshot, version, False),
+                       "identified_path": _path(name, snapshot, version, True) if (name, True) in blobs else None}
+                for name in dict.fromkeys(n for n, _ in blobs)}
     manifest = {
         "snapshot_date": snapshot.isoformat(), "version": version, "schema_version": outputs.VERSION,
         "policy_version": policy_version, "content_sha256": content,
         "partitioning": {f.name: str(f.type) for f in PARTITIONING},
-        "datasets": {name: {"rows": blobs[name, False][1]["rows"], "path": _path(name, snapshot, version, False),
-                            "identified_path": _path(name, snapshot, version, True) if (name, True) in blobs else None}
-                     for name in dict.fromkeys(n for n, _ in blobs)},
+        "datasets": datasets,
         "files": files, "inputs": inputs, "quality": quality or {},
         "pseudonym": "HMAC-SHA256(secret, id_no)[:32 hex]",
     }
@@ -179,7 +181,7 @@ def publish(store: ObjectStore, snapshot: dt.date, tables: dict[str, pa.Table], 
     if status == "superseded":
         log.warning("snapshot %s: v%d was written, but v%d (published concurrently) is the current version",
                     snapshot, version, now, extra={"event": "publish_superseded", "snapshot_date": snapshot.isoformat()})
-    log.info("published snapshot %s v%d: %s", snapshot, version, {k: v["rows"] for k, v in manifest["datasets"].items()},
+    log.info("published snapshot %s v%d: %s", snapshot, version, {k: v["rows"] for k, v in datasets.items()},
              extra={"event": "publish", "snapshot_date": snapshot.isoformat(), "version": version})
     return {**manifest, "status": status}
 
@@ -203,7 +205,7 @@ def _claim(store: ObjectStore, snapshot: dt.date, publisher: str) -> int:
 def _version_files(store: ObjectStore, snapshot: dt.date) -> list[tuple[int, str]]:
     """(version, kind) of every claim and manifest of the date."""
     out = []
-    for e in store.list(f"{MANIFESTS}/{snapshot.isoformat()}/"):
+    for e in store.list(paths.snapshot_versions(snapshot)):
         name = e.path.rsplit("/", 1)[-1]
         stem, _, ext = name.partition(".")
         if stem.startswith("v") and stem[1:].isdigit() and ext in ("json", "claim"):
@@ -250,8 +252,8 @@ def _current_manifest(store: ObjectStore, snapshot: dt.date) -> dict | None:
 def snapshots(store: ObjectStore) -> list[dt.date]:
     """Published snapshot dates (those with a pointer), oldest first."""
     out = []
-    for e in store.list(f"{MANIFESTS}/", ".json"):
-        rest = e.path[len(MANIFESTS) + 1:]
+    for e in store.list(paths.SNAPSHOTS, ".json"):
+        rest = e.path[len(paths.SNAPSHOTS):]
         if "/" not in rest:
             try:
                 out.append(dt.date.fromisoformat(rest[:-5]))
@@ -272,7 +274,7 @@ def manifest(store: ObjectStore, snapshot: dt.date, version: int | None = None) 
                                    f"{', '.join(d.isoformat() for d in snapshots(store)) or 'none'}") from None
         data = store.read_bytes(p["manifest"])
         if hashlib.sha256(data).hexdigest() != p["manifest_sha256"]:
-            raise ValueError(f"{p['manifest']} does not match the checksum its pointer records")
+            raise ChecksumMismatch(f"{p['manifest']} does not match the checksum its pointer records")
     else:
         path = _pointer_path(snapshot) if version == 0 else _version_path(snapshot, version)
         try:
@@ -292,7 +294,7 @@ def read(store: ObjectStore, dataset: str, snapshot: dt.date | None = None, *, i
     if snapshot is None:
         have = snapshots(store)
         if not have:
-            raise SnapshotNotFound(f"no published snapshot yet in {store.url} (no pointer in {MANIFESTS}/)")
+            raise SnapshotNotFound(f"no published snapshot yet in {store.url} (no pointer in {paths.SNAPSHOTS})")
         snapshot = have[-1]
     m = manifest(store, snapshot, version)
     if dataset not in m["datasets"]:
@@ -302,7 +304,7 @@ def read(store: ObjectStore, dataset: str, snapshot: dt.date | None = None, *, i
         raise KeyError(f"{dataset} has no identified variant (it holds no ID numbers)")
     data = store.read_bytes(path)
     if hashlib.sha256(data).hexdigest() != m["files"][path]["sha256"]:
-        raise ValueError(f"{path} does not match its manifest checksum: rewritten after publishing?")
+        raise ChecksumMismatch(f"{path} does not match its manifest checksum: rewritten after publishing?")
     t = pq.read_table(pa.BufferReader(data))
     if "snapshot_date" not in t.column_names:
         t = t.add_column(0, pa.field("snapshot_date", pa.date32()), pa.array([snapshot] * t.num_rows, pa.date32()))
@@ -316,14 +318,14 @@ class PruneResult:
     files_removed: int
 
 
-def prune(store: ObjectStore, keep: int, referenced: set[tuple[dt.date, int]] = frozenset(), *,
+def prune(store: ObjectStore, keep: int, referenced: AbstractSet[tuple[dt.date, int]] = frozenset(), *,
           dry_run: bool = False) -> PruneResult:
     """Keep per date its `keep` newest versions, its current one and every version in `referenced`
     (decisions recorded against it); delete the others' files, manifests and claims (data first,
     manifest last, so an interrupted prune leaves a version without data only if it also has no
     manifest). Claims without a manifest older than the newest manifest (a crashed publish) go too."""
     if keep < 1:
-        raise ValueError("--keep must be at least 1 (the current version is always kept)")
+        raise ConfigError("--keep must be at least 1 (the current version is always kept)")
     kept: dict[str, list[int]] = {}
     removed: dict[str, list[int]] = {}
     n_files = 0

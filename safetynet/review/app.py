@@ -10,9 +10,7 @@ an object outside it answers 404, exactly as a missing one.
 
 
 import asyncio
-import csv
 import datetime as dt
-import io
 import secrets
 import weakref
 from pathlib import Path
@@ -24,12 +22,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from starlette.concurrency import run_in_threadpool
 
-from safetynet.publish.export import csv_safe as _csv_safe  # one definition, shared with `safetynet rules backtest`
+from quality.rules import SEVERITY_ZH
+from safetynet.publish import export
 from safetynet.review import audit, auth, queries
 from safetynet.review.auth import ROLES, User
+from schemas.idno import looks_like_id, mask
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "sn_session"
@@ -51,11 +51,10 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
     app.state.engine = engine
     idle = dt.timedelta(hours=session_hours)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.globals.update(ROLES=ROLES, STATUS_ZH=queries.STATUS_ZH, SEVERITY_ZH=queries.SEVERITY_ZH,
+    templates.env.globals.update(ROLES=ROLES, STATUS_ZH=queries.STATUS_ZH, SEVERITY_ZH=SEVERITY_ZH,
                                  DISMISS_REASONS=queries.DISMISS_REASONS, ASSISTANCE=queries.ASSISTANCE,
                                  ACTION_ZH=queries.ACTION_ZH, TRANSITIONS=queries.TRANSITIONS,
-                                 region_names=queries.region_names, mask_id=auth.mask_id,
-                                 beijing=queries.beijing)
+                                 region_names=queries.region_names, beijing=queries.beijing)
     templates.env.filters["qs"] = lambda d: urlencode(d)
     templates.env.filters["yuan"] = _yuan
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
@@ -180,7 +179,7 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
         the session and the audit entry are written in one transaction."""
         ip = ip_of(request)
 
-        def record(c, u: User | None):
+        def record(c: Connection, u: User | None) -> tuple[str, str] | None:
             if u is None:
                 audit.append(c, None, ip, "login_failed", "user", _loggable(username), "")
                 return None
@@ -206,6 +205,7 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
                 return JSONResponse({"detail": msg}, status_code=401)
             return page(request, "login.html", {"login_csrf": request.cookies.get(LOGIN_CSRF_COOKIE, ""),
                                                 "next": next_url, "error": msg}, status=401)
+        assert session_ is not None  # `record` starts a session for every user
         token, csrf = session_
         resp: Response = RedirectResponse(next_url, status_code=303) if html else JSONResponse(
             {"username": u.username, "role": u.role, "region_prefix": u.region_prefix, "csrf_token": csrf})
@@ -237,8 +237,8 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
     Flt = Annotated[queries.Filters, Depends(filters)]
 
     def _search_audit(request: Request, user: User, f: queries.Filters) -> None:
-        if auth.looks_like_id(f.q.strip()) and ROLES[user.role].unmask:  # searching by ID number is a disclosure
-            audit.record(engine, user, ip_of(request), "unmask", "search", auth.mask_id(f.q.strip()),
+        if looks_like_id(f.q.strip()) and ROLES[user.role].unmask:  # searching by ID number is a disclosure
+            audit.record(engine, user, ip_of(request), "unmask", "search", mask(f.q.strip()),
                          user.region_prefix, reason="search by ID number")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -276,32 +276,25 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
     # ---- exports, charts, audit -------------------------------------------------------------
     @app.get("/export.xlsx", include_in_schema=False)
     def export_xlsx(request: Request, user: Current, f: Flt):
-        rows = _export_rows(request, user, f, "xlsx")
-        return Response(_xlsx(rows), media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        content = export.render(EXPORT_COLUMNS, _export_rows(request, user, f, "xlsx"), "xlsx")
+        return Response(content, media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
                         headers={"Content-Disposition": _disposition("xlsx")})
 
     @app.get("/export.csv", include_in_schema=False)
     def export_csv(request: Request, user: Current, f: Flt):
-        rows = _export_rows(request, user, f, "csv")
-        buf = io.StringIO()
-        buf.write("\ufeff")  # BOM: Excel opens UTF-8 CSV with Chinese correctly
-        wr = csv.writer(buf)
-        wr.writerow(EXPORT_HEADERS)
-        wr.writerows(_csv_safe(r) for r in rows)
-        return Response(buf.getvalue().encode("utf-8"), media_type="text/csv; charset=utf-8",
+        content = export.render(EXPORT_COLUMNS, _export_rows(request, user, f, "csv"), "csv")
+        return Response(content, media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": _disposition("csv")})
 
-    def _export_rows(request: Request, user: User, f: queries.Filters, fmt: str) -> list[list]:
+    def _export_rows(request: Request, user: User, f: queries.Filters, fmt: str) -> list[dict]:
         _search_audit(request, user, f)
         data = queries.list_warnings(engine, user, f, all_rows=True)
         shown = f.params()
-        if auth.looks_like_id(shown.get("q")):
-            shown["q"] = auth.mask_id(shown["q"])
+        if looks_like_id(shown.get("q")):
+            shown["q"] = mask(shown["q"])
         audit.record(engine, user, ip_of(request), "export", "warnings", fmt, user.region_prefix,
                      filters=shown, rows=len(data["rows"]), snapshot=str(data["snapshot"]))
-        return [[str(data["snapshot"]), r["warning_id"], r["rule_title_zh"], r["severity_zh"], r["household_no"],
-                 r["street_name"], r["community_name"], r["subject_id_masked"], r["summary_zh"], r["score"],
-                 r["household_score"], r["status_zh"], "、".join(r["categories"]), r["policy_version"]]
+        return [{**r, "snapshot_date": str(data["snapshot"]), "categories": "、".join(r["categories"])}
                 for r in data["rows"]]
 
     @app.get("/charts", response_class=HTMLResponse, include_in_schema=False)
@@ -391,30 +384,11 @@ def create_app(engine: Engine, *, session_hours: float = 10.0, secure_cookies: b
     return app
 
 
-EXPORT_HEADERS = ["快照日期", "预警编号", "规则名称", "严重程度", "户号", "街道（乡镇）", "社区（村）", "当事人身份号码（脱敏）",
-                  "预警说明", "预警分值", "家庭风险分", "处置状态", "在保救助类别", "政策参数版本"]
-
-
-def _xlsx(rows: list[list]) -> bytes:
-    from openpyxl import Workbook
-    from openpyxl.styles import Font
-
-    wb = Workbook(write_only=True)
-    ws = wb.create_sheet("预警清单")
-    ws.freeze_panes = "A2"
-    from openpyxl.cell import WriteOnlyCell
-
-    header = []
-    for h in EXPORT_HEADERS:
-        cell = WriteOnlyCell(ws, value=h)
-        cell.font = Font(bold=True)
-        header.append(cell)
-    ws.append(header)
-    for r in rows:
-        ws.append(_csv_safe(r))
-    buf = io.BytesIO()
-    wb.save(buf)
-    return buf.getvalue()
+#: the review app's list (`safetynet.publish.export` writes it; labels from `schemas.outputs`)
+EXPORT_COLUMNS = ("snapshot_date", "warning_id", "rule_title_zh", "severity_zh", "household_no", "street_name",
+                  "community_name", "subject_id_masked", "summary_zh", "score", "household_score", "status_zh",
+                  "categories", "policy_version")
+EXPORT_HEADERS = export.header(EXPORT_COLUMNS)
 
 
 def _disposition(ext: str) -> str:
@@ -427,7 +401,7 @@ def _disposition(ext: str) -> str:
 def _loggable(username: str) -> str:
     """A typed user name as the audit log may hold it: an ID number typed as the name is masked."""
     name = username[:64]
-    return auth.mask_id(name) if auth.looks_like_id(name) else name
+    return mask(name) if looks_like_id(name) else name
 
 
 async def _has_nul(request: Request) -> bool:

@@ -39,14 +39,17 @@ def append(c: Connection, user: User | None, ip: str, action: str, object_type: 
            region_code: str = "", **detail) -> None:
     """Append one entry inside the caller's transaction (so a decision and its entry commit together)."""
     head = _lock_head(c)
-    row = {"at": now().isoformat(timespec="microseconds"), "user_id": user.id if user else None,
+    at = now().isoformat(timespec="microseconds")
+    row = {"at": at, "user_id": user.id if user else None,
            "username": user.username if user else "system", "role": user.role if user else "system",
            "ip": ip[:64], "action": action, "object_type": object_type, "object_id": str(object_id)[:64],
            "region_code": region_code or "", "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True,
                                                                  separators=(",", ":"), default=str)}
     h = _digest(head.hash, row)
-    new_id = c.execute(insert(m.audit).values(**{**row, "at": dt.datetime.fromisoformat(row["at"])}, prev_hash=head.hash,
-                                              hash=h)).inserted_primary_key[0]
+    pk = c.execute(insert(m.audit).values(**{**row, "at": dt.datetime.fromisoformat(at)}, prev_hash=head.hash,
+                                          hash=h)).inserted_primary_key
+    assert pk is not None  # a single-row INSERT always has one (SQLAlchemy types it Optional)
+    new_id = pk[0]
     c.execute(update(m.audit_head).where(m.audit_head.c.id == 1).values(last_id=new_id, hash=h))
 
 
@@ -132,6 +135,6 @@ def search(engine: Engine, *, username: str = "", action: str = "", object_id: s
         conds.append(m.audit.c.at < until)
     where = and_(True, *conds)
     with engine.connect() as c:
-        total = c.scalar(select(func.count()).select_from(m.audit).where(where))
+        total = c.execute(select(func.count()).select_from(m.audit).where(where)).scalar_one()
         rows = c.execute(select(m.audit).where(where).order_by(m.audit.c.id.desc()).limit(limit).offset(offset))
         return [dict(r) for r in rows.mappings()], total

@@ -109,27 +109,6 @@ class AccountError(ValueError):
     pass
 
 
-def mask_id(id_no: str | None) -> str:
-    """前6后4: `430103********1234` (an ID of other length keeps at most its first 3 characters)."""
-    if not id_no:
-        return ""
-    if len(id_no) == 18:
-        return id_no[:6] + "*" * 8 + id_no[-4:]
-    return id_no[:3] + "*" * max(len(id_no) - 3, 0)
-
-
-_ID_SHAPE = re.compile(r"[0-9]{17}[0-9Xx]|[0-9]{15}")
-
-
-def looks_like_id(v: str | None) -> bool:
-    """An 18-digit (or old 15-digit) ID number's shape: what must never reach a log unmasked."""
-    return bool(v) and bool(_ID_SHAPE.fullmatch(v))
-
-
-def mask_name(name: str | None) -> str:
-    return "" if not name else name[0] + "*" * max(len(name) - 1, 1)
-
-
 # ---- accounts -----------------------------------------------------------------------------------
 def add_user(engine: Engine, username: str, password: str, role: str, region_prefix: str,
              display_name: str | None = None) -> int:
@@ -145,9 +124,11 @@ def add_user(engine: Engine, username: str, password: str, role: str, region_pre
     with engine.begin() as c:
         if c.scalar(select(m.users.c.id).where(m.users.c.username == username)) is not None:
             raise AccountError(f"用户 {username} 已存在")
-        return c.execute(insert(m.users).values(
+        pk = c.execute(insert(m.users).values(
             username=username, display_name=display_name or username, role=role, region_prefix=region_prefix,
-            password_hash=hash_password(password), active=True, created_at=now())).inserted_primary_key[0]
+            password_hash=hash_password(password), active=True, created_at=now())).inserted_primary_key
+        assert pk is not None  # a single-row INSERT always has one (SQLAlchemy types it Optional)
+        return pk[0]
 
 
 def list_users(engine: Engine) -> list[dict]:
@@ -222,7 +203,8 @@ def login_check(engine: Engine, username: str, ip: str) -> LoginCheck:
 def login_verify(check: LoginCheck, password: str) -> tuple[bool, str | None]:
     """Step 2, CPU only (no database): (password right, its new hash if the stored one's cost is outdated)."""
     ok = _verify(check.password_hash, password)
-    return ok, hash_password(password) if ok and _hasher.check_needs_rehash(check.password_hash) else None
+    outdated = ok and check.password_hash is not None and _hasher.check_needs_rehash(check.password_hash)
+    return ok, hash_password(password) if outdated else None
 
 
 def login_finish(engine: Engine, check: LoginCheck, ok: bool, rehash: str | None = None,
@@ -237,7 +219,7 @@ def login_finish(engine: Engine, check: LoginCheck, ok: bool, rehash: str | None
         if ok and _throttled(_failures(c, check.username, check.ip, t - THROTTLE_WINDOW)):
             raise Throttled
         c.execute(insert(m.login_attempts).values(username=check.username[:64], ip=check.ip[:64], at=t, ok=ok))
-        if rehash is not None:
+        if rehash is not None and check.user is not None:  # a rehash comes only with a right password
             c.execute(update(m.users).where(m.users.c.id == check.user.id).values(password_hash=rehash))
         user = check.user if ok else None
         return user, (then(c, user) if then is not None else None)
@@ -298,7 +280,9 @@ def end_session(engine: Engine, token: str | None) -> None:
 
 
 def csrf_ok(expected: str, got: str | None) -> bool:
-    return bool(got) and hmac.compare_digest(expected, got)
+    if not got:
+        return False
+    return hmac.compare_digest(expected, got)
 
 
 def in_scope(user: User, column):

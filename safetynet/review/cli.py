@@ -101,8 +101,8 @@ def load_latest(settings, engine, quiet: bool = False):
     """Load the newest published snapshot; None (with a warning unless `quiet`) when there is none
     yet — or no store yet: it is never created here (`serve` waits for it to appear)."""
     from safetynet.cli import store_exists, store_location
-    from safetynet.review.load import load_snapshot
     from safetynet.core.store import open_store
+    from safetynet.review.load import load_snapshot
 
     if not store_exists(settings):
         if not quiet:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
 import datetime as dt
+import sys
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event

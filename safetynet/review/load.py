@@ -24,11 +24,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, bindparam, delete, insert, select, text, update
 
+from safetynet.core import paths
+from safetynet.core.store import ObjectStore
 from safetynet.publish import snapshot
 from safetynet.review import audit, queries
 from safetynet.review import models as m
 from safetynet.review.db import now
-from safetynet.core.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def input_notes(manifest: dict) -> list[dict]:
 def load_snapshot(engine: Engine, store: ObjectStore, day: dt.date | None = None) -> LoadResult:
     day = day or latest_published(store)
     if day is None:
-        raise FileNotFoundError("no published snapshot in the store (no _catalog/snapshots/*.json)")
+        raise FileNotFoundError(f"no published snapshot in the store (no {paths.SNAPSHOTS}*.json)")
     try:
         ptr = snapshot.pointer(store, day)
     except FileNotFoundError:

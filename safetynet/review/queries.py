@@ -10,23 +10,26 @@ import logging
 import math
 import threading
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, Integer, and_, delete, func, insert, literal, select, tuple_, update
 
+from quality.rules import SEVERITY_ZH
 from safetynet.intake.regions import region_names
 from safetynet.review import audit
 from safetynet.review import models as m
-from safetynet.review.auth import (
-    ROLES,
-    User,
-    in_scope,
-    looks_like_id,
-    mask_id,
-    mask_name,
-)
+from safetynet.review.auth import ROLES, User, in_scope
 from safetynet.review.db import now
+from schemas.idno import looks_like_id, mask, mask_value
+from schemas.policy import labels_zh
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
+    from sqlalchemy.dialects.postgresql import Insert as PgInsert
+    from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,6 @@ PAGE_SIZE = 50
 STATUS_ZH = {"new": "待处置", "assigned": "已分派", "visited": "已走访核实", "assisted": "已救助帮扶",
              "dismissed": "已排除", "closed": "已办结"}
 HANDLED = ("assisted", "dismissed", "closed")
-SEVERITY_ZH = {"S1": "紧急", "S2": "重要", "S3": "一般"}
 KIND_ZH = {"forward": "风险预警", "reverse": "资格核查"}
 CATEGORIES = ("低保", "特困", "低保边缘", "临时救助", "无")
 DISMISS_REASONS = {"verified_no_risk": "核实无风险", "income_recovered": "收入已恢复", "already_assisted": "已纳入救助",
@@ -69,25 +71,8 @@ def feed_titles() -> dict[str, str]:
                                                                   "monitoring.person": "个人汇总指标"}
 
 
-THRESHOLD_ZH = {
-    "urban_dibao": "城市低保标准（元/人/月）", "rural_dibao": "农村低保标准（元/人/月）",
-    "low_income_multiple": "低收入线倍数", "tekun_multiple": "特困标准倍数",
-    "disability_living_subsidy": "困难残疾人生活补贴", "disability_care_subsidy": "重度残疾人护理补贴",
-    "medical_burden_oop_12m": "近12个月医疗自付阈值（元）", "medical_burden_income_share": "医疗自付占家庭年收入比例",
-    "medical_burden_min_oop": "按收入比例判断的最低自付金额（元）",
-    "income_drop_ratio": "收入降幅阈值", "unemployment_contribution_gap_months": "断缴月数",
-    "unemployment_min_history_months": "此前连续缴费月数", "working_age_min": "劳动年龄下限",
-    "working_age_max": "劳动年龄上限", "event_lookback_months": "事件回溯月数",
-    "dangerous_house_ratings": "危房等级",
-    "risk_income_multiple": "经济困难门槛（低保标准倍数）", "repeat_temporary_aid_count": "临时救助次数",
-    "repeat_temporary_aid_window_months": "临时救助统计月数", "phase_out_expiry_days": "渐退期到期天数",
-    "severe_disability_grades": "重度残疾等级", "recipient_vehicle_exempt_types": "豁免车辆类型",
-    "recipient_property_max_residences": "救助对象最多住宅套数", "recipient_high_income_multiple": "收入超标倍数",
-    "death_grace_days": "死亡后仍在保的宽限天数",
-    "serious_illness_prefixes": "大病诊断编码",
-    "disaster_lookback_months": "受灾回溯月数", "disaster_house_damage": "房屋受损程度",
-    "disaster_loss_min": "家庭直接经济损失阈值（元）",
-}
+#: policy parameter → its Chinese label (declared with the parameter, `schemas.policy`)
+THRESHOLD_ZH = labels_zh()
 
 
 @cache
@@ -342,7 +327,7 @@ def list_warnings(engine: Engine, user: User, f: Filters, *, limit: int = PAGE_S
             rows = []
     names = region_names()
     for r in rows:
-        r["subject_id_masked"] = mask_id(r.pop("subject_id_no"))
+        r["subject_id_masked"] = mask(r.pop("subject_id_no"))
         r["status_zh"] = STATUS_ZH[r["status"]]
         r["severity_zh"] = SEVERITY_ZH.get(r["severity"], r["severity"])
         r["street_name"] = names.get(r["street_code"], "")
@@ -501,11 +486,11 @@ class _Counts:
         for j, d in enumerate(_DIMS):
             totals = self.dim_totals[d]
             for i, g in enumerate(groups):
-                for v in (_category_values(g[5]) if j == 5 else (g[j],)):
-                    totals[v] = totals.get(v, 0) + n[i]
-                    s_ = by_value.get((d, v))
+                for value in (_category_values(g[5]) if j == 5 else (g[j],)):
+                    totals[value] = totals.get(value, 0) + n[i]
+                    s_ = by_value.get((d, value))
                     if s_ is None:
-                        s_ = by_value[(d, v)] = set()
+                        s_ = by_value[(d, value)] = set()
                     s_.add(i)
         self.total = sum(n)
         for g in groups:
@@ -647,6 +632,7 @@ def move_facet_counts(c: Connection, alert_key: str, frm: str, to: str, *, skip_
     for r in c.execute(select(*[w[k] for k in keys]).where(w.alert_key == alert_key)).all():
         if r.snapshot_date != skip_day:
             moves += [((*r, frm), -1), ((*r, to), 1)]
+    upsert: Callable[[Table], PgInsert | SqliteInsert]  # both have on_conflict_do_update
     if c.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as upsert
     else:
@@ -699,8 +685,8 @@ def household(engine: Engine, user: User, household_no: str, *, unmask: bool = F
     titles = feed_titles()
     by_id = {mb["id_no"]: mb for mb in members}
     for mb in members:
-        mb["id_shown"] = mb["id_no"] if unmask else mask_id(mb["id_no"])
-        mb["name_shown"] = mb["name"] if unmask else mask_name(mb["name"])
+        mb["id_shown"] = mb["id_no"] if unmask else mask(mb["id_no"])
+        mb["name_shown"] = mb["name"] if unmask or not mb["name"] else mask_value(mb["name"], "direct")
         if not unmask:
             del mb["id_no"], mb["name"]
     timeline = []
@@ -709,14 +695,14 @@ def household(engine: Engine, user: User, household_no: str, *, unmask: bool = F
         if a["user_id"] is not None:
             decided[a["alert_key"]] = a
     for x in warns:
-        a = decided.get(x["alert_key"])
-        if a is not None and a["warning_id"] != x["warning_id"]:
-            x["changed_since"] = (f"处置后数据已变化 data changed since：上次处置依据 {a['snapshot_date']} "
-                                  f"{_version_zh(a['snapshot_version'])}，现为 {day} {_version_zh(version)}")
+        last = decided.get(x["alert_key"])
+        if last is not None and last["warning_id"] != x["warning_id"]:
+            x["changed_since"] = (f"处置后数据已变化 data changed since：上次处置依据 {last['snapshot_date']} "
+                                  f"{_version_zh(last['snapshot_version'])}，现为 {day} {_version_zh(version)}")
         x["severity_zh"] = SEVERITY_ZH.get(x["severity"], x["severity"])
         x["status_zh"] = STATUS_ZH[x["status"]]
         x["kind_zh"] = KIND_ZH.get(x["kind"], x["kind"])
-        x["subject_shown"] = (x["subject_id_no"] if unmask else mask_id(x["subject_id_no"])) or ""
+        x["subject_shown"] = (x["subject_id_no"] if unmask else mask(x["subject_id_no"])) or ""
         if not unmask:
             x.pop("subject_id_no")
         groups: dict[str, list] = {}
@@ -726,11 +712,11 @@ def household(engine: Engine, user: User, household_no: str, *, unmask: bool = F
             label = field_labels().get((fct["feed"], fct["field"]), fct["field"])
             key = fct["record_key"]
             if not unmask and looks_like_id(key):  # a record keyed by an ID number (masked like one)
-                key = mask_id(key)
+                key = mask(key)
             row = {"feed": fct["feed"], "feed_zh": titles.get(fct["feed"], fct["feed"]), "record_key": key,
                    "field": label, "value": fct["value"], "date": fct.get("date"),
                    "person": (person["name_shown"] if person else ""),
-                   "person_id": (fct.get("id_no") if unmask else mask_id(fct.get("id_no")))}
+                   "person_id": (fct.get("id_no") if unmask else mask(fct.get("id_no")))}
             groups.setdefault(department_names().get(dep, dep), []).append(row)
             if fct.get("date"):
                 timeline.append({"date": str(fct["date"]), "sort": str(fct["date"]), "kind": "data",
@@ -846,6 +832,7 @@ def decide(engine: Engine, user: User, alert_key: str, action: str, *, note: str
         wv = c.execute(select(m.warnings.c.snapshot_date, m.warnings.c.rule_version)
                        .where(m.warnings.c.warning_id == case["current_warning_id"])
                        .order_by(m.warnings.c.snapshot_date.desc())).first()
+        assert wv is not None  # a case's current warning is always among the warnings
         seen = c.scalar(select(m.snapshots.c.version).where(m.snapshots.c.snapshot_date == wv.snapshot_date))
         # the chain's head before the action's insert, not only at the audit append: decisions take their action
         # ids in commit order, which the list's facet counts catch up by (`_Counts.catch_up`). SQLite: the

@@ -1,5 +1,5 @@
 """民政 救助对象: the assistance roster the hub monitors (one case per assisted household)."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="civil_affairs", department_zh="民政", feed="assistance_case", version=1, title_zh="救助对象",

@@ -1,5 +1,5 @@
 """民政 资金发放: monthly payments per case."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="civil_affairs", department_zh="民政", feed="assistance_payment", version=1, title_zh="救助资金发放",

@@ -1,5 +1,5 @@
 """民政 家庭经济状况核对: results of the household means test."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="civil_affairs", department_zh="民政", feed="income_check", version=1, title_zh="家庭经济状况核对",

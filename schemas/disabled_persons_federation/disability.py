@@ -1,5 +1,5 @@
 """残联 残疾人证: disability certificates (grade 1–2 = severe)."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="disabled_persons_federation", department_zh="残联", feed="disability", version=1,

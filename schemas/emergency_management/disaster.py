@@ -1,6 +1,6 @@
 """应急 受灾人员: persons registered as affected by a natural disaster (因灾), with the direct loss
 and the damage to their house, as the emergency-management bureau's disaster statistics list them."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="emergency_management", department_zh="应急", feed="disaster", version=1, title_zh="受灾人员",

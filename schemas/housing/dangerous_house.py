@@ -1,5 +1,5 @@
 """住建 农村危房鉴定: dangerous-house ratings per household (C/D = dangerous)."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="housing", department_zh="住建", feed="dangerous_house", version=1, title_zh="农村危房鉴定",

@@ -1,5 +1,5 @@
 """住建 公租房/租赁补贴: housing assistance."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="housing", department_zh="住建", feed="housing_aid", version=1, title_zh="住房保障",

@@ -1,5 +1,5 @@
 """住建 房产登记: property titles by owner (co-owned units have one row per owner)."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="housing", department_zh="住建", feed="property", version=1, title_zh="房产登记",

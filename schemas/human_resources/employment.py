@@ -1,5 +1,5 @@
 """人社 社保缴费与工资: monthly contribution base per person and employer (income signal)."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="human_resources", department_zh="人社", feed="employment", version=1, title_zh="社保缴费与工资",

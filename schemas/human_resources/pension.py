@@ -1,5 +1,5 @@
 """人社 养老金发放: monthly pension payments."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="human_resources", department_zh="人社", feed="pension", version=1, title_zh="养老金发放",

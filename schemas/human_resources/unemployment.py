@@ -1,5 +1,5 @@
 """人社 失业登记: registered unemployment and benefit."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="human_resources", department_zh="人社", feed="unemployment", version=1, title_zh="失业登记",

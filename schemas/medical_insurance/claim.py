@@ -1,5 +1,5 @@
 """医保 医疗费用结算: settlements; a correction is an upsert of the same claim_id, a reversal a delete."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="medical_insurance", department_zh="医保", feed="claim", version=1, title_zh="医疗费用结算",

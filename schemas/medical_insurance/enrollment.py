@@ -1,5 +1,5 @@
 """医保 参保: monthly enrolment status."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="medical_insurance", department_zh="医保", feed="enrollment", version=1, title_zh="参保登记",

@@ -1,5 +1,5 @@
 """公安 户籍人口: the household register — the population and household backbone of the hub."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="public_security", department_zh="公安", feed="person", version=1, title_zh="户籍人口",

@@ -1,5 +1,5 @@
 """公安 机动车登记: vehicles by owner (eligibility check: recipients owning cars)."""
-from schemas.contract import F, Contract
+from schemas.contract import Contract, F
 
 CONTRACT = Contract(
     department="public_security", department_zh="公安", feed="vehicle", version=1, title_zh="机动车登记",

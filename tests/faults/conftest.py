@@ -20,8 +20,7 @@ def fault_district():
 @pytest.fixture(scope="session")
 def rig(fault_district, tmp_path_factory):
     """The district's events on a broker of the suite's own (default topic names), published once."""
-    from connectors.kafka_producer import ensure_topics
-    from connectors.kafka_producer import publish
+    from connectors.kafka_producer import ensure_topics, publish
     from schemas.registry import get
 
     d, em = fault_district

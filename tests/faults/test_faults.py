@@ -11,19 +11,17 @@ import datetime as dt
 import json
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
 
 import pyarrow as pa
 import pytest
 
-from schemas import idno
-from safetynet.core import lease
-from safetynet.publish import snapshot
 from safetynet import verify
 from safetynet.cli import main, run_ingest
 from safetynet.core.store import ObjectStore
+from safetynet.publish import snapshot
+from schemas import idno
 from schemas.registry import get
 from tests.faults.harness import kill_group, wait_for
 
@@ -164,9 +162,8 @@ def durable_broker(rig, tmp_path_factory):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from connectors.kafka_producer import ensure_topics
+    from connectors.kafka_producer import ensure_topics, publish
     from safetynet.demo.broker import EmbeddedBroker, free_port
-    from connectors.kafka_producer import publish
 
     port = free_port()
     srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -224,7 +221,7 @@ def test_broker_killed_mid_ingest_and_restarted_within_the_retry_window(rig, dur
     durable_broker.kill()
     time.sleep(3)
     durable_broker.start()
-    out, err = p.communicate(timeout=300)
+    _out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err.decode()[-3000:]
     assert "retrying" in err.decode()
     assert [r["status"] for r in _runs(st)] == ["complete"]
@@ -242,7 +239,7 @@ def test_broker_down_past_the_retry_window_fails_clearly_then_resumes(rig, durab
     assert wait_for(lambda: _raw_files(st) >= 12 or p.poll() is not None)
     durable_broker.kill()
     try:
-        out, err = p.communicate(timeout=300)
+        _out, err = p.communicate(timeout=300)
     finally:
         durable_broker.start()
     assert p.returncode == 1
@@ -380,7 +377,7 @@ def test_a_truncated_kafka_batch_is_refetched_byte_identical(rig):
     path = next(e.path for e in st.list("raw/public_security/person/", ".parquet"))
     good = st.read_bytes(path)
     _damage(st, path)
-    with pytest.raises(Exception, match="(?i)parquet|magic|invalid"):
+    with pytest.raises(Exception, match=r"(?i)parquet|magic|invalid"):
         run_ingest(s, st)
     rep = verify.verify(s, st)
     assert not rep.ok and [(f.path, f.problem) for f in rep.findings] == [(path, "checksum")]

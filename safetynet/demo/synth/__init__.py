@@ -14,4 +14,4 @@ from safetynet.demo.synth.emit import Emission, Expected, emit
 from safetynet.demo.synth.generate import generate
 from safetynet.demo.synth.truth import District
 
-__all__ = ["generate", "emit", "District", "Emission", "Expected"]
+__all__ = ["District", "Emission", "Expected", "emit", "generate"]

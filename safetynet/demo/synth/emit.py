@@ -20,7 +20,7 @@ Dirt, counted exactly (`Emission.dirt[feed][kind]`):
   (an earlier wrong version of the key), deletes (an extra record upserted then deleted) and
   reinstated claims (deleted, then upserted again later);
 * quarantined — *extra* records (the truth stays clean), each breaking exactly one rule of
-  `schemas.normalise.RULES` (a rule applies to a feed when the feed has a field of its kind,
+  `schemas.normalise.QUARANTINE_RULES` (a rule applies to a feed when the feed has a field of its kind,
   the channel can carry it, and, for `unknown_field`, the feed's evolution is frozen), plus whole
   files: one lacking a required column (`file_header`) and undecodable ones (`file_encoding`).
 
@@ -45,12 +45,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from schemas import idno
-from schemas.normalise import RULES
+from safetynet.core import paths
 from safetynet.demo.synth import ids as idmod
 from safetynet.demo.synth.model import MONTH_START, MONTHS
 from safetynet.demo.synth.truth import District, truth_schema
+from schemas import envelope as envelopes
+from schemas import idno
 from schemas.contract import Contract, Field
+from schemas.normalise import QUARANTINE_RULES
 from schemas.registry import contracts, get
 
 TZ = dt.timezone(dt.timedelta(hours=8))
@@ -268,7 +270,8 @@ def _breaker(c: Contract, rule: str, rec: dict, rng: np.random.Generator) -> dic
         else:
             r[f.name] = s[:17] + idno.CHECK[(idno.CHECK.index(s[17]) + 1) % 11]
     elif rule in ("region_code_format", "credit_code_format"):  # a code cut short
-        f = pick(lambda f, k=rule.removesuffix("_format"): f.kind == k)
+        kind = rule.removesuffix("_format")
+        f = pick(lambda f, k=kind: f.kind == k)
         r[f.name] = rec[f.name][:10]
     elif rule in _UNPARSEABLE:
         kind, bad = _UNPARSEABLE[rule]
@@ -327,13 +330,13 @@ class _Emitter:
         self._seq += 1
         return str(uuid.UUID(int=(self._eid_base[fid] + self._seq) % (1 << 128), version=4))
 
-    def envelope(self, c: Contract, payload: dict, ts: int, op: str = "upsert", eid: str | None = None) -> dict:
-        return {"event_id": eid or self.event_id(c.feed_id), "source": c.department, "feed": c.feed, "op": op,
-                "occurred_at": dt.datetime.fromtimestamp(ts, TZ).isoformat(), "schema_version": c.version,
-                "payload": {k: v for k, v in payload.items() if v is not None}}
+    def envelope(self, c: Contract, payload: dict, ts: int, op: str = envelopes.UPSERT, eid: str | None = None) -> dict:
+        return envelopes.wrap({k: v for k, v in payload.items() if v is not None},
+                             event_id=eid or self.event_id(c.feed_id), source=c.department, feed=c.feed, op=op,
+                             occurred_at=dt.datetime.fromtimestamp(ts, TZ).isoformat(), schema_version=c.version)
 
     def put_event(self, c: Contract, key: str, env: dict | bytes, ts: int, rule: str | None) -> bytes:
-        value = env if isinstance(env, bytes) else json.dumps(env, ensure_ascii=False).encode()
+        value = env if isinstance(env, bytes) else envelopes.encode(env)
         self._seq += 1
         self.events.setdefault(c.feed_id, []).append((ts, self._seq, str(key).encode(), value))
         self.expected[c.feed_id].add(rule)
@@ -342,7 +345,7 @@ class _Emitter:
     # -- per feed -----------------------------------------------------------------------------------
     def run(self) -> Emission:
         # hand-written feeds first, so a feed added later never shifts their event ids or extra IDs
-        for fid, c in sorted(contracts().items(), key=lambda fc: fc[0] not in CHANNELS):
+        for _fid, c in sorted(contracts().items(), key=lambda fc: fc[0] not in CHANNELS):
             self.feed(c, channels(c))
         for fid, name, rule in BAD_FILES:
             self.bad_file(get(fid), name, rule)
@@ -635,8 +638,8 @@ class _Emitter:
                 self.put_event(c, rec[mkey], self.envelope(c, wrong, ts - 3 * 86400), ts - 3 * 86400, None)
             if kind == "reinstated":
                 self.put_event(c, rec[mkey], self.envelope(c, rec, ts - 2 * 86400), ts - 2 * 86400, None)
-                self.put_event(c, rec[mkey], self.envelope(c, {k: rec[k] for k in key_only}, ts - 86400, op="delete"),
-                               ts - 86400, None)
+                gone = self.envelope(c, {k: rec[k] for k in key_only}, ts - 86400, op=envelopes.DELETE)
+                self.put_event(c, rec[mkey], gone, ts - 86400, None)
             value = self.put_event(c, rec[mkey], self.envelope(c, payload, ts), ts, None)
             if kind == "redelivered":
                 self.put_event(c, rec[mkey], value, min(ts + 3600, _CAP), None)
@@ -645,11 +648,14 @@ class _Emitter:
                 n_delete += 1
                 t0 = int(dt.datetime(2026, 10, 5, 9, tzinfo=TZ).timestamp()) + int(rng.integers(0, 15 * 86400))
                 self.put_event(c, extra[mkey], self.envelope(c, extra, t0), t0, None)
-                self.put_event(c, extra[mkey], self.envelope(c, {k: extra[k] for k in key_only}, t0 + 2 * 86400, op="delete"),
-                               t0 + 2 * 86400, None)
-        bad_env = [lambda e: e.pop("event_id"), lambda e: e.update(op="update"), lambda e: e.update(feed=c.feed + "_v2"),
-                   lambda e: e.update(source="unknown_dept"), lambda e: e.update(schema_version=c.version + 1),
-                   lambda e: e.update(occurred_at="昨天"), lambda e: e.update(payload="(见附件)")]
+                gone = self.envelope(c, {k: extra[k] for k in key_only}, t0 + 2 * 86400, op=envelopes.DELETE)
+                self.put_event(c, extra[mkey], gone, t0 + 2 * 86400, None)
+        bad_env = [lambda e: e.pop(envelopes.EVENT_ID), lambda e: e.update({envelopes.OP: "update"}),
+                   lambda e: e.update({envelopes.FEED: c.feed + "_v2"}),
+                   lambda e: e.update({envelopes.SOURCE: "unknown_dept"}),
+                   lambda e: e.update({envelopes.SCHEMA_VERSION: c.version + 1}),
+                   lambda e: e.update({envelopes.OCCURRED_AT: "昨天"}),
+                   lambda e: e.update({envelopes.PAYLOAD: "(见附件)"})]
         for j, (rule, rec) in enumerate(qrec):
             ts = int(dt.datetime(2026, 10, 2, 8, tzinfo=TZ).timestamp()) + int(rng.integers(0, 28 * 86400))
             born = _born_ts(c, rec)  # a record to quarantine for its own fault, not for predating a birth
@@ -663,7 +669,7 @@ class _Emitter:
                 text = json.dumps(env, ensure_ascii=False)
                 self.put_event(c, key, text[: len(text) // 2].encode(), ts, rule)
             elif rule == "unknown_field":
-                env["payload"]["_unknown"] = "x"
+                env[envelopes.PAYLOAD]["_unknown"] = "x"
                 self.put_event(c, key, env, ts, rule)
             else:
                 self.put_event(c, key, env, ts, rule)
@@ -872,7 +878,7 @@ def write_files(em: Emission, out_dir: str | Path) -> None:
     """
     out = Path(out_dir)
     for rel, data in em.files.items():
-        p = out / "landing" / rel
+        p = out / paths.landing_file(rel)  # the store's layout
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
     (out / "events").mkdir(parents=True, exist_ok=True)
@@ -896,5 +902,14 @@ def write_truth_parquet(d: District, out_dir: str | Path) -> None:
     pq.write_table(d.planted, out / "planted.parquet")
 
 
-__all__ = ["Emission", "Expected", "emit", "write_files", "write_truth_parquet", "applicable_rules", "CHANNELS",
-           "BAD_FILES", "RULES"]
+__all__ = [
+    "BAD_FILES",
+    "CHANNELS",
+    "QUARANTINE_RULES",
+    "Emission",
+    "Expected",
+    "applicable_rules",
+    "emit",
+    "write_files",
+    "write_truth_parquet",
+]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas import idno
 from safetynet.demo.synth.district import BIRTH_PREFIXES, OUTSIDE_PREFIXES
 from safetynet.demo.synth.model import days_to_ymd, ymd_days
+from schemas import idno
 
 PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(["430103", *(p for p, _ in BIRTH_PREFIXES), *OUTSIDE_PREFIXES]))
 P_LOCAL = PREFIXES.index("430103")

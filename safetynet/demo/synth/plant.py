@@ -115,7 +115,7 @@ from safetynet.demo.synth.model import (
     months_ago,
 )
 
-RULES = ("medical_burden", "income_drop", "unemployment", "earner_death", "serious_illness", "uncovered_low_income",
+PLANTED_RULES = ("medical_burden", "income_drop", "unemployment", "earner_death", "serious_illness", "uncovered_low_income",
          "dangerous_house", "repeat_temporary_aid", "phase_out_risk", "severe_disability", "deceased_recipient",
          "recipient_vehicle", "recipient_property", "recipient_high_income", "duplicate_enrolment")
 
@@ -192,7 +192,7 @@ def _all(w: float) -> dict[int, float]:
 
 
 def _span(w: float, first: int, last: int) -> dict[int, float]:
-    return {m: w for m in range(first, last + 1)}
+    return dict.fromkeys(range(first, last + 1), w)
 
 
 def _month_index(d: dt.date) -> int:
@@ -579,7 +579,7 @@ def specs(policy: dict) -> list[HH]:
 
 
 def _check(hhs: list[HH]) -> None:
-    for rule in RULES:
+    for rule in PLANTED_RULES:
         kinds = {h.kind for h in hhs if h.rule == rule}
         if not {"planted", "near_miss"} <= kinds:
             raise AssertionError(f"rule {rule} lacks planted or near-miss households")
@@ -784,4 +784,4 @@ def planted_rows(hhs: list[HH], base_hh: int) -> list[tuple[int, str, str, str]]
 PLANTED_SCHEMA = pa.schema([("household_no", pa.string()), ("rule_id", pa.string()), ("kind", pa.string()),
                             ("note", pa.string())])
 
-__all__ = ["specs", "people_frames", "facts", "planted_rows", "person_count", "RULES", "PLANTED_SCHEMA"]
+__all__ = ["PLANTED_RULES", "PLANTED_SCHEMA", "facts", "people_frames", "person_count", "planted_rows", "specs"]

@@ -4,7 +4,7 @@ The audit log is append-only in the database itself: triggers refuse UPDATE and 
 `audit` (SQLite and PostgreSQL), whatever connects to it; `audit_head` starts the hash chain.
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-27
 """
 from __future__ import annotations

@@ -1,0 +1,447 @@
+"""The quality gate's expectation suites (Great Expectations 1.x, generated, never hand-written),
+the frames they validate, and the validation targets (a suite with its frame) of a snapshot.
+
+* **feed suites** `feed.<department>.<feed>` — one per contract (`suite_for(contract)`): column
+  set/order, types, required fields not null, ID validity (format, birth date, GB 11643 check
+  character), enum value sets, formats, ranges, key uniqueness;
+* **health** — each feed's recorded health (`safetynet.intake.health`);
+* **cross-feed suites** `cross.*` — every claim's person exists, every assistance applicant and
+  member exists, vehicle/property owners and other person-linked facts exist (report only),
+  payments/income checks belong to a known case (report only), no negative money anywhere;
+* **output suites** `output.*` — the monitoring person/household tables and the warnings table.
+
+Every expectation carries `meta = {"critical", "feed", "field", "check"}` (`CHECK_ZH` names the
+checks). Critical: key uniqueness and non-null keys, ID validity (and required ID fields not
+null), column set/order and types, row count of the person register, person existence of claims
+and assistance applicants/members, no negative money, and on the outputs: unique keys,
+non-negative money, region codes inside the policy county, the snapshot date, known
+rules/severities, warnings pointing to existing households. Non-critical (a data-quality
+warning): enum value sets, formats (region/credit code, month), contract ranges (share, grade,
+area, money `min=0` within a feed — the cross-feed money check is the critical one), other
+required fields not null, and the report-only links (owners, other person-linked feeds,
+payment/check cases).
+
+What GX has no expectation for (the ID check character, joins) is computed by `quality.checks`
+as boolean helper columns (`__id_ok_<field>`, `__person_exists`, …) that expectations then check.
+A `Target` also says which key columns identify a failing row and how to show them masked
+(`schemas.idno.mask_value`); `quality.gate` runs the targets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from quality.checks import ID_RE, found_in, id_ok, members_ok, num_col, plain, to_frame, with_num
+from schemas.contract import Contract
+from schemas.idno import mask_value
+from schemas.registry import contracts
+
+if TYPE_CHECKING:  # the GX import takes seconds: only the functions that need it import it
+    from great_expectations.core.expectation_suite import ExpectationSuite
+    from great_expectations.expectations import Expectation
+
+PERSON = "public_security.person"
+OUTPUTS = ("monitoring.person", "monitoring.household", "warnings")
+_OUTPUT_ALIASES = {"person": "monitoring.person", "monitoring_person": "monitoring.person",
+                   "household": "monitoring.household", "monitoring_household": "monitoring.household",
+                   "warnings": "warnings"}
+
+CHECK_ZH = {
+    "columns": "字段集合与顺序", "rows": "记录数", "type": "字段类型", "not_null": "必填非空",
+    "id_format": "身份证号格式", "id_valid": "身份证号有效（出生日期、校验码）", "members_valid": "家庭成员身份证号有效",
+    "value_set": "取值在代码表内", "format": "编码格式", "range": "取值范围", "unique_key": "主键唯一",
+    "person_exists": "人员在户籍库中存在", "case_exists": "救助家庭编号存在", "no_negative_money": "金额非负",
+    "household_exists": "户号在家庭表中存在", "snapshot_date": "快照日期一致", "region_in_county": "区划代码属于本县区",
+    "rule_known": "预警规则已登记", "consistency": "数值一致性", "gx_error": "GX 内部错误",
+    "feed_health": "数据源健康（隔离率、空快照）",
+}
+
+#: Python scalar type names for `expect_column_values_to_be_of_type` where pandas cannot parse the
+#: exact pyarrow dtype name (strings, decimals, lists); exact dtypes are checked elsewhere.
+_SCALAR_TYPE = {"string": "str", "id_no": "str", "region_code": "str", "credit_code": "str", "month": "str",
+                "enum": "str", "urban_rural": "str", "money": "Decimal", "decimal": "Decimal",
+                "text_list": "list", "members": "list"}
+_FORMATS = {"region_code": r"^[0-9]{12}$", "credit_code": r"^[0-9A-Z]{18}$",
+            "month": r"^[0-9]{4}-(?:0[1-9]|1[0-2])$"}
+_URBAN_RURAL = ("城镇", "农村")
+
+#: cross-feed person links: feed → (id fields, critical)
+_CRITICAL_PERSON_LINKS = {"medical_insurance.claim": ("id_no",),
+                          "civil_affairs.assistance_case": ("applicant_id_no", "members")}
+_OWNER_LINKS = {"public_security.vehicle": "owner_id_no", "housing.property": "owner_id_no"}
+_CASE_LINKS = ("civil_affairs.assistance_payment", "civil_affairs.income_check")
+_CASE_FEED = "civil_affairs.assistance_case"
+
+
+# ==== expectations ================================================================================
+
+def _gx():
+    import great_expectations as gx
+
+    return gx
+
+
+def _exp(gx, cls: str, *, critical: bool, feed: str, field: str | None, check: str, **kw):
+    meta = {"critical": bool(critical), "feed": feed, "field": field, "check": check}
+    tag = "严重 critical — blocks publishing" if critical else "警告 warning — reported, does not block"
+    return getattr(gx.expectations, cls)(meta=meta, notes=f"{tag}: {CHECK_ZH.get(check, check)}", **kw)
+
+
+class _Builder:
+    """Collects expectations, then makes the suite in one go (`ExpectationSuite.add_expectation`
+    needs an active GX context; the constructor does not — but it drops an invalid expectation
+    with only a log line, so the count is checked)."""
+
+    def __init__(self, name: str, meta: dict, feed: str):
+        self.name, self.meta, self.feed = name, meta, feed
+        self.exps: list[Expectation] = []
+
+    def add(self, cls: str, critical: bool, fld: str | None, check: str, **kw) -> None:
+        self.exps.append(_exp(_gx(), cls, critical=critical, feed=self.feed, field=fld, check=check, **kw))
+
+    def build(self) -> ExpectationSuite:
+        s = _gx().ExpectationSuite(name=self.name, expectations=self.exps, meta=self.meta)
+        if len(s.expectations) != len(self.exps):
+            raise RuntimeError(f"GX rejected {len(self.exps) - len(s.expectations)} expectation(s) of {self.name}")
+        return s
+
+
+def _helper(f: str) -> str:
+    return f"__id_ok_{f}"
+
+
+def suite_for(contract: Contract) -> ExpectationSuite:
+    """The GX suite of one feed, generated from its contract.
+
+    Expects the frame of `frame_for(contract, table)` (the contract's columns plus the helper
+    columns `__id_ok_<field>` for ID and member fields).
+    """
+    c = contract
+    b = _Builder(f"feed.{c.feed_id}", {"kind": "feed", "feed": c.feed_id, "contract_version": c.version,
+                                      "title_zh": c.title_zh, "key": list(c.key)}, c.feed_id)
+    add = b.add
+
+    add("ExpectTableColumnsToMatchOrderedList", True, None, "columns",
+        column_list=list(c.names) + [_helper(f.name) for f in c.fields if f.kind in ("id_no", "members")]
+        + [num_col(f.name) for f in c.fields if f.min is not None or f.max is not None])
+    add("ExpectTableRowCountToBeBetween", c.feed_id == PERSON, None, "rows", min_value=1)
+    for f in c.fields:
+        if f.kind in _SCALAR_TYPE:
+            add("ExpectColumnValuesToBeOfType", True, f.name, "type", column=f.name, type_=_SCALAR_TYPE[f.kind])
+        else:  # an exact pyarrow dtype pandas can parse (date32, timestamp with zone, int32, bool)
+            add("ExpectColumnTypeToBe", True, f.name, "type", column=f.name, type_=str(pd.ArrowDtype(f.arrow_type)))
+        if f.required:
+            add("ExpectColumnValuesToNotBeNull", f.name in c.key or f.kind == "id_no", f.name, "not_null",
+                column=f.name)
+        if f.kind == "id_no":
+            add("ExpectColumnValuesToMatchRegex", True, f.name, "id_format", column=f.name, regex=ID_RE)
+            add("ExpectColumnValuesToBeInSet", True, f.name, "id_valid", column=_helper(f.name), value_set=[True])
+        elif f.kind == "members":
+            add("ExpectColumnValuesToBeInSet", True, f.name, "members_valid", column=_helper(f.name),
+                value_set=[True])
+        elif f.kind == "enum" and f.values:
+            add("ExpectColumnValuesToBeInSet", False, f.name, "value_set", column=f.name, value_set=list(f.values))
+        elif f.kind == "urban_rural":
+            add("ExpectColumnValuesToBeInSet", False, f.name, "value_set", column=f.name,
+                value_set=list(_URBAN_RURAL))
+        elif f.kind in _FORMATS:
+            add("ExpectColumnValuesToMatchRegex", False, f.name, "format", column=f.name, regex=_FORMATS[f.kind])
+        if f.min is not None or f.max is not None:
+            add("ExpectColumnValuesToBeBetween", False, f.name, "range", column=num_col(f.name), min_value=f.min,
+                max_value=f.max)
+    if len(c.key) == 1:
+        add("ExpectColumnValuesToBeUnique", True, c.key[0], "unique_key", column=c.key[0])
+    else:
+        add("ExpectCompoundColumnsToBeUnique", True, ",".join(c.key), "unique_key", column_list=list(c.key))
+    return b.build()
+
+
+def frame_for(contract: Contract, table: pa.Table) -> pd.DataFrame:
+    """The pandas frame a feed suite validates: the non-lineage columns plus the helpers
+    (`__id_ok_<field>` for ID and member fields, `__num_<field>` float shadows for ranges)."""
+    t = table.select([n for n in table.column_names if not n.startswith("_")])
+    for f in contract.fields:
+        if f.name in t.column_names and f.kind == "id_no":
+            t = t.append_column(_helper(f.name), id_ok(t[f.name]))
+        elif f.name in t.column_names and f.kind == "members":
+            t = t.append_column(_helper(f.name), members_ok(t[f.name]))
+    return to_frame(with_num(t, [f.name for f in contract.fields if f.min is not None or f.max is not None]))
+
+
+# ==== validation targets ==========================================================================
+
+@dataclass
+class Target:
+    """One suite and the frame it validates, with how a failing row is identified and shown (masked)."""
+
+    name: str  # suite name
+    kind: str  # feed | cross | output
+    subject: str  # feed id or output name
+    frame: pd.DataFrame
+    suite: Any  # ExpectationSuite
+    keys: tuple[str, ...] = ()
+    pii: dict[str, str] = field(default_factory=dict)
+    shows: dict[str, str] = field(default_factory=dict)  # helper column → the column to show instead
+    record: Callable[[str, int], str] | None = None  # (feed, row) → masked key of a source record
+
+
+def _record_formatter(tables: Mapping[str, pa.Table]) -> Callable[[str, int], str]:
+    def fmt(feed: str, row: int) -> str:
+        c = contracts()[feed]
+        r = tables[feed].select(list(c.key)).slice(row, 1).to_pylist()[0]
+        pii = {f.name: f.pii for f in c.fields}
+        return f"{feed}: " + " ".join(f"{k}={mask_value(r[k], pii.get(k, 'none'))}" for k in c.key)
+    return fmt
+
+
+def feed_target(c: Contract, table: pa.Table) -> Target:
+    return Target(f"feed.{c.feed_id}", "feed", c.feed_id, frame_for(c, table), suite_for(c), tuple(c.key),
+                   {f.name: f.pii for f in c.fields},
+                   {**{_helper(f.name): f.name for f in c.fields if f.kind in ("id_no", "members")},
+                    **{num_col(f.name): f.name for f in c.fields}})
+
+
+def health_target(health: Mapping[str, dict]) -> Target:
+    """One row per feed with a recorded health (`safetynet.intake.health`): healthy, or accepted for
+    this run by the operator (`--accept-unhealthy`). An unhealthy feed not accepted is critical."""
+    frame = pd.DataFrame({"feed_id": list(health), "ok": [bool(h["ok"]) for h in health.values()],
+                          "accepted": [bool(h.get("accepted")) for h in health.values()],
+                          "problems": ["; ".join(h.get("problems", [])) for h in health.values()]})
+    b = _Builder("health", {"kind": "health", "title_zh": "数据源健康"}, "health")
+    b.add("ExpectColumnValuesToBeInSet", True, "ok", "feed_health", column="ok", value_set=[True])
+    return Target("health", "health", "feeds", frame, b.build(), ("feed_id",), {})
+
+
+def _union(parts: Sequence[tuple[str, str, np.ndarray | None, pa.Array]], exists: Callable[[pa.Array], pa.Array]) -> pa.Table:
+    """Rows (feed, field, row, id_no, __exists) over several feeds' ID columns."""
+    cols: dict[str, list] = {"__feed": [], "__field": [], "__row": [], "id_no": [], "__exists": []}
+    for feed, fld, rows, ids in parts:
+        n = len(ids)
+        cols["__feed"].append(pa.repeat(pa.scalar(feed, pa.string()), n))
+        cols["__field"].append(pa.repeat(pa.scalar(fld, pa.string()), n))
+        cols["__row"].append(pa.array(np.arange(n) if rows is None else rows, pa.int64()))
+        cols["__exists"].append(exists(ids))
+        cols["id_no"].append(plain(ids).cast(pa.string()))
+    if not parts:
+        return pa.table({"__feed": pa.array([], pa.string()), "__field": pa.array([], pa.string()),
+                         "__row": pa.array([], pa.int64()), "id_no": pa.array([], pa.string()),
+                         "__exists": pa.array([], pa.bool_())})
+    return pa.table({k: pa.concat_arrays(v) for k, v in cols.items()})
+
+
+def _link_suite(name: str, critical: bool, check: str, feed: str, meta: dict) -> Any:
+    b = _Builder(name, {"kind": "cross", **meta}, feed)
+    b.add("ExpectColumnValuesToBeInSet", critical, "id_no" if check == "person_exists" else "case_no", check,
+          column="__exists", value_set=[True])
+    return b.build()
+
+
+def cross_targets(tables: Mapping[str, pa.Table]) -> list[Target]:
+    out: list[Target] = []
+    fmt = _record_formatter(tables)
+    link_pii = {"id_no": "direct", "case_no": "none"}
+    if PERSON in tables:
+        universe = plain(tables[PERSON]["id_no"])
+
+        def exists(ids: pa.Array) -> pa.Array:
+            return found_in(ids, universe)
+
+        def parts_of(feed: str, fields: Iterable[str]) -> list:
+            parts = []
+            t = tables[feed]
+            for fld in fields:
+                if fld not in t.column_names:
+                    continue
+                if pa.types.is_list(t[fld].type):  # members: one row per member
+                    col = plain(t[fld])
+                    parents = pc.list_parent_indices(col).to_numpy(zero_copy_only=False)
+                    parts.append((feed, fld, parents, pc.struct_field(pc.list_flatten(col), "id_no")))
+                else:
+                    parts.append((feed, fld, None, t[fld]))
+            return parts
+
+        for feed, fields in _CRITICAL_PERSON_LINKS.items():
+            if feed in tables:
+                short = feed.split(".")[1]
+                name = f"cross.{short}_person"
+                out.append(Target(name, "cross", feed, to_frame(_union(parts_of(feed, fields), exists)),
+                                   _link_suite(name, True, "person_exists", feed,
+                                               {"links": f"{feed}.{'/'.join(fields)} → {PERSON}.id_no"}),
+                                   ("__feed", "__row"), link_pii, {"__exists": "id_no"}, fmt))
+        owners = [p for feed, fld in _OWNER_LINKS.items() if feed in tables for p in parts_of(feed, [fld])]
+        out.append(Target("cross.owner_person", "cross", "owners", to_frame(_union(owners, exists)),
+                           _link_suite("cross.owner_person", False, "person_exists", "owners",
+                                       {"links": "vehicle/property owner_id_no → person (owners may live elsewhere)"}),
+                           ("__feed", "__row"), link_pii, {"__exists": "id_no"}, fmt))
+        others = [p for feed, c in contracts().items()
+                  if feed in tables and feed != PERSON and feed not in _CRITICAL_PERSON_LINKS and feed not in _OWNER_LINKS
+                  for p in parts_of(feed, c.id_fields)]
+        out.append(Target("cross.person_links", "cross", "person_links", to_frame(_union(others, exists)),
+                           _link_suite("cross.person_links", False, "person_exists", "person_links",
+                                       {"links": "other person-linked feeds → person"}),
+                           ("__feed", "__row"), link_pii, {"__exists": "id_no"}, fmt))
+    if _CASE_FEED in tables:
+        cases = plain(tables[_CASE_FEED]["case_no"])
+        parts = [(feed, "case_no", None, tables[feed]["case_no"]) for feed in _CASE_LINKS if feed in tables]
+        t = _union(parts, lambda ids: found_in(ids, cases)).rename_columns(["__feed", "__field", "__row", "case_no",
+                                                                            "__exists"])
+        out.append(Target("cross.case_links", "cross", "case_links", to_frame(t),
+                           _link_suite("cross.case_links", False, "case_exists", "case_links",
+                                       {"links": "payments / income checks → assistance_case.case_no"}),
+                           ("__feed", "__row"), link_pii, {"__exists": "case_no"}, fmt))
+    # no negative money anywhere (critical): every money value of every feed
+    feeds, field_names, rows, values = [], [], [], []
+    for feed, c in contracts().items():
+        if feed not in tables:
+            continue
+        for f in c.fields:
+            if f.kind == "money" and f.name in tables[feed].column_names:
+                v = pc.cast(plain(tables[feed][f.name]), pa.float64())
+                n = len(v)
+                feeds.append(pa.repeat(pa.scalar(feed, pa.string()), n))
+                field_names.append(pa.repeat(pa.scalar(f.name, pa.string()), n))
+                rows.append(pa.array(np.arange(n), pa.int64()))
+                values.append(v)
+    money = pa.table({"__feed": pa.concat_arrays(feeds) if feeds else pa.array([], pa.string()),
+                      "__field": pa.concat_arrays(field_names) if field_names else pa.array([], pa.string()),
+                      "__row": pa.concat_arrays(rows) if rows else pa.array([], pa.int64()),
+                      num_col("amount"): pa.concat_arrays(values) if values else pa.array([], pa.float64())})
+    b = _Builder("cross.money", {"kind": "cross", "links": "every money field of every feed"}, "all")
+    b.add("ExpectColumnValuesToBeBetween", True, "amount", "no_negative_money", column=num_col("amount"), min_value=0)
+    out.append(Target("cross.money", "cross", "money", to_frame(money), b.build(), ("__feed", "__row"),
+                       {"amount": "none"}, {num_col("amount"): "amount"}, fmt))
+    return out
+
+
+# ---- outputs ---------------------------------------------------------------------------------
+
+#: money columns of the outputs that may be negative: income less rigid medical spending (刚性支出扣减)
+SIGNED_MONEY = frozenset({"risk_income_per_capita"})
+
+
+def _region_regex(county: str | None) -> str:
+    return f"^{county}[0-9]{{6}}$" if county else r"^[0-9]{12}$"
+
+
+def output_suite(name: str, table: pa.Table | None = None, *, county: str | None = None,
+                 has_household: bool = True) -> ExpectationSuite:
+    """The suite of one output table: `monitoring.person`, `monitoring.household` or `warnings`.
+
+    Expects the frame of `output_frame(...)` (helpers `__snapshot_ok`, `__household_exists`, …).
+    `table` only tells which decimal (money) columns there are.
+    """
+    from quality.rules import RULES
+
+    name = _OUTPUT_ALIASES.get(name, name)
+    b = _Builder(f"output.{name}", {"kind": "output", "table": name, "county": county}, name)
+    add = b.add
+
+    money = ([f.name for f in table.schema if pa.types.is_decimal(f.type) and f.name not in SIGNED_MONEY]
+             if table is not None else [])
+    add("ExpectColumnValuesToBeInSet", True, "snapshot_date", "snapshot_date", column="__snapshot_ok", value_set=[True])
+    if name == "monitoring.person":
+        add("ExpectTableColumnsToMatchSet", True, None, "columns", exact_match=False,
+            column_set=["snapshot_date", "id_no", "household_no", "region_code", "county_code", "age", "alive",
+                        "income_monthly"])
+        add("ExpectColumnValuesToNotBeNull", True, "id_no", "not_null", column="id_no")
+        add("ExpectColumnValuesToBeUnique", True, "id_no", "unique_key", column="id_no")
+        add("ExpectColumnValuesToBeInSet", True, "id_no", "id_valid", column=_helper("id_no"), value_set=[True])
+        add("ExpectColumnValuesToNotBeNull", True, "household_no", "not_null", column="household_no")
+        if has_household:
+            add("ExpectColumnValuesToBeInSet", True, "household_no", "household_exists", column="__household_exists",
+                value_set=[True])
+        add("ExpectColumnValuesToBeBetween", False, "age", "range", column=num_col("age"), min_value=0, max_value=130)
+    elif name == "monitoring.household":
+        add("ExpectTableColumnsToMatchSet", True, None, "columns", exact_match=False,
+            column_set=["snapshot_date", "household_no", "region_code", "county_code", "members_total",
+                        "members_alive", "income_per_capita", "dibao_standard", "low_income_line"])
+        add("ExpectColumnValuesToNotBeNull", True, "household_no", "not_null", column="household_no")
+        add("ExpectColumnValuesToBeUnique", True, "household_no", "unique_key", column="household_no")
+        add("ExpectColumnValuesToBeBetween", True, "members_total", "range", column=num_col("members_total"),
+            min_value=1)
+        add("ExpectColumnPairValuesAToBeGreaterThanB", False, "members_alive", "consistency",
+            column_A="members_total", column_B="members_alive", or_equal=True)
+        add("ExpectColumnPairValuesAToBeGreaterThanB", False, "low_income_line", "consistency",
+            column_A="low_income_line", column_B="dibao_standard", or_equal=True)
+    elif name == "warnings":
+        from quality.evaluation import SCHEMA
+
+        add("ExpectTableColumnsToMatchSet", True, None, "columns", exact_match=True, column_set=list(SCHEMA.names)
+            + ["__snapshot_ok", "__rule_ok", _helper("subject_id_no")] + (["__household_exists"] if has_household else [])
+            + [num_col(c) for c in ["score", *money]])
+        add("ExpectColumnValuesToNotBeNull", True, "warning_id", "not_null", column="warning_id")
+        add("ExpectColumnValuesToBeUnique", True, "warning_id", "unique_key", column="warning_id")
+        add("ExpectColumnValuesToBeInSet", True, "rule_id", "rule_known", column="rule_id",
+            value_set=sorted({r.id for r in RULES}))
+        add("ExpectColumnValuesToBeInSet", True, "severity", "value_set", column="severity", value_set=["S1", "S2", "S3"])
+        add("ExpectColumnValuesToBeInSet", True, "rule_version", "rule_known", column="__rule_ok", value_set=[True])
+        add("ExpectColumnValuesToNotBeNull", True, "household_no", "not_null", column="household_no")
+        if has_household:
+            add("ExpectColumnValuesToBeInSet", True, "household_no", "household_exists", column="__household_exists",
+                value_set=[True])
+        add("ExpectColumnValuesToBeInSet", True, "subject_id_no", "id_valid", column=_helper("subject_id_no"),
+            value_set=[True])
+        add("ExpectColumnValuesToNotBeNull", False, "summary_zh", "not_null", column="summary_zh")
+        add("ExpectColumnValuesToNotBeNull", False, "policy_version", "not_null", column="policy_version")
+        add("ExpectColumnValuesToBeInSet", False, "kind", "value_set", column="kind", value_set=["forward", "reverse"])
+        add("ExpectColumnValuesToBeBetween", False, "score", "range", column=num_col("score"), min_value=0)
+    else:
+        raise KeyError(f"unknown output {name!r}; known: {', '.join(OUTPUTS)}")
+    add("ExpectColumnValuesToMatchRegex", True, "region_code", "region_in_county", column="region_code",
+        regex=_region_regex(county))
+    if name != "warnings":
+        add("ExpectColumnValuesToMatchRegex", True, "county_code", "region_in_county", column="county_code",
+            regex=f"^{county}$" if county else r"^[0-9]{6}$")
+    for m in money:
+        add("ExpectColumnValuesToBeBetween", True, m, "no_negative_money", column=num_col(m), min_value=0)
+    return b.build()
+
+
+def output_frame(name: str, table: pa.Table, snapshot_date: dt.date, *,
+                 household: pa.Table | None = None) -> pd.DataFrame:
+    """The frame an output suite validates: the table plus its helper columns."""
+    from quality.rules import RULES
+
+    name = _OUTPUT_ALIASES.get(name, name)
+    t = table
+    snap = (pc.equal(t["snapshot_date"], pa.scalar(snapshot_date, pa.date32())) if "snapshot_date" in t.column_names
+            else pa.nulls(t.num_rows, pa.bool_()))
+    t = t.append_column("__snapshot_ok", pc.fill_null(snap, False))
+    if name == "monitoring.person" and "id_no" in t.column_names:
+        t = t.append_column(_helper("id_no"), id_ok(t["id_no"]))
+    if name == "warnings":
+        known = {(r.id, r.version, r.severity) for r in RULES}
+        triples = zip(t["rule_id"].to_pylist(), t["rule_version"].to_pylist(), t["severity"].to_pylist(), strict=True)
+        t = t.append_column("__rule_ok", pa.array([x in known for x in triples], pa.bool_()))
+        t = t.append_column(_helper("subject_id_no"), id_ok(t["subject_id_no"]))
+    if household is not None and name in ("monitoring.person", "warnings"):
+        t = t.append_column("__household_exists", found_in(t["household_no"], household["household_no"]))
+    nums = {"monitoring.person": ["age"], "monitoring.household": ["members_total"], "warnings": ["score"]}.get(name, [])
+    return to_frame(with_num(t, nums + [f.name for f in table.schema if pa.types.is_decimal(f.type)]))
+
+
+def output_targets(outputs: Mapping[str, pa.Table], snapshot_date: dt.date, county: str | None) -> list[Target]:
+    outs = {_OUTPUT_ALIASES.get(k, k): v for k, v in outputs.items()}
+    hh = outs.get("monitoring.household")
+    keys = {"monitoring.person": ("id_no",), "monitoring.household": ("household_no",), "warnings": ("warning_id",)}
+    pii = {"id_no": "direct", "name": "direct", "subject_id_no": "direct", "address": "direct"}
+    out = []
+    for name in OUTPUTS:
+        if name in outs:
+            t = outs[name]
+            out.append(Target(f"output.{name}", "output", name,
+                               output_frame(name, t, snapshot_date, household=hh),
+                               output_suite(name, t, county=county, has_household=hh is not None),
+                               keys[name], pii, {_helper("id_no"): "id_no", _helper("subject_id_no"): "subject_id_no",
+                                                 "__household_exists": "household_no", "__rule_ok": "rule_id",
+                                                 "__snapshot_ok": "snapshot_date",
+                                                 **{num_col(f.name): f.name for f in t.schema}}))
+    return out
