@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from connectors.base import connectors
 from connectors.formats import is_blank, looks_like_table
 from safetynet.core import paths
 from safetynet.core.store import ObjectStore
@@ -105,7 +106,6 @@ class DropFolderSource:
 
     def _looks_like_data(self, data: bytes, headers: dict[str, str] | None) -> bool:
         if headers is None:  # no mapping given: the connector's own
-            from connectors.base import connectors
 
             fc = connectors().get(self.c.feed_id)
             headers = fc.load_mapping(None).headers if fc else None

@@ -28,8 +28,12 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from zoneinfo import ZoneInfo
 
+from quality.rules import RULES
+from safetynet.build.monitoring import STEPS, sources
 from safetynet.core import paths
 from safetynet.core.store import Entry, ObjectStore
+from safetynet.intake import health
+from schemas.registry import contracts
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +159,6 @@ def feed_freshness(store: ObjectStore, contract, as_of: dt.datetime, grace_fract
 def freshness(store: ObjectStore, as_of: str | dt.datetime, grace_fraction: float = GRACE_FRACTION,
               feeds: list[str] | None = None, *, point_in_time: bool = True) -> dict[str, FeedFreshness]:
     """Freshness of every feed of the registry (or the given ones) at `as_of`, by feed id."""
-    from schemas.registry import contracts
 
     t = parse_instant(as_of)
     cs = contracts()
@@ -177,8 +180,6 @@ def stale_feeds(store: ObjectStore, as_of: str | dt.datetime, grace_fraction: fl
 # ---- the check (freshness DAG) --------------------------------------------------------------------
 def check(store: ObjectStore, as_of: str | dt.datetime, grace_fraction: float = GRACE_FRACTION) -> dict:
     """Check every feed, write `_catalog/freshness/<as_of date>.json`, warn per stale feed; the report."""
-    from safetynet.intake import health
-    from schemas.registry import contracts
 
     t = parse_instant(as_of)
     feeds = freshness(store, t, grace_fraction)
@@ -234,8 +235,6 @@ def rule_inputs() -> dict[str, tuple[str, ...]]:
     and earlier steps (`safetynet.build.monitoring.STEPS`, `sources()`). The closure over those names is
     the set of feeds whose staleness can change the rule's result.
     """
-    from quality.rules import RULES
-    from safetynet.build.monitoring import STEPS, sources
 
     source_feed = {name: fid for fid, name in sources().items()}
     deps: dict[str, set[str]] = {}

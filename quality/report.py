@@ -14,7 +14,6 @@ of defence.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,14 +25,9 @@ if TYPE_CHECKING:
 
 MAX_EXAMPLES = 20
 
-#: anything shaped like an 18-character ID number, whatever its check character (`idno.mask_text`
-#: masks only ID numbers with a valid one, and also 15-digit runs such as a float's decimals)
-_ID_TEXT_RE = re.compile(r"(?<![0-9A-Za-z])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
-
-
 def scrub(text: str) -> str:
-    """Mask anything shaped like an 18-character ID number (a last line of defence for free text)."""
-    return _ID_TEXT_RE.sub(lambda m: idno.mask(m.group(0)), text)
+    """Mask every ID-shaped value in report text, bad ones included (`schemas.idno.mask_text`)."""
+    return idno.mask_text(text, bad_ids=True)
 
 
 @dataclass

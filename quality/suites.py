@@ -40,6 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from quality.checks import ID_RE, found_in, id_ok, members_ok, num_col, plain, to_frame, with_num
+from quality.evaluation import SCHEMA
+from quality.rules import RULES
 from schemas.contract import Contract
 from schemas.idno import mask_value
 from schemas.registry import contracts
@@ -338,7 +340,6 @@ def output_suite(name: str, table: pa.Table | None = None, *, county: str | None
     Expects the frame of `output_frame(...)` (helpers `__snapshot_ok`, `__household_exists`, …).
     `table` only tells which decimal (money) columns there are.
     """
-    from quality.rules import RULES
 
     name = _OUTPUT_ALIASES.get(name, name)
     b = _Builder(f"output.{name}", {"kind": "output", "table": name, "county": county}, name)
@@ -372,7 +373,6 @@ def output_suite(name: str, table: pa.Table | None = None, *, county: str | None
         add("ExpectColumnPairValuesAToBeGreaterThanB", False, "low_income_line", "consistency",
             column_A="low_income_line", column_B="dibao_standard", or_equal=True)
     elif name == "warnings":
-        from quality.evaluation import SCHEMA
 
         add("ExpectTableColumnsToMatchSet", True, None, "columns", exact_match=True, column_set=list(SCHEMA.names)
             + ["__snapshot_ok", "__rule_ok", _helper("subject_id_no")] + (["__household_exists"] if has_household else [])
@@ -408,7 +408,6 @@ def output_suite(name: str, table: pa.Table | None = None, *, county: str | None
 def output_frame(name: str, table: pa.Table, snapshot_date: dt.date, *,
                  household: pa.Table | None = None) -> pd.DataFrame:
     """The frame an output suite validates: the table plus its helper columns."""
-    from quality.rules import RULES
 
     name = _OUTPUT_ALIASES.get(name, name)
     t = table

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from connectors.kafka_producer import ensure_topics, publish
 from quality import evaluation, freshness, policy
 from quality.gate import QualityGateFailed
 from quality.report import QualityReport
@@ -23,6 +24,7 @@ from safetynet.core import paths
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
 from safetynet.intake import health as feed_health
+from safetynet.intake.clean import clean_path
 from safetynet.publish import snapshot
 from schemas import normalise
 from schemas.errors import ConfigError
@@ -71,7 +73,6 @@ def load_policy(county: str, snapshot: dt.date, policy_file: str | Path | None) 
 
 def county_of(store: ObjectStore) -> str:
     """The county the clean register covers (the first 6 digits of its region codes)."""
-    from safetynet.intake.clean import clean_path
 
     c = contracts()["public_security.person"]
     if not store.exists(clean_path(c)):
@@ -177,7 +178,6 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
 
 def produce_warnings(settings: Settings, w: pa.Table) -> int:
     """Warnings to `hub.warnings.v1`, keyed by warning_id (pseudonymised; a replay adds no new key)."""
-    from connectors.kafka_producer import ensure_topics, publish
 
     bootstrap = settings.kafka_bootstrap
     if not bootstrap:

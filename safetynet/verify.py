@@ -42,11 +42,19 @@ from typing import TypedDict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from connectors.base import load_mappings
+from connectors.drop_folder import Drop, DropFolderSource
+from connectors.kafka_topic import KafkaBatch, consumer_config
+from quality import evaluation, freshness
+from safetynet import pipeline
+from safetynet.build import monitoring
 from safetynet.core import paths
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
 from safetynet.intake import clean
-from safetynet.publish import snapshot
+from safetynet.intake.ingest import ingest_drop, write_kafka_batch
+from safetynet.publish import backtest, snapshot
+from schemas import normalise
 from schemas.registry import contracts
 
 log = logging.getLogger(__name__)
@@ -229,7 +237,6 @@ class _RepairRecord(TypedDict):
 
 def _repair(settings: Settings, store: ObjectStore, rep: VerifyReport, expected: dict[str, dict | None],
             mappings: dict[str, dict], advance: Advance) -> None:
-    from schemas import normalise
 
     record: _RepairRecord = {
         "repair_id": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8],
@@ -325,7 +332,6 @@ def _identical(store: ObjectStore, entries: dict[str, dict], written: dict[str, 
 
 
 def _mapping_for(settings: Settings, fid: str, recorded: dict):
-    from connectors.base import load_mappings
 
     m = load_mappings(settings.mappings, [fid])[fid]
     if recorded.get("checksum") and recorded["checksum"] != m.checksum:
@@ -339,8 +345,6 @@ def _refetch_kafka(settings: Settings, store: ObjectStore, con, fid: str, name: 
     """Fetch the batch's offsets again and rewrite it, if the topic still holds all of them."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from connectors.kafka_topic import KafkaBatch, consumer_config
-    from safetynet.intake.ingest import write_kafka_batch
 
     c = contracts()[fid]
     topic = name.path.rsplit("/", 1)[-1].removesuffix(".parquet").rsplit("+", 3)[0]
@@ -400,8 +404,6 @@ def _refetch_kafka(settings: Settings, store: ObjectStore, con, fid: str, name: 
 def _reread_drop(settings: Settings, store: ObjectStore, con, fid: str, name: clean.RawFile, entries: dict[str, dict],
                  recorded_mapping: dict) -> tuple[bool, str, str]:
     """Read the drop's landing file again and rewrite its batch, if landing still has that version."""
-    from connectors.drop_folder import Drop, DropFolderSource
-    from safetynet.intake.ingest import ingest_drop
 
     c = contracts()[fid]
     src = DropFolderSource(store, c)
@@ -458,12 +460,6 @@ def _rebuild_published(settings: Settings, store: ObjectStore, day: dt.date, ver
                        ) -> tuple[bool, str]:
     """Rebuild a version's datasets from the inputs its manifest records; restore the damaged files
     if the rebuild is byte-identical to what the manifest recorded."""
-    from quality import evaluation, freshness
-    from safetynet import pipeline
-    from safetynet.build import monitoring
-    from safetynet.publish import backtest
-    from schemas import normalise
-
     m = snapshot.manifest(store, day, version or None)
     con = normalise.connect(memory_limit=settings.duckdb_memory_limit)
     try:

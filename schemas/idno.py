@@ -128,6 +128,10 @@ def mask_value(value: object, pii: str = "none") -> str:
     return s[:2] + "*" * max(len(s) - 3, 1) + s[-1:] if len(s) > 3 else "*" * len(s)
 
 
+#: quality reports: any run of 18 (the last may be X) not inside letters or digits
+_ID_SHAPED_ANY_CHECK = re.compile(r"(?<![0-9A-Za-z])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
+
+
 def _mask(m: re.Match[str]) -> str:
     s = m.group(0)
     if len(s) == 18:
@@ -137,9 +141,16 @@ def _mask(m: re.Match[str]) -> str:
     return mask(s)
 
 
-def mask_text(s: str) -> str:
-    """`s` with every ID-shaped number masked (`430103********1234`); other text unchanged. An 18-digit
-    run whose check character is wrong (a claim or account number) is left alone."""
+def mask_text(s: str, *, bad_ids: bool = False) -> str:
+    """`s` with every ID-shaped number masked (`430103********1234`); other text unchanged.
+
+    Logs and quarantine reasons (default): an 18-digit run whose check character is wrong (a claim
+    or account number) is left alone, and a legacy 15-digit run is masked. Quality reports
+    (`bad_ids=True`), whose examples are the bad values themselves: every 18-character run is
+    masked whatever its check character (a mistyped ID is still a person's), and 15-digit runs are
+    left alone (report JSON holds floats such as `16.666666666666664`)."""
     if not s or len(s) < 15:
         return s
+    if bad_ids:
+        return _ID_SHAPED_ANY_CHECK.sub(lambda m: mask(m.group(0)), s)
     return _ID_SHAPED.sub(_mask, s)

@@ -26,6 +26,7 @@ import duckdb
 import pyarrow as pa
 
 from safetynet.core.store import ObjectStore
+from safetynet.intake.clean import clean_path
 from schemas.policy import Policy
 from schemas.registry import contracts
 
@@ -284,7 +285,6 @@ class Build:
 def register_clean(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> dict[str, str]:
     """Register every feed's `clean/` data under its step name (lazy pyarrow datasets: DuckDB reads
     only the columns it needs, locally or from S3); returns feed → path of the feeds present."""
-    from safetynet.intake.clean import clean_path
 
     seen, data = {}, {}
     for fid, c in contracts().items():

@@ -36,7 +36,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from connectors.formats import FileFormatError, decode_text
 from safetynet.core import paths
+from safetynet.core.store import StoreError
 from schemas.errors import ChecksumMismatch, ConfigError
 
 log = logging.getLogger(__name__)
@@ -298,7 +300,6 @@ def parse_list(data: bytes, source: str = "the file") -> CountyList:
     in the list, names are there, and no code has two names. Problems name their lines, never a
     cell's content (a wrong file may hold personal data).
     """
-    from connectors.formats import FileFormatError, decode_text
 
     if len(data) > MAX_LIST_BYTES:
         raise RegionListError(source, [f"{len(data):,} bytes is too big for a county list"])
@@ -414,7 +415,6 @@ def imported_lists(store, strict: bool = True) -> dict[str, dict]:
             out[m["county"]] = m
         except (ValueError, KeyError, TypeError) as err:
             if strict:
-                from safetynet.core.store import StoreError
 
                 raise StoreError(f"{e.path} in {store.url} is not a region list manifest ({err}): import the "
                                  "county's list again") from None

@@ -41,6 +41,7 @@ from safetynet.build import monitoring
 from safetynet.core import paths
 from safetynet.core.store import ObjectStore
 from safetynet.intake import clean, health
+from safetynet.intake.regions import region_names
 from safetynet.publish import snapshot
 from safetynet.publish.export import csv_safe
 from schemas import normalise
@@ -323,7 +324,6 @@ def render(res: Backtest, con) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from safetynet.intake.regions import region_names
 
     con.print(f"[bold]回测 Backtest {res.snapshot_date}[/bold]: published policy [bold]{escape(res.old_policy)}"
               f"[/bold] → new policy [bold]{escape(res.new_policy)}[/bold] (on the snapshot's published inputs)")

@@ -30,6 +30,7 @@ from safetynet.publish import snapshot
 from safetynet.review import audit, queries
 from safetynet.review import models as m
 from safetynet.review.db import now
+from schemas.registry import contracts
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,6 @@ def material_change(old: dict, new: dict) -> str | None:
 def input_notes(manifest: dict) -> list[dict]:
     """What staff must know about the snapshot's inputs: feeds whose latest delivery was unhealthy
     (the list was computed on their previous data, accepted by the operator) and stale feeds."""
-    from schemas.registry import contracts
 
     known = contracts()
     out = []

@@ -23,8 +23,10 @@ from safetynet.review import audit
 from safetynet.review import models as m
 from safetynet.review.auth import ROLES, User, in_scope
 from safetynet.review.db import now
+from schemas import outputs
 from schemas.idno import looks_like_id, mask, mask_value
 from schemas.policy import labels_zh
+from schemas.registry import contracts
 
 if TYPE_CHECKING:
     from sqlalchemy import Table
@@ -58,14 +60,12 @@ ACTION_ZH = {"assign": "分派", "visit": "走访核实", "assist": "救助帮�
 @cache
 def department_names() -> dict[str, str]:
     """department → its Chinese name, from the feed contracts (plus the hub's own derived datasets)."""
-    from schemas.registry import contracts
 
     return {c.department: c.department_zh for c in contracts().values()} | {"monitoring": "监测汇总"}
 
 
 @cache
 def feed_titles() -> dict[str, str]:
-    from schemas.registry import contracts
 
     return {fid: c.title_zh for fid, c in contracts().items()} | {"monitoring.household": "家庭汇总指标",
                                                                   "monitoring.person": "个人汇总指标"}
@@ -78,8 +78,6 @@ THRESHOLD_ZH = labels_zh()
 @cache
 def field_labels() -> dict[tuple[str, str], str]:
     """(feed, field) → its Chinese label: the contracts' labels, and the monitoring datasets' columns."""
-    from schemas import outputs
-    from schemas.registry import contracts
 
     out = {(fid, f.name): f.label_zh for fid, c in contracts().items() for f in c.fields}
     out |= {("monitoring.household", k): v[0] for k, v in outputs.HOUSEHOLD.items()}
