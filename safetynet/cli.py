@@ -346,9 +346,9 @@ def cmd_feeds(args: argparse.Namespace) -> int:
         _emit(json.dumps([c.describe() for c in contracts().values()], ensure_ascii=False, indent=1))
         return EXIT_OK
     if args.topics:  # what docker-compose's kafka-topics job creates (see infra/airflow/airflow-init.sh)
-        from safetynet.pipeline import WARNINGS_TOPIC
+        from schemas.outputs import SNAPSHOTS_TOPIC, WARNINGS_TOPIC
 
-        _emit("\n".join(sorted({c.topic for c in contracts().values()}) + [WARNINGS_TOPIC]))
+        _emit("\n".join(sorted({c.topic for c in contracts().values()}) + [SNAPSHOTS_TOPIC, WARNINGS_TOPIC]))
         return EXIT_OK
     conns = connectors()
     cs = contracts()

@@ -28,11 +28,11 @@ from safetynet.intake.clean import clean_path
 from safetynet.publish import snapshot
 from schemas import normalise
 from schemas.errors import ConfigError
+from schemas.outputs import SNAPSHOTS_TOPIC, WARNINGS_TOPIC
 from schemas.registry import contracts
 
 log = logging.getLogger(__name__)
 
-WARNINGS_TOPIC = "hub.warnings.v1"
 
 
 @dataclass
@@ -171,9 +171,24 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
         if publish_kafka and settings.kafka_bootstrap:
             step("warnings to Kafka")
             res.kafka_published = produce_warnings(settings, snapshot.pseudonymise_warnings(w, ps))
+            if res.manifest.get("status") == "published":
+                produce_snapshot_notice(settings, res.manifest)
     finally:
         con.close()
     return res
+
+
+def produce_snapshot_notice(settings: Settings, manifest: dict) -> None:
+    """One message to `hub.snapshots.v1` (keyed by the date) saying a version is now current: the review
+    app loads it on hearing it (`safetynet.review.watch`) instead of waiting for its catalog watch."""
+    bootstrap = settings.kafka_bootstrap
+    if not bootstrap:
+        raise ConfigError("no Kafka bootstrap configured (SAFETYNET_KAFKA_BOOTSTRAP): no snapshot notice can be produced")
+    day = manifest["snapshot_date"]
+    notice = {"snapshot_date": day, "version": manifest["version"], "content_sha256": manifest.get("content_sha256"),
+              "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    ensure_topics(bootstrap, [SNAPSHOTS_TOPIC], partitions=1)
+    publish(bootstrap, SNAPSHOTS_TOPIC, [(str(day).encode(), json.dumps(notice, sort_keys=True).encode())])
 
 
 def produce_warnings(settings: Settings, w: pa.Table) -> int:

@@ -13,6 +13,13 @@ from __future__ import annotations
 
 VERSION = 1
 
+#: The hub's own Kafka topics (created with the feeds' by the production stack's topic job):
+#: every warning of a published snapshot, pseudonymised, keyed by warning_id …
+WARNINGS_TOPIC = "hub.warnings.v1"
+#: … and one notice per published snapshot version, keyed by its date: `{"snapshot_date", "version",
+#: "content_sha256", "published_at"}` (the review app loads the new version on hearing one).
+SNAPSHOTS_TOPIC = "hub.snapshots.v1"
+
 PERSON: dict[str, tuple[str, str]] = {
     "snapshot_date": ("快照日期", "snapshot date (facts before this day)"),
     "person_key": ("人员假名键", "keyed pseudonym of the ID number (HMAC-SHA256); identified variant: id_no"),

@@ -12,7 +12,7 @@ No Docker engine runs here, so this is what keeps the production-like stack hone
   listeners, Airflow's shared secrets and Execution API URL);
 - depends_on waits on healthchecks / finished one-shot jobs, and every stateful service keeps
   its data on a named volume;
-- the topic job creates exactly the feed registry's topics plus hub.warnings.v1, and the
+- the topic job creates exactly the feed registry's topics plus hub.snapshots.v1 and hub.warnings.v1, and the
   Airflow image is built from the Airflow version and packages uv.lock pins.
 
 The interpolation below follows the Compose Specification (`$$`, `${VAR}`, `${VAR:-default}`,
@@ -591,9 +591,9 @@ def listed_topics(capsys) -> list[str]:
 def test_topic_list_is_the_registry(capsys):
     from schemas.registry import contracts
 
-    expected = sorted(c.topic for c in contracts().values()) + ["hub.warnings.v1"]
+    expected = sorted(c.topic for c in contracts().values()) + ["hub.snapshots.v1", "hub.warnings.v1"]
     assert listed_topics(capsys) == expected
-    assert all(re.fullmatch(r"dept\.[a-z_]+\.[a-z_]+\.v\d+", t) for t in expected[:-1])
+    assert all(re.fullmatch(r"dept\.[a-z_]+\.[a-z_]+\.v\d+", t) for t in expected[:-2])
 
 
 def test_topic_job_creates_the_listed_topics(raw):

@@ -263,9 +263,10 @@ class ObjectStore:
         for e in self.list(rel):
             self.delete(e.path)
 
-    def list(self, prefix: str, suffix: str = "") -> list[Entry]:
-        """Files under `prefix` (recursive), sorted by path; temp files are skipped."""
-        sel = pafs.FileSelector(self.full(prefix), recursive=True, allow_not_found=True)
+    def list(self, prefix: str, suffix: str = "", recursive: bool = True) -> list[Entry]:
+        """Files under `prefix` (recursive unless told: one level is one LIST request on S3), sorted
+        by path; temp files are skipped."""
+        sel = pafs.FileSelector(self.full(prefix), recursive=recursive, allow_not_found=True)
         infos = self._retry(lambda: self.fs.get_file_info(sel), f"list {prefix}")
         out = [Entry(self.rel(i.path), i.size or 0, i.mtime_ns or 0) for i in infos
                if i.type == pafs.FileType.File and not os.path.basename(i.path).startswith(".tmp-")

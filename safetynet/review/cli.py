@@ -8,7 +8,6 @@ import logging
 import os
 import secrets
 import sys
-import threading
 
 from safetynet.review import auth, db
 
@@ -59,8 +58,11 @@ def add_parsers(sub, settings_of) -> None:
     sp.add_argument("--port", type=int, default=8000)
     store_opt(sp, True)
     db_opt(sp, True)
-    sp.add_argument("--poll-minutes", type=float, default=5.0,
-                    help="look for a newer published snapshot this often (0: only at start)")
+    sp.add_argument("--watch-seconds", type=float, default=2.0,
+                    help="look at the store's snapshot pointers this often for a newer published version (default 2; "
+                    "0: only at start and on hub.snapshots.v1 notices). With Kafka configured, a publish's notice "
+                    "wakes the app at once")
+    sp.add_argument("--poll-minutes", type=float, default=None, help=argparse.SUPPRESS)  # before --watch-seconds
     sp.set_defaults(func=lambda a: cmd_serve(a, settings_of(a)))
 
     sp = sub.add_parser("users", help="review app accounts")
@@ -124,24 +126,20 @@ def load_latest(settings, engine, quiet: bool = False):
 def cmd_serve(args, settings) -> int:
     import uvicorn
 
+    from safetynet.cli import store_exists
+    from safetynet.core.store import open_store
     from safetynet.review.app import create_app
+    from safetynet.review.watch import SnapshotWatcher
 
     engine = _engine(settings)
     res = load_latest(settings, engine)
     if res is not None:
         print(f"snapshot {res.snapshot_date}: " + (f"loaded {res.warnings:,} warnings ({res.new_cases:,} new cases, "
                                                    f"{res.reopened:,} re-opened)" if res.loaded else "already loaded"))
-    if args.poll_minutes > 0:
-        stop = threading.Event()
-
-        def poll() -> None:
-            while not stop.wait(args.poll_minutes * 60):
-                try:
-                    load_latest(settings, engine, quiet=True)
-                except Exception:  # keep serving; the next poll tries again
-                    log.exception("review: loading the latest snapshot failed")
-
-        threading.Thread(target=poll, name="snapshot-poll", daemon=True).start()
+    watch_s = args.watch_seconds if args.poll_minutes is None else args.poll_minutes * 60
+    SnapshotWatcher(settings, load=lambda: load_latest(settings, engine, quiet=True),
+                    store=lambda: open_store(settings) if store_exists(settings) else None,
+                    watch_seconds=watch_s).start()
     app = create_app(engine, session_hours=settings.review_session_hours,
                      secure_cookies=settings.review_secure_cookies)
     print(f"review app: http://{args.host}:{args.port}/  (API docs: /api/docs)")
