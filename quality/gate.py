@@ -20,6 +20,7 @@ never showing a name; those masked examples are what the report and the Data Doc
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import time
@@ -30,9 +31,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from quality.report import MAX_EXAMPLES, Failure, QualityReport, SuiteResult, scrub
-from quality.suites import Target, cross_targets, feed_target, health_target, output_targets
+from quality.suites import Target, cross_targets, feed_target, health_target, output_targets, suite_for
+from safetynet.core import paths
 from safetynet.core.store import ObjectStore
 from safetynet.intake.clean import clean_path
 from schemas.errors import DataError
@@ -231,6 +234,39 @@ def _error_result(t: Target | None, name: str, kind: str, subject: str, e: BaseE
                        [Failure(name, subject, None, "suite", "gx_error", True, None, None, [], f"GX error: {msg}")])
 
 
+def _suite_sha(c: Contract) -> str:
+    """A fingerprint of the feed's suite (its expectations and their settings): a changed suite runs again."""
+    return hashlib.sha256(json.dumps(suite_for(c).to_json_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _recorded_feed_suite(store: ObjectStore, c: Contract, clean_sha256: str | None) -> SuiteResult | None:
+    """The recorded result of the feed's suite on this very clean file and suite, or None."""
+    if clean_sha256 is None:
+        return None
+    try:
+        rec = json.loads(store.read_bytes(paths.quality_feed_record(c.prefix)))
+    except FileNotFoundError:
+        return None
+    if rec.get("clean_sha256") != clean_sha256 or rec.get("suite_sha256") != _suite_sha(c) or len(rec["suites"]) != 1:
+        return None
+    sr = SuiteResult.from_dict(rec["suites"][0])
+    if sr.failures and any(f.message.startswith("GX error") for f in sr.failures):
+        return None  # an internal error is not a result: run again
+    sr.carried_from = {k: rec[k] for k in ("snapshot_date", "validated_at", "clean_sha256")}
+    sr.seconds = 0.0
+    return sr
+
+
+def _record_feed_suites(store: ObjectStore, c: Contract, clean_sha256: str, snap: dt.date,
+                        ran: list[SuiteResult]) -> None:
+    if len(ran) != 1 or ran[0].carried_from is not None:
+        return
+    rec = {"feed_id": c.feed_id, "clean_sha256": clean_sha256, "suite_sha256": _suite_sha(c),
+           "snapshot_date": snap.isoformat(), "validated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+           "suites": [ran[0].as_dict()]}
+    store.write_bytes(paths.quality_feed_record(c.prefix), json.dumps(rec, ensure_ascii=False, indent=1).encode())
+
+
 def _feed_targets(c: Contract, tables: Mapping[str, pa.Table]) -> list[Target]:
     return [feed_target(c, tables[c.feed_id])]
 
@@ -238,7 +274,7 @@ def _feed_targets(c: Contract, tables: Mapping[str, pa.Table]) -> list[Target]:
 def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_date: dt.date | str, *,
              outputs: Mapping[str, pa.Table] | None = None, policy: Policy | None = None,
              county: str | None = None, feeds: Iterable[str] | None = None,
-             health: Mapping[str, dict] | None = None) -> QualityReport:
+             health: Mapping[str, dict] | None = None, reuse: bool = False) -> QualityReport:
     """Run every suite for a snapshot: feeds, cross-feed checks and (if given) the outputs.
 
     `store_or_tables`: an `ObjectStore` (each feed's `clean/` table is read; a missing one is
@@ -248,6 +284,13 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
     `policy` (or `county`, 6 digits) fixes the county the output region codes must belong to.
     `health`: feed id → {"ok", "accepted", "problems"} (the feeds' recorded health, see
     `safetynet.intake.health`); an unhealthy feed the operator did not accept fails critically.
+
+    `reuse` (a store only): a feed suite runs only for the feeds that changed. Each feed suite's
+    result is recorded with the sha256 of the clean file it ran on and of the suite itself
+    (`_catalog/quality/feeds/<dept>/<feed>.json`); a feed whose clean file and suite are both
+    byte-identical to a recorded run gets that result again (`carried_from` names the run) — a feed
+    suite reads nothing but its own table, so the result could not differ. The health, cross-feed
+    and output suites always run.
     """
     t_start = time.perf_counter()
     snap = dt.date.fromisoformat(snapshot_date) if isinstance(snapshot_date, str) else snapshot_date
@@ -255,11 +298,14 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
     wanted = list(feeds) if feeds is not None else list(contracts())
     tables: dict[str, pa.Table] = {}
     missing: list[str] = []
+    clean_sha: dict[str, str] = {}
     if isinstance(store_or_tables, ObjectStore):
         for fid in wanted:
             c = contracts()[fid]
             if store_or_tables.exists(clean_path(c)):
-                t = store_or_tables.read_parquet(clean_path(c)).select(list(c.names))  # no lineage columns
+                data = store_or_tables.read_bytes(clean_path(c))
+                clean_sha[fid] = hashlib.sha256(data).hexdigest()
+                t = pq.read_table(pa.BufferReader(data)).select(list(c.names))  # no lineage columns
                 tables[fid] = t.cast(pa.schema([c.arrow_schema().field(n) for n in c.names]))
             else:
                 tables[fid] = pa.schema([c.arrow_schema().field(n) for n in c.names]).empty_table()
@@ -299,10 +345,18 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
                      extra={"event": "quality_suite", "suite": sr.name, "success": sr.success,
                             "critical_ok": sr.critical_ok})
 
+    store = store_or_tables if isinstance(store_or_tables, ObjectStore) else None
     for fid in wanted:
         if fid in tables:
             c = contracts()[fid]
+            before = len(suites)
+            prior = _recorded_feed_suite(store, c, clean_sha.get(fid)) if reuse and store is not None else None
+            if prior is not None:
+                suites.append(prior)
+                continue
             run(partial(_feed_targets, c, tables), f"feed.{fid}", "feed", fid)
+            if store is not None and fid in clean_sha:
+                _record_feed_suites(store, c, clean_sha[fid], snap, suites[before:])
     if health:
         run(lambda: [health_target(health)], "health", "health", "feeds")
     run(lambda: cross_targets(tables), "cross", "cross", "cross")

@@ -57,15 +57,26 @@ class SuiteResult:
     statistics: dict
     seconds: float
     failures: list[Failure] = field(default_factory=list)
+    #: a feed suite not run again: its clean table is byte-identical to the one it passed on then
+    #: (`{"snapshot_date", "validated_at", "clean_sha256"}` of that run); None: run now
+    carried_from: dict | None = None
 
     @property
     def critical_ok(self) -> bool:
         return not any(f.critical for f in self.failures)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "subject": self.subject, "rows": self.rows,
-                "success": self.success, "critical_ok": self.critical_ok, "statistics": self.statistics,
-                "seconds": round(self.seconds, 3), "failures": [f.as_dict() for f in self.failures]}
+        d = {"name": self.name, "kind": self.kind, "subject": self.subject, "rows": self.rows,
+             "success": self.success, "critical_ok": self.critical_ok, "statistics": self.statistics,
+             "seconds": round(self.seconds, 3), "failures": [f.as_dict() for f in self.failures]}
+        if self.carried_from is not None:
+            d["carried_from"] = self.carried_from
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SuiteResult:
+        return cls(d["name"], d["kind"], d["subject"], d["rows"], d["success"], d["statistics"], d["seconds"],
+                   [Failure(**f) for f in d["failures"]], d.get("carried_from"))
 
 
 @dataclass
@@ -133,6 +144,9 @@ class QualityReport:
                  f"{self.seconds:.1f} s"]
         if self.missing:
             lines.append(f"缺少数据 missing clean tables: {', '.join(self.missing)}")
+        carried = [s.subject for s in self.suites if s.carried_from is not None]
+        if carried:
+            lines.append(f"未变数据沿用校验结果 unchanged feeds, results carried over ({len(carried)}): {', '.join(carried)}")
         fails = sorted(self.failures, key=lambda f: (not f.critical, f.suite, f.field or ""))
         for f in fails[:max_lines]:
             tag = "✗ 严重 critical" if f.critical else "! 警告 warning "

@@ -633,7 +633,7 @@ def policy_for_data(store, snapshot_date: dt.date, given=None, required: bool = 
     return pol
 
 
-def run_build(settings, store, snapshot_date: dt.date, pol, accept_unhealthy=()):
+def run_build(settings, store, snapshot_date: dt.date, pol, accept_unhealthy=(), full_gate: bool = False):
     """Build, warnings, quality gate and publish from clean/ (shared by `run` and `demo`), with a
     spinner on a terminal. A gate that blocks prints its report here, once; `main` adds one line."""
     from safetynet import pipeline
@@ -641,7 +641,7 @@ def run_build(settings, store, snapshot_date: dt.date, pol, accept_unhealthy=())
     try:
         with progress_bar(settings.progress, None, "快照 snapshot") as adv:
             return pipeline.build_snapshot(settings, store, snapshot_date, pol, accept_unhealthy=accept_unhealthy,
-                                           step=lambda what: adv(1, what))
+                                           step=lambda what: adv(1, what), full_gate=full_gate)
     except pipeline.QualityGateFailed as e:
         con = _console()
         if e.report is not None and hasattr(e.report, "summary"):  # (as the gate's own message has it)
@@ -700,7 +700,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise _Unhealthy(f"not published: unhealthy feed(s) {', '.join(refused)} (see above); fix them, or "
                          "publish on their previous state with --accept-unhealthy FEED")
     pol = policy_for_data(store, args.snapshot_date, given)  # before the build: never 30 s to learn it is the wrong one
-    res = run_build(s, store, args.snapshot_date, pol, accept)
+    res = run_build(s, store, args.snapshot_date, pol, accept, full_gate=args.full_gate)
     if res.accepted_unhealthy:
         _say(con, (f"published on the previous clean state of unhealthy feed(s) {', '.join(res.accepted_unhealthy)} "
                    "(--accept-unhealthy)", "yellow"), ": recorded in the manifest, and warnings of rules reading "
@@ -1072,6 +1072,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--accept-unhealthy", action="append", metavar="FEED", type=_feed_id,
                     help="publish although this feed is unhealthy, on its previous clean state (recorded in the "
                          "manifest; its rules' warnings list it in stale_inputs); repeatable")
+    sp.add_argument("--full-gate", action="store_true",
+                    help="run every feed's quality suite, also those whose clean data did not change since their "
+                    "recorded result (default: only the changed feeds')")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("snapshots", help="published snapshots and their versions: list them, prune old versions")

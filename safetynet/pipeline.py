@@ -112,7 +112,7 @@ def feed_health_for_gate(store: ObjectStore, accept_unhealthy: list[str] | tuple
 def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.date, pol: policy.Policy,
                    quality: bool = True, publish_kafka: bool = True,
                    accept_unhealthy: list[str] | tuple[str, ...] = (),
-                   step: Callable[[str], None] | None = None) -> RunResult:
+                   step: Callable[[str], None] | None = None, full_gate: bool = False) -> RunResult:
     """From `clean/`: monitoring build, warnings, quality gate (GX, Data Docs), publish (+ Kafka).
 
     The gate runs on the feeds' health, the clean feeds and the outputs before anything is
@@ -120,7 +120,9 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
     unpublished (its Data Docs are still written, so the report can be read). An unhealthy feed
     fails the gate unless listed in `accept_unhealthy`: then its previous clean state is used,
     the manifest records the acceptance, and warnings of rules reading it list it in
-    `stale_inputs`. `step(name)` is called as each step starts (a progress display).
+    `stale_inputs`. `step(name)` is called as each step starts (a progress display). The gate runs
+    a feed's suite only when the feed's clean file changed since its recorded result
+    (`quality.gate.validate(reuse=True)`), unless `full_gate`.
     """
     step = step or (lambda name: None)
     res = RunResult(snapshot_date, pol.version)
@@ -145,7 +147,7 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
             from quality import datadocs, gate
 
             step("quality gate")
-            res.quality = gate.validate(store, snapshot_date, policy=pol, health=health, outputs={
+            res.quality = gate.validate(store, snapshot_date, policy=pol, health=health, reuse=not full_gate, outputs={
                 "monitoring.person": b.person, "monitoring.household": b.household, "warnings": w})
             step("Data Docs")
             res.docs = datadocs.build_docs(res.quality, store)

@@ -347,3 +347,37 @@ def test_summary_is_one_screen(tables):
     [m] = _failures(r, "cross.money")
     assert m.unexpected_count == 30 and len(m.examples) == 20
     assert pc.sum(pc.less(claim["out_of_pocket"], 0)).as_py() in (None, 0)
+
+
+def test_unchanged_feeds_carry_their_recorded_suite_results(tables, local_store):
+    """`reuse`: a feed suite runs only when its clean file (or the suite) changed; the report is the
+    same as a full gate's but for timings and the `carried_from` marks."""
+    feeds = [PERSON, CLAIM, "public_security.vehicle"]
+    for fid in feeds:
+        local_store.write_parquet(clean_path(get(fid)), tables[fid])
+
+    def comparable(r: QualityReport) -> list[dict]:
+        return [{k: v for k, v in s.as_dict().items() if k not in ("seconds", "carried_from")} for s in r.suites]
+
+    full = gate.validate(local_store, SNAP, feeds=feeds)
+    assert all(s.carried_from is None for s in full.suites)
+    first = gate.validate(local_store, SNAP, feeds=feeds, reuse=True)  # the records full wrote are reused
+    again = gate.validate(local_store, SNAP, feeds=feeds, reuse=True)
+    for r in (first, again):
+        carried = {s.subject for s in r.suites if s.carried_from is not None}
+        assert carried == set(feeds)  # every feed suite; cross-feed links always run
+        assert comparable(r) == comparable(full) and r.as_dict()["counts"] == full.as_dict()["counts"]
+    assert "unchanged feeds, results carried over (3)" in again.summary()
+    # one claim changes: only the claim suite runs again (and sees the planted change)
+    changed = _set(tables[CLAIM], "out_of_pocket", 0, Decimal("-5.00"))
+    local_store.write_parquet(clean_path(get(CLAIM)), changed)
+    third = gate.validate(local_store, SNAP, feeds=feeds, reuse=True)
+    assert {s.subject for s in third.suites if s.carried_from is not None} == {PERSON, "public_security.vehicle"}
+    fresh = gate.validate(local_store, SNAP, feeds=feeds)
+    assert comparable(third) == comparable(fresh)
+    # a changed suite (another contract or gate version) runs again although the data did not change
+    rec_path = f"_catalog/quality/feeds/{get(PERSON).prefix}.json"
+    rec = json.loads(local_store.read_bytes(rec_path))
+    local_store.write_bytes(rec_path, json.dumps({**rec, "suite_sha256": "0" * 64}).encode())
+    fourth = gate.validate(local_store, SNAP, feeds=feeds, reuse=True)
+    assert fourth.suite(f"feed.{PERSON}").carried_from is None

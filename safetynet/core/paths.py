@@ -219,6 +219,13 @@ def clean_manifests(department: str) -> str:
     return f"{CLEAN_MANIFESTS}{department}/"
 
 
+def quality_feed_record(prefix: str) -> str:
+    """The last result of a feed's quality suite, with the sha256 of the clean file and of the suite it
+    ran on: `_catalog/quality/feeds/<dept>/<feed>.json`. Written by `quality.gate`, which reuses it
+    while both are unchanged."""
+    return f"{CATALOG}quality/feeds/{prefix}.json"
+
+
 def health(prefix: str) -> str:
     """A feed's latest health: `_catalog/health/<dept>/<feed>.json`."""
     return f"{HEALTH}{prefix}.json"
