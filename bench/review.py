@@ -789,19 +789,25 @@ def concurrent_run(backend: str, url: str, args) -> dict:
     return {"rows": rec.rows, "errors": rec.errors, "elapsed": elapsed, "warnings": info["warnings"]}
 
 
+# OWASP Password Storage Cheat Sheet: argon2id minimums, all equivalent — (memory KiB, passes), parallelism 1
+OWASP_ARGON2ID = ((47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5))
+
+
 def argon2_cost() -> str:
     from safetynet.review import auth
 
     p = getattr(auth, "_hasher", None) or auth.HASHER
-    return f"argon2id m={p.memory_cost // 1024} MiB, t={p.time_cost}, p={p.parallelism}"
+    return f"argon2{p.type.name.lower()} m={p.memory_cost} KiB, t={p.time_cost}, p={p.parallelism}"
 
 
 def owasp_ok() -> bool:
-    """At or above OWASP's minimum for argon2id: m=19 MiB with t=2, p=1 (or more memory and time)."""
+    """At or above OWASP's minimum for argon2id: at least the memory and the passes of one of its equivalent
+    settings (m=47104 KiB t=1, 19456/2, 12288/3, 9216/4, 7168/5), p ≥ 1."""
     from safetynet.review import auth
 
     p = getattr(auth, "_hasher", None) or auth.HASHER
-    return p.memory_cost >= 19 * 1024 and p.time_cost >= 2 and p.parallelism >= 1
+    return p.type.name == "ID" and p.parallelism >= 1 and any(
+        p.memory_cost >= m_ and p.time_cost >= t_ for m_, t_ in OWASP_ARGON2ID)
 
 
 def machine() -> str:

@@ -453,18 +453,29 @@ def _assert_page_cut_on_the_index(engine, user: User) -> None:
 
 
 # ---- login ------------------------------------------------------------------------------------------------
+# OWASP Password Storage Cheat Sheet: argon2id minimums, all equivalent — (memory KiB, passes), parallelism 1
+OWASP_ARGON2ID = ((47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5))
+
+
 def test_argon2_cost_at_or_above_owasp_minimum(review_db):
     h = auth._hasher
-    assert (h.type.name, h.memory_cost >= 19 * 1024, h.time_cost >= 2, h.parallelism >= 1) == ("ID", True, True, True)
+    assert (h.type.name, h.parallelism >= 1) == ("ID", True)
+    assert any(h.memory_cost >= m_ and h.time_cost >= t_ for m_, t_ in OWASP_ARGON2ID), (h.memory_cost, h.time_cost)
+    assert (h.memory_cost, h.time_cost, h.parallelism) == (
+        auth.ARGON2_MEMORY_KIB, auth.ARGON2_TIME_COST, auth.ARGON2_PARALLELISM)  # the parameters in one place
+    assert auth.hash_password(PASSWORD).startswith(
+        f"$argon2id$v=19$m={auth.ARGON2_MEMORY_KIB},t={auth.ARGON2_TIME_COST},p={auth.ARGON2_PARALLELISM}$")
     eng = review_db.engine
-    auth.add_user(eng, "old_hash", PASSWORD, "street_worker", STREET_A, "旧哈希")
-    stronger = PasswordHasher().hash(PASSWORD)  # the library's default cost, as stored before
-    with eng.begin() as c:
-        c.execute(update(m.users).where(m.users.c.username == "old_hash").values(password_hash=stronger))
-    assert auth.authenticate(eng, "old_hash", PASSWORD, "10.9.0.1") is not None
-    with eng.connect() as c:
-        stored = c.scalar(select(m.users.c.password_hash).where(m.users.c.username == "old_hash"))
-    assert stored != stronger and not h.check_needs_rehash(stored) and h.verify(stored, PASSWORD)
+    # as stored before: the library's default cost, and the previous setting (OWASP's m=19456 KiB, t=2)
+    for name, before in (("old_hash", PasswordHasher()), ("old_cost", PasswordHasher(time_cost=2, memory_cost=19456))):
+        auth.add_user(eng, name, PASSWORD, "street_worker", STREET_A, "旧哈希")
+        old = before.hash(PASSWORD)
+        with eng.begin() as c:
+            c.execute(update(m.users).where(m.users.c.username == name).values(password_hash=old))
+        assert auth.authenticate(eng, name, PASSWORD, "10.9.0.1") is not None
+        with eng.connect() as c:
+            stored = c.scalar(select(m.users.c.password_hash).where(m.users.c.username == name))
+        assert stored != old and not h.check_needs_rehash(stored) and h.verify(stored, PASSWORD)
 
 
 def test_login_refused_when_failures_pile_up_while_it_hashes(review_db):
