@@ -75,12 +75,14 @@ MACROS = [
     "['%Y-%m-%d', '%Y/%m/%d', '%Y%m%d', '%Y年%m月%d日', '%Y.%m.%d', '%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%S']) AS DATE))",
     "CREATE OR REPLACE MACRO sn_date_ok(d) AS d IS NOT NULL AND year(d) BETWEEN 1900 AND 2100",
     # an ISO instant with its offset (every event envelope) takes the fast cast
-    "CREATE OR REPLACE MACRO sn_datetime(x) AS coalesce("
+    # to the millisecond: the contracts' (and Parquet's) unit; a source's microseconds would make the
+    # clean cast fail for ever (the raw record is durable and its offset committed)
+    "CREATE OR REPLACE MACRO sn_datetime(x) AS date_trunc('millisecond', coalesce("
     "CASE WHEN length(x) = 25 AND substr(x, 11, 1) = 'T' AND substr(x, 20, 1) IN ('+', '-') "
     "THEN TRY_CAST(x AS TIMESTAMPTZ) END, "
     "timezone('Asia/Shanghai', try_strptime(sn_fw(x), ['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%S', '%Y/%m/%d %H:%M:%S', "
     "'%Y-%m-%d %H:%M', '%Y-%m-%d'])), "
-    "try_strptime(sn_fw(x), ['%Y-%m-%dT%H:%M:%S%z', '%Y-%m-%d %H:%M:%S%z', '%Y-%m-%dT%H:%M:%S.%f%z']))",
+    "try_strptime(sn_fw(x), ['%Y-%m-%dT%H:%M:%S%z', '%Y-%m-%d %H:%M:%S%z', '%Y-%m-%dT%H:%M:%S.%f%z'])))",
     # trim only values with white space at an edge (most have none; trim with a set is slow)
     f"CREATE OR REPLACE MACRO sn_trim(x) AS CASE WHEN contains('{_WS}', left(x, 1)) "
     f"OR contains('{_WS}', right(x, 1)) THEN trim(x, '{_WS}') ELSE x END",

@@ -196,3 +196,13 @@ def test_spaces_inside_an_id_number_are_removed_by_both(con):
     with pytest.raises(idno.IdError) as e:
         idno.normalise("00000000000000000 0")
     assert rule == e.value.rule == "id_no_birth_date"
+
+
+def test_datetimes_keep_milliseconds_at_most(con):
+    """A source's microseconds are cut to the contracts' unit (ms): the clean cast could never succeed."""
+    import pyarrow as pa
+
+    got = con.sql("SELECT sn_datetime(x) AS v FROM (VALUES ('2026-10-05T17:02:16.225429+08:00'), "
+                  "('2026-10-05T17:02:16+08:00')) t(x)").to_arrow_table()["v"]
+    ms = got.cast(pa.timestamp("ms", tz="UTC"))  # safe: it would raise on lost microseconds
+    assert [v.microsecond for v in ms.to_pylist()] == [225000, 0]
