@@ -172,9 +172,9 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
         res.persons, res.households, res.warnings = b.person.num_rows, b.household.num_rows, w
         if publish_kafka and settings.kafka_bootstrap:
             step("warnings to Kafka")
-            res.kafka_published = produce_warnings(settings, snapshot.pseudonymise_warnings(w, ps))
-            if res.manifest.get("status") == "published":
+            if res.manifest.get("status") == "published":  # first: one small message the review app waits for
                 produce_snapshot_notice(settings, res.manifest)
+            res.kafka_published = produce_warnings(settings, snapshot.pseudonymise_warnings(w, ps))
     finally:
         con.close()
     return res
