@@ -159,17 +159,21 @@ def map_values_sql(c: Contract, source: str, mapping: Mapping | None) -> str:
     return f"SELECT * REPLACE ({', '.join(repl)}) FROM {source}"
 
 
-def decode_json_values(con: duckdb.DuckDBPyConnection, c: Contract, values: list[bytes], meta: pa.Table,
-                       *, envelope: bool | None, mapping: Mapping | None = None) -> pa.Table:
-    """Decode JSON values (bytes) with per-record metadata columns (same length) into text records."""
+def json_text(values: list[bytes]) -> pa.Array:
+    """Message values (bytes) as the text column `json_records_sql` reads (`_value`)."""
     arr = pa.array(values, pa.binary())
     try:
-        text = arr.cast(pa.string())
+        return arr.cast(pa.string())
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         # Not UTF-8 somewhere: decode one by one; an undecodable value keeps its text (replaced
         # characters) and fails JSON validation only if it is not JSON.
-        text = pa.array([None if v is None else v.decode("utf-8", "replace") for v in values], pa.string())
-    src = meta.append_column("_value", text)
+        return pa.array([None if v is None else v.decode("utf-8", "replace") for v in values], pa.string())
+
+
+def decode_json_values(con: duckdb.DuckDBPyConnection, c: Contract, values: list[bytes], meta: pa.Table,
+                       *, envelope: bool | None, mapping: Mapping | None = None) -> pa.Table:
+    """Decode JSON values (bytes) with per-record metadata columns (same length) into text records."""
+    src = meta.append_column("_value", json_text(values))
     con.register("__msg", src)
     try:
         return con.sql(json_records_sql(c, "__msg", envelope=envelope, mapping=mapping)).to_arrow_table()

@@ -131,6 +131,17 @@ class KafkaTopicSource:
     def batches(self, on_fetched: Callable[[int], None] | None = None) -> Iterator[KafkaBatch]:
         """Yield batches until every partition reaches the high watermark seen at its first fetch.
 
+        While records flow, one partition is read at a time (the others are paused) until it
+        completes a batch; then the next one. Batches thus complete one after another, evenly
+        spaced, and each can be written while the next is fetched — read round-robin, every
+        partition would complete its batch at about the same moment, leaving the writer idle
+        first and then several batches behind at the end. Batch boundaries do not depend on the
+        order (each partition's batches start where its previous one ended). A poll that brings
+        nothing resumes every unfinished partition, as does reading a topic's first records.
+        The focus moves only after a poll that returned fewer records than asked for, i.e. when
+        the consumer holds no fetched records it has not returned: kafka-python (3.0) can strand
+        the rest of a partly returned fetch of a partition paused in between.
+
         `on_fetched(n)` is told the running count of records fetched after every poll (a caller
         may prepare for a big backlog early).
         """
@@ -144,6 +155,8 @@ class KafkaTopicSource:
         target: dict[TopicPartition, int] = {}
         pending: dict[TopicPartition, KafkaBatch] = {}
         done: set[TopicPartition] = set()
+        focus: TopicPartition | None = None  # the one partition being read while the others are paused
+        move = False  # the focus completed a batch (or finished): move it once the consumer is drained
         idle = fetched = 0
         while len(done) < len(self.partitions):
             records = c.poll(timeout_ms=self.settings.poll_timeout_ms, max_records=self.batch_max)
@@ -170,6 +183,7 @@ class KafkaTopicSource:
                         chunk = [m for m in msgs[i:] if m.offset <= end]
                         if not chunk:  # the range ended in a gap (e.g. transaction markers)
                             replay_end.pop(tp)
+                            move |= tp == focus
                             if pending[tp].values:
                                 yield pending.pop(tp)
                             else:
@@ -183,6 +197,7 @@ class KafkaTopicSource:
                     i += len(chunk)
                     if (end is not None and b.last >= end) or (end is None and len(b.values) >= self.batch_max):
                         replay_end.pop(tp, None)
+                        move |= tp == focus
                         yield pending.pop(tp)
                 if tp in target and c.position(tp) >= target[tp]:
                     if tp in pending:
@@ -193,6 +208,15 @@ class KafkaTopicSource:
             fetched += got
             if on_fetched and got:
                 on_fetched(fetched)
+            left = [tp for tp in self.partitions if tp not in done]
+            if not got or not left:
+                if focus is not None and left:  # nothing came: read every unfinished partition again
+                    c.resume(*left)
+                focus, move = None, False
+            elif sum(map(len, records.values())) < self.batch_max and (focus is None or focus in done or move):
+                focus, move = self._next_focus(left, focus, pending), False
+                c.pause(*[tp for tp in left if tp != focus])
+                c.resume(focus)
             if idle >= self.idle_polls and len(done) < len(self.partitions):
                 # no high watermark and no data after several polls: nothing to read there now
                 missing = [tp.partition for tp in self.partitions if tp not in done]
@@ -202,6 +226,15 @@ class KafkaTopicSource:
                     if tp in pending:
                         yield pending.pop(tp)
                 break
+
+    def _next_focus(self, left: list[TopicPartition], current: TopicPartition | None,
+                    pending: dict[TopicPartition, KafkaBatch]) -> TopicPartition:
+        """The partition to read next: after a completed batch the next unfinished one in turn;
+        otherwise the one nearest to completing a batch (most records pending)."""
+        if current is not None:
+            after = [tp for tp in left if tp.partition > current.partition]
+            return (after or left)[0]
+        return max(left, key=lambda tp: len(pending[tp].values) if tp in pending else -1)
 
     def commit(self, b: KafkaBatch) -> None:
         """Commit the batch's offsets (call only after its files are durable)."""

@@ -45,8 +45,9 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(50_000, gt=0, description="Max records in one Parquet batch file")
     poll_timeout_ms: int = Field(1_000, gt=0)
     writer_process_min_records: int = Field(
-        10_000, ge=0, description="Kafka batches of at least this many records are validated and written by a "
-        "separate writer process while the next batch is fetched (0: always; a large number: never)")
+        10_000, ge=0, description="Kafka batches of at least this many records are validated and written by "
+        "two writer threads while the next batch is fetched (0: always; a large number: never; the name is kept "
+        "from when the writer was a process)")
 
     kafka_retry_s: float = Field(120.0, ge=0, description="How long an ingest retries a lost broker connection "
                                  "(exponential backoff) before it fails")

@@ -11,24 +11,20 @@ Only then is the Kafka offset committed or the drop recorded as done. Per feed a
 
 from __future__ import annotations
 
-import atexit
-import contextlib
+import contextvars
 import datetime as dt
 import hashlib
 import json
 import logging
-import multiprocessing as mp
-import os
-import signal
 import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import duckdb
 import pyarrow as pa
@@ -39,8 +35,8 @@ from connectors.base import load_mappings
 from connectors.drop_folder import Drop, DropFolderSource
 from connectors.formats import (
     FileFormatError,
-    decode_json_values,
     json_records_sql,
+    json_text,
     map_values_sql,
     read_rows,
     rows_to_records,
@@ -245,10 +241,12 @@ def validate_and_write(store: ZoneWriter, con: duckdb.DuckDBPyConnection, c: Con
     """
     lineage = {**lineage, "_mapping": mapping.checksum if mapping else None}
     mapped = f"({map_values_sql(c, sql_source, mapping)})"
-    t = con.sql(normalise.validate_sql(c, mapped, pre_rule="_pre", typed=False, record_date=True)).to_arrow_table()
+    checked = normalise.validate_sql(c, mapped, pre_rule="_pre", typed=False, record_date=True)
+    # the record as received is kept for quarantine only: accepted rows do not carry it out of DuckDB
+    t = con.sql(f"SELECT * REPLACE (CASE WHEN _rule IS NOT NULL THEN _raw END AS _raw) FROM ({checked})").to_arrow_table()
     n = t.num_rows
     ok = pc.is_null(t["_rule"])
-    acc = t.filter(ok)
+    acc = t.drop_columns(["_raw"]).filter(ok)  # `raw/` keeps the fields, not the record as received
     rej = t.filter(pc.invert(ok))
     at = ingested_at or _now()
     at = at.replace(microsecond=at.microsecond // 1000 * 1000)  # the column holds milliseconds
@@ -263,14 +261,14 @@ def validate_and_write(store: ZoneWriter, con: duckdb.DuckDBPyConnection, c: Con
             if not fld.name.startswith("_"):
                 continue
             if fld.name == "_ingested_at":
-                cols[fld.name] = pa.array([at_ms.as_py()] * m, fld.type)
+                cols[fld.name] = pa.repeat(at_ms, m)
             elif fld.name in tab.column_names:
                 cols[fld.name] = tab[fld.name].cast(fld.type)
-            else:
-                cols[fld.name] = pa.array([lineage.get(fld.name)] * m, fld.type)
+            else:  # a constant: repeated natively, not built from a Python list of m values
+                cols[fld.name] = pa.repeat(pa.scalar(lineage.get(fld.name), fld.type), m)
         return cols
 
-    lease.check_held([c.feed_id])  # a holder frozen past its lease writes nothing (no-op in the writer process)
+    lease.check_held([c.feed_id])  # a holder frozen past its lease writes nothing (also in the writer thread)
     if acc.num_rows:
         raw = pa.table({**{f: acc[f].cast(pa.string()) for f in c.names}, **lineage_cols(acc)},
                        schema=c.raw_schema())
@@ -300,38 +298,55 @@ def validate_and_write(store: ZoneWriter, con: duckdb.DuckDBPyConnection, c: Con
 class BatchWriter:
     """Writes Kafka batches, overlapping with fetching.
 
-    DuckDB re-takes the GIL while it runs, so a writer *thread* would fight the fetching thread
-    (kafka-python decodes in Python); big batches therefore go to one writer *process*
-    (spawned on first need, reused for every feed of the run), small ones are written inline.
-    Either way the same function writes the same bytes.
+    Batches of at least `settings.writer_process_min_records` go to writer threads (started on
+    first need, reused for every feed of the run, each with its own DuckDB connection), so a
+    batch is decoded, validated and written while the consumer's thread fetches the next;
+    smaller ones are written inline. DuckDB and Arrow run natively and release the GIL, and a
+    writer's Python between them is short, so the threads share the cores. Each writer's DuckDB
+    runs on one thread; with `WRITERS` threads two batches are written at once when the fetch
+    is ahead (and at the end of a topic). Either way the same function writes the same bytes.
+    The consumer is never touched by a writer thread. (This replaced a writer process, whose
+    start — imports — and per-batch pickling cost more CPU than the overlap saved on small runs.)
+
+    While the writers exist, the interpreter's switch interval is `SWITCH_S` instead of 5 ms: a
+    writer re-takes the GIL after each native call (DuckDB, Arrow, Parquet's writes to its
+    buffer) and, with the consumer's thread running Python all the time, waits a whole switch
+    interval for it each time — some hundred waits per batch, which tripled a batch's time.
     """
+
+    WRITERS = 2
+    SWITCH_S = 0.0005
 
     def __init__(self, settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyConnection):
         self.settings, self.store, self.con = settings, store, con
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()  # each writer thread's DuckDB connection
+        self._cons: list[duckdb.DuckDBPyConnection] = []
+        self._lock = threading.Lock()
+        self._switch: float | None = None  # the interpreter's switch interval before the writers
 
-    def _in_process(self, fn, *args) -> Future:
-        if self._pool is not None:
-            return self._pool.submit(fn, *args)
-        self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
-                                         initializer=_writer_init, initargs=(self.settings,))
-        with _spawn_without_host_main():  # the pool starts its process on the first submit
-            return self._pool.submit(fn, *args)
+    def _connect(self) -> None:
+        self._local.con = con = normalise.connect(threads=1)
+        with self._lock:
+            self._cons.append(con)
 
-    def fetched(self, n: int) -> None:
-        """A topic's backlog reached n records: start the writer process early (its imports take
-        a second or two, better spent while the first batch is still being fetched)."""
-        if self._pool is None and n >= self.settings.writer_process_min_records:
-            self._in_process(int)  # a no-op that makes the pool spawn its process now
+    def _write(self, c: Contract, b: KafkaBatch, mapping: Mapping | None) -> BatchResult:
+        return write_kafka_batch(self.store, self._local.con, c, b, mapping)
 
     def submit(self, c: Contract, b: KafkaBatch, mapping: Mapping | None = None) -> Future:
         if len(b.values) >= self.settings.writer_process_min_records:
-            return self._in_process(_writer_write, c.feed_id, b, mapping)
-        # inline: run now, in this thread's order (a thread here would only contend for the GIL)
+            if self._pool is None:
+                self._switch = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._switch, self.SWITCH_S))
+                self._pool = ThreadPoolExecutor(self.WRITERS, thread_name_prefix="kafka-writer",
+                                                initializer=self._connect)
+            # in this thread's context: the writer sees the run's leases (`lease.check_held`)
+            return self._pool.submit(contextvars.copy_context().run, self._write, c, b, mapping)
+        # inline: run now, in this thread's order
         fut: Future = Future()
         try:
             fut.set_result(write_kafka_batch(self.store, self.con, c, b, mapping))
-        except BaseException as e:  # handed to the caller through the future, like the process path
+        except BaseException as e:  # handed to the caller through the future, like a writer thread's
             fut.set_exception(e)
         return fut
 
@@ -339,72 +354,13 @@ class BatchWriter:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-
-
-@contextlib.contextmanager
-def _spawn_without_host_main() -> Iterator[None]:
-    """Start spawn-method processes without re-running the host program's `__main__` in them.
-
-    `spawn` imports the parent's main script in the child before unpickling anything. The writer
-    needs only this package (its functions pickle by module name), and the host program may be
-    one whose import fails there: in an Airflow task the main script is the `airflow` CLI, whose
-    import configures Airflow's ORM from settings the task process is deliberately not given.
-    """
-    main = sys.modules.get("__main__")
-    saved: dict[str, Any] = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
-    if main is not None:
-        main.__dict__.pop("__file__", None)
-        main.__spec__ = None
-    try:
-        yield
-    finally:
-        if main is not None:
-            main.__dict__.update(saved)
-
-
-_worker: dict = {}
-
-
-def _writer_init(settings: Settings) -> None:
-    _exit_with_parent()
-    _worker["store"] = ObjectStore.from_settings(settings)
-    _worker["con"] = con = normalise.connect()
-
-    def bye() -> None:  # skip interpreter teardown, where DuckDB's bindings print leak warnings
-        con.close()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-    atexit.register(bye)
-
-
-def _exit_with_parent() -> None:
-    """End this writer process when its parent dies (e.g. SIGKILL): nothing else would stop it.
-
-    Its unfinished write is harmless: files are written atomically and the batch is not
-    committed, so the next run rewrites it under the same name.
-    """
-    parent = os.getppid()
-    try:  # Linux: the kernel delivers SIGKILL when the parent goes
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # died before prctl took effect
-        os._exit(70)
-
-    def watch() -> None:  # elsewhere (and as a backstop): poll
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(70)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _writer_write(feed_id: str, b: KafkaBatch, mapping: Mapping | None) -> BatchResult:
-    return write_kafka_batch(_worker["store"], _worker["con"], contracts()[feed_id], b, mapping)
+        if self._switch is not None:
+            sys.setswitchinterval(self._switch)
+            self._switch = None
+        with self._lock:
+            for con in self._cons:
+                con.close()
+            self._cons.clear()
 
 
 def ingest_topic(settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract,
@@ -413,10 +369,14 @@ def ingest_topic(settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyCon
     """Read the feed's topic up to the watermark; write, then commit, batch by batch.
 
     Fetching and writing overlap: while the writer validates and writes a batch, this thread
-    fetches the next ones. Per partition the durable steps stay strictly sequential: a
-    partition's next intent is recorded only after its previous batch is written and committed,
-    so a crash leaves at most one uncommitted batch per partition, exactly as without the
-    overlap (see `connectors.kafka_topic`). The consumer is only ever used by this thread.
+    fetches the next one (the source completes one partition's batch at a time, see
+    `KafkaTopicSource.batches`). At most `MAX_IN_FLIGHT` batches are handed to the writer and
+    not yet committed: the fetch waits for the oldest when the writer falls behind, so memory
+    stays bounded. Per partition the durable steps stay strictly sequential: a partition's next
+    intent is recorded only after its previous batch is written and committed, so a crash
+    leaves at most one uncommitted batch per partition, exactly as without the overlap (see
+    `connectors.kafka_topic`). The consumer is only ever used by this thread: intents and
+    commits happen here, the writer thread only writes files.
     """
     own = writer is None
     writer = writer or BatchWriter(settings, store, con)
@@ -463,9 +423,13 @@ def _retrying(settings: Settings, what: str, fn: Callable[[], None]) -> None:
             delay = min(delay * 2, 15.0)
 
 
+#: batches handed to the writers and not yet committed (one per writer thread): bounds memory
+MAX_IN_FLIGHT = 2
+
+
 def _read_topic(settings: Settings, store: ObjectStore, c: Contract, counts: FeedCounts,
                 progress: Progress | None, writer: BatchWriter, mapping: Mapping | None) -> None:
-    inflight: dict[int, tuple[KafkaBatch, Future]] = {}  # partition → its batch being written
+    inflight: dict[int, tuple[KafkaBatch, Future]] = {}  # partition → its batch being written, oldest first
 
     def finish(partition: int) -> None:
         b, fut = inflight.pop(partition)
@@ -481,13 +445,15 @@ def _read_topic(settings: Settings, store: ObjectStore, c: Contract, counts: Fee
             log.info("kafka: topic %s does not exist (yet); nothing to read", c.topic)
             return
         try:
-            for b in src.batches(on_fetched=writer.fetched):
+            for b in src.batches():
                 # one batch in flight per partition: a partition's next intent is recorded
                 # only after its previous batch is written and committed
                 if b.partition in inflight:
                     finish(b.partition)
                 for p in [p for p, (_, f) in inflight.items() if f.done()]:
                     finish(p)
+                while len(inflight) >= MAX_IN_FLIGHT:  # the writer is behind: wait for the oldest
+                    finish(next(iter(inflight)))
                 lease.check_held([c.feed_id])
                 src.record_intent(b)
                 inflight[b.partition] = (b, writer.submit(c, b, mapping))
@@ -500,18 +466,18 @@ def _read_topic(settings: Settings, store: ObjectStore, c: Contract, counts: Fee
 
 def write_kafka_batch(store: ZoneWriter, con: duckdb.DuckDBPyConnection, c: Contract, b: KafkaBatch,
                       mapping: Mapping | None = None, ingested_at: dt.datetime | None = None) -> BatchResult:
-    meta = pa.table({"_kafka_partition": pa.array([b.partition] * len(b.values), pa.int32()),
-                     "_kafka_offset": pa.array(b.offsets, pa.int64())})
-    decoded = decode_json_values(con, c, b.values, meta, envelope=True, mapping=mapping)
-    con.register("__dec", decoded)
+    msgs = pa.table({"_kafka_partition": pa.array([b.partition] * len(b.values), pa.int32()),
+                     "_kafka_offset": pa.array(b.offsets, pa.int64()), "_value": json_text(b.values)})
+    # decoding and validating in one statement: the decoded records are never materialised
+    con.register("__msg", msgs)
     try:
         return validate_and_write(
-            store, con, c, "__dec", name=b.name, ingest_date=b.ingest_date,
+            store, con, c, f"({json_records_sql(c, '__msg', envelope=True, mapping=mapping)})", name=b.name, ingest_date=b.ingest_date,
             lineage={"_source": "kafka", "_kafka_topic": b.topic},
             where=lambda r: (f"event {r['_event_id']}, " if r.get("_event_id") else "")
             + f"{b.topic}/{r['_kafka_partition']}@{r['_kafka_offset']}", mapping=mapping, ingested_at=ingested_at)
     finally:
-        con.unregister("__dec")
+        con.unregister("__msg")
 
 
 # ---- file drops -------------------------------------------------------------------------------
