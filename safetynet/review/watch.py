@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from safetynet.core import paths
@@ -50,7 +51,8 @@ class SnapshotWatcher:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.loads = 0  # how many times the loader ran (tests, logs)
-        self.woken_by: list[str] = []  # the source of each wake-up that led to a load, newest last
+        #: the sources of the latest wake-ups that led to a load, newest last (bounded: the app runs for months)
+        self.woken_by: deque[str] = deque(maxlen=100)
 
     # ---- the sources --------------------------------------------------------------------------
     def wake(self, source: str) -> None:
