@@ -16,9 +16,9 @@ For each district size (`--persons 20000`, or `--sizes 20000,1000000`), in a fre
    newly fires one rule (chosen from the published snapshot: the household has no warning of that rule yet),
    wrapped with `schemas.envelope.wrap` as the demo's emitter does and produced with
    `connectors.kafka_producer.publish` to the feed's topic. They go one at a time: the next is produced when
-   the previous one's warning is visible (or timed out), and never less than `--gap` seconds (65: more than
-   the wake-up throttle, `orchestration.WAKEUP_MIN_INTERVAL_S`, so every event gets its own wake-up — an
-   event inside the throttle would wait for the ingest DAG's 10-minute cron instead);
+   the previous one's warning is visible (or timed out), and never less than `--gap` seconds (default 0; the
+   wake-up is debounced on both edges, `safetynet.wakeup.MIN_INTERVAL_S`: an event within the interval after a
+   wake-up is woken for at its end, never left to the ingest DAG's 10-minute cron);
 5. each event's latency: from its produce to the moment `/api/v1/warnings?q=<household>&rule=<rule>` of the
    review app's JSON API (polled every 0.5 s) shows a warning of that rule for that household that was not
    there before. `--timeout` (600 s) bounds the wait: a timeout is a miss, reported as such.
@@ -31,7 +31,7 @@ line `latency_p95_s=<p95 of the largest size run>` (a miss counts as the timeout
 printed: households by their register number's last 4 digits, persons not at all.
 
     .venv/bin/python bench/latency.py [--persons 20000 | --sizes 20000,1000000] [--seed 7]
-                                      [--kinds earner_death,…] [--gap 65] [--timeout 600] [--keep]
+                                      [--kinds earner_death,…] [--gap 0] [--timeout 600] [--keep]
                                       [--wakeup-reset earliest|latest]
 
 Every process it starts (broker, review app, Airflow's four) runs in its own process group and is stopped
@@ -65,6 +65,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from safetynet.wakeup import MIN_INTERVAL_S  # noqa: E402
 from tests.airflow_env import AIRFLOW  # noqa: E402 — the tests' isolated AIRFLOW_HOME
 from tests.airflow_env import airflow_env as make_airflow_env  # noqa: E402
 
@@ -493,11 +494,11 @@ def run_size(persons: int, args, work: Path) -> dict:
             return all(r["state"] not in ("queued", "running") for dag in ("ingest", "monitoring") for r in af.runs(dag))
 
         wait_for("the runs unpausing made", idle, args.setup_timeout, 2, procs.check)
-        # the wake-up throttle (per triggerer process): a wake-up by the district's backlog must be over
-        # `--gap` seconds ago, or the first event would wait for the ingest DAG's cron
+        # a wake-up by the district's backlog (none: the watcher's group starts at the topics' ends) is over,
+        # and its debounce interval too: the first event wakes at once, as after any quiet spell
         lw = last_wake(home / "airflow.db")
         if lw is not None:
-            time.sleep(max(0.0, (lw + dt.timedelta(seconds=args.gap) - dt.datetime.now(UTC)).total_seconds()))
+            time.sleep(max(0.0, (lw + dt.timedelta(seconds=MIN_INTERVAL_S) - dt.datetime.now(UTC)).total_seconds()))
         stages["airflow start + first runs"] = time.perf_counter() - t
         log(f"stack ready ({', '.join(f'{k} {v:.0f}s' for k, v in stages.items())}); events next")
 
@@ -568,7 +569,7 @@ def watcher_running(db: Path) -> bool:
             rows = con.execute("SELECT classpath, triggerer_id FROM trigger").fetchall()
     except sqlite3.Error:
         return False
-    return any("AwaitMessageTrigger" in cp and tid is not None for cp, tid in rows)
+    return any(cp.endswith(".KafkaWakeupTrigger") and tid is not None for cp, tid in rows)
 
 
 def last_wake(db: Path) -> dt.datetime | None:
@@ -679,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", help="comma-separated district sizes, e.g. 20000,1000000 (overrides --persons)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"event kinds, in order (default: all {len(KINDS)})")
-    ap.add_argument("--gap", type=float, default=65.0, help="least seconds between two events' produce (default 65)")
+    ap.add_argument("--gap", type=float, default=0.0, help="least seconds between two events' produce (default 0)")
     ap.add_argument("--timeout", type=float, default=600.0, help="per event: a miss after this many seconds")
     ap.add_argument("--wakeup-reset", choices=("earliest", "latest"), default="earliest",
                     help="auto.offset.reset of the Kafka watcher's group (default earliest, as tests/airflow_env.py; "

@@ -104,6 +104,34 @@ class DropFolderSource:
                             "version, which supersedes the old one", self.c.feed_id, name, prev[:12], sha[:12])
             yield Drop(e.path, name, data, sha, prev)
 
+    def unseen(self) -> list[str]:
+        """Names of files that may be waiting, from the listing alone (no file is read but an unsure
+        `.txt` without a ledger): a data file with no ledger, or whose size differs from the last
+        version taken in, or changed after its ledger was written. A cheap look for a wake-up
+        (`safetynet.orchestration.feeds_with_work`); `waiting()` is the exact one the ingest uses.
+        A drop held as unhealthy is not listed (it is offered again when its mapping changes, which
+        the scheduled sweep sees)."""
+        files = [e for e in self.store.list(self.landing) if e.path.lower().endswith(SUFFIXES)]
+        if not files:
+            return []
+        ledgers = {e.path: e for e in self.store.list(paths.drop_ledgers(self.c.prefix), ".json")}
+        out = []
+        for e in files:
+            name = e.path[len(self.landing):]
+            led = ledgers.get(self._ledger_path(name))
+            if led is None:
+                if name.lower().endswith(UNSURE_SUFFIXES) and not is_blank(data := self.store.read_bytes(e.path)) \
+                        and not self._looks_like_data(data, None):
+                    continue  # a note, left in place (as `waiting` does)
+                out.append(name)
+                continue
+            last = (self._ledger(name) or [{}])[-1]
+            if last.get("held"):
+                continue
+            if last.get("size") != e.size or e.mtime_ns > led.mtime_ns:
+                out.append(name)
+        return out
+
     def _looks_like_data(self, data: bytes, headers: dict[str, str] | None) -> bool:
         if headers is None:  # no mapping given: the connector's own
 

@@ -276,3 +276,52 @@ def sample(bootstrap: str, topic: str, n: int, poll_timeout_ms: int = 1000, idle
         return out[:n]
     finally:
         c.close()
+
+
+def backlog(settings: Settings, topics: list[str], polls: int = 5, poll_timeout_ms: int = 500) -> dict[str, bool | None]:
+    """Per topic: whether the connector's group (`settings.kafka_group`) has records left to read —
+    True (records past its committed offsets), False (every partition at its high watermark), None
+    (not known: a partition gave no watermark after `polls` polls; the caller should read it).
+
+    A probe, not a read: nothing is committed, and each partition fetches at most its first record
+    batch past the committed offset (`max_partition_fetch_bytes=1`: a broker returns one batch even
+    when it is larger). The high watermark is taken from the fetch (`highwater`), not from a
+    ListOffsets request (`end_offsets`), which some Kafka-protocol brokers answer wrongly. A record
+    left only as a transaction marker reads as True: the ingest then finds nothing, which is harmless.
+    """
+    c = KafkaConsumer(group_id=settings.kafka_group, **{**consumer_config(settings), "max_partition_fetch_bytes": 1,
+                                                        "fetch_max_bytes": 1})
+    try:
+        c.topics()  # metadata for every topic at once
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(c.partitions_for_topic(t) or ())]
+        out: dict[str, bool | None] = dict.fromkeys(topics, False)
+        if not tps:
+            return out
+        c.assign(tps)
+        start = {}
+        for tp in tps:
+            committed = c.committed(tp)
+            if committed is None:
+                c.seek_to_beginning(tp)
+            else:
+                c.seek(tp, committed)
+            start[tp] = c.position(tp)
+        known: set[TopicPartition] = set()
+        for _ in range(polls):
+            for tp, msgs in c.poll(timeout_ms=poll_timeout_ms).items():
+                if msgs:
+                    out[tp.topic] = True
+            for tp in tps:
+                hw = c.highwater(tp)
+                if hw is not None:
+                    known.add(tp)
+                    if hw > start[tp]:
+                        out[tp.topic] = True
+            if len(known) == len(tps):
+                break
+        for tp in tps:
+            if tp not in known and not out[tp.topic]:
+                out[tp.topic] = None
+        return out
+    finally:
+        c.close(autocommit=False)

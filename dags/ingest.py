@@ -8,8 +8,14 @@ their Parquet is durable. A run that changes nothing is skipped (no asset event,
 monitoring DAG is not woken for nothing).
 
 Runs every 10 minutes and, with the Kafka provider installed, on Kafka activity: an
-`AssetWatcher` on the department topics only *wakes* the DAG (`kafka_wakeup` throttles a burst to
-one wake-up); the data is still read, and its offsets committed, by the connector's own group.
+`AssetWatcher` on the department topics only *wakes* the DAG (`safetynet.wakeup.KafkaWakeupTrigger`,
+debounced: the first record wakes at once, a burst's tail once more at its end); the data is still
+read, and its offsets committed, by the connector's own group.
+
+The first task, `feeds_with_work`, is a branch: a scheduled (or manual) run reads every feed; a
+wake-up reads only the feeds with records past the connector's committed offsets, files waiting
+or a clean state behind raw/ — the other feed tasks are skipped without being started, so one
+department's event is one small task, not seventeen.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ import datetime as dt
 from airflow.sdk import AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, dag, task
 
 from safetynet import orchestration as orch
+from safetynet.wakeup import KafkaWakeupTrigger
 
-try:  # apache-airflow-providers-apache-kafka (confluent-kafka); without it: cron only
-    from airflow.providers.apache.kafka.triggers.await_message import AwaitMessageTrigger
+try:  # apache-airflow-providers-apache-kafka (confluent-kafka), the wake-up's consumer; without it: cron only
+    import airflow.providers.apache.kafka.hooks.consume  # noqa: F401
 except ImportError:
     HAS_KAFKA_PROVIDER = False
 else:
@@ -34,15 +41,8 @@ watchers = []
 if HAS_KAFKA_PROVIDER:
     watchers.append(AssetWatcher(
         name="department_topics",
-        trigger=AwaitMessageTrigger(
-            topics=[f.topic for f in FEEDS],
-            apply_function="safetynet.orchestration.kafka_wakeup",
-            apply_function_kwargs={"min_interval_s": orch.WAKEUP_MIN_INTERVAL_S},
-            kafka_config_id=orch.KAFKA_CONN_ID,
-            poll_timeout=1,
-            poll_interval=0,  # only slept after a message that did not wake: keep draining the throttled burst
-            commit_offset=False,  # the wake-up group's offsets are auto-committed by its consumer (connection extra)
-        ),
+        # the wake-up group's offsets are auto-committed by its consumer (the connection's extra)
+        trigger=KafkaWakeupTrigger(topics=[f.topic for f in FEEDS], kafka_config_id=orch.KAFKA_CONN_ID),
     ))
 KAFKA_ACTIVITY = orch.kafka_activity_asset(watchers)
 
@@ -62,13 +62,18 @@ KAFKA_ACTIVITY = orch.kafka_activity_asset(watchers)
     tags=["safetynet", "ingest"],
 )
 def ingest():
+    @task.branch(doc_md="The feeds this run reads: every one on the schedule, those with work on a wake-up")
+    def feeds_with_work(run_type: str) -> list[str]:
+        return orch.feeds_with_work(run_type)
+
+    pick = feeds_with_work("{{ dag_run.run_type }}")
     for f in FEEDS:
 
         @task(task_id=f.feed_id, outlets=[CLEAN[f.feed_id]], doc_md=f"{f.title_zh} `{f.feed_id}` ← `{f.topic}`")
         def ingest_feed(feed_id: str) -> dict:
             return orch.ingest_feed(feed_id, skip_unchanged=True)
 
-        ingest_feed(f.feed_id)
+        pick >> ingest_feed(f.feed_id)
 
 
 ingest()

@@ -10,9 +10,10 @@ Assets (one naming scheme, grep the feed id to find it):
 * `safetynet://clean/<department>/<feed>` — named by the feed id: a feed's `clean/` state changed;
   produced by the feed's ingest task, consumed by the monitoring DAG;
 * `safetynet://kafka/department-topics` — activity on the department topics (an `AssetWatcher`
-  with the Kafka provider's trigger, whose `apply_function` is `kafka_wakeup` below); it only
-  wakes the ingest DAG, which then reads each topic up to its high watermark with the
-  connector's own consumer group and commits after durable writes;
+  with `safetynet.wakeup.KafkaWakeupTrigger`, debounced); it only wakes the ingest DAG, whose
+  first task (`feeds_with_work`) picks the feeds with records or files waiting; their tasks
+  read each topic up to its high watermark with the connector's own consumer group and commit
+  after durable writes;
 * `safetynet://catalog/snapshots` — a snapshot was published (`_catalog/snapshots/<date>.json`);
 * `safetynet://catalog/freshness` — a freshness report was written.
 
@@ -50,10 +51,8 @@ ASSET_SCHEME = "safetynet"
 KAFKA_ACTIVITY_URI = f"{ASSET_SCHEME}://kafka/department-topics"
 SNAPSHOT_URI = f"{ASSET_SCHEME}://catalog/snapshots"
 FRESHNESS_URI = f"{ASSET_SCHEME}://catalog/freshness"
-#: Airflow connection of the wake-up trigger's Kafka consumer (its own group id, see `kafka_wakeup`).
+#: Airflow connection of the wake-up trigger's Kafka consumer (its own group id: `safetynet.wakeup`).
 KAFKA_CONN_ID = "safetynet_kafka"
-#: `kafka_wakeup` fires at most once per this many seconds (a burst of messages is one wake-up).
-WAKEUP_MIN_INTERVAL_S = 60.0
 
 
 # ---- the feeds and their assets -----------------------------------------------------------------------
@@ -128,32 +127,6 @@ def freshness_asset() -> Asset:
 
 def department_topics() -> list[str]:
     return [f.topic for f in feed_specs()]
-
-
-# ---- the Kafka wake-up --------------------------------------------------------------------------------
-_last_wake: dict[str, float] = {}
-_clock = time.monotonic
-
-
-def kafka_wakeup(message: Any, min_interval_s: float = WAKEUP_MIN_INTERVAL_S, key: str = "ingest") -> dict | None:
-    """`apply_function` of the Kafka trigger watching the department topics: wake the ingest DAG?
-
-    Returns the wake-up event payload (topic, partition, offset, timestamp — never the message's
-    key or value, which may hold an ID number), or None to let the message pass. At most one
-    wake-up per `min_interval_s` per `key`: a burst of thousands of events becomes one asset
-    event and one ingest run, not thousands (Airflow batches, the connector streams). A message
-    that does not wake anything loses nothing: the trigger's consumer group is a wake-up cursor
-    only; the data is read by the ingest task with the connector's own group, up to the high
-    watermark, and the cron schedule is the backstop for the tail of a burst.
-    """
-    now = _clock()
-    last = _last_wake.get(key)
-    if last is not None and now - last < min_interval_s:
-        return None
-    _last_wake[key] = now
-    ts = message.timestamp() if callable(getattr(message, "timestamp", None)) else None
-    return {"topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
-            "timestamp_ms": ts[1] if isinstance(ts, tuple) else None}
 
 
 # ---- task functions -----------------------------------------------------------------------------------
@@ -277,6 +250,60 @@ def clean_is_behind(store: ObjectStore, contract) -> bool:
         return True
     raw = store.list(paths.raw(contract.prefix), ".parquet")
     return bool(raw) and max(e.mtime_ns for e in raw) >= manifest[0].mtime_ns
+
+
+#: ingest runs of these types read every feed (the sweep); a wake-up (an asset-triggered run) reads
+#: only the feeds `feeds_with_work` finds something for
+SWEEP_RUN_TYPES = frozenset({"scheduled", "manual", "backfill"})
+
+
+@no_retry
+def feeds_with_work(run_type: str | None = None) -> list[str]:
+    """The feeds an ingest run reads (their task ids; the DAG's branch skips the others without
+    starting them, so they emit no asset event).
+
+    A scheduled, manual or backfill run — the 10-minute sweep — reads every feed: the backstop for
+    anything the quick look below cannot see (a drop held as unhealthy whose mapping changed, a
+    file rewritten within its ledger's second). A wake-up reads only the feeds with work: records
+    past the connector group's committed offsets (`connectors.kafka_topic.backlog`), files waiting
+    in their drop folder (`DropFolderSource.unseen`), or a clean state behind `raw/` (an attempt
+    that died before cleaning). When the look itself fails (the broker unreachable, the store
+    slow), every feed is read: its tasks retry and say what is wrong.
+    """
+    from connectors.drop_folder import DropFolderSource
+    from connectors.kafka_topic import backlog
+    from schemas.registry import contracts
+
+    cs = list(contracts().values())
+    every = [c.feed_id for c in cs]
+    if run_type in SWEEP_RUN_TYPES or run_type is None:
+        log.info("ingest: %s run reads every feed (%d)", run_type or "unknown", len(every),
+                 extra={"event": "feeds_with_work", "run_type": run_type, "feeds": every, "sweep": True})
+        return every
+    s, store = _edge()
+    reasons: dict[str, list[str]] = {}
+    try:
+        if s.kafka_bootstrap:
+            waiting = backlog(s, [c.topic for c in cs])
+            for c in cs:
+                if waiting.get(c.topic) is not False:
+                    reasons.setdefault(c.feed_id, []).append(
+                        "kafka records waiting" if waiting.get(c.topic) else "kafka watermark unknown")
+        for c in cs:
+            files = DropFolderSource(store, c).unseen()
+            if files:
+                reasons.setdefault(c.feed_id, []).append(f"{len(files)} drop file(s) waiting")
+            if clean_is_behind(store, c):
+                reasons.setdefault(c.feed_id, []).append("clean state behind raw/")
+    except Exception as e:  # any failure to look means: read everything (the tasks retry)
+        log.warning("ingest: could not tell which feeds have work (%s: %s); reading every feed", type(e).__name__, e,
+                    extra={"event": "feeds_with_work", "run_type": run_type, "feeds": every, "error": str(e)})
+        return every
+    picked = [fid for fid in every if fid in reasons]
+    log.info("ingest: %d of %d feeds have work: %s", len(picked), len(every),
+             "; ".join(f"{fid} ({', '.join(reasons[fid])})" for fid in picked) or "none",
+             extra={"event": "feeds_with_work", "run_type": run_type, "feeds": picked, "reasons": reasons})
+    return picked
 
 
 @no_retry

@@ -41,6 +41,7 @@ pytestmark = pytest.mark.integration
 SNAPSHOT_FILE = Path(__file__).parent / "snapshots" / "orchestration_graph.json"
 SNAPSHOT_DATE = "2026-11-01"
 MISSING = "public_security.vehicle"  # withheld in the first part of the scenario
+PICK = "feeds_with_work"  # the ingest DAG's branch task
 PERSONS, SEED = 2000, 11
 ID18 = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9])")
 
@@ -517,7 +518,9 @@ def test_graph_is_generated_from_the_feed_registry(driver):
 
     g = driver.hello["graph"]
     ingest = g["ingest"]["tasks"]
+    pick = ingest.pop(PICK)  # the branch: which feeds a run reads
     assert sorted(ingest) == sorted(contracts())
+    assert pick["upstream"] == [] and all(t["upstream"] == [PICK] for t in ingest.values())
     for fid, c in contracts().items():  # one feed id everywhere: task id, its argument, the Asset name and URI
         assert ingest[fid]["args"] == [fid]
         assert ingest[fid]["outlets"] == [f"{fid} <safetynet://clean/{c.department}/{c.feed}>"]
@@ -525,8 +528,8 @@ def test_graph_is_generated_from_the_feed_registry(driver):
     assert g["ingest"]["max_active_runs"] == 1 and all(t["retries"] >= 1 for t in ingest.values())
 
 
-def test_kafka_wakeup_throttles_a_burst_and_never_carries_the_message(monkeypatch):
-    from safetynet import orchestration as orch
+def test_wakeup_debounces_a_burst_on_both_edges_and_never_carries_the_message():
+    from safetynet.wakeup import Debounce, record_of
 
     class Msg:
         def __init__(self, off: int):
@@ -550,27 +553,35 @@ def test_kafka_wakeup_throttles_a_burst_and_never_carries_the_message(monkeypatc
         def value(self) -> bytes:
             return b'{"id_no": "430103199001011234"}'
 
-    clock = iter([100.0, 100.5, 159.9, 160.0, 161.0])
-    monkeypatch.setattr(orch, "_clock", lambda: next(clock))
-    monkeypatch.setattr(orch, "_last_wake", {})
-    fired = [orch.kafka_wakeup(Msg(i), min_interval_s=60) for i in range(5)]
-    assert [f is not None for f in fired] == [True, False, False, True, False]
-    assert fired[0] == {"topic": "dept.medical_insurance.claim.v1", "partition": 2, "offset": 0,
-                        "timestamp_ms": 1_795_000_000_000}
-    assert "430103" not in json.dumps(fired)
+    d = Debounce(min_interval_s=10)
+    assert d.due(0.0) is None  # nothing seen: nothing due
+    d.seen(record_of(Msg(0)))
+    first = d.due(100.0)  # the first record after a quiet spell wakes at once (leading edge)
+    assert first == {"topic": "dept.medical_insurance.claim.v1", "partition": 2, "offset": 0,
+                     "timestamp_ms": 1_795_000_000_000, "records": 1}
+    for i in range(1, 1001):  # a burst within the interval: gathered, not dropped
+        d.seen(record_of(Msg(i)))
+        assert d.due(100.0 + i / 1000) is None
+    tail = d.due(110.0)  # the burst's tail wakes once more when the interval has passed (trailing edge)
+    assert tail is not None and (tail["offset"], tail["records"]) == (1, 1000)
+    assert d.due(200.0) is None  # and then nothing until a record comes
+    d.seen(record_of(Msg(1001)))
+    assert d.due(200.5)["offset"] == 1001  # long after the last wake-up: at once again
+    assert "430103" not in json.dumps([first, tail])
 
 
-def test_kafka_watcher_is_wired_to_the_package_apply_function(driver):
+def test_kafka_watcher_is_wired_to_the_package_trigger(driver):
     from safetynet import orchestration as orch
     from safetynet.orchestration import department_topics
+    from safetynet.wakeup import MIN_INTERVAL_S
 
     if not driver.hello["kafka_provider"]:
         assert driver.hello["watchers"] == []  # the DAG still loads and runs on its cron schedule
         pytest.skip("apache-airflow-providers-apache-kafka is not installed: the AssetWatcher is not created")
     (w,) = driver.hello["watchers"]
     assert (w["dag_id"], w["uri"]) == ("ingest", orch.KAFKA_ACTIVITY_URI)
-    assert w["classpath"] == "airflow.providers.apache.kafka.triggers.await_message.AwaitMessageTrigger"
-    assert w["kwargs"]["apply_function"] == "safetynet.orchestration.kafka_wakeup"
+    assert w["classpath"] == "safetynet.wakeup.KafkaWakeupTrigger"
+    assert w["kwargs"]["min_interval_s"] == MIN_INTERVAL_S
     assert sorted(w["kwargs"]["topics"]) == sorted(department_topics())
     assert w["kwargs"]["kafka_config_id"] == orch.KAFKA_CONN_ID
 
@@ -583,7 +594,7 @@ def test_kafka_watcher_trigger_fires_on_department_topic_activity(driver, scenar
 
     payload = driver.call(op="watch", timeout_s=90)["payload"]
     assert payload["topic"] in {c.topic for c in contracts().values()}
-    assert set(payload) == {"topic", "partition", "offset", "timestamp_ms"}
+    assert set(payload) == {"topic", "partition", "offset", "timestamp_ms", "records"} and payload["records"] >= 1
 
 
 def test_ingest_runs_every_feed_and_counts_reconcile(scenario):
@@ -670,8 +681,9 @@ def test_a_late_feed_arriving_changes_only_its_own_asset(scenario):
     run, em = scenario["ingest2"], scenario["em"]
     assert run["state"] == "success"
     assert run["tasks"][MISSING] == "success"
-    assert {t: s for t, s in run["tasks"].items() if t != MISSING} == \
-        {t: "skipped" for t in run["tasks"] if t != MISSING}  # nothing new: no asset event, no wasted build
+    assert run["tasks"][PICK] == "success"  # a manual run reads every feed
+    assert {t: s for t, s in run["tasks"].items() if t not in (MISSING, PICK)} == \
+        {t: "skipped" for t in run["tasks"] if t not in (MISSING, PICK)}  # nothing new: no asset event, no wasted build
     c = get(MISSING)
     assert run["asset_events"] == [[f"safetynet://clean/{c.department}/{c.feed}", MISSING]]
     x = run["xcom"][MISSING]
@@ -716,6 +728,34 @@ def test_a_retry_after_a_kill_between_ingest_and_clean_rebuilds_clean(airflow_en
     assert retry["clean"]["redelivered"] == before["redelivered"] + first.accepted
     again = orchestration.ingest_feed(MISSING)
     assert (again["input"], again["cleaned"]) == (0, False)
+
+
+def test_a_wakeup_reads_only_the_feeds_with_work(airflow_env, scenario, broker, monkeypatch):
+    """The ingest DAG's branch on a wake-up (an asset-triggered run): the feeds with Kafka records past
+    the connector's committed offsets or files waiting; a scheduled or manual run reads every feed."""
+    from connectors.kafka_producer import publish
+    from safetynet import orchestration
+    from safetynet.demo.departments import drop_files
+    from schemas.registry import contracts, get
+
+    for k in ("SAFETYNET_STORE", "SAFETYNET_WORK_DIR", "SAFETYNET_KAFKA_BOOTSTRAP", "SAFETYNET_KAFKA_GROUP",
+              "SAFETYNET_PROGRESS", "SAFETYNET_MAX_QUARANTINE_RATE"):
+        monkeypatch.setenv(k, airflow_env["env"][k])
+    em, store = scenario["em"], scenario["store"]
+    for fid in contracts():  # whatever earlier tests left unread is read first
+        orchestration.ingest_feed(fid)
+    assert orchestration.feeds_with_work("asset_triggered") == []  # all read: a wake-up starts no feed task
+    assert orchestration.feeds_with_work("scheduled") == orchestration.feeds_with_work("manual") == list(contracts())
+
+    kafka_feed = next(f for f, msgs in em.events.items() if msgs and f != MISSING)
+    publish(broker.bootstrap, get(kafka_feed).topic, em.events[kafka_feed][:1])  # one department event
+    file_feed, files = next((".".join(p.split("/")[:2]), {p: b}) for p, b in em.files.items())
+    renamed = {p.rsplit("/", 1)[0] + "/again-" + p.rsplit("/", 1)[1]: b for p, b in files.items()}
+    drop_files(store, renamed)  # a new file in a drop folder
+    assert orchestration.feeds_with_work("asset_triggered") == [f for f in contracts() if f in {kafka_feed, file_feed}]
+    orchestration.ingest_feed(kafka_feed)
+    orchestration.ingest_feed(file_feed)
+    assert orchestration.feeds_with_work("asset_triggered") == []
 
 
 def test_no_unmasked_id_number_in_any_airflow_log(airflow_env, scenario):

@@ -86,6 +86,36 @@ def test_a_drop_is_never_ingested_twice_and_a_changed_file_supersedes(local_sett
     assert len(ledger) == 2 and ledger[0]["sha256"] != ledger[1]["sha256"]
 
 
+def test_unseen_lists_new_and_changed_drops_without_reading_them(local_settings, local_store):
+    """The quick look a wake-up takes (`DropFolderSource.unseen`): new or changed data files; not notes,
+    not files taken in, not unknown file types."""
+    import os
+
+    from connectors.drop_folder import DropFolderSource
+
+    src = DropFolderSource(local_store, CLAIM)
+    assert src.unseen() == []
+    path = "landing/medical_insurance/claim/claim_20261001.csv"
+    rows = [["C1", ID, "2026-09-01", "h", "是", "I10", "100", "80", "20"]]
+    local_store.write_bytes(path, csv_bytes(rows))
+    local_store.write_bytes("landing/medical_insurance/claim/说明.txt", "本月数据说明：无".encode("gbk"))
+    local_store.write_bytes("landing/medical_insurance/claim/readme.pdf", b"%PDF-1.4")
+    assert src.unseen() == ["claim_20261001.csv"]
+    assert run(local_settings, local_store).input == 1
+    assert src.unseen() == []
+    rows.append(["C2", ID, "2026-09-02", "h", "是", "I10", "100", "80", "20"])
+    local_store.write_bytes(path, csv_bytes(rows))  # a re-export: another size
+    assert src.unseen() == ["claim_20261001.csv"]
+    assert run(local_settings, local_store).input == 2
+    assert src.unseen() == []
+    full = local_store.full(path)
+    same_size = csv_bytes([r[:6] + ["101", "81", "20"] for r in rows])[:os.path.getsize(full)]
+    local_store.write_bytes(path, same_size)  # rewritten after its ledger: newer than it
+    ledger = local_store.full("_catalog/drops/medical_insurance/claim/claim_20261001.csv.json")
+    os.utime(full, ns=(os.stat(ledger).st_mtime_ns + 10**9,) * 2)
+    assert src.unseen() == ["claim_20261001.csv"]
+
+
 def test_snapshot_feeds_keep_only_the_newest_snapshot(local_settings, local_store):
     prop = get("housing.property")
     hdr = ["不动产单元号", "权利人证件号码", "共有份额", "房屋用途", "建筑面积", "登记日期", "权属状态"]

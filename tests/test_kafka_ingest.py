@@ -205,3 +205,21 @@ def test_an_event_time_with_microseconds_cleans(broker, topic, local_settings, l
     assert cc.rows > 0
     got = local_store.read_parquet(clean_path(CLAIM))["_occurred_at"].to_pylist()
     assert {v.microsecond for v in got} <= {225000}
+
+
+def test_backlog_tells_which_topics_have_records_past_the_committed_offsets(broker, topic, local_settings, local_store):
+    """The probe a wake-up takes (`connectors.kafka_topic.backlog`): nothing committed is read, and a
+    topic is waiting exactly while records lie past the group's committed offsets."""
+    from connectors.kafka_topic import backlog
+
+    s = local_settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+    empty = f"dept.empty.{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker.bootstrap, [empty], partitions=3)
+    assert backlog(s, [topic, empty]) == {topic: False, empty: False}
+    publish(broker.bootstrap, topic, claim_events(30)[0])
+    assert backlog(s, [topic, empty]) == {topic: True, empty: False}
+    assert backlog(s, [topic]) == {topic: True}  # the probe committed nothing
+    ingest(s, local_store, [CLAIM.feed_id], kafka=True, files=False)
+    assert backlog(s, [topic, empty]) == {topic: False, empty: False}
+    publish(broker.bootstrap, topic, claim_events(1, seed=99)[0])
+    assert backlog(s, [topic, empty]) == {topic: True, empty: False}

@@ -236,6 +236,11 @@ def held(prefix: str) -> str:
     return f"{HELD}{prefix}.json"
 
 
+def drop_ledgers(prefix: str) -> str:
+    """The ledger entries of a feed's drops (listing prefix): `_catalog/drops/<dept>/<feed>/`."""
+    return f"{DROPS}{prefix}/"
+
+
 def drop_ledger(prefix: str, name: str) -> str:
     """The ledger entry of a drop (its versions seen): `_catalog/drops/<dept>/<feed>/<name>.json`."""
     return f"{DROPS}{prefix}/{name}.json"
