@@ -256,3 +256,20 @@ def test_a_late_feed_makes_version_2_and_a_decision_on_v1_still_resolves_v1(tmp_
     html = client_for(eng, "county").get(f"/households/{burden['household_no']}").text
     assert "快照 2026-11-01 第2版" in html and html.count('data-testid="changed-since"') == 1
     assert "处置后数据已变化 data changed since：上次处置依据 2026-11-01 第1版，现为 2026-11-01 第2版" in html
+
+
+@pytest.mark.parametrize("secret", [b"short", b"k" * 64, b"a-secret-longer-than-one-sha256-block-" * 3])
+def test_pseudonym_column_equals_the_keyed_hash_of_each_value(secret):
+    """`Pseudonymiser.column` (HMAC from copied padded-key states) == `key` (hmac.new) for every value."""
+    import hashlib
+    import hmac
+
+    import pyarrow as pa
+
+    from safetynet.publish.snapshot import Pseudonymiser
+
+    ps = Pseudonymiser(secret)
+    values = ["430103199001011234", None, "", "中文", "43010319900101123X"]
+    got = ps.column(pa.chunked_array([values[:2], values[2:]])).to_pylist()
+    assert got == [ps.key(v) for v in values]
+    assert got[0] == hmac.new(secret, values[0].encode(), hashlib.sha256).hexdigest()[:32] and got[1] is None

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -67,7 +68,22 @@ class Pseudonymiser:
         return hmac.new(self.secret, id_no.encode(), hashlib.sha256).hexdigest()[:32]
 
     def column(self, arr: pa.ChunkedArray | pa.Array) -> pa.Array:
-        return pa.array([self.key(v) for v in arr.to_pylist()], pa.string())
+        """`key` of every value — the same HMAC, computed from the two padded-key states copied per
+        value (RFC 2104), about twice as fast as `hmac.new` per value on a million-person table."""
+        k = self.secret if len(self.secret) <= 64 else hashlib.sha256(self.secret).digest()
+        k = k.ljust(64, b"\0")
+        inner, outer = hashlib.sha256(bytes(b ^ 0x36 for b in k)), hashlib.sha256(bytes(b ^ 0x5C for b in k))
+        out: list[str | None] = []
+        for v in arr.to_pylist():
+            if v is None:
+                out.append(None)
+                continue
+            i = inner.copy()
+            i.update(v.encode())
+            o = outer.copy()
+            o.update(i.digest())
+            out.append(o.hexdigest()[:32])
+        return pa.array(out, pa.string())
 
 
 def pseudonymise_person(t: pa.Table, ps: Pseudonymiser) -> pa.Table:
@@ -127,14 +143,16 @@ def encode(tables: dict[str, pa.Table], ps: Pseudonymiser) -> dict[tuple[str, bo
         "monitoring/household": (tables["monitoring/household"], None),
         "warnings": (pseudonymise_warnings(tables["warnings"], ps), tables["warnings"]),
     }
-    blobs: dict[tuple[str, bool], tuple[bytes, dict]] = {}
-    for name, (public, identified) in variants.items():
-        for t, ident in ((public, False), (identified, True)):
-            if t is not None:
-                data = parquet_bytes(_without_partitions(t))
-                blobs[name, ident] = data, {"rows": t.num_rows, "bytes": len(data),
-                                            "sha256": hashlib.sha256(data).hexdigest()}
-    return blobs
+    todo = [(name, ident, t) for name, (public, identified) in variants.items()
+            for t, ident in ((public, False), (identified, True)) if t is not None]
+
+    def one(t: pa.Table) -> tuple[bytes, dict]:  # Parquet encoding and hashing release the GIL
+        data = parquet_bytes(_without_partitions(t))
+        return data, {"rows": t.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
+        done = list(pool.map(one, [t for _, _, t in todo]))
+    return {(name, ident): blob for (name, ident, _), blob in zip(todo, done, strict=True)}
 
 
 def path_of(dataset: str, snapshot: dt.date, version: int, identified: bool) -> str:
