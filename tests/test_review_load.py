@@ -226,6 +226,70 @@ def test_facet_counts_follow_the_next_snapshot(review_db, published, tmp_path):
         close()
 
 
+def test_a_republish_of_the_loaded_date_replaces_only_the_households_that_changed(review_db, published, tmp_path):
+    """A new version of the date already loaded: the households and members that differ (changed, added, gone)
+    are written again, the others left alone — and the tables equal a full load of that version."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from safetynet.core.settings import Settings
+    from safetynet.core.store import ObjectStore
+    from safetynet.publish import snapshot
+    from safetynet.publish.snapshot import Pseudonymiser, publish
+    from safetynet.review import load
+
+    shutil.copytree(published.dir, tmp_path / "store")
+    store = ObjectStore.from_settings(Settings(store=str(tmp_path / "store")))
+    person = snapshot.read(store, "monitoring/person", FIRST, identified=True)
+    hh = snapshot.read(store, "monitoring/household", FIRST)
+    keys = sorted(set(hh["household_no"].to_pylist()))
+    changed, gone = keys[3], keys[5]
+    i = person.schema.get_field_index("oop_12m")  # a member's medical spending changes
+    first = person["household_no"].to_pylist().index(changed)
+    oop = person["oop_12m"].to_pylist()
+    oop[first] = (oop[first] or 0) + 12345
+    person2 = person.set_column(i, person.schema.field(i), pa.array(oop, person.schema.field(i).type))
+    person2 = person2.filter(pc.not_equal(person2["household_no"], gone))  # a household leaves the register
+    hh2 = hh.filter(pc.not_equal(hh["household_no"], gone))
+    w = snapshot.read(store, "warnings", FIRST, identified=True)
+    w2 = w.filter(pc.not_equal(w["household_no"], gone))
+    rdb, close = new_review_db(review_db.kind, tmp_path)
+    (tmp_path / "full").mkdir()
+    full, close_full = new_review_db(review_db.kind, tmp_path / "full")
+    try:
+        load_snapshot(rdb.engine, store, FIRST)
+        v = publish(store, FIRST, {"warnings": w2, "monitoring/person": person2, "monitoring/household": hh2},
+                    Pseudonymiser(b"review-tests"), policy_version=snapshot.manifest(store, FIRST)["policy_version"],
+                    inputs={})["version"]
+        assert load.changed_households(store, FIRST, v - 1, person2, hh2) == {changed, gone}
+        replaced = []
+        real = load._replace_households
+        load._replace_households = lambda c, day, h, p, only=None: (replaced.append(only), real(c, day, h, p, only))
+        try:
+            assert load_snapshot(rdb.engine, store, FIRST).loaded
+        finally:
+            load._replace_households = real
+        assert replaced == [{changed, gone}]
+        load_snapshot(full.engine, store, FIRST)  # a fresh database: every household written
+
+        def tables(eng) -> tuple:
+            with eng.connect() as c:
+                hs = sorted((r.household_no, str(r.snapshot_date), r.region_code, json.dumps(r.data, sort_keys=True))
+                            for r in c.execute(select(m.households)))
+                ms = sorted((r.household_no, r.seq, r.id_no, r.name, json.dumps(r.data, sort_keys=True))
+                            for r in c.execute(select(m.members)))
+            return hs, ms
+
+        got, want = tables(rdb.engine), tables(full.engine)
+        assert got == want and len(got[0]) == hh2.num_rows and len(got[1]) == person2.num_rows
+        assert gone not in {h for h, *_ in got[0]}
+    finally:
+        close()
+        close_full()
+
+
 def _status(engine, alert_key: str) -> str:
     with engine.connect() as c:
         return c.scalar(select(m.cases.c.status).where(m.cases.c.alert_key == alert_key))

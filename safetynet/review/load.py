@@ -22,6 +22,9 @@ import json
 import logging
 from dataclasses import dataclass
 
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import Engine, bindparam, delete, insert, select, text, update
 
 from safetynet.core import paths
@@ -115,8 +118,9 @@ def load_snapshot(engine: Engine, store: ObjectStore, day: dt.date | None = None
     w = snapshot.read(store, "warnings", day, identified=True, version=version)
     persons = snapshot.read(store, "monitoring/person", day, identified=True, version=version)
     hh = snapshot.read(store, "monitoring/household", day, version=version)
-    hh_rows = {r["household_no"]: r for r in hh.to_pylist()}
-    cats = {k: "," + ",".join(r.get("active_categories") or []) + "," for k, r in hh_rows.items()}
+    warned = hh.filter(pc.is_in(hh["household_no"], pa.array(pc.unique(w["household_no"]), pa.string())))
+    cats = {r["household_no"]: "," + ",".join(r["active_categories"] or []) + ","
+            for r in warned.select(["household_no", "active_categories"]).to_pylist()}
     rows = []
     for r in w.to_pylist():
         rows.append({
@@ -129,7 +133,14 @@ def load_snapshot(engine: Engine, store: ObjectStore, day: dt.date | None = None
             "magnitude": r["magnitude"], "score": r["score"], "household_score": r["household_score"],
             "household_rank": r["household_rank"], "policy_version": r["policy_version"],
             "stale_inputs": list(r["stale_inputs"] or [])})
-    res = LoadResult(day, True, warnings=len(rows), households=len(hh_rows))
+    res = LoadResult(day, True, warnings=len(rows), households=hh.num_rows)
+    with engine.connect() as c:
+        latest = c.execute(select(m.snapshots.c.snapshot_date, m.snapshots.c.version)
+                           .order_by(m.snapshots.c.snapshot_date.desc())).first()
+    # the households and members: only those that differ from the version loaded before, when that is a version of
+    # this same date (a re-publish during the day: the usual case after a department event); else all of them
+    only = changed_households(store, day, latest.version, persons, hh) \
+        if latest is not None and latest.snapshot_date == day else None
     t = now()
     with engine.begin() as c:
         latest_loaded = c.scalar(select(m.snapshots.c.snapshot_date).order_by(m.snapshots.c.snapshot_date.desc()))
@@ -138,7 +149,11 @@ def load_snapshot(engine: Engine, store: ObjectStore, day: dt.date | None = None
             c.execute(insert(m.warnings), rows[i:i + 5000])
         reopened: list[tuple[str, str]] = []
         if latest_loaded is None or day >= latest_loaded:
-            _replace_households(c, day, hh_rows, persons)
+            now_loaded = c.execute(select(m.snapshots.c.snapshot_date, m.snapshots.c.version)
+                                   .order_by(m.snapshots.c.snapshot_date.desc())).first()
+            if latest is None or now_loaded is None or tuple(now_loaded) != tuple(latest):
+                only = None  # another load came in between: the diff's base is not what is loaded
+            _replace_households(c, day, hh, persons, only)
             reopened = _carry_cases(c, day, version, rows, res, t)
         # the list's facet counts: this date's counted afresh; other dates' moved for the cases re-opened (the
         # cases locked first, the counts next, the audit chain's head last: in the order decisions take them)
@@ -148,23 +163,63 @@ def load_snapshot(engine: Engine, store: ObjectStore, day: dt.date | None = None
         c.execute(delete(m.snapshots).where(m.snapshots.c.snapshot_date == day))
         c.execute(insert(m.snapshots).values(snapshot_date=day, version=version, loaded_at=t, manifest_sha256=sha,
                                              policy_version=manifest.get("policy_version"), warnings=len(rows),
-                                             households=len(hh_rows), reopened=res.reopened,
+                                             households=hh.num_rows, reopened=res.reopened,
                                              input_notes=input_notes(manifest)))
         audit.append(c, None, "-", "load_snapshot", "snapshot", day.isoformat(), "", version=version, warnings=len(rows),
                      new_cases=res.new_cases, reopened=res.reopened, manifest_sha256=sha)
-    with engine.begin() as c:  # fresh statistics for the planner after a bulk load
-        c.execute(text("ANALYZE"))
-    log.info("review: loaded snapshot %s: %d warnings, %d new cases, %d re-opened, %d stay closed", day,
-             res.warnings, res.new_cases, res.reopened, res.kept_closed)
+    if only is None or len(only) > hh.num_rows // 10:  # fresh statistics for the planner after a bulk load
+        with engine.begin() as c:
+            c.execute(text("ANALYZE"))
+    log.info("review: loaded snapshot %s: %d warnings, %d new cases, %d re-opened, %d stay closed; households %s", day,
+             res.warnings, res.new_cases, res.reopened, res.kept_closed,
+             "all replaced" if only is None else f"{len(only)} changed replaced")
     return res
 
 
-def _replace_households(c, day: dt.date, hh_rows: dict, persons) -> None:
-    c.execute(delete(m.members))
-    c.execute(delete(m.households))
-    hrows = [{"household_no": k, "snapshot_date": day, "region_code": r["region_code"], "street_code": r["street_code"],
-              "county_code": r["county_code"], "data": _json({k2: v for k2, v in r.items() if k2 != "snapshot_date"})}
-             for k, r in hh_rows.items()]
+def changed_households(store: ObjectStore, day: dt.date, loaded_version: int, persons: pa.Table,
+                       hh: pa.Table) -> set[str] | None:
+    """The households whose household row or any member row differs between the version of `day` loaded
+    before (`loaded_version`) and this one — added, changed or gone; None when that version cannot be
+    read or its tables have other columns (then every household is replaced)."""
+    try:
+        old_p = snapshot.read(store, "monitoring/person", day, identified=True, version=loaded_version)
+        old_h = snapshot.read(store, "monitoring/household", day, version=loaded_version)
+    except (FileNotFoundError, snapshot.SnapshotNotFound):
+        return None
+    if old_p.schema != persons.schema or old_h.schema != hh.schema:
+        return None
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads = 2")
+        for name, t in (("new_p", persons), ("old_p", old_p), ("new_h", hh), ("old_h", old_h)):
+            con.register(name, t)
+        diff = con.sql("""
+            SELECT household_no FROM (SELECT * FROM new_p EXCEPT ALL SELECT * FROM old_p)
+            UNION SELECT household_no FROM (SELECT * FROM old_p EXCEPT ALL SELECT * FROM new_p)
+            UNION SELECT household_no FROM (SELECT * FROM new_h EXCEPT ALL SELECT * FROM old_h)
+            UNION SELECT household_no FROM (SELECT * FROM old_h EXCEPT ALL SELECT * FROM new_h)""").fetchall()
+    finally:
+        con.close()
+    return {r[0] for r in diff}
+
+
+def _replace_households(c, day: dt.date, hh: pa.Table, persons: pa.Table, only: set[str] | None = None) -> None:
+    """The households' and members' rows of this snapshot: all of them, or (`only`) those of the households
+    named — deleted and written again from the snapshot (a household gone from it is just deleted)."""
+    if only is None:
+        c.execute(delete(m.members))
+        c.execute(delete(m.households))
+    else:
+        keys = sorted(only)
+        for i in range(0, len(keys), 1000):
+            c.execute(delete(m.members).where(m.members.c.household_no.in_(keys[i:i + 1000])))
+            c.execute(delete(m.households).where(m.households.c.household_no.in_(keys[i:i + 1000])))
+        pick = pa.array(keys, pa.string())
+        hh = hh.filter(pc.is_in(hh["household_no"], pick))
+        persons = persons.filter(pc.is_in(persons["household_no"], pick))
+    hrows = [{"household_no": r["household_no"], "snapshot_date": day, "region_code": r["region_code"],
+              "street_code": r["street_code"], "county_code": r["county_code"],
+              "data": _json({k2: v for k2, v in r.items() if k2 != "snapshot_date"})} for r in hh.to_pylist()]
     for i in range(0, len(hrows), 5000):
         c.execute(insert(m.households), hrows[i:i + 5000])
     seq: dict[str, int] = {}
