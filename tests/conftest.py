@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
@@ -21,6 +22,11 @@ pytest_plugins = ["tests.review_support"]
 #: fixture name → the tier marker of what it starts (or `slow`: what it runs). Matched against
 #: `item.fixturenames`, the transitive closure of the fixtures a test uses, so a fixture built on these
 #: (s3_store, topic, scenario, review_db …) needs no entry of its own.
+# Speed is measured in benchmarks, never in tests: hypothesis's per-example deadline (200 ms) failed a
+# property test on a loaded machine (286 ms) although every example agreed. Profiles set elsewhere keep theirs.
+hypothesis_settings.register_profile("hub", deadline=None)
+hypothesis_settings.load_profile("hub")
+
 HEAVY_FIXTURES: dict[str, str] = {
     # an embedded Tansu broker (safetynet.demo.broker.EmbeddedBroker)
     "broker": "broker",  # here; also tests/test_airflow_postgres.py's module-scoped one
