@@ -50,7 +50,7 @@ def publish_snapshot(store_dir: Path, day: dt.date) -> None:
 @pytest.fixture(scope="session")
 def published(tmp_path_factory) -> ObjectStore:
     """A store with the 2026-11-01 snapshot of a 2,500-person district published (only that one)."""
-    from tests.test_pipeline import drop_truth_as_files
+    from safetynet.demo.departments import drop_truth_as_files
 
     old = os.environ.pop("SAFETYNET_KAFKA_BOOTSTRAP", None)
     try:

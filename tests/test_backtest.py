@@ -29,12 +29,13 @@ from safetynet.build import monitoring
 from safetynet.cli import EXIT_USAGE, main
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
+from safetynet.demo.departments import drop_truth_as_files
 from safetynet.demo.synth import generate
 from safetynet.intake import clean, ingest
 from safetynet.publish import backtest, snapshot
 from schemas import normalise
 from schemas.registry import contracts, get
-from tests.test_pipeline import drop_truth_as_files, has_id
+from tests.test_pipeline import has_id
 
 FIRST = dt.date(2026, 11, 1)
 

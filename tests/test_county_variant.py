@@ -29,6 +29,7 @@ from safetynet import pipeline
 from safetynet.cli import EXIT_OK, EXIT_UNHEALTHY, main
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
+from safetynet.demo.departments import drop_truth_as_files
 from safetynet.demo.synth import generate
 from safetynet.intake import health, ingest
 from safetynet.intake.clean import clean_path
@@ -36,7 +37,6 @@ from safetynet.publish import snapshot
 from safetynet.review.load import input_notes
 from schemas import idno
 from schemas.registry import get
-from tests.test_pipeline import drop_truth_as_files
 
 SNAP = "2026-11-01"
 PROPERTY_STATUS = {"正常": "现势", "注销": "已注销"}

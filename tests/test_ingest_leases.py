@@ -92,8 +92,8 @@ def test_a_killed_holder_on_this_host_is_taken_over_at_once(store):
 
 # ---- two ingest processes on one store -----------------------------------------------------------------
 def _drops(store: ObjectStore) -> None:
+    from safetynet.demo.departments import drop_truth_as_files
     from safetynet.demo.synth import generate
-    from tests.test_pipeline import drop_truth_as_files
 
     drop_truth_as_files(generate(persons=800, seed=4), store)
 
@@ -121,7 +121,7 @@ def test_a_second_ingest_exits_4_or_waits_and_the_records_stay_exact(tmp_path):
     assert a.wait(300) == 0 and b.wait(300) == 0
     runs = [json.loads(store.read_bytes(e.path)) for e in store.list("_catalog/ingest/", ".json")]
     assert [r["status"] for r in runs] == ["complete"] * 3
-    from tests.test_pipeline import contracts
+    from schemas.registry import contracts
 
     inputs = sum(f["input"] for r in runs for f in r["feeds"].values())
     raw = sum(store.read_parquet(e.path).num_rows for zone in ("raw", "quarantine") for c in contracts().values()

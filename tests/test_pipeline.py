@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import decimal
 import io
 import json
 import re
 import uuid
-from zoneinfo import ZoneInfo
 
 import openpyxl
 import pyarrow as pa
@@ -20,10 +18,10 @@ from safetynet import pipeline
 from safetynet.cli import main
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
+from safetynet.demo.departments import drop_truth_as_files
 from safetynet.demo.synth import generate
 from safetynet.publish import snapshot
 from schemas import idno, outputs
-from schemas.registry import contracts
 from tests.test_synth import reference_fired
 
 SNAP = dt.date(2026, 11, 1)
@@ -33,24 +31,7 @@ ID18 = re.compile(r"(?<![0-9])[0-9]{17}[0-9X](?![0-9])")
 def has_id(text: str) -> bool:
     """Whether a valid 18-digit ID number (GB 11643 check character) appears in the text."""
     return any(idno.is_valid(m) for m in ID18.findall(text))
-SH = ZoneInfo("Asia/Shanghai")
 
-
-def _json(v):
-    if isinstance(v, decimal.Decimal):
-        return str(v)
-    if isinstance(v, dt.datetime):
-        return v.astimezone(SH).strftime("%Y-%m-%d %H:%M:%S")
-    if isinstance(v, dt.date):
-        return v.isoformat()
-    raise TypeError(type(v))
-
-
-def drop_truth_as_files(d, store: ObjectStore) -> None:
-    """Every feed's clean truth as one JSON Lines drop per feed: a store with file drops only."""
-    for fid, c in contracts().items():
-        lines = [json.dumps(r, ensure_ascii=False, default=_json) for r in d.table(fid).to_pylist()]
-        store.write_bytes(f"landing/{c.prefix}/{c.feed}_20261031.jsonl", ("\n".join(lines) + "\n").encode())
 
 
 @pytest.fixture(scope="module")

@@ -190,12 +190,13 @@ def test_a_late_feed_makes_version_2_and_a_decision_on_v1_still_resolves_v1(tmp_
 
     from safetynet.cli import main
     from safetynet.core.settings import Settings
+    from safetynet.demo.departments import drop_truth_as_files
+    from safetynet.demo.departments import json_value as _json
     from safetynet.demo.synth import generate
     from safetynet.review import auth, db, queries
     from safetynet.review import models as m
     from safetynet.review.auth import User
     from safetynet.review.load import load_snapshot
-    from tests.test_pipeline import _json, drop_truth_as_files
 
     monkeypatch.delenv("SAFETYNET_KAFKA_BOOTSTRAP", raising=False)
     root = tmp_path / "store"
