@@ -427,12 +427,12 @@ def run_size(persons: int, args, work: Path) -> dict:
         store = ObjectStore.from_settings(Settings(store=env["SAFETYNET_STORE"], progress=False))
         log(f"size {persons:,}: generating the district")
         d = generate(persons=persons, seed=args.seed)
-        em = emit(d)
+        via = args.district if args.district != "auto" else ("kafka" if persons <= 200_000 else "files")
+        em = emit(d) if via == "kafka" else None
         stages["generate+emit"] = time.perf_counter() - t
         t = time.perf_counter()
         ensure_topics(broker.bootstrap, [c.topic for c in contracts().values()])
-        via = args.district if args.district != "auto" else ("kafka" if persons <= 200_000 else "files")
-        if via == "kafka":  # the departments' events to the topics, their files to the drop folders
+        if em is not None:  # the departments' events to the topics, their files to the drop folders
             for fid, msgs in em.events.items():
                 publish(broker.bootstrap, get(fid).topic, msgs)
             drop_files(store, em.files)
