@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from quality.rules import RULES, SEVERITY_WEIGHT, Rule
 from safetynet.build.monitoring import Build, add_months
@@ -81,6 +82,14 @@ def evaluate(build: Build, pol: Policy, rules: tuple[Rule, ...] = RULES,
     `stale_inputs` (rule id → feeds it reads that were late or missing) is recorded on every
     warning of the rule; it is not part of the ids (the facts are what they are).
     """
+    return rank(pa.Table.from_pylist(warning_rows(build, pol, rules, stale_inputs), schema=SCHEMA))
+
+
+def warning_rows(build: Build, pol: Policy, rules: tuple[Rule, ...] = RULES,
+                 stale_inputs: Mapping[str, list[str]] | None = None) -> list[dict]:
+    """Every rule's warnings as rows of `SCHEMA`, each with its household's score and top signals
+    (functions of the household's own warnings), but not yet ranked: `rank` does that over all
+    households (the incremental build merges the rows of re-evaluated households first)."""
     con = build.con
     params = rule_parameters(build, pol)
     rows: list[dict] = []
@@ -110,19 +119,39 @@ def evaluate(build: Build, pol: Policy, rules: tuple[Rule, ...] = RULES,
                 "thresholds": thresholds, "facts": facts, "magnitude": mag,
                 "score": round(SEVERITY_WEIGHT[rule.severity] * min(max(mag, 1.0), 3.0), 2),
                 "policy_version": pol.version,
-                "stale_inputs": sorted((stale_inputs or {}).get(rule.id, [])),
+                "stale_inputs": stale_for(rule.id, stale_inputs),
             })
         log.info("rule %s v%d: %d warnings", rule.id, rule.version, t.num_rows,
                  extra={"event": "rule", "rule": rule.id, "warnings": t.num_rows})
-    # household risk score and its top signals
+    # household risk score and its top signals (the household's own warnings only)
     by_hh: dict[str, list[dict]] = {}
     for w in rows:
         by_hh.setdefault(w["household_no"], []).append(w)
-    scores = {h: round(sum(w["score"] for w in ws), 2) for h, ws in by_hh.items()}
-    rank = {h: i + 1 for i, h in enumerate(sorted(scores, key=lambda h: (-scores[h], h)))}
-    for h, ws in by_hh.items():
+    for ws in by_hh.values():
+        score = round(sum(w["score"] for w in ws), 2)
         top = [f"{w['rule_title_zh']}（{w['score']:g}）" for w in sorted(ws, key=lambda w: (-w["score"], w["rule_id"]))][:3]
         for w in ws:
-            w.update(household_score=scores[h], household_rank=rank[h], top_signals=top)
-    rows.sort(key=lambda w: (w["household_rank"], -w["score"], w["rule_id"], w["warning_id"]))
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+            w.update(household_score=score, top_signals=top)
+    return rows
+
+
+def stale_for(rule_id: str, stale_inputs: Mapping[str, list[str]] | None) -> list[str]:
+    """The `stale_inputs` a warning of the rule records."""
+    return sorted((stale_inputs or {}).get(rule_id, []))
+
+
+#: the order of the warning list: household rank, then the warning's own score, rule and id
+ORDER = [("household_rank", "ascending"), ("score", "descending"), ("rule_id", "ascending"),
+         ("warning_id", "ascending")]
+
+
+def rank(warnings: pa.Table) -> pa.Table:
+    """Rank the households by risk score (highest first, ties by household number) into
+    `household_rank`, and sort the warnings in list order (`ORDER`). Every warning must carry its
+    household's `household_score`; the ranking is over all households of the table."""
+    households = warnings["household_no"].to_pylist()
+    scores = dict(zip(households, warnings["household_score"].to_pylist(), strict=True))
+    ranks = {h: i + 1 for i, h in enumerate(sorted(scores, key=lambda h: (-scores[h], h)))}
+    i = warnings.schema.get_field_index("household_rank")
+    ranked = warnings.set_column(i, warnings.schema.field(i), pa.array([ranks[h] for h in households], pa.int32()))
+    return ranked.take(pc.sort_indices(ranked, sort_keys=ORDER)).combine_chunks()  # one chunk: the same bytes

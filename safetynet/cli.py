@@ -633,7 +633,8 @@ def policy_for_data(store, snapshot_date: dt.date, given=None, required: bool = 
     return pol
 
 
-def run_build(settings, store, snapshot_date: dt.date, pol, accept_unhealthy=(), full_gate: bool = False):
+def run_build(settings, store, snapshot_date: dt.date, pol, accept_unhealthy=(), full_gate: bool = False,
+              full_build: bool = False):
     """Build, warnings, quality gate and publish from clean/ (shared by `run` and `demo`), with a
     spinner on a terminal. A gate that blocks prints its report here, once; `main` adds one line."""
     from safetynet import pipeline
@@ -641,7 +642,8 @@ def run_build(settings, store, snapshot_date: dt.date, pol, accept_unhealthy=(),
     try:
         with progress_bar(settings.progress, None, "快照 snapshot") as adv:
             return pipeline.build_snapshot(settings, store, snapshot_date, pol, accept_unhealthy=accept_unhealthy,
-                                           step=lambda what: adv(1, what), full_gate=full_gate)
+                                           step=lambda what: adv(1, what), full_gate=full_gate,
+                                           incremental=not full_build)
     except pipeline.QualityGateFailed as e:
         con = _console()
         if e.report is not None and hasattr(e.report, "summary"):  # (as the gate's own message has it)
@@ -700,7 +702,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise _Unhealthy(f"not published: unhealthy feed(s) {', '.join(refused)} (see above); fix them, or "
                          "publish on their previous state with --accept-unhealthy FEED")
     pol = policy_for_data(store, args.snapshot_date, given)  # before the build: never 30 s to learn it is the wrong one
-    res = run_build(s, store, args.snapshot_date, pol, accept, full_gate=args.full_gate)
+    res = run_build(s, store, args.snapshot_date, pol, accept, full_gate=args.full_gate, full_build=args.full_build)
     if res.accepted_unhealthy:
         _say(con, (f"published on the previous clean state of unhealthy feed(s) {', '.join(res.accepted_unhealthy)} "
                    "(--accept-unhealthy)", "yellow"), ": recorded in the manifest, and warnings of rules reading "
@@ -709,7 +711,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         con.print(f"data quality: {res.quality.summary()}\nData Docs: {store.url}/docs/quality/ ({len(res.docs)} files)")
     print_warnings(res, con)
     con.print(f"published snapshot {args.snapshot_date}: {res.persons:,} persons, {res.households:,} households, "
-              f"{res.warnings.num_rows:,} warnings; {res.published_line(store.url)}"
+              f"{res.warnings.num_rows:,} warnings"
+              + (f" (incremental build: {res.households_reevaluated:,} households re-evaluated)"
+                 if res.build_mode == "incremental" else "")
+              + f"; {res.published_line(store.url)}"
               + (f"; {res.kafka_published:,} warnings produced to hub.warnings.v1" if res.kafka_published else ""))
     return EXIT_OK if ok else EXIT_FAILURE
 
@@ -1075,6 +1080,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--full-gate", action="store_true",
                     help="run every feed's quality suite, also those whose clean data did not change since their "
                     "recorded result (default: only the changed feeds')")
+    sp.add_argument("--full-build", action="store_true",
+                    help="build the monitoring tables and warnings in full (default: incrementally on top of the "
+                    "date's current version when few households are touched by new facts; the results are the same)")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("snapshots", help="published snapshots and their versions: list them, prune old versions")

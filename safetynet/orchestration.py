@@ -342,6 +342,8 @@ def run_monitoring(snapshot_date: str) -> dict:
         "manifest": paths.snapshot_version(day, res.manifest["version"]),
         "version": res.manifest.get("version"), "publish": res.manifest.get("status"),
         "quality_ok": None if res.quality is None else bool(res.quality.ok),
+        "build_mode": res.build_mode, "households_reevaluated": res.households_reevaluated,
+        "build_reason": res.build_reason,
         "kafka_published": res.kafka_published,
         "stale_as_of": as_of.isoformat(), "stale_inputs": stale,
         "rules_on_stale_inputs": dict(sorted(affected.items())),

@@ -16,15 +16,15 @@ from pathlib import Path
 import pyarrow as pa
 
 from connectors.kafka_producer import ensure_topics, publish
-from quality import evaluation, freshness, policy
+from quality import freshness, policy
 from quality.gate import QualityGateFailed
 from quality.report import QualityReport
-from safetynet.build import monitoring
 from safetynet.core import paths
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
 from safetynet.intake import health as feed_health
 from safetynet.intake.clean import clean_path
+from safetynet.publish import incremental as inc
 from safetynet.publish import snapshot
 from schemas import normalise
 from schemas.errors import ConfigError
@@ -50,6 +50,9 @@ class RunResult:
     stale_inputs: list[str] = field(default_factory=list)
     unhealthy: dict[str, list[str]] = field(default_factory=dict)  # feed → problems (its latest health)
     accepted_unhealthy: list[str] = field(default_factory=list)
+    build_mode: str = ""  # how the monitoring build ran: "full" | "incremental" (`safetynet.publish.incremental`)
+    build_reason: str = ""  # why a full build, or what an incremental one re-evaluated
+    households_reevaluated: int = 0  # households the build (re-)evaluated: all of them in a full build
 
     def published_line(self, store_url: str) -> str:
         """One line on what the publish did: the version, or why none was written."""
@@ -112,7 +115,8 @@ def feed_health_for_gate(store: ObjectStore, accept_unhealthy: list[str] | tuple
 def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.date, pol: policy.Policy,
                    quality: bool = True, publish_kafka: bool = True,
                    accept_unhealthy: list[str] | tuple[str, ...] = (),
-                   step: Callable[[str], None] | None = None, full_gate: bool = False) -> RunResult:
+                   step: Callable[[str], None] | None = None, full_gate: bool = False,
+                   incremental: bool = True) -> RunResult:
     """From `clean/`: monitoring build, warnings, quality gate (GX, Data Docs), publish (+ Kafka).
 
     The gate runs on the feeds' health, the clean feeds and the outputs before anything is
@@ -123,6 +127,12 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
     `stale_inputs`. `step(name)` is called as each step starts (a progress display). The gate runs
     a feed's suite only when the feed's clean file changed since its recorded result
     (`quality.gate.validate(reuse=True)`), unless `full_gate`.
+
+    The monitoring build and the warnings are incremental when that is valid (`incremental`; see
+    `safetynet.publish.incremental`): on top of the date's current version, re-evaluating only the
+    households new facts touch, with results identical to a full build; `res.build_mode`,
+    `res.build_reason` and `res.households_reevaluated` say how it ran. After a publish the
+    build's inputs are recorded for the next incremental build (also after a full one).
     """
     step = step or (lambda name: None)
     res = RunResult(snapshot_date, pol.version)
@@ -136,12 +146,12 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
     con = normalise.connect(memory_limit=settings.duckdb_memory_limit)
     try:
         step("monitoring build")
-        monitoring.register_clean(con, store)
-        b = monitoring.build(con, snapshot_date, pol)
         res.stale_inputs = sorted(set(freshness.stale_feeds(store, freshness.snapshot_as_of(snapshot_date)))
                                   | set(res.accepted_unhealthy))
-        step("warnings")
-        w = evaluation.evaluate(b, pol, stale_inputs=freshness.stale_inputs_by_rule(res.stale_inputs))
+        b = inc.build(con, store, snapshot_date, pol, stale_inputs=freshness.stale_inputs_by_rule(res.stale_inputs),
+                      incremental=incremental, step=step)
+        res.build_mode, res.build_reason, res.households_reevaluated = b.mode, b.reason, b.households
+        w = b.warnings
         outputs = {"monitoring/person": b.person, "monitoring/household": b.household, "warnings": w}
         if quality:
             from quality import datadocs, gate
@@ -175,6 +185,9 @@ def build_snapshot(settings: Settings, store: ObjectStore, snapshot_date: dt.dat
             if res.manifest.get("status") == "published":  # first: one small message the review app waits for
                 produce_snapshot_notice(settings, res.manifest)
             res.kafka_published = produce_warnings(settings, snapshot.pseudonymise_warnings(w, ps))
+        # last: the inputs of this version for the next incremental build (seconds at a million persons after a
+        # full build) — after the notice, so the review app is not kept waiting for it
+        inc.remember(store, con, snapshot_date, pol, b, res.manifest)
     finally:
         con.close()
     return res

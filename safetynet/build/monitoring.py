@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from safetynet.core.store import ObjectStore
 from safetynet.intake.clean import clean_path
@@ -251,6 +252,22 @@ STEPS: list[tuple[str, str]] = [
 PUBLISHED = {"monitoring_person": ("household_no", "id_no"), "monitoring_household": ("household_no",)}
 
 
+#: Rows per Arrow chunk of a published table. The Parquet writer's bytes depend on how a table is
+#: chunked (its dictionary fallback is decided per write batch), so every published table is cut the
+#: same way, whatever made it: DuckDB's own export layout (its row group size), which a built table
+#: has already (no copy).
+CHUNK_ROWS = 122_880
+
+
+def canonical_chunks(t: pa.Table) -> pa.Table:
+    """`t` in chunks of `CHUNK_ROWS` rows (the last one shorter): the same bytes when published
+    whether it came from DuckDB or was assembled (`safetynet.publish.incremental`)."""
+    want = [CHUNK_ROWS] * (t.num_rows // CHUNK_ROWS) + ([t.num_rows % CHUNK_ROWS] if t.num_rows % CHUNK_ROWS else [])
+    if t.num_rows == 0 or all([len(c) for c in col.chunks] == want for col in t.columns):
+        return t
+    return pa.Table.from_batches(t.combine_chunks().to_batches(max_chunksize=CHUNK_ROWS), schema=t.schema)
+
+
 @dataclass
 class Build:
     """A finished build: its tables live in DuckDB (under its memory cap) until asked for."""
@@ -263,7 +280,7 @@ class Build:
     def table(self, name: str) -> pa.Table:
         """A published step's table as Arrow, in its deterministic order (fetched once)."""
         if name not in self._cache:
-            self._cache[name] = self.con.sql(f"SELECT * FROM {name}").to_arrow_table()
+            self._cache[name] = canonical_chunks(self.con.sql(f"SELECT * FROM {name}").to_arrow_table())
         return self._cache[name]
 
     def reader(self, name: str, batch_rows: int = 250_000) -> pa.RecordBatchReader:
@@ -282,18 +299,30 @@ class Build:
         return self.table("monitoring_household")
 
 
-def register_clean(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> dict[str, str]:
-    """Register every feed's `clean/` data under its step name (lazy pyarrow datasets: DuckDB reads
-    only the columns it needs, locally or from S3); returns feed → path of the feeds present."""
-
-    seen, data = {}, {}
+def clean_data(store: ObjectStore) -> dict[str, ds.Dataset]:
+    """Every feed's `clean/` data present, as lazy pyarrow datasets (DuckDB reads only the columns it
+    needs, locally or from S3): feed → dataset over the Parquet files of the feed's clean folder."""
+    data = {}
     for fid, c in contracts().items():
         path = clean_path(c)
         if store.exists(path):
-            data[fid] = store.dataset(path.rsplit("/", 1)[0] + "/", schema=c.arrow_schema())
-            seen[fid] = path
+            d = store.dataset(clean_folder(path), schema=c.arrow_schema())
+            if d is not None:
+                data[fid] = d
+    return data
+
+
+def clean_folder(path: str) -> str:
+    """The folder (listing prefix) of a feed's clean file: what the build reads of the feed."""
+    return path.rsplit("/", 1)[0] + "/"
+
+
+def register_clean(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> dict[str, str]:
+    """Register every feed's `clean/` data under its step name (`clean_data`); returns feed → path
+    of the feeds present."""
+    data = clean_data(store)
     register_sources(con, data)
-    return seen
+    return {fid: clean_path(contracts()[fid]) for fid in data}
 
 
 def register_sources(con: duckdb.DuckDBPyConnection, data: dict) -> None:

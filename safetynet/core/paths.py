@@ -31,6 +31,8 @@ The catalog (`_catalog/`, bookkeeping: manifests, ledgers, leases)::
     _catalog/snapshots/D.json, D/vN.json, D/vN.claim  snapshot pointers, manifests, claims
     _catalog/regions/<county>.json, <county>/<sha>.csv  region name lists in force
     _catalog/freshness/D.json                     freshness reports
+    _catalog/incremental/state.json               what the last monitoring build published, and its inputs' digests
+    _catalog/incremental/digests/<dept>/<feed>/<name>.parquet   a clean feed's digest (incremental build)
     _catalog/demo.json                            marks a store the demo created
 """
 
@@ -193,6 +195,10 @@ REGIONS = f"{CATALOG}regions/"
 #: Freshness reports `_catalog/freshness/D.json` (the latest check of that day). Written by
 #: `quality.freshness`.
 FRESHNESS = f"{CATALOG}freshness/"
+#: The incremental monitoring build's bookkeeping: `state.json` (the snapshot version the last build
+#: published, its build fingerprint, per feed the clean files' signature and digest) and the digests
+#: (`digests/<dept>/<feed>/<name>.parquet`). Written and read by `safetynet.publish.incremental`.
+INCREMENTAL = f"{CATALOG}incremental/"
 #: Marks a store the demo created (`{"persons", "seed"}`). Written by `safetynet.demo.cli`.
 DEMO_MARKER = f"{CATALOG}demo.json"
 #: A throwaway object `safetynet check` writes and deletes to see the store is writable.
@@ -289,6 +295,17 @@ def region_list(county: str, digest: str) -> str:
 def freshness_report(day: dt.date) -> str:
     """The latest freshness check of a day: `_catalog/freshness/D.json`."""
     return f"{FRESHNESS}{day.isoformat()}.json"
+
+
+def incremental_state() -> str:
+    """The incremental build's state: `_catalog/incremental/state.json`."""
+    return f"{INCREMENTAL}state.json"
+
+
+def incremental_digest(prefix: str, name: str) -> str:
+    """A clean feed's digest (one row per person, case or household it links to, with a hash of its
+    rows): `_catalog/incremental/digests/<dept>/<feed>/<name>.parquet` (`name`: content address)."""
+    return f"{INCREMENTAL}digests/{prefix}/{name}.parquet"
 
 
 def conditional_put_probe(token: str) -> str:
