@@ -3,8 +3,12 @@
 On the embedded broker, N claim events (default 1,000,000) are produced once; then, alternately,
 (a) a bare kafka-python consumer with the connector's own consumer settings reads every message
 of the topic, and (b) the connector reads the same topic to durable Parquet (decode, validate,
-split, write, commit). Each measurement runs in a fresh child process, so its peak RSS is its
-own. Prints records/s and peak memory of both; the last line is `ratio=<(b)/(a)>`.
+split, write, commit; a backlog this large is read by several consumer processes, see
+`SAFETYNET_KAFKA_CONSUMERS`). Each measurement runs in a fresh child process, so its peak RSS is its
+own. Prints per round records/s, the CPU seconds each measurement used (its processes, start-up
+included) and the load average before it — on a shared machine the ratio follows the cores left
+free: with none free it falls towards (a)'s CPU over (b)'s, however many processes (b) runs — then
+records/s and peak memory of both; the last line is `ratio=<(b)/(a)>`.
 
     .venv/bin/python bench/ingest.py [--events 1000000] [--rounds 2] [--partitions 3]
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import resource
 import shutil
 import statistics
@@ -96,16 +101,24 @@ def _connector(bootstrap: str, topic: str, settings: Settings, q: mp.Queue) -> N
     size = sum(e.size for e in store.list(paths.RAW)) + sum(e.size for e in store.list(paths.QUARANTINE))
     shutil.rmtree(root, ignore_errors=True)
     q.put({"records": fc.input, "accepted": fc.accepted, "quarantined": fc.quarantined_total, "seconds": secs,
-           "parquet_bytes": size, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+           "parquet_bytes": size, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           # the largest consumer process it spawned (0: none)
+           "peak_rss_consumer_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
 
 
 def measure(fn, *args) -> dict:
+    """Run `fn` in a fresh child; its result, with the CPU seconds of the child and its children
+    (the connector's consumer processes) and the 1-minute load average before it."""
+    load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     q: mp.Queue = mp.get_context("spawn").Queue()
     p = mp.get_context("spawn").Process(target=fn, args=(*args, q))
     p.start()
     out = q.get(timeout=1800)
     p.join()
-    return out
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {**out, "cpu_s": round(cpu, 2), "load_before": round(load, 2)}
 
 
 def main() -> None:
@@ -129,17 +142,23 @@ def main() -> None:
         for r in range(args.rounds):
             base.append(measure(_baseline, b.bootstrap, topic, settings))
             conn.append(measure(_connector, b.bootstrap, topic, settings))
-            print(f"round {r + 1}: raw {base[-1]['records'] / base[-1]['seconds']:,.0f} rec/s, "
-                  f"connector {conn[-1]['records'] / conn[-1]['seconds']:,.0f} rec/s", flush=True)
+            x, y = base[-1], conn[-1]
+            print(f"round {r + 1}: raw {x['records'] / x['seconds']:,.0f} rec/s ({x['seconds']:.1f} s, "
+                  f"{x['cpu_s']:.1f} CPU s, load {x['load_before']:.2f}), connector "
+                  f"{y['records'] / y['seconds']:,.0f} rec/s ({y['seconds']:.1f} s, {y['cpu_s']:.1f} CPU s, "
+                  f"load {y['load_before']:.2f}): ratio {x['seconds'] / y['seconds']:.3f}", flush=True)
     for x in base + conn:
         assert x["records"] == args.events, x
     a = statistics.median(x["records"] / x["seconds"] for x in base)
     c = statistics.median(x["records"] / x["seconds"] for x in conn)
     print(json.dumps({"events": args.events, "partitions": args.partitions, "baseline": base, "connector": conn}))
     print(f"(a) raw kafka-python consumption: {a:,.0f} records/s, peak RSS {max(x['peak_rss_mb'] for x in base):,.0f} MB")
+    spawned = max(x["peak_rss_consumer_mb"] for x in conn)
     print(f"(b) connector topic → durable Parquet: {c:,.0f} records/s, peak RSS {max(x['peak_rss_mb'] for x in conn):,.0f} MB"
-          f" ({conn[-1]['accepted']:,} accepted, {conn[-1]['quarantined']:,} quarantined, "
+          + (f" (+ consumer processes, each at most {spawned:,.0f} MB)" if spawned > 50 else "")
+          + f" ({conn[-1]['accepted']:,} accepted, {conn[-1]['quarantined']:,} quarantined, "
           f"{conn[-1]['parquet_bytes'] / 1e6:,.1f} MB Parquet)")
+    print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
     print(f"ratio={c / a:.3f}")
 
 

@@ -1,8 +1,9 @@
 """Transport: a Kafka topic, read in bounded, resumable batches with kafka-python.
 
-Lifecycle: `open()` assigns every partition of the topic and positions at the group's
-committed offset; `batches()` yields per-partition batches up to the high watermark seen when
-the read started (never an endless loop); the caller writes each batch durably and then calls
+Lifecycle: `open()` assigns every partition of the topic (or the subset given: one consumer
+process's share, see `safetynet.intake.ingest`) and positions at the group's committed offset;
+`batches()` yields per-partition batches up to the high watermark seen when the read started
+(never an endless loop); the caller writes each batch durably and then calls
 `commit(batch)`; `close()`. Offsets are committed only after the batch's Parquet is durable.
 
 Replays are exact: before a batch is written its offset range is recorded as an *intent*
@@ -17,7 +18,7 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
@@ -72,13 +73,15 @@ class KafkaTopicSource:
     """A bounded reader of one topic for one consumer group."""
 
     def __init__(self, settings: Settings, topic: str, store: ObjectStore, *, batch_max: int | None = None,
-                 idle_polls: int = 5):
+                 idle_polls: int = 5, partitions: Collection[int] | None = None):
         self.settings = settings
         self.topic = topic
         self.store = store
         self.batch_max = batch_max or settings.batch_max_records
         self.idle_polls = idle_polls
         self.group = settings.kafka_group
+        #: read only these partitions (one consumer process's share of a topic); None: all of them
+        self.only = frozenset(partitions) if partitions is not None else None
         self.consumer: KafkaConsumer | None = None
         self.partitions: list[TopicPartition] = []
 
@@ -89,7 +92,8 @@ class KafkaTopicSource:
         if parts is None:  # metadata not loaded yet or topic absent
             self.consumer.topics()
             parts = self.consumer.partitions_for_topic(self.topic) or set()
-        self.partitions = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self.partitions = [TopicPartition(self.topic, p) for p in sorted(parts)
+                           if self.only is None or p in self.only]
         # manual assignment: no group join (a bounded batch job owns its partitions); the group
         # still stores the committed offsets
         self.consumer.assign(self.partitions)
@@ -289,14 +293,34 @@ def backlog(settings: Settings, topics: list[str], polls: int = 5, poll_timeout_
     ListOffsets request (`end_offsets`), which some Kafka-protocol brokers answer wrongly. A record
     left only as a transaction marker reads as True: the ingest then finds nothing, which is harmless.
     """
+    out: dict[str, bool | None] = dict.fromkeys(topics, False)
+    for tp, (lag, got) in _probe(settings, topics, polls, poll_timeout_ms).items():
+        if got or (lag is not None and lag > 0):
+            out[tp.topic] = True
+        elif lag is None and not out[tp.topic]:
+            out[tp.topic] = None
+    return out
+
+
+def partition_lags(settings: Settings, topic: str, polls: int = 5, poll_timeout_ms: int = 500) -> dict[int, int | None]:
+    """Per partition of `topic`: how many offsets lie between the group's committed offset (or the
+    beginning) and the high watermark — the records left to read (transaction markers count too);
+    None where no watermark came after `polls` polls. The same probe as `backlog` (nothing is
+    committed, at most one record batch per partition fetched); {} for a topic that does not exist."""
+    return {tp.partition: lag for tp, (lag, _) in _probe(settings, [topic], polls, poll_timeout_ms).items()}
+
+
+def _probe(settings: Settings, topics: list[str], polls: int, poll_timeout_ms: int
+           ) -> dict[TopicPartition, tuple[int | None, bool]]:
+    """Per partition of `topics`: (high watermark − start, or None if no watermark came; whether a
+    fetch returned records), where start is the group's committed offset or the log's beginning."""
     c = KafkaConsumer(group_id=settings.kafka_group, **{**consumer_config(settings), "max_partition_fetch_bytes": 1,
                                                         "fetch_max_bytes": 1})
     try:
         c.topics()  # metadata for every topic at once
         tps = [TopicPartition(t, p) for t in topics for p in sorted(c.partitions_for_topic(t) or ())]
-        out: dict[str, bool | None] = dict.fromkeys(topics, False)
         if not tps:
-            return out
+            return {}
         c.assign(tps)
         start = {}
         for tp in tps:
@@ -306,22 +330,18 @@ def backlog(settings: Settings, topics: list[str], polls: int = 5, poll_timeout_
             else:
                 c.seek(tp, committed)
             start[tp] = c.position(tp)
-        known: set[TopicPartition] = set()
+        lag: dict[TopicPartition, int] = {}
+        got: set[TopicPartition] = set()
         for _ in range(polls):
             for tp, msgs in c.poll(timeout_ms=poll_timeout_ms).items():
                 if msgs:
-                    out[tp.topic] = True
+                    got.add(tp)
             for tp in tps:
                 hw = c.highwater(tp)
                 if hw is not None:
-                    known.add(tp)
-                    if hw > start[tp]:
-                        out[tp.topic] = True
-            if len(known) == len(tps):
+                    lag[tp] = max(0, hw - start[tp])
+            if len(lag) == len(tps):
                 break
-        for tp in tps:
-            if tp not in known and not out[tp.topic]:
-                out[tp.topic] = None
-        return out
+        return {tp: (lag.get(tp), tp in got) for tp in tps}
     finally:
         c.close(autocommit=False)

@@ -153,9 +153,10 @@ def test_sigkill_mid_batch_then_restart_equals_an_uninterrupted_run(broker, topi
     assert rows == exp["messages"]
 
 
-def test_writer_process_does_not_rerun_the_host_program(broker, topic, tmp_path):
+@pytest.mark.parametrize("parallel", [False, True], ids=["one-process", "consumer-processes"])
+def test_writer_process_does_not_rerun_the_host_program(broker, topic, tmp_path, parallel):
     """Inside an Airflow task the main script is the `airflow` CLI, whose import fails in a
-    process without Airflow's DB settings; `spawn` would re-run it in the writer process."""
+    process without Airflow's DB settings; `spawn` would re-run it in a consumer process."""
     msgs, exp = claim_events(3_000)
     publish(broker.bootstrap, topic, msgs)
     host = tmp_path / "host.py"
@@ -171,7 +172,8 @@ def test_writer_process_does_not_rerun_the_host_program(broker, topic, tmp_path)
     env = {**os.environ, "SAFETYNET_KAFKA_BOOTSTRAP": broker.bootstrap, "SAFETYNET_BATCH_MAX_RECORDS": "1000",
            "SAFETYNET_WRITER_PROCESS_MIN_RECORDS": "500", "SAFETYNET_PROGRESS": "false",
            "SAFETYNET_STORE": str(tmp_path / "store"), "SAFETYNET_KAFKA_GROUP": "host-" + uuid.uuid4().hex[:6],
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           **({"SAFETYNET_KAFKA_CONSUMERS": "2", "SAFETYNET_KAFKA_PARALLEL_MIN_RECORDS": "0"} if parallel else {})}
     r = subprocess.run([sys.executable, str(host)], env=env, capture_output=True, text=True, timeout=300,
                        check=False)
     assert r.returncode == 0, r.stderr[-2000:]

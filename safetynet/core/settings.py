@@ -49,6 +49,17 @@ class Settings(BaseSettings):
         "two writer threads while the next batch is fetched (0: always; a large number: never; the name is kept "
         "from when the writer was a process)")
 
+    kafka_consumers: int = Field(
+        0, ge=0, description="Consumer processes reading one topic's partitions when its backlog is large (like Kafka "
+        "Connect's tasks.max): the ingest's own process and up to this many minus one spawned ones, each with a share "
+        "of the partitions (at most one process per partition); 0 (auto): with 4 or more CPUs the fewest from one per CPU "
+        "up to two per CPU whose shares of the backlog are even, below 4 CPUs one process (measured on 2 CPUs: no "
+        "gain); 1: one process, never spawn")
+    kafka_parallel_min_records: int = Field(
+        500_000, ge=0, description="Spawn consumer processes only when a topic's partitions hold at least this many "
+        "records past the committed offsets (a process start costs its imports, about a second of CPU: on 2 CPUs "
+        "the processes only break even near a million records); below: one process")
+
     kafka_retry_s: float = Field(120.0, ge=0, description="How long an ingest retries a lost broker connection "
                                  "(exponential backoff) before it fails")
 

@@ -11,20 +11,30 @@ Only then is the Kafka offset committed or the drop recorded as done. Per feed a
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import hashlib
 import json
 import logging
+import logging.handlers
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import signal
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Mapping as MappingT
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import duckdb
 import pyarrow as pa
@@ -41,11 +51,12 @@ from connectors.formats import (
     read_rows,
     rows_to_records,
 )
-from connectors.kafka_topic import KafkaBatch, KafkaTopicSource
+from connectors.kafka_topic import KafkaBatch, KafkaTopicSource, partition_lags
 from connectors.mapping import Mapping
-from safetynet.core import lease, paths
+from safetynet.core import lease, logmask, paths
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore, parquet_bytes
+from safetynet.intake import consumer_boot
 from safetynet.intake import health as feed_health
 from schemas import normalise
 from schemas.contract import Contract
@@ -111,6 +122,19 @@ class FeedCounts:
         else:
             self.file_records += n
         self.batches += 1
+
+    def merge(self, other: FeedCounts) -> None:
+        """Add what another consumer process of this run did to the same feed (`ingest_topic`)."""
+        self.input += other.input
+        self.accepted += other.accepted
+        self.quarantined.update(other.quarantined)
+        self.kafka_records += other.kafka_records
+        self.file_records += other.file_records
+        self.batches += other.batches
+        self.files += other.files
+        self.checksums.update(other.checksums)
+        self.drift.update(other.drift)
+        self.empty_snapshots += other.empty_snapshots
 
     def as_dict(self) -> dict:
         return {"feed_id": self.feed_id, "input": self.input, "accepted": self.accepted,
@@ -317,7 +341,7 @@ class BatchWriter:
     WRITERS = 2
     SWITCH_S = 0.0005
 
-    def __init__(self, settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyConnection):
+    def __init__(self, settings: Settings, store: ZoneWriter, con: duckdb.DuckDBPyConnection):
         self.settings, self.store, self.con = settings, store, con
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()  # each writer thread's DuckDB connection
@@ -326,7 +350,7 @@ class BatchWriter:
         self._switch: float | None = None  # the interpreter's switch interval before the writers
 
     def _connect(self) -> None:
-        self._local.con = con = normalise.connect(threads=1)
+        self._local.con = con = _writer_connection()
         with self._lock:
             self._cons.append(con)
 
@@ -363,9 +387,17 @@ class BatchWriter:
             self._cons.clear()
 
 
+def _writer_connection() -> duckdb.DuckDBPyConnection:
+    """A writer's DuckDB connection: one thread, and no progress bar on stderr (DuckDB draws one for
+    a query that runs over 2 s, as a batch's can on a busy machine)."""
+    con = normalise.connect(threads=1)
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
 def ingest_topic(settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract,
                  counts: FeedCounts, progress: Progress | None = None, writer: BatchWriter | None = None,
-                 mapping: Mapping | None = None) -> None:
+                 mapping: Mapping | None = None, *, leases: MappingT[str, lease.Lease] | None = None) -> None:
     """Read the feed's topic up to the watermark; write, then commit, batch by batch.
 
     Fetching and writing overlap: while the writer validates and writes a batch, this thread
@@ -377,11 +409,20 @@ def ingest_topic(settings: Settings, store: ObjectStore, con: duckdb.DuckDBPyCon
     leaves at most one uncommitted batch per partition, exactly as without the overlap (see
     `connectors.kafka_topic`). The consumer is only ever used by this thread: intents and
     commits happen here, the writer thread only writes files.
+
+    A large backlog is read by several consumer processes (`_consumer_plan`, `_read_parallel`):
+    each reads its share of the partitions with this same loop. `leases`: the run's held leases
+    (`lease.held`), which the spawned processes follow.
     """
     own = writer is None
     writer = writer or BatchWriter(settings, store, con)
     try:
-        _retrying(settings, c.topic, lambda: _read_topic(settings, store, c, counts, progress, writer, mapping))
+        topic = c.topic
+        groups = _consumer_plan(settings, store, c, topic)
+        if groups:
+            _read_parallel(settings, store, c, topic, counts, progress, writer, mapping, groups, leases)
+        else:
+            _retrying(settings, topic, lambda: _read_topic(settings, store, c, counts, progress, writer, mapping))
     finally:
         if own:
             writer.close()
@@ -427,25 +468,39 @@ def _retrying(settings: Settings, what: str, fn: Callable[[], None]) -> None:
 MAX_IN_FLIGHT = 2
 
 
+class _Stopped(Exception):
+    """A consumer process was asked to stop (another one of its run failed): its batches not yet
+    committed stay uncommitted, exactly as after a crash."""
+
+
 def _read_topic(settings: Settings, store: ObjectStore, c: Contract, counts: FeedCounts,
-                progress: Progress | None, writer: BatchWriter, mapping: Mapping | None) -> None:
+                progress: Progress | None, writer: BatchWriter, mapping: Mapping | None, *,
+                topic: str | None = None, partitions: Sequence[int] | None = None,
+                check: Callable[[], None] | None = None, stop: Callable[[], bool] | None = None) -> None:
+    """The read → intent → write → commit loop of one consumer over `partitions` of `topic` (default:
+    all of the feed's topic). `check` runs before every intent and commit (default: this process's
+    lease of the feed, `lease.check_held`); `stop()` true ends the loop at the next batch (`_Stopped`)."""
+    topic = topic or c.topic
+    held = check or (lambda: lease.check_held([c.feed_id]))
     inflight: dict[int, tuple[KafkaBatch, Future]] = {}  # partition → its batch being written, oldest first
 
     def finish(partition: int) -> None:
         b, fut = inflight.pop(partition)
         res: BatchResult = fut.result()  # re-raises a write failure here: nothing committed
-        lease.check_held([c.feed_id])  # a holder that lost its lease commits nothing more
+        held()  # a holder that lost its lease commits nothing more
         src.commit(b)
         counts.add(res, kafka=True)
         if progress:
             progress(c.feed_id, len(b.values))
 
-    with KafkaTopicSource(settings, c.topic, store).open() as src:
+    with KafkaTopicSource(settings, topic, store, partitions=partitions).open() as src:
         if not src.partitions:
-            log.info("kafka: topic %s does not exist (yet); nothing to read", c.topic)
+            log.info("kafka: topic %s does not exist (yet); nothing to read", topic)
             return
         try:
             for b in src.batches():
+                if stop is not None and stop():
+                    raise _Stopped(f"{c.feed_id}: partitions {sorted(tp.partition for tp in src.partitions)} stopped")
                 # one batch in flight per partition: a partition's next intent is recorded
                 # only after its previous batch is written and committed
                 if b.partition in inflight:
@@ -454,7 +509,7 @@ def _read_topic(settings: Settings, store: ObjectStore, c: Contract, counts: Fee
                     finish(p)
                 while len(inflight) >= MAX_IN_FLIGHT:  # the writer is behind: wait for the oldest
                     finish(next(iter(inflight)))
-                lease.check_held([c.feed_id])
+                held()
                 src.record_intent(b)
                 inflight[b.partition] = (b, writer.submit(c, b, mapping))
             for p in list(inflight):
@@ -462,6 +517,391 @@ def _read_topic(settings: Settings, store: ObjectStore, c: Contract, counts: Fee
         finally:
             for _, fut in inflight.values():  # failed: let the writes end (uncommitted) before leaving
                 fut.exception()
+
+
+# ---- Kafka: several consumer processes for a large backlog ------------------------------------
+def _consumer_plan(settings: Settings, store: ObjectStore, c: Contract, topic: str) -> list[list[int]]:
+    """The topic's partitions in groups, one per consumer process — the first read by this
+    process, the others each by a spawned one — or [] to read the topic here alone.
+
+    Parallel only when it pays: at least two partitions hold records past the group's committed
+    offsets (a probe, `partition_lags`), together at least `kafka_parallel_min_records`, and no
+    process would get over 90 % of them. Never from a daemonic process (it may not have
+    children), nor when a spawned process would not open the same store from the settings. The
+    partitions with records are dealt out by `_deal`; those with nothing (or an unknown amount)
+    waiting are read here, in the first group.
+    """
+    if settings.kafka_consumers == 1 or mp.current_process().daemon or not _same_store(settings, store):
+        return []
+    if settings.kafka_consumers == 0 and _cores() < AUTO_MIN_CORES:
+        return []  # measured on 2 CPUs: the processes' start ate what they gained (ratio 0.69–0.72 either way)
+    try:
+        lags = partition_lags(settings, topic)
+    except Exception as e:  # the probe only chooses the path: the read itself retries (or fails clearly)
+        log.info("kafka: %s: backlog probe failed (%s: %s); reading in one process", topic, type(e).__name__, e)
+        return []
+    waiting = {p: lag for p, lag in lags.items() if lag}
+    if len(waiting) < 2 or sum(waiting.values()) < settings.kafka_parallel_min_records:
+        return []
+    groups = _deal(waiting, settings.kafka_consumers, _cores())
+    if sum(waiting[p] for p in groups[0]) > 0.9 * sum(waiting.values()):
+        return []  # one partition holds nearly everything: other processes would only add their start
+    groups[0] = sorted(groups[0] + [p for p in lags if p not in waiting])
+    log.info("kafka: %s: %d records waiting in %d partitions: %d consumer processes, partitions %s", topic,
+             sum(waiting.values()), len(lags), len(groups), groups,
+             extra={"event": "kafka_parallel", "feed": c.feed_id, "topic": topic})
+    return groups
+
+
+def _deal(waiting: dict[int, int], consumers: int, cores: int) -> list[list[int]]:
+    """Partitions (→ records waiting) dealt to consumer processes, the largest backlog first, each to
+    the process with the fewest records so far; the processes ordered by their records, most first
+    (the first is the parent's, which starts first).
+
+    `consumers` > 0: that many processes (at most one per partition). 0: the fewest, from one per
+    core (at least 2) up to two per core, whose shares are even — the largest within 10 % of the
+    mean — else the fewest with the smallest largest share: the processes end together only when
+    their shares are even (3 partitions on 2 cores: 3 processes, not 2 whose larger share would
+    run on alone), and each process more costs its start (imports, ~1 s of CPU).
+    """
+    total = sum(waiting.values())
+    if consumers:
+        counts = [min(consumers, len(waiting))]
+    else:
+        lo, hi = min(len(waiting), max(2, cores)), min(len(waiting), 2 * max(2, cores))
+        counts = list(range(lo, hi + 1))
+    best: list[tuple[int, list[int]]] = []
+    for n in counts:
+        groups: list[list[int]] = [[] for _ in range(n)]
+        load = [0] * n
+        for p, lag in sorted(waiting.items(), key=lambda x: (-x[1], x[0])):
+            i = min(range(n), key=lambda j: (load[j], j))
+            groups[i].append(p)
+            load[i] += lag
+        dealt = sorted(zip(load, groups, strict=True), key=lambda x: -x[0])
+        if not best or dealt[0][0] < best[0][0]:
+            best = dealt
+        if max(load) <= 1.1 * total / n:
+            break
+    return [sorted(g) for _, g in best]
+
+
+#: `kafka_consumers` = 0 (auto) spawns consumer processes only with at least this many CPUs
+AUTO_MIN_CORES = 4
+
+
+def _cores() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _same_store(settings: Settings, store: ObjectStore) -> bool:
+    """Whether `ObjectStore.from_settings(settings)` (what a consumer process opens) is `store`."""
+    url = settings.store
+    if url.startswith("s3://"):
+        return store.url == url
+    return store.url == "file://" + str(Path(url[7:] if url.startswith("file://") else url).expanduser().resolve())
+
+
+@dataclass(frozen=True)
+class _ConsumerJob:
+    """What a spawned consumer process is given (pickled): its share of one feed's topic."""
+
+    settings: Settings
+    feed_id: str
+    topic: str  # given, not taken from the contract: the parent's may be another (the tests', the bench's)
+    partitions: tuple[int, ...]
+    mapping: Mapping | None
+    lease: tuple[int, float] | None  # the parent's lease of the feed: (generation, ttl_s)
+    parent_pid: int
+    log_levels: dict[str, int]
+    index: int
+
+
+class _ConsumerFailed(Exception):
+    """A spawned consumer process failed: stops this process's own read (not a transient error, so
+    `_retrying` does not retry it); the process's error is raised once every consumer has ended."""
+
+
+#: how long the consumer processes are given to end their in-flight batches after a failure
+STOP_WAIT_S = 30.0
+
+
+def _read_parallel(settings: Settings, store: ObjectStore, c: Contract, topic: str, counts: FeedCounts,
+                   progress: Progress | None, writer: BatchWriter, mapping: Mapping | None, groups: list[list[int]],
+                   leases: MappingT[str, lease.Lease] | None) -> None:
+    """Read `groups[0]` here and every other group in a spawned consumer process; merge their counts.
+
+    Each process runs `_read_topic` over its partitions with its own consumer, DuckDB connections
+    and writer threads, so per partition everything is as in one process: the same batches (file
+    names and bytes), intents before writes, commits after durable writes. A spawned process
+    follows this process's lease of the feed (`_lease_follower`, before every intent, file write
+    and commit; this process keeps renewing it) and dies with it (`_exit_with_parent`). Its
+    progress and log records come back on a queue, read here after each of this process's own
+    commits and while waiting for the others. When any consumer fails, the others are told to
+    stop (their uncommitted batches stay uncommitted), the counts of what was committed are
+    merged, and the first error is raised, naming the feed and partitions.
+    """
+    ctx = mp.get_context("spawn")
+    q: Any = ctx.Queue()
+    stop = ctx.Event()
+    held = (leases or {}).get(c.feed_id)
+    follow = (held.generation, held.ttl_s) if held is not None else None
+    levels = _log_levels()
+    jobs = {i: _ConsumerJob(settings, c.feed_id, topic, tuple(g), mapping, follow, os.getpid(), levels, i)
+            for i, g in enumerate(groups) if i}
+    procs: dict[int, Any] = {}
+    results: dict[int, FeedCounts] = {}
+    errors: dict[int, BaseException] = {}
+
+    def take(wait_s: float = 0.0) -> None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                msg = q.get(timeout=max(0.0, deadline - time.monotonic())) if wait_s else q.get_nowait()
+            except queue.Empty:
+                break
+            kind, i, body = msg[0], msg[1], msg[2]
+            if kind == "log":
+                logging.getLogger(body.name).handle(body)
+            elif kind == "progress":
+                if progress:
+                    progress(c.feed_id, body)
+            else:  # "done", "stopped", "failed": the process's last message
+                results[i] = body
+                if kind == "failed":
+                    errors.setdefault(i, msg[3])
+            wait_s = 0.0  # after the first message, take only what is there
+
+    def drain(wait_s: float = 0.0) -> None:
+        """Handle what the consumer processes sent; note a process that ended without a word."""
+        take(wait_s)
+        dead = [i for i, p in procs.items() if i not in results and p.exitcode is not None]
+        if dead:
+            take(0.5)  # its last message is in the pipe before it exits: take it
+            for i in dead:
+                if i not in results:
+                    results[i] = FeedCounts(c.feed_id)
+                    errors.setdefault(i, RuntimeError(f"exited with code {procs[i].exitcode} before reporting"))
+
+    def own_progress(feed_id: str, n: int) -> None:
+        if progress:
+            progress(feed_id, n)
+        drain()
+        if errors:
+            raise _ConsumerFailed()
+
+    try:
+        try:
+            with _spawn_without_host_main():
+                for i, job in jobs.items():
+                    procs[i] = p = ctx.Process(target=consumer_boot.main, args=(pickle.dumps(job), q, stop),
+                                               daemon=True, name=f"kafka-consumer-{c.feed_id}-{i}")
+                    p.start()
+            _retrying(settings, topic, lambda: _read_topic(settings, store, c, counts, own_progress, writer, mapping,
+                                                           topic=topic, partitions=groups[0]))
+            while len(results) < len(procs) and not errors:
+                drain(0.2)
+        except _ConsumerFailed:
+            pass
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            if errors:
+                stop.set()
+            deadline = time.monotonic() + STOP_WAIT_S
+            while len(results) < len(procs) and time.monotonic() < deadline:
+                drain(0.2)
+            for i, p in procs.items():
+                p.join(timeout=max(0.1, deadline - time.monotonic()))
+                if p.is_alive():  # stuck (e.g. in a broker retry): its uncommitted batch is read again next run
+                    log.warning("kafka: %s: consumer process for partitions %s did not stop; killing it",
+                                c.feed_id, list(jobs[i].partitions))
+                    p.kill()
+                    p.join()
+            for i in sorted(results):
+                counts.merge(results[i])
+    finally:
+        q.close()
+        q.cancel_join_thread()
+    if errors:
+        i = min(errors)
+        raise _consumer_error(c, topic, jobs[i].partitions, errors[i])
+
+
+def _consumer_error(c: Contract, topic: str, partitions: Sequence[int], e: BaseException) -> BaseException:
+    """A consumer process's error as raised in the parent: the same exception, of its class (so a
+    `TransientError` is still retried and a `ConfigError` still is not), its message naming the
+    feed and partitions; a RuntimeError with that message where the class does not say it."""
+    msg = mask_text(f"{c.feed_id}: consumer process for {topic} partitions {list(partitions)}: "
+                    f"{type(e).__name__}: {e}")
+    try:
+        e.args = (msg,)
+        if str(e) == msg:
+            return e
+        out = type(e)(msg)  # a class whose text is not its args (OSError's)
+        if str(out) == msg:
+            out.__cause__ = e
+            return out
+    except Exception:  # a class of its own making
+        pass
+    out = RuntimeError(msg)
+    out.__cause__ = e
+    return out
+
+
+def _log_levels() -> dict[str, int]:
+    """The levels set on this process's loggers ("" for the root), for a consumer process."""
+    out = {"": logging.getLogger().level}
+    for name, lg in logging.Logger.manager.loggerDict.items():
+        if isinstance(lg, logging.Logger) and lg.level != logging.NOTSET:
+            out[name] = lg.level
+    return out
+
+
+class _QueueLog(logging.handlers.QueueHandler):
+    """A consumer process's log records, sent to the parent (which handles them as its own)."""
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        self.queue.put_nowait(("log", 0, record))
+
+
+class _Checked:
+    """A store whose every write is preceded by `check` (a consumer process's lease check)."""
+
+    def __init__(self, store: ObjectStore, check: Callable[[], None]):
+        self.store, self.check = store, check
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        self.check()
+        self.store.write_bytes(rel, data)
+
+
+def _lease_follower(store: ObjectStore, feed_id: str, held: tuple[int, float] | None,
+                    parent_pid: int) -> Callable[[], None]:
+    """The check a consumer process makes before every intent, file write and commit: its parent
+    is alive (else it exits), and the parent's lease generation of the feed is still the newest,
+    neither released nor expired (else `lease.LeaseLost`: the parent renews it while it works, so
+    an expired one means the parent is stalled and another run may take over)."""
+
+    def check() -> None:
+        if os.getppid() != parent_pid:
+            os._exit(70)
+        if held is None:
+            return
+        gen, _ = held
+        stems = [e.path.rsplit("/", 1)[-1][:-5] for e in store.list(paths.lease_generations(feed_id), ".json")]
+        newer = [int(x) for x in stems if x.isdigit() and int(x) > gen]
+        if newer:
+            raise lease.LeaseLost(f"lease {feed_id}: taken over by generation {max(newer)} (the parent process held "
+                                  f"{gen}): stop, another writer is running")
+        try:
+            rec = json.loads(store.read_bytes(paths.lease_generation(feed_id, gen)))
+        except FileNotFoundError:
+            raise lease.LeaseLost(f"lease {feed_id}: generation {gen} is gone: stop") from None
+        if rec.get("released") or dt.datetime.fromisoformat(rec["expires_at"]) < _now():
+            raise lease.LeaseLost(f"lease {feed_id}: generation {gen} was released or expired without renewal "
+                                  "(the parent process stalled): stop, another writer may take over")
+
+    return check
+
+
+def _consumer_process(job: _ConsumerJob, q: Any, stop: Any) -> None:
+    """A spawned consumer process (entered through `consumer_boot.main`): `_read_topic` over
+    `job.partitions`, then its counts to the parent."""
+    _exit_with_parent(job.parent_pid)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(_QueueLog(q))
+    for name, level in job.log_levels.items():
+        logging.getLogger(name or None).setLevel(level)
+    logmask.install()  # nothing ID-shaped leaves this process in a log record
+    counts = FeedCounts(job.feed_id)
+    kind, err = "done", None
+    try:
+        s = job.settings
+        store = ObjectStore.from_settings(s)
+        c = contracts()[job.feed_id]
+        check = _lease_follower(store, job.feed_id, job.lease, job.parent_pid)
+        con = _writer_connection()
+        writer = BatchWriter(s, _Checked(store, check), con)
+        try:
+            _retrying(s, job.topic, lambda: _read_topic(
+                s, store, c, counts, lambda _f, n: q.put(("progress", job.index, n)), writer, job.mapping,
+                topic=job.topic, partitions=job.partitions, check=check, stop=stop.is_set))
+        finally:
+            writer.close()
+            con.close()
+    except _Stopped:
+        kind = "stopped"
+    except BaseException as e:
+        kind, err = "failed", _portable(e)
+        log.error("kafka: %s partitions %s: %s", job.feed_id, list(job.partitions), mask_text(traceback.format_exc()))
+    q.put((kind, job.index, counts, err))
+    q.close()
+    q.join_thread()  # everything sent before leaving
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip interpreter teardown, where DuckDB's bindings print leak warnings
+
+
+def _portable(e: BaseException) -> BaseException:
+    """`e` if it survives pickling (to the parent), else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:
+        return RuntimeError(mask_text(f"{type(e).__name__}: {e}"))
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this process when its parent dies (e.g. SIGKILL), so that a retried run never races it.
+
+    Linux: the kernel delivers SIGKILL when the parent goes (`PR_SET_PDEATHSIG`); elsewhere, and as
+    a backstop, a thread polls the parent's pid. An unfinished write is harmless: files are written
+    atomically and the batch is not committed, so the next run rewrites it under the same name.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # died before prctl took effect
+        os._exit(70)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _spawn_without_host_main() -> Iterator[None]:
+    """Start spawn-method processes without re-running the host program's `__main__` in them.
+
+    `spawn` imports the parent's main script in the child before unpickling anything. A consumer
+    process needs only this package (its functions pickle by module name), and the host program
+    may be one whose import fails there: in an Airflow task the main script is the `airflow` CLI,
+    whose import configures Airflow's ORM from settings the task process is not given.
+    """
+    main = sys.modules.get("__main__")
+    saved: dict[str, Any] = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    if main is not None:
+        main.__dict__.pop("__file__", None)
+        main.__spec__ = None
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
 
 
 def write_kafka_batch(store: ZoneWriter, con: duckdb.DuckDBPyConnection, c: Contract, b: KafkaBatch,
@@ -596,11 +1036,12 @@ def ingest(settings: Settings, store: ObjectStore, feeds: Iterable[str] | None =
     report = IngestReport(run_id, started.isoformat(), {c.feed_id: FeedCounts(c.feed_id) for c in selected},
                           manifest=paths.ingest_run(run_id))
     ids = [c.feed_id for c in selected]
-    with lease.held(store, ids, run_id=run_id, ttl_s=settings.lease_ttl_s, wait_s=settings.lease_wait_s):
+    with lease.held(store, ids, run_id=run_id, ttl_s=settings.lease_ttl_s, wait_s=settings.lease_wait_s) as held:
         report.write(store)  # the "started" record first: a run that dies still has one
         report.adopted = adopt_crashed_runs(store, report)
         try:
-            _ingest_feeds(settings, store, selected, maps, report, kafka, files, progress)
+            _ingest_feeds(settings, store, selected, maps, report, kafka, files, progress,
+                          {x.name: x for x in held})
             lease.check_held(ids)
             report.status = "complete"
         except BaseException as e:
@@ -612,7 +1053,8 @@ def ingest(settings: Settings, store: ObjectStore, feeds: Iterable[str] | None =
 
 
 def _ingest_feeds(settings: Settings, store: ObjectStore, selected: list[Contract], maps: dict,
-                  report: IngestReport, kafka: bool, files: bool, progress: Progress | None) -> None:
+                  report: IngestReport, kafka: bool, files: bool, progress: Progress | None,
+                  leases: MappingT[str, lease.Lease] | None = None) -> None:
     run_id = report.run_id
     con = normalise.connect()
     writer = BatchWriter(settings, store, con)
@@ -625,7 +1067,7 @@ def _ingest_feeds(settings: Settings, store: ObjectStore, selected: list[Contrac
             counts.mapping = {"sha256": mp_.sha256, "checksum": mp_.checksum, "sources": list(mp_.sources)}
             drops = ingest_drops(store, con, c, counts, progress, run_id, mp_) if files else []
             if kafka:
-                ingest_topic(settings, store, con, c, counts, progress, writer, mp_)
+                ingest_topic(settings, store, con, c, counts, progress, writer, mp_, leases=leases)
             counts.seconds = time.perf_counter() - t0
             if not counts.reconciles:  # a bug, never expected: stop loudly rather than publish it
                 raise AssertionError(f"{c.feed_id}: counts do not reconcile: {counts.as_dict()}")
