@@ -12,7 +12,7 @@ TEST_STAMP := $(VENV)/.installed-test
 PERSONS ?= 20000
 SEED ?= 20261101
 
-.PHONY: demo test test-fast install install-test bench lint clean browser spark
+.PHONY: demo test test-fast test-distributed install install-test bench lint clean browser spark
 # Browser tests drive Debian's Chromium (never a downloaded browser); CJK fonts so Chinese renders.
 BROWSER_STAMP := $(VENV)/.browser
 APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
@@ -66,6 +66,13 @@ test: $(TEST_STAMP) $(BROWSER_STAMP) $(SPARK_STAMP)
 # are applied by fixture use in tests/conftest.py), in under a minute.
 test-fast: $(TEST_STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not (broker or s3 or postgres or browser or airflow or slow or faults)" -p no:cacheprovider
+
+# The monitoring DAG on Airflow's CeleryExecutor: two `airflow celery worker`s on Redis (127.0.0.1:6379,
+# db 13, a queue of its own: SAFETYNET_TEST_REDIS), PostgreSQL metadata (a fresh database, dropped after:
+# SAFETYNET_TEST_POSTGRES), a two-county city; the published snapshot equals `safetynet run`'s. Part of
+# `make test` (so of CI) too; this target runs it alone (2½–3½ minutes on 2 CPUs).
+test-distributed: $(TEST_STAMP)
+	$(VENV)/bin/python -m pytest -q -m distributed -p no:cacheprovider
 
 # ruff (style, import order, bugbear, Airflow), mypy on the runtime packages, and the layer
 # contract (.importlinter: each layer imports only from the layers before it).

@@ -633,6 +633,28 @@ def policy_for_data(store, snapshot_date: dt.date, given=None, required: bool = 
     return pol
 
 
+def policies_for_data(store, snapshot_date: dt.date, given=None, required: bool = True):
+    """The policy to build with per county of the store's register: the file given for its own
+    county (checked against the register: a file of a county the register does not hold is refused),
+    the shipped ones for the others. One county: the policy itself (as `policy_for_data`); several:
+    county → policy, built one county at a time with each county's file (`pipeline.build_snapshot`)."""
+    from quality import policy
+    from safetynet import pipeline
+
+    try:
+        counties = pipeline.counties_of(store)
+    except ValueError as e:
+        if not required and "no clean person register" in str(e):
+            return given
+        raise UsageError(str(e)) from None
+    if len(counties) <= 1:
+        return policy_for_data(store, snapshot_date, given, required)
+    if given is not None and given.policy.region_code not in counties:
+        policy.check_county(given, counties[0])  # the PolicyError naming the fix
+    return {c: given if given is not None and given.policy.region_code == c
+            else policy.for_region(c, snapshot_date.year) for c in counties}
+
+
 def run_build(settings, store, snapshot_date: dt.date, pol, accept_unhealthy=(), full_gate: bool = False,
               full_build: bool = False):
     """Build, warnings, quality gate and publish from clean/ (shared by `run` and `demo`), with a
@@ -692,7 +714,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # the policy before anything is ingested: the file given exists and parses, and matches the
     # county of the data already in the store (a first run's data is checked after its ingest)
     given = policy.load(args.policy) if args.policy else None
-    policy_for_data(store, args.snapshot_date, given, required=False)
+    policies_for_data(store, args.snapshot_date, given, required=False)
     accept = args.accept_unhealthy or []
     report, cleaned = run_ingest(s, store, kafka=kafka)
     ok = print_summary(report, cleaned)
@@ -701,7 +723,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if refused:
         raise _Unhealthy(f"not published: unhealthy feed(s) {', '.join(refused)} (see above); fix them, or "
                          "publish on their previous state with --accept-unhealthy FEED")
-    pol = policy_for_data(store, args.snapshot_date, given)  # before the build: never 30 s to learn it is the wrong one
+    # before the build: never 30 s to learn it is the wrong one; a register spanning counties: one per county
+    pol = policies_for_data(store, args.snapshot_date, given)
     res = run_build(s, store, args.snapshot_date, pol, accept, full_gate=args.full_gate, full_build=args.full_build)
     if res.accepted_unhealthy:
         _say(con, (f"published on the previous clean state of unhealthy feed(s) {', '.join(res.accepted_unhealthy)} "
@@ -1070,7 +1093,8 @@ def build_parser() -> argparse.ArgumentParser:
     store_opts(sp)
     sp.add_argument("--snapshot-date", type=_date, required=True, metavar="YYYY-MM-DD",
                     help="facts before this day")
-    sp.add_argument("--policy", help="policy file (default: quality/policy/<county>-<year>.toml)")
+    sp.add_argument("--policy", help="policy file (default: quality/policy/<county>-<year>.toml; a register spanning "
+                    "counties is built per county: the file given for its own county, the shipped ones for the others)")
     sp.add_argument("--no-kafka", action="store_true", help="file drops only")
     sp.add_argument("--wait-lease", type=float, metavar="SECONDS",
                     help="wait this long for another ingest holding a feed (default: $SAFETYNET_LEASE_WAIT_S, 0: exit 4)")

@@ -308,27 +308,42 @@ def feeds_with_work(run_type: str | None = None) -> list[str]:
 
 @no_retry
 def run_monitoring(snapshot_date: str) -> dict:
-    """Quality gate → monitoring build → warnings → publish (+ `hub.warnings.v1`) for one snapshot date.
+    """Quality gate → monitoring build → warnings → publish (+ `hub.warnings.v1`) for one snapshot date,
+    every county in this one process (`pipeline.build_snapshot`; the DAG runs the same per-county
+    builds as mapped tasks: `monitoring_counties` → `build_county` → `publish_monitoring`).
 
     Idempotent: a re-run (or backfill) for the same date rewrites identical bytes and warning ids.
     Records which inputs were stale at the snapshot's reference time (`freshness.snapshot_as_of`:
     the end of the day in Asia/Shanghai, for a past day independent of when it runs). A failed
     critical expectation fails the task without retries (the data, not the attempt, is at fault).
     """
-    from quality import freshness
     from safetynet import pipeline
-    from safetynet.core import paths
 
     s, store = _edge()
     day = dt.date.fromisoformat(snapshot_date)
+    stale = _stale_warning(store, day)
+    pols = pipeline.policies(store, day)  # PolicyError: a ConfigError, no retry
+    res = pipeline.build_snapshot(s, store, day, pols if len(pols) > 1 else next(iter(pols.values())))
+    return _monitoring_out(day, res, stale, sorted(pols))
+
+
+def _stale_warning(store: ObjectStore, day: dt.date) -> list[str]:
+    from quality import freshness
+
     as_of = freshness.snapshot_as_of(day)
     stale = freshness.stale_feeds(store, as_of)
     if stale:
         log.warning("snapshot %s is computed on stale inputs: %s", day, ", ".join(stale),
-                    extra={"event": "stale_inputs", "snapshot_date": snapshot_date, "stale_inputs": stale,
+                    extra={"event": "stale_inputs", "snapshot_date": day.isoformat(), "stale_inputs": stale,
                            "as_of": as_of.isoformat()})
-    pol = pipeline.load_policy(pipeline.county_of(store), day, None)  # PolicyError: a ConfigError, no retry
-    res = pipeline.build_snapshot(s, store, day, pol)  # QualityGateFailed: a DataError, no retry (`no_retry`)
+    return stale
+
+
+def _monitoring_out(day: dt.date, res, stale: list[str], counties: list[str]) -> dict:
+    """The monitoring task's XCom: counts, the version published, how the build ran (no personal value)."""
+    from quality import freshness
+    from safetynet.core import paths
+
     w = res.warnings
     by_rule: dict[str, int] = {}
     if w is not None:
@@ -345,12 +360,82 @@ def run_monitoring(snapshot_date: str) -> dict:
         "build_mode": res.build_mode, "households_reevaluated": res.households_reevaluated,
         "build_reason": res.build_reason,
         "kafka_published": res.kafka_published,
-        "stale_as_of": as_of.isoformat(), "stale_inputs": stale,
+        "stale_as_of": freshness.snapshot_as_of(day).isoformat(), "stale_inputs": stale,
         "rules_on_stale_inputs": dict(sorted(affected.items())),
+        "counties": counties,
     }
-    log.info("monitoring %s: %d persons, %d households, %d warnings; stale inputs: %s", day, res.persons,
-             res.households, out["warnings"], ", ".join(stale) or "none",
+    log.info("monitoring %s: %d persons, %d households, %d warnings in %d county(ies); stale inputs: %s", day,
+             res.persons, res.households, out["warnings"], len(counties), ", ".join(stale) or "none",
              extra={"event": "monitoring_task", **{k: v for k, v in out.items() if k != "rules_on_stale_inputs"}})
+    return out
+
+
+# ---- the monitoring DAG, one task per county ---------------------------------------------------------
+@no_retry
+def monitoring_counties(snapshot_date: str, run_key: str) -> list[str]:
+    """The counties of the register (the DAG maps one `build_county` task over them), each with a
+    valid policy file for the snapshot's year — checked here, before any build starts. Clears the
+    staged parts earlier runs of the date left (the DAG runs one monitoring run at a time)."""
+    from safetynet import pipeline
+
+    _, store = _edge()
+    day = dt.date.fromisoformat(snapshot_date)
+    counties = sorted(pipeline.policies(store, day))  # PolicyError: a ConfigError, no retry
+    dropped = pipeline.clear_staging(store, day, keep_run=run_key)
+    log.info("monitoring %s: %d county(ies): %s", day, len(counties), ", ".join(counties),
+             extra={"event": "monitoring_counties", "snapshot_date": snapshot_date, "counties": counties,
+                    "stale_staged_files_removed": dropped})
+    return counties
+
+
+@no_retry
+def build_county(snapshot_date: str, county: str, run_key: str, counties: list[str] | None = None) -> dict:
+    """One county's monitoring build and warnings with its own policy file, staged in the store for
+    `publish_monitoring` (`pipeline.build_county`, `pipeline.stage_part`). Idempotent: a retry
+    rewrites the same part."""
+    from safetynet import pipeline
+
+    s, store = _edge()
+    day = dt.date.fromisoformat(snapshot_date)
+    t0 = time.perf_counter()
+    pols = pipeline.policies(store, day)
+    if counties is not None and sorted(counties) != sorted(pols):
+        raise pipeline.PartsOutOfStep(f"the register's counties changed since the run started ({', '.join(counties)} "
+                                      f"→ {', '.join(sorted(pols))}): the next run builds them")
+    if county not in pols:
+        raise ConfigError(f"county {county} is not in the register (its counties: {', '.join(sorted(pols))})")
+    part = pipeline.build_county(s, store, day, county, pols[county], counties=sorted(pols))
+    out = pipeline.stage_part(store, day, run_key, part)
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    log.info("monitoring %s county %s: %d households, %d warnings (%s build) in %.1f s", day, county,
+             part.household.num_rows, part.warnings.num_rows, part.mode, out["seconds"],
+             extra={"event": "monitoring_county_task", **out})
+    return out
+
+
+@no_retry
+def publish_monitoring(snapshot_date: str, parts: list[dict], run_key: str) -> dict:
+    """When every county's part is in: the quality gate on the combined outputs, publish (the
+    manifest), the snapshot notice and warnings to Kafka (`pipeline.publish_parts`); then the run's
+    staged parts are deleted. Returns what `run_monitoring` returns (and the per-county parts)."""
+    from safetynet import pipeline
+
+    s, store = _edge()
+    day = dt.date.fromisoformat(snapshot_date)
+    stale = _stale_warning(store, day)
+    parts = [parts[i] for i in range(len(parts))]  # Airflow's lazy XCom sequence: by index, no probe past the end
+    loaded = [pipeline.load_part(store, p["part"]) for p in parts]
+    counties = sorted(p.county for p in loaded)
+    pols = pipeline.policies(store, day)
+    if counties != sorted(pols):
+        raise pipeline.PartsOutOfStep(f"parts of counties {', '.join(counties)}, but the register now holds "
+                                      f"{', '.join(sorted(pols))}: nothing published; the next run builds them")
+    res = pipeline.publish_parts(s, store, day, loaded,
+                                 gate_policy=pols[counties[0]] if len(counties) == 1 else None)
+    pipeline.clear_staging(store, day)
+    out = _monitoring_out(day, res, stale, counties)
+    out["parts"] = [{k: p[k] for k in ("county", "policy_version", "mode", "households", "rows", "seconds") if k in p}
+                    for p in sorted(parts, key=lambda p: p["county"])]
     return out
 
 

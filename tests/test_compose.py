@@ -778,3 +778,123 @@ def test_image_requirements_are_pinned_and_agree_with_the_lock():
 def test_python_snippets_of_infra_parse():
     for path in INFRA.rglob("*.py"):
         ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+# --- the Celery variant (docker-compose.celery.yml, an override of this file) -------------------------
+
+CELERY = ROOT / "docker-compose.celery.yml"
+CELERY_AIRFLOW = {"airflow-init", *AIRFLOW_COMMANDS, "airflow-worker", "flower"}  # every Airflow process
+
+
+@pytest.fixture(scope="module")
+def celery_raw() -> dict:
+    return yaml.safe_load(CELERY.read_text(encoding="utf-8"))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Compose's merge of a service definition: mappings (environment, depends_on …) merged key by
+    key, sequences and scalars replaced (the `command`, `ports`, `healthcheck.test`)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.fixture(scope="module")
+def celery_stack(raw, celery_raw, dot_env) -> dict[str, dict]:
+    """`docker compose -f docker-compose.yml -f docker-compose.celery.yml config`'s services, interpolated:
+    the override merged onto the base, `extends` resolved (from the base file)."""
+    out = {n: dict(s) for n, s in services(raw).items()}
+    for name, svc in services(celery_raw).items():
+        svc = dict(svc)
+        ext = svc.pop("extends", None)
+        if ext is not None:
+            assert ext["file"] == COMPOSE.name, f"{name} extends a service of another file: {ext}"
+            base = {k: v for k, v in services(raw)[ext["service"]].items() if k != "depends_on"}
+            out[name] = _merge(base, svc)
+        else:
+            out[name] = _merge(out.get(name, {}), svc)
+    return interpolate(out, dot_env)
+
+
+@pytest.mark.parametrize("stage", ["as written", "interpolated with .env.example"])
+def test_celery_override_is_valid_per_the_compose_specification(stage, celery_raw, dot_env):
+    doc = celery_raw if stage == "as written" else interpolate(celery_raw, dot_env)
+    validator = Draft202012Validator(json.loads(SCHEMA.read_text(encoding="utf-8")))
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    assert not errors, "docker-compose.celery.yml breaks the Compose Specification:\n" + "\n".join(
+        f"  {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors)
+
+
+def test_celery_override_uses_only_documented_variables_and_required_secrets(celery_raw, env_example):
+    for text in strings(celery_raw):
+        for name, op, arg in refs(text):
+            assert name in env_example, f"docker-compose.celery.yml uses {name}, not in .env.example"
+            assert "$" not in arg
+            if SECRET_NAME.search(name):
+                assert op == ":?" and arg.strip(), f"secret {name} must be required as ${{{name}:?message}}"
+
+
+def test_celery_every_airflow_process_runs_the_celery_executor_alike(celery_stack):
+    envs = {n: environment(celery_stack[n]) for n in CELERY_AIRFLOW}
+    for key in ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND",
+                "AIRFLOW__OPERATORS__DEFAULT_QUEUE", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__API_AUTH__JWT_SECRET",
+                "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"):
+        values = {n: env.get(key) for n, env in envs.items()}
+        assert all(values.values()) and len(set(values.values())) == 1, f"{key} must be set alike on {values}"
+    some = next(iter(envs.values()))
+    assert some["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    broker = urlsplit(some["AIRFLOW__CELERY__BROKER_URL"])
+    assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379)
+    # results in the metadata database: the same server, database, user and password as Airflow's own
+    backend = urlsplit(some["AIRFLOW__CELERY__RESULT_BACKEND"].removeprefix("db+"))
+    meta = urlsplit(some["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    assert (backend.hostname, backend.port, backend.path, backend.username, backend.password) == \
+        (meta.hostname, meta.port, meta.path, meta.username, meta.password)
+
+
+def test_celery_workers_serve_the_queue_one_task_at_a_time_with_the_hub_settings(celery_stack, monkeypatch):
+    w = celery_stack["airflow-worker"]
+    assert is_hub_image(w) and w["image"] == celery_stack["airflow-scheduler"]["image"]
+    cmd = w["command"]
+    assert cmd[:2] == ["celery", "worker"]
+    env = environment(w)
+    assert cmd[cmd.index("--queues") + 1] == env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"]
+    assert cmd[cmd.index("--concurrency") + 1] == env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "1"
+    assert "ports" not in w, "a worker publishes nothing (its log server is reached inside the network)"
+    dags = [m for m in mounts(w) if m["target"] == "/opt/airflow/dags"]
+    assert dags and dags[0]["source"] == "./dags" and dags[0]["read_only"]
+    assert any(m["target"] == "/opt/safetynet/mappings" and m["read_only"] for m in mounts(w))
+    assert {"postgres", "airflow-init", "redis", "minio-init", "kafka-topics", "airflow-apiserver"} <= set(depends_on(w))
+    assert (w.get("healthcheck") or {}).get("test") and w.get("restart") in RESTART_LONG_RUNNING
+    assert "inspect ping" in " ".join(w["healthcheck"]["test"])
+    for key in list(os.environ):
+        if key.startswith("SAFETYNET_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("SAFETYNET_") and value is not None:
+            monkeypatch.setenv(key, value)
+    assert Settings().problems() == [] and Settings().store.startswith("s3://")
+
+
+def test_celery_redis_and_flower(celery_stack, celery_raw):
+    r = celery_stack["redis"]
+    assert r["image"].startswith("redis:") and not r.get("ports"), "Redis stays inside the compose network"
+    assert r["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"] and r.get("restart") in RESTART_LONG_RUNNING
+    for name in ("airflow-scheduler", "airflow-apiserver", "airflow-worker"):
+        assert depends_on(celery_stack[name]).get("redis", {}).get("condition") == "service_healthy", name
+    for name, svc in services(celery_raw).items():  # the override adds dependencies only on what exists
+        for dep, spec in depends_on(svc).items():
+            assert dep in celery_stack, f"{name} depends on unknown service {dep}"
+            assert spec.get("condition") in ("service_healthy", "service_completed_successfully")
+    f = celery_stack["flower"]
+    assert f["profiles"] == ["flower"] and f["command"] == ["celery", "flower"]
+    assert all(str(p).startswith("127.0.0.1:") for p in f["ports"]), "flower binds to HUB_BIND_ADDRESS"
+    assert services(celery_raw)["flower"]["ports"][0].startswith("${HUB_BIND_ADDRESS:-127.0.0.1}:")
+
+
+def test_celery_packages_are_in_the_lock():
+    locked = {_norm(p["name"]) for p in _lock()["package"]}
+    assert {"apache-airflow-providers-celery", "celery", "redis"} <= locked
+    deps = " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"])
+    assert "apache-airflow-providers-celery" in deps and "celery[redis]" in deps

@@ -657,6 +657,23 @@ def test_monitoring_for_a_past_date_publishes_with_stale_inputs_marked(scenario)
     assert run["asset_events"] == [["safetynet://catalog/snapshots", "build_snapshot"]]
 
 
+def test_monitoring_fans_out_one_task_per_county(driver, scenario):
+    """counties → build_county (mapped, one per county, each with its policy) → build_snapshot (gate,
+    publish); a one-county district maps one task and publishes what a single process publishes."""
+    g = driver.hello["graph"]["monitoring"]["tasks"]
+    assert sorted(g) == ["build_county", "build_snapshot", "counties"]
+    assert g["counties"]["upstream"] == [] and g["build_county"]["upstream"] == ["counties"]
+    assert g["build_snapshot"]["upstream"] == ["build_county"]
+    assert g["build_snapshot"]["outlets"] == ["snapshot <safetynet://catalog/snapshots>"]
+    run = scenario["monitoring1"]
+    assert run["tasks"] == {"counties": "success", "build_county": "success", "build_snapshot": "success"}
+    assert run["xcom"]["counties"] == ["430103"]
+    x = run["xcom"]["build_snapshot"]
+    assert x["counties"] == ["430103"] and [p["county"] for p in x["parts"]] == ["430103"]
+    assert x["policy_version"] == "430103-2026.1"
+    assert scenario["store"].list("_staging/") == []  # the run's staged part is gone once published
+
+
 def test_monitoring_rerun_for_the_same_date_is_identical(scenario):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -671,7 +688,7 @@ def test_monitoring_rerun_for_the_same_date_is_identical(scenario):
     x1, x2 = scenario["monitoring1"]["xcom"]["build_snapshot"], scenario["monitoring2"]["xcom"]["build_snapshot"]
     # the re-run found the same data, inputs and policy: the same version, nothing written
     assert (x1["publish"], x2["publish"]) == ("published", "unchanged") and x1["version"] == x2["version"] == 1
-    how = ("publish", "build_mode", "households_reevaluated", "build_reason")  # how it ran, not what it made
+    how = ("publish", "build_mode", "households_reevaluated", "build_reason", "parts")  # how it ran, not what it made
     assert {k: v for k, v in x1.items() if k not in how} == {k: v for k, v in x2.items() if k not in how}
     assert x1["build_mode"] == "full" and (x2["build_mode"], x2["households_reevaluated"]) == ("incremental", 0)
 

@@ -52,7 +52,7 @@ def _load_district(args: argparse.Namespace):
     if args.persons < 1:
         raise UsageError(f"--persons {args.persons}: give a number of persons")
     try:
-        d = generate(persons=args.persons, seed=args.seed)
+        d = generate(persons=args.persons, seed=args.seed, counties=tuple(getattr(args, "counties", None) or ()))
     except ValueError as e:
         if "persons must be at least" not in str(e):
             raise
@@ -90,14 +90,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
         out = Path(args.out)
         write_files(em, out)
         write_truth_parquet(d, out / "truth")
-        county, listed = district_regions()
-        regions_csv = out / f"regions-{county}.csv"
-        regions_csv.write_bytes(listed)
+        written = []
+        for county, listed in city_regions(d):
+            regions_csv = out / f"regions-{county}.csv"
+            regions_csv.write_bytes(listed)
+            written.append(str(regions_csv))
         con.print(f"wrote landing files and truth Parquet under {out}; the district's streets and communities: "
-                  f"{regions_csv} (`safetynet regions import` it)")
+                  f"{', '.join(written)} (`safetynet regions import` it)")
         return EXIT_OK
     store = _open_store(s, create=True)
-    import_district_regions(store, con)
+    if d.counties:
+        for county, listed in city_regions(d):
+            _print_import(regions_import(store, listed, f"regions-{county}.csv"), store, con)
+    else:
+        import_district_regions(store, con)
     publish_emission(s, store, em, s.progress)
     con.print(f"published {em.total_events:,} events and dropped {len(em.files)} files into {store.url}/{paths.LANDING}")
     return EXIT_OK
@@ -219,10 +225,34 @@ def district_regions() -> tuple[str, bytes]:
     return DISTRICT_CODE, to_published_csv(names)
 
 
+def city_regions(d) -> list[tuple[str, bytes]]:
+    """(county, its published street and community list) per county of a generated city
+    (`generate(..., counties=...)`: the district's streets split among them); one district: its list."""
+    if not d.counties:
+        return [district_regions()]
+    from safetynet.demo.synth.district import region_tree
+    from safetynet.intake.regions import to_published_csv
+
+    tree = region_tree()
+    names: dict[str, dict[str, str]] = {c: {} for c in d.counties}
+    for r, street in zip(tree.table().to_pylist(), tree.street.tolist(), strict=True):
+        county = d.street_county(int(street))
+        names[county][county + r["street_code"][6:]] = r["street_name"]
+        names[county][county + r["region_code"][6:]] = r["name"]
+    return [(c, to_published_csv(n)) for c, n in names.items()]
+
+
 def import_district_regions(store, con) -> None:
     """The demo district's list, imported as any county's is (`safetynet regions import`)."""
     county, data = district_regions()
     _print_import(regions_import(store, data, f"regions-{county}.csv"), store, con)
+
+
+def _counties(text: str) -> tuple[str, ...]:
+    codes = tuple(c.strip() for c in text.split(",") if c.strip())
+    if not codes or any(len(c) != 6 or not c.isdigit() for c in codes) or len(set(codes)) != len(codes):
+        raise argparse.ArgumentTypeError(f"{text!r}: distinct 6-digit county codes, comma-separated (430103,430104)")
+    return codes
 
 
 def add_parsers(sub: argparse._SubParsersAction, store_opts) -> None:
@@ -236,6 +266,9 @@ def add_parsers(sub: argparse._SubParsersAction, store_opts) -> None:
         sp.add_argument("--seed", type=int, default=20261101)
         if name == "generate":
             sp.add_argument("--out", help="write landing files and truth Parquet to this directory instead")
+            sp.add_argument("--counties", type=_counties, default=None, metavar="CODE,CODE",
+                            help="a city of several counties, e.g. 430103,430104: the district's streets split into "
+                            "one block per county (each needs its policy file, quality/policy/<county>-<year>.toml)")
         else:
             sp.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=True,
                             help="start from an empty local store (default: yes; only a store the demo made is "

@@ -90,7 +90,7 @@ from safetynet.core.store import ObjectStore, parquet_bytes
 from safetynet.intake.clean import clean_path
 from safetynet.publish import snapshot
 from schemas import outputs
-from schemas.errors import ChecksumMismatch
+from schemas.errors import ChecksumMismatch, DataError
 from schemas.policy import Policy
 from schemas.registry import contracts
 
@@ -358,6 +358,69 @@ def build(con: duckdb.DuckDBPyConnection, store: ObjectStore, snapshot_date: dt.
     log.info("monitoring build %s: full, %d households (%s)", snapshot_date, b.household.num_rows, reason,
              extra={"event": "monitoring_build", "mode": "full", "households": b.household.num_rows})
     return Result(b.person, b.household, w, "full", reason, b.household.num_rows, sigs)
+
+
+def build_county(con: duckdb.DuckDBPyConnection, store: ObjectStore, snapshot_date: dt.date, pol: Policy,
+                 county: str, *, stale_inputs: Mapping[str, list[str]] | None = None,
+                 step: Callable[[str], None] | None = None) -> Result:
+    """One county's part of a snapshot whose register spans counties: a full build of the same steps
+    and rules over the clean feeds cut to what the county's households' results read, and only their rows.
+
+    Households never span counties (checked: a household whose members are registered in two counties
+    stops the build). What a household's results read is what the incremental build's dependency review
+    says (module docstring): its members' person-level facts, the cases any member belongs to, every
+    member of those cases (whatever household or county they live in) with their person-level facts,
+    and its own dangerous-house rating. So the build runs over the county's register persons (`P_C`),
+    the cases they belong to (`C_C`), every member of those cases and the county's households' own
+    rows — the filtered build of `_incremental` with the county's households as the affected set — and
+    keeps the rows of the county's households: exactly the rows a build over the whole register would
+    give them under the same policy. Warnings are ranked within the county here; the snapshot ranks
+    them once more over every county (`quality.evaluation.rank`, when the parts are combined).
+    """
+    step = step or (lambda name: None)
+    feeds = sorted(contracts())
+    full = _register_full(con, store, feeds)
+    reg = _full_name(REGISTER)
+    spans = con.execute(f"""SELECT count(*) FROM (SELECT household_no FROM {reg} GROUP BY household_no
+                            HAVING count(DISTINCT substr(region_code, 1, 6)) > 1)""").fetchall()[0][0]
+    if spans:
+        raise HouseholdsSpanCounties(f"{spans} household(s) of the register have members in two or more counties: "
+                                     "a household belongs to one county (fix the register's region codes)")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE __county_hh AS SELECT DISTINCT household_no FROM {reg}
+                    WHERE substr(region_code, 1, 6) = $county AND household_no IS NOT NULL""", {"county": county})
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE __members AS SELECT DISTINCT c.case_no, m.id_no
+                    FROM {_full_name(ROSTER)} c, unnest(c.members) AS u(m)""")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE __pa AS SELECT DISTINCT id_no FROM {reg}
+                    WHERE household_no IN (SELECT household_no FROM __county_hh)""")
+    con.execute("""CREATE OR REPLACE TEMP TABLE __ca AS SELECT DISTINCT case_no FROM __members
+                   WHERE id_no IN (SELECT id_no FROM __pa)""")
+    con.execute("""CREATE OR REPLACE TEMP TABLE __pneed AS SELECT id_no FROM __pa
+                   UNION SELECT id_no FROM __members WHERE case_no IN (SELECT case_no FROM __ca) AND id_no IS NOT NULL""")
+    keep = {kind: pa.array(con.sql(sql).fetchnumpy()["k"].tolist(), pa.string()) for kind, sql in (
+        ("person", "SELECT id_no AS k FROM __pneed"), ("case", "SELECT case_no AS k FROM __ca"),
+        ("household", "SELECT household_no AS k FROM __county_hh"))}
+    unlinked = sorted(set(feeds) - set(LINKS))
+    if unlinked:  # a feed the dependency review does not know: what it links to cannot be cut
+        raise HouseholdsSpanCounties(f"feeds without a dependency link cannot be cut by county: {', '.join(unlinked)}")
+    monitoring.register_sources(con, {fid: _rows_of(full[fid], LINKS[fid].column, keep[LINKS[fid].kind])
+                                      for fid in feeds})
+    b = monitoring.build(con, snapshot_date, pol)
+    step("warnings")
+    mine = set(keep["household"].to_pylist())
+    rows = [r for r in evaluation.warning_rows(b, pol, stale_inputs=stale_inputs) if r["household_no"] in mine]
+    warnings = evaluation.rank(pa.Table.from_pylist(rows, schema=evaluation.SCHEMA))
+    person, household = (monitoring.canonical_chunks(con.sql(
+        f"SELECT * FROM {name} WHERE household_no IN (SELECT household_no FROM __county_hh) "
+        f"ORDER BY {', '.join(monitoring.PUBLISHED[name])}").to_arrow_table())
+        for name in ("monitoring_person", "monitoring_household"))
+    log.info("monitoring build %s county %s: %d households", snapshot_date, county, household.num_rows,
+             extra={"event": "monitoring_build", "mode": "county", "county": county, "households": household.num_rows})
+    return Result(person, household, warnings, "full", f"county {county} of a register spanning counties",
+                  household.num_rows, {})
+
+
+class HouseholdsSpanCounties(DataError, ValueError):
+    """The register cannot be cut by county (a household registered in two counties): a `DataError`."""
 
 
 def _incremental(con: duckdb.DuckDBPyConnection, store: ObjectStore, snapshot_date: dt.date, pol: Policy,

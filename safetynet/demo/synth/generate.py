@@ -860,8 +860,12 @@ def generic_facts(c: Contract, people: Frame, households: Frame, cases: Frame, n
 
 
 # ---- the whole district ----------------------------------------------------------------------
-def generate(persons: int, seed: int):
-    """A synthetic district of exactly `persons` people (background + planted), deterministic for `seed`."""
+def generate(persons: int, seed: int, counties: tuple[str, ...] = ()):
+    """A synthetic district of exactly `persons` people (background + planted), deterministic for `seed`.
+
+    `counties` (e.g. `("430103", "430104")`): a city of several counties — the same people, with the
+    district's streets split into one block per county (`District.counties`); households, and so
+    everything keyed by them, never span counties. Empty: the one district 430103."""
     from safetynet.demo.synth import plant
     from safetynet.demo.synth.truth import District
 
@@ -893,4 +897,4 @@ def generate(persons: int, seed: int):
                                    seed)
     return District(seed=seed, policy=policy, people=people, households=households, ids=ids, outside_ids=outside,
                     employers=employers, facts=facts, planted_index=plant.planted_rows(hhs, base_hh),
-                    generic=frozenset(generic))
+                    generic=frozenset(generic), counties=tuple(counties))

@@ -91,7 +91,25 @@ class District:
     planted_index: list[tuple[int, str, str, str]]  # (household index, rule, kind, note)
     generic: frozenset[str] = frozenset()  # feeds generated from their contract (`generate.generic_facts`)
     as_of: dt.date = AS_OF
+    #: a city of several counties: the district's streets split into consecutive blocks, one per county
+    #: code (the first keeps its streets' codes under the first county): region codes, 户号 and case
+    #: numbers carry the street's county. Empty: the one district (`district.DISTRICT_CODE`).
+    counties: tuple[str, ...] = ()
     _cache: dict[str, pa.Table] = field(default_factory=dict, repr=False)
+
+    def street_county(self, street: int) -> str:
+        """The county code of a street (index into `district.STREETS`)."""
+        if not self.counties:
+            return dist.DISTRICT_CODE
+        return self.counties[street * len(self.counties) // len(dist.STREETS)]
+
+    def _street_codes(self) -> pa.Array:
+        return pa.array([f"{self.street_county(i)}{i + 1:03d}" for i in range(len(dist.STREETS))])
+
+    def _region_codes(self) -> list[str]:
+        tree = dist.region_tree()
+        return [f"{self.street_county(int(st))}{c[6:]}" for c, st in zip(tree.code.tolist(), tree.street.tolist(),
+                                                                         strict=True)]
 
     # ---- sizes ----------------------------------------------------------------------------------
     @property
@@ -129,12 +147,14 @@ class District:
             region = self.households["region"].astype(np.int64)
             street = tree.street[region].astype(np.int64)
             serial = rank_in_group(street) + 1
-            codes = pa.array([f"{dist.DISTRICT_CODE}{i + 1:03d}" for i in range(len(dist.STREETS))])
+            codes = self._street_codes()
             self._cache["__hhno"] = pa.table({"x": _join(codes.take(pa.array(street)), _pad(serial, 6))})
         return self._cache["__hhno"]["x"].combine_chunks()
 
     def region_code(self, region: np.ndarray) -> pa.Array:
-        return pa.array(dist.region_tree().code.tolist(), pa.string()).take(pa.array(np.asarray(region, np.int64)))
+        if "__codes" not in self._cache:
+            self._cache["__codes"] = pa.table({"x": pa.array(self._region_codes(), pa.string())})
+        return self._cache["__codes"]["x"].combine_chunks().take(pa.array(np.asarray(region, np.int64)))
 
     def address(self, region, road, num, bld, room) -> pa.Array:
         """住址/坐落: `…路N号B栋R室` in communities, `…街道X村G组N号` in villages."""
@@ -161,7 +181,7 @@ class District:
             cs = self.facts["civil_affairs.assistance_case"]
             tree = dist.region_tree()
             street = tree.street[self.households["region"][cs["hh"]].astype(np.int64)].astype(np.int64)
-            codes = pa.array([f"{dist.DISTRICT_CODE}{i + 1:03d}" for i in range(len(dist.STREETS))])
+            codes = self._street_codes()
             cat = pa.array([CAT_CODE[c] for c in CATEGORIES]).take(pa.array(cs["cat"].astype(np.int64)))
             y, _, _ = days_to_ymd(cs["start"])
             self._cache["__caseno"] = pa.table({"x": _join(codes.take(pa.array(street)), cat, _s(y),
