@@ -23,6 +23,7 @@ The catalog (`_catalog/`, bookkeeping: manifests, ledgers, leases)::
     _catalog/ingest/<run_id>.json                 ingest run records
     _catalog/repairs/<repair_id>.json             `store verify --repair` records
     _catalog/clean/<dept>/<feed>.json             clean manifests
+    _catalog/clean_state/<dept>/<feed>/...        what an incremental clean needs (state.json, event ids, deletes)
     _catalog/health/<dept>/<feed>.json            a feed's latest health
     _catalog/held/<dept>/<feed>.json              raw files held out of clean/
     _catalog/drops/<dept>/<feed>/<name>.json      the drop ledger
@@ -175,6 +176,10 @@ REPAIRS = f"{CATALOG}repairs/"
 #: Clean manifests `_catalog/clean/<dept>/<feed>.json` (counts, checksum, watermarks, held files).
 #: Written by `safetynet.intake.clean`; read by the pipeline, freshness, verify and orchestration.
 CLEAN_MANIFESTS = f"{CATALOG}clean/"
+#: The incremental clean's side state `_catalog/clean_state/<dept>/<feed>/` (`state.json`: the raw files
+#: the clean state covers and what it needs to add new ones; event-id segments; the keys deleted last).
+#: Written and read by `safetynet.intake.clean_incremental`; rebuilt by any full clean.
+CLEAN_STATE = f"{CATALOG}clean_state/"
 #: A feed's latest health `_catalog/health/<dept>/<feed>.json`. Written by `safetynet.intake.health`.
 HEALTH = f"{CATALOG}health/"
 #: Raw files held out of clean/ `_catalog/held/<dept>/<feed>.json`. Written by `safetynet.intake.health`.
@@ -223,6 +228,11 @@ def clean_manifest(prefix: str) -> str:
 def clean_manifests(department: str) -> str:
     """A department's clean manifests (listing prefix): `_catalog/clean/<dept>/`."""
     return f"{CLEAN_MANIFESTS}{department}/"
+
+
+def clean_state(prefix: str) -> str:
+    """A feed's incremental-clean side state (listing prefix): `_catalog/clean_state/<dept>/<feed>/`."""
+    return f"{CLEAN_STATE}{prefix}/"
 
 
 def quality_feed_record(prefix: str) -> str:

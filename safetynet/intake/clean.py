@@ -7,6 +7,10 @@ changed drop file, and — for snapshot feeds — rows of older snapshots; `curr
 version per key (event time, then offset/row) and applies deletes. Every row dropped is counted
 by reason in the clean manifest (`_catalog/clean/<department>/<feed>.json`), written after the
 data, so a reader can reconcile raw → clean.
+
+When the only change since the last clean is new raw files, `clean_feed` adds just their rows to the
+clean state (`safetynet.intake.clean_incremental`: same bytes, counts and watermarks as the full
+rebuild, which it falls back to whenever that is not shown).
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from dataclasses import asdict, dataclass
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from safetynet.core import paths
-from safetynet.core.store import ObjectStore, parquet_bytes
-from safetynet.intake import health
+from safetynet.core.store import Entry, ObjectStore, parquet_bytes
+from safetynet.intake import clean_incremental, health
 from schemas import normalise
 from schemas.contract import Contract
 from schemas.normalise import _q
@@ -41,6 +46,9 @@ class CleanCounts:
     superseded: int = 0
     deleted: int = 0
     rows: int = 0
+    # how `clean_feed` got there — plain attributes, not fields: `asdict` (the manifest) leaves them out
+    incremental = False  # True: new raw files added to the clean state; False: rebuilt from all raw files
+    fallback = ""  # why not incremental (empty when it was)
 
     @property
     def reconciles(self) -> bool:
@@ -52,22 +60,59 @@ def clean_path(c: Contract) -> str:
     return paths.clean_file(c.prefix)
 
 
-def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection | None = None) -> CleanCounts:
-    """Rebuild the feed's clean state from all of its raw files (idempotent: same raw → same bytes)."""
+def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection | None = None, *,
+               incremental: bool = True) -> CleanCounts:
+    """Write the feed's clean state from its raw files (idempotent: same raw → same bytes): the new
+    raw files added to the current state when that is provably the full rebuild
+    (`safetynet.intake.clean_incremental`), else (or with `incremental=False`) rebuilt from all."""
     own = con is None
     con = con or normalise.connect()
     try:
         held = health.held(store, c)  # unhealthy deliveries: the previous clean state stays in force
-        raw = store.dataset(paths.raw(c.prefix), schema=c.raw_schema(), exclude=held)
-        table, counts = clean_table(con, c, raw)
-        data = parquet_bytes(table)
+        included = [e for e in store.list(paths.raw(c.prefix), ".parquet") if e.path not in held]
+        fp = clean_incremental.fingerprint(c, _flag_sql(c))
+        att = (clean_incremental.attempt(store, con, c, fp, included, sorted(held), _kind_of,
+                                         lambda src: clean_incremental.typed_ctes(c, src))
+               if incremental else clean_incremental.Attempt("full rebuild asked for"))
+        if att.reason:
+            raw = (ds.dataset([store.full(e.path) for e in included], schema=c.raw_schema(), format="parquet",
+                              filesystem=store.fs) if included else None)
+            table, counts, side = _clean(con, c, raw, with_side=True)
+            assert side is not None
+            data = parquet_bytes(table.combine_chunks())
+            counts.fallback = att.reason
+        else:
+            assert att.counts is not None and att.side is not None
+            counts = CleanCounts(**att.counts)
+            counts.incremental = True
+            side = att.side
+            if att.table is not None:
+                data = parquet_bytes(att.table.cast(c.arrow_schema()).combine_chunks())
+            else:  # nothing new: the clean file as it is
+                assert att.data is not None
+                data = att.data
         store.write_bytes(clean_path(c), data)
-        watermarks = _watermarks(store, c, held)
+        watermarks = _watermarks(store, c, held, entries=included)
+        sha = hashlib.sha256(data).hexdigest()
         manifest = {"feed_id": c.feed_id, "contract_version": c.version, "path": clean_path(c),
                     "written_at": dt.datetime.now(dt.UTC).isoformat(), "counts": asdict(counts),
-                    "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                    "sha256": sha, "bytes": len(data),
                     "reconciles": counts.reconciles, "watermarks": watermarks, "held_files": sorted(held)}
         store.write_bytes(paths.clean_manifest(c.prefix), json.dumps(manifest, ensure_ascii=False, indent=1).encode())
+        try:
+            clean_incremental.save_state(store, c, fp, side, sha, asdict(counts), included, sorted(held),
+                                         watermarks["files"])
+        except Exception as e:  # the clean state is written; only the next clean's shortcut is lost
+            log.warning("clean %s: incremental state not saved (%s): the next clean rebuilds in full",
+                        c.feed_id, type(e).__name__)
+            clean_incremental.drop_state(store, c)
+        if counts.incremental:
+            log.info("clean %s: incremental, %d new raw file(s), %d new rows → rows=%d", c.feed_id, att.new_files,
+                     att.new_rows, counts.rows, extra={"event": "clean_path", "path": "incremental",
+                                                       "new_files": att.new_files, "new_rows": att.new_rows})
+        else:
+            log.info("clean %s: full rebuild from %d raw file(s): %s", c.feed_id, len(included), att.reason,
+                     extra={"event": "clean_path", "path": "full", "reason": att.reason})
         log.info("clean %s: raw=%d → rows=%d (redelivered=%d superseded=%d deleted=%d)", c.feed_id, counts.raw_rows,
                  counts.rows, counts.redelivered, counts.superseded, counts.deleted,
                  extra={"event": "clean_feed", **asdict(counts)})
@@ -77,16 +122,28 @@ def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection |
             con.close()
 
 
+def _kind_of(path: str) -> tuple[str, str] | None:
+    f = raw_file(path)
+    return None if f is None else (f.kind, f.name)
+
+
 def clean_table(con: duckdb.DuckDBPyConnection, c: Contract, raw: object | None
                 ) -> tuple[pa.Table, CleanCounts]:
     """The feed's clean table from `raw` — any relation DuckDB scans with the feed's raw schema (a
     pyarrow dataset over `raw/` files, possibly filtered, or a table); None: no raw data. Writes
     nothing: `clean_feed` stores the result, `safetynet.publish.backtest` rebuilds a published snapshot's
     inputs with it."""
+    table, counts, _ = _clean(con, c, raw, with_side=False)
+    return table, counts
+
+
+def _clean(con: duckdb.DuckDBPyConnection, c: Contract, raw: object | None, with_side: bool
+           ) -> tuple[pa.Table, CleanCounts, clean_incremental.Side | None]:
+    """`clean_table`, and (`with_side`) the incremental clean's side state of the result."""
     counts = CleanCounts(c.feed_id)
-    if raw is None:
-        return c.arrow_schema().empty_table(), counts
-    con.register("__raw", raw)
+    if raw is None and not with_side:
+        return c.arrow_schema().empty_table(), counts, None
+    con.register("__raw", raw if raw is not None else c.raw_schema().empty_table())
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE __flagged AS {_flag_sql(c)}")
     finally:
@@ -102,30 +159,23 @@ def clean_table(con: duckdb.DuckDBPyConnection, c: Contract, raw: object | None
         order = ", ".join(_q(k) for k in c.key)
         table = con.sql(f"SELECT {cols}, _event_id, __ts AS _occurred_at FROM __flagged WHERE __why IS NULL "
                         f"ORDER BY {order}").to_arrow_table()
+        side = clean_incremental.full_side(con, c) if with_side else None
     finally:
         con.execute("DROP TABLE IF EXISTS __flagged")
     if counts.invalid:
         log.error("clean %s: %d raw rows fail the contract and were left out", c.feed_id, counts.invalid)
-    return table.cast(c.arrow_schema()), counts
+    if raw is None:
+        return c.arrow_schema().empty_table(), counts, side
+    return table.cast(c.arrow_schema()), counts, side
 
 
 def _flag_sql(c: Contract) -> str:
     """Each raw row with `__why`: NULL if it is in the clean state, else why it is not."""
-    typed = normalise.validate_sql(c, "__raw", typed=True, record_date=True)
     key = ", ".join(_q(k) for k in c.key)
     tiebreak = "".join(f", {_q(f)} DESC NULLS LAST" for f in c.order_by)
     snapshot = c.mode == "snapshot"
     return f"""
-    WITH typed AS ({typed}),
-    t AS (
-        SELECT *, coalesce(sn_datetime(_occurred_at), _ingested_at) AS __ts,
-               -- a row of a tabular drop (event id file:<version>:<row>); JSON Lines envelope
-               -- rows keep their own event ids and are treated as events, like Kafka's
-               CASE WHEN _source = 'file' AND starts_with(_event_id, 'file:') THEN split_part(_event_id, ':', 2) END AS __ver
-        FROM typed),
-    versions AS (  -- the newest ingested version of every drop-file name
-        SELECT _source_file, arg_max(__ver, _ingested_at) AS __latest_ver FROM t
-        WHERE __ver IS NOT NULL GROUP BY _source_file),
+    WITH {clean_incremental.typed_ctes(c, "__raw")},
     snap AS (  -- the newest snapshot drop (by its data date, then name)
         SELECT max(__ts) AS __snap_ts, arg_max(_source_file, (__ts, _source_file)) AS __snap_file
         FROM t WHERE __ver IS NOT NULL),
@@ -147,7 +197,7 @@ def _flag_sql(c: Contract) -> str:
         SELECT *, row_number() OVER (PARTITION BY {key} ORDER BY (__why0 IS NULL) DESC, __ts DESC{tiebreak},
                                      _ingested_at DESC, _kafka_offset DESC NULLS LAST, _row_number DESC NULLS LAST) AS __rank
         FROM g)
-    SELECT * EXCLUDE (__why0, __pre_why, __n, __rank, __ver),
+    SELECT * EXCLUDE (__why0, __pre_why, __n, __rank),
       CASE WHEN __why0 IS NOT NULL THEN __why0
            WHEN __rank > 1 THEN 'superseded'
            WHEN _op = 'delete' THEN 'deleted' END AS __why
@@ -181,13 +231,14 @@ def raw_file(path: str) -> RawFile | None:
     return None
 
 
-def _watermarks(store: ObjectStore, c: Contract, held: dict | None = None) -> dict:
+def _watermarks(store: ObjectStore, c: Contract, held: dict | None = None, entries: list[Entry] | None = None
+                ) -> dict:
     """What the clean state covers: per Kafka partition the last offset, and the drop files
     (names; `file_versions`: each name's ingested versions, so a later corrected delivery of the
     same name can be told from the one in force — see `safetynet.publish.backtest`)."""
     out: dict = {"kafka": {}, "files": []}
     versions: dict[str, set[str]] = {}
-    for e in store.list(paths.raw(c.prefix), ".parquet"):
+    for e in store.list(paths.raw(c.prefix), ".parquet") if entries is None else entries:
         if held and e.path in held:
             continue
         f = raw_file(e.path)
