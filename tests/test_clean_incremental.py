@@ -314,6 +314,7 @@ def test_invalid_raw_rows_are_counted_alike(claim):
     assert (c.invalid, c.redelivered, c.rows) == (1, 1, 4)
 
 
+@pytest.mark.slow  # 15 feeds × ~1 s: the full suite, not the inner loop
 @pytest.mark.parametrize("feed_id", sorted(contracts()))
 def test_every_feed_kafka_appends(tmp_path, feed_id):
     """Every feed's types (lists, structs, date-times, decimals; composite and date-time keys): new
@@ -466,6 +467,7 @@ OPS = st.lists(st.tuples(
 ), min_size=1, max_size=6)
 
 
+@pytest.mark.slow  # ~8 s: the full suite, not the inner loop
 @settings(max_examples=int(os.environ.get("SAFETYNET_CLEAN_EXAMPLES", "20")))  # more: set it
 @given(feed=st.sampled_from(["medical_insurance.claim", "human_resources.unemployment", "public_security.person",
                               *sorted(contracts())]), steps=st.lists(OPS, min_size=1, max_size=6), data=st.data())
