@@ -21,6 +21,11 @@ from schemas import idno
 #: a normalised 18-character ID number (GX checks it as a regex too)
 ID_RE = r"^[0-9]{17}[0-9X]$"
 _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+_WEIGHTS = np.asarray(idno.WEIGHTS, dtype=np.int32)
+_CHECK_BYTES = np.frombuffer(idno.CHECK.encode("ascii"), np.uint8)
+_YEAR = np.array([1000, 100, 10, 1], dtype=np.int32)
+_TWO = np.array([10, 1], dtype=np.int32)
+_BLOCK = 1 << 18
 
 
 def plain(a: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -34,35 +39,49 @@ def plain(a: pa.ChunkedArray | pa.Array) -> pa.Array:
     return a
 
 
-def id_ok(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+def id_ok(values: pa.ChunkedArray | pa.Array) -> pa.Array | pa.ChunkedArray:
     """Vectorised GB 11643 validity of normalised 18-character ID numbers (null stays null).
 
     Same rules as `schemas.idno.normalise` on an already normalised number: 17 digits and a
-    digit or `X`, a real birth date in 1900–2099, and the check character.
+    digit or `X`, a real birth date in 1900–2099, and the check character (`idno.WEIGHTS`,
+    `idno.CHECK`). Works on the bytes of the strings: about 0.1 s a million numbers; chunk by chunk
+    (a column of over 2 GB of strings cannot be one array).
     """
+    if isinstance(values, pa.ChunkedArray) and values.num_chunks > 1:
+        return pa.chunked_array([id_ok(c) for c in values.chunks], pa.bool_())
     a = plain(values)
     if not pa.types.is_string(a.type):
         a = a.cast(pa.string())
     n = len(a)
-    fmt = pc.match_substring_regex(a, ID_RE).fill_null(False).to_numpy(zero_copy_only=False)
     ok = np.zeros(n, dtype=bool)
-    pos = np.flatnonzero(fmt)
-    if len(pos):
-        good = a.filter(pa.array(fmt))
-        offs = np.frombuffer(good.buffers()[1], np.int32, count=len(good) + 1, offset=good.offset * 4)
-        m = np.frombuffer(good.buffers()[2], np.uint8)[offs[0]:offs[-1]].reshape(len(good), 18)
-        first17 = m[:, :17] - np.uint8(48)
-        check_ok = idno.check_chars(first17) == m[:, 17].copy().view("S1").astype("U1")
-        digits = first17.astype(np.int64)
-        y = digits[:, 6:10] @ np.array([1000, 100, 10, 1])
-        mo = digits[:, 10:12] @ np.array([10, 1])
-        d = digits[:, 12:14] @ np.array([10, 1])
-        leap = (y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0))
-        dim = _DAYS_IN_MONTH[np.clip(mo, 0, 12)] + ((mo == 2) & leap)
-        date_ok = (y >= 1900) & (y <= 2099) & (mo >= 1) & (mo <= 12) & (d >= 1) & (d <= dim)
-        ok[pos] = check_ok & date_ok
+    offs = np.frombuffer(a.buffers()[1], np.int32, count=n + 1, offset=a.offset * 4) if n else np.zeros(1, np.int32)
+    data = np.frombuffer(a.buffers()[2], np.uint8) if n and a.buffers()[2] is not None else np.zeros(0, np.uint8)
+    for lo in range(0, n, _BLOCK):  # in blocks: the (rows × 17) temporaries stay small
+        ok[lo:lo + _BLOCK] = _id_block(data, offs[lo:lo + _BLOCK + 1])
     nulls = a.is_null().to_numpy(zero_copy_only=False)
     return pa.array(ok, mask=nulls if nulls.any() else None)
+
+
+def _id_block(data: np.ndarray, offs: np.ndarray) -> np.ndarray:
+    """`id_ok` of the strings between consecutive offsets `offs` into the bytes `data`."""
+    ok = np.zeros(len(offs) - 1, dtype=bool)
+    pos = np.flatnonzero(np.diff(offs) == 18)
+    if not len(pos):
+        return ok
+    m = (data[offs[0]:offs[-1]].reshape(len(ok), 18) if len(pos) == len(ok)
+         else data[offs[pos][:, None] + np.arange(18)])
+    d = m[:, :17] - np.uint8(48)  # a non-digit wraps above 9
+    last = m[:, 17]
+    fmt = (d <= 9).all(axis=1) & ((last - np.uint8(48) <= 9) | (last == ord("X")))
+    w = d.astype(np.int32)
+    check_ok = _CHECK_BYTES[(w @ _WEIGHTS) % 11] == last
+    y = w[:, 6:10] @ _YEAR
+    mo = w[:, 10:12] @ _TWO
+    day = w[:, 12:14] @ _TWO
+    leap = (y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0))
+    dim = _DAYS_IN_MONTH[np.clip(mo, 0, 12)] + ((mo == 2) & leap)
+    ok[pos] = fmt & check_ok & (y >= 1900) & (y <= 2099) & (mo >= 1) & (mo <= 12) & (day >= 1) & (day <= dim)
+    return ok
 
 
 def members_ok(values: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -79,11 +98,23 @@ def members_ok(values: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pa.array(ok, mask=nulls if nulls.any() else None) if n else pa.array([], pa.bool_())
 
 
-def found_in(values: pa.Array, universe: pa.Array) -> pa.Array:
-    """values ∈ universe (null stays null)."""
+def found_in(values: pa.Array, universe: pa.Array, distinct: bool = False) -> pa.Array:
+    """values ∈ universe (null stays null); `distinct`: the universe is already distinct, without nulls."""
     values = plain(values)
-    res = pc.is_in(values, value_set=plain(universe).drop_null().unique())
+    res = pc.is_in(values, value_set=universe if distinct else plain(universe).drop_null().unique())
     return pc.if_else(values.is_null(), pa.scalar(None, pa.bool_()), res)
+
+
+def take_rows(table: pa.Table, positions: np.ndarray) -> pa.Table:
+    """The rows at sorted `positions`, batch by batch: `Table.take` concatenates a chunked column's
+    chunks first, which overflows a column of over 2 GB of strings (10 M persons' employment)."""
+    out, lo = [], 0
+    for b in table.to_batches():
+        i = positions[np.searchsorted(positions, lo):np.searchsorted(positions, lo + b.num_rows)] - lo
+        if len(i):
+            out.append(b.take(pa.array(i, pa.int64())))
+        lo += b.num_rows
+    return pa.Table.from_batches(out, schema=table.schema) if out else table.schema.empty_table()
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:

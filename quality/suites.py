@@ -21,10 +21,11 @@ area, money `min=0` within a feed — the cross-feed money check is the critical
 required fields not null, and the report-only links (owners, other person-linked feeds,
 payment/check cases).
 
-What GX has no expectation for (the ID check character, joins) is computed by `quality.checks`
-as boolean helper columns (`__id_ok_<field>`, `__person_exists`, …) that expectations then check.
-A `Target` also says which key columns identify a failing row and how to show them masked
-(`schemas.idno.mask_value`); `quality.gate` runs the targets.
+What GX has no expectation for (the ID check character, joins) is computed as boolean helper
+columns (`__id_ok_<field>` by `quality.checks`, `__exists` …) that expectations then check. A
+`Target` holds every row as SQL (for the exact counts of `quality.exact`) and makes the pandas frame
+of any rows GX is to validate; it also says which key columns identify a failing row and how to show
+them masked (`schemas.idno.mask_value`); `quality.gate` runs the targets.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,7 +41,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from quality.checks import ID_RE, found_in, id_ok, members_ok, num_col, plain, to_frame, with_num
+from quality import exact
+from quality.checks import ID_RE, found_in, id_ok, members_ok, num_col, plain, take_rows, to_frame, with_num
 from quality.evaluation import SCHEMA
 from quality.rules import RULES
 from schemas.contract import Contract
@@ -182,17 +185,45 @@ def frame_for(contract: Contract, table: pa.Table) -> pd.DataFrame:
 
 @dataclass
 class Target:
-    """One suite and the frame it validates, with how a failing row is identified and shown (masked)."""
+    """One suite and the rows it validates: every row as SQL (`sql` over the Arrow tables `refs`,
+    `rows` rows, each with its position `__pos`) for the exact metrics (`quality.exact`), and
+    `frame_of(positions)`, the pandas frame of some of them that GX validates; with how a failing row
+    is identified and shown (masked)."""
 
     name: str  # suite name
-    kind: str  # feed | cross | output
+    kind: str  # feed | cross | output | health
     subject: str  # feed id or output name
-    frame: pd.DataFrame
     suite: Any  # ExpectationSuite
+    rows: int
+    sql: str  # the frame's columns (helpers as SQL expressions) and `__pos`, for every row
+    refs: dict[str, pa.Table]  # relation name in `sql` → table (registered by the gate)
+    frame_of: Callable[[np.ndarray], pd.DataFrame]  # sorted positions → the frame of those rows
     keys: tuple[str, ...] = ()
     pii: dict[str, str] = field(default_factory=dict)
     shows: dict[str, str] = field(default_factory=dict)  # helper column → the column to show instead
     record: Callable[[str, int], str] | None = None  # (feed, row) → masked key of a source record
+
+
+def _ref(name: str) -> str:
+    return "qg_" + "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+def _positioned(t: pa.Table) -> pa.Table:
+    return t.append_column("__pos", pa.array(np.arange(t.num_rows, dtype=np.int64)))
+
+
+def _table_target(name: str, kind: str, subject: str, suite: Any, table: pa.Table, helpers: Mapping[str, str | pa.Array],
+                  frame_of: Callable[[pa.Table], pd.DataFrame], **how: Any) -> Target:
+    """A target over one table: its columns, `helpers` (frame column → SQL expression, or the column
+    itself, computed vectorised), and the frame `frame_of(rows of the table)`."""
+    ref = _ref(name)
+    full = table
+    for col, h in helpers.items():
+        if not isinstance(h, str):
+            full = full.append_column(col, h)
+    extra = "".join(f", {h} AS {exact.ident(col)}" for col, h in helpers.items() if isinstance(h, str))
+    return Target(name, kind, subject, suite, table.num_rows, f"SELECT *{extra} FROM {ref}",
+                  {ref: _positioned(full)}, lambda pos: frame_of(take_rows(table, pos)), **how)
 
 
 def _record_formatter(tables: Mapping[str, pa.Table]) -> Callable[[str, int], str]:
@@ -205,38 +236,74 @@ def _record_formatter(tables: Mapping[str, pa.Table]) -> Callable[[str, int], st
 
 
 def feed_target(c: Contract, table: pa.Table) -> Target:
-    return Target(f"feed.{c.feed_id}", "feed", c.feed_id, frame_for(c, table), suite_for(c), tuple(c.key),
-                   {f.name: f.pii for f in c.fields},
-                   {**{_helper(f.name): f.name for f in c.fields if f.kind in ("id_no", "members")},
-                    **{num_col(f.name): f.name for f in c.fields}})
+    t = table.select([n for n in table.column_names if not n.startswith("_")])
+    q = exact.ident
+    helpers: dict[str, str | pa.Array] = {_helper(f.name): (id_ok if f.kind == "id_no" else members_ok)(t[f.name])
+                                          for f in c.fields if f.name in t.column_names and f.kind in ("id_no", "members")}
+    helpers.update({num_col(f.name): f"CAST({q(f.name)} AS DOUBLE)" for f in c.fields
+                    if f.name in t.column_names and (f.min is not None or f.max is not None)})
+    return _table_target(f"feed.{c.feed_id}", "feed", c.feed_id, suite_for(c), t, helpers,
+                         lambda rows: frame_for(c, rows), keys=tuple(c.key), pii={f.name: f.pii for f in c.fields},
+                         shows={**{_helper(f.name): f.name for f in c.fields if f.kind in ("id_no", "members")},
+                                **{num_col(f.name): f.name for f in c.fields}})
 
 
 def health_target(health: Mapping[str, dict]) -> Target:
     """One row per feed with a recorded health (`safetynet.intake.health`): healthy, or accepted for
     this run by the operator (`--accept-unhealthy`). An unhealthy feed not accepted is critical."""
-    frame = pd.DataFrame({"feed_id": list(health), "ok": [bool(h["ok"]) for h in health.values()],
-                          "accepted": [bool(h.get("accepted")) for h in health.values()],
-                          "problems": ["; ".join(h.get("problems", [])) for h in health.values()]})
+    table = pa.table({"feed_id": pa.array(list(health), pa.string()),
+                      "ok": pa.array([bool(h["ok"]) for h in health.values()], pa.bool_()),
+                      "accepted": pa.array([bool(h.get("accepted")) for h in health.values()], pa.bool_()),
+                      "problems": pa.array(["; ".join(h.get("problems", [])) for h in health.values()], pa.string())})
     b = _Builder("health", {"kind": "health", "title_zh": "数据源健康"}, "health")
     b.add("ExpectColumnValuesToBeInSet", True, "ok", "feed_health", column="ok", value_set=[True])
-    return Target("health", "health", "feeds", frame, b.build(), ("feed_id",), {})
+    return _table_target("health", "health", "feeds", b.build(), table, {}, lambda rows: rows.to_pandas(),
+                         keys=("feed_id",))
 
 
-def _union(parts: Sequence[tuple[str, str, np.ndarray | None, pa.Array]], exists: Callable[[pa.Array], pa.Array]) -> pa.Table:
-    """Rows (feed, field, row, id_no, __exists) over several feeds' ID columns."""
-    cols: dict[str, list] = {"__feed": [], "__field": [], "__row": [], "id_no": [], "__exists": []}
-    for feed, fld, rows, ids in parts:
-        n = len(ids)
+#: one column of one feed stacked under the others: (feed, field, source row of each value or None
+#: for row i = value i, the values)
+Part = tuple[str, str, np.ndarray | None, pa.Array | pa.ChunkedArray]
+
+
+def _stack(parts: Sequence[Part], value: str, cast: pa.DataType,
+           derived: Mapping[str, Callable[[pa.Array], pa.Array]]) -> pa.Table:
+    """Rows (__feed, __field, __row, `value`, *derived) over several feeds' columns."""
+    cols: dict[str, list] = {"__feed": [], "__field": [], "__row": [], value: []}
+    for feed, fld, rows, vals in parts:
+        n = len(vals)
         cols["__feed"].append(pa.repeat(pa.scalar(feed, pa.string()), n))
         cols["__field"].append(pa.repeat(pa.scalar(fld, pa.string()), n))
         cols["__row"].append(pa.array(np.arange(n) if rows is None else rows, pa.int64()))
-        cols["__exists"].append(exists(ids))
-        cols["id_no"].append(plain(ids).cast(pa.string()))
-    if not parts:
-        return pa.table({"__feed": pa.array([], pa.string()), "__field": pa.array([], pa.string()),
-                         "__row": pa.array([], pa.int64()), "id_no": pa.array([], pa.string()),
-                         "__exists": pa.array([], pa.bool_())})
-    return pa.table({k: pa.concat_arrays(v) for k, v in cols.items()})
+        cols[value].append(pc.cast(plain(vals), cast))
+    empty = {"__feed": pa.string(), "__field": pa.string(), "__row": pa.int64(), value: cast}
+    t = pa.table({k: pa.concat_arrays(v) if parts else pa.array([], empty[k]) for k, v in cols.items()})
+    for k, fn in derived.items():  # over all the stacked values at once
+        t = t.append_column(k, fn(t[value].combine_chunks()))
+    return t
+
+
+def _stacked_target(name: str, subject: str, suite: Any, parts: Sequence[Part], value: str, cast: pa.DataType,
+                    helper: str, derived: Mapping[str, Callable[[pa.Array], pa.Array]], refs: Mapping[str, pa.Table],
+                    **how: Any) -> Target:
+    """A target over feeds' columns stacked (`_stack`), without stacking them: in SQL a UNION ALL of
+    each column (`v`, with its position) and `helper`, the SQL of the derived columns over `v`;
+    the frame stacks only the rows asked for."""
+    offsets = np.cumsum([0] + [len(vals) for _, _, _, vals in parts])
+    tables = {f"{_ref(name)}_{k}": pa.table({"__i": pa.array(np.arange(len(vals), dtype=np.int64)), "v": vals})
+              for k, (_, _, _, vals) in enumerate(parts)}
+    union = " UNION ALL ".join(f"SELECT {int(off)} + __i AS __pos, v FROM {ref}"
+                               for off, ref in zip(offsets, tables, strict=False))
+    sql = f"SELECT __pos, {helper} FROM ({union or 'SELECT NULL::BIGINT AS __pos, NULL::VARCHAR AS v WHERE FALSE'})"
+
+    def frame_of(pos: np.ndarray) -> pd.DataFrame:
+        sub = []
+        for k, (feed, fld, rows, vals) in enumerate(parts):
+            i = pos[(pos >= offsets[k]) & (pos < offsets[k + 1])] - offsets[k]
+            sub.append((feed, fld, i if rows is None else rows[i], take_rows(pa.table({"v": vals}), i)["v"]))
+        return to_frame(_stack(sub, value, cast, derived))
+
+    return Target(name, "cross", subject, suite, int(offsets[-1]), sql, {**tables, **refs}, frame_of, **how)
 
 
 def _link_suite(name: str, critical: bool, check: str, feed: str, meta: dict) -> Any:
@@ -246,18 +313,37 @@ def _link_suite(name: str, critical: bool, check: str, feed: str, meta: dict) ->
     return b.build()
 
 
+def _membership(universe: pa.ChunkedArray | pa.Array) -> Callable[[pa.Array], pa.Array]:
+    """values ∈ universe (null stays null); the universe's hash set is built once, when first asked."""
+    known: list[pa.Array] = []
+
+    def exists(values: pa.Array) -> pa.Array:
+        if not known:
+            known.append(plain(universe).drop_null().unique())
+        return found_in(values, known[0], distinct=True)
+    return exists
+
+
+def _link_target(name: str, subject: str, suite: Any, parts: Sequence[Part], universe: pa.ChunkedArray | pa.Array,
+                 exists: Callable[[pa.Array], pa.Array], value: str, fmt: Callable[[str, int], str]) -> Target:
+    """`__exists`: each value is in `universe` (null stays null) — a semi-join in SQL, `exists` (the
+    same over Arrow) in the frame."""
+    ref = f"{_ref(name)}_universe"
+    return _stacked_target(name, subject, suite, parts, value, pa.string(),
+                           f"v AS {value}, v IN (SELECT v FROM {ref} WHERE v IS NOT NULL) AS __exists",
+                           {"__exists": exists}, {ref: pa.table({"v": universe})}, keys=("__feed", "__row"),
+                           pii={"id_no": "direct", "case_no": "none"}, shows={"__exists": value}, record=fmt)
+
+
 def cross_targets(tables: Mapping[str, pa.Table]) -> list[Target]:
     out: list[Target] = []
     fmt = _record_formatter(tables)
-    link_pii = {"id_no": "direct", "case_no": "none"}
     if PERSON in tables:
-        universe = plain(tables[PERSON]["id_no"])
+        universe = tables[PERSON]["id_no"]
+        person_exists = _membership(universe)
 
-        def exists(ids: pa.Array) -> pa.Array:
-            return found_in(ids, universe)
-
-        def parts_of(feed: str, fields: Iterable[str]) -> list:
-            parts = []
+        def parts_of(feed: str, fields: Iterable[str]) -> list[Part]:
+            parts: list[Part] = []
             t = tables[feed]
             for fld in fields:
                 if fld not in t.column_names:
@@ -270,56 +356,38 @@ def cross_targets(tables: Mapping[str, pa.Table]) -> list[Target]:
                     parts.append((feed, fld, None, t[fld]))
             return parts
 
+        def person_link(name: str, subject: str, critical: bool, parts: list[Part], links: str) -> Target:
+            return _link_target(name, subject, _link_suite(name, critical, "person_exists", subject, {"links": links}),
+                                parts, universe, person_exists, "id_no", fmt)
+
         for feed, fields in _CRITICAL_PERSON_LINKS.items():
             if feed in tables:
-                short = feed.split(".")[1]
-                name = f"cross.{short}_person"
-                out.append(Target(name, "cross", feed, to_frame(_union(parts_of(feed, fields), exists)),
-                                   _link_suite(name, True, "person_exists", feed,
-                                               {"links": f"{feed}.{'/'.join(fields)} → {PERSON}.id_no"}),
-                                   ("__feed", "__row"), link_pii, {"__exists": "id_no"}, fmt))
+                name = f"cross.{feed.split('.')[1]}_person"
+                out.append(person_link(name, feed, True, parts_of(feed, fields),
+                                       f"{feed}.{'/'.join(fields)} → {PERSON}.id_no"))
         owners = [p for feed, fld in _OWNER_LINKS.items() if feed in tables for p in parts_of(feed, [fld])]
-        out.append(Target("cross.owner_person", "cross", "owners", to_frame(_union(owners, exists)),
-                           _link_suite("cross.owner_person", False, "person_exists", "owners",
-                                       {"links": "vehicle/property owner_id_no → person (owners may live elsewhere)"}),
-                           ("__feed", "__row"), link_pii, {"__exists": "id_no"}, fmt))
+        out.append(person_link("cross.owner_person", "owners", False, owners,
+                               "vehicle/property owner_id_no → person (owners may live elsewhere)"))
         others = [p for feed, c in contracts().items()
                   if feed in tables and feed != PERSON and feed not in _CRITICAL_PERSON_LINKS and feed not in _OWNER_LINKS
                   for p in parts_of(feed, c.id_fields)]
-        out.append(Target("cross.person_links", "cross", "person_links", to_frame(_union(others, exists)),
-                           _link_suite("cross.person_links", False, "person_exists", "person_links",
-                                       {"links": "other person-linked feeds → person"}),
-                           ("__feed", "__row"), link_pii, {"__exists": "id_no"}, fmt))
+        out.append(person_link("cross.person_links", "person_links", False, others,
+                               "other person-linked feeds → person"))
     if _CASE_FEED in tables:
-        cases = plain(tables[_CASE_FEED]["case_no"])
         parts = [(feed, "case_no", None, tables[feed]["case_no"]) for feed in _CASE_LINKS if feed in tables]
-        t = _union(parts, lambda ids: found_in(ids, cases)).rename_columns(["__feed", "__field", "__row", "case_no",
-                                                                            "__exists"])
-        out.append(Target("cross.case_links", "cross", "case_links", to_frame(t),
-                           _link_suite("cross.case_links", False, "case_exists", "case_links",
-                                       {"links": "payments / income checks → assistance_case.case_no"}),
-                           ("__feed", "__row"), link_pii, {"__exists": "case_no"}, fmt))
+        suite = _link_suite("cross.case_links", False, "case_exists", "case_links",
+                            {"links": "payments / income checks → assistance_case.case_no"})
+        cases = tables[_CASE_FEED]["case_no"]
+        out.append(_link_target("cross.case_links", "case_links", suite, parts, cases, _membership(cases), "case_no",
+                                fmt))
     # no negative money anywhere (critical): every money value of every feed
-    feeds, field_names, rows, values = [], [], [], []
-    for feed, c in contracts().items():
-        if feed not in tables:
-            continue
-        for f in c.fields:
-            if f.kind == "money" and f.name in tables[feed].column_names:
-                v = pc.cast(plain(tables[feed][f.name]), pa.float64())
-                n = len(v)
-                feeds.append(pa.repeat(pa.scalar(feed, pa.string()), n))
-                field_names.append(pa.repeat(pa.scalar(f.name, pa.string()), n))
-                rows.append(pa.array(np.arange(n), pa.int64()))
-                values.append(v)
-    money = pa.table({"__feed": pa.concat_arrays(feeds) if feeds else pa.array([], pa.string()),
-                      "__field": pa.concat_arrays(field_names) if field_names else pa.array([], pa.string()),
-                      "__row": pa.concat_arrays(rows) if rows else pa.array([], pa.int64()),
-                      num_col("amount"): pa.concat_arrays(values) if values else pa.array([], pa.float64())})
+    money: list[Part] = [(feed, f.name, None, tables[feed][f.name]) for feed, c in contracts().items() if feed in tables
+                         for f in c.fields if f.kind == "money" and f.name in tables[feed].column_names]
     b = _Builder("cross.money", {"kind": "cross", "links": "every money field of every feed"}, "all")
     b.add("ExpectColumnValuesToBeBetween", True, "amount", "no_negative_money", column=num_col("amount"), min_value=0)
-    out.append(Target("cross.money", "cross", "money", to_frame(money), b.build(), ("__feed", "__row"),
-                       {"amount": "none"}, {num_col("amount"): "amount"}, fmt))
+    out.append(_stacked_target("cross.money", "money", b.build(), money, num_col("amount"), pa.float64(),
+                               f"CAST(v AS DOUBLE) AS {num_col('amount')}", {}, {}, keys=("__feed", "__row"),
+                               pii={"amount": "none"}, shows={num_col("amount"): "amount"}, record=fmt))
     return out
 
 
@@ -432,15 +500,37 @@ def output_targets(outputs: Mapping[str, pa.Table], snapshot_date: dt.date, coun
     hh = outs.get("monitoring.household")
     keys = {"monitoring.person": ("id_no",), "monitoring.household": ("household_no",), "warnings": ("warning_id",)}
     pii = {"id_no": "direct", "name": "direct", "subject_id_no": "direct", "address": "direct"}
+    q = exact.ident
+    hh_ref = _ref("output.households")
+    refs = {hh_ref: pa.table({"v": hh["household_no"]})} if hh is not None else {}
+    known = ", ".join(exact.literal(f"{r.id}\x1f{r.version}\x1f{r.severity}") for r in RULES)
     out = []
     for name in OUTPUTS:
-        if name in outs:
-            t = outs[name]
-            out.append(Target(f"output.{name}", "output", name,
-                               output_frame(name, t, snapshot_date, household=hh),
-                               output_suite(name, t, county=county, has_household=hh is not None),
-                               keys[name], pii, {_helper("id_no"): "id_no", _helper("subject_id_no"): "subject_id_no",
-                                                 "__household_exists": "household_no", "__rule_ok": "rule_id",
-                                                 "__snapshot_ok": "snapshot_date",
-                                                 **{num_col(f.name): f.name for f in t.schema}}))
+        if name not in outs:
+            continue
+        t = outs[name]
+        cols = set(t.column_names)
+        helpers: dict[str, str | pa.Array] = {
+            "__snapshot_ok": f"coalesce(snapshot_date = DATE '{snapshot_date.isoformat()}', FALSE)"
+            if "snapshot_date" in cols else "FALSE"}
+        if name == "monitoring.person" and "id_no" in cols:
+            helpers[_helper("id_no")] = id_ok(t["id_no"])
+        if name == "warnings":
+            helpers["__rule_ok"] = ("coalesce(rule_id || chr(31) || CAST(rule_version AS VARCHAR) || chr(31) || severity "
+                                    f"IN ({known}), FALSE)")
+            helpers[_helper("subject_id_no")] = id_ok(t["subject_id_no"])
+        if hh is not None and name in ("monitoring.person", "warnings"):
+            helpers["__household_exists"] = f"household_no IN (SELECT v FROM {hh_ref} WHERE v IS NOT NULL)"
+        nums = {"monitoring.person": ["age"], "monitoring.household": ["members_total"], "warnings": ["score"]}[name]
+        helpers.update({num_col(f): f"CAST({q(f)} AS DOUBLE)" for f in
+                        nums + [f.name for f in t.schema if pa.types.is_decimal(f.type)] if f in cols})
+        target = _table_target(f"output.{name}", "output", name,
+                               output_suite(name, t, county=county, has_household=hh is not None), t, helpers,
+                               partial(output_frame, name, snapshot_date=snapshot_date, household=hh), keys=keys[name],
+                               pii=pii, shows={_helper("id_no"): "id_no", _helper("subject_id_no"): "subject_id_no",
+                                               "__household_exists": "household_no", "__rule_ok": "rule_id",
+                                               "__snapshot_ok": "snapshot_date",
+                                               **{num_col(f.name): f.name for f in t.schema}})
+        target.refs.update(refs)
+        out.append(target)
     return out

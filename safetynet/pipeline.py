@@ -320,9 +320,14 @@ def publish_parts(settings: Settings, store: ObjectStore, snapshot_date: dt.date
         from quality import datadocs, gate
 
         step("quality gate")
-        res.quality = gate.validate(store, snapshot_date, policy=gate_policy, health=health, reuse=not full_gate,
-                                    outputs={"monitoring.person": outputs["monitoring/person"],
-                                             "monitoring.household": outputs["monitoring/household"], "warnings": w})
+        gcon = normalise.connect(memory_limit=settings.duckdb_memory_limit)  # the gate's SQL under the same cap
+        try:
+            res.quality = gate.validate(store, snapshot_date, policy=gate_policy, health=health, reuse=not full_gate,
+                                        outputs={"monitoring.person": outputs["monitoring/person"],
+                                                 "monitoring.household": outputs["monitoring/household"], "warnings": w},
+                                        con=gcon)
+        finally:
+            gcon.close()
         step("Data Docs")
         res.docs = datadocs.build_docs(res.quality, store)
         res.quality.raise_for_critical()

@@ -1,0 +1,111 @@
+"""The quality gate at scale (`quality.exact`): GX validates a fixed-seed sample plus the failing rows,
+every count and example comes from exact SQL over every row — the same report as GX on every row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from quality import exact, gate
+from safetynet.demo.synth import generate
+from schemas import idno, normalise
+
+pytestmark = pytest.mark.slow
+SNAP = dt.date(2026, 11, 1)
+PERSON, CLAIM, EMPLOYMENT = "public_security.person", "medical_insurance.claim", "human_resources.employment"
+FEEDS = [PERSON, CLAIM, EMPLOYMENT, "civil_affairs.assistance_case", "public_security.vehicle"]
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return generate(persons=2000, seed=7).tables()
+
+
+def _set(t: pa.Table, col: str, rows: list[int], value) -> pa.Table:
+    vals = t[col].to_pylist()
+    for r in rows:
+        vals[r] = value
+    return t.set_column(t.schema.get_field_index(col), t.schema.field(col), pa.array(vals, t.schema.field(col).type))
+
+
+def _failures(r) -> list[tuple]:
+    return sorted((f.suite, f.field or "", f.check, f.critical, f.unexpected_count, f.element_count, tuple(f.examples),
+                   f.message) for f in r.failures)
+
+
+@pytest.fixture(scope="module")
+def broken(tables):
+    person, claim, emp = tables[PERSON], tables[CLAIM], tables[EMPLOYMENT]
+    bad = claim["id_no"][5].as_py()[:17] + ("1" if claim["id_no"][5].as_py()[17] != "1" else "2")
+    claim2 = _set(_set(claim, "id_no", [5], bad), "out_of_pocket", list(range(40, 70)), Decimal("-1"))
+    claim2 = _set(claim2, "hospital_name", [claim.num_rows - 1], None)
+    return {**tables, PERSON: pa.concat_tables([person, person.slice(7, 1), person.slice(900, 2)]), CLAIM: claim2,
+            EMPLOYMENT: pa.concat_tables([emp, emp.slice(emp.num_rows - 3, 1)])}
+
+
+def test_a_sample_reports_exactly_what_every_row_does(broken):
+    full = gate.validate(broken, SNAP, feeds=FEEDS)  # 2,000 persons: GX sees every row of every target
+    con = normalise.connect()
+    sampled = gate.validate(broken, SNAP, feeds=FEEDS, sample_rows=50, con=con)
+    con.execute("SELECT 1").fetchall()  # the caller's connection stays usable (the gate used a cursor)
+    assert not full.ok and _failures(sampled) == _failures(full)
+    checks = {(f.suite, f.check) for f in sampled.failures}
+    assert {(f"feed.{PERSON}", "unique_key"), (f"feed.{EMPLOYMENT}", "unique_key"), (f"feed.{CLAIM}", "id_valid"),
+            ("cross.money", "no_negative_money"), ("cross.claim_person", "person_exists")} <= checks
+    [dup] = [f for f in sampled.failures if f.suite == f"feed.{PERSON}" and f.check == "unique_key"]
+    assert dup.unexpected_count == 6 and dup.element_count == broken[PERSON].num_rows
+    ids = broken[PERSON]["id_no"]
+    assert dup.examples == [f"id_no={idno.mask(ids[i].as_py())}" for i in (7, 900, 901)] * 2  # in row order
+    [money] = [f for f in sampled.failures if f.check == "no_negative_money" and f.suite == "cross.money"]
+    assert money.unexpected_count == 30 and len(money.examples) == 20
+    for s in sampled.suites:  # GX saw at most the sample and the failing rows (with their duplicates)
+        meta = sampled._results[s.name][1].meta["rows"]
+        assert meta["table"] == s.rows and meta["validated_by_gx"] <= 50 + 2 * 20 + exact._COMPANIONS
+    assert sampled.as_dict()["counts"] == full.as_dict()["counts"]
+
+
+def test_the_sample_is_reproducible():
+    a = exact.sample_positions("feed.x", 1_000_000, 5000)
+    assert np.array_equal(a, exact.sample_positions("feed.x", 1_000_000, 5000))
+    assert len(np.unique(a)) == 5000 and a.min() >= 0 and a.max() < 1_000_000 and np.all(np.diff(a) > 0)
+    assert not np.array_equal(a, exact.sample_positions("feed.y", 1_000_000, 5000))
+    assert np.array_equal(exact.sample_positions("feed.x", 30, 5000), np.arange(30))
+
+
+def test_exact_sql_follows_gx_semantics():
+    con = normalise.connect()
+    con.register("t", pa.table({"__pos": pa.array(range(6), pa.int64()),
+                                "a": ["x", None, "y", "y", "z", None], "b": [1, 2, None, 4, 5, None],
+                                "c": [1, 3, 2, None, 5, None]}))
+    exps = [("expect_column_values_to_not_be_null", {"column": "a"}),
+            ("expect_column_values_to_be_in_set", {"column": "a", "value_set": ["x", "z"]}),
+            ("expect_column_values_to_be_unique", {"column": "a"}),
+            ("expect_compound_columns_to_be_unique", {"column_list": ["a", "b"]}),
+            ("expect_column_values_to_be_between", {"column": "b", "min_value": 2, "max_value": 4}),
+            ("expect_column_values_to_match_regex", {"column": "a", "regex": "^[xy]$"}),
+            ("expect_column_pair_values_a_to_be_greater_than_b", {"column_A": "b", "column_B": "c", "or_equal": True}),
+            ("expect_column_values_to_be_in_set", {"column": "missing", "value_set": [1]}),
+            ("expect_table_row_count_to_be_between", {"min_value": 7})]
+    m = exact.measure(con, "SELECT * FROM t", 6, exps, 20)
+    got = {i: (x.unexpected_count, x.missing_count, x.examples) for i, x in m.items() if x.unexpected_count is not None}
+    assert got == {0: (2, 2, [1, 5]), 1: (2, 2, [2, 3]), 2: (2, 2, [2, 3]), 3: (0, 0, []), 4: (2, 2, [0, 4]),
+                   5: (1, 2, [4]), 6: (3, 0, [1, 2, 3])}
+    assert 7 not in m  # a missing column is left to GX, which reports it
+    assert m[8].observed_value == 6 and not m[8].success
+
+
+def test_rows_are_taken_and_ids_checked_chunk_by_chunk():
+    from quality import checks
+
+    s17 = "11010119800101001"
+    good = s17 + idno.check_char(s17)
+    t = pa.Table.from_batches([pa.record_batch({"id_no": pa.array([good, "x" * 18, None]), "n": pa.array([0, 1, 2])}),
+                               pa.record_batch({"id_no": pa.array([good, good[:17]]), "n": pa.array([3, 4])})])
+    assert checks.take_rows(t, np.array([1, 3, 4])).to_pydict() == {"id_no": ["x" * 18, good, good[:17]], "n": [1, 3, 4]}
+    assert checks.take_rows(t, np.array([], np.int64)).num_rows == 0
+    assert checks.id_ok(t["id_no"]).to_pylist() == [True, False, None, True, False]
