@@ -41,14 +41,16 @@ WITH p AS (SELECT id_no, household_no, status, status_date,
                   region_code, hukou_type, relation_to_head FROM read_parquet($person)),
 emp AS (SELECT e.id_no, e.month, e.wage, p.household_no FROM read_parquet($employment) e JOIN p USING (id_no)
         WHERE list_contains($months, e.month)),
-inc AS (SELECT id_no, sum(wage) / 12 AS w, coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0) AS w3
+inc AS (SELECT id_no, CAST(sum(wage) / 12 AS DECIMAL(14,2)) AS w, coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0) AS w3
         FROM emp GROUP BY id_no),
-pen AS (SELECT id_no, avg(amount) AS a, coalesce(sum(amount) FILTER (WHERE list_contains($last3, month)), 0) AS a3
+pen AS (SELECT id_no, CAST(avg(amount) AS DECIMAL(14,2)) AS a, coalesce(sum(amount) FILTER (WHERE list_contains($last3, month)), 0) AS a3
         FROM read_parquet($pension) WHERE list_contains($months, month) GROUP BY id_no),
 un AS (SELECT * FROM read_parquet($unemployment)),
 ben AS (SELECT id_no, sum(benefit_monthly) AS b FROM un WHERE status = '领取中' GROUP BY id_no),
-pi AS (SELECT p.*, coalesce(inc.w, 0) + coalesce(pen.a, 0) + coalesce(ben.b, 0) AS income,
-              (coalesce(inc.w3, 0) + coalesce(pen.a3, 0)) / 3 + coalesce(ben.b, 0) AS income3
+-- incomes rounded to the fen where the hub's definitions round them (per person, then per capita): at the
+-- thresholds an unrounded figure decides differently
+pi AS (SELECT p.*, (coalesce(inc.w, 0) + coalesce(pen.a, 0) + coalesce(ben.b, 0))::DECIMAL(14,2) AS income,
+              ((coalesce(inc.w3, 0) + coalesce(pen.a3, 0)) / 3 + coalesce(ben.b, 0))::DECIMAL(14,2) AS income3
        FROM p LEFT JOIN inc USING (id_no) LEFT JOIN pen USING (id_no) LEFT JOIN ben USING (id_no)),
 hh AS (SELECT household_no, coalesce(min(hukou_type) FILTER (WHERE relation_to_head = '户主'), min(hukou_type)) AS hukou,
               coalesce(min(region_code) FILTER (WHERE relation_to_head = '户主'), min(region_code)) AS region_code,
@@ -72,7 +74,7 @@ agg_home AS (SELECT p.household_no, count(DISTINCT x.property_id) AS residences 
              JOIN p ON p.id_no = x.owner_id_no WHERE x.usage = '住宅' AND x.status = '现势' GROUP BY p.household_no),
 agg_dis AS (SELECT p.household_no, count(*) AS severe_disabled_members FROM read_parquet($disability) d
             JOIN p USING (id_no) WHERE list_contains($grades, d.grade) AND p.status = '正常' GROUP BY p.household_no),
-h AS (SELECT *, income / nullif(alive, 0) AS pc,
+h AS (SELECT *, (income / nullif(alive, 0))::DECIMAL(14,2) AS pc,
              CASE WHEN hukou = '城镇' THEN $urban ELSE $rural END AS dibao FROM hh),
 cm AS (SELECT c.case_no, c.category, c.status, c.start_date, c.end_date, c.urban_rural, m.id_no, p.household_no,
               c.status IN ('在保', '渐退期') AS active
@@ -80,7 +82,7 @@ cm AS (SELECT c.case_no, c.category, c.status, c.start_date, c.end_date, c.urban
 edge AS (SELECT DISTINCT household_no FROM cm WHERE active AND category IN ('低保边缘', '低收入')),
 low AS (SELECT household_no FROM h WHERE pc < dibao * $multiple UNION SELECT household_no FROM edge),
 risk AS (SELECT h.household_no FROM h LEFT JOIN agg_claim c USING (household_no)
-         WHERE (h.income3 - coalesce(c.oop_12m, 0) / 12) / nullif(h.alive, 0) < $risk * h.dibao
+         WHERE ((h.income3 - coalesce(c.oop_12m, 0) / 12) / nullif(h.alive, 0))::DECIMAL(14,2) < $risk * h.dibao
          UNION SELECT household_no FROM cm WHERE active),
 cl AS (SELECT c.*, p.household_no FROM read_parquet($claim) c JOIN p USING (id_no)
        WHERE settle_date >= $win12::DATE AND settle_date < $snap::DATE),
@@ -90,9 +92,11 @@ f_medical AS (SELECT cl.household_no FROM cl LEFT JOIN hh USING (household_no)
                   (SELECT sum(income) FROM pi WHERE pi.household_no = cl.household_no), 0) * 12),
 hm AS (SELECT household_no, month, sum(wage) AS wage FROM emp GROUP BY household_no, month),
 f_drop AS (SELECT household_no FROM hm WHERE household_no IN (SELECT household_no FROM risk) GROUP BY household_no
-           HAVING coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0) / 9 > 0
-              AND coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0) / 3
-                  <= (1 - $ratio) * coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0) / 9),
+           -- the rule's own comparison (3 × last 3 ≤ (1 − r) × previous 9): averages divided first round
+           -- differently at the threshold (at 10 M one household disagreed)
+           HAVING coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0) > 0
+              AND 3 * coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0)
+                  <= (1 - $ratio) * coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0)),
 wa AS (SELECT * FROM p WHERE status = '正常' AND age BETWEEN $wa_min AND $wa_max),
 f_unemp AS (SELECT household_no FROM (
               SELECT household_no FROM emp JOIN wa USING (id_no, household_no) GROUP BY id_no, household_no
