@@ -47,27 +47,38 @@ def id_ok(values: pa.ChunkedArray | pa.Array) -> pa.Array | pa.ChunkedArray:
     `idno.CHECK`). Works on the bytes of the strings: about 0.1 s a million numbers; chunk by chunk
     (a column of over 2 GB of strings cannot be one array).
     """
+    return id_checks(values)[1]
+
+
+def id_checks(values: pa.ChunkedArray | pa.Array) -> tuple[pa.Array | pa.ChunkedArray, pa.Array | pa.ChunkedArray]:
+    """(matches `ID_RE`, `id_ok`) of each value, in one pass (null stays null in both): the format
+    alone is what the `id_format` expectation counts (exactly `ID_RE`: 18 bytes, 17 ASCII digits
+    and a digit or `X`)."""
     if isinstance(values, pa.ChunkedArray) and values.num_chunks > 1:
-        return pa.chunked_array([id_ok(c) for c in values.chunks], pa.bool_())
+        both = [id_checks(c) for c in values.chunks]
+        return (pa.chunked_array([f for f, _ in both], pa.bool_()), pa.chunked_array([o for _, o in both], pa.bool_()))
     a = plain(values)
     if not pa.types.is_string(a.type):
         a = a.cast(pa.string())
     n = len(a)
     ok = np.zeros(n, dtype=bool)
+    fmt = np.zeros(n, dtype=bool)
     offs = np.frombuffer(a.buffers()[1], np.int32, count=n + 1, offset=a.offset * 4) if n else np.zeros(1, np.int32)
     data = np.frombuffer(a.buffers()[2], np.uint8) if n and a.buffers()[2] is not None else np.zeros(0, np.uint8)
     for lo in range(0, n, _BLOCK):  # in blocks: the (rows × 17) temporaries stay small
-        ok[lo:lo + _BLOCK] = _id_block(data, offs[lo:lo + _BLOCK + 1])
+        fmt[lo:lo + _BLOCK], ok[lo:lo + _BLOCK] = _id_block(data, offs[lo:lo + _BLOCK + 1])
     nulls = a.is_null().to_numpy(zero_copy_only=False)
-    return pa.array(ok, mask=nulls if nulls.any() else None)
+    mask = nulls if nulls.any() else None
+    return pa.array(fmt, mask=mask), pa.array(ok, mask=mask)
 
 
-def _id_block(data: np.ndarray, offs: np.ndarray) -> np.ndarray:
-    """`id_ok` of the strings between consecutive offsets `offs` into the bytes `data`."""
+def _id_block(data: np.ndarray, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(format, validity) of the strings between consecutive offsets `offs` into the bytes `data`."""
     ok = np.zeros(len(offs) - 1, dtype=bool)
+    fmt_ok = np.zeros(len(offs) - 1, dtype=bool)
     pos = np.flatnonzero(np.diff(offs) == 18)
     if not len(pos):
-        return ok
+        return fmt_ok, ok
     m = (data[offs[0]:offs[-1]].reshape(len(ok), 18) if len(pos) == len(ok)
          else data[offs[pos][:, None] + np.arange(18)])
     d = m[:, :17] - np.uint8(48)  # a non-digit wraps above 9
@@ -80,8 +91,22 @@ def _id_block(data: np.ndarray, offs: np.ndarray) -> np.ndarray:
     day = w[:, 12:14] @ _TWO
     leap = (y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0))
     dim = _DAYS_IN_MONTH[np.clip(mo, 0, 12)] + ((mo == 2) & leap)
+    fmt_ok[pos] = fmt
     ok[pos] = fmt & check_ok & (y >= 1900) & (y <= 2099) & (mo >= 1) & (mo <= 12) & (day >= 1) & (day <= dim)
-    return ok
+    return fmt_ok, ok
+
+
+def regex_ok(values: pa.ChunkedArray | pa.Array, regex: str) -> pa.ChunkedArray:
+    """Whether each value contains a match of `regex` (RE2, searched: DuckDB's `regexp_matches`;
+    null stays null). A dictionary-encoded chunk is matched on its dictionary only, then indexed."""
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    out = []
+    for ch in chunks:
+        if pa.types.is_dictionary(ch.type):
+            out.append(pc.match_substring_regex(ch.dictionary, pattern=regex).take(ch.indices))
+        else:
+            out.append(pc.match_substring_regex(ch, pattern=regex))
+    return pa.chunked_array(out, pa.bool_())
 
 
 def members_ok(values: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -125,6 +150,8 @@ def to_frame(table: pa.Table) -> pd.DataFrame:
         col = table[name]
         if pa.types.is_dictionary(col.type):
             col = col.cast(col.type.value_type)
+        elif pa.types.is_list(col.type) and pa.types.is_dictionary(col.type.value_type):
+            col = col.cast(pa.list_(col.type.value_field.with_type(col.type.value_type.value_type)))
         cols[name] = col
     df = pa.table(cols).to_pandas(types_mapper=pd.ArrowDtype)
     for name in df.columns:

@@ -18,7 +18,7 @@ GX, which reports the missing column as an error.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -116,10 +116,12 @@ def _key(etype: str, kw: dict) -> tuple[str, str] | None:
 
 
 def measure(con: duckdb.DuckDBPyConnection, rel: str, n: int, expectations: Sequence[tuple[str, dict]],
-            max_examples: int) -> dict[int, Metric | Exception]:
+            max_examples: int, matches: Mapping[tuple[str, str], str] | None = None) -> dict[int, Metric | Exception]:
     """Exact metrics of the expectations (index → Metric) over the relation `rel` (a SQL query with
     the frame's columns and `__pos`, `n` rows). Expectations on columns `rel` lacks are left out (GX reports
-    them); one whose SQL fails gets the exception."""
+    them); one whose SQL fails gets the exception. `matches`: (column, regex) → a boolean column of
+    `rel` computed vectorised (null where the value is): a regex expectation counts it instead of
+    matching every row in SQL."""
     have = set(con.sql(f"SELECT * FROM ({rel}) LIMIT 0").columns)
     src = f"({rel})"
     out: dict[int, Metric | Exception] = {}
@@ -132,7 +134,11 @@ def measure(con: duckdb.DuckDBPyConnection, rel: str, n: int, expectations: Sequ
             continue
         if not cols or not set(cols) <= have:
             continue
-        if (pred := unexpected_sql(etype, kw)) is not None:
+        done = (matches or {}).get((str(kw["column"]), str(kw["regex"]))) if etype == _REGEX else None
+        if done is not None and done in have:
+            maps[i] = (f"{ident(kw['column'])} IS NOT NULL AND NOT coalesce({ident(done)}, FALSE)",
+                       f"{ident(kw['column'])} IS NULL")
+        elif (pred := unexpected_sql(etype, kw)) is not None:
             maps[i] = (pred, f"{ident(kw['column'])} IS NULL" if "column" in kw else None)
         elif (key := _key(etype, kw)) is not None:
             out[i] = _guard(partial(_unique, con, src, n, key[0], key[1], max_examples))
@@ -154,6 +160,9 @@ def measure(con: duckdb.DuckDBPyConnection, rel: str, n: int, expectations: Sequ
             metric.examples = _positions(con, f"SELECT __pos FROM {src} WHERE {maps[i][0]}", max_examples)
         out[i] = metric
     return out
+
+
+_REGEX = "expect_column_values_to_match_regex"
 
 
 def _counts(pred: str, missing: str | None) -> str:

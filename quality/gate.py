@@ -30,6 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -175,7 +176,7 @@ def _run_target(ctx, ds, t: Target, run_id, con: duckdb.DuckDBPyConnection,
     try:
         # every row, exactly, in DuckDB; GX validates a frame of the sample and the rows that fail
         exps = [(e.expectation_type, dict(e.configuration.kwargs)) for e in suite.expectations]
-        metrics = exact.measure(con, t.sql, t.rows, exps, MAX_EXAMPLES)
+        metrics = exact.measure(con, t.sql, t.rows, exps, MAX_EXAMPLES, t.matches)
     finally:
         for name in t.refs:
             con.unregister(name)
@@ -262,15 +263,18 @@ def _suite_sha(c: Contract) -> str:
     return hashlib.sha256(json.dumps(suite_for(c).to_json_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _recorded_feed_suite(store: ObjectStore, c: Contract, clean_sha256: str | None) -> SuiteResult | None:
-    """The recorded result of the feed's suite on this very clean file and suite, or None."""
+def _recorded_feed_suite(store: ObjectStore, c: Contract, clean_sha256: str | None,
+                         suite_sha256: str | None = None) -> SuiteResult | None:
+    """The recorded result of the feed's suite on this very clean file and suite (`suite_sha256`,
+    default `_suite_sha(c)`), or None."""
     if clean_sha256 is None:
         return None
     try:
         rec = json.loads(store.read_bytes(paths.quality_feed_record(c.prefix)))
     except FileNotFoundError:
         return None
-    if rec.get("clean_sha256") != clean_sha256 or rec.get("suite_sha256") != _suite_sha(c) or len(rec["suites"]) != 1:
+    if (rec.get("clean_sha256") != clean_sha256 or rec.get("suite_sha256") != (suite_sha256 or _suite_sha(c))
+            or len(rec["suites"]) != 1):
         return None
     sr = SuiteResult.from_dict(rec["suites"][0])
     if sr.failures and any(f.message.startswith("GX error") for f in sr.failures):
@@ -296,11 +300,63 @@ def _cross_columns(c: Contract) -> list[str]:
             if f.name in c.key or f.name == "case_no" or f.kind in ("id_no", "members", "money")]
 
 
+#: contract kinds of few distinct values: read dictionary-encoded (`_clean_table`)
+_DICT_KINDS = frozenset({"enum", "urban_rural", "month", "region_code", "credit_code", "text_list"})
+
+
+def _dictionary_columns(c: Contract, file_schema: pa.Schema, names: Iterable[str]) -> list[str]:
+    """The Parquet columns of `names` to read dictionary-encoded: string (or list of string) fields of
+    few distinct values (code kinds; free text without PII that is no key, e.g. an employer's name).
+    Decoding those strings is most of reading a feed; a dictionary array is read several times
+    faster, scanned by DuckDB as its values, and decoded only for the rows GX validates."""
+    out = []
+    kinds = {f.name: f for f in c.fields}
+    for n in names:
+        f = kinds.get(n)
+        if f is None or n not in file_schema.names:
+            continue
+        if not (f.kind in _DICT_KINDS or (f.kind == "string" and f.pii == "none" and n not in c.key)):
+            continue
+        typ = file_schema.field(n).type
+        if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+            out.append(n)
+        elif pa.types.is_list(typ) and (pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type)):
+            out.append(f"{n}.list.{typ.value_field.name}")
+    return out
+
+
+def _decoded(typ: pa.DataType) -> pa.DataType:
+    """`typ` with dictionaries (top-level or a list's values) replaced by their value type."""
+    if pa.types.is_dictionary(typ):
+        return typ.value_type
+    if pa.types.is_list(typ) and pa.types.is_dictionary(typ.value_type):
+        return pa.list_(typ.value_field.with_type(typ.value_type.value_type))
+    return typ
+
+
 def _clean_table(c: Contract, data: bytes, columns: list[str] | None = None) -> pa.Table:
-    """A feed's clean Parquet as its contract types: every contract column (no lineage columns), or `columns`."""
+    """A feed's clean Parquet as its contract types: every contract column (no lineage columns), or
+    `columns`. Low-cardinality strings stay dictionary-encoded (`_dictionary_columns`) when their
+    values have the contract's type; every other column is cast to it."""
     names = list(c.names) if columns is None else columns
-    t = pq.read_table(pa.BufferReader(data), columns=names).select(names)
-    return t.cast(pa.schema([c.arrow_schema().field(n) for n in names]))
+    pf = pq.ParquetFile(pa.BufferReader(data))
+    t = pq.read_table(pa.BufferReader(data), columns=names,
+                      read_dictionary=_dictionary_columns(c, pf.schema_arrow, names) or None).select(names)
+    cols, fields = [], []
+    for n in names:
+        want, col = c.arrow_schema().field(n), t[n]
+        if col.type != want.type and not (col.type != _decoded(col.type) and _decoded(col.type).equals(want.type)):
+            col = col.cast(want.type)
+        cols.append(col)
+        fields.append(want.with_type(col.type))
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields))
+
+
+#: how many of a store's feeds are read ahead of the one validated (`validate`; each one more in memory)
+_READ_AHEAD = 1
+
+#: a suite made later (`validate`: on the thread that runs GX)
+_LATER = object()
 
 
 def _feed_targets(c: Contract, tables: Mapping[str, pa.Table]) -> list[Target]:
@@ -378,37 +434,77 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
                      extra={"event": "quality_suite", "suite": sr.name, "success": sr.success,
                             "critical_ok": sr.critical_ok})
 
-    try:
-        for fid in wanted:
-            c = contracts()[fid]
-            prior = None
-            if store is not None:  # read one feed at a time; keep only what the cross-feed suites read
-                if store.exists(clean_path(c)):
-                    data = store.read_bytes(clean_path(c))
-                    clean_sha[fid] = hashlib.sha256(data).hexdigest()
-                    prior = _recorded_feed_suite(store, c, clean_sha[fid]) if reuse else None
-                    tables[fid] = _clean_table(c, data, _cross_columns(c) if prior is not None else None)
-                else:
-                    tables[fid] = pa.schema([c.arrow_schema().field(n) for n in c.names]).empty_table()
-                    missing.append(fid)
-            if fid not in tables:
-                continue
-            if prior is not None:
-                suites.append(prior)
-                continue
-            before = len(suites)
-            run(partial(_feed_targets, c, tables), f"feed.{fid}", "feed", fid)
-            if store is not None:
-                if fid in clean_sha:
-                    _record_feed_suites(store, c, clean_sha[fid], snap, suites[before:])
-                tables[fid] = tables[fid].select([n for n in _cross_columns(c) if n in tables[fid].column_names])
-        if health:
-            run(lambda: [health_target(health)], "health", "health", "feeds")
-        run(lambda: cross_targets(tables), "cross", "cross", "cross")
-        if outputs:
-            run(lambda: output_targets(outputs, snap, county), "output", "output", "outputs")
-    finally:
-        db.close()
+    def load(fid: str) -> tuple[str | None, SuiteResult | None, pa.Table, list[Target] | Exception | None]:
+        """A feed from the store: (sha256 of its clean file or None if there is none, the recorded result
+        to carry over, its table, its targets — or why they could not be made — when it is to run)."""
+        assert store is not None
+        c = contracts()[fid]
+        if not store.exists(clean_path(c)):
+            return None, None, pa.schema([c.arrow_schema().field(n) for n in c.names]).empty_table(), None
+        data = store.read_bytes(clean_path(c))
+        sha = hashlib.sha256(data).hexdigest()
+        prior = _recorded_feed_suite(store, c, sha, suite_shas[fid]) if reuse else None
+        table = _clean_table(c, data, _cross_columns(c) if prior is not None else None)
+        del data
+        if prior is not None:
+            return sha, prior, table, None
+        try:  # the suite (GX objects) is made on the calling thread, by `made`
+            targets: list[Target] | Exception = [feed_target(c, table, suite=_LATER)]
+        except Exception as e:  # reported by `run`, as when made there
+            targets = e
+        return sha, prior, table, targets
+
+    def made(targets: list[Target] | Exception | None, c: Contract) -> list[Target]:
+        if isinstance(targets, Exception):
+            raise targets
+        if targets is None:
+            return _feed_targets(c, tables)
+        for t in targets:
+            t.suite = suite_for(c)
+        return targets
+
+    suite_shas = {fid: _suite_sha(contracts()[fid]) for fid in wanted} if reuse and store is not None else {}
+    ahead: dict[int, Any] = {}
+
+    # a store's feeds are read (and their targets made: the ID checks) one ahead, in a thread, while
+    # the current feed is validated (GX is Python, on one core): at most two feeds in memory
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality-read") as pool:
+        try:
+            if store is not None and wanted:
+                ahead[0] = pool.submit(load, wanted[0])
+            for i, fid in enumerate(wanted):
+                c = contracts()[fid]
+                prior, targets = None, None
+                if store is not None:  # keep only what the cross-feed suites read
+                    sha, prior, tables[fid], targets = ahead.pop(i).result()
+                    for j in range(i + 1, min(i + 1 + _READ_AHEAD, len(wanted))):
+                        if j not in ahead:
+                            ahead[j] = pool.submit(load, wanted[j])
+                    if sha is None:
+                        missing.append(fid)
+                    else:
+                        clean_sha[fid] = sha
+                if fid not in tables:
+                    continue
+                if prior is not None:
+                    suites.append(prior)
+                    continue
+                before = len(suites)
+                run(partial(made, targets, c), f"feed.{fid}", "feed", fid)
+                targets = None
+                if store is not None:
+                    if fid in clean_sha:
+                        _record_feed_suites(store, c, clean_sha[fid], snap, suites[before:])
+                    tables[fid] = tables[fid].select([n for n in _cross_columns(c) if n in tables[fid].column_names])
+            if health:
+                run(lambda: [health_target(health)], "health", "health", "feeds")
+            run(lambda: cross_targets(tables), "cross", "cross", "cross")
+            if outputs:
+                run(lambda: output_targets(outputs, snap, county), "output", "output", "outputs")
+        finally:
+            for f in ahead.values():
+                f.cancel()
+            db.close()
     report = QualityReport(snap, suites, time.perf_counter() - t_start,
                            dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), county, missing, ctx, results)
     log.info("quality gate %s: %s (%d critical, %d warnings) in %.1fs", snap, "ok" if report.ok else "BLOCKED",

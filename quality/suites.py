@@ -42,7 +42,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from quality import exact
-from quality.checks import ID_RE, found_in, id_ok, members_ok, num_col, plain, take_rows, to_frame, with_num
+from quality.checks import (
+    ID_RE,
+    found_in,
+    id_checks,
+    id_ok,
+    members_ok,
+    num_col,
+    plain,
+    regex_ok,
+    take_rows,
+    to_frame,
+    with_num,
+)
 from quality.evaluation import SCHEMA
 from quality.rules import RULES
 from schemas.contract import Contract
@@ -202,6 +214,9 @@ class Target:
     pii: dict[str, str] = field(default_factory=dict)
     shows: dict[str, str] = field(default_factory=dict)  # helper column → the column to show instead
     record: Callable[[str, int], str] | None = None  # (feed, row) → masked key of a source record
+    #: (column, regex) → a boolean column of `sql` (not of the frame) that says whether the value
+    #: matches: the exact count of that regex expectation, computed vectorised (`quality.exact`)
+    matches: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def _ref(name: str) -> str:
@@ -213,12 +228,14 @@ def _positioned(t: pa.Table) -> pa.Table:
 
 
 def _table_target(name: str, kind: str, subject: str, suite: Any, table: pa.Table, helpers: Mapping[str, str | pa.Array],
-                  frame_of: Callable[[pa.Table], pd.DataFrame], **how: Any) -> Target:
+                  frame_of: Callable[[pa.Table], pd.DataFrame], sql_only: Mapping[str, pa.Array] | None = None,
+                  **how: Any) -> Target:
     """A target over one table: its columns, `helpers` (frame column → SQL expression, or the column
-    itself, computed vectorised), and the frame `frame_of(rows of the table)`."""
+    itself, computed vectorised), and the frame `frame_of(rows of the table)`; `sql_only`: columns
+    of the SQL only (`Target.matches`)."""
     ref = _ref(name)
     full = table
-    for col, h in helpers.items():
+    for col, h in [*helpers.items(), *(sql_only or {}).items()]:
         if not isinstance(h, str):
             full = full.append_column(col, h)
     extra = "".join(f", {h} AS {exact.ident(col)}" for col, h in helpers.items() if isinstance(h, str))
@@ -235,15 +252,29 @@ def _record_formatter(tables: Mapping[str, pa.Table]) -> Callable[[str, int], st
     return fmt
 
 
-def feed_target(c: Contract, table: pa.Table) -> Target:
+def feed_target(c: Contract, table: pa.Table, suite: Any = None) -> Target:
+    """The target of a feed's suite (`suite`, default `suite_for(c)`) over its clean table."""
     t = table.select([n for n in table.column_names if not n.startswith("_")])
     q = exact.ident
-    helpers: dict[str, str | pa.Array] = {_helper(f.name): (id_ok if f.kind == "id_no" else members_ok)(t[f.name])
-                                          for f in c.fields if f.name in t.column_names and f.kind in ("id_no", "members")}
+    helpers: dict[str, str | pa.Array] = {}
+    sql_only: dict[str, pa.Array] = {}
+    matches: dict[tuple[str, str], str] = {}
+    for f in c.fields:
+        if f.name not in t.column_names:
+            continue
+        if f.kind == "id_no":  # the format (ID_RE) comes with the validity, in the same pass
+            sql_only[f"__match_{f.name}"], helpers[_helper(f.name)] = id_checks(t[f.name])
+            matches[(f.name, ID_RE)] = f"__match_{f.name}"
+        elif f.kind == "members":
+            helpers[_helper(f.name)] = members_ok(t[f.name])
+        elif f.kind in _FORMATS and pa.types.is_dictionary(t[f.name].type):  # matched on the dictionary only
+            sql_only[f"__match_{f.name}"] = regex_ok(t[f.name], _FORMATS[f.kind])
+            matches[(f.name, _FORMATS[f.kind])] = f"__match_{f.name}"
     helpers.update({num_col(f.name): f"CAST({q(f.name)} AS DOUBLE)" for f in c.fields
                     if f.name in t.column_names and (f.min is not None or f.max is not None)})
-    return _table_target(f"feed.{c.feed_id}", "feed", c.feed_id, suite_for(c), t, helpers,
-                         lambda rows: frame_for(c, rows), keys=tuple(c.key), pii={f.name: f.pii for f in c.fields},
+    return _table_target(f"feed.{c.feed_id}", "feed", c.feed_id, suite_for(c) if suite is None else suite, t, helpers,
+                         lambda rows: frame_for(c, rows), sql_only, keys=tuple(c.key), pii={f.name: f.pii for f in c.fields},
+                         matches=matches,
                          shows={**{_helper(f.name): f.name for f in c.fields if f.kind in ("id_no", "members")},
                                 **{num_col(f.name): f.name for f in c.fields}})
 
@@ -314,13 +345,17 @@ def _link_suite(name: str, critical: bool, check: str, feed: str, meta: dict) ->
 
 
 def _membership(universe: pa.ChunkedArray | pa.Array) -> Callable[[pa.Array], pa.Array]:
-    """values ∈ universe (null stays null); the universe's hash set is built once, when first asked."""
-    known: list[pa.Array] = []
+    """values ∈ universe (null stays null). The frames hold a few thousand values against a universe
+    of millions: the universe is scanned against a hash set of the values (not a hash set of the
+    universe built for every frame), then the values are looked up among the ones found."""
 
     def exists(values: pa.Array) -> pa.Array:
-        if not known:
-            known.append(plain(universe).drop_null().unique())
-        return found_in(values, known[0], distinct=True)
+        values = plain(values)
+        wanted = values.drop_null().unique()
+        found = pa.concat_arrays([plain(c).filter(pc.is_in(plain(c), value_set=wanted))
+                                  for c in (universe.chunks if isinstance(universe, pa.ChunkedArray) else [universe])]
+                                 or [pa.array([], values.type)]) if len(wanted) else wanted
+        return found_in(values, found.cast(values.type).unique(), distinct=True)
     return exists
 
 

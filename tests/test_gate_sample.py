@@ -109,3 +109,43 @@ def test_rows_are_taken_and_ids_checked_chunk_by_chunk():
     assert checks.take_rows(t, np.array([1, 3, 4])).to_pydict() == {"id_no": ["x" * 18, good, good[:17]], "n": [1, 3, 4]}
     assert checks.take_rows(t, np.array([], np.int64)).num_rows == 0
     assert checks.id_ok(t["id_no"]).to_pylist() == [True, False, None, True, False]
+
+
+def test_a_store_read_dictionary_encoded_reports_what_its_tables_do(broken, tmp_path):
+    """From a store the low-cardinality strings are read dictionary-encoded and formats matched on
+    the dictionary, ID formats with the ID check: the same failures, counts and examples as the
+    same tables given in memory (plain strings, formats matched in SQL)."""
+    from safetynet.core.settings import Settings
+    from safetynet.core.store import ObjectStore
+    from safetynet.intake.clean import clean_path
+    from schemas.registry import contracts
+
+    emp = _set(_set(broken[EMPLOYMENT], "month", [3, 11], "2026-13"), "employer_credit_code", [4], "bad")
+    data = {**broken, EMPLOYMENT: emp}
+    store = ObjectStore.from_settings(Settings(store=str(tmp_path / "store")))
+    for fid in FEEDS:
+        store.write_parquet(clean_path(contracts()[fid]), data[fid])
+    from_store = gate.validate(store, SNAP, feeds=FEEDS, sample_rows=50)
+    assert _failures(from_store) == _failures(gate.validate(data, SNAP, feeds=FEEDS, sample_rows=50))
+    got = {(f.suite, f.field, f.check): f.unexpected_count for f in from_store.failures}
+    assert got[(f"feed.{EMPLOYMENT}", "month", "format")] == 2
+    assert got[(f"feed.{EMPLOYMENT}", "employer_credit_code", "format")] == 1
+    assert got[(f"feed.{CLAIM}", "id_no", "id_valid")] == 1
+
+
+def test_vectorised_matches_are_duckdbs_regex():
+    from quality import checks
+
+    s17 = "11010119800101001"
+    values = [s17 + idno.check_char(s17), s17 + "0", s17 + "x", s17 + "X", s17, s17 + "12", s17 + "X\n", None,
+              "１" + s17[1:] + "1", "a" + s17 + "1", "2026-13", "2026-01", "91430100MA4L0XYZ12", ""]
+    con = normalise.connect()
+    for regex in (checks.ID_RE, r"^[0-9]{4}-(?:0[1-9]|1[0-2])$", r"^[0-9A-Z]{18}$"):
+        want = [r[0] for r in con.execute("SELECT regexp_matches(v, $r) FROM (SELECT unnest($v) AS v, "
+                                          "generate_subscripts($v, 1) AS i) ORDER BY i", {"v": values, "r": regex}).fetchall()]
+        arr = pa.array(values, pa.string())
+        assert checks.regex_ok(arr, regex).to_pylist() == want
+        assert checks.regex_ok(pa.chunked_array([arr.dictionary_encode()]), regex).to_pylist() == want
+        if regex == checks.ID_RE:
+            fmt, ok = checks.id_checks(arr)
+            assert fmt.to_pylist() == want and ok.to_pylist() == checks.id_ok(arr).to_pylist()
