@@ -390,15 +390,7 @@ def build_county(con: duckdb.DuckDBPyConnection, store: ObjectStore, snapshot_da
                     WHERE substr(region_code, 1, 6) = $county AND household_no IS NOT NULL""", {"county": county})
     con.execute(f"""CREATE OR REPLACE TEMP TABLE __members AS SELECT DISTINCT c.case_no, m.id_no
                     FROM {_full_name(ROSTER)} c, unnest(c.members) AS u(m)""")
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE __pa AS SELECT DISTINCT id_no FROM {reg}
-                    WHERE household_no IN (SELECT household_no FROM __county_hh)""")
-    con.execute("""CREATE OR REPLACE TEMP TABLE __ca AS SELECT DISTINCT case_no FROM __members
-                   WHERE id_no IN (SELECT id_no FROM __pa)""")
-    con.execute("""CREATE OR REPLACE TEMP TABLE __pneed AS SELECT id_no FROM __pa
-                   UNION SELECT id_no FROM __members WHERE case_no IN (SELECT case_no FROM __ca) AND id_no IS NOT NULL""")
-    keep = {kind: pa.array(con.sql(sql).fetchnumpy()["k"].tolist(), pa.string()) for kind, sql in (
-        ("person", "SELECT id_no AS k FROM __pneed"), ("case", "SELECT case_no AS k FROM __ca"),
-        ("household", "SELECT household_no AS k FROM __county_hh"))}
+    keep = _closure(con, reg, "__county_hh")
     unlinked = sorted(set(feeds) - set(LINKS))
     if unlinked:  # a feed the dependency review does not know: what it links to cannot be cut
         raise HouseholdsSpanCounties(f"feeds without a dependency link cannot be cut by county: {', '.join(unlinked)}")
@@ -458,15 +450,7 @@ def _incremental(con: duckdb.DuckDBPyConnection, store: ObjectStore, snapshot_da
     what = f"{n} households affected by changes in {', '.join(changed) or 'no feed'}"
 
     # the filtered build: everything the affected households' results read, and no more
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE __pa AS SELECT DISTINCT id_no FROM {_full_name(REGISTER)}
-                    WHERE household_no IN (SELECT household_no FROM __affected)""")
-    con.execute("""CREATE OR REPLACE TEMP TABLE __ca AS SELECT DISTINCT case_no FROM __members
-                   WHERE id_no IN (SELECT id_no FROM __pa)""")
-    con.execute("""CREATE OR REPLACE TEMP TABLE __pneed AS SELECT id_no FROM __pa
-                   UNION SELECT id_no FROM __members WHERE case_no IN (SELECT case_no FROM __ca) AND id_no IS NOT NULL""")
-    keep = {kind: pa.array(con.sql(sql).fetchnumpy()["k"].tolist(), pa.string()) for kind, sql in (
-        ("person", "SELECT id_no AS k FROM __pneed"), ("case", "SELECT case_no AS k FROM __ca"),
-        ("household", "SELECT household_no AS k FROM __affected"))}
+    keep = _closure(con, _full_name(REGISTER), "__affected")
     monitoring.register_sources(con, {fid: _rows_of(full[fid], LINKS[fid].column, keep[LINKS[fid].kind])
                                       for fid in sigs})
     b = monitoring.build(con, snapshot_date, pol)
@@ -573,3 +557,18 @@ def _merge(con: duckdb.DuckDBPyConnection, step: str, previous: pa.Table, affect
         start = hi
     pieces.append(prev.slice(start))
     return monitoring.canonical_chunks(pa.concat_tables(pieces))
+
+
+def _closure(con: duckdb.DuckDBPyConnection, register: str, households: str) -> dict[str, pa.Array]:
+    """What the results of the households in table `households` read (the dependency review above):
+    kind (person, case, household) → the keys to keep — their members; the cases any member belongs to
+    (`__members`: case → member, already on `con`); every member of those cases."""
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE __pa AS SELECT DISTINCT id_no FROM {register}
+                    WHERE household_no IN (SELECT household_no FROM {households})""")
+    con.execute("""CREATE OR REPLACE TEMP TABLE __ca AS SELECT DISTINCT case_no FROM __members
+                   WHERE id_no IN (SELECT id_no FROM __pa)""")
+    con.execute("""CREATE OR REPLACE TEMP TABLE __pneed AS SELECT id_no FROM __pa
+                   UNION SELECT id_no FROM __members WHERE case_no IN (SELECT case_no FROM __ca) AND id_no IS NOT NULL""")
+    return {kind: pa.array(con.sql(sql).fetchnumpy()["k"].tolist(), pa.string()) for kind, sql in (
+        ("person", "SELECT id_no AS k FROM __pneed"), ("case", "SELECT case_no AS k FROM __ca"),
+        ("household", f"SELECT household_no AS k FROM {households}"))}
