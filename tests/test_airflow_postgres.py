@@ -136,6 +136,17 @@ class Stack:
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\nscheduler:\n"
                              f"{self.tail('scheduler')}")
 
+    def wait_dags(self, dag_ids: set[str]) -> None:
+        """Until the api-server answers and lists every one of `dag_ids` (parsed by the dag-processor)."""
+
+        def ready() -> bool:
+            try:
+                return {d["dag_id"] for d in self.api("GET", "/dags")["dags"]} >= dag_ids
+            except (AssertionError, OSError):
+                return False
+
+        self.wait("the api-server and the parsed DAGs", ready, timeout=WAIT, every=2)
+
     def wait_run_done(self, dag_id: str, run_id: str, timeout: float) -> dict:
         def done() -> dict | None:
             (r,) = [r for r in self.runs(dag_id) if r["dag_run_id"] == run_id]
@@ -175,13 +186,7 @@ def stack(tmp_path_factory, pg_url, broker):
         s.start("dag-processor", "dag-processor")
         s.start("scheduler", "scheduler")
 
-        def ready() -> bool:
-            try:
-                return {d["dag_id"] for d in s.api("GET", "/dags")["dags"]} >= {"ingest", "monitoring"}
-            except (AssertionError, OSError):
-                return False
-
-        s.wait("the api-server and the parsed DAGs", ready, timeout=WAIT, every=2)
+        s.wait_dags({"ingest", "monitoring"})
         yield s
     finally:
         s.stop()

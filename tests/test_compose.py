@@ -243,6 +243,17 @@ def depends_on(svc: dict) -> dict[str, dict]:
     return {name: {} for name in d} if isinstance(d, list) else d
 
 
+def settings_from(env: dict, monkeypatch) -> Settings:
+    """The hub's settings as a container with `env` (its SAFETYNET_ variables only) would load them."""
+    for key in list(os.environ):
+        if key.startswith("SAFETYNET_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("SAFETYNET_") and value is not None:
+            monkeypatch.setenv(key, value)
+    return Settings()
+
+
 def is_hub_image(svc: dict) -> bool:
     b = svc.get("build")
     return isinstance(b, dict) and b.get("dockerfile") == HUB_DOCKERFILE
@@ -366,13 +377,7 @@ def test_project_service_gets_every_setting_production_needs(service, compose, m
     unknown = sorted(k for k in env if k.startswith("SAFETYNET_") and k not in known)
     assert not unknown, f"{service}: {unknown} is read by no code (a typo?)"
 
-    for key in list(os.environ):
-        if key.startswith("SAFETYNET_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        if key.startswith("SAFETYNET_") and value is not None:
-            monkeypatch.setenv(key, value)
-    settings = Settings()
+    settings = settings_from(env, monkeypatch)
     assert settings.problems() == [], f"{service}: {settings.problems()}"
     assert settings.store.startswith("s3://"), f"{service}: SAFETYNET_STORE must be the shared s3:// store, not {settings.store!r}"
     assert not settings.kafka_security_protocol.startswith("SASL"), "SASL is on but no SASL settings are passed"
@@ -868,13 +873,8 @@ def test_celery_workers_serve_the_queue_one_task_at_a_time_with_the_hub_settings
     assert {"postgres", "airflow-init", "redis", "minio-init", "kafka-topics", "airflow-apiserver"} <= set(depends_on(w))
     assert (w.get("healthcheck") or {}).get("test") and w.get("restart") in RESTART_LONG_RUNNING
     assert "inspect ping" in " ".join(w["healthcheck"]["test"])
-    for key in list(os.environ):
-        if key.startswith("SAFETYNET_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        if key.startswith("SAFETYNET_") and value is not None:
-            monkeypatch.setenv(key, value)
-    assert Settings().problems() == [] and Settings().store.startswith("s3://")
+    settings = settings_from(env, monkeypatch)
+    assert settings.problems() == [] and settings.store.startswith("s3://")
 
 
 def test_celery_redis_and_flower(celery_stack, celery_raw):

@@ -131,13 +131,7 @@ def stack(city, pg_url, queue, broker):
             s.start(f"worker{i}", "celery", "worker", "--queues", queue, "--concurrency", "1", "--skip-serve-logs",
                     "--celery-hostname", f"sn-worker{i}@%h", "--without-mingle", "--without-gossip")
 
-        def ready() -> bool:
-            try:
-                return "monitoring" in {d["dag_id"] for d in s.api("GET", "/dags")["dags"]}
-            except (AssertionError, OSError):
-                return False
-
-        s.wait("the api-server and the parsed DAGs", ready, timeout=WAIT, every=2)
+        s.wait_dags({"monitoring"})
         yield s
     finally:
         s.stop()
