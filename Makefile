@@ -63,9 +63,9 @@ test: $(TEST_STAMP) $(BROWSER_STAMP) $(SPARK_STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 # The inner loop: the pure unit tests (no broker, S3 server, PostgreSQL, browser or Airflow; markers
-# are applied by fixture use in tests/conftest.py), in under a minute.
+# are applied by fixture use in tests/conftest.py), in under a minute: pytest-xdist, one worker a CPU.
 test-fast: $(TEST_STAMP)
-	$(VENV)/bin/python -m pytest -q -m "not (broker or s3 or postgres or browser or airflow or slow or faults)" -p no:cacheprovider
+	$(VENV)/bin/python -m pytest -q -n auto -m "not (broker or s3 or postgres or browser or airflow or slow or faults)" -p no:cacheprovider
 
 # The monitoring DAG on Airflow's CeleryExecutor: two `airflow celery worker`s on Redis (127.0.0.1:6379,
 # db 13, a queue of its own: SAFETYNET_TEST_REDIS), PostgreSQL metadata (a fresh database, dropped after:
