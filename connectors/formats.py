@@ -126,10 +126,12 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
     # the occurred_at check is a column of its own, not inside the CASE (DuckDB evaluates an
     # expensive expression in a CASE branch several times slower)
     sql = (
-        f"WITH __j AS (SELECT *, coalesce(json_valid(_value), false) AS __ok FROM {source}), "
-        f"__e AS (SELECT *, CASE WHEN __ok THEN json_extract_string(_value, [{allp}]) END AS __x, "
-        f"CASE WHEN __ok THEN json_type(_value, {_lit(pl)}) END AS __pt, "
-        + ("NULL AS __top FROM __j), " if envelope else "CASE WHEN __ok THEN json_type(_value) END AS __top FROM __j), ")
+        # one parse for validity and extraction: TRY gives NULL exactly where the text is not JSON (or
+        # NULL), and a list (of NULLs where keys are missing) for any JSON text
+        f"WITH __j AS (SELECT *, TRY(json_extract_string(_value, [{allp}])) AS __x FROM {source}), "
+        f"__e AS (SELECT *, __x IS NOT NULL AS __ok, "
+        f"CASE WHEN __x IS NOT NULL THEN json_type(_value, {_lit(pl)}) END AS __pt, "
+        + ("NULL AS __top FROM __j), " if envelope else "CASE WHEN __x IS NOT NULL THEN json_type(_value) END AS __top FROM __j), ")
         + f"__d AS (SELECT *, {env} AS __env, sn_datetime({x[OCCURRED_AT]}) AS __ts FROM __e) "
         f"SELECT * EXCLUDE (__ok, __x, __pt, __top, __env, __ts, _value), _value AS _raw, {meta}, {cols}, "
         f"{pre} AS _pre FROM __d"

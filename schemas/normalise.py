@@ -151,8 +151,11 @@ def field_sql(f: Field) -> FieldSQL:
     if k in ("money", "decimal"):
         scale, typ, rule = (2, "DECIMAL(14,2)", "money_format") if k == "money" else (4, "DECIMAL(12,4)", "decimal_format")
         intd = 12 if k == "money" else 8
-        pre = "sn_money_pre({t})" if k == "money" else "replace(sn_fw({t}), ' ', '')"
         ok = f"regexp_full_match({{p}}, '[-+]?[0-9]{{{{1,{intd}}}}}(\\.[0-9]{{{{0,{scale}}}}})?')"
+        # a value already in the plain form (nearly all) skips the clean-up, which leaves it unchanged
+        plain = ok.replace("{p}", "{t}")
+        pre = (f"CASE WHEN {plain} THEN {{t}} ELSE " + ("sn_money_pre({t})" if k == "money" else "replace(sn_fw({t}), ' ', '')")
+               + " END")
         return FieldSQL(pre, f"CASE WHEN {ok} THEN CAST({{p}} AS {typ}) END",
                         _range(f, f"CASE WHEN {{v}} IS NULL THEN '{rule}' END"))
     if k == "int":
