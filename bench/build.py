@@ -11,7 +11,8 @@ Both report which households each rule flags; the benchmark checks they agree. T
 child process under the same cap, (c) the quality gate (`quality.gate.validate`) over every clean
 feed and the hub's outputs, as the pipeline runs it after the build (GX imported beforehand): its
 seconds, peak RSS and gate/build ratio (goal ≤ 0.5). Prints seconds, peak memory and the load
-average; the last line is `ratio=<hub/hand-written>` (of the largest size).
+average, per size one line `ratio <hub/hand-written> at N persons` with both peak RSS figures; the
+last line is `ratio=<hub/hand-written>` of the worst size.
 
     .venv/bin/python bench/build.py [--persons 1000000 10000000] [--memory-limit 4GB]
 """
@@ -265,7 +266,8 @@ def _hand(root: str, memory_limit: str, q: mp.Queue) -> None:
     t0 = time.perf_counter()
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{memory_limit}'")
-    table = con.execute(HAND, {k: v for k, v in params.items() if f"${k}" in HAND}).to_arrow_table()
+    con.execute("SET enable_progress_bar = false")
+    table = con.sql(HAND, params={k: v for k, v in params.items() if f"${k}" in HAND}).to_arrow_table()
     secs = time.perf_counter() - t0
     flags = sorted({(r, h) for h, rules in zip(table["household_no"].to_pylist(), table["rules"].to_pylist(), strict=True)
                     for r in rules or []})
@@ -307,7 +309,7 @@ def main() -> None:
     ap.add_argument("--persons", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--memory-limit", default="4GB")
     args = ap.parse_args()
-    ratio = None
+    ratios: dict[int, float] = {}
     for n in args.persons:
         root = tempfile.mkdtemp(prefix=f"bench-build-{n}-")
         try:
@@ -323,7 +325,10 @@ def main() -> None:
                   f"{hub['households']:,} households, {hub['warnings']:,} warnings", flush=True)
             print(f"  (b) hand-written query: {hand['seconds']:.1f}s, peak RSS {hand['peak_rss_mb']:,.0f} MB; "
                   f"flags agree: {agree} ({len(hub['flags']):,} rule × household flags)", flush=True)
-            print(f"  ratio {ratio:.2f} under memory_limit {args.memory_limit}", flush=True)
+            ratios[n] = ratio
+            print(f"ratio {ratio:.2f} at {n:,} persons (hub {hub['seconds']:.1f}s, peak RSS {hub['peak_rss_mb']:,.0f} MB; "
+                  f"hand-written {hand['seconds']:.1f}s, peak RSS {hand['peak_rss_mb']:,.0f} MB; "
+                  f"memory_limit {args.memory_limit})", flush=True)
             g = measure(_gate, root, args.memory_limit)
             print(f"  (c) quality gate: {g['seconds']:.1f}s ({g['cpu']:.1f} CPU s), peak RSS {g['peak_rss_mb']:,.0f} MB, "
                   f"{g['expectations']} expectations, ok {g['ok']} ({g['failures']} failed); "
@@ -334,7 +339,9 @@ def main() -> None:
                 print(f"  differing flags (first 10): {sorted(diff)[:10]}", flush=True)
         finally:
             shutil.rmtree(root, ignore_errors=True)
-    print(f"ratio={ratio:.3f}")
+    # the goal (≤ 1.2) holds at every size: the last line is the worst size's
+    worst = max(ratios, key=lambda k: ratios[k])
+    print(f"ratio={ratios[worst]:.3f}  (worst size: {worst:,} persons)")
 
 
 def _prepare_child(n: int, root: str, q: mp.Queue) -> None:
