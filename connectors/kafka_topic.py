@@ -40,7 +40,6 @@ class KafkaBatch:
     ingest_date: str
     values: list[bytes] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
-    timestamps: list[int] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -195,7 +194,6 @@ class KafkaTopicSource:
                             continue
                     b.values.extend([m.value for m in chunk])
                     b.offsets.extend([m.offset for m in chunk])
-                    b.timestamps.extend([m.timestamp for m in chunk])
                     b.last = chunk[-1].offset
                     got += len(chunk)
                     i += len(chunk)

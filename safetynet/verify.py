@@ -358,7 +358,8 @@ def _refetch_kafka(settings: Settings, store: ObjectStore, con, fid: str, name: 
         return False, why, ""
     cfg = {k: v for k, v in consumer_config(settings).items() if k not in ("session_timeout_ms", "heartbeat_interval_ms")}
     consumer = KafkaConsumer(**{**cfg, "group_id": None, "request_timeout_ms": 15_000})
-    values, offsets, stamps = [], [], []
+    values: list[bytes] = []
+    offsets: list[int] = []
     try:
         tp = TopicPartition(topic, part)
         parts = consumer.partitions_for_topic(topic)
@@ -377,7 +378,6 @@ def _refetch_kafka(settings: Settings, store: ObjectStore, con, fid: str, name: 
                     if first <= m.offset <= last:
                         values.append(m.value)
                         offsets.append(m.offset)
-                        stamps.append(m.timestamp)
                 hw = consumer.highwater(tp)
                 if (msgs and msgs[-1].offset >= last) or (hw is not None and consumer.position(tp) >= min(hw, last + 1)):
                     break
@@ -389,7 +389,7 @@ def _refetch_kafka(settings: Settings, store: ObjectStore, con, fid: str, name: 
                 f"{want - len(values):,} records lost")
         return False, f"cannot re-fetch: {lost}", lost
     date = paths.ingest_date_of(name.path)
-    b = KafkaBatch(topic, part, first, last, date, values, offsets, stamps)
+    b = KafkaBatch(topic, part, first, last, date, values, offsets)
     at = dt.datetime.fromisoformat(next(iter(entries.values()))["ingested_at"])
     staged = _Staging(store)
     res = write_kafka_batch(staged, con, c, b, mapping, ingested_at=at)
