@@ -206,3 +206,38 @@ def test_datetimes_keep_milliseconds_at_most(con):
                   "('2026-10-05T17:02:16+08:00')) t(x)").to_arrow_table()["v"]
     ms = got.cast(pa.timestamp("ms", tz="UTC"))  # safe: it would raise on lost microseconds
     assert [v.microsecond for v in ms.to_pylist()] == [225000, 0]
+
+
+def test_one_parse_tells_json_from_not_json_as_json_valid_does(con):
+    """The connectors' decode (`connectors.formats.json_records_sql`) takes a message for JSON when
+    `TRY(json_extract_string(...))` is not NULL — one parse instead of `json_valid` and then the
+    extraction. The two must agree on every text: edge cases and thousands of damaged envelopes."""
+    import json
+    import random
+
+    cases = ["", " ", "null", "true", "1", "1.5e400", "NaN", "Infinity", "[1,]", '{"a":1,}', '{"a":1} x', "\ufeff{}",
+             '{"a":NaN}', '/* c */ {"a":1}', '{"a":"\\ud800"}', '{"a":"x\x00y"}', "{'a':1}", '{"a":1,"a":2}', '"str"',
+             '{"payload":[1,2]}', "[" * 2000 + "]" * 2000, '{"a":01}', '{"a":1.}', '{"a":tru}', "nul"]
+    rnd = random.Random(20261205)
+    base = json.dumps({"event_id": "e1", "op": "upsert", "payload": {"x": "值", "n": 1.5, "l": [1, None]}}, ensure_ascii=False)
+    for _ in range(3000):
+        s = list(base)
+        for _ in range(rnd.randint(1, 3)):
+            i = rnd.randrange(len(s))
+            ch = rnd.choice('{}[],:"\\ 0aé\x00\n')
+            op = rnd.random()
+            if op < 0.33:
+                del s[i]
+            elif op < 0.66:
+                s.insert(i, ch)
+            else:
+                s[i] = ch
+        cases.append("".join(s))
+    con.execute("CREATE OR REPLACE TEMP TABLE j(v VARCHAR)")
+    con.executemany("INSERT INTO j VALUES (?)", [[c] for c in cases] + [[None]])
+    paths = "['$.event_id', '$.payload.x', '$.payload.\"n\"', '$.missing']"
+    [(valid, differ)] = con.sql(f"""
+        SELECT count(*) FILTER (WHERE json_valid(v)),
+               count(*) FILTER (WHERE coalesce(json_valid(v), false) <> (TRY(json_extract_string(v, {paths})) IS NOT NULL))
+        FROM j""").fetchall()
+    assert differ == 0 and 300 < valid < len(cases)
