@@ -170,7 +170,9 @@ RULES: tuple[Rule, ...] = (
                h.dibao_standard / greatest(h.income_per_capita, 1) AS magnitude
         FROM monitoring_household h
         WHERE h.income_per_capita < h.dibao_standard
-          AND h.household_no NOT IN (SELECT pb.household_no FROM case_member cm JOIN person_base pb USING (id_no) WHERE cm.active)"""),
+          -- NOT EXISTS, not NOT IN: one NULL in the subquery would make NOT IN drop every household
+          AND NOT EXISTS (SELECT 1 FROM case_member cm JOIN person_base pb USING (id_no)
+                          WHERE cm.active AND pb.household_no = h.household_no)"""),
     Rule("dangerous_house", 2, "住房安全风险（危房）", "S1", "forward", ("dangerous_house_ratings",), f"""
         SELECT d.household_no, NULL AS subject_id_no,
                [{_fact('housing.dangerous_house', 'd.household_no', 'NULL', 'rating', 'd.rating', 'd.assessed_date')},
@@ -243,7 +245,7 @@ RULES: tuple[Rule, ...] = (
                        AND p.month > strftime(coalesce(d.status_date, DATE '1900-01-01'), '%Y-%m')),
              -- no payment records to judge by: still active longer than the grace after the death
              unpaid AS (SELECT d.* FROM dead d WHERE d.status_date <= $death_grace_until::DATE
-                        AND d.case_no NOT IN (SELECT case_no FROM assistance_payment)),
+                        AND NOT EXISTS (SELECT 1 FROM assistance_payment p WHERE p.case_no = d.case_no)),
              hit AS (SELECT case_no, id_no FROM after UNION SELECT case_no, id_no FROM unpaid),
              sel AS (SELECT DISTINCT case_no FROM hit),
              h AS (SELECT ch.household_no, dead.* FROM ({_CASE_HOUSEHOLDS}) ch
