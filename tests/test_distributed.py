@@ -9,9 +9,19 @@ this run's own, whose keys are deleted afterwards; task results go to the metada
 A two-county synthetic city (`generate(..., counties=("430103", "430104"))`) is delivered (Kafka
 events and file drops) and ingested with `safetynet ingest`; the store is copied. Then the
 scheduler runs the `monitoring` DAG (its daily run, made when the DAG is unpaused) on the workers:
-`counties` → one mapped `build_county` per county (each with its county's policy file, one on each
-worker) → `build_snapshot` (gate, publish, Kafka). On the copy, `safetynet run` builds the same snapshot in one process.
-The two published snapshots are identical: every file's sha256 and the content hash.
+`counties` → one mapped `build_county` per county (each with its county's policy file) →
+`build_snapshot` (gate, publish, Kafka). On the copy, `safetynet run` builds the same snapshot in one process.
+
+What is proven:
+- the two workers shared the run: each ran exactly one county task, and the two tasks' execution
+  intervals overlapped. Which worker takes a task is Celery's choice (left alone, one worker may run
+  both in turn), so the test makes the split certain: a cluster policy of this test's AIRFLOW_HOME
+  (tests/airflow_county_rendezvous.py, copied in as `config/airflow_local_settings.py`; production code
+  is untouched) makes each county task wait, before it builds, until every county task of the run has
+  started (bounded: after 120 s it goes on and the assertions fail, saying so). Two county tasks running
+  at once, with one task slot per worker, are on different workers;
+- the two published snapshots are identical: every file's sha256 and the content hash;
+- no staged part is left, and no ID number is in any Airflow log.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from typing import Any
 import pytest
 
 from safetynet.demo.broker import free_port
+from tests import airflow_county_rendezvous as rendezvous
 from tests.airflow_env import ROOT, migrate
 from tests.airflow_env import airflow_env as make_env
 from tests.pg import temp_database
@@ -119,7 +130,11 @@ def stack(city, pg_url, queue, broker):
         AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(32), AIRFLOW__API__WORKERS="1",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
         AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
+        # the county tasks meet before they build: the cluster policy below switched on (test only)
+        **{rendezvous.ENV: str(home / "county-rendezvous")},
     )
+    (home / "config").mkdir(exist_ok=True)  # AIRFLOW_HOME/config is on every Airflow process's sys.path
+    shutil.copyfile(Path(rendezvous.__file__), home / "config" / "airflow_local_settings.py")
     env["SAFETYNET_KAFKA_GROUP"] = city["env"]["SAFETYNET_KAFKA_GROUP"]
     migrate(env, home)
     s = Stack(env, home, port)
@@ -163,6 +178,9 @@ def runs(stack, city) -> dict[str, Any]:
     out["xcom"] = stack.xcom("monitoring", run["dag_run_id"], "build_snapshot")
     day = dt.date.fromisoformat(out["xcom"]["snapshot_date"])
     out["celery"] = snapshot.manifest(city["store"], day)
+    met = rendezvous.run_dir(stack.env[rendezvous.ENV], run["dag_run_id"])  # what each county's rendezvous saw
+    out["rendezvous"] = {c: (met / f"{c}.outcome").read_text() if (met / f"{c}.outcome").exists() else None
+                         for c in COUNTIES}
     out["workers"] = {}  # which worker executed which county task of the run (its own log says)
     for name in ("worker1", "worker2"):
         text = (stack.home / f"{name}.log").read_text(errors="replace")
@@ -190,12 +208,18 @@ def test_the_county_tasks_ran_on_the_celery_workers(runs):
     assert sorted(t["map_index"] for t in mapped) == [0, 1]
     assert {t["state"] for t in tis} == {"success"}
     assert sorted(t.get("rendered_map_index") or "" for t in mapped) == list(COUNTIES)
-    # both workers share this machine's hostname (the task instances' `hostname`): their logs tell them apart
-    # each county task exactly once, on a Celery worker. Which worker takes which is Celery's choice: with
-    # both consuming, one county per worker is usual but not guaranteed (a fresh clone once saw one worker
-    # run both, in turn), so it is reported, not asserted
+    print("county tasks per Celery worker:", runs["workers"], "rendezvous:", runs["rendezvous"])
+    # each county task waited, before building, until both had started (the test's rendezvous)
+    assert all(o and o.startswith("met") for o in runs["rendezvous"].values()), \
+        f"the county tasks did not meet (both running at once): {runs['rendezvous']}, workers {runs['workers']}"
+    # so their execution intervals overlap: each started before the other ended
+    span = {t["rendered_map_index"]: tuple(dt.datetime.fromisoformat(t[k]) for k in ("start_date", "end_date"))
+            for t in mapped}
+    assert max(a for a, _ in span.values()) < min(b for _, b in span.values()), span
+    # both workers share this machine's hostname (the task instances' `hostname`): their logs tell them apart.
+    # Two county tasks running at once, with one task slot per worker: one county task on each worker
     assert sorted(runs["workers"]["worker1"] + runs["workers"]["worker2"]) == [0, 1], runs["workers"]
-    print("county tasks per Celery worker:", runs["workers"])
+    assert [len(runs["workers"]["worker1"]), len(runs["workers"]["worker2"])] == [1, 1], runs["workers"]
     x = runs["xcom"]
     assert x["counties"] == list(COUNTIES) and x["publish"] == "published" and x["quality_ok"] is True
     assert [p["county"] for p in x["parts"]] == list(COUNTIES)
