@@ -4,7 +4,9 @@ On the embedded broker, N claim events (default 1,000,000) are produced once; th
 (a) a bare kafka-python consumer with the connector's own consumer settings reads every message
 of the topic, and (b) the connector reads the same topic to durable Parquet (decode, validate,
 split, write, commit; a backlog this large is read by several consumer processes, see
-`SAFETYNET_KAFKA_CONSUMERS`). Each measurement runs in a fresh child process, so its peak RSS is its
+`SAFETYNET_KAFKA_CONSUMERS`); then, for reference only, (a') the bare consumer again with the
+connector's batch-at-a-time record decoder (`connectors.kafka_records`) instead of kafka-python's
+one object per message. Each measurement runs in a fresh child process, so its peak RSS is its
 own. Prints per round records/s, the CPU seconds each measurement used (its processes, start-up
 included) and the load average before it — on a shared machine the ratio follows the cores left
 free: with none free it falls towards (a)'s CPU over (b)'s, however many processes (b) runs — then
@@ -58,12 +60,17 @@ def make_events(n: int, dirt_every: int = 500):
         yield f"CL{i:09d}".encode(), envelope.encode(v)
 
 
-def _baseline(bootstrap: str, topic: str, settings: Settings, q: mp.Queue) -> None:
+def _baseline(bootstrap: str, topic: str, settings: Settings, q: mp.Queue, batch_decoder: bool = False) -> None:
+    """(a) kafka-python as it comes: one ConsumerRecord per message. With `batch_decoder`, (a'): the
+    same consumer with the connector's batch-at-a-time decoder (`connectors.kafka_records`)."""
     from kafka import KafkaConsumer, TopicPartition
 
+    from connectors.kafka_records import install
     from connectors.kafka_topic import consumer_config
 
     c = KafkaConsumer(group_id=f"bench-raw-{uuid.uuid4().hex[:6]}", **consumer_config(settings))
+    if batch_decoder:
+        install(c)
     tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic))]
     c.assign(tps)
     c.seek_to_beginning(*tps)
@@ -72,8 +79,8 @@ def _baseline(bootstrap: str, topic: str, settings: Settings, q: mp.Queue) -> No
     done: set = set()
     while len(done) < len(tps):
         for msgs in c.poll(timeout_ms=1000, max_records=settings.batch_max_records).values():
-            n += len(msgs)
-            nbytes += sum(len(m.value) for m in msgs)
+            n += sum(len(m) for m in msgs) if batch_decoder else len(msgs)
+            nbytes += sum(len(v) for r in msgs for v in r.values) if batch_decoder else sum(len(m.value) for m in msgs)
         for tp in tps:
             hw = c.highwater(tp)
             if hw is not None and c.position(tp) >= hw:
@@ -104,6 +111,10 @@ def _connector(bootstrap: str, topic: str, settings: Settings, q: mp.Queue) -> N
            "parquet_bytes": size, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            # the largest consumer process it spawned (0: none)
            "peak_rss_consumer_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
+
+
+def _baseline_batches(bootstrap: str, topic: str, settings: Settings, q: mp.Queue) -> None:
+    _baseline(bootstrap, topic, settings, q, batch_decoder=True)
 
 
 def measure(fn, *args) -> dict:
@@ -138,21 +149,28 @@ def main() -> None:
         p.close()
         print(f"produced {args.events:,} events in {time.perf_counter() - t0:.1f}s", flush=True)
         settings = Settings(kafka_bootstrap=b.bootstrap, progress=False)
-        base, conn = [], []
+        base, conn, fast = [], [], []
         for r in range(args.rounds):
             base.append(measure(_baseline, b.bootstrap, topic, settings))
             conn.append(measure(_connector, b.bootstrap, topic, settings))
-            x, y = base[-1], conn[-1]
+            fast.append(measure(_baseline_batches, b.bootstrap, topic, settings))
+            x, y, z = base[-1], conn[-1], fast[-1]
             print(f"round {r + 1}: raw {x['records'] / x['seconds']:,.0f} rec/s ({x['seconds']:.1f} s, "
                   f"{x['cpu_s']:.1f} CPU s, load {x['load_before']:.2f}), connector "
                   f"{y['records'] / y['seconds']:,.0f} rec/s ({y['seconds']:.1f} s, {y['cpu_s']:.1f} CPU s, "
-                  f"load {y['load_before']:.2f}): ratio {x['seconds'] / y['seconds']:.3f}", flush=True)
-    for x in base + conn:
+                  f"load {y['load_before']:.2f}): ratio {x['seconds'] / y['seconds']:.3f}; raw with the connector's "
+                  f"batch decoder {z['records'] / z['seconds']:,.0f} rec/s ({z['seconds']:.1f} s, {z['cpu_s']:.1f} CPU s)",
+                  flush=True)
+    for x in base + conn + fast:
         assert x["records"] == args.events, x
     a = statistics.median(x["records"] / x["seconds"] for x in base)
     c = statistics.median(x["records"] / x["seconds"] for x in conn)
-    print(json.dumps({"events": args.events, "partitions": args.partitions, "baseline": base, "connector": conn}))
+    f = statistics.median(x["records"] / x["seconds"] for x in fast)
+    print(json.dumps({"events": args.events, "partitions": args.partitions, "baseline": base, "connector": conn,
+                      "baseline_batch_decoder": fast}))
     print(f"(a) raw kafka-python consumption: {a:,.0f} records/s, peak RSS {max(x['peak_rss_mb'] for x in base):,.0f} MB")
+    print(f"(a') the same with the connector's batch decoder (not the baseline; where the connector's time goes): "
+          f"{f:,.0f} records/s, the connector at {c / f:.3f} of it")
     spawned = max(x["peak_rss_consumer_mb"] for x in conn)
     print(f"(b) connector topic → durable Parquet: {c:,.0f} records/s, peak RSS {max(x['peak_rss_mb'] for x in conn):,.0f} MB"
           + (f" (+ consumer processes, each at most {spawned:,.0f} MB)" if spawned > 50 else "")

@@ -15,7 +15,7 @@ import io
 import json
 import re
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -161,8 +161,8 @@ def map_values_sql(c: Contract, source: str, mapping: Mapping | None) -> str:
     return f"SELECT * REPLACE ({', '.join(repl)}) FROM {source}"
 
 
-def json_text(values: list[bytes]) -> pa.Array:
-    """Message values (bytes) as the text column `json_records_sql` reads (`_value`)."""
+def json_text(values: Sequence[bytes | None]) -> pa.Array:
+    """Message values (bytes; None for a null value) as the text column `json_records_sql` reads (`_value`)."""
     arr = pa.array(values, pa.binary())
     try:
         return arr.cast(pa.string())

@@ -14,6 +14,7 @@ committed offset, finds the intent starting there and re-reads exactly that rang
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import json
 import logging
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from connectors.kafka_records import count, flatten, install
 from safetynet.core import paths
 from safetynet.core.settings import Settings
 from safetynet.core.store import ObjectStore
@@ -38,7 +40,7 @@ class KafkaBatch:
     first: int
     last: int
     ingest_date: str
-    values: list[bytes] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)  # None: a null value
     offsets: list[int] = field(default_factory=list)
 
     @property
@@ -87,6 +89,7 @@ class KafkaTopicSource:
     # ---- lifecycle ----------------------------------------------------------------------------
     def open(self) -> KafkaTopicSource:
         self.consumer = KafkaConsumer(group_id=self.group, **consumer_config(self.settings))
+        install(self.consumer)  # poll() returns record runs (offsets, values), decoded a batch at a time
         parts = self.consumer.partitions_for_topic(self.topic)
         if parts is None:  # metadata not loaded yet or topic absent
             self.consumer.topics()
@@ -170,21 +173,22 @@ class KafkaTopicSource:
                 hw = c.highwater(tp)
                 if hw is not None and tp not in target:
                     target[tp] = hw
-                msgs = records.get(tp, ())
-                if msgs and tp in target and msgs[-1].offset >= target[tp]:
-                    msgs = [m for m in msgs if m.offset < target[tp]]
+                offs, vals = flatten(records[tp]) if tp in records else ([], [])
+                if offs and tp in target and offs[-1] >= target[tp]:
+                    k = bisect.bisect_left(offs, target[tp])
+                    offs, vals = offs[:k], vals[:k]
                 i = 0
-                while i < len(msgs):  # slices, not a per-message loop: this thread is the bottleneck
+                while i < len(offs):  # slices, not a per-message loop: this thread is the bottleneck
                     b = pending.get(tp)
                     if b is None:
-                        b = pending[tp] = KafkaBatch(self.topic, tp.partition, msgs[i].offset, msgs[i].offset,
+                        b = pending[tp] = KafkaBatch(self.topic, tp.partition, offs[i], offs[i],
                                                      replay_date.pop(tp, today))
                     end = replay_end.get(tp)
                     if end is None:
-                        chunk = msgs[i:i + self.batch_max - len(b.values)]
+                        j = min(len(offs), i + self.batch_max - len(b.values))
                     else:  # replaying a recorded intent: exactly its range
-                        chunk = [m for m in msgs[i:] if m.offset <= end]
-                        if not chunk:  # the range ended in a gap (e.g. transaction markers)
+                        j = bisect.bisect_right(offs, end, i)
+                        if j == i:  # the range ended in a gap (e.g. transaction markers)
                             replay_end.pop(tp)
                             move |= tp == focus
                             if pending[tp].values:
@@ -192,11 +196,11 @@ class KafkaTopicSource:
                             else:
                                 del pending[tp]
                             continue
-                    b.values.extend([m.value for m in chunk])
-                    b.offsets.extend([m.offset for m in chunk])
-                    b.last = chunk[-1].offset
-                    got += len(chunk)
-                    i += len(chunk)
+                    b.values.extend(vals[i:j])
+                    b.offsets.extend(offs[i:j])
+                    b.last = offs[j - 1]
+                    got += j - i
+                    i = j
                     if (end is not None and b.last >= end) or (end is None and len(b.values) >= self.batch_max):
                         replay_end.pop(tp, None)
                         move |= tp == focus
@@ -215,7 +219,7 @@ class KafkaTopicSource:
                 if focus is not None and left:  # nothing came: read every unfinished partition again
                     c.resume(*left)
                 focus, move = None, False
-            elif sum(map(len, records.values())) < self.batch_max and (focus is None or focus in done or move):
+            elif count(records) < self.batch_max and (focus is None or focus in done or move):
                 focus, move = self._next_focus(left, focus, pending), False
                 c.pause(*[tp for tp in left if tp != focus])
                 c.resume(focus)

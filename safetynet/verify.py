@@ -358,7 +358,7 @@ def _refetch_kafka(settings: Settings, store: ObjectStore, con, fid: str, name: 
         return False, why, ""
     cfg = {k: v for k, v in consumer_config(settings).items() if k not in ("session_timeout_ms", "heartbeat_interval_ms")}
     consumer = KafkaConsumer(**{**cfg, "group_id": None, "request_timeout_ms": 15_000})
-    values: list[bytes] = []
+    values: list[bytes | None] = []
     offsets: list[int] = []
     try:
         tp = TopicPartition(topic, part)
