@@ -22,7 +22,6 @@ same `CorruptRecordError`. `tests/test_kafka_records.py` compares both paths byt
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import logging
 from typing import Any
@@ -87,8 +86,8 @@ def _zigzag_varints(a: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarra
     nxt = p + 1
     shift = 7
     while more.any():
-        if shift > 63:
-            raise ValueError("varint out of int64 range")
+        if shift > 56:  # a 10-byte varint: int64 would wrap where Python's ints do not — left to kafka-python
+            raise ValueError("varint too long for the fast decoder")
         idx = np.flatnonzero(more)
         bb = a[nxt[idx]].astype(np.int64)
         res[idx] |= (bb & 0x7F) << shift
@@ -104,6 +103,8 @@ def decode_v2(buf: bytes, pos: int, n: int, base_offset: int) -> tuple[list[int]
     record whose fields do not add up to its length, bytes left over)."""
     if n <= 0:
         return ([], []) if pos == len(buf) else None
+    if n > (len(buf) - pos) // 7:  # a record takes at least 7 bytes: a damaged count, not an allocation
+        return None
     starts = [0] * n
     ends = [0] * n
     end = len(buf)
@@ -153,7 +154,8 @@ def decode_v2(buf: bytes, pos: int, n: int, base_offset: int) -> tuple[list[int]
         hc, after = _zigzag_varints(a, ve)  # header count
     except (IndexError, ValueError):
         return None
-    if hc.any() or not np.array_equal(after, e) or (kl < -1).any() or (vl < -1).any():
+    if (hc.any() or not np.array_equal(after, e) or (kl < -1).any() or (vl < -1).any()
+            or (od < 0).any() or (np.diff(od) <= 0).any()):  # offsets rise within a batch (else kafka-python's way)
         return None
     offsets = (od + base_offset).tolist()
     if (vl >= 0).all():
@@ -163,23 +165,27 @@ def decode_v2(buf: bytes, pos: int, n: int, base_offset: int) -> tuple[list[int]
     return offsets, values
 
 
-def _batch_run(batch: Any, check_crcs: bool, where: Any) -> RecordRun:
+def _batch_run(batch: Any, check_crcs: bool, where: Any) -> tuple[RecordRun, Exception | None]:
     """All records of one data batch (CRC already checked) as a run; kafka-python's own
-    iteration where the fast decoder declines."""
+    iteration where the fast decoder declines. If that iteration fails part-way, the records
+    before the failure and the error (kafka-python returns those records, then raises)."""
     if isinstance(batch, DefaultRecordBatch):
         iter(batch)  # decompresses (kafka-python's codecs), leaves the position at the first record
         buf = bytes(batch._buffer)
         got = decode_v2(buf, batch._pos, batch.records_count, batch.base_offset)
         if got is not None:
-            return RecordRun(*got)
+            return RecordRun(*got), None
     offsets: list[int] = []
     values: list[bytes | None] = []
-    for record in batch:
-        if check_crcs and not record.validate_crc():
-            raise CorruptRecordError(f"Record for partition {where} at offset {record.offset} failed crc check")
-        offsets.append(record.offset)
-        values.append(record.value)
-    return RecordRun(offsets, values)
+    try:
+        for record in batch:
+            if check_crcs and not record.validate_crc():
+                raise CorruptRecordError(f"Record for partition {where} at offset {record.offset} failed crc check")
+            offsets.append(record.offset)
+            values.append(record.value)
+    except Exception as e:  # re-raised by the caller after the records before it
+        return RecordRun(offsets, values), e
+    return RecordRun(offsets, values), None
 
 
 class FastPartitionRecords(Fetcher.PartitionRecords):
@@ -196,6 +202,7 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
         self.record_iterator = self._runs(records)  # replaces the per-record generator (never started)
         self._run: RecordRun | None = None
         self._i = 0
+        self._skipping = True
 
     def _runs(self, records: Any):  # mirrors PartitionRecords._unpack_records
         global _READ_COMMITTED
@@ -226,10 +233,13 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
                     self.next_fetch_offset = batch.next_offset
                     batch = records.next_batch()
                     continue
-            run = _batch_run(batch, self.check_crcs, self.topic_partition)
-            self.bytes_read += batch.size_in_bytes if hasattr(batch, "size_in_bytes") else 0
+            run, error = _batch_run(batch, self.check_crcs, self.topic_partition)
+            # metrics only: the whole batch's bytes (kafka-python sums its records' sizes)
+            self.bytes_read += getattr(batch, "size_in_bytes", 0)
             if run.offsets:
                 yield run
+            if error is not None:
+                raise error
             batch = records.next_batch()
         if last_batch is not None and last_batch.magic == 2:
             # v2 keeps a batch's last offset even if compaction removed its last record: continue after it
@@ -247,8 +257,16 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
                     run = next(self.record_iterator, None)
                     if run is None:
                         break
-                    # records before the fetch offset (a fetch starting inside a batch) are skipped
-                    self._i = bisect.bisect_left(run.offsets, self.fetch_offset)
+                    # records before the fetch offset (a fetch starting inside a batch) are skipped,
+                    # as kafka-python's dropwhile does: only until the first one at or after it
+                    i = 0
+                    if self._skipping:
+                        offs, n_ = run.offsets, len(run.offsets)
+                        while i < n_ and offs[i] < self.fetch_offset:
+                            i += 1
+                        self._skipping = i == n_
+                        self.records_read += i  # kafka-python counts the skipped ones too
+                    self._i = i
                     if self._i == len(run.offsets):
                         self.next_fetch_offset = run.offsets[-1] + 1
                         continue

@@ -160,6 +160,41 @@ def test_damaged_bytes_raise_the_same_error():
     same(bytes(data), takes=[30, 30, 30, 30], check_crcs=False)
 
 
+def _record_ends(data: bytes) -> list[int]:
+    """Where each record of an uncompressed v2 batch ends (from the length prefixes)."""
+    pos, ends = 61, []
+    while pos < len(data):
+        z, shift = 0, 0
+        while True:
+            b = data[pos]
+            pos += 1
+            z |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                break
+        pos += z >> 1
+        ends.append(pos)
+    return ends
+
+
+def test_a_bad_record_mid_batch_returns_the_records_before_it_then_the_error():
+    data = bytearray(batch(recs(5, size=50), 0))
+    data[_record_ends(bytes(data))[3] - 1] = 0x01  # record 3's header count: -1
+    out = same(bytes(data), takes=[10, 10, 10], check_crcs=False)  # the CRC would catch it first
+    assert [o for o, _ in out[0][0]] == [0, 1, 2] and out[0][1] == 3 and out[1][0] == "error"
+
+
+def test_damaged_counts_and_overlong_varints_are_left_to_kafka_python():
+    plain = batch(recs(3))
+    assert decode_v2(plain, 61, 2**31 - 1, 0) is None  # a damaged record count allocates nothing
+    data = bytearray(batch([(None, b"v", [])], 0))
+    # the offset delta as a 10-byte varint (Python's ints and int64 differ there): record rewritten
+    body = bytes([0]) + bytes([0]) + b"\xff" * 9 + b"\x01" + bytes([1]) + bytes([2]) + b"v" + bytes([0])
+    raw = bytes(data[:61]) + bytes([len(body) * 2]) + body
+    assert decode_v2(raw, 61, 1, 0) is None
+    same(raw, takes=[5, 5], check_crcs=False)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.lists(st.tuples(st.one_of(st.none(), st.binary(max_size=20)),
                                              st.one_of(st.none(), st.binary(max_size=400)),
