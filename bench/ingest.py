@@ -65,7 +65,7 @@ def _baseline(bootstrap: str, topic: str, settings: Settings, q: mp.Queue, batch
     same consumer with the connector's batch-at-a-time decoder (`connectors.kafka_records`)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from connectors.kafka_records import install
+    from connectors.kafka_records import count, install
     from connectors.kafka_topic import consumer_config
 
     c = KafkaConsumer(group_id=f"bench-raw-{uuid.uuid4().hex[:6]}", **consumer_config(settings))
@@ -78,8 +78,9 @@ def _baseline(bootstrap: str, topic: str, settings: Settings, q: mp.Queue, batch
     n = nbytes = 0
     done: set = set()
     while len(done) < len(tps):
-        for msgs in c.poll(timeout_ms=1000, max_records=settings.batch_max_records).values():
-            n += sum(len(m) for m in msgs) if batch_decoder else len(msgs)
+        records = c.poll(timeout_ms=1000, max_records=settings.batch_max_records)
+        n += count(records) if batch_decoder else sum(map(len, records.values()))
+        for msgs in records.values():
             nbytes += sum(len(v) for r in msgs for v in r.values) if batch_decoder else sum(len(m.value) for m in msgs)
         for tp in tps:
             hw = c.highwater(tp)

@@ -27,13 +27,12 @@ import logging
 from typing import Any
 
 import numpy as np
-from kafka.consumer.fetcher import Fetcher
+from kafka.consumer.fetcher import Fetcher, IsolationLevel
 from kafka.errors import CorruptRecordError
 from kafka.record.default_records import DefaultRecordBatch
+from kafka.record.util import decode_varint
 
 log = logging.getLogger(__name__)
-
-_READ_COMMITTED = None  # set on first use: kafka-python's IsolationLevel.READ_COMMITTED
 
 
 class RecordRun:
@@ -58,7 +57,10 @@ class _Taken(list):
     from `max_records`; list iteration and `extend` still see the runs)."""
 
     __slots__ = ("n_records",)
-    n_records: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n_records = 0
 
     def __len__(self) -> int:
         return self.n_records
@@ -119,24 +121,15 @@ def decode_v2(buf: bytes, pos: int, n: int, base_offset: int) -> tuple[list[int]
                 if b1 < 0x80:
                     z = (b0 & 0x7F) | (b1 << 7)
                     pos += 2
-                else:
-                    z, shift = b0 & 0x7F, 7
-                    pos += 1
-                    while True:
-                        bb = buf[pos]
-                        z |= (bb & 0x7F) << shift
-                        pos += 1
-                        if bb < 0x80:
-                            break
-                        shift += 7
-                        if shift > 63:
-                            return None
+                else:  # a record of 8 KiB or more: kafka-python's own varint decoder (already signed)
+                    length, pos = decode_varint(buf, pos)
+                    z = length << 1 if length >= 0 else 1
             if z & 1:  # a negative length
                 return None
             starts[j] = pos
             pos += z >> 1
             ends[j] = pos
-    except IndexError:
+    except (IndexError, ValueError):
         return None
     if pos != end:
         return None
@@ -205,10 +198,6 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
         self._skipping = True
 
     def _runs(self, records: Any):  # mirrors PartitionRecords._unpack_records
-        global _READ_COMMITTED
-        if _READ_COMMITTED is None:
-            from kafka.consumer.fetcher import IsolationLevel
-            _READ_COMMITTED = IsolationLevel.READ_COMMITTED
         batch = records.next_batch()
         last_batch = None
         while batch is not None:
@@ -218,7 +207,7 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
                     f"Record batch for partition {self.topic_partition} at offset {batch.base_offset} failed crc check")
             if batch.magic == 2:
                 self.leader_epoch = batch.leader_epoch
-                if self.isolation_level == _READ_COMMITTED and batch.has_producer_id():
+                if self.isolation_level == IsolationLevel.READ_COMMITTED and batch.has_producer_id():
                     self._consume_aborted_transactions_up_to(batch.last_offset)
                     producer_id = batch.producer_id
                     if self._contains_abort_marker(batch):
@@ -249,7 +238,6 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
     def take(self, n: int | None = None) -> _Taken:
         self._maybe_raise_next_inline_exception()
         out = _Taken()
-        out.n_records = 0
         want = n if n is not None else float("inf")
         try:
             while out.n_records < want and self.record_iterator is not None:

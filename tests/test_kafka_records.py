@@ -26,7 +26,7 @@ from kafka.consumer.fetcher import Fetcher, IsolationLevel
 from kafka.errors import CorruptRecordError
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 from kafka.record.memory_records import MemoryRecords
-from kafka.record.util import calc_crc32c
+from kafka.record.util import calc_crc32c, decode_varint
 
 from connectors.kafka_producer import ensure_topics
 from connectors.kafka_records import FastPartitionRecords, RecordRun, decode_v2, flatten, install
@@ -164,15 +164,8 @@ def _record_ends(data: bytes) -> list[int]:
     """Where each record of an uncompressed v2 batch ends (from the length prefixes)."""
     pos, ends = 61, []
     while pos < len(data):
-        z, shift = 0, 0
-        while True:
-            b = data[pos]
-            pos += 1
-            z |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
-        pos += z >> 1
+        length, pos = decode_varint(data, pos)
+        pos += length
         ends.append(pos)
     return ends
 
