@@ -225,3 +225,43 @@ def test_backlog_tells_which_topics_have_records_past_the_committed_offsets(brok
     assert backlog(s, [topic, empty]) == {topic: False, empty: False}
     publish(broker.bootstrap, topic, claim_events(1, seed=99)[0])
     assert backlog(s, [topic, empty]) == {topic: True, empty: False}
+
+
+def test_another_departments_habits_headers_tombstones_gzip_reach_raw_or_quarantine(broker, topic, local_settings,
+                                                                                 local_store):
+    """Written by hand, not by the generator: a 岳麓区 (430104) hospital system that sends gzip-compressed
+    batches, puts trace headers on every record (those batches take kafka-python's own decoding, not the
+    connector's batch decoder), and deletes with a Kafka tombstone (a null value) besides its envelopes.
+    Every record lands in raw or in quarantine with a reason; the offsets are committed to the end."""
+    from kafka import KafkaProducer
+
+    from schemas import envelope, idno
+
+    def claim(i: int) -> bytes:
+        s17 = f"43010419{60 + i:02d}0{1 + i % 9}1{i % 10}00{i}"[:17]
+        return envelope.encode(envelope.wrap(
+            {"claim_id": f"YL-2026-{i:04d}", "id_no": s17 + idno.check_char(s17), "settle_date": "2026-10-08",
+             "hospital_name": "岳麓区人民医院", "inpatient": True, "diagnosis_code": "N18.5", "total_amount": "23456.70",
+             "fund_paid": "15000.00", "out_of_pocket": "8456.70"},
+            event_id=f"yl-{i}", source="medical_insurance", feed="claim", occurred_at="2026-10-08T17:30:00+08:00",
+            schema_version=1))
+
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap, compression_type="gzip", linger_ms=20)
+    for i in range(6):  # with headers: kafka-python decodes these batches record by record
+        p.send(topic, key=f"YL-2026-{i:04d}".encode(), value=claim(i), partition=0,
+               headers=[("traceparent", b"00-4bf92f3577b34da6-00f067aa0ba902b7-01"), ("source-system", b"HIS")])
+    for i in range(6, 12):  # no headers: the connector's batch decoder
+        p.send(topic, key=f"YL-2026-{i:04d}".encode(), value=claim(i), partition=1)
+    p.send(topic, key=b"YL-2026-0003", value=None, partition=1)  # a tombstone: no envelope, no record
+    p.flush()
+    p.close()
+    s = local_settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+    fc = ingest(s, local_store, [CLAIM.feed_id], files=False).feeds[CLAIM.feed_id]
+    assert fc.input == 13 and fc.reconciles
+    assert fc.accepted == 12 and dict(fc.quarantined) == {"json_malformed": 1}, dict(fc.quarantined)
+    raw = pa.concat_tables(raw_snapshot(local_store).values())
+    assert sorted(raw["claim_id"].to_pylist()) == [f"YL-2026-{i:04d}" for i in range(12)]
+    assert set(raw["hospital_name"].to_pylist()) == {"岳麓区人民医院"}
+    quarantined = pa.concat_tables(raw_snapshot(local_store, "quarantine").values())
+    assert quarantined.num_rows == 1 and quarantined["_kafka_partition"].to_pylist() == [1]
+    assert committed(broker.bootstrap, s.kafka_group, topic) == {0: 6, 1: 7, 2: None}
