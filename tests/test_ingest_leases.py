@@ -72,6 +72,27 @@ def test_concurrent_takers_exactly_one_wins(store):
     assert len(won) == 1 and len(busy) == 7
 
 
+def test_a_listing_racing_a_new_directory_is_listed_again(store, monkeypatch):
+    """Arrow's local listing, racing another thread's mkdir, raises "not found" for a directory that
+    now exists (CI saw one of eight lease takers fail so); the store lists again instead."""
+    store.write_bytes("_catalog/leases/feed.w/1.json", b"{}")
+    real, calls = store.fs, []
+
+    class Racing:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def get_file_info(self, sel):
+            calls.append(sel.base_dir)
+            if len(calls) == 1:
+                raise FileNotFoundError(f"Cannot list directory '{sel.base_dir}/'")
+            return real.get_file_info(sel)
+
+    monkeypatch.setattr(store, "fs", Racing())
+    assert [e.path for e in store.list("_catalog/leases/feed.w", ".json")] == ["_catalog/leases/feed.w/1.json"]
+    assert len(calls) == 2
+
+
 def test_a_killed_holder_on_this_host_is_taken_over_at_once(store):
     code = ("import sys, time; from safetynet.core.settings import Settings; from safetynet.core.store import ObjectStore; "
             "from safetynet.core import lease; s = ObjectStore.from_settings(Settings(store=sys.argv[1])); "

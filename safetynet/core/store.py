@@ -267,7 +267,13 @@ class ObjectStore:
         """Files under `prefix` (recursive unless told: one level is one LIST request on S3), sorted
         by path; temp files are skipped."""
         sel = pafs.FileSelector(self.full(prefix), recursive=recursive, allow_not_found=True)
-        infos = self._retry(lambda: self.fs.get_file_info(sel), f"list {prefix}")
+        try:
+            infos = self._retry(lambda: self.fs.get_file_info(sel), f"list {prefix}")
+        except FileNotFoundError:
+            # Arrow's local listing races a concurrent mkdir: opendir fails (not found), then the
+            # existence check it makes before returning "empty" sees the new directory and raises.
+            # Listing again sees the directory either way.
+            infos = self._retry(lambda: self.fs.get_file_info(sel), f"list {prefix}")
         out = [Entry(self.rel(i.path), i.size or 0, i.mtime_ns or 0) for i in infos
                if i.type == pafs.FileType.File and not os.path.basename(i.path).startswith(".tmp-")
                and i.path.endswith(suffix)]
