@@ -215,9 +215,8 @@ def _hub(root: str, memory_limit: str, q: mp.Queue) -> None:
 
 def _gate(root: str, memory_limit: str, q: mp.Queue) -> None:
     """The quality gate as the pipeline runs it after the build: every clean feed from the store,
-    the outputs (written by `_hub`), on a DuckDB connection under the memory cap; GX imported first."""
-    import pyarrow.parquet as pq
-
+    the outputs (the files `_hub` wrote, scanned where they lie), on a DuckDB connection under the
+    memory cap; GX imported first."""
     from quality import gate, policy
     from safetynet.core.settings import Settings
     from safetynet.core.store import ObjectStore
@@ -225,7 +224,7 @@ def _gate(root: str, memory_limit: str, q: mp.Queue) -> None:
 
     gate.gx_context()  # GX's import (seconds, once per process) is not the gate's work
     store = ObjectStore.from_settings(Settings(store=root))
-    outputs = {name: pq.read_table(Path(root) / f"{OUTPUTS}{name}.parquet") for name in ("person", "household", "warnings")}
+    outputs = {name: Path(root) / f"{OUTPUTS}{name}.parquet" for name in ("person", "household", "warnings")}
     pol = policy.for_region("430103", 2026)
     con = normalise.connect(memory_limit=memory_limit)
     t0, cpu0 = time.perf_counter(), _cpu()
@@ -287,8 +286,8 @@ def measure(fn, *args) -> dict:
 
 
 def prepare(persons: int, root: str) -> int:
-    """Generate the district and write every feed's truth as its clean/ Parquet."""
-    import pyarrow.parquet as pq
+    """Generate the district and write every feed's truth as its clean/ Parquet, sorted by the feed's
+    key as `safetynet.intake.clean` writes it."""
 
     from safetynet.demo.synth import generate
     from safetynet.intake.clean import clean_path
@@ -301,9 +300,25 @@ def prepare(persons: int, root: str) -> int:
         facts += t.num_rows
         path = Path(root) / clean_path(c)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(t, path, compression="zstd")
+        _write_sorted(t, c.key, path)
         del t
     return facts
+
+
+def _write_sorted(t, key: tuple[str, ...], path: Path) -> None:
+    """`t` sorted by `key` in DuckDB, as the clean stage writes a feed (`ORDER BY` its key), a batch at
+    a time, cast back to `t`'s types."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    con = duckdb.connect()
+    con.register("t", t)
+    order = ", ".join(f'"{k}"' for k in key)
+    batches = con.sql(f"SELECT * FROM t ORDER BY {order}").to_arrow_reader(1 << 20)
+    with pq.ParquetWriter(path, t.schema, compression="zstd") as w:
+        for b in batches:
+            w.write_batch(b.cast(t.schema))
+    con.close()
 
 
 def main() -> None:

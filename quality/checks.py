@@ -9,7 +9,7 @@ columns (near zero-copy) with float64 `__num_<column>` shadows for range checks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,10 +21,14 @@ from schemas import idno
 #: a normalised 18-character ID number (GX checks it as a regex too)
 ID_RE = r"^[0-9]{17}[0-9X]$"
 _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
-_WEIGHTS = np.asarray(idno.WEIGHTS, dtype=np.int32)
 _CHECK_BYTES = np.frombuffer(idno.CHECK.encode("ascii"), np.uint8)
-_YEAR = np.array([1000, 100, 10, 1], dtype=np.int32)
-_TWO = np.array([10, 1], dtype=np.int32)
+#: the 17 digits → (weighted sum for the check character, year, month, day): one float32 matrix
+#: product (BLAS), exact — every sum is an integer far below 2**24, even of wrapped non-digits
+_DIGITS = np.zeros((17, 4), dtype=np.float32)
+_DIGITS[:, 0] = idno.WEIGHTS
+_DIGITS[6:10, 1] = [1000, 100, 10, 1]
+_DIGITS[10:12, 2] = [10, 1]
+_DIGITS[12:14, 3] = [10, 1]
 _BLOCK = 1 << 18
 
 
@@ -84,11 +88,9 @@ def _id_block(data: np.ndarray, offs: np.ndarray) -> tuple[np.ndarray, np.ndarra
     d = m[:, :17] - np.uint8(48)  # a non-digit wraps above 9
     last = m[:, 17]
     fmt = (d <= 9).all(axis=1) & ((last - np.uint8(48) <= 9) | (last == ord("X")))
-    w = d.astype(np.int32)
-    check_ok = _CHECK_BYTES[(w @ _WEIGHTS) % 11] == last
-    y = w[:, 6:10] @ _YEAR
-    mo = w[:, 10:12] @ _TWO
-    day = w[:, 12:14] @ _TWO
+    sums = (d.astype(np.float32) @ _DIGITS).astype(np.int32)
+    check_ok = _CHECK_BYTES[sums[:, 0] % 11] == last
+    y, mo, day = sums[:, 1], sums[:, 2], sums[:, 3]
     leap = (y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0))
     dim = _DAYS_IN_MONTH[np.clip(mo, 0, 12)] + ((mo == 2) & leap)
     fmt_ok[pos] = fmt
@@ -110,17 +112,49 @@ def regex_ok(values: pa.ChunkedArray | pa.Array, regex: str) -> pa.ChunkedArray:
 
 
 def members_ok(values: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """Per list of {id_no, relation}: non-empty and every member's ID number valid (null stays null)."""
+    """Per list of {id_no, relation} (or of ID numbers): non-empty and every member's ID number valid
+    (null stays null)."""
     a = plain(values)
     n = len(a)
     ok = pc.fill_null(pc.greater(pc.list_value_length(a), 0), False).to_numpy(zero_copy_only=False).copy()
     flat = pc.list_flatten(a)
     if len(flat):
-        member_ok = pc.fill_null(id_ok(pc.struct_field(flat, "id_no")), False).to_numpy(zero_copy_only=False)
+        ids = pc.struct_field(flat, "id_no") if pa.types.is_struct(flat.type) else flat
+        member_ok = pc.fill_null(id_ok(ids), False).to_numpy(zero_copy_only=False)
         parents = pc.list_parent_indices(a).to_numpy(zero_copy_only=False)
         ok[parents[~member_ok]] = False
     nulls = a.is_null().to_numpy(zero_copy_only=False)
     return pa.array(ok, mask=nulls if nulls.any() else None) if n else pa.array([], pa.bool_())
+
+
+def strictly_ascending(batches: Iterable[pa.RecordBatch | pa.Table], key: Sequence[str]) -> bool:
+    """Whether the rows of `batches`, in order, have `key` (one or more columns) strictly ascending
+    and never null — then no key occurs twice. How the clean stage writes a feed (sorted by its key):
+    one pass over the key columns settles uniqueness without grouping them. Strings compare as
+    UTF-8 bytes (code points, as DuckDB sorts them); False as soon as a row is not above the one
+    before, or a key value is null."""
+    last: tuple | None = None
+    for b in batches:
+        cols = [plain(b.column(k)) for k in key]
+        n = b.num_rows
+        if not n:
+            continue
+        if any(c.null_count for c in cols):
+            return False
+        first = tuple(c[0].as_py() for c in cols)
+        if last is not None and not first > last:
+            return False
+        if n > 1:
+            up = np.zeros(n - 1, dtype=bool)  # row i+1 is above row i
+            same = np.ones(n - 1, dtype=bool)  # …equal on every key column so far
+            for c in cols:
+                a, z = c.slice(1), c.slice(0, n - 1)
+                up |= same & pc.greater(a, z).to_numpy(zero_copy_only=False)
+                same &= pc.equal(a, z).to_numpy(zero_copy_only=False)
+            if not up.all():
+                return False
+        last = tuple(c[n - 1].as_py() for c in cols)
+    return True
 
 
 def found_in(values: pa.Array, universe: pa.Array, distinct: bool = False) -> pa.Array:

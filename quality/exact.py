@@ -3,9 +3,10 @@
 Great Expectations validates a frame of at most `SAMPLE_ROWS` rows per target (`sample_positions`:
 a fixed-seed random sample, plus the rows that fail); what every row says — element, missing and
 unexpected counts, the positions of the first `max_examples` failing rows — is computed here, in
-SQL over the target's full relation (`quality.suites.Target.sql`: the clean Parquet or output
-Arrow tables as DuckDB scans them, with the helper columns: ID validity computed vectorised,
-cross-feed existence as a semi-join, range shadows as casts). `unexpected_sql` is the one translation of a GX expectation into SQL, with GX's
+SQL over the target's full relation (`quality.suites.Target.sql`: the clean Parquet files, or
+Arrow tables, as DuckDB scans them (`quality.sources`), with the helper columns: ID validity and
+formats computed vectorised in Arrow, cross-feed existence as a semi-join, range shadows as
+casts). `unexpected_sql` is the one translation of a GX expectation into SQL, with GX's
 semantics: a map expectation counts non-null values only (`not_null` counts the nulls), `unique`
 counts every copy of a duplicated non-null value, a compound key counts nulls as values, a pair
 comparison skips rows where both values are missing.
@@ -18,7 +19,7 @@ GX, which reports the missing column as an error.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -116,12 +117,19 @@ def _key(etype: str, kw: dict) -> tuple[str, str] | None:
 
 
 def measure(con: duckdb.DuckDBPyConnection, rel: str, n: int, expectations: Sequence[tuple[str, dict]],
-            max_examples: int, matches: Mapping[tuple[str, str], str] | None = None) -> dict[int, Metric | Exception]:
+            max_examples: int, matches: Mapping[tuple[str, str], str] | None = None,
+            nulls: Callable[[str], int | None] | None = None,
+            unique: Collection[tuple[str, ...]] = ()) -> dict[int, Metric | Exception]:
     """Exact metrics of the expectations (index → Metric) over the relation `rel` (a SQL query with
     the frame's columns and `__pos`, `n` rows). Expectations on columns `rel` lacks are left out (GX reports
     them); one whose SQL fails gets the exception. `matches`: (column, regex) → a boolean column of
     `rel` computed vectorised (null where the value is): a regex expectation counts it instead of
-    matching every row in SQL."""
+    matching every row in SQL (null exactly where the value is: the value itself is not read).
+    `nulls`: column → its exact null count when known without a scan (a Parquet file's statistics,
+    an Arrow array's count), else None: a not-null expectation is then counted from it, and its
+    examples looked for only if there are nulls. `unique`: keys (column tuples) known unique and
+    never null (`quality.sources.Source.ascending`): their uniqueness expectations hold without
+    grouping every row."""
     have = set(con.sql(f"SELECT * FROM ({rel}) LIMIT 0").columns)
     src = f"({rel})"
     out: dict[int, Metric | Exception] = {}
@@ -135,11 +143,18 @@ def measure(con: duckdb.DuckDBPyConnection, rel: str, n: int, expectations: Sequ
         if not cols or not set(cols) <= have:
             continue
         done = (matches or {}).get((str(kw["column"]), str(kw["regex"]))) if etype == _REGEX else None
+        known = nulls(str(kw["column"])) if nulls is not None and etype == _NOT_NULL else None
         if done is not None and done in have:
-            maps[i] = (f"{ident(kw['column'])} IS NOT NULL AND NOT coalesce({ident(done)}, FALSE)",
-                       f"{ident(kw['column'])} IS NULL")
+            maps[i] = (f"NOT {ident(done)}", f"{ident(done)} IS NULL")
+        elif known is not None:
+            out[i] = counted = Metric(n, known, known)
+            if known:
+                counted.examples = _positions(con, f"SELECT __pos FROM {src} WHERE {unexpected_sql(etype, kw)}",
+                                              max_examples)
         elif (pred := unexpected_sql(etype, kw)) is not None:
             maps[i] = (pred, f"{ident(kw['column'])} IS NULL" if "column" in kw else None)
+        elif _key(etype, kw) is not None and tuple(cols) in unique:
+            out[i] = Metric(n, 0, 0)
         elif (key := _key(etype, kw)) is not None:
             out[i] = _guard(partial(_unique, con, src, n, key[0], key[1], max_examples))
     counts: dict[int, tuple] = {}
@@ -155,7 +170,7 @@ def measure(con: duckdb.DuckDBPyConnection, rel: str, n: int, expectations: Sequ
                 else:
                     counts[i] = got
     for i, (bad, miss) in counts.items():
-        metric = Metric(n, int(bad if expectations[i][0] == "expect_column_values_to_not_be_null" else miss), int(bad))
+        metric = Metric(n, int(bad if expectations[i][0] == _NOT_NULL else miss), int(bad))
         if bad:
             metric.examples = _positions(con, f"SELECT __pos FROM {src} WHERE {maps[i][0]}", max_examples)
         out[i] = metric
@@ -163,6 +178,7 @@ def measure(con: duckdb.DuckDBPyConnection, rel: str, n: int, expectations: Sequ
 
 
 _REGEX = "expect_column_values_to_match_regex"
+_NOT_NULL = "expect_column_values_to_not_be_null"
 
 
 def _counts(pred: str, missing: str | None) -> str:

@@ -8,12 +8,15 @@ GX reports as an ordinary failure with `exception_info`) blocks publishing the s
 exception, which the pipeline raises too (the CLI exits 3 on it).
 
 Every count is exact, whatever the size: `quality.exact` computes each expectation in DuckDB over
-every row of a target (`Target.sql`: the clean Parquet as read, the output tables), and GX validates
-the suite on a pandas frame of at most `exact.SAMPLE_ROWS` rows (a fixed-seed sample) plus the
-first failing rows; the exact counts go into GX's results (what the report and Data Docs show) and
-GX's verdict on its frame must agree with the exact one, else the expectation fails as a GX error
-(`_reconcile`). GX runs on pandas (pyarrow-backed `ArrowDtype` columns): its SQL data source
-cannot validate DuckDB.
+every row of a target (`Target.sql` over its `quality.sources`: a store's clean Parquet files and
+written outputs scanned where they lie, never loaded whole; tables given in memory), and GX
+validates the suite on a pandas frame of at most `exact.SAMPLE_ROWS` rows (a fixed-seed sample)
+plus the first failing rows, read by position; the exact counts go into GX's results (what the
+report and Data Docs show) and GX's verdict on its frame must agree with the exact one, else the
+expectation fails as a GX error (`_reconcile`). GX runs on pandas (pyarrow-backed `ArrowDtype`
+columns): its SQL data source cannot validate DuckDB. Three threads share the work, each taking the
+suites in order: making the targets (helper columns in Arrow), preparing them (the exact SQL, the
+frames), GX.
 
 PII: validation runs with `exclude_unexpected_values` and `partial_unexpected_count = 0`, so GX
 itself never copies a data value into a result. The gate computes up to `MAX_EXAMPLES` example
@@ -24,26 +27,31 @@ never showing a name; those masked examples are what the report and the Data Doc
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.fs as pafs
 
 from quality import exact
 from quality.exact import Metric
 from quality.report import MAX_EXAMPLES, Failure, QualityReport, SuiteResult, scrub
-from quality.suites import Target, cross_targets, feed_target, health_target, output_targets, suite_for
+from quality.sources import ParquetSource, Reader, Source, snapshot_file
+from quality.suites import Target, cross_targets, feed_target, health_target, output_targets, source_of, suite_for
 from safetynet.core import paths
 from safetynet.core.store import ObjectStore
 from safetynet.intake.clean import clean_path
@@ -103,11 +111,12 @@ def _exception_message(res) -> str | None:
     return "; ".join(dict.fromkeys(msgs)) if msgs else None
 
 
-def _examples(t: Target, kw: dict, positions: list[int]) -> list[str]:
-    """The failing rows at `positions` (the first ones, from `quality.exact`) as masked keys."""
+def _examples(t: Target, kw: dict, positions: list[int], frame: pd.DataFrame, at: np.ndarray) -> list[str]:
+    """The failing rows at `positions` (the first ones, from `quality.exact`) as masked keys, from
+    the validated `frame` (the rows at the sorted positions `at`, the failing ones among them)."""
     if not positions:
         return []
-    frame = t.frame_of(np.asarray(positions, dtype=np.int64))
+    frame = frame.iloc[np.searchsorted(at, np.asarray(positions, dtype=np.int64))]
     out = []
     col = kw.get("column")
     shown = t.shows.get(col, col) if col else None
@@ -162,30 +171,50 @@ def _reconcile(r, m: Metric | Exception | None, whole: bool) -> str | None:
     return None
 
 
-def _run_target(ctx, ds, t: Target, run_id, con: duckdb.DuckDBPyConnection,
-                sample_rows: int) -> tuple[SuiteResult, Any, Any]:
+@dataclass
+class _Prepared:
+    """A target's exact metrics and the frame GX is to validate (`_prepare`)."""
+
+    exps: list[tuple[str, dict]]
+    metrics: dict[int, Metric | Exception]
+    positions: np.ndarray  # of the frame's rows
+    frame: pd.DataFrame
+    seconds: float
+
+
+def _prepare(t: Target, con: duckdb.DuckDBPyConnection, sample_rows: int) -> _Prepared:
+    """Every row, exactly, in DuckDB; then the frame of the sample and the rows that fail. No GX:
+    this runs on the gate's second thread while GX validates the target before."""
+    t0 = time.perf_counter()
+    for name, table in t.refs.items():
+        con.register(name, table)
+    for src in t.sources:
+        src.register(con)
+    try:
+        exps = [(e.expectation_type, dict(e.configuration.kwargs)) for e in t.suite.expectations]
+        metrics = exact.measure(con, t.sql, t.rows, exps, MAX_EXAMPLES, t.matches, t.nulls, t.unique)
+    finally:
+        for name in t.refs:
+            con.unregister(name)
+        for src in t.sources:
+            src.unregister(con)
+    pos = exact.sample_positions(t.name, t.rows, sample_rows)
+    evidence = [p for m in metrics.values() if isinstance(m, Metric) for p in m.examples + m.companions]
+    if evidence:
+        pos = np.union1d(pos, np.asarray(evidence, dtype=np.int64))
+    return _Prepared(exps, metrics, pos, t.frame_of(pos), time.perf_counter() - t0)
+
+
+def _run_target(ctx, ds, t: Target, run_id, prep: _Prepared) -> tuple[SuiteResult, Any, Any]:
+    """GX validates the prepared frame; the exact metrics go into its results."""
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier,
         ValidationResultIdentifier,
     )
 
     t0 = time.perf_counter()
-    suite = t.suite
-    for name, table in t.refs.items():
-        con.register(name, table)
-    try:
-        # every row, exactly, in DuckDB; GX validates a frame of the sample and the rows that fail
-        exps = [(e.expectation_type, dict(e.configuration.kwargs)) for e in suite.expectations]
-        metrics = exact.measure(con, t.sql, t.rows, exps, MAX_EXAMPLES, t.matches)
-    finally:
-        for name in t.refs:
-            con.unregister(name)
+    suite, exps, metrics, frame = t.suite, prep.exps, prep.metrics, prep.frame
     index = {_expectation_key(*e): i for i, e in enumerate(exps)}
-    pos = exact.sample_positions(t.name, t.rows, sample_rows)
-    evidence = [p for m in metrics.values() if isinstance(m, Metric) for p in m.examples + m.companions]
-    if evidence:
-        pos = np.union1d(pos, np.asarray(evidence, dtype=np.int64))
-    frame = t.frame_of(pos)
     asset = ds.add_dataframe_asset(t.name)
     bd = asset.add_batch_definition_whole_dataframe("whole")
     # Batch.validate rather than a ValidationDefinition: the latter serialises every result into
@@ -214,7 +243,7 @@ def _run_target(ctx, ds, t: Target, run_id, con: duckdb.DuckDBPyConnection,
         if r.success and not err:
             continue
         result = r.result or {}
-        examples = _examples(t, kw, m.examples) if isinstance(m, Metric) and not err else []
+        examples = _examples(t, kw, m.examples, frame, prep.positions) if isinstance(m, Metric) and not err else []
         observed = result.get("observed_value")
         expected_cols = kw.get("column_list") or kw.get("column_set") if meta.get("check") == "columns" else None
         if err:
@@ -248,7 +277,7 @@ def _run_target(ctx, ds, t: Target, run_id, con: duckdb.DuckDBPyConnection,
     key = ValidationResultIdentifier(expectation_suite_identifier=ExpectationSuiteIdentifier(name=t.name),
                                      run_id=run_id, batch_identifier=res.batch_id)
     sr = SuiteResult(t.name, t.kind, t.subject, t.rows, bool(res.success), dict(res.statistics),
-                     time.perf_counter() - t0, failures)
+                     prep.seconds + time.perf_counter() - t0, failures)
     return sr, key, res
 
 
@@ -294,88 +323,37 @@ def _record_feed_suites(store: ObjectStore, c: Contract, clean_sha256: str, snap
     store.write_bytes(paths.quality_feed_record(c.prefix), json.dumps(rec, ensure_ascii=False, indent=1).encode())
 
 
-def _cross_columns(c: Contract) -> list[str]:
-    """The columns of a feed the cross-feed suites read: IDs, members, money, case numbers, its key."""
-    return [f.name for f in c.fields
-            if f.name in c.key or f.name == "case_no" or f.kind in ("id_no", "members", "money")]
+def _feed_targets(c: Contract, source: Source, clean: bool) -> list[Target]:
+    return [feed_target(c, source, cast=clean)]
 
 
-#: contract kinds of few distinct values: read dictionary-encoded (`_clean_table`)
-_DICT_KINDS = frozenset({"enum", "urban_rural", "month", "region_code", "credit_code", "text_list"})
+def _output_sources(outputs: Mapping[str, pa.Table | str | Path], reader: Reader) -> dict[str, Source]:
+    return {name: source_of(f"output.{name}", t) if isinstance(t, pa.Table) else ParquetSource(t, reader)
+            for name, t in outputs.items()}
 
 
-def _dictionary_columns(c: Contract, file_schema: pa.Schema, names: Iterable[str]) -> list[str]:
-    """The Parquet columns of `names` to read dictionary-encoded: string (or list of string) fields of
-    few distinct values (code kinds; free text without PII that is no key, e.g. an employer's name).
-    Decoding those strings is most of reading a feed; a dictionary array is read several times
-    faster, scanned by DuckDB as its values, and decoded only for the rows GX validates."""
-    out = []
-    kinds = {f.name: f for f in c.fields}
-    for n in names:
-        f = kinds.get(n)
-        if f is None or n not in file_schema.names:
-            continue
-        if not (f.kind in _DICT_KINDS or (f.kind == "string" and f.pii == "none" and n not in c.key)):
-            continue
-        typ = file_schema.field(n).type
-        if pa.types.is_string(typ) or pa.types.is_large_string(typ):
-            out.append(n)
-        elif pa.types.is_list(typ) and (pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type)):
-            out.append(f"{n}.list.{typ.value_field.name}")
-    return out
-
-
-def _decoded(typ: pa.DataType) -> pa.DataType:
-    """`typ` with dictionaries (top-level or a list's values) replaced by their value type."""
-    if pa.types.is_dictionary(typ):
-        return typ.value_type
-    if pa.types.is_list(typ) and pa.types.is_dictionary(typ.value_type):
-        return pa.list_(typ.value_field.with_type(typ.value_type.value_type))
-    return typ
-
-
-def _clean_table(c: Contract, data: bytes, columns: list[str] | None = None) -> pa.Table:
-    """A feed's clean Parquet as its contract types: every contract column (no lineage columns), or
-    `columns`. Low-cardinality strings stay dictionary-encoded (`_dictionary_columns`) when their
-    values have the contract's type; every other column is cast to it."""
-    names = list(c.names) if columns is None else columns
-    pf = pq.ParquetFile(pa.BufferReader(data))
-    t = pq.read_table(pa.BufferReader(data), columns=names,
-                      read_dictionary=_dictionary_columns(c, pf.schema_arrow, names) or None).select(names)
-    cols, fields = [], []
-    for n in names:
-        want, col = c.arrow_schema().field(n), t[n]
-        if col.type != want.type and not (col.type != _decoded(col.type) and _decoded(col.type).equals(want.type)):
-            col = col.cast(want.type)
-        cols.append(col)
-        fields.append(want.with_type(col.type))
-    return pa.Table.from_arrays(cols, schema=pa.schema(fields))
-
-
-#: how many of a store's feeds are read ahead of the one validated (`validate`; each one more in memory)
-_READ_AHEAD = 1
-
-#: a suite made later (`validate`: on the thread that runs GX)
-_LATER = object()
-
-
-def _feed_targets(c: Contract, tables: Mapping[str, pa.Table]) -> list[Target]:
-    return [feed_target(c, tables[c.feed_id])]
+def _scratch(store: ObjectStore | None) -> tempfile.TemporaryDirectory:
+    """Where the clean files validated are linked (a local store: inside it, so a hard link can be made;
+    a `.tmp-` name, which no listing shows) or downloaded to (S3)."""
+    local = store.root if store is not None and isinstance(store.fs, pafs.LocalFileSystem) else None
+    return tempfile.TemporaryDirectory(prefix=".tmp-quality-", dir=local)
 
 
 def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_date: dt.date | str, *,
-             outputs: Mapping[str, pa.Table] | None = None, policy: Policy | None = None,
+             outputs: Mapping[str, pa.Table | str | Path] | None = None, policy: Policy | None = None,
              county: str | None = None, feeds: Iterable[str] | None = None,
              health: Mapping[str, dict] | None = None, reuse: bool = False,
              con: duckdb.DuckDBPyConnection | None = None, sample_rows: int = exact.SAMPLE_ROWS) -> QualityReport:
     """Run every suite for a snapshot: feeds, cross-feed checks and (if given) the outputs.
 
-    `store_or_tables`: an `ObjectStore` (each feed's `clean/` table is read; a missing one is
-    validated as empty and listed in `report.missing`) or a dict feed id → pyarrow Table (what the
-    pipeline already loaded; absent feeds are skipped). `outputs`: name → Table for
-    `monitoring.person`, `monitoring.household`, `warnings` (aliases `person`, `household`).
-    `policy` (or `county`, 6 digits) fixes the county the output region codes must belong to.
-    `health`: feed id → {"ok", "accepted", "problems"} (the feeds' recorded health, see
+    `store_or_tables`: an `ObjectStore` (each feed's `clean/` file is validated where it lies — a
+    local store's through a hard link that no rewrite changes, an S3 store's downloaded first —
+    scanned by DuckDB and never loaded whole; a missing one is validated as empty and listed in
+    `report.missing`) or a dict feed id → pyarrow Table (what the pipeline already loaded; absent
+    feeds are skipped). `outputs`: name → Table, or the path of a local Parquet file (scanned like a
+    clean file), for `monitoring.person`, `monitoring.household`, `warnings` (aliases `person`,
+    `household`). `policy` (or `county`, 6 digits) fixes the county the output region codes must
+    belong to. `health`: feed id → {"ok", "accepted", "problems"} (the feeds' recorded health, see
     `safetynet.intake.health`); an unhealthy feed the operator did not accept fails critically.
 
     `reuse` (a store only): a feed suite runs only for the feeds that changed. Each feed suite's
@@ -393,12 +371,13 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
     snap = dt.date.fromisoformat(snapshot_date) if isinstance(snapshot_date, str) else snapshot_date
     county = county or (policy.policy.region_code if policy is not None else None)
     wanted = list(feeds) if feeds is not None else list(contracts())
-    tables: dict[str, pa.Table] = {}
+    sources: dict[str, Source] = {}
     missing: list[str] = []
     clean_sha: dict[str, str] = {}
     store = store_or_tables if isinstance(store_or_tables, ObjectStore) else None
     if store is None:
-        tables = {fid: t for fid, t in store_or_tables.items() if fid in wanted}  # type: ignore[union-attr]
+        sources = {fid: source_of(f"feed.{fid}", t) for fid, t in store_or_tables.items()  # type: ignore[union-attr]
+                   if fid in wanted}
 
     from great_expectations.core.run_identifier import RunIdentifier
 
@@ -410,19 +389,47 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
     results: dict[str, tuple] = {}
 
     db = normalise.connect() if con is None else con.cursor()
+    reader = Reader(db)
+    scratch = _scratch(store)
 
-    def run(make: Callable[[], list[Target]], name: str, kind: str, subject: str) -> None:
+    #: a step's targets (made, with their helper columns), or a result without GX: carried over,
+    #: or the targets could not be made
+    Made = SuiteResult | list[Target] | None
+    #: a step's outcome: its targets, each prepared (`_prepare`) or why it could not be
+    Prepared = SuiteResult | list[tuple[Target, _Prepared | Exception]] | None
+
+    def make(targets: Callable[[], list[Target]], name: str, kind: str, subject: str) -> Made:
         t0 = time.perf_counter()
         try:
-            targets = make()
-        except Exception as e:  # preparing the frames failed: a critical, reported failure
+            return targets()
+        except Exception as e:  # making the targets failed: a critical, reported failure
             log.error("quality: preparing %s failed: %s", name, scrub(f"{type(e).__name__}: {e}"))
-            suites.append(_error_result(None, name, kind, subject, e, t0))
+            return _error_result(None, name, kind, subject, e, t0)
+
+    def prepare(made: Future) -> Prepared:
+        got = made.result()
+        if got is None or isinstance(got, SuiteResult):
+            return got
+        out: list[tuple[Target, _Prepared | Exception]] = []
+        for t in got:
+            try:
+                out.append((t, _prepare(t, db, sample_rows)))
+            except Exception as e:  # reported as a critical failure of the suite
+                out.append((t, e))
+        return out
+
+    def finish(got: Prepared) -> None:
+        if got is None:
             return
-        for t in targets:
+        if isinstance(got, SuiteResult):
+            suites.append(got)
+            return
+        for t, prep in got:
             t1 = time.perf_counter()
             try:
-                sr, key, res = _run_target(ctx, ds, t, run_id, db, sample_rows)
+                if isinstance(prep, Exception):
+                    raise prep
+                sr, key, res = _run_target(ctx, ds, t, run_id, prep)
                 results[t.name] = (key, res, t.suite)
             except Exception as e:  # reported as a critical failure of the suite
                 log.error("quality: suite %s failed to run: %s", t.name, scrub(f"{type(e).__name__}: {e}"))
@@ -434,77 +441,60 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
                      extra={"event": "quality_suite", "suite": sr.name, "success": sr.success,
                             "critical_ok": sr.critical_ok})
 
-    def load(fid: str) -> tuple[str | None, SuiteResult | None, pa.Table, list[Target] | Exception | None]:
-        """A feed from the store: (sha256 of its clean file or None if there is none, the recorded result
-        to carry over, its table, its targets — or why they could not be made — when it is to run)."""
-        assert store is not None
+    def feed(fid: str) -> Made:
+        """A feed's step: from a store, its clean file linked (or downloaded) and hashed, and its
+        recorded result carried over when the file and the suite are unchanged (`reuse`)."""
         c = contracts()[fid]
-        if not store.exists(clean_path(c)):
-            return None, None, pa.schema([c.arrow_schema().field(n) for n in c.names]).empty_table(), None
-        data = store.read_bytes(clean_path(c))
-        sha = hashlib.sha256(data).hexdigest()
-        prior = _recorded_feed_suite(store, c, sha, suite_shas[fid]) if reuse else None
-        table = _clean_table(c, data, _cross_columns(c) if prior is not None else None)
-        del data
-        if prior is not None:
-            return sha, prior, table, None
-        try:  # the suite (GX objects) is made on the calling thread, by `made`
-            targets: list[Target] | Exception = [feed_target(c, table, suite=_LATER)]
-        except Exception as e:  # reported by `run`, as when made there
-            targets = e
-        return sha, prior, table, targets
-
-    def made(targets: list[Target] | Exception | None, c: Contract) -> list[Target]:
-        if isinstance(targets, Exception):
-            raise targets
-        if targets is None:
-            return _feed_targets(c, tables)
-        for t in targets:
-            t.suite = suite_for(c)
-        return targets
+        if store is not None:
+            if not store.exists(clean_path(c)):
+                missing.append(fid)
+                sources[fid] = source_of(f"feed.{fid}", c.arrow_schema().empty_table())
+            else:
+                path, clean_sha[fid] = snapshot_file(store, clean_path(c), scratch.name)
+                sources[fid] = ParquetSource(path, reader)
+                if reuse and (prior := _recorded_feed_suite(store, c, clean_sha[fid], suite_shas[fid])) is not None:
+                    return prior
+        if fid not in sources:
+            return None
+        return make(partial(_feed_targets, c, sources[fid], store is not None), f"feed.{fid}", "feed", fid)
 
     suite_shas = {fid: _suite_sha(contracts()[fid]) for fid in wanted} if reuse and store is not None else {}
-    ahead: dict[int, Any] = {}
+    steps: list[tuple[str | None, Callable[[], Made]]] = [(fid, partial(feed, fid)) for fid in wanted]
+    if health:
+        steps.append((None, partial(make, lambda: [health_target(health)], "health", "health", "feeds")))
+    steps.append((None, partial(make, lambda: cross_targets(sources), "cross", "cross", "cross")))
+    if outputs:
+        steps.append((None, partial(make, lambda: output_targets(_output_sources(outputs, reader), snap, county),
+                                    "output", "output", "outputs")))
 
-    # a store's feeds are read (and their targets made: the ID checks) one ahead, in a thread, while
-    # the current feed is validated (GX is Python, on one core): at most two feeds in memory
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality-read") as pool:
+    # three stages on their own threads, each taking the steps in order: making the targets (files
+    # linked, helper columns: Arrow, one core), preparing them (every exact count in DuckDB, the
+    # frames), GX validating the frames (Python, one core), so that each stage works while the
+    # others do. What runs ahead is small (helper columns of booleans, 5,000-row frames). The cross
+    # step is made after every feed's: it finds every feed's source.
+    futures: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality-make") as makers, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality-prepare") as preparers:
         try:
-            if store is not None and wanted:
-                ahead[0] = pool.submit(load, wanted[0])
-            for i, fid in enumerate(wanted):
-                c = contracts()[fid]
-                prior, targets = None, None
-                if store is not None:  # keep only what the cross-feed suites read
-                    sha, prior, tables[fid], targets = ahead.pop(i).result()
-                    for j in range(i + 1, min(i + 1 + _READ_AHEAD, len(wanted))):
-                        if j not in ahead:
-                            ahead[j] = pool.submit(load, wanted[j])
-                    if sha is None:
-                        missing.append(fid)
-                    else:
-                        clean_sha[fid] = sha
-                if fid not in tables:
-                    continue
-                if prior is not None:
-                    suites.append(prior)
-                    continue
+            for _, step in steps:
+                futures.append(made := makers.submit(step))
+                futures.append(preparers.submit(prepare, made))
+            for i, (fid, _) in enumerate(steps):
+                got = futures[2 * i + 1].result()
                 before = len(suites)
-                run(partial(made, targets, c), f"feed.{fid}", "feed", fid)
-                targets = None
-                if store is not None:
-                    if fid in clean_sha:
-                        _record_feed_suites(store, c, clean_sha[fid], snap, suites[before:])
-                    tables[fid] = tables[fid].select([n for n in _cross_columns(c) if n in tables[fid].column_names])
-            if health:
-                run(lambda: [health_target(health)], "health", "health", "feeds")
-            run(lambda: cross_targets(tables), "cross", "cross", "cross")
-            if outputs:
-                run(lambda: output_targets(outputs, snap, county), "output", "output", "outputs")
+                finish(got)
+                if store is not None and fid in clean_sha:
+                    _record_feed_suites(store, contracts()[fid], clean_sha[fid], snap, suites[before:])
         finally:
-            for f in ahead.values():
+            for f in futures:  # on an error: what has not started never will; what runs ends first
                 f.cancel()
+            for f in futures:
+                if not f.cancelled():
+                    with contextlib.suppress(Exception):
+                        f.result()
+            reader.close()
             db.close()
+            scratch.cleanup()
     report = QualityReport(snap, suites, time.perf_counter() - t_start,
                            dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), county, missing, ctx, results)
     log.info("quality gate %s: %s (%d critical, %d warnings) in %.1fs", snap, "ok" if report.ok else "BLOCKED",

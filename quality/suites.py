@@ -51,12 +51,12 @@ from quality.checks import (
     num_col,
     plain,
     regex_ok,
-    take_rows,
     to_frame,
     with_num,
 )
 from quality.evaluation import SCHEMA
 from quality.rules import RULES
+from quality.sources import ArrowSource, Helper, Source
 from schemas.contract import Contract
 from schemas.idno import mask_value
 from schemas.registry import contracts
@@ -197,10 +197,10 @@ def frame_for(contract: Contract, table: pa.Table) -> pd.DataFrame:
 
 @dataclass
 class Target:
-    """One suite and the rows it validates: every row as SQL (`sql` over the Arrow tables `refs`,
-    `rows` rows, each with its position `__pos`) for the exact metrics (`quality.exact`), and
-    `frame_of(positions)`, the pandas frame of some of them that GX validates; with how a failing row
-    is identified and shown (masked)."""
+    """One suite and the rows it validates: every row as SQL (`sql` over its `sources` and the Arrow
+    tables `refs`, `rows` rows, each with its position `__pos`) for the exact metrics
+    (`quality.exact`), and `frame_of(positions)`, the pandas frame of some of them that GX validates;
+    with how a failing row is identified and shown (masked)."""
 
     name: str  # suite name
     kind: str  # feed | cross | output | health
@@ -208,75 +208,90 @@ class Target:
     suite: Any  # ExpectationSuite
     rows: int
     sql: str  # the frame's columns (helpers as SQL expressions) and `__pos`, for every row
-    refs: dict[str, pa.Table]  # relation name in `sql` → table (registered by the gate)
+    sources: list[Source]  # what `sql` reads (registered by the gate)
     frame_of: Callable[[np.ndarray], pd.DataFrame]  # sorted positions → the frame of those rows
     keys: tuple[str, ...] = ()
     pii: dict[str, str] = field(default_factory=dict)
     shows: dict[str, str] = field(default_factory=dict)  # helper column → the column to show instead
     record: Callable[[str, int], str] | None = None  # (feed, row) → masked key of a source record
+    refs: dict[str, pa.Table] = field(default_factory=dict)  # more relations of `sql` (registered by the gate)
     #: (column, regex) → a boolean column of `sql` (not of the frame) that says whether the value
     #: matches: the exact count of that regex expectation, computed vectorised (`quality.exact`)
     matches: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: column → its exact null count if known without a scan (`Source.null_count`), else None
+    nulls: Callable[[str], int | None] | None = None
+    #: keys known unique and never null, in one ordered pass (`Source.ascending`)
+    unique: frozenset[tuple[str, ...]] = frozenset()
 
 
 def _ref(name: str) -> str:
     return "qg_" + "".join(ch if ch.isalnum() else "_" for ch in name)
 
 
-def _positioned(t: pa.Table) -> pa.Table:
-    return t.append_column("__pos", pa.array(np.arange(t.num_rows, dtype=np.int64)))
+def source_of(name: str, table: pa.Table) -> ArrowSource:
+    """A table in memory as the source of the target `name`."""
+    return ArrowSource(table, _ref(name))
 
 
-def _table_target(name: str, kind: str, subject: str, suite: Any, table: pa.Table, helpers: Mapping[str, str | pa.Array],
-                  frame_of: Callable[[pa.Table], pd.DataFrame], sql_only: Mapping[str, pa.Array] | None = None,
-                  **how: Any) -> Target:
-    """A target over one table: its columns, `helpers` (frame column → SQL expression, or the column
-    itself, computed vectorised), and the frame `frame_of(rows of the table)`; `sql_only`: columns
-    of the SQL only (`Target.matches`)."""
-    ref = _ref(name)
-    full = table
-    for col, h in [*helpers.items(), *(sql_only or {}).items()]:
-        if not isinstance(h, str):
-            full = full.append_column(col, h)
-    extra = "".join(f", {h} AS {exact.ident(col)}" for col, h in helpers.items() if isinstance(h, str))
-    return Target(name, kind, subject, suite, table.num_rows, f"SELECT *{extra} FROM {ref}",
-                  {ref: _positioned(full)}, lambda pos: frame_of(take_rows(table, pos)), **how)
+def _table_target(name: str, kind: str, subject: str, suite: Any, source: Source, columns: Sequence[str],
+                  helpers: Mapping[str, str], frame_of: Callable[[pa.Table], pd.DataFrame], **how: Any) -> Target:
+    """A target over one source: its `columns`, `helpers` (frame column → SQL expression), and the
+    frame `frame_of(rows of the source)`."""
+    q = exact.ident
+    cols = "".join(f"{q(c)}, " for c in columns)
+    extra = "".join(f"{h} AS {q(col)}, " for col, h in helpers.items())
+    return Target(name, kind, subject, suite, source.rows, f"SELECT {cols}{extra}__pos FROM {source.relation}",
+                  [source], lambda pos: frame_of(source.at(pos, columns)),
+                  nulls=lambda c: source.null_count(c) if c in columns else None, **how)
 
 
-def _record_formatter(tables: Mapping[str, pa.Table]) -> Callable[[str, int], str]:
+def as_contract(c: Contract, table: pa.Table) -> pa.Table:
+    """A feed's table as its contract types: the contract's columns it has, in the contract's order,
+    each cast to its contract type (how a clean file is validated; a cast that fails raises)."""
+    names = [n for n in c.names if n in table.column_names]
+    schema = c.arrow_schema()
+    return pa.Table.from_arrays([table[n] if table[n].type == schema.field(n).type else table[n].cast(schema.field(n).type)
+                                 for n in names], schema=pa.schema([schema.field(n) for n in names]))
+
+
+def _record_formatter(sources: Mapping[str, Source]) -> Callable[[str, int], str]:
     def fmt(feed: str, row: int) -> str:
         c = contracts()[feed]
-        r = tables[feed].select(list(c.key)).slice(row, 1).to_pylist()[0]
+        r = sources[feed].at(np.array([row]), list(c.key)).to_pylist()[0]
         pii = {f.name: f.pii for f in c.fields}
         return f"{feed}: " + " ".join(f"{k}={mask_value(r[k], pii.get(k, 'none'))}" for k in c.key)
     return fmt
 
 
-def feed_target(c: Contract, table: pa.Table, suite: Any = None) -> Target:
-    """The target of a feed's suite (`suite`, default `suite_for(c)`) over its clean table."""
-    t = table.select([n for n in table.column_names if not n.startswith("_")])
+def feed_target(c: Contract, source: Source, suite: Any = None, *, cast: bool = False) -> Target:
+    """The target of a feed's suite (`suite`, default `suite_for(c)`) over its source: the columns
+    but the lineage ones (`cast`: the contract's columns, as their contract types — a clean file)."""
     q = exact.ident
-    helpers: dict[str, str | pa.Array] = {}
-    sql_only: dict[str, pa.Array] = {}
+    cols = [n for n in c.names if n in source.names] if cast else [n for n in source.names if not n.startswith("_")]
+    specs: dict[tuple[str, ...], Helper] = {}
     matches: dict[tuple[str, str], str] = {}
     for f in c.fields:
-        if f.name not in t.column_names:
+        if f.name not in cols:
             continue
         if f.kind == "id_no":  # the format (ID_RE) comes with the validity, in the same pass
-            sql_only[f"__match_{f.name}"], helpers[_helper(f.name)] = id_checks(t[f.name])
+            specs[(f"__match_{f.name}", _helper(f.name))] = (f.name, id_checks)
             matches[(f.name, ID_RE)] = f"__match_{f.name}"
         elif f.kind == "members":
-            helpers[_helper(f.name)] = members_ok(t[f.name])
-        elif f.kind in _FORMATS and pa.types.is_dictionary(t[f.name].type):  # matched on the dictionary only
-            sql_only[f"__match_{f.name}"] = regex_ok(t[f.name], _FORMATS[f.kind])
+            specs[(_helper(f.name),)] = (f.name, members_ok)
+        elif f.kind in _FORMATS:  # a code of few values: matched on the dictionary only
+            specs[(f"__match_{f.name}",)] = (f.name, partial(regex_ok, regex=_FORMATS[f.kind]))
             matches[(f.name, _FORMATS[f.kind])] = f"__match_{f.name}"
+    checked = source.with_helpers(specs, _ref(f"helpers.feed.{c.feed_id}"),
+                                  dictionary=[f.name for f in c.fields if f.name in cols and f.kind in _FORMATS])
+    helpers = {h: q(h) for h in checked.helper_names}
     helpers.update({num_col(f.name): f"CAST({q(f.name)} AS DOUBLE)" for f in c.fields
-                    if f.name in t.column_names and (f.min is not None or f.max is not None)})
-    return _table_target(f"feed.{c.feed_id}", "feed", c.feed_id, suite_for(c) if suite is None else suite, t, helpers,
-                         lambda rows: frame_for(c, rows), sql_only, keys=tuple(c.key), pii={f.name: f.pii for f in c.fields},
-                         matches=matches,
+                    if f.name in cols and (f.min is not None or f.max is not None)})
+    unique = frozenset({tuple(c.key)} if checked.ascending(c.key) else ())  # a clean file: sorted by its key
+    frame = (lambda rows: frame_for(c, as_contract(c, rows))) if cast else (lambda rows: frame_for(c, rows))
+    return _table_target(f"feed.{c.feed_id}", "feed", c.feed_id, suite_for(c) if suite is None else suite, checked,
+                         cols, helpers, frame, keys=tuple(c.key), pii={f.name: f.pii for f in c.fields},
                          shows={**{_helper(f.name): f.name for f in c.fields if f.kind in ("id_no", "members")},
-                                **{num_col(f.name): f.name for f in c.fields}})
+                                **{num_col(f.name): f.name for f in c.fields}}, matches=matches, unique=unique)
 
 
 def health_target(health: Mapping[str, dict]) -> Target:
@@ -288,24 +303,50 @@ def health_target(health: Mapping[str, dict]) -> Target:
                       "problems": pa.array(["; ".join(h.get("problems", [])) for h in health.values()], pa.string())})
     b = _Builder("health", {"kind": "health", "title_zh": "数据源健康"}, "health")
     b.add("ExpectColumnValuesToBeInSet", True, "ok", "feed_health", column="ok", value_set=[True])
-    return _table_target("health", "health", "feeds", b.build(), table, {}, lambda rows: rows.to_pandas(),
-                         keys=("feed_id",))
+    return _table_target("health", "health", "feeds", b.build(), source_of("health", table), table.column_names, {},
+                         lambda rows: rows.to_pandas(), keys=("feed_id",))
 
 
-#: one column of one feed stacked under the others: (feed, field, source row of each value or None
-#: for row i = value i, the values)
-Part = tuple[str, str, np.ndarray | None, pa.Array | pa.ChunkedArray]
+@dataclass
+class Part:
+    """One column of one feed stacked under the others: `sql` gives each value `v` with its position
+    `__i` in the part, `take(i)` the (source row, value) of positions `i`."""
+
+    feed: str
+    column: str
+    rows: int
+    sql: str
+    take: Callable[[np.ndarray], tuple[np.ndarray, pa.Array | pa.ChunkedArray]]
+    sources: list[Source]
+    refs: dict[str, pa.Table] = field(default_factory=dict)
 
 
-def _stack(parts: Sequence[Part], value: str, cast: pa.DataType,
+def _column_part(feed: str, fld: str, source: Source) -> Part:
+    """A column of a feed, one value per row."""
+    return Part(feed, fld, source.rows, f"SELECT __pos AS __i, {exact.ident(fld)} AS v FROM {source.relation}",
+                lambda i: (i, source.at(i, [fld])[fld]), [source])
+
+
+def _members_part(feed: str, fld: str, source: Source, ref: str) -> Part:
+    """The members' ID numbers of a feed's members column, one row per member (an assistance case's
+    family: a small feed, flattened in memory)."""
+    col = plain(source.column(fld))
+    parents = pc.list_parent_indices(col).to_numpy(zero_copy_only=False)
+    ids = plain(pc.struct_field(pc.list_flatten(col), "id_no"))
+    table = pa.table({"__i": pa.array(np.arange(len(ids), dtype=np.int64)), "v": ids})
+    return Part(feed, fld, len(ids), f"SELECT __i, v FROM {ref}", lambda i: (parents[i], ids.take(pa.array(i))), [],
+                {ref: table})
+
+
+def _stack(parts: Sequence[tuple[str, str, np.ndarray, pa.Array | pa.ChunkedArray]], value: str, cast: pa.DataType,
            derived: Mapping[str, Callable[[pa.Array], pa.Array]]) -> pa.Table:
-    """Rows (__feed, __field, __row, `value`, *derived) over several feeds' columns."""
+    """Rows (__feed, __field, __row, `value`, *derived) of (feed, field, source rows, values) parts."""
     cols: dict[str, list] = {"__feed": [], "__field": [], "__row": [], value: []}
     for feed, fld, rows, vals in parts:
         n = len(vals)
         cols["__feed"].append(pa.repeat(pa.scalar(feed, pa.string()), n))
         cols["__field"].append(pa.repeat(pa.scalar(fld, pa.string()), n))
-        cols["__row"].append(pa.array(np.arange(n) if rows is None else rows, pa.int64()))
+        cols["__row"].append(pa.array(rows, pa.int64()))
         cols[value].append(pc.cast(plain(vals), cast))
     empty = {"__feed": pa.string(), "__field": pa.string(), "__row": pa.int64(), value: cast}
     t = pa.table({k: pa.concat_arrays(v) if parts else pa.array([], empty[k]) for k, v in cols.items()})
@@ -315,26 +356,26 @@ def _stack(parts: Sequence[Part], value: str, cast: pa.DataType,
 
 
 def _stacked_target(name: str, subject: str, suite: Any, parts: Sequence[Part], value: str, cast: pa.DataType,
-                    helper: str, derived: Mapping[str, Callable[[pa.Array], pa.Array]], refs: Mapping[str, pa.Table],
+                    helper: str, derived: Mapping[str, Callable[[pa.Array], pa.Array]], sources: Sequence[Source],
                     **how: Any) -> Target:
     """A target over feeds' columns stacked (`_stack`), without stacking them: in SQL a UNION ALL of
-    each column (`v`, with its position) and `helper`, the SQL of the derived columns over `v`;
+    each part (`v`, with its position) and `helper`, the SQL of the derived columns over `v`;
     the frame stacks only the rows asked for."""
-    offsets = np.cumsum([0] + [len(vals) for _, _, _, vals in parts])
-    tables = {f"{_ref(name)}_{k}": pa.table({"__i": pa.array(np.arange(len(vals), dtype=np.int64)), "v": vals})
-              for k, (_, _, _, vals) in enumerate(parts)}
-    union = " UNION ALL ".join(f"SELECT {int(off)} + __i AS __pos, v FROM {ref}"
-                               for off, ref in zip(offsets, tables, strict=False))
+    offsets = np.cumsum([0] + [p.rows for p in parts])
+    union = " UNION ALL ".join(f"SELECT {int(off)} + __i AS __pos, v FROM ({p.sql})"
+                               for off, p in zip(offsets, parts, strict=False))
     sql = f"SELECT __pos, {helper} FROM ({union or 'SELECT NULL::BIGINT AS __pos, NULL::VARCHAR AS v WHERE FALSE'})"
 
     def frame_of(pos: np.ndarray) -> pd.DataFrame:
         sub = []
-        for k, (feed, fld, rows, vals) in enumerate(parts):
+        for k, p in enumerate(parts):
             i = pos[(pos >= offsets[k]) & (pos < offsets[k + 1])] - offsets[k]
-            sub.append((feed, fld, i if rows is None else rows[i], take_rows(pa.table({"v": vals}), i)["v"]))
+            sub.append((p.feed, p.column, *p.take(i)))
         return to_frame(_stack(sub, value, cast, derived))
 
-    return Target(name, "cross", subject, suite, int(offsets[-1]), sql, {**tables, **refs}, frame_of, **how)
+    used = list({id(s): s for s in [*sources, *(s for p in parts for s in p.sources)]}.values())
+    refs = {k: v for p in parts for k, v in p.refs.items()}
+    return Target(name, "cross", subject, suite, int(offsets[-1]), sql, used, frame_of, refs=refs, **how)
 
 
 def _link_suite(name: str, critical: bool, check: str, feed: str, meta: dict) -> Any:
@@ -344,84 +385,86 @@ def _link_suite(name: str, critical: bool, check: str, feed: str, meta: dict) ->
     return b.build()
 
 
-def _membership(universe: pa.ChunkedArray | pa.Array) -> Callable[[pa.Array], pa.Array]:
-    """values ∈ universe (null stays null). The frames hold a few thousand values against a universe
-    of millions: the universe is scanned against a hash set of the values (not a hash set of the
-    universe built for every frame), then the values are looked up among the ones found."""
+def _membership(universe: Callable[[], pa.ChunkedArray | pa.Array]) -> Callable[[pa.Array], pa.Array]:
+    """values ∈ universe() (null stays null; the universe is read when first needed). The frames hold
+    a few thousand values against a universe of millions: the universe is scanned against a hash set
+    of the values (not a hash set of the universe built for every frame), then the values are looked
+    up among the ones found."""
+    held: list = []
 
     def exists(values: pa.Array) -> pa.Array:
+        if not held:
+            held.append(universe())
         values = plain(values)
         wanted = values.drop_null().unique()
         found = pa.concat_arrays([plain(c).filter(pc.is_in(plain(c), value_set=wanted))
-                                  for c in (universe.chunks if isinstance(universe, pa.ChunkedArray) else [universe])]
+                                  for c in (held[0].chunks if isinstance(held[0], pa.ChunkedArray) else [held[0]])]
                                  or [pa.array([], values.type)]) if len(wanted) else wanted
         return found_in(values, found.cast(values.type).unique(), distinct=True)
     return exists
 
 
-def _link_target(name: str, subject: str, suite: Any, parts: Sequence[Part], universe: pa.ChunkedArray | pa.Array,
+def _link_target(name: str, subject: str, suite: Any, parts: Sequence[Part], universe: Source, column: str,
                  exists: Callable[[pa.Array], pa.Array], value: str, fmt: Callable[[str, int], str]) -> Target:
-    """`__exists`: each value is in `universe` (null stays null) — a semi-join in SQL, `exists` (the
-    same over Arrow) in the frame."""
-    ref = f"{_ref(name)}_universe"
+    """`__exists`: each value is in the `column` of `universe` (null stays null) — a semi-join in SQL,
+    `exists` (the same over Arrow) in the frame."""
     return _stacked_target(name, subject, suite, parts, value, pa.string(),
-                           f"v AS {value}, v IN (SELECT v FROM {ref} WHERE v IS NOT NULL) AS __exists",
-                           {"__exists": exists}, {ref: pa.table({"v": universe})}, keys=("__feed", "__row"),
+                           f"v AS {value}, v IN (SELECT {exact.ident(column)} FROM {universe.relation} "
+                           f"WHERE {exact.ident(column)} IS NOT NULL) AS __exists",
+                           {"__exists": exists}, [universe], keys=("__feed", "__row"),
                            pii={"id_no": "direct", "case_no": "none"}, shows={"__exists": value}, record=fmt)
 
 
-def cross_targets(tables: Mapping[str, pa.Table]) -> list[Target]:
+def cross_targets(sources: Mapping[str, Source]) -> list[Target]:
     out: list[Target] = []
-    fmt = _record_formatter(tables)
-    if PERSON in tables:
-        universe = tables[PERSON]["id_no"]
-        person_exists = _membership(universe)
+    fmt = _record_formatter(sources)
+    if PERSON in sources:
+        registry = sources[PERSON]
+        person_exists = _membership(lambda: registry.column("id_no"))
 
         def parts_of(feed: str, fields: Iterable[str]) -> list[Part]:
             parts: list[Part] = []
-            t = tables[feed]
+            src = sources[feed]
             for fld in fields:
-                if fld not in t.column_names:
+                if fld not in src.names:
                     continue
-                if pa.types.is_list(t[fld].type):  # members: one row per member
-                    col = plain(t[fld])
-                    parents = pc.list_parent_indices(col).to_numpy(zero_copy_only=False)
-                    parts.append((feed, fld, parents, pc.struct_field(pc.list_flatten(col), "id_no")))
+                if pa.types.is_list(src.schema.field(fld).type):  # members: one row per member
+                    parts.append(_members_part(feed, fld, src, _ref(f"members.{feed}.{fld}")))
                 else:
-                    parts.append((feed, fld, None, t[fld]))
+                    parts.append(_column_part(feed, fld, src))
             return parts
 
         def person_link(name: str, subject: str, critical: bool, parts: list[Part], links: str) -> Target:
             return _link_target(name, subject, _link_suite(name, critical, "person_exists", subject, {"links": links}),
-                                parts, universe, person_exists, "id_no", fmt)
+                                parts, registry, "id_no", person_exists, "id_no", fmt)
 
         for feed, fields in _CRITICAL_PERSON_LINKS.items():
-            if feed in tables:
+            if feed in sources:
                 name = f"cross.{feed.split('.')[1]}_person"
                 out.append(person_link(name, feed, True, parts_of(feed, fields),
                                        f"{feed}.{'/'.join(fields)} → {PERSON}.id_no"))
-        owners = [p for feed, fld in _OWNER_LINKS.items() if feed in tables for p in parts_of(feed, [fld])]
+        owners = [p for feed, fld in _OWNER_LINKS.items() if feed in sources for p in parts_of(feed, [fld])]
         out.append(person_link("cross.owner_person", "owners", False, owners,
                                "vehicle/property owner_id_no → person (owners may live elsewhere)"))
         others = [p for feed, c in contracts().items()
-                  if feed in tables and feed != PERSON and feed not in _CRITICAL_PERSON_LINKS and feed not in _OWNER_LINKS
+                  if feed in sources and feed != PERSON and feed not in _CRITICAL_PERSON_LINKS and feed not in _OWNER_LINKS
                   for p in parts_of(feed, c.id_fields)]
         out.append(person_link("cross.person_links", "person_links", False, others,
                                "other person-linked feeds → person"))
-    if _CASE_FEED in tables:
-        parts = [(feed, "case_no", None, tables[feed]["case_no"]) for feed in _CASE_LINKS if feed in tables]
+    if _CASE_FEED in sources:
+        parts = [_column_part(feed, "case_no", sources[feed]) for feed in _CASE_LINKS if feed in sources]
         suite = _link_suite("cross.case_links", False, "case_exists", "case_links",
                             {"links": "payments / income checks → assistance_case.case_no"})
-        cases = tables[_CASE_FEED]["case_no"]
-        out.append(_link_target("cross.case_links", "case_links", suite, parts, cases, _membership(cases), "case_no",
-                                fmt))
+        cases = sources[_CASE_FEED]
+        out.append(_link_target("cross.case_links", "case_links", suite, parts, cases, "case_no",
+                                _membership(lambda: cases.column("case_no")), "case_no", fmt))
     # no negative money anywhere (critical): every money value of every feed
-    money: list[Part] = [(feed, f.name, None, tables[feed][f.name]) for feed, c in contracts().items() if feed in tables
-                         for f in c.fields if f.kind == "money" and f.name in tables[feed].column_names]
+    money = [_column_part(feed, f.name, sources[feed]) for feed, c in contracts().items() if feed in sources
+             for f in c.fields if f.kind == "money" and f.name in sources[feed].names]
     b = _Builder("cross.money", {"kind": "cross", "links": "every money field of every feed"}, "all")
     b.add("ExpectColumnValuesToBeBetween", True, "amount", "no_negative_money", column=num_col("amount"), min_value=0)
     out.append(_stacked_target("cross.money", "money", b.build(), money, num_col("amount"), pa.float64(),
-                               f"CAST(v AS DOUBLE) AS {num_col('amount')}", {}, {}, keys=("__feed", "__row"),
+                               f"CAST(v AS DOUBLE) AS {num_col('amount')}", {}, [], keys=("__feed", "__row"),
                                pii={"amount": "none"}, shows={num_col("amount"): "amount"}, record=fmt))
     return out
 
@@ -509,8 +552,9 @@ def output_suite(name: str, table: pa.Table | None = None, *, county: str | None
 
 
 def output_frame(name: str, table: pa.Table, snapshot_date: dt.date, *,
-                 household: pa.Table | None = None) -> pd.DataFrame:
-    """The frame an output suite validates: the table plus its helper columns."""
+                 household: Callable[[], pa.ChunkedArray | pa.Array] | None = None) -> pd.DataFrame:
+    """The frame an output suite validates: the table plus its helper columns (`household`: the
+    household table's household numbers, read when needed)."""
 
     name = _OUTPUT_ALIASES.get(name, name)
     t = table
@@ -525,47 +569,67 @@ def output_frame(name: str, table: pa.Table, snapshot_date: dt.date, *,
         t = t.append_column("__rule_ok", pa.array([x in known for x in triples], pa.bool_()))
         t = t.append_column(_helper("subject_id_no"), id_ok(t["subject_id_no"]))
     if household is not None and name in ("monitoring.person", "warnings"):
-        t = t.append_column("__household_exists", found_in(t["household_no"], household["household_no"]))
+        t = t.append_column("__household_exists", found_in(t["household_no"], household(), distinct=True))
     nums = {"monitoring.person": ["age"], "monitoring.household": ["members_total"], "warnings": ["score"]}.get(name, [])
     return to_frame(with_num(t, nums + [f.name for f in table.schema if pa.types.is_decimal(f.type)]))
 
 
-def output_targets(outputs: Mapping[str, pa.Table], snapshot_date: dt.date, county: str | None) -> list[Target]:
+def output_targets(outputs: Mapping[str, Source], snapshot_date: dt.date, county: str | None) -> list[Target]:
+    """The output suites' targets over `outputs` (name or alias → source: `source_of` a table, or a
+    `quality.sources.ParquetSource` of a written file)."""
     outs = {_OUTPUT_ALIASES.get(k, k): v for k, v in outputs.items()}
     hh = outs.get("monitoring.household")
     keys = {"monitoring.person": ("id_no",), "monitoring.household": ("household_no",), "warnings": ("warning_id",)}
     pii = {"id_no": "direct", "name": "direct", "subject_id_no": "direct", "address": "direct"}
     q = exact.ident
-    hh_ref = _ref("output.households")
-    refs = {hh_ref: pa.table({"v": hh["household_no"]})} if hh is not None else {}
     known = ", ".join(exact.literal(f"{r.id}\x1f{r.version}\x1f{r.severity}") for r in RULES)
+    held: list = []
+
+    def households(hh: Source) -> pa.Array:  # the household numbers, read once for every frame
+        if not held:
+            held.append(plain(hh.column("household_no")).drop_null().unique())
+        return held[0]
+
     out = []
     for name in OUTPUTS:
         if name not in outs:
             continue
-        t = outs[name]
-        cols = set(t.column_names)
-        helpers: dict[str, str | pa.Array] = {
+        src = outs[name]
+        cols = set(src.names)
+        helpers: dict[str, str] = {
             "__snapshot_ok": f"coalesce(snapshot_date = DATE '{snapshot_date.isoformat()}', FALSE)"
             if "snapshot_date" in cols else "FALSE"}
-        if name == "monitoring.person" and "id_no" in cols:
-            helpers[_helper("id_no")] = id_ok(t["id_no"])
+        ids = [f for f in ("id_no" if name == "monitoring.person" else "subject_id_no" if name == "warnings" else "",)
+               if f in cols]
+        specs: dict[tuple[str, ...], Helper] = {(_helper(f),): (f, id_ok) for f in ids}
+        regexes = {"region_code": _region_regex(county)}
+        if name != "warnings":
+            regexes["county_code"] = f"^{county}$" if county else r"^[0-9]{6}$"
+        regexes = {f: r for f, r in regexes.items() if f in cols}  # codes of few values: matched on the dictionary
+        specs.update({(f"__match_{f}",): (f, partial(regex_ok, regex=r)) for f, r in regexes.items()})
+        checked = src.with_helpers(specs, _ref(f"helpers.output.{name}"), dictionary=list(regexes))
+        helpers.update({h: q(h) for h in checked.helper_names})
+        matches = {(f, r): f"__match_{f}" for f, r in regexes.items()}
         if name == "warnings":
             helpers["__rule_ok"] = ("coalesce(rule_id || chr(31) || CAST(rule_version AS VARCHAR) || chr(31) || severity "
                                     f"IN ({known}), FALSE)")
-            helpers[_helper("subject_id_no")] = id_ok(t["subject_id_no"])
         if hh is not None and name in ("monitoring.person", "warnings"):
-            helpers["__household_exists"] = f"household_no IN (SELECT v FROM {hh_ref} WHERE v IS NOT NULL)"
+            helpers["__household_exists"] = (f"household_no IN (SELECT household_no FROM {hh.relation} "
+                                             "WHERE household_no IS NOT NULL)")
+        decimals = [f.name for f in src.schema if pa.types.is_decimal(f.type)]
         nums = {"monitoring.person": ["age"], "monitoring.household": ["members_total"], "warnings": ["score"]}[name]
-        helpers.update({num_col(f): f"CAST({q(f)} AS DOUBLE)" for f in
-                        nums + [f.name for f in t.schema if pa.types.is_decimal(f.type)] if f in cols})
+        helpers.update({num_col(f): f"CAST({q(f)} AS DOUBLE)" for f in nums + decimals if f in cols})
         target = _table_target(f"output.{name}", "output", name,
-                               output_suite(name, t, county=county, has_household=hh is not None), t, helpers,
-                               partial(output_frame, name, snapshot_date=snapshot_date, household=hh), keys=keys[name],
-                               pii=pii, shows={_helper("id_no"): "id_no", _helper("subject_id_no"): "subject_id_no",
-                                               "__household_exists": "household_no", "__rule_ok": "rule_id",
-                                               "__snapshot_ok": "snapshot_date",
-                                               **{num_col(f.name): f.name for f in t.schema}})
-        target.refs.update(refs)
+                               output_suite(name, src.schema.empty_table(), county=county, has_household=hh is not None),
+                               checked, src.names, helpers,
+                               partial(output_frame, name, snapshot_date=snapshot_date,
+                                       household=partial(households, hh) if hh is not None else None),
+                               keys=keys[name], pii=pii,
+                               shows={_helper("id_no"): "id_no", _helper("subject_id_no"): "subject_id_no",
+                                      "__household_exists": "household_no", "__rule_ok": "rule_id",
+                                      "__snapshot_ok": "snapshot_date", **{num_col(f.name): f.name for f in src.schema}},
+                               matches=matches, unique=frozenset({keys[name]} if checked.ascending(keys[name]) else ()))
+        if hh is not None and hh is not src:
+            target.sources.append(hh)
         out.append(target)
     return out

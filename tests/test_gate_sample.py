@@ -112,9 +112,9 @@ def test_rows_are_taken_and_ids_checked_chunk_by_chunk():
 
 
 def test_a_store_read_dictionary_encoded_reports_what_its_tables_do(broken, tmp_path):
-    """From a store the low-cardinality strings are read dictionary-encoded and formats matched on
-    the dictionary, ID formats with the ID check: the same failures, counts and examples as the
-    same tables given in memory (plain strings, formats matched in SQL)."""
+    """From a store the clean files are scanned by DuckDB where they lie (`quality.sources`), code
+    formats matched on the file's dictionaries, ID formats with the ID check: the same failures,
+    counts and examples as the same tables given in memory."""
     from safetynet.core.settings import Settings
     from safetynet.core.store import ObjectStore
     from safetynet.intake.clean import clean_path
