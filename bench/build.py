@@ -1,7 +1,7 @@
 """Benchmark: the hub's monitoring build + warning rules against one hand-written DuckDB query.
 
 For each size (default 1 M and 10 M persons) a synthetic district is generated and written as
-`clean/` Parquet to a scratch store; then, each in a fresh child process (so peak RSS is its
+`clean/` Parquet to a scratch store, each feed sorted by its key as the clean stage writes it; then, each in a fresh child process (so peak RSS is its
 own) and under the same DuckDB memory cap:
   (a) the hub: `monitoring.build` (named SQL steps) + `evaluation.evaluate` (15 declarative rules);
   (b) a hand-written single DuckDB query computing the household aggregates and rule flags (one
@@ -11,7 +11,7 @@ own) and under the same DuckDB memory cap:
       that needs them, distinct months as a bit set, no correlated subqueries.
 Both report which households each rule flags; the benchmark checks they agree. Then, in a fresh
 child process under the same cap, (c) the quality gate (`quality.gate.validate`) over every clean
-feed and the hub's outputs, as the pipeline runs it after the build (GX imported beforehand): its
+feed and the hub's output files, as the pipeline runs it after the build (GX imported beforehand): its
 seconds, peak RSS and gate/build ratio (goal ≤ 0.5). Prints seconds, peak memory and the load
 average, per size one line `ratio <hub/hand-written> at N persons` with both peak RSS figures; the
 last line is `ratio=<hub/hand-written>` of the worst size.
