@@ -127,22 +127,28 @@ def members_ok(values: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pa.array(ok, mask=nulls if nulls.any() else None) if n else pa.array([], pa.bool_())
 
 
-def strictly_ascending(batches: Iterable[pa.RecordBatch | pa.Table], key: Sequence[str]) -> bool:
-    """Whether the rows of `batches`, in order, have `key` (one or more columns) strictly ascending
-    and never null — then no key occurs twice. How the clean stage writes a feed (sorted by its key):
-    one pass over the key columns settles uniqueness without grouping them. Strings compare as
-    UTF-8 bytes (code points, as DuckDB sorts them); False as soon as a row is not above the one
-    before, or a key value is null."""
-    last: tuple | None = None
-    for b in batches:
-        cols = [plain(b.column(k)) for k in key]
+class Ascending:
+    """Whether the rows given in order (`add`, a block at a time) have a key (one or more columns)
+    strictly ascending and never null — then no key occurs twice. How the clean stage writes a feed
+    (sorted by its key): one pass over the key columns settles uniqueness without grouping them.
+    Strings compare as UTF-8 bytes (code points, as DuckDB sorts them); `ok` turns False for good
+    at a row not above the one before, or a null key value."""
+
+    def __init__(self, key: Sequence[str]):
+        self.key, self.ok = list(key), True
+        self._last: tuple | None = None
+
+    def add(self, b: pa.RecordBatch | pa.Table) -> bool:
         n = b.num_rows
-        if not n:
-            continue
+        if not self.ok or not n:
+            return self.ok
+        cols = [plain(b.column(k)) for k in self.key]
         if any(c.null_count for c in cols):
+            self.ok = False
             return False
         first = tuple(c[0].as_py() for c in cols)
-        if last is not None and not first > last:
+        if self._last is not None and not first > self._last:
+            self.ok = False
             return False
         if n > 1:
             up = np.zeros(n - 1, dtype=bool)  # row i+1 is above row i
@@ -151,10 +157,15 @@ def strictly_ascending(batches: Iterable[pa.RecordBatch | pa.Table], key: Sequen
                 a, z = c.slice(1), c.slice(0, n - 1)
                 up |= same & pc.greater(a, z).to_numpy(zero_copy_only=False)
                 same &= pc.equal(a, z).to_numpy(zero_copy_only=False)
-            if not up.all():
-                return False
-        last = tuple(c[n - 1].as_py() for c in cols)
-    return True
+            self.ok = bool(up.all())
+        self._last = tuple(c[n - 1].as_py() for c in cols)
+        return self.ok
+
+
+def strictly_ascending(batches: Iterable[pa.RecordBatch | pa.Table], key: Sequence[str]) -> bool:
+    """`Ascending` over `batches`, stopping at the first row out of order."""
+    check = Ascending(key)
+    return all(check.add(b) for b in batches)
 
 
 def found_in(values: pa.Array, universe: pa.Array, distinct: bool = False) -> pa.Array:

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from quality.checks import strictly_ascending, take_rows
+from quality.checks import Ascending, strictly_ascending, take_rows
 from quality.exact import ident, literal
 from safetynet.core.store import ObjectStore
 
@@ -71,21 +71,27 @@ class Source:
         `quality.checks.strictly_ascending`); one pass over the key columns."""
         return all(k in self.names for k in key) and strictly_ascending(self.batches(key), key)
 
-    def with_helpers(self, helpers: Mapping[tuple[str, ...], Helper], ref: str, dictionary: Sequence[str] = ()) -> Source:
+    def with_helpers(self, helpers: Mapping[tuple[str, ...], Helper], ref: str, dictionary: Sequence[str] = (),
+                     key: Sequence[str] = ()) -> Source:
         """This source with more boolean columns: (helper names) → (column, function of its values
         giving one array per name), computed a block at a time (`batches`; the columns `dictionary`
-        names read dictionary-encoded) and registered as `ref`, joined to the rows by position."""
+        names read dictionary-encoded) and registered as `ref`, joined to the rows by position.
+        `key`: whether it is `ascending` is settled in the same pass (its columns read once)."""
         if not helpers:
             return self
-        cols = list(dict.fromkeys(col for col, _ in helpers.values()))
+        key = list(key) if all(k in self.names for k in key) else []
+        order = Ascending(key) if key else None
+        cols = list(dict.fromkeys([*(col for col, _ in helpers.values()), *key]))
         parts: dict[str, list] = {name: [] for names in helpers for name in names}
         for b in self.batches(cols, dictionary):
             for names, (col, fn) in helpers.items():
                 got = fn(b.column(col))
                 for name, arr in zip(names, got if isinstance(got, tuple) else (got,), strict=True):
                     parts[name].extend(_chunks(arr))
+            if order is not None:
+                order.add(b)
         table = pa.table({name: pa.chunked_array(ps, pa.bool_()) for name, ps in parts.items()})
-        return Helped(self, table, ref)
+        return Helped(self, table, ref, {tuple(key): order.ok} if order is not None else {})
 
     def column(self, name: str) -> pa.ChunkedArray:
         raise NotImplementedError
@@ -196,10 +202,10 @@ class Helped(Source):
     """A source with helper columns computed in Arrow (`Source.with_helpers`): the base's relation
     joined by position (DuckDB's POSITIONAL JOIN, row i to row i) to the helpers' table."""
 
-    def __init__(self, base: Source, helpers: pa.Table, ref: str):
+    def __init__(self, base: Source, helpers: pa.Table, ref: str, ascending: Mapping[tuple[str, ...], bool]):
         if helpers.num_rows != base.rows:
             raise ValueError(f"{ref}: {helpers.num_rows} helper rows for {base.rows} rows")
-        self.base, self.helpers, self.ref = base, helpers, ref
+        self.base, self.helpers, self.ref, self._ascending = base, helpers, ref, dict(ascending)
         self.rows, self.schema = base.rows, base.schema
         self.relation = f"(SELECT * FROM {base.relation} POSITIONAL JOIN {ref})"
 
@@ -217,6 +223,10 @@ class Helped(Source):
 
     def at(self, positions: np.ndarray, columns: Sequence[str] | None = None) -> pa.Table:
         return self.base.at(positions, columns)
+
+    def ascending(self, key: Sequence[str]) -> bool:
+        known = self._ascending.get(tuple(key))
+        return known if known is not None else self.base.ascending(key)
 
     def column(self, name: str) -> pa.ChunkedArray:
         return self.base.column(name)

@@ -282,7 +282,8 @@ def feed_target(c: Contract, source: Source, suite: Any = None, *, cast: bool = 
             specs[(f"__match_{f.name}",)] = (f.name, partial(regex_ok, regex=_FORMATS[f.kind]))
             matches[(f.name, _FORMATS[f.kind])] = f"__match_{f.name}"
     checked = source.with_helpers(specs, _ref(f"helpers.feed.{c.feed_id}"),
-                                  dictionary=[f.name for f in c.fields if f.name in cols and f.kind in _FORMATS])
+                                  dictionary=[f.name for f in c.fields if f.name in cols and f.kind in _FORMATS],
+                                  key=c.key)
     helpers = {h: q(h) for h in checked.helper_names}
     helpers.update({num_col(f.name): f"CAST({q(f.name)} AS DOUBLE)" for f in c.fields
                     if f.name in cols and (f.min is not None or f.max is not None)})
@@ -607,7 +608,7 @@ def output_targets(outputs: Mapping[str, Source], snapshot_date: dt.date, county
             regexes["county_code"] = f"^{county}$" if county else r"^[0-9]{6}$"
         regexes = {f: r for f, r in regexes.items() if f in cols}  # codes of few values: matched on the dictionary
         specs.update({(f"__match_{f}",): (f, partial(regex_ok, regex=r)) for f, r in regexes.items()})
-        checked = src.with_helpers(specs, _ref(f"helpers.output.{name}"), dictionary=list(regexes))
+        checked = src.with_helpers(specs, _ref(f"helpers.output.{name}"), dictionary=list(regexes), key=keys[name])
         helpers.update({h: q(h) for h in checked.helper_names})
         matches = {(f, r): f"__match_{f}" for f, r in regexes.items()}
         if name == "warnings":
