@@ -142,13 +142,18 @@ class Ascending:
         n = b.num_rows
         if not self.ok or not n:
             return self.ok
+        try:
+            self.ok = self._ascending(b, n)
+        except (pa.ArrowNotImplementedError, TypeError):  # keys Arrow or Python cannot order: unknown
+            self.ok = False
+        return self.ok
+
+    def _ascending(self, b: pa.RecordBatch | pa.Table, n: int) -> bool:
         cols = [plain(b.column(k)) for k in self.key]
         if any(c.null_count for c in cols):
-            self.ok = False
             return False
         first = tuple(c[0].as_py() for c in cols)
         if self._last is not None and not first > self._last:
-            self.ok = False
             return False
         if n > 1:
             up = np.zeros(n - 1, dtype=bool)  # row i+1 is above row i
@@ -157,9 +162,10 @@ class Ascending:
                 a, z = c.slice(1), c.slice(0, n - 1)
                 up |= same & pc.greater(a, z).to_numpy(zero_copy_only=False)
                 same &= pc.equal(a, z).to_numpy(zero_copy_only=False)
-            self.ok = bool(up.all())
+            if not up.all():
+                return False
         self._last = tuple(c[n - 1].as_py() for c in cols)
-        return self.ok
+        return True
 
 
 def strictly_ascending(batches: Iterable[pa.RecordBatch | pa.Table], key: Sequence[str]) -> bool:

@@ -50,7 +50,7 @@ import pyarrow.fs as pafs
 from quality import exact
 from quality.exact import Metric
 from quality.report import MAX_EXAMPLES, Failure, QualityReport, SuiteResult, scrub
-from quality.sources import ParquetSource, Reader, Source, snapshot_file
+from quality.sources import ParquetSource, Reader, Source, snapshot_file, sweep
 from quality.suites import Target, cross_targets, feed_target, health_target, output_targets, source_of, suite_for
 from safetynet.core import paths
 from safetynet.core.store import ObjectStore
@@ -186,14 +186,14 @@ def _prepare(t: Target, con: duckdb.DuckDBPyConnection, sample_rows: int) -> _Pr
     """Every row, exactly, in DuckDB; then the frame of the sample and the rows that fail. No GX:
     this runs on the gate's second thread while GX validates the target before."""
     t0 = time.perf_counter()
-    for name, table in t.refs.items():
-        con.register(name, table)
-    for src in t.sources:
-        src.register(con)
     try:
+        for name, table in t.refs.items():
+            con.register(name, table)
+        for src in t.sources:
+            src.register(con)
         exps = [(e.expectation_type, dict(e.configuration.kwargs)) for e in t.suite.expectations]
         metrics = exact.measure(con, t.sql, t.rows, exps, MAX_EXAMPLES, t.matches, t.nulls, t.unique)
-    finally:
+    finally:  # unregistering what was not registered is no error
         for name in t.refs:
             con.unregister(name)
         for src in t.sources:
@@ -332,11 +332,19 @@ def _output_sources(outputs: Mapping[str, pa.Table | str | Path], reader: Reader
             for name, t in outputs.items()}
 
 
+#: the gate's scratch folders (`_scratch`), and how long one is kept when its gate did not remove it
+_SCRATCH = ".tmp-quality-"
+_SCRATCH_KEPT_S = 6 * 3600
+
+
 def _scratch(store: ObjectStore | None) -> tempfile.TemporaryDirectory:
     """Where the clean files validated are linked (a local store: inside it, so a hard link can be made;
     a `.tmp-` name, which no listing shows) or downloaded to (S3)."""
     local = store.root if store is not None and isinstance(store.fs, pafs.LocalFileSystem) else None
-    return tempfile.TemporaryDirectory(prefix=".tmp-quality-", dir=local)
+    if local is not None:
+        sweep(local, _SCRATCH, _SCRATCH_KEPT_S)  # what a killed gate left
+    return tempfile.TemporaryDirectory(prefix=_SCRATCH, dir=local)
+
 
 
 def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_date: dt.date | str, *,
@@ -350,8 +358,8 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
     local store's through a hard link that no rewrite changes, an S3 store's downloaded first —
     scanned by DuckDB and never loaded whole; a missing one is validated as empty and listed in
     `report.missing`) or a dict feed id → pyarrow Table (what the pipeline already loaded; absent
-    feeds are skipped). `outputs`: name → Table, or the path of a local Parquet file (scanned like a
-    clean file), for `monitoring.person`, `monitoring.household`, `warnings` (aliases `person`,
+    feeds are skipped). `outputs`: name → Table, or the path of a local Parquet file (scanned where
+    it lies: the caller keeps it unchanged for the gate's run), for `monitoring.person`, `monitoring.household`, `warnings` (aliases `person`,
     `household`). `policy` (or `county`, 6 digits) fixes the county the output region codes must
     belong to. `health`: feed id → {"ok", "accepted", "problems"} (the feeds' recorded health, see
     `safetynet.intake.health`); an unhealthy feed the operator did not accept fails critically.
@@ -386,11 +394,12 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
     run_id = RunIdentifier(run_name=f"snapshot-{snap.isoformat()}",
                            run_time=dt.datetime(snap.year, snap.month, snap.day, tzinfo=dt.UTC))
     suites: list[SuiteResult] = []
+    # opened below, where they are closed whatever happens; the steps use them
+    db: duckdb.DuckDBPyConnection
+    reader: Reader
+    scratch: str
     results: dict[str, tuple] = {}
 
-    db = normalise.connect() if con is None else con.cursor()
-    reader = Reader(db)
-    scratch = _scratch(store)
 
     #: a step's targets (made, with their helper columns), or a result without GX: carried over,
     #: or the targets could not be made
@@ -450,7 +459,7 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
                 missing.append(fid)
                 sources[fid] = source_of(f"feed.{fid}", c.arrow_schema().empty_table())
             else:
-                path, clean_sha[fid] = snapshot_file(store, clean_path(c), scratch.name)
+                path, clean_sha[fid] = snapshot_file(store, clean_path(c), scratch)
                 sources[fid] = ParquetSource(path, reader)
                 if reuse and (prior := _recorded_feed_suite(store, c, clean_sha[fid], suite_shas[fid])) is not None:
                     return prior
@@ -470,11 +479,18 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
     # three stages on their own threads, each taking the steps in order: making the targets (files
     # linked, helper columns: Arrow, one core), preparing them (every exact count in DuckDB, the
     # frames), GX validating the frames (Python, one core), so that each stage works while the
-    # others do. What runs ahead is small (helper columns of booleans, 5,000-row frames). The cross
+    # others do. What runs ahead is small, and kept to the end: helper columns of booleans, frames of
+    # at most 5,000 rows and the failing ones. The cross
     # step is made after every feed's: it finds every feed's source.
     futures: list[Future] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality-make") as makers, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality-prepare") as preparers:
+    with contextlib.ExitStack() as held:  # closed in reverse: threads, the scratch folder, cursors
+        db = normalise.connect() if con is None else con.cursor()
+        held.callback(db.close)
+        reader = Reader(db)
+        held.callback(reader.close)
+        scratch = held.enter_context(_scratch(store))
+        makers = held.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality-make"))
+        preparers = held.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality-prepare"))
         try:
             for _, step in steps:
                 futures.append(made := makers.submit(step))
@@ -492,9 +508,6 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
                 if not f.cancelled():
                     with contextlib.suppress(Exception):
                         f.result()
-            reader.close()
-            db.close()
-            scratch.cleanup()
     report = QualityReport(snap, suites, time.perf_counter() - t_start,
                            dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), county, missing, ctx, results)
     log.info("quality gate %s: %s (%d critical, %d warnings) in %.1fs", snap, "ok" if report.ok else "BLOCKED",

@@ -18,10 +18,15 @@ local file (a rewrite replaces the file, never the linked one), a download from 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
+import re
 import shutil
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -131,15 +136,17 @@ class ArrowSource(Source):
         return self.table[name]
 
     def null_count(self, name: str) -> int | None:
-        return self.table[name].null_count if name in self.table.column_names else None
+        if name not in self.table.column_names or pa.types.is_dictionary(self.table[name].type):
+            return None  # a dictionary's own nulls are not its array's
+        return self.table[name].null_count
 
     def batches(self, columns: Sequence[str], dictionary: Sequence[str] = ()) -> Iterator[pa.Table]:
         yield self.table.select(list(columns))
 
 
 class Reader:
-    """A DuckDB cursor for `ParquetSource.at`, one query at a time whatever the thread (the gate
-    reads rows on two threads while a third counts on its own cursor)."""
+    """A DuckDB cursor for `ParquetSource.at`, one query at a time whatever the thread (the gate reads
+    rows for its frames on the preparing thread and for example keys on the GX thread)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection):
         self.cursor, self.lock = con.cursor(), threading.Lock()
@@ -184,6 +191,8 @@ class ParquetSource(Source):
         if name not in self.schema.names or pa.types.is_nested(self.schema.field(name).type):
             return None
         meta = pq.ParquetFile(self.path).metadata
+        if not _trusted_statistics(meta.created_by or ""):
+            return None
         col = [meta.schema.column(i).path for i in range(meta.num_columns)].index(name)
         total = 0
         for g in range(meta.num_row_groups):
@@ -238,6 +247,13 @@ class Helped(Source):
         return self.base.batches(columns, dictionary)
 
 
+def _trusted_statistics(created_by: str) -> bool:
+    """Whether a Parquet writer's null counts are exact: Arrow's C++ writer from version 5 (earlier
+    ones counted no nulls in dictionary columns, ARROW-12513) and DuckDB's; any other, unknown."""
+    m = re.match(r"parquet-cpp-arrow version (\d+)\.", created_by)
+    return (m is not None and int(m.group(1)) >= 5) or created_by.startswith("DuckDB")
+
+
 def _strings(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
@@ -246,23 +262,57 @@ def _chunks(a: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
     return a.chunks if isinstance(a, pa.ChunkedArray) else [a]
 
 
+#: errors of `os.link` where a copy is the way instead (another device, no hard links there)
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP})
+
+
 def snapshot_file(store: ObjectStore, rel: str, into: str) -> tuple[str, str]:
     """(a local path of the object `rel` that no later write changes, its sha256): a hard link in
-    `into` to a local store's file (a copy where links cannot be made), or a download from S3."""
-    dest = os.path.join(into, ".tmp-" + rel.replace("/", "__"))
-    h = hashlib.sha256()
+    `into` to a local store's file (a copy where links cannot be made), or a download from S3 —
+    with the store's retries, again from the start if the object changed meanwhile (its size or
+    time before and after differ). Each call gets a name of its own in `into`."""
+    dest = tempfile.mkstemp(prefix=".tmp-", suffix="-" + rel.rsplit("/", 1)[-1], dir=into)
+    os.close(dest[0])
+    os.unlink(dest[1])
+    path = dest[1]
     if isinstance(store.fs, pafs.LocalFileSystem):
-        src = store.full(rel)
         try:
-            os.link(src, dest)
-        except OSError:
-            shutil.copyfile(src, dest)
-        with open(dest, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
+            os.link(store.full(rel), path)
+        except OSError as e:
+            if e.errno not in _NO_LINK:
+                raise
+            with open(store.full(rel), "rb") as src, open(path, "xb") as out:
+                shutil.copyfileobj(src, out, 1 << 22)
+        return path, _sha256(path)
+
+    def download() -> str:
+        before = store.fs.get_file_info(store.full(rel))
+        h = hashlib.sha256()
+        with store.fs.open_input_stream(store.full(rel)) as src, open(path, "wb") as out:
+            while chunk := src.read(1 << 22):
                 h.update(chunk)
-        return dest, h.hexdigest()
-    with store.fs.open_input_stream(store.full(rel)) as src, open(dest, "wb") as out:
-        while chunk := src.read(1 << 22):
+                out.write(chunk)
+        after = store.fs.get_file_info(store.full(rel))
+        if (before.size, before.mtime_ns) != (after.size, after.mtime_ns):
+            raise ConnectionError(f"{rel} changed while it was read")  # retried: read it again
+        return h.hexdigest()
+
+    return path, store._retry(download, f"read {rel}")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
-            out.write(chunk)
-    return dest, h.hexdigest()
+    return h.hexdigest()
+
+
+def sweep(root: str, prefix: str, older_than_s: float) -> None:
+    """Remove the directories `prefix`* under `root` older than `older_than_s`: what a killed gate
+    left (its links would keep old clean files on disk)."""
+    now = time.time()
+    with contextlib.suppress(FileNotFoundError), os.scandir(root) as entries:
+        for e in entries:
+            if e.name.startswith(prefix) and e.is_dir() and now - e.stat().st_mtime > older_than_s:
+                shutil.rmtree(e.path, ignore_errors=True)

@@ -11,6 +11,7 @@ import datetime as dt
 import itertools
 import os
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -175,3 +176,97 @@ def test_strictly_ascending_agrees_with_sorting_and_counting(tmp_path):
         pq.write_table(t, path, row_group_size=3)
         want = all(a < b for a, b in itertools.pairwise(rows))  # Python compares str by code point
         assert ParquetSource(path, Reader(normalise.connect())).ascending(["k", "n"]) is want, rows
+
+
+# ---- what a second pair of eyes asked for: S3, copies, leftovers, statistics, keys Arrow cannot order ----
+
+@pytest.mark.s3
+def test_a_snapshot_from_s3_is_read_again_when_the_object_changes_meanwhile(s3_store, tmp_path):
+    s3_store.write_bytes("clean/x/part-00000.parquet", b"the clean file")
+    real, infos = s3_store.fs, []
+
+    class Changing:  # the first read sees the object's size change under it
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def get_file_info(self, path):
+            got = real.get_file_info(path)
+            infos.append(got.size)
+            if len(infos) == 2:
+                return pa.fs.FileInfo(got.path, got.type, size=got.size + 1)
+            return got
+
+    import hashlib
+
+    s3_store.fs = Changing()
+    try:
+        path, sha = snapshot_file(s3_store, "clean/x/part-00000.parquet", str(tmp_path))
+        other, _ = snapshot_file(s3_store, "clean/x/part-00000.parquet", str(tmp_path))
+    finally:
+        s3_store.fs = real
+    assert len(infos) == 6  # read, changed, read again (then the second snapshot)
+    assert Path(path).read_bytes() == b"the clean file" and sha == hashlib.sha256(b"the clean file").hexdigest()
+    assert other != path  # each snapshot a name of its own
+
+
+def test_a_store_on_another_device_is_copied_and_other_link_errors_are_raised(tmp_path, monkeypatch):
+    import errno
+
+    store = ObjectStore.from_settings(Settings(store=str(tmp_path / "store")))
+    store.write_bytes("clean/y/part-00000.parquet", b"rows")
+
+    def cross_device(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    path, _ = snapshot_file(store, "clean/y/part-00000.parquet", str(tmp_path))
+    assert Path(path).read_bytes() == b"rows"
+    assert os.stat(path).st_ino != os.stat(store.full("clean/y/part-00000.parquet")).st_ino  # a copy, not a link
+
+    def no_such(src, dst):
+        raise FileNotFoundError(errno.ENOENT, "gone")
+
+    monkeypatch.setattr(os, "link", no_such)
+    with pytest.raises(FileNotFoundError):
+        snapshot_file(store, "clean/y/part-00000.parquet", str(tmp_path))
+
+
+def test_a_gate_that_fails_midway_leaves_nothing_and_a_killed_ones_leftovers_are_swept(tmp_path, monkeypatch):
+    from safetynet.intake.clean import clean_path
+    from schemas.registry import contracts
+
+    store = ObjectStore.from_settings(Settings(store=str(tmp_path / "store")))
+    claim = "medical_insurance.claim"
+    store.write_parquet(clean_path(contracts()[claim]), _claims(pa.table({
+        "claim_id": [f"YB{i:07d}" for i in range(N)], "id_no": [_id(i) for i in range(N)],
+        "out_of_pocket": pa.array([Decimal(1)] * N, pa.decimal128(14, 2))})))
+    old = os.path.join(store.root, ".tmp-quality-killed")
+    os.makedirs(old)
+    os.link(store.full(clean_path(contracts()[claim])), os.path.join(old, ".tmp-x-part-00000.parquet"))
+    os.utime(old, (0, 0))  # a killed gate's, long ago
+    fresh = os.path.join(store.root, ".tmp-quality-running")
+    os.makedirs(fresh)  # another gate's, running now
+
+    def broken(*a, **k):
+        raise RuntimeError("the record could not be written")
+
+    monkeypatch.setattr(gate, "_record_feed_suites", broken)
+    with pytest.raises(RuntimeError, match="could not be written"):
+        gate.validate(store, SNAP, feeds=[claim])
+    assert sorted(p for p in os.listdir(store.root) if p.startswith(".tmp-quality-")) == [".tmp-quality-running"]
+
+
+def test_null_counts_come_only_from_writers_known_to_count_them(claims_file):
+    src = ParquetSource(claims_file[0], Reader(normalise.connect()))
+    assert src.null_count("id_no") == len(NULL) and src.null_count("members") is None  # nested: scanned
+    assert sources._trusted_statistics("parquet-cpp-arrow version 21.0.0")
+    assert sources._trusted_statistics("DuckDB version v1.4.1 (build 1)")
+    assert not sources._trusted_statistics("parquet-cpp-arrow version 4.0.1")  # ARROW-12513
+    assert not sources._trusted_statistics("parquet-mr version 1.12.3 (build abc)")
+    dictionary = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0]), pa.array(["a", None]))
+    assert ArrowSource(pa.table({"d": dictionary}), "d").null_count("d") is None  # its dictionary's null
+
+
+def test_a_key_arrow_cannot_order_is_left_to_the_grouped_count():
+    t = pa.table({"k": pa.array([[1], [2]], pa.list_(pa.int64()))})
+    assert checks.strictly_ascending([t], ["k"]) is False
