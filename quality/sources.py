@@ -10,10 +10,13 @@ A `Source` is what a `quality.suites.Target` is made of. It gives the gate
 * `at(positions)`, the rows GX validates (a sample and the failing rows) and the examples shown:
   from a file, DuckDB reads only those rows (a filter on `file_row_number` skips the rest), as the
   types stored in the file;
-* `column(name)`, one whole column (a cross-feed check's universe of ID numbers, for its frame).
+* `column(name)`, one whole column (a cross-feed check's universe of ID numbers, for its frame);
+* `with_helpers(...)`, the same rows with boolean helper columns computed in Arrow a block at a
+  time (`Helped`: joined by position), and `ascending(key)`, whether the file holds its key in order.
 
-`snapshot_file` gives the gate its own, unchanging copy of a store object: a hard link beside a
-local file (a rewrite replaces the file, never the linked one), a download from S3.
+`snapshot_file` gives the gate its own, unchanging copy of a store object: a hard link in the
+gate's scratch folder inside a local store (a rewrite replaces the file, never the linked one), a
+download from S3; `sweep` removes what a killed gate left.
 """
 
 from __future__ import annotations
