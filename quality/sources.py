@@ -168,7 +168,8 @@ class ParquetSource(Source):
 
     def __init__(self, path: str | Path, reader: Reader):
         self.path, self.reader = str(path), reader
-        self.rows = pq.ParquetFile(self.path).metadata.num_rows
+        self.meta = pq.ParquetFile(self.path).metadata  # the footer, read once
+        self.rows = self.meta.num_rows
         self.schema = pq.read_schema(self.path)
         self._scan = f"read_parquet({literal(self.path)}, file_row_number = true)"
         self.relation = f"(SELECT * EXCLUDE (file_row_number), file_row_number AS __pos FROM {self._scan})"
@@ -193,7 +194,7 @@ class ParquetSource(Source):
         has one."""
         if name not in self.schema.names or pa.types.is_nested(self.schema.field(name).type):
             return None
-        meta = pq.ParquetFile(self.path).metadata
+        meta = self.meta
         if not _trusted_statistics(meta.created_by or ""):
             return None
         col = [meta.schema.column(i).path for i in range(meta.num_columns)].index(name)
