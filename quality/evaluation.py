@@ -67,10 +67,53 @@ def _hash(*parts: object) -> str:
     return hashlib.sha256("\x1f".join("" if p is None else str(p) for p in parts).encode()).hexdigest()[:24]
 
 
+#: characters whose Python `repr` inside quotes is the character itself (printable, neither a quote nor
+#: a backslash): ASCII, CJK ideographs and the punctuation the feeds use. A warning whose facts are
+#: made only of them gets its id in SQL; any other (rare) is hashed in Python by `_hash`, as before.
+_PLAIN = (r"[\x{20}-\x{26}\x{28}-\x{5b}\x{5d}-\x{7e}\x{b7}\x{3001}\x{3002}\x{4e00}-\x{9fff}"
+          r"\x{ff08}\x{ff09}\x{ff0c}\x{ff1a}\x{ff1b}]*")
+_KEY = ("feed", "record_key", "id_no", "field", "value")  # what a warning id hashes of each fact
+
+
+def _repr_sql(x: str) -> str:
+    """Python's `repr` of a string-or-None expression, for strings of `_PLAIN` characters."""
+    return f"CASE WHEN {x} IS NULL THEN 'None' ELSE chr(39) || {x} || chr(39) END"
+
+
+def warning_sql(rule: Rule) -> str:
+    """The rule's query with, per warning: its facts in canonical order (feed, record key, field,
+    person, value — as the ids hash them), the household's region, `alert_key` and `warning_id` (the
+    SQL form of `_hash` over `str` of each fact's `_KEY` tuple) and `plain` (false where a fact holds
+    a character whose `repr` is not itself: that warning's id is computed in Python instead)."""
+    order = ("list_transform(list_sort(list_transform(coalesce(r.facts, []), lambda f_: {'k': [f_.feed, "
+             "coalesce(f_.record_key, ''), f_.field, coalesce(f_.id_no, ''), coalesce(f_.value, '')], 'f': f_})), "
+             "lambda s_: s_.f)")
+    tup = " || ', ' || ".join(_repr_sql(f"f_.{k}") for k in _KEY)
+    text = " || ".join(f"coalesce(f_.{k}, '')" for k in _KEY)
+    return f"""
+        WITH r AS ({rule.sql}),
+             s AS (SELECT r.household_no, r.subject_id_no, {order} AS facts, r.summary_zh,
+                          CAST(r.magnitude AS DOUBLE) AS magnitude, coalesce(h.region_code, '') AS region_code
+                   FROM r LEFT JOIN monitoring_household h USING (household_no)),
+             a AS (SELECT s.*, substr(sha256(concat_ws(chr(31), $__rule_id, coalesce(household_no, ''),
+                                                        coalesce(subject_id_no, ''))), 1, 24) AS alert_key
+                   FROM s)
+        SELECT *, substr(sha256(alert_key || chr(31) || $__rule_version
+                                || CASE WHEN len(facts) > 0 THEN chr(31) || array_to_string(
+                                        list_transform(facts, lambda f_: '(' || {tup} || ')'), chr(31)) ELSE '' END),
+                         1, 24) AS warning_id,
+               coalesce(list_bool_and(list_transform(facts, lambda f_: regexp_full_match({text}, $__plain))), true)
+                   AS plain
+        FROM a"""
+
+
 def evaluate_rule(con: duckdb.DuckDBPyConnection, rule: Rule, params: dict) -> pa.Table:
-    used = {k: v for k, v in params.items() if f"${k}" in rule.sql}
+    """The rule's warnings as `warning_sql` returns them (Arrow)."""
+    sql = warning_sql(rule)
+    used = {k: v for k, v in params.items() if f"${k}" in sql}
+    used.update(__rule_id=rule.id, __rule_version=str(rule.version), __plain=_PLAIN)
     try:
-        return con.sql(rule.sql, params=used).to_arrow_table()
+        return con.sql(sql, params=used).to_arrow_table()
     except duckdb.Error as e:
         raise RuntimeError(f"warning rule {rule.id} v{rule.version} failed: {e}") from e
 
@@ -82,57 +125,75 @@ def evaluate(build: Build, pol: Policy, rules: tuple[Rule, ...] = RULES,
     `stale_inputs` (rule id → feeds it reads that were late or missing) is recorded on every
     warning of the rule; it is not part of the ids (the facts are what they are).
     """
-    return rank(pa.Table.from_pylist(warning_rows(build, pol, rules, stale_inputs), schema=SCHEMA))
+    return rank(warning_table(build, pol, rules, stale_inputs))
 
 
-def warning_rows(build: Build, pol: Policy, rules: tuple[Rule, ...] = RULES,
-                 stale_inputs: Mapping[str, list[str]] | None = None) -> list[dict]:
-    """Every rule's warnings as rows of `SCHEMA`, each with its household's score and top signals
+def _python_ids(t: pa.Table, version: int) -> pa.Array:
+    """`warning_id` with the rows whose facts are not `plain` hashed in Python (`_hash`)."""
+    ids = t["warning_id"].combine_chunks()
+    odd = pc.indices_nonzero(pc.invert(t["plain"].combine_chunks())).to_pylist()
+    if not odd:
+        return ids
+    out = ids.to_pylist()
+    for i in odd:
+        facts = t["facts"][i].as_py() or []
+        out[i] = _hash(t["alert_key"][i].as_py(), version, *(tuple(f[k] for k in _KEY) for f in facts))
+    return pa.array(out, pa.string())
+
+
+def warning_table(build: Build, pol: Policy, rules: tuple[Rule, ...] = RULES,
+                  stale_inputs: Mapping[str, list[str]] | None = None) -> pa.Table:
+    """Every rule's warnings as a table of `SCHEMA`, each with its household's score and top signals
     (functions of the household's own warnings), but not yet ranked: `rank` does that over all
-    households (the incremental build merges the rows of re-evaluated households first)."""
-    con = build.con
+    households (the incremental build merges the warnings of re-evaluated households first).
+    Columnar: the facts are ordered and hashed in DuckDB; Python adds the per-rule constants and
+    the household scores."""
     params = rule_parameters(build, pol)
-    rows: list[dict] = []
+    parts: list[pa.Table] = []
     for rule in rules:
-        t = evaluate_rule(con, rule, params)
-        hh = pa.table({"household_no": t["household_no"]})
-        con.register("__fired", hh)
-        try:  # regions of just the fired households (not a dict of every household)
-            regions = dict(con.sql("SELECT f.household_no, h.region_code FROM __fired f "
-                                   "JOIN monitoring_household h USING (household_no)").fetchall())
-        finally:
-            con.unregister("__fired")
-        thresholds = json.dumps({k: params[k] for k in rule.params}, ensure_ascii=False, sort_keys=True, default=str)
-        for r in t.to_pylist():
-            facts = sorted(r["facts"] or [], key=lambda f: (f["feed"], f["record_key"] or "", f["field"],
-                                                            f["id_no"] or "", f["value"] or ""))
-            alert = _hash(rule.id, r["household_no"], r["subject_id_no"])
-            wid = _hash(alert, rule.version, *((f["feed"], f["record_key"], f["id_no"], f["field"], f["value"])
-                                              for f in facts))
-            mag = float(r["magnitude"] or 1.0)
-            region = regions.get(r["household_no"]) or ""
-            rows.append({
-                "snapshot_date": build.snapshot_date, "warning_id": wid, "alert_key": alert, "rule_id": rule.id,
-                "rule_version": rule.version, "rule_title_zh": rule.title_zh, "severity": rule.severity,
-                "kind": rule.kind, "household_no": r["household_no"], "region_code": region,
-                "street_code": region[:9], "subject_id_no": r["subject_id_no"], "summary_zh": r["summary_zh"],
-                "thresholds": thresholds, "facts": facts, "magnitude": mag,
-                "score": round(SEVERITY_WEIGHT[rule.severity] * min(max(mag, 1.0), 3.0), 2),
-                "policy_version": pol.version,
-                "stale_inputs": stale_for(rule.id, stale_inputs),
-            })
-        log.info("rule %s v%d: %d warnings", rule.id, rule.version, t.num_rows,
-                 extra={"event": "rule", "rule": rule.id, "warnings": t.num_rows})
-    # household risk score and its top signals (the household's own warnings only)
-    by_hh: dict[str, list[dict]] = {}
-    for w in rows:
-        by_hh.setdefault(w["household_no"], []).append(w)
-    for ws in by_hh.values():
-        score = round(sum(w["score"] for w in ws), 2)
-        top = [f"{w['rule_title_zh']}（{w['score']:g}）" for w in sorted(ws, key=lambda w: (-w["score"], w["rule_id"]))][:3]
-        for w in ws:
-            w.update(household_score=score, top_signals=top)
-    return rows
+        t = evaluate_rule(build.con, rule, params)
+        n = t.num_rows
+        weight = SEVERITY_WEIGHT[rule.severity]
+        mags = [m or 1.0 for m in t["magnitude"].to_pylist()]  # NULL or 0 → 1
+        region = t["region_code"].combine_chunks()
+        const = {"snapshot_date": build.snapshot_date, "rule_id": rule.id, "rule_version": rule.version,
+                 "rule_title_zh": rule.title_zh, "severity": rule.severity, "kind": rule.kind,
+                 "thresholds": json.dumps({k: params[k] for k in rule.params}, ensure_ascii=False, sort_keys=True,
+                                          default=str),
+                 "policy_version": pol.version, "stale_inputs": stale_for(rule.id, stale_inputs)}
+        cols = {name: pa.array([v] * n, SCHEMA.field(name).type) for name, v in const.items()}
+        cols.update(warning_id=_python_ids(t, rule.version), alert_key=t["alert_key"],
+                    household_no=t["household_no"], region_code=region, street_code=pc.utf8_slice_codeunits(region, 0, 9),
+                    subject_id_no=t["subject_id_no"], summary_zh=t["summary_zh"], facts=t["facts"],
+                    magnitude=pa.array(mags, pa.float64()),
+                    score=pa.array([round(weight * min(max(m, 1.0), 3.0), 2) for m in mags], pa.float64()),
+                    household_score=pa.nulls(n, pa.float64()), household_rank=pa.nulls(n, pa.int32()),
+                    top_signals=pa.nulls(n, SCHEMA.field("top_signals").type))
+        parts.append(pa.table({f.name: cols[f.name] for f in SCHEMA}).cast(SCHEMA))
+        log.info("rule %s v%d: %d warnings", rule.id, rule.version, n,
+                 extra={"event": "rule", "rule": rule.id, "warnings": n})
+    return household_scores(pa.concat_tables(parts) if parts else SCHEMA.empty_table())
+
+
+def household_scores(w: pa.Table) -> pa.Table:
+    """`household_score` (sum of the household's warning scores) and `top_signals` (its three
+    highest-scoring warnings' titles, ties by rule) on every warning, in the table's own order."""
+    hh, scores = w["household_no"].to_pylist(), w["score"].to_pylist()
+    titles, rule_ids = w["rule_title_zh"].to_pylist(), w["rule_id"].to_pylist()
+    by_hh: dict[str, list[int]] = {}
+    for i, h in enumerate(hh):
+        by_hh.setdefault(h, []).append(i)
+    total: list[float] = [0.0] * len(hh)
+    top: list[list[str]] = [[]] * len(hh)
+    for idx in by_hh.values():
+        s = round(sum(scores[i] for i in idx), 2)
+        signals = [f"{titles[i]}（{scores[i]:g}）" for i in sorted(idx, key=lambda i: (-scores[i], rule_ids[i]))][:3]
+        for i in idx:
+            total[i], top[i] = s, signals
+    for name, values in (("household_score", total), ("top_signals", top)):
+        i = w.schema.get_field_index(name)
+        w = w.set_column(i, w.schema.field(i), pa.array(values, w.schema.field(i).type))
+    return w
 
 
 def stale_for(rule_id: str, stale_inputs: Mapping[str, list[str]] | None) -> list[str]:

@@ -398,9 +398,8 @@ def build_county(con: duckdb.DuckDBPyConnection, store: ObjectStore, snapshot_da
                                       for fid in feeds})
     b = monitoring.build(con, snapshot_date, pol)
     step("warnings")
-    mine = set(keep["household"].to_pylist())
-    rows = [r for r in evaluation.warning_rows(b, pol, stale_inputs=stale_inputs) if r["household_no"] in mine]
-    warnings = evaluation.rank(pa.Table.from_pylist(rows, schema=evaluation.SCHEMA))
+    w = evaluation.warning_table(b, pol, stale_inputs=stale_inputs)
+    warnings = evaluation.rank(w.filter(pc.is_in(w["household_no"], value_set=keep["household"].cast(pa.string()))))
     person, household = (monitoring.canonical_chunks(con.sql(
         f"SELECT * FROM {name} WHERE household_no IN (SELECT household_no FROM __county_hh) "
         f"ORDER BY {', '.join(monitoring.PUBLISHED[name])}").to_arrow_table())
@@ -456,7 +455,8 @@ def _incremental(con: duckdb.DuckDBPyConnection, store: ObjectStore, snapshot_da
     b = monitoring.build(con, snapshot_date, pol)
     step("warnings")
     affected = set(con.sql("SELECT household_no FROM __affected").fetchnumpy()["household_no"].tolist())
-    new_rows = [r for r in evaluation.warning_rows(b, pol, stale_inputs=stale_inputs) if r["household_no"] in affected]
+    w = evaluation.warning_table(b, pol, stale_inputs=stale_inputs)
+    new = w.filter(pc.is_in(w["household_no"], value_set=pa.array(sorted(affected), pa.string())))
 
     # merge with the current version: its rows of every household not affected
     version = current["version"]
@@ -470,7 +470,7 @@ def _incremental(con: duckdb.DuckDBPyConnection, store: ObjectStore, snapshot_da
     stale = pa.array([evaluation.stale_for(r, stale_inputs) for r in prev["rule_id"].to_pylist()],
                      evaluation.SCHEMA.field("stale_inputs").type)
     prev = prev.set_column(prev.schema.get_field_index("stale_inputs"), evaluation.SCHEMA.field("stale_inputs"), stale)
-    warnings = evaluation.rank(pa.concat_tables([prev, pa.Table.from_pylist(new_rows, schema=evaluation.SCHEMA)]))
+    warnings = evaluation.rank(pa.concat_tables([prev, new]))
     return Result(person, household, warnings, "incremental", what, n, sigs, digests)
 
 
