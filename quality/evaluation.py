@@ -80,42 +80,60 @@ def _repr_sql(x: str) -> str:
     return f"CASE WHEN {x} IS NULL THEN 'None' ELSE chr(39) || {x} || chr(39) END"
 
 
-def warning_sql(rule: Rule) -> str:
-    """The rule's query with, per warning: its facts in canonical order (feed, record key, field,
-    person, value — as the ids hash them), the household's region, `alert_key` and `warning_id` (the
-    SQL form of `_hash` over `str` of each fact's `_KEY` tuple) and `plain` (false where a fact holds
-    a character whose `repr` is not itself: that warning's id is computed in Python instead)."""
+#: every rule's raw warnings, in rule order, before ordering facts and hashing ids (`_WARNINGS_SQL`)
+_RAW = ("CREATE OR REPLACE TEMP TABLE __warnings (rule_index INTEGER, rule_id VARCHAR, rule_version VARCHAR, "
+        "household_no VARCHAR, subject_id_no VARCHAR, facts STRUCT(feed VARCHAR, record_key VARCHAR, id_no VARCHAR, "
+        "field VARCHAR, value VARCHAR, date DATE)[], summary_zh VARCHAR, magnitude DOUBLE)")
+
+
+def _warnings_sql() -> str:
+    """Over `__warnings`, in insertion order: each warning's facts in canonical order (feed, record
+    key, field, person, value — as the ids hash them), its household's region, `alert_key` and
+    `warning_id` (the SQL form of `_hash` over `str` of each fact's `_KEY` tuple) and `plain` (false
+    where a fact holds a character whose `repr` is not itself: that id is computed in Python)."""
     order = ("list_transform(list_sort(list_transform(coalesce(r.facts, []), lambda f_: {'k': [f_.feed, "
              "coalesce(f_.record_key, ''), f_.field, coalesce(f_.id_no, ''), coalesce(f_.value, '')], 'f': f_})), "
              "lambda s_: s_.f)")
     tup = " || ', ' || ".join(_repr_sql(f"f_.{k}") for k in _KEY)
     text = " || ".join(f"coalesce(f_.{k}, '')" for k in _KEY)
     return f"""
-        WITH r AS ({rule.sql}),
-             s AS (SELECT r.household_no, r.subject_id_no, {order} AS facts, r.summary_zh,
-                          CAST(r.magnitude AS DOUBLE) AS magnitude, coalesce(h.region_code, '') AS region_code
-                   FROM r LEFT JOIN monitoring_household h USING (household_no)),
-             a AS (SELECT s.*, substr(sha256(concat_ws(chr(31), $__rule_id, coalesce(household_no, ''),
-                                                        coalesce(subject_id_no, ''))), 1, 24) AS alert_key
-                   FROM s)
-        SELECT *, substr(sha256(alert_key || chr(31) || $__rule_version
+        WITH s AS (SELECT r.rowid AS n_, r.rule_index, r.rule_version, r.household_no, r.subject_id_no,
+                          {order} AS facts, r.summary_zh, r.magnitude, coalesce(h.region_code, '') AS region_code,
+                          substr(sha256(concat_ws(chr(31), r.rule_id, coalesce(r.household_no, ''),
+                                                  coalesce(r.subject_id_no, ''))), 1, 24) AS alert_key
+                   FROM __warnings r LEFT JOIN monitoring_household h USING (household_no))
+        SELECT * EXCLUDE (n_), substr(sha256(alert_key || chr(31) || rule_version
                                 || CASE WHEN len(facts) > 0 THEN chr(31) || array_to_string(
                                         list_transform(facts, lambda f_: '(' || {tup} || ')'), chr(31)) ELSE '' END),
                          1, 24) AS warning_id,
-               coalesce(list_bool_and(list_transform(facts, lambda f_: regexp_full_match({text}, $__plain))), true)
+               coalesce(list_bool_and(list_transform(facts, lambda f_: regexp_full_match({text}, $plain))), true)
                    AS plain
-        FROM a"""
+        FROM s ORDER BY n_"""
 
 
-def evaluate_rule(con: duckdb.DuckDBPyConnection, rule: Rule, params: dict) -> pa.Table:
-    """The rule's warnings as `warning_sql` returns them (Arrow)."""
-    sql = warning_sql(rule)
-    used = {k: v for k, v in params.items() if f"${k}" in sql}
-    used.update(__rule_id=rule.id, __rule_version=str(rule.version), __plain=_PLAIN)
+def raw_warnings(con: duckdb.DuckDBPyConnection, rules: tuple[Rule, ...], params: dict) -> None:
+    """Run every rule into `__warnings` (rule by rule: an error names its rule)."""
+    con.execute(_RAW)
+    for i, rule in enumerate(rules):
+        used = {k: v for k, v in params.items() if f"${k}" in rule.sql}
+        try:
+            n = con.execute(f"""INSERT INTO __warnings SELECT {i}, '{rule.id}', '{rule.version}', household_no,
+                                       subject_id_no, facts, summary_zh, magnitude FROM ({rule.sql})""", used).fetchone()[0]
+        except duckdb.Error as e:
+            raise RuntimeError(f"warning rule {rule.id} v{rule.version} failed: {e}") from e
+        log.info("rule %s v%d: %d warnings", rule.id, rule.version, n,
+                 extra={"event": "rule", "rule": rule.id, "warnings": n})
+
+
+def evaluate_rules(con: duckdb.DuckDBPyConnection, rules: tuple[Rule, ...], params: dict) -> pa.Table:
+    """Every rule's warnings as `_warnings_sql` returns them (Arrow), with `warning_id` final."""
+    raw_warnings(con, rules, params)
     try:
-        return con.sql(sql, params=used).to_arrow_table()
-    except duckdb.Error as e:
-        raise RuntimeError(f"warning rule {rule.id} v{rule.version} failed: {e}") from e
+        t = con.sql(_warnings_sql(), params={"plain": _PLAIN}).to_arrow_table()
+    finally:
+        con.execute("DROP TABLE IF EXISTS __warnings")
+    i = t.schema.get_field_index("warning_id")
+    return t.set_column(i, "warning_id", _python_ids(t))
 
 
 def evaluate(build: Build, pol: Policy, rules: tuple[Rule, ...] = RULES,
@@ -128,7 +146,7 @@ def evaluate(build: Build, pol: Policy, rules: tuple[Rule, ...] = RULES,
     return rank(warning_table(build, pol, rules, stale_inputs))
 
 
-def _python_ids(t: pa.Table, version: int) -> pa.Array:
+def _python_ids(t: pa.Table) -> pa.Array:
     """`warning_id` with the rows whose facts are not `plain` hashed in Python (`_hash`)."""
     ids = t["warning_id"].combine_chunks()
     odd = pc.indices_nonzero(pc.invert(t["plain"].combine_chunks())).to_pylist()
@@ -137,7 +155,8 @@ def _python_ids(t: pa.Table, version: int) -> pa.Array:
     out = ids.to_pylist()
     for i in odd:
         facts = t["facts"][i].as_py() or []
-        out[i] = _hash(t["alert_key"][i].as_py(), version, *(tuple(f[k] for k in _KEY) for f in facts))
+        out[i] = _hash(t["alert_key"][i].as_py(), t["rule_version"][i].as_py(),
+                       *(tuple(f[k] for k in _KEY) for f in facts))
     return pa.array(out, pa.string())
 
 
@@ -146,33 +165,30 @@ def warning_table(build: Build, pol: Policy, rules: tuple[Rule, ...] = RULES,
     """Every rule's warnings as a table of `SCHEMA`, each with its household's score and top signals
     (functions of the household's own warnings), but not yet ranked: `rank` does that over all
     households (the incremental build merges the warnings of re-evaluated households first).
-    Columnar: the facts are ordered and hashed in DuckDB; Python adds the per-rule constants and
-    the household scores."""
+    Columnar: the facts are ordered and hashed in DuckDB, in one pass over every rule's warnings;
+    Python adds the per-rule constants and the household scores."""
     params = rule_parameters(build, pol)
-    parts: list[pa.Table] = []
-    for rule in rules:
-        t = evaluate_rule(build.con, rule, params)
-        n = t.num_rows
-        weight = SEVERITY_WEIGHT[rule.severity]
-        mags = [m or 1.0 for m in t["magnitude"].to_pylist()]  # NULL or 0 → 1
-        region = t["region_code"].combine_chunks()
-        const = {"snapshot_date": build.snapshot_date, "rule_id": rule.id, "rule_version": rule.version,
-                 "rule_title_zh": rule.title_zh, "severity": rule.severity, "kind": rule.kind,
-                 "thresholds": json.dumps({k: params[k] for k in rule.params}, ensure_ascii=False, sort_keys=True,
-                                          default=str),
-                 "policy_version": pol.version, "stale_inputs": stale_for(rule.id, stale_inputs)}
-        cols = {name: pa.array([v] * n, SCHEMA.field(name).type) for name, v in const.items()}
-        cols.update(warning_id=_python_ids(t, rule.version), alert_key=t["alert_key"],
-                    household_no=t["household_no"], region_code=region, street_code=pc.utf8_slice_codeunits(region, 0, 9),
-                    subject_id_no=t["subject_id_no"], summary_zh=t["summary_zh"], facts=t["facts"],
-                    magnitude=pa.array(mags, pa.float64()),
-                    score=pa.array([round(weight * min(max(m, 1.0), 3.0), 2) for m in mags], pa.float64()),
-                    household_score=pa.nulls(n, pa.float64()), household_rank=pa.nulls(n, pa.int32()),
-                    top_signals=pa.nulls(n, SCHEMA.field("top_signals").type))
-        parts.append(pa.table({f.name: cols[f.name] for f in SCHEMA}).cast(SCHEMA))
-        log.info("rule %s v%d: %d warnings", rule.id, rule.version, n,
-                 extra={"event": "rule", "rule": rule.id, "warnings": n})
-    return household_scores(pa.concat_tables(parts) if parts else SCHEMA.empty_table())
+    t = evaluate_rules(build.con, rules, params)
+    n, at = t.num_rows, t["rule_index"].combine_chunks()
+    per_rule = {"snapshot_date": [build.snapshot_date] * len(rules), "rule_id": [r.id for r in rules],
+                "rule_version": [r.version for r in rules], "rule_title_zh": [r.title_zh for r in rules],
+                "severity": [r.severity for r in rules], "kind": [r.kind for r in rules],
+                "thresholds": [json.dumps({k: params[k] for k in r.params}, ensure_ascii=False, sort_keys=True,
+                                          default=str) for r in rules],
+                "policy_version": [pol.version] * len(rules), "stale_inputs": [stale_for(r.id, stale_inputs) for r in rules]}
+    cols = {name: pa.array(v, SCHEMA.field(name).type).take(at) for name, v in per_rule.items()}
+    weights = [SEVERITY_WEIGHT[rules[i].severity] for i in at.to_pylist()]
+    mags = [m or 1.0 for m in t["magnitude"].to_pylist()]  # NULL or 0 → 1
+    region = t["region_code"].combine_chunks()
+    cols.update(warning_id=t["warning_id"], alert_key=t["alert_key"], household_no=t["household_no"],
+                region_code=region, street_code=pc.utf8_slice_codeunits(region, 0, 9),
+                subject_id_no=t["subject_id_no"], summary_zh=t["summary_zh"], facts=t["facts"],
+                magnitude=pa.array(mags, pa.float64()),
+                score=pa.array([round(w * min(max(m, 1.0), 3.0), 2) for w, m in zip(weights, mags, strict=True)],
+                               pa.float64()),
+                household_score=pa.nulls(n, pa.float64()), household_rank=pa.nulls(n, pa.int32()),
+                top_signals=pa.nulls(n, SCHEMA.field("top_signals").type))
+    return household_scores(pa.table({f.name: cols[f.name] for f in SCHEMA}).cast(SCHEMA))
 
 
 def household_scores(w: pa.Table) -> pa.Table:

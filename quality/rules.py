@@ -64,9 +64,15 @@ _HOUSEHOLD_INCOME_AGG = _fact("monitoring.household", "any_value(h.household_no)
 RULES: tuple[Rule, ...] = (
     Rule("medical_burden", 3, "大额医疗支出", "S2", "forward",
          ("medical_burden_oop_12m", "medical_burden_income_share", "medical_burden_min_oop", "risk_income_multiple"), f"""
-        WITH c AS (SELECT pb.household_no, cl.* FROM claim cl JOIN person_base pb USING (id_no)
+        -- only households that can fire: at risk, and their 12-month out-of-pocket (the household
+        -- table's sum of the same claims) reaching the lower of the two amounts
+        WITH g0 AS (SELECT household_no FROM monitoring_household
+                    WHERE at_risk AND oop_12m >= least($medical_burden_oop_12m, $medical_burden_min_oop)),
+             c AS (SELECT pb.household_no, cl.* FROM claim cl
+                   JOIN (SELECT id_no, household_no FROM person_base SEMI JOIN g0 USING (household_no)) pb USING (id_no)
                    WHERE cl.settle_date >= $win12::DATE AND cl.settle_date < $snapshot::DATE),
-             hi AS (SELECT household_no, sum(income_monthly) * 12 AS income12 FROM monitoring_person GROUP BY household_no),
+             hi AS (SELECT household_no, sum(income_monthly) * 12 AS income12 FROM monitoring_person
+                    SEMI JOIN g0 USING (household_no) GROUP BY household_no),
              h AS (SELECT c.household_no, sum(c.out_of_pocket) AS oop, any_value(hi.income12) AS income12
                    FROM c LEFT JOIN hi USING (household_no) GROUP BY c.household_no)
         SELECT h.household_no, NULL AS subject_id_no,
@@ -170,9 +176,8 @@ RULES: tuple[Rule, ...] = (
                h.dibao_standard / greatest(h.income_per_capita, 1) AS magnitude
         FROM monitoring_household h
         WHERE h.income_per_capita < h.dibao_standard
-          -- NOT EXISTS, not NOT IN: one NULL in the subquery would make NOT IN drop every household
-          AND NOT EXISTS (SELECT 1 FROM case_member cm JOIN person_base pb USING (id_no)
-                          WHERE cm.active AND pb.household_no = h.household_no)"""),
+          -- no member on an active case (the household's active cases, as the household table lists them)
+          AND len(h.active_case_nos) = 0"""),
     Rule("dangerous_house", 2, "住房安全风险（危房）", "S1", "forward", ("dangerous_house_ratings",), f"""
         SELECT d.household_no, NULL AS subject_id_no,
                [{_fact('housing.dangerous_house', 'd.household_no', 'NULL', 'rating', 'd.rating', 'd.assessed_date')},

@@ -1,4 +1,4 @@
-"""Warning ids computed in SQL (`quality.evaluation.warning_sql`) equal the Python definition
+"""Warning ids computed in SQL (`quality.evaluation.evaluate_rules`) equal the Python definition
 (`_hash` over the facts sorted by feed, record key, field, person, value) for every kind of text —
 plain text in SQL, anything else (quotes, backslashes, control or non-printing characters) by the
 Python fallback; and the clean feeds of a local store are read by DuckDB's own Parquet reader with
@@ -55,8 +55,8 @@ def test_sql_ids_equal_the_python_definition_for_any_text():
         ("summary_zh", pa.string()), ("magnitude", pa.float64())])))
     con.execute("CREATE TABLE monitoring_household AS SELECT 'H001' AS household_no, '430103001001' AS region_code")
     rule = Rule("test_rule", 7, "测试", "S2", "forward", (), "SELECT * FROM __cases")
-    t = evaluation.evaluate_rule(con, rule, {})
-    ids = evaluation._python_ids(t, rule.version).to_pylist()
+    t = evaluation.evaluate_rules(con, (rule,), {})
+    ids = t["warning_id"].to_pylist()
     got = {h: (a, w) for h, a, w in zip(t["household_no"].to_pylist(), t["alert_key"].to_pylist(), ids, strict=True)}
     plain = dict(zip(t["household_no"].to_pylist(), t["plain"].to_pylist(), strict=True))
     for r in rows:
