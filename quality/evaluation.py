@@ -117,10 +117,11 @@ def raw_warnings(con: duckdb.DuckDBPyConnection, rules: tuple[Rule, ...], params
     for i, rule in enumerate(rules):
         used = {k: v for k, v in params.items() if f"${k}" in rule.sql}
         try:
-            n = con.execute(f"""INSERT INTO __warnings SELECT {i}, '{rule.id}', '{rule.version}', household_no,
-                                       subject_id_no, facts, summary_zh, magnitude FROM ({rule.sql})""", used).fetchone()[0]
+            inserted = con.execute(f"""INSERT INTO __warnings SELECT {i}, '{rule.id}', '{rule.version}', household_no,
+                                       subject_id_no, facts, summary_zh, magnitude FROM ({rule.sql})""", used).fetchone()
         except duckdb.Error as e:
             raise RuntimeError(f"warning rule {rule.id} v{rule.version} failed: {e}") from e
+        n = inserted[0] if inserted else 0
         log.info("rule %s v%d: %d warnings", rule.id, rule.version, n,
                  extra={"event": "rule", "rule": rule.id, "warnings": n})
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import dataclass, field
 
 import duckdb
@@ -382,10 +383,26 @@ def build(con: duckdb.DuckDBPyConnection, snapshot: dt.date, pol: Policy) -> Bui
     connection's memory limit); the published tables are sorted, and fetched only when asked.
     """
     params = parameters(snapshot, pol)
-    for name, sql in STEPS:
+    for i, (name, sql) in enumerate(STEPS):
         used = {k: v for k, v in params.items() if f"${k}" in sql}
         log.debug("monitoring step %s", name, extra={"event": "sql_step", "step": name, "sql": sql})
         if name in PUBLISHED:  # sorted, so the published bytes are the same on every run
             sql = f"SELECT * FROM ({sql}) ORDER BY {', '.join(PUBLISHED[name])}"
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", used)
+        for done in _last_read_by(i):  # its memory to the steps and rules after it
+            con.execute(f"DROP TABLE {done}")
     return Build(snapshot, con, params)
+
+
+#: the steps the warning rules and the publisher read (kept with the build)
+KEPT = frozenset({"person_base", "case_member", *PUBLISHED})
+
+
+def _last_read_by(i: int) -> list[str]:
+    """The intermediate steps (not `KEPT`) that step `i` is the last to read: dropped after it."""
+    out = []
+    for j, (name, _) in enumerate(STEPS[:i]):
+        readers = [k for k, (_, sql) in enumerate(STEPS) if k > j and re.search(rf"\b{name}\b", sql)]
+        if name not in KEPT and readers and max(readers) == i:
+            out.append(name)
+    return out
