@@ -116,3 +116,20 @@ def test_the_window_is_the_12_months_ended_on_or_before_the_snapshot_date():
     assert months_ended(dt.date(2026, 10, 31)) == months_ended(dt.date(2026, 11, 1)) == expected
     assert months_ended(dt.date(2026, 10, 30))[-1] == "2026-09"  # October has not ended yet
     assert months_ended(dt.date(2026, 12, 31))[-1] == "2026-12" and months_ended(dt.date(2027, 1, 1))[0] == "2026-01"
+
+
+def test_build_frees_its_intermediates_and_builds_again_on_the_same_connection(district, built):
+    """The per-person aggregates are dropped once `monitoring_person` has read them, `person_base`
+    becomes a view of its columns there, and a second build on the same connection (the
+    incremental build's case) gives the same tables and warnings."""
+    b, pol, w = built
+    tables = {r[0] for r in b.con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()}
+    views = {r[0] for r in b.con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()}
+    assert {"monitoring_person", "monitoring_household", "case_member"} <= tables
+    assert not tables & {"wage_person", "enrollment_person", "programme_person", "household_cases", "person_base"}
+    assert "person_base" in views
+    cols = b.con.table("person_base").columns
+    assert cols[:2] == ["id_no", "name"] and "household_no" in cols and "snapshot_date" not in cols
+    b2 = monitoring.build(b.con, SNAP, pol)
+    assert b2.con.sql("SELECT * FROM monitoring_person").to_arrow_table().equals(b.person)
+    assert evaluation.evaluate(b2, pol).equals(w)

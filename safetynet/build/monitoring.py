@@ -383,6 +383,10 @@ def build(con: duckdb.DuckDBPyConnection, snapshot: dt.date, pol: Policy) -> Bui
     connection's memory limit); the published tables are sorted, and fetched only when asked.
     """
     params = parameters(snapshot, pol)
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()}
+    for name, _ in STEPS:  # an earlier build's step turned view (`person_base`) is made a table again
+        if name in views:
+            con.execute(f"DROP VIEW {name}")
     for i, (name, sql) in enumerate(STEPS):
         used = {k: v for k, v in params.items() if f"${k}" in sql}
         log.debug("monitoring step %s", name, extra={"event": "sql_step", "step": name, "sql": sql})
@@ -391,6 +395,10 @@ def build(con: duckdb.DuckDBPyConnection, snapshot: dt.date, pol: Policy) -> Bui
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", used)
         for done in _last_read_by(i):  # its memory to the steps and rules after it
             con.execute(f"DROP TABLE {done}")
+        if name == "monitoring_person":  # holds every person_base column: the rest read them there
+            cols = ", ".join(con.table("person_base").columns)
+            con.execute("DROP TABLE person_base")
+            con.execute(f"CREATE TEMP VIEW person_base AS SELECT {cols} FROM monitoring_person")
     return Build(snapshot, con, params)
 
 
