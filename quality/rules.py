@@ -164,7 +164,7 @@ RULES: tuple[Rule, ...] = (
                     ORDER BY s.settle_date, s.claim_id)
                || [{_HOUSEHOLD_INCOME_AGG}] AS facts,
                printf('成员确诊重特大疾病（%s），家庭人均月收入 %.2f 元，低于低收入线 %.2f 元或属低保边缘/低收入家庭',
-                      arg_max(s.diagnosis_code, s.settle_date), coalesce(any_value(h.income_per_capita), 0),
+                      arg_max(s.diagnosis_code, {{'d': s.settle_date, 'k': s.claim_id}}), coalesce(any_value(h.income_per_capita), 0),
                       any_value(h.low_income_line)) AS summary_zh,
                1.0 AS magnitude
         FROM s JOIN monitoring_household h USING (household_no)

@@ -133,3 +133,22 @@ def test_build_frees_its_intermediates_and_builds_again_on_the_same_connection(d
     b2 = monitoring.build(b.con, SNAP, pol)
     assert b2.con.sql("SELECT * FROM monitoring_person").to_arrow_table().equals(b.person)
     assert evaluation.evaluate(b2, pol).equals(w)
+
+
+def test_serious_illness_code_and_name_come_from_one_claim_whatever_the_order():
+    """Two serious-illness claims settled on the same day: the person's code and name are those of
+    one claim (the larger claim id), in any input order (not one column from each claim)."""
+    pol = policy.for_region("430103", 2026)
+    sql = dict(monitoring.STEPS)["serious_person"]
+    params = {k: v for k, v in monitoring.parameters(SNAP, pol).items() if f"${k}" in sql}
+    rows = [{"claim_id": "C2", "id_no": "P", "settle_date": dt.date(2026, 6, 1), "diagnosis_code": "C34",
+             "diagnosis_name": "肺癌", "serious_illness": True},
+            {"claim_id": "C1", "id_no": "P", "settle_date": dt.date(2026, 6, 1), "diagnosis_code": "I21",
+             "diagnosis_name": "急性心肌梗死", "serious_illness": True},
+            {"claim_id": "C0", "id_no": "P", "settle_date": dt.date(2026, 1, 1), "diagnosis_code": "N18",
+             "diagnosis_name": "慢性肾病", "serious_illness": True}]
+    for order in (rows, rows[::-1], [rows[1], rows[2], rows[0]]):
+        con = normalise.connect()
+        con.register("claim", pa.Table.from_pylist(order))
+        got = con.execute(sql, params).fetchall()
+        assert got == [("P", dt.date(2026, 6, 1), "C34", "肺癌")]

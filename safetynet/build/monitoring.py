@@ -126,8 +126,9 @@ STEPS: list[tuple[str, str]] = [
         FROM claim WHERE settle_date >= $win12::DATE AND settle_date < $snapshot::DATE GROUP BY id_no"""),
     ("serious_person", """
         SELECT id_no, max(settle_date) AS serious_illness_date,
-               arg_max(diagnosis_code, settle_date) AS serious_illness_code,
-               arg_max(diagnosis_name, settle_date) AS serious_illness_name
+               -- code and name of one claim, the latest (two on the same day: the larger claim id)
+               arg_max(diagnosis_code, {'d': settle_date, 'k': claim_id}) AS serious_illness_code,
+               arg_max(diagnosis_name, {'d': settle_date, 'k': claim_id}) AS serious_illness_name
         FROM claim
         WHERE settle_date >= $win12::DATE AND settle_date < $snapshot::DATE
           AND (coalesce(serious_illness, false)
