@@ -8,6 +8,7 @@ households; warning ids against re-runs and changed facts.
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -152,3 +153,23 @@ def test_serious_illness_code_and_name_come_from_one_claim_whatever_the_order():
         con.register("claim", pa.Table.from_pylist(order))
         got = con.execute(sql, params).fetchall()
         assert got == [("P", dt.date(2026, 6, 1), "C34", "肺癌")]
+
+
+def test_employer_of_the_latest_month_is_the_same_in_any_scan_order():
+    """Two employers in a person's latest wage month (a second job): the person's `employer_name` is
+    one of them, the same whatever order the rows come in and however many threads scan them; an
+    earlier month's employer never wins."""
+    pol = policy.for_region("430103", 2026)
+    sql = dict(monitoring.STEPS)["wage_person"]
+    params = {k: v for k, v in monitoring.parameters(SNAP, pol).items() if f"${k}" in sql}
+    rows = [{"id_no": "P", "month": "2026-10", "employer_name": n, "employer_credit_code": c,
+             "wage": Decimal("3000.00")} for n, c in (("甲公司", "91430103A"), ("乙公司", "91430103B"))]
+    rows.append({"id_no": "P", "month": "2026-09", "employer_name": "丙公司", "employer_credit_code": "91430103C",
+                 "wage": Decimal("9000.00")})
+    got = set()
+    for order in (rows, rows[::-1], [rows[2], rows[1], rows[0]]) * 3:
+        for threads in (1, 2):
+            con = normalise.connect(threads=threads)
+            con.register("employment", pa.Table.from_pylist(order))
+            got.add(con.execute(f"SELECT employer_name, last_wage_month FROM ({sql})", params).fetchall()[0])
+    assert len(got) == 1 and next(iter(got))[0] in {"甲公司", "乙公司"} and next(iter(got))[1] == "2026-10"

@@ -108,7 +108,11 @@ STEPS: list[tuple[str, str]] = [
                coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0)::DECIMAL(16,2) AS wage_last3_total,
                coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0)::DECIMAL(16,2) AS wage_prev9_total,
                max(month) AS last_wage_month,
-               arg_max(employer_name, month) AS employer_name
+               -- the employer of the latest month; of two that month, one chosen by its credit code (a
+               -- 64-bit order key — month position, then the code's hash — not a struct: 51 M rows at
+               -- 10 M persons), the same on every run whatever the scan order
+               arg_max(employer_name, (list_position($months12, month)::UBIGINT << 59)
+                                      | (hash(employer_credit_code) >> 5)) AS employer_name
         FROM employment WHERE list_contains($months12, month) GROUP BY id_no"""),
     ("pension_person", """
         SELECT id_no, CAST(avg(amount) AS DECIMAL(14,2)) AS pension_monthly, arg_max(scheme, month) AS pension_scheme,
