@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 
 from safetynet.core.store import ObjectStore
 from safetynet.intake.clean import clean_path
+from schemas.normalise import _lit, _q  # SQL quoting of identifiers and literals
 from schemas.policy import Policy
 from schemas.registry import contracts
 
@@ -347,14 +348,10 @@ def register_sources(con: duckdb.DuckDBPyConnection, data: dict) -> None:
             continue
         files, missing = found
         types = dict(zip(schema.names, con.from_arrow(schema.empty_table()).types, strict=True))
-        cols = ", ".join(f"CAST(NULL AS {types[f.name]}) AS {_ident(f.name)}" if f.name in missing else _ident(f.name)
+        cols = ", ".join(f"CAST(NULL AS {types[f.name]}) AS {_q(f.name)}" if f.name in missing else _q(f.name)
                          for f in schema)
-        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        con.execute(f"CREATE TEMP VIEW {_ident(name)} AS SELECT {cols} FROM read_parquet([{listed}], union_by_name = true)")
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+        listed = ", ".join(_lit(f) for f in files)
+        con.execute(f"CREATE TEMP VIEW {_q(name)} AS SELECT {cols} FROM read_parquet([{listed}], union_by_name = true)")
 
 
 def local_files(rel: object, schema: pa.Schema) -> tuple[list[str], set[str]] | None:
