@@ -469,7 +469,9 @@ def test_audit_log_only_for_auditor_and_admin(world, username):
 @pytest.mark.parametrize("route", UNSAFE_ROUTES, ids=rid)
 def test_unsafe_request_without_csrf_refused(world, route, variant):
     c = world.clients["street_a"]  # may unmask and decide on world.a: only the token is wrong
-    token = {"missing": None, "wrong": "x" + world.csrf["street_a"][1:],
+    mine = world.csrf["street_a"]
+    wrong = ("y" if mine[0] == "x" else "x") + mine[1:]  # always differs (a token may start with "x": 1 in 64)
+    token = {"missing": None, "wrong": wrong,
              "other_session": world.csrf["street_b"]}[variant]
     case = ROUTES[route]
     before = db_state(world.engine)
