@@ -11,6 +11,9 @@ holds the two to agreement with property-based tests.
 
 from __future__ import annotations
 
+import os
+import tempfile
+import uuid
 from dataclasses import dataclass
 
 import duckdb
@@ -97,9 +100,14 @@ MACROS = [
 
 
 def connect(memory_limit: str | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the normaliser's macros installed."""
+    """A DuckDB connection with the normaliser's macros installed. What it spills beyond its memory
+    cap goes to a folder of its own under the system's temporary directory (`TMPDIR`), made on the
+    first spill and removed when the connection closes; DuckDB's default is `.tmp` in the working
+    directory — a read-only folder on a worker, the repository on a developer's machine, and shared
+    by every build run there."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET temp_directory = {_lit(os.path.join(tempfile.gettempdir(), f'safetynet-duckdb-{uuid.uuid4().hex}'))}")
     if memory_limit:
         con.execute(f"SET memory_limit = '{memory_limit}'")
     if threads:

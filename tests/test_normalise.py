@@ -241,3 +241,23 @@ def test_one_parse_tells_json_from_not_json_as_json_valid_does(con):
                count(*) FILTER (WHERE coalesce(json_valid(v), false) <> (TRY(json_extract_string(v, {paths})) IS NOT NULL))
         FROM j""").fetchall()
     assert differ == 0 and 300 < valid < len(cases)
+
+
+def test_a_connection_spills_to_its_own_temporary_folder_not_the_working_directory(tmp_path, monkeypatch):
+    """Beyond its memory cap a build spills: into a folder of its own under TMPDIR (made on the first
+    spill, removed on close), never DuckDB's default `.tmp` of the working directory."""
+    import os
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    cons = [connect(memory_limit="32MB", threads=1) for _ in range(2)]
+    dirs = [c.execute("SELECT current_setting('temp_directory')").fetchone()[0] for c in cons]
+    assert len(set(dirs)) == 2 and all(os.path.dirname(d) == str(tmp_path / "tmp") for d in dirs)
+    for c in cons:
+        c.execute("CREATE TEMP TABLE t AS SELECT range AS i, md5(range::VARCHAR) AS s FROM range(600000) ORDER BY s")
+    assert all(os.listdir(d) for d in dirs)  # each spilled into its own folder
+    for c in cons:
+        c.close()
+    assert not any(os.path.exists(d) for d in dirs) and not (tmp_path / ".tmp").exists()

@@ -127,3 +127,48 @@ def test_local_clean_files_are_read_by_duckdb_with_the_contracts_columns(tmp_pat
     assert monitoring.local_files(data["human_resources.pension"], schema) is None
     monitoring.register_sources(con, data)
     assert con.sql("SELECT sum(amount) FROM pension").fetchall() == [(Decimal("1200.00"),)]
+
+
+def _scores_by_loop(w: pa.Table) -> pa.Table:
+    """`household_scores` then `rank` as the row-at-a-time code computed them (the definition)."""
+    hh, scores = w["household_no"].to_pylist(), w["score"].to_pylist()
+    titles, rules = w["rule_title_zh"].to_pylist(), w["rule_id"].to_pylist()
+    by_hh: dict[str, list[int]] = {}
+    for i, h in enumerate(hh):
+        by_hh.setdefault(h, []).append(i)
+    total, top = [0.0] * len(hh), [[]] * len(hh)
+    for idx in by_hh.values():
+        s = round(sum(scores[i] for i in idx), 2)
+        signals = [f"{titles[i]}（{scores[i]:g}）" for i in sorted(idx, key=lambda i: (-scores[i], rules[i]))][:3]
+        for i in idx:
+            total[i], top[i] = s, signals
+    per = dict(zip(hh, total, strict=True))
+    ranks = {h: i + 1 for i, h in enumerate(sorted(per, key=lambda h: (-per[h], h)))}
+    out = w
+    for name, values in (("household_score", total), ("top_signals", top), ("household_rank", [ranks[h] for h in hh])):
+        i = out.schema.get_field_index(name)
+        out = out.set_column(i, out.schema.field(i), pa.array(values, out.schema.field(i).type))
+    return out.take(pa.compute.sort_indices(out, sort_keys=evaluation.ORDER)).combine_chunks()
+
+
+def test_household_scores_and_ranks_equal_the_row_at_a_time_definition():
+    """Vectorised scores, top signals and ranks equal the loop's: sums that round at the fen (0.1 +
+    0.2), ties of score and rule inside a household, more than three warnings,
+    households tied on score (their numbers decide), whatever the table's order."""
+    import random
+
+    rnd = random.Random(7)
+    rows = []
+    for n in range(400):
+        rule = rnd.choice(["a", "b", "c", "d"])
+        rows.append({"household_no": f"H{rnd.randrange(60):03d}", "rule_id": rule, "rule_title_zh": f"规则{rule}",
+                     "score": rnd.choice([0.1, 0.2, 0.3, 1.05, 2.5, 10.0, 12.35]), "warning_id": f"w{n:04d}"})
+    base = pa.Table.from_pylist(rows)
+    n = base.num_rows
+    w = pa.table({f.name: base[f.name] if f.name in base.column_names else pa.nulls(n, f.type)
+                  for f in evaluation.SCHEMA}).cast(evaluation.SCHEMA)
+    for seed in (0, 1, 2):
+        shuffled = w.take(pa.array(random.Random(seed).sample(range(n), n)))
+        got = evaluation.rank(evaluation.household_scores(shuffled))
+        assert got.equals(_scores_by_loop(shuffled))
+    assert evaluation.rank(evaluation.household_scores(w.slice(0, 0))).num_rows == 0
