@@ -88,28 +88,38 @@ _RAW = ("CREATE OR REPLACE TEMP TABLE __warnings (rule_index INTEGER, rule_id VA
 
 
 def _warnings_sql() -> str:
-    """Over `__warnings`, in insertion order: each warning's facts in canonical order (feed, record
-    key, field, person, value — as the ids hash them), its household's region, `alert_key` and
-    `warning_id` (the SQL form of `_hash` over `str` of each fact's `_KEY` tuple) and `plain` (false
-    where a fact holds a character whose `repr` is not itself: that id is computed in Python)."""
+    """Over `__warnings`, in insertion order (a scan and projections: DuckDB keeps the order): each
+    warning's facts in canonical order (feed, record key, field, person, value — as the ids hash
+    them), `alert_key` and `warning_id` (the SQL form of `_hash` over `str` of each fact's `_KEY`
+    tuple) and `plain` (false where a fact holds a character whose `repr` is not itself: that id is
+    computed in Python). The households' regions are looked up apart (`_regions`): a join here
+    would need a sort to restore the order, and the memory of both."""
     order = ("list_transform(list_sort(list_transform(coalesce(r.facts, []), lambda f_: {'k': [f_.feed, "
              "coalesce(f_.record_key, ''), f_.field, coalesce(f_.id_no, ''), coalesce(f_.value, '')], 'f': f_})), "
              "lambda s_: s_.f)")
     tup = " || ', ' || ".join(_repr_sql(f"f_.{k}") for k in _KEY)
     text = " || ".join(f"coalesce(f_.{k}, '')" for k in _KEY)
     return f"""
-        WITH s AS (SELECT r.rowid AS n_, r.rule_index, r.rule_version, r.household_no, r.subject_id_no,
-                          {order} AS facts, r.summary_zh, r.magnitude, coalesce(h.region_code, '') AS region_code,
+        WITH s AS (SELECT r.rule_index, r.rule_version, r.household_no, r.subject_id_no,
+                          {order} AS facts, r.summary_zh, r.magnitude,
                           substr(sha256(concat_ws(chr(31), r.rule_id, coalesce(r.household_no, ''),
                                                   coalesce(r.subject_id_no, ''))), 1, 24) AS alert_key
-                   FROM __warnings r LEFT JOIN monitoring_household h USING (household_no))
-        SELECT * EXCLUDE (n_), substr(sha256(alert_key || chr(31) || rule_version
+                   FROM __warnings r)
+        SELECT *, substr(sha256(alert_key || chr(31) || rule_version
                                 || CASE WHEN len(facts) > 0 THEN chr(31) || array_to_string(
                                         list_transform(facts, lambda f_: '(' || {tup} || ')'), chr(31)) ELSE '' END),
                          1, 24) AS warning_id,
                coalesce(list_bool_and(list_transform(facts, lambda f_: regexp_full_match({text}, $plain))), true)
                    AS plain
-        FROM s ORDER BY n_"""
+        FROM s"""
+
+
+def _regions(con: duckdb.DuckDBPyConnection, households: pa.ChunkedArray) -> pa.Array:
+    """The region code of each household of `households` ('' where the build has none)."""
+    known = con.sql("SELECT household_no, region_code FROM monitoring_household "
+                    "WHERE household_no IN (SELECT household_no FROM __warnings)").to_arrow_table()
+    at = pc.index_in(households, value_set=known["household_no"].combine_chunks())
+    return pc.fill_null(known["region_code"].combine_chunks().take(at), "").combine_chunks()
 
 
 def raw_warnings(con: duckdb.DuckDBPyConnection, rules: tuple[Rule, ...], params: dict) -> None:
@@ -132,6 +142,7 @@ def evaluate_rules(con: duckdb.DuckDBPyConnection, rules: tuple[Rule, ...], para
     raw_warnings(con, rules, params)
     try:
         t = con.sql(_warnings_sql(), params={"plain": _PLAIN}).to_arrow_table()
+        t = t.append_column("region_code", _regions(con, t["household_no"]))
     finally:
         con.execute("DROP TABLE IF EXISTS __warnings")
     i = t.schema.get_field_index("warning_id")

@@ -31,6 +31,9 @@ import numpy as np
 SAMPLE_ROWS = 5_000
 #: the sample's seed (with a CRC-32 of the target's name: each target its own, reproducible sample)
 SAMPLE_SEED = 20261101
+#: a target read a block at a time and larger than this is sampled in the blocks drawn until they
+#: hold this many rows (`sample_positions`)
+SAMPLE_SPAN = 1 << 20
 #: at most this many rows of the first duplicated keys go to GX with them (their other copies)
 _COMPANIONS = 200
 
@@ -119,7 +122,7 @@ def _key(etype: str, kw: dict) -> tuple[str, str] | None:
 def measure(con: duckdb.DuckDBPyConnection, rel: str, n: int, expectations: Sequence[tuple[str, dict]],
             max_examples: int, matches: Mapping[tuple[str, str], str] | None = None,
             nulls: Callable[[str], int | None] | None = None,
-            unique: Collection[tuple[str, ...]] = ()) -> dict[int, Metric | Exception]:
+            unique: Collection[tuple[str, ...]] = (), plain: str | None = None) -> dict[int, Metric | Exception]:
     """Exact metrics of the expectations (index → Metric) over the relation `rel` (a SQL query with
     the frame's columns and `__pos`, `n` rows). Expectations on columns `rel` lacks are left out (GX reports
     them); one whose SQL fails gets the exception. `matches`: (column, regex) → a boolean column of
@@ -129,9 +132,15 @@ def measure(con: duckdb.DuckDBPyConnection, rel: str, n: int, expectations: Sequ
     an Arrow array's count), else None: a not-null expectation is then counted from it, and its
     examples looked for only if there are nulls. `unique`: keys (column tuples) known unique and
     never null (`quality.sources.Source.ascending`): their uniqueness expectations hold without
-    grouping every row."""
+    grouping every row. `plain`: the same rows with only some of `rel`'s columns (no helper
+    columns, whose joins a scan would pay): a uniqueness or not-null check on its columns scans it."""
     have = set(con.sql(f"SELECT * FROM ({rel}) LIMIT 0").columns)
     src = f"({rel})"
+    lean = set(con.sql(f"SELECT * FROM ({plain}) LIMIT 0").columns) if plain is not None else set()
+
+    def over(cols: Collection[str]) -> str:  # the cheapest relation holding `cols`
+        return f"({plain})" if cols and set(cols) <= lean else src
+
     out: dict[int, Metric | Exception] = {}
     maps: dict[int, tuple[str, str | None]] = {}
     for i, (etype, kw) in enumerate(expectations):
@@ -149,14 +158,14 @@ def measure(con: duckdb.DuckDBPyConnection, rel: str, n: int, expectations: Sequ
         elif known is not None:
             out[i] = counted = Metric(n, known, known)
             if known:
-                counted.examples = _positions(con, f"SELECT __pos FROM {src} WHERE {unexpected_sql(etype, kw)}",
+                counted.examples = _positions(con, f"SELECT __pos FROM {over(cols)} WHERE {unexpected_sql(etype, kw)}",
                                               max_examples)
         elif (pred := unexpected_sql(etype, kw)) is not None:
             maps[i] = (pred, f"{ident(kw['column'])} IS NULL" if "column" in kw else None)
         elif _key(etype, kw) is not None and tuple(cols) in unique:
             out[i] = Metric(n, 0, 0)
         elif (key := _key(etype, kw)) is not None:
-            out[i] = _guard(partial(_unique, con, src, n, key[0], key[1], max_examples))
+            out[i] = _guard(partial(_unique, con, over(cols), n, key[0], key[1], max_examples))
     counts: dict[int, tuple] = {}
     if maps:
         try:
@@ -222,10 +231,30 @@ def _unique(con: duckdb.DuckDBPyConnection, src: str, n: int, key: str, where: s
     return m
 
 
-def sample_positions(name: str, rows: int, size: int) -> np.ndarray:
+def sample_positions(name: str, rows: int, size: int, blocks: Sequence[int] | None = None) -> np.ndarray:
     """The sorted positions GX validates of a target with `rows` rows: all of them up to `size`,
-    else a uniform random sample without replacement, seeded by `SAMPLE_SEED` and the target name."""
+    else a random sample without replacement, seeded by `SAMPLE_SEED` and the target name.
+
+    Uniform over every row, unless the target is read a block at a time (`blocks`: the rows of each
+    of a file's row groups) and holds more than `SAMPLE_SPAN` rows: then in two stages — blocks
+    drawn at random until they hold `SAMPLE_SPAN` rows, then the rows uniformly among theirs — so
+    that reading the sample decodes about `SAMPLE_SPAN` rows, not the whole file (5,000 rows
+    spread uniformly over 51 M touch every row group)."""
     if rows <= size:
         return np.arange(rows, dtype=np.int64)
     rng = np.random.default_rng([SAMPLE_SEED, zlib.crc32(name.encode())])
-    return np.sort(rng.choice(rows, size=size, replace=False)).astype(np.int64)
+    if not blocks or sum(blocks) != rows or rows <= SAMPLE_SPAN:
+        return np.sort(rng.choice(rows, size=size, replace=False)).astype(np.int64)
+    starts = np.concatenate(([0], np.cumsum(blocks)[:-1])).astype(np.int64)
+    chosen, held = [], 0
+    for b in rng.permutation(len(blocks)):
+        if held >= max(SAMPLE_SPAN, size):
+            break
+        chosen.append(int(b))
+        held += int(blocks[b])
+    chosen.sort()
+    at = rng.choice(held, size=size, replace=False)  # positions within the chosen blocks, end to end
+    ends = np.cumsum([blocks[b] for b in chosen])
+    i = np.searchsorted(ends, at, side="right")
+    offset = at - np.concatenate(([0], ends[:-1]))[i]
+    return np.sort(starts[np.asarray(chosen)[i]] + offset).astype(np.int64)

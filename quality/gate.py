@@ -192,13 +192,13 @@ def _prepare(t: Target, con: duckdb.DuckDBPyConnection, sample_rows: int) -> _Pr
         for src in t.sources:
             src.register(con)
         exps = [(e.expectation_type, dict(e.configuration.kwargs)) for e in t.suite.expectations]
-        metrics = exact.measure(con, t.sql, t.rows, exps, MAX_EXAMPLES, t.matches, t.nulls, t.unique)
+        metrics = exact.measure(con, t.sql, t.rows, exps, MAX_EXAMPLES, t.matches, t.nulls, t.unique, t.plain)
     finally:  # unregistering what was not registered is no error
         for name in t.refs:
             con.unregister(name)
         for src in t.sources:
             src.unregister(con)
-    pos = exact.sample_positions(t.name, t.rows, sample_rows)
+    pos = exact.sample_positions(t.name, t.rows, sample_rows, t.blocks)
     evidence = [p for m in metrics.values() if isinstance(m, Metric) for p in m.examples + m.companions]
     if evidence:
         pos = np.union1d(pos, np.asarray(evidence, dtype=np.int64))

@@ -69,6 +69,17 @@ class Source:
         """The rows at sorted `positions` (all columns, or `columns`), in order, as stored."""
         raise NotImplementedError
 
+    @property
+    def plain_relation(self) -> str:
+        """SQL of the table's own columns and `__pos`, without helper columns (cheaper to scan)."""
+        return self.relation
+
+    @property
+    def blocks(self) -> tuple[int, ...] | None:
+        """The rows of each block the table is read in (a Parquet file's row groups, in order), when
+        reading rows by position costs a block each; None when any row is as cheap (in memory)."""
+        return None
+
     def batches(self, columns: Sequence[str], dictionary: Sequence[str] = ()) -> Iterator[pa.RecordBatch | pa.Table]:
         """`columns` of every row, in order, a block at a time (`dictionary`: read dictionary-encoded
         where the file has dictionaries, a code's few values decoded once, not per row)."""
@@ -189,6 +200,10 @@ class ParquetSource(Source):
     def column(self, name: str) -> pa.ChunkedArray:
         return pq.read_table(self.path, columns=[name])[name]
 
+    @property
+    def blocks(self) -> tuple[int, ...] | None:
+        return tuple(self.meta.row_group(g).num_rows for g in range(self.meta.num_row_groups))
+
     def null_count(self, name: str) -> int | None:
         """From the file's statistics: every row group's null count of the (flat) column, if each
         has one."""
@@ -236,6 +251,14 @@ class Helped(Source):
 
     def at(self, positions: np.ndarray, columns: Sequence[str] | None = None) -> pa.Table:
         return self.base.at(positions, columns)
+
+    @property
+    def blocks(self) -> tuple[int, ...] | None:
+        return self.base.blocks
+
+    @property
+    def plain_relation(self) -> str:
+        return self.base.plain_relation
 
     def ascending(self, key: Sequence[str]) -> bool:
         known = self._ascending.get(tuple(key))

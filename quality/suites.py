@@ -222,6 +222,11 @@ class Target:
     nulls: Callable[[str], int | None] | None = None
     #: keys known unique and never null, in one ordered pass (`Source.ascending`)
     unique: frozenset[tuple[str, ...]] = frozenset()
+    #: the rows of each block `frame_of` reads whole (`Source.blocks`: a file's row groups), or None
+    blocks: tuple[int, ...] | None = None
+    #: SQL of the source's own columns of `sql` and `__pos`, without the helper columns (what a
+    #: uniqueness or null check scans: no join a helper needs), or None
+    plain: str | None = None
 
 
 def _ref(name: str) -> str:
@@ -242,7 +247,8 @@ def _table_target(name: str, kind: str, subject: str, suite: Any, source: Source
     extra = "".join(f"{h} AS {q(col)}, " for col, h in helpers.items())
     return Target(name, kind, subject, suite, source.rows, f"SELECT {cols}{extra}__pos FROM {source.relation}",
                   [source], lambda pos: frame_of(source.at(pos, columns)),
-                  nulls=lambda c: source.null_count(c) if c in columns else None, **how)
+                  nulls=lambda c: source.null_count(c) if c in columns else None, blocks=source.blocks,
+                  plain=f"SELECT {cols}__pos FROM {source.plain_relation}", **how)
 
 
 def as_contract(c: Contract, table: pa.Table) -> pa.Table:

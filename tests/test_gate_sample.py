@@ -77,6 +77,26 @@ def test_the_sample_is_reproducible():
     assert np.array_equal(exact.sample_positions("feed.x", 30, 5000), np.arange(30))
 
 
+def test_a_large_file_is_sampled_in_a_few_of_its_row_groups():
+    """Over `SAMPLE_SPAN` rows read a row group at a time: the sample lies in row groups drawn at
+    random holding about `SAMPLE_SPAN` rows (reading it does not decode the whole file), uniform
+    inside them, reproducible; a file of at most `SAMPLE_SPAN` rows is sampled uniformly as before."""
+    groups = [256 * 1024] * 200 + [1234]  # 51 M rows
+    rows = sum(groups)
+    a = exact.sample_positions("feed.big", rows, 5000, groups)
+    assert np.array_equal(a, exact.sample_positions("feed.big", rows, 5000, groups))
+    assert len(np.unique(a)) == 5000 and np.all(np.diff(a) > 0) and a.min() >= 0 and a.max() < rows
+    starts = np.concatenate(([0], np.cumsum(groups)))
+    hit = np.unique(np.searchsorted(starts, a, side="right") - 1)
+    assert sum(groups[g] for g in hit) <= exact.SAMPLE_SPAN + max(groups)  # a few groups, not all 201
+    assert len(hit) >= exact.SAMPLE_SPAN // max(groups)
+    per = np.bincount(np.searchsorted(starts, a, side="right") - 1, minlength=len(groups))[hit]
+    assert per.min() > 5000 / len(hit) / 2  # every drawn group holds its share
+    small = [100_000] * 10
+    assert np.array_equal(exact.sample_positions("feed.x", 1_000_000, 5000, small),
+                          exact.sample_positions("feed.x", 1_000_000, 5000))
+
+
 def test_exact_sql_follows_gx_semantics():
     con = normalise.connect()
     con.register("t", pa.table({"__pos": pa.array(range(6), pa.int64()),

@@ -116,6 +116,20 @@ def test_vectorised_id_check_agrees_with_the_reference(district):
     assert checks.members_ok(members).to_pylist() == [True, False, False, None]
 
 
+def test_vectorised_id_check_of_sorted_runs_checks_every_value(district):
+    """A column sorted by person (a dozen rows each) is checked once per run of equal values: still
+    every value's own answer, whether neighbours differ in the first, middle or last bytes."""
+    ids = sorted(district.table(PERSON)["id_no"].to_pylist()[:300])
+    bad = [s[:17] + ("0" if s[17] != "0" else "1") for s in ids[:50]]  # differs from its twin in the last byte
+    mid = [s[:9] + ("0" if s[9] != "0" else "1") + s[10:] for s in ids[50:100]]  # in the middle 8 bytes
+    values = sorted(ids + bad + mid + ["A" * 18, "x" * 18])
+    column = [v for v in values for _ in range(sum(map(ord, v)) % 5 + 1)]  # runs of 1–5 copies, in order
+    fmt, ok = checks.id_checks(pa.array(column, pa.string()))
+    want = [idno.is_valid(v) and v == v.upper() for v in column]
+    assert ok.to_pylist() == want and sum(want) < len(column)
+    assert fmt.to_pylist() == [v[:17].isdigit() and (v[17].isdigit() or v[17] == "X") for v in column]
+
+
 def test_suite_is_generated_from_the_contract():
     s = suites.suite_for(get(CLAIM))
     by = {(e.meta["check"], e.meta["field"]): e for e in s.expectations}
