@@ -66,6 +66,12 @@ def test_a_sample_reports_exactly_what_every_row_does(broken):
     for s in sampled.suites:  # GX saw at most the sample and the failing rows (with their duplicates)
         meta = sampled._results[s.name][1].meta["rows"]
         assert meta["table"] == s.rows and meta["validated_by_gx"] <= 50 + 2 * 20 + exact._COMPANIONS
+        # the aggregate checks are the exact counts, reported as GX results; GX validated the rest itself
+        res, suite = sampled._results[s.name][1], sampled._results[s.name][2]
+        aggregate = [e for e in suite.expectations if e.expectation_type in gate.EXACT_ONLY]
+        assert meta["exact_only_expectations"] == len(aggregate)
+        assert len(res.results) == len(suite.expectations) and res.statistics["evaluated_expectations"] == len(res.results)
+    assert sum(r[1].meta["rows"]["exact_only_expectations"] for r in sampled._results.values()) > 40
     assert sampled.as_dict()["counts"] == full.as_dict()["counts"]
 
 
