@@ -239,11 +239,12 @@ def _run_target(ctx, ds, t: Target, run_id, prep: _Prepared) -> tuple[SuiteResul
     bd = asset.add_batch_definition_whole_dataframe("whole")
     # Batch.validate rather than a ValidationDefinition: the latter serialises every result into
     # the results store on each run (a third of the time); results are stored for Data Docs only
-    exact_only = {i for i, (etype, _) in enumerate(exps) if etype in EXACT_ONLY and isinstance(metrics.get(i), Metric)}
+    exact_only = {i: m for i, (etype, _) in enumerate(exps)
+                  if etype in EXACT_ONLY and isinstance(m := metrics.get(i), Metric)}
     on_frame = suite if not exact_only else type(suite)(
         name=suite.name, meta=suite.meta, expectations=[e for i, e in enumerate(suite.expectations) if i not in exact_only])
     res = bd.get_batch(batch_parameters={"dataframe": frame}).validate(on_frame, result_format=RESULT_FORMAT)
-    res.results.extend(_exact_result(suite.expectations[i].configuration, metrics[i]) for i in sorted(exact_only))
+    res.results.extend(_exact_result(suite.expectations[i].configuration, m) for i, m in sorted(exact_only.items()))
     res.meta["run_id"] = run_id
     res.meta["validation_time"] = run_id.run_time
     res.meta["rows"] = {"table": t.rows, "validated_by_gx": len(frame), "sample_seed": exact.SAMPLE_SEED,
