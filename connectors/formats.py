@@ -111,7 +111,7 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
         f"OR __pt IS DISTINCT FROM 'OBJECT' OR {x[SOURCE]} IS DISTINCT FROM {_lit(c.department)} "
         f"OR {x[FEED]} IS DISTINCT FROM {_lit(c.feed)} OR __ts IS NULL "
         f"OR TRY_CAST(coalesce({x[SCHEMA_VERSION]}, '{c.version}') AS INTEGER) IS DISTINCT FROM {c.version}")
-    pre = ("CASE WHEN NOT __ok THEN 'json_malformed' "
+    pre = ("CASE WHEN _value IS NULL THEN 'tombstone' WHEN NOT __ok THEN 'json_malformed' "
            + ("" if envelope else "WHEN __top IS DISTINCT FROM 'OBJECT' THEN 'json_malformed' ")
            + f"WHEN __env AND ({envelope_bad}) THEN 'envelope_invalid' ")
     meta = (f"CASE WHEN __env THEN {x[EVENT_ID]} END AS _event_id, "

@@ -20,9 +20,10 @@ def producer(bootstrap: str, **kw: object) -> KafkaProducer:
     return KafkaProducer(**cfg)
 
 
-def publish(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]],
+def publish(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]],
             progress: Callable[[int], None] | None = None, every: int = 5000) -> int:
-    """Send (key, value) messages to `topic` in order; returns the count once all are acknowledged."""
+    """Send (key, value) messages to `topic` in order (a None value: a tombstone); returns the count once
+    all are acknowledged."""
     p = producer(bootstrap)
     n = 0
     try:

@@ -29,6 +29,8 @@ _WS = " \t\r\n\u3000\u00a0"
 #: Quarantine rules: stable identifiers → what they mean (used in reasons and docs).
 QUARANTINE_RULES: dict[str, str] = {
     "json_malformed": "the message is not valid JSON",
+    "tombstone": ("a Kafka message without a value (its key naming a record to delete): this hub takes deletes "
+                  "as envelopes with op \"delete\", so it is kept here, not applied"),
     "envelope_invalid": "the event envelope is incomplete or wrong (event_id, op, payload, source/feed)",
     "unknown_field": "a field the contract does not know (the feed's evolution mode is frozen)",
     "required_missing": "a required field is missing or empty",

@@ -258,10 +258,14 @@ def test_another_departments_habits_headers_tombstones_gzip_reach_raw_or_quarant
     s = local_settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
     fc = ingest(s, local_store, [CLAIM.feed_id], files=False).feeds[CLAIM.feed_id]
     assert fc.input == 13 and fc.reconciles
-    assert fc.accepted == 12 and dict(fc.quarantined) == {"json_malformed": 1}, dict(fc.quarantined)
+    assert fc.accepted == 12 and dict(fc.quarantined) == {"tombstone": 1}, dict(fc.quarantined)
     raw = pa.concat_tables(raw_snapshot(local_store).values())
     assert sorted(raw["claim_id"].to_pylist()) == [f"YL-2026-{i:04d}" for i in range(12)]
     assert set(raw["hospital_name"].to_pylist()) == {"岳麓区人民医院"}
     quarantined = pa.concat_tables(raw_snapshot(local_store, "quarantine").values())
     assert quarantined.num_rows == 1 and quarantined["_kafka_partition"].to_pylist() == [1]
+    # named for what it is (not "not valid JSON"), with the feed and where it lies
+    reason = quarantined["_reason"][0].as_py()
+    assert reason.startswith(f"{CLAIM.feed_id}: record — tombstone: a Kafka message without a value"), reason
+    assert "op \"delete\"" in reason and reason.endswith(f"[{topic}/1@6]"), reason  # topic/partition@offset
     assert committed(broker.bootstrap, s.kafka_group, topic) == {0: 6, 1: 7, 2: None}

@@ -79,7 +79,7 @@ class Expected:
 
 @dataclass
 class Emission:
-    events: dict[str, list[tuple[bytes, bytes]]]  # feed id → (key, value) in publishing order
+    events: dict[str, list[tuple[bytes, bytes | None]]]  # feed id → (key, value) in publishing order; None: a tombstone
     files: dict[str, bytes]  # landing-relative path `<department>/<feed>/<name>` → bytes
     expected: dict[str, Expected]
     clean_rows: dict[str, int]
@@ -167,6 +167,7 @@ def applicable_rules(c: Contract, channels: tuple[Channel, ...]) -> list[str]:
         rules.append("json_malformed")
     if "kafka" in chans:
         rules.append("envelope_invalid")
+        rules.append("tombstone")  # a department deleting with a null value instead of an op "delete" envelope
     if "csv" in chans:
         rules.append("row_shape")
         rules.append("quote_unbalanced")  # a quote opened and never closed on its line
@@ -178,7 +179,7 @@ def applicable_rules(c: Contract, channels: tuple[Channel, ...]) -> list[str]:
 
 
 def _channel_ok(rule: str, ch: Channel) -> bool:
-    if rule == "envelope_invalid":
+    if rule in ("envelope_invalid", "tombstone"):
         return ch.kind == "kafka"
     if rule == "json_malformed":
         return ch.kind in ("kafka", "jsonl")
@@ -302,7 +303,7 @@ class _Emitter:
     def __init__(self, d: District):
         self.d = d
         self.seed = d.seed
-        self.events: dict[str, list[tuple[int, int, bytes, bytes]]] = {}
+        self.events: dict[str, list[tuple[int, int, bytes, bytes | None]]] = {}
         self.files: dict[str, bytes] = {}
         self.expected: dict[str, Expected] = {fid: Expected() for fid in contracts()}
         self.dirt: dict[str, Counter] = {fid: Counter() for fid in contracts()}
@@ -335,8 +336,9 @@ class _Emitter:
                              event_id=eid or self.event_id(c.feed_id), source=c.department, feed=c.feed, op=op,
                              occurred_at=dt.datetime.fromtimestamp(ts, TZ).isoformat(), schema_version=c.version)
 
-    def put_event(self, c: Contract, key: str, env: dict | bytes, ts: int, rule: str | None) -> bytes:
-        value = env if isinstance(env, bytes) else envelopes.encode(env)
+    def put_event(self, c: Contract, key: str, env: dict | bytes | None, ts: int, rule: str | None) -> bytes | None:
+        """Record one event (`env` None: a tombstone, a message without a value)."""
+        value = env if env is None or isinstance(env, bytes) else envelopes.encode(env)
         self._seq += 1
         self.events.setdefault(c.feed_id, []).append((ts, self._seq, str(key).encode(), value))
         self.expected[c.feed_id].add(rule)
@@ -385,7 +387,7 @@ class _Emitter:
             for j in range(self.k(fid, rule)):
                 i = ok[j % len(ok)]
                 base = per_ch[i][int(rr.integers(0, len(per_ch[i])))]
-                if rule in ("json_malformed", "envelope_invalid", "row_shape", "unknown_field", "quote_unbalanced"):
+                if rule in ("json_malformed", "envelope_invalid", "tombstone", "row_shape", "unknown_field", "quote_unbalanced"):
                     rec = dict(base)
                 else:
                     rec = _breaker(c, rule, base, rr)
@@ -671,6 +673,8 @@ class _Emitter:
             elif rule == "unknown_field":
                 env[envelopes.PAYLOAD]["_unknown"] = "x"
                 self.put_event(c, key, env, ts, rule)
+            elif rule == "tombstone":
+                self.put_event(c, key, None, ts, rule)
             else:
                 self.put_event(c, key, env, ts, rule)
 
@@ -873,8 +877,8 @@ def emit(d: District) -> Emission:
 def write_files(em: Emission, out_dir: str | Path) -> None:
     """Landing files under `out_dir/landing/…`; events as JSON Lines per topic under `out_dir/events/`.
 
-    Each event line is `{"key": …, "value": …}` with the value as text (malformed values too), so a
-    replay publishes exactly the same bytes.
+    Each event line is `{"key": …, "value": …}` with the value as text (malformed values too; `null`
+    for a tombstone), so a replay publishes exactly the same bytes.
     """
     out = Path(out_dir)
     for rel, data in em.files.items():
@@ -885,7 +889,8 @@ def write_files(em: Emission, out_dir: str | Path) -> None:
     for fid, msgs in em.events.items():
         with (out / "events" / f"{get(fid).topic}.jsonl").open("w", encoding="utf-8") as f:
             for k, v in msgs:
-                f.write(json.dumps({"key": k.decode(), "value": v.decode("utf-8", "replace")}, ensure_ascii=False) + "\n")
+                f.write(json.dumps({"key": k.decode(), "value": None if v is None else v.decode("utf-8", "replace")},
+                                   ensure_ascii=False) + "\n")
     manifest = {fid: {"input": e.input, "accepted": e.accepted, "quarantined": e.quarantined, "clean_rows": em.clean_rows[fid]}
                 for fid, e in em.expected.items()}
     (out / "expected.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
