@@ -114,7 +114,7 @@ f_death AS (SELECT DISTINCT p.household_no FROM p WHERE status = '死亡' AND st
             AND age BETWEEN $wa_min AND $wa_max AND id_no IN (SELECT id_no FROM ep)),
 f_serious AS (SELECT DISTINCT x.household_no FROM cla x SEMI JOIN low USING (household_no)
               WHERE coalesce(x.serious_illness, false)
-                     OR len(list_filter($prefixes, lambda q: starts_with(x.diagnosis_code, q))) > 0
+                     OR regexp_matches(x.diagnosis_code, $pattern)
               GROUP BY x.household_no, x.id_no HAVING min(x.settle_date) >= $event_since::DATE),
 f_uncovered AS (SELECT household_no FROM h WHERE pc < dibao
                 AND household_no NOT IN (SELECT household_no FROM cm WHERE active)),
@@ -259,7 +259,7 @@ def _hand(root: str, memory_limit: str, q: mp.Queue) -> None:
               "event_since": p["event_since"], "min_oop": t.medical_burden_min_oop,
               "grace_until": rp["death_grace_until"], "disaster_since": rp["disaster_since"],
               "damage": list(t.disaster_house_damage), "loss_min": t.disaster_loss_min,
-              "prefixes": p["serious_prefixes"], "ratings": list(t.dangerous_house_ratings),
+              "pattern": p["serious_pattern"], "ratings": list(t.dangerous_house_ratings),
               "risk": t.risk_income_multiple, "temp_since": rp["temp_since"],
               "temp_count": t.repeat_temporary_aid_count, "expiry": rp["expiry"],
               "grades": list(t.severe_disability_grades), "exempt": list(t.recipient_vehicle_exempt_types),

@@ -155,6 +155,21 @@ def test_serious_illness_code_and_name_come_from_one_claim_whatever_the_order():
         assert got == [("P", dt.date(2026, 6, 1), "C34", "肺癌")]
 
 
+def test_serious_pattern_is_a_prefix_test_of_each_policy_prefix():
+    """The steps and rules test a diagnosis code against the policy's prefixes with one regular
+    expression (`monitoring.serious_pattern`): the same answer as `starts_with` on any prefix, for
+    prefixes holding the expression's own special characters too, and NULL for a NULL code."""
+    prefixes = ["C", "N18.5", "Z49", "A(1)", "B+", "D[0]|", "E$^", "F\\x"]
+    codes = ["C34", "XC34", "N18.5", "N1805", "N18", "Z49.1", "A(1)2", "A12", "B+1", "B1", "D[0]|9", "D0",
+             "E$^", "E", "F\\x1", "Fx", "", None]
+    con = normalise.connect()
+    got = con.execute("SELECT c, regexp_matches(c, $p), list_bool_or(list_transform($prefixes, lambda x: starts_with(c, x))) "
+                      "FROM unnest($codes) AS t(c)",
+                      {"p": monitoring.serious_pattern(prefixes), "prefixes": prefixes, "codes": codes}).fetchall()
+    assert [(c, a) for c, a, _ in got] == [(c, b) for c, _, b in got]
+    assert sum(bool(a) for _, a, _ in got) == 8  # one code per prefix
+
+
 def test_employer_of_the_latest_month_is_the_same_in_any_scan_order():
     """Two employers in a person's latest wage month (a second job): the person's `employer_name` is
     one of them, the same whatever order the rows come in and however many threads scan them; an
