@@ -46,15 +46,16 @@ WITH p AS (SELECT id_no, household_no, status, status_date,
 -- per person first (5 M wage rows → 0.4 M earners), then their household: the join is on earners, not on wage rows
 ep AS MATERIALIZED (SELECT e.*, p.household_no FROM (
           SELECT id_no, CAST(sum(wage) / 12 AS DECIMAL(14,2)) AS w,
-                 coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0) AS w3,
-                 coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0) AS w9,
+                 coalesce(sum(wage) FILTER (WHERE month >= $last3[1]), 0) AS w3,
+                 coalesce(sum(wage) FILTER (WHERE month < $last3[1]), 0) AS w9,
                  max(month) AS last_month,
                  -- distinct months as a bit set of the 12 (no DISTINCT aggregate)
                  bit_count(bit_or(1::BIGINT << list_position($months, month))) AS months
-          FROM read_parquet($employment) WHERE list_contains($months, month) GROUP BY id_no) e JOIN p USING (id_no)),
+          -- the window's months are consecutive 'YYYY-MM' strings: compared, not looked up in a list
+          FROM read_parquet($employment) WHERE month BETWEEN $months[1] AND $months[-1] GROUP BY id_no) e JOIN p USING (id_no)),
 inc AS (SELECT id_no, w, w3 FROM ep),
-pen AS (SELECT id_no, CAST(avg(amount) AS DECIMAL(14,2)) AS a, coalesce(sum(amount) FILTER (WHERE list_contains($last3, month)), 0) AS a3
-        FROM read_parquet($pension) WHERE list_contains($months, month) GROUP BY id_no),
+pen AS (SELECT id_no, CAST(avg(amount) AS DECIMAL(14,2)) AS a, coalesce(sum(amount) FILTER (WHERE month >= $last3[1]), 0) AS a3
+        FROM read_parquet($pension) WHERE month BETWEEN $months[1] AND $months[-1] GROUP BY id_no),
 un AS (SELECT * FROM read_parquet($unemployment)),
 ben AS (SELECT id_no, sum(benefit_monthly) AS b FROM un WHERE status = '领取中' GROUP BY id_no),
 -- incomes rounded to the fen where the hub's definitions round them (per person, then per capita): at the

@@ -110,23 +110,27 @@ STEPS: list[tuple[str, str]] = [
                status = '正常' AS alive
         FROM person"""),
     ("wage_person", """
+        -- the window's months are consecutive 'YYYY-MM' strings (clean months are written so): a
+        -- month is in it, or in its last 3, by comparison (51 M rows at 10 M persons: 3.5 s against
+        -- 4.3 s with a list lookup per row)
         SELECT id_no,
                -- distinct months as a 12-bit set (exact; a DISTINCT aggregate over millions of persons costs 2.5× the time and 2× the memory)
-               CAST(bit_count(bit_or(1::INTEGER << (list_position($months12, month) - 1))) AS INTEGER) AS wage_months_12m,
+               CAST(bit_count(bit_or(1::INTEGER << (mi - 1))) AS INTEGER) AS wage_months_12m,
                CAST(sum(wage) / 12 AS DECIMAL(14,2)) AS wage_12m_avg,
-               coalesce(sum(wage) FILTER (WHERE list_contains($last3, month)), 0)::DECIMAL(16,2) AS wage_last3_total,
-               coalesce(sum(wage) FILTER (WHERE list_contains($prev9, month)), 0)::DECIMAL(16,2) AS wage_prev9_total,
+               coalesce(sum(wage) FILTER (WHERE month >= $last3[1]), 0)::DECIMAL(16,2) AS wage_last3_total,
+               coalesce(sum(wage) FILTER (WHERE month < $last3[1]), 0)::DECIMAL(16,2) AS wage_prev9_total,
                max(month) AS last_wage_month,
                -- the employer of the latest month; of two that month, one chosen by its credit code (a
                -- 64-bit order key — month position, then the code's hash — not a struct: 51 M rows at
                -- 10 M persons), the same on every run whatever the scan order
-               arg_max(employer_name, (list_position($months12, month)::UBIGINT << 59)
-                                      | (hash(employer_credit_code) >> 5)) AS employer_name
-        FROM employment WHERE list_contains($months12, month) GROUP BY id_no"""),
+               arg_max(employer_name, (mi::UBIGINT << 59) | (hash(employer_credit_code) >> 5)) AS employer_name
+        FROM (SELECT *, list_position($months12, month) AS mi FROM employment
+              WHERE month BETWEEN $months12[1] AND $months12[-1])
+        GROUP BY id_no"""),
     ("pension_person", """
         SELECT id_no, CAST(avg(amount) AS DECIMAL(14,2)) AS pension_monthly, arg_max(scheme, month) AS pension_scheme,
-               coalesce(sum(amount) FILTER (WHERE list_contains($last3, month)), 0)::DECIMAL(16,2) AS pension_last3_total
-        FROM pension WHERE list_contains($months12, month) GROUP BY id_no"""),
+               coalesce(sum(amount) FILTER (WHERE month >= $last3[1]), 0)::DECIMAL(16,2) AS pension_last3_total
+        FROM pension WHERE month BETWEEN $months12[1] AND $months12[-1] GROUP BY id_no"""),
     ("unemployment_person", """
         SELECT id_no, arg_max(status, registered_date) AS unemployment_status,
                max(registered_date) AS unemployment_registered_date,
