@@ -313,10 +313,6 @@ class Build:
             self._cache[name] = canonical_chunks(self.con.sql(f"SELECT * FROM {name}").to_arrow_table())
         return self._cache[name]
 
-    def reader(self, name: str, batch_rows: int = 250_000) -> pa.RecordBatchReader:
-        """The same table streamed in batches (for writing without holding it in memory)."""
-        return self.con.sql(f"SELECT * FROM {name}").to_arrow_reader(batch_rows)
-
     def rows(self, name: str) -> int:
         return self.con.sql(f"SELECT count(*) FROM {name}").fetchall()[0][0]
 
