@@ -252,7 +252,7 @@ def _hand(root: str, memory_limit: str, q: mp.Queue) -> None:
 
     rp = rule_parameters(_B(), pol)
     files = {name: f"{root}/{clean_path(contracts()[fid])}" for fid, name in monitoring.sources().items()}
-    params = {**files, "snap": SNAP, "months": p["months12"], "last3": p["last3"], "prev9": p["prev9"],
+    params = {**files, "snap": SNAP, "months": p["months12"], "last3": p["last3"],
               "win12": p["win12"], "urban": pol.standards.urban_dibao, "rural": pol.standards.rural_dibao,
               "multiple": pol.standards.low_income_multiple, "oop": t.medical_burden_oop_12m,
               "share": t.medical_burden_income_share, "ratio": t.income_drop_ratio, "wa_min": t.working_age_min,

@@ -86,7 +86,7 @@ def parameters(snapshot: dt.date, pol: Policy) -> dict:
     return {
         "snapshot": snapshot,
         "win12": add_months(snapshot, -12),
-        "months12": months, "last3": months[-3:], "prev9": months[:-3],
+        "months12": months, "last3": months[-3:],
         "wa_min": t.working_age_min, "wa_max": t.working_age_max,
         "serious_pattern": serious_pattern(pol.diagnoses.serious_illness_prefixes),
         "event_since": add_months(snapshot, -t.event_lookback_months),
