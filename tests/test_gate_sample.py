@@ -175,3 +175,11 @@ def test_vectorised_matches_are_duckdbs_regex():
         if regex == checks.ID_RE:
             fmt, ok = checks.id_checks(arr)
             assert fmt.to_pylist() == want and ok.to_pylist() == checks.id_ok(arr).to_pylist()
+        # every dictionary value matching (a clean feed's codes: no indexing), with nulls; a null in
+        # the dictionary itself
+        good = [v for v, w in zip(values, want, strict=True) if w]
+        mixed = [good[i % len(good)] if i % 3 else None for i in range(10)]
+        assert checks.regex_ok(pa.array(mixed, pa.string()).dictionary_encode(), regex).to_pylist() == \
+            [None if v is None else True for v in mixed]
+        held_null = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()), pa.array([good[0], None]))
+        assert checks.regex_ok(held_null, regex).to_pylist() == [True, None, True]

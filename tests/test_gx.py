@@ -130,6 +130,34 @@ def test_vectorised_id_check_of_sorted_runs_checks_every_value(district):
     assert fmt.to_pylist() == [v[:17].isdigit() and (v[17].isdigit() or v[17] == "X") for v in column]
 
 
+def test_vectorised_id_check_agrees_with_the_reference_on_random_strings():
+    """Random 18-character strings, mostly digits with birth dates around the edges (in the past: the
+    reference also refuses a birth date after today, the gate only after 2099), some bytes
+    swapped for letters, punctuation or non-ASCII (whose wrapped values overflow the date sums):
+    each answer is `schemas.idno`'s."""
+    import random
+
+    rnd = random.Random(20261206)
+    alphabet = "0123456789" * 6 + "X/:aZ ９é"
+    values = []
+    for _ in range(3000):
+        s17 = "".join(rnd.choice("0123456789") for _ in range(6)) + rnd.choice(["1899", "1900", "1996", "2000", "2024"]) \
+            + rnd.choice(["00", "01", "02", "12", "13"]) + rnd.choice(["00", "01", "28", "29", "30", "31", "32"]) \
+            + "".join(rnd.choice("0123456789") for _ in range(3))
+        v = s17 + (idno.check_char(s17) if rnd.random() < 0.7 else rnd.choice("0123456789Xx"))
+        if rnd.random() < 0.2:
+            i = rnd.randrange(18)
+            v = v[:i] + rnd.choice(alphabet) + v[i + 1:]
+        values.append(v)
+    fmt, ok = checks.id_checks(pa.array(values, pa.string()))
+    # the reference normalises (upper case, full-width digits, spaces); the gate checks normalised values
+    assert ok.to_pylist() == [len(v) == 18 and v.isascii() and v == v.upper() and " " not in v and idno.is_valid(v)
+                              for v in values]
+    assert fmt.to_pylist() == [len(v.encode()) == 18 and v[:17].isascii() and v[:17].isdigit()
+                               and (v[17] in "0123456789X") for v in values]
+    assert 300 < sum(ok.to_pylist()) < 2900
+
+
 def test_suite_is_generated_from_the_contract():
     s = suites.suite_for(get(CLAIM))
     by = {(e.meta["check"], e.meta["field"]): e for e in s.expectations}
