@@ -159,19 +159,27 @@ class ArrowSource(Source):
 
 
 class Reader:
-    """A DuckDB cursor for `ParquetSource.at`, one query at a time whatever the thread (the gate reads
-    rows for its frames on the preparing thread and for example keys on the GX thread)."""
+    """DuckDB cursors for `ParquetSource.at`, one per thread (the gate reads rows for its frames on
+    both preparing threads and for example keys on the GX thread: with one shared cursor they
+    queued behind each other's reads)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection):
-        self.cursor, self.lock = con.cursor(), threading.Lock()
+        self.con, self.local, self.lock = con, threading.local(), threading.Lock()
+        self.cursors: list[duckdb.DuckDBPyConnection] = []
 
     def table(self, query: str, params: dict) -> pa.Table:
-        with self.lock:
-            return self.cursor.sql(query, params=params).to_arrow_table()
+        cursor = getattr(self.local, "cursor", None)
+        if cursor is None:
+            with self.lock:
+                cursor = self.local.cursor = self.con.cursor()
+                self.cursors.append(cursor)
+        return cursor.sql(query, params=params).to_arrow_table()
 
     def close(self) -> None:
         with self.lock:
-            self.cursor.close()
+            for cursor in self.cursors:
+                cursor.close()
+            self.cursors.clear()
 
 
 class ParquetSource(Source):
