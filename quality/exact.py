@@ -192,8 +192,8 @@ _NOT_NULL = "expect_column_values_to_not_be_null"
 
 def _counts(pred: str, missing: str | None) -> str:
     """The unexpected and the missing count of one expectation (SQL select items)."""
-    # count_if rather than count(*) FILTER: the same count (NULL over no rows), 20–30 % faster over 34
-    # counts of 10 M rows
+    # count_if rather than count(*) FILTER: the same count (but NULL over no rows), faster (the 34
+    # counts over the 10 M-person output table: 2.9–3.6 s against 3.8–4.1 s)
     return f"coalesce(count_if({pred}), 0), " + (f"coalesce(count_if({missing}), 0)" if missing else "0")
 
 
