@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -182,6 +182,44 @@ EXACT_ONLY = frozenset({"expect_table_row_count_to_be_between", "expect_column_v
                         "expect_compound_columns_to_be_unique"})
 
 
+#: expectations on the frame's schema, not its rows: its columns, their order and their dtypes. The
+#: validated frame has the very schema of the whole target (`Target.frame_of` takes rows of the same
+#: Arrow table), so GX's verdict on it is exact; `_schema_results` asks the expectation itself for
+#: it (its `_validate` on the two table metrics a pandas batch would give it) without GX's
+#: per-expectation validation graph — more than half of the feeds' expectations are type checks.
+SCHEMA_ONLY = frozenset({"expect_column_values_to_be_of_type", "expect_column_type_to_be",
+                         "expect_table_columns_to_match_ordered_list", "expect_table_columns_to_match_set"})
+
+
+def _schema_results(exps: Iterable[tuple[int, Any]], frame: pd.DataFrame) -> dict[int, Any]:
+    """GX's results (index → result) of the schema expectations among `exps` (index, expectation)
+    on `frame`. Left to GX on the frame: one on a column the frame lacks (GX reports the error), on a
+    numpy `object` column (where `expect_column_values_to_be_of_type` looks at every value), or one
+    whose `_validate` raises."""
+    metrics = {"table.columns": list(frame.columns),
+               "table.column_types": [{"name": n, "type": d} for n, d in frame.dtypes.items()]}
+    out = {}
+    for i, e in exps:
+        if e.expectation_type not in SCHEMA_ONLY:
+            continue
+        col = getattr(e, "column", None)
+        if col is not None and (col not in frame.columns or frame.dtypes[col].type is np.object_):
+            continue
+        try:
+            out[i] = e._build_evr(e._validate(metrics=metrics, runtime_configuration={"result_format": RESULT_FORMAT},
+                                              execution_engine=_pandas_engine()))
+        except Exception:  # GX validates it on the frame and reports what it raises
+            continue
+    return out
+
+
+@cache
+def _pandas_engine():
+    from great_expectations.execution_engine import PandasExecutionEngine
+
+    return PandasExecutionEngine()
+
+
 def _exact_result(cfg, m: Metric):
     """GX's result of the expectation `cfg` with the exact metric `m` as its outcome."""
     from great_expectations.core.expectation_validation_result import ExpectationValidationResult
@@ -241,14 +279,18 @@ def _run_target(ctx, ds, t: Target, run_id, prep: _Prepared) -> tuple[SuiteResul
     # the results store on each run (a third of the time); results are stored for Data Docs only
     exact_only = {i: m for i, (etype, _) in enumerate(exps)
                   if etype in EXACT_ONLY and isinstance(m := metrics.get(i), Metric)}
-    on_frame = suite if not exact_only else type(suite)(
-        name=suite.name, meta=suite.meta, expectations=[e for i, e in enumerate(suite.expectations) if i not in exact_only])
+    schema = _schema_results(((i, e) for i, e in enumerate(suite.expectations) if i not in exact_only), frame)
+    on_frame = suite if not exact_only and not schema else type(suite)(
+        name=suite.name, meta=suite.meta,
+        expectations=[e for i, e in enumerate(suite.expectations) if i not in exact_only and i not in schema])
     res = bd.get_batch(batch_parameters={"dataframe": frame}).validate(on_frame, result_format=RESULT_FORMAT)
     res.results.extend(_exact_result(suite.expectations[i].configuration, m) for i, m in sorted(exact_only.items()))
+    res.results.extend(r for _, r in sorted(schema.items()))
     res.meta["run_id"] = run_id
     res.meta["validation_time"] = run_id.run_time
     res.meta["rows"] = {"table": t.rows, "validated_by_gx": len(frame), "sample_seed": exact.SAMPLE_SEED,
-                        "exact_only_expectations": len(exact_only)}
+                        "exact_only_expectations": len(exact_only),
+                        "schema_only_expectations": len(schema)}
     # the wall-clock batch load time would make every build's pages differ (Data Docs show it)
     (res.meta.get("batch_markers") or {}).pop("ge_load_time", None)
     failures = []
@@ -339,11 +381,11 @@ def _recorded_feed_suite(store: ObjectStore, c: Contract, clean_sha256: str | No
     return sr
 
 
-def _record_feed_suites(store: ObjectStore, c: Contract, clean_sha256: str, snap: dt.date,
+def _record_feed_suites(store: ObjectStore, c: Contract, clean_sha256: str, suite_sha256: str, snap: dt.date,
                         ran: list[SuiteResult]) -> None:
     if len(ran) != 1 or ran[0].carried_from is not None:
         return
-    rec = {"feed_id": c.feed_id, "clean_sha256": clean_sha256, "suite_sha256": _suite_sha(c),
+    rec = {"feed_id": c.feed_id, "clean_sha256": clean_sha256, "suite_sha256": suite_sha256,
            "snapshot_date": snap.isoformat(), "validated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
            "suites": [ran[0].as_dict()]}
     store.write_bytes(paths.quality_feed_record(c.prefix), json.dumps(rec, ensure_ascii=False, indent=1).encode())
@@ -499,6 +541,8 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
                 sources[fid] = source_of(f"feed.{fid}", c.arrow_schema().empty_table())
             else:
                 path, clean_sha[fid] = snapshot_file(store, clean_path(c), scratch)
+                # here, not when the result is recorded: the GX thread is the busiest on a small district
+                suite_shas[fid] = _suite_sha(c)
                 sources[fid] = ParquetSource(path, reader)
                 if reuse and (prior := _recorded_feed_suite(store, c, clean_sha[fid], suite_shas[fid])) is not None:
                     return prior
@@ -506,7 +550,7 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
             return None
         return make(partial(_feed_targets, c, sources[fid], store is not None), f"feed.{fid}", "feed", fid)
 
-    suite_shas = {fid: _suite_sha(contracts()[fid]) for fid in wanted} if reuse and store is not None else {}
+    suite_shas: dict[str, str] = {}
     steps: list[tuple[str | None, Callable[[], Made]]] = [(fid, partial(feed, fid)) for fid in wanted]
     if health:
         steps.append((None, partial(make, lambda: [health_target(health)], "health", "health", "feeds")))
@@ -540,7 +584,7 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
                 before = len(suites)
                 finish(got)
                 if store is not None and fid in clean_sha:
-                    _record_feed_suites(store, contracts()[fid], clean_sha[fid], snap, suites[before:])
+                    _record_feed_suites(store, contracts()[fid], clean_sha[fid], suite_shas[fid], snap, suites[before:])
         finally:
             for f in futures:  # on an error: what has not started never will; what runs ends first
                 f.cancel()

@@ -178,6 +178,51 @@ def test_suite_is_generated_from_the_contract():
     assert sorted(g.value_set) == ["女", "男"] and g.meta["critical"] is False
 
 
+def test_schema_expectations_settled_from_the_frame_agree_with_gx(tables, built):
+    """The gate asks a schema expectation (columns, their order, types) for its verdict on the frame's
+    schema without GX's validation graph (`gate._schema_results`): the same success and result as GX
+    validating it on the frame, on every feed and output suite, and on frames whose schema is wrong —
+    a column missing (left to GX: it reports the error), moved, of another type, or of numpy `object`
+    dtype (left to GX, which then looks at every value)."""
+    b, _, w = built
+    ctx = gate.gx_context()
+    ds = ctx.data_sources.add_pandas("schema-agreement")
+    cases = []
+    for fid, t in tables.items():
+        c = get(fid)
+        frame = suites.frame_for(c, t.slice(0, 50))
+        cases.append((suites.suite_for(c), frame))
+        first = c.names[1] if len(c.names) > 1 else c.names[0]
+        wrong = frame.copy()
+        wrong[first] = wrong[first].astype(object)
+        moved = frame[[*frame.columns[1:], frame.columns[0]]]
+        cases += [(suites.suite_for(c), wrong), (suites.suite_for(c), moved),
+                  (suites.suite_for(c), frame.drop(columns=[first]))]
+    cast = tables[CLAIM].set_column(tables[CLAIM].schema.get_field_index("total_amount"), "total_amount",
+                                    pc.cast(tables[CLAIM]["total_amount"], pa.float64()))
+    cases.append((suites.suite_for(get(CLAIM)), suites.frame_for(get(CLAIM), cast.slice(0, 50))))
+    for name, table in {"monitoring.person": b.person, "monitoring.household": b.household, "warnings": w}.items():
+        cases.append((suites.output_suite(name, table, county="430103"), checks.to_frame(table.slice(0, 50))))
+    settled = 0
+    for k, (suite, frame) in enumerate(cases):
+        asset = ds.add_dataframe_asset(f"case{k}")
+        batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": frame})
+        by_gx = batch.validate(suite, result_format=gate.RESULT_FORMAT).results
+        mine = gate._schema_results(enumerate(suite.expectations), frame)
+        settled += len(mine)
+        for r in mine.values():
+            key = gate._expectation_key(r.expectation_config.type, r.expectation_config.kwargs)
+            [g] = [x for x in by_gx if gate._expectation_key(x.expectation_config.type, x.expectation_config.kwargs) == key]
+            assert (r.success, r.result) == (g.success, g.result), (suite.name, r.expectation_config.type)
+            assert not g.exception_info.get("raised_exception")
+        for i, e in enumerate(suite.expectations):
+            col = getattr(e, "column", None)
+            if e.expectation_type in gate.SCHEMA_ONLY and i not in mine:  # left to GX: a missing or object column
+                assert col not in frame.columns or frame.dtypes[col].type is np.object_, (suite.name, col)
+    assert settled > 400
+    assert any(not r.success for suite, frame in cases[1:4] for r in gate._schema_results(enumerate(suite.expectations), frame).values())
+
+
 # ---- the truth -------------------------------------------------------------------------------
 
 def test_the_truth_passes_every_critical_expectation(truth_report):
