@@ -220,6 +220,8 @@ def test_schema_expectations_settled_from_the_frame_agree_with_gx(tables, built)
             if e.expectation_type in gate.SCHEMA_ONLY and i not in mine:  # left to GX: a missing or object column
                 assert col not in frame.columns or frame.dtypes[col].type is np.object_, (suite.name, col)
     assert settled > 400
+    twice = cases[0][1].rename(columns={cases[0][1].columns[1]: cases[0][1].columns[0]})
+    assert gate._schema_results(enumerate(cases[0][0].expectations), twice) == {}  # two columns of one name: GX's
     assert any(not r.success for suite, frame in cases[1:4] for r in gate._schema_results(enumerate(suite.expectations), frame).values())
 
 
