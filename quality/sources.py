@@ -166,17 +166,21 @@ class Reader:
     def __init__(self, con: duckdb.DuckDBPyConnection):
         self.con, self.local, self.lock = con, threading.local(), threading.Lock()
         self.cursors: list[duckdb.DuckDBPyConnection] = []
+        self.closed = False
 
     def table(self, query: str, params: dict) -> pa.Table:
         cursor = getattr(self.local, "cursor", None)
         if cursor is None:
             with self.lock:
+                if self.closed:  # else a cursor made now would never be closed
+                    raise RuntimeError("the gate's frame reader is closed")
                 cursor = self.local.cursor = self.con.cursor()
                 self.cursors.append(cursor)
         return cursor.sql(query, params=params).to_arrow_table()
 
     def close(self) -> None:
         with self.lock:
+            self.closed = True
             for cursor in self.cursors:
                 cursor.close()
             self.cursors.clear()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
@@ -66,6 +67,22 @@ def test_rows_read_by_position_are_the_rows_stored(claims_file):
     assert src.at(np.array([], np.int64), ["id_no"]).num_rows == 0
     assert src.column("claim_id").equals(t["claim_id"])
     assert ArrowSource(t, "t").at(pos, ["id_no", "claim_id"]).equals(t.select(["id_no", "claim_id"]).take(pa.array(pos)))
+
+
+def test_a_closed_reader_makes_no_cursor_on_any_thread(claims_file):
+    path, _ = claims_file
+    reader = Reader(normalise.connect())
+    src = ParquetSource(path, reader)
+    pos = np.array([0, 5])
+    assert src.at(pos, ["claim_id"]).num_rows == 2
+    with ThreadPoolExecutor(1) as other:  # its own cursor
+        assert other.submit(src.at, pos, ["claim_id"]).result().num_rows == 2
+    assert len(reader.cursors) == 2
+    reader.close()
+    assert reader.cursors == []
+    with ThreadPoolExecutor(1) as other, pytest.raises(RuntimeError, match="closed"):
+        other.submit(src.at, pos, ["claim_id"]).result()
+    assert reader.cursors == []
 
 
 def test_helper_columns_line_up_with_their_rows_across_row_groups_and_blocks(claims_file, monkeypatch):
