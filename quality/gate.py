@@ -364,16 +364,16 @@ def _suite_sha(c: Contract) -> str:
 
 
 def _recorded_feed_suite(store: ObjectStore, c: Contract, clean_sha256: str | None,
-                         suite_sha256: str | None = None) -> SuiteResult | None:
-    """The recorded result of the feed's suite on this very clean file and suite (`suite_sha256`,
-    default `_suite_sha(c)`), or None."""
+                         suite_sha256: str) -> SuiteResult | None:
+    """The recorded result of the feed's suite on this very clean file (`clean_sha256`) and suite
+    (`suite_sha256`, `_suite_sha(c)`), or None."""
     if clean_sha256 is None:
         return None
     try:
         rec = json.loads(store.read_bytes(paths.quality_feed_record(c.prefix)))
     except FileNotFoundError:
         return None
-    if (rec.get("clean_sha256") != clean_sha256 or rec.get("suite_sha256") != (suite_sha256 or _suite_sha(c))
+    if (rec.get("clean_sha256") != clean_sha256 or rec.get("suite_sha256") != suite_sha256
             or len(rec["suites"]) != 1):
         return None
     sr = SuiteResult.from_dict(rec["suites"][0])
