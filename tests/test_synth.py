@@ -470,3 +470,15 @@ def test_publish_ingest_clean_matches_expected_and_truth(broker, local_settings,
     cp = cleaned["housing.property"]
     assert cp.older_snapshots > 0
     assert cleaned["medical_insurance.claim"].deleted > 0 and cleaned["public_security.person"].redelivered > 0
+
+
+def test_a_table_not_kept_is_built_the_same_and_handed_over(district):
+    """`table(fid, keep=False)` (the benchmark's writer, one feed at a time) gives the same table as a
+    kept one; a kept table handed over with `keep=False` is no longer held."""
+    fid = "human_resources.employment"
+    loose = district.table(fid, keep=False)
+    kept = district.table(fid)
+    assert loose.equals(kept) and loose.num_rows > 0
+    assert district.table(fid) is kept
+    assert district.table(fid, keep=False) is kept
+    assert district.table(fid) is not kept and district.table(fid).equals(kept)

@@ -192,21 +192,26 @@ class District:
     def frame(self, feed_id: str) -> Frame:
         return self.people if feed_id == "public_security.person" else self.facts[feed_id]
 
-    def table(self, feed_id: str) -> pa.Table:
+    def table(self, feed_id: str, keep: bool = True) -> pa.Table:
         """The truth of one feed: the contract's clean columns, in generation order.
 
         Built in chunks of `CHUNK` rows (a single Arrow string array cannot pass 2 GB, which the
-        50 M employment rows of a 10 M district would), so compare sorted by the key.
+        50 M employment rows of a 10 M district would), so compare sorted by the key. Kept for the
+        next call unless `keep` is false (a caller writing each feed once: at 10 M persons the
+        tables together hold 13 GB).
         """
-        if feed_id not in self._cache:
-            c = get(feed_id)
-            f = self.frame(feed_id)
-            n = flen(f)
-            build = partial(self.generic_columns, c) if feed_id in self.generic else getattr(self, "_t_" + c.feed)
-            parts = [pa.table(build({k: v[lo:lo + CHUNK] for k, v in f.items()}, lo), schema=truth_schema(c))
-                     for lo in range(0, n, CHUNK)] or [truth_schema(c).empty_table()]
-            self._cache[feed_id] = pa.concat_tables(parts)
-        return self._cache[feed_id]
+        if feed_id in self._cache:
+            return self._cache[feed_id] if keep else self._cache.pop(feed_id)
+        c = get(feed_id)
+        f = self.frame(feed_id)
+        n = flen(f)
+        build = partial(self.generic_columns, c) if feed_id in self.generic else getattr(self, "_t_" + c.feed)
+        parts = [pa.table(build({k: v[lo:lo + CHUNK] for k, v in f.items()}, lo), schema=truth_schema(c))
+                 for lo in range(0, n, CHUNK)] or [truth_schema(c).empty_table()]
+        t = pa.concat_tables(parts)
+        if keep:
+            self._cache[feed_id] = t
+        return t
 
     def tables(self) -> dict[str, pa.Table]:
         return {fid: self.table(fid) for fid in contracts()}
