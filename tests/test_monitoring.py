@@ -18,7 +18,7 @@ from quality import evaluation, policy
 from quality.rules import RULES
 from safetynet.build import monitoring
 from safetynet.demo.synth import generate
-from schemas import normalise
+from schemas import normalise, outputs
 from tests.test_synth import reference_fired
 
 SNAP = dt.date(2026, 11, 1)
@@ -126,9 +126,12 @@ def test_build_frees_its_intermediates_and_builds_again_on_the_same_connection(d
     b, pol, w = built
     tables = {r[0] for r in b.con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()}
     views = {r[0] for r in b.con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()}
-    assert {"monitoring_person", "monitoring_household", "case_member"} <= tables
+    assert {"monitoring_person_stored", "monitoring_household", "case_member"} <= tables
     assert not tables & {"wage_person", "enrollment_person", "programme_person", "household_cases", "person_base"}
-    assert "person_base" in views
+    assert {"person_base", "monitoring_person"} <= views
+    stored = b.con.table("monitoring_person_stored").columns
+    assert not set(stored) & set(monitoring.PERSON_DERIVED)  # not stored: the view adds them
+    assert b.person.column_names == [c for c in outputs.PERSON if c != "person_key"]
     cols = b.con.table("person_base").columns
     assert cols[:2] == ["id_no", "name"] and "household_no" in cols and "snapshot_date" not in cols
     b2 = monitoring.build(b.con, SNAP, pol)
@@ -188,3 +191,35 @@ def test_employer_of_the_latest_month_is_the_same_in_any_scan_order():
             con.register("employment", pa.Table.from_pylist(order))
             got.add(con.execute(f"SELECT employer_name, last_wage_month FROM ({sql})", params).fetchall()[0])
     assert len(got) == 1 and next(iter(got))[0] in {"甲公司", "乙公司"} and next(iter(got))[1] == "2026-10"
+
+
+def test_the_person_tables_derived_columns_are_those_the_step_would_compute(built):
+    """`PERSON_DERIVED` (added by the view, not stored) computed straight from the build's own
+    inputs: the snapshot, the register's region, the policy's working ages and severe grades, the
+    wage totals, and whether the person has a serious-illness claim in the window."""
+    b, pol, _ = built
+    p = b.person.to_pylist()
+    t = pol.thresholds
+    serious = {r[0] for r in b.con.execute(
+        "SELECT DISTINCT id_no FROM claim WHERE settle_date >= $w AND settle_date < $s "
+        "AND (coalesce(serious_illness, false) OR regexp_matches(diagnosis_code, $pat))",
+        {"w": b.params["win12"], "s": b.snapshot_date, "pat": b.params["serious_pattern"]}).fetchall()}
+    assert serious and any(r["working_age"] for r in p) and any(r["severe_disability"] for r in p)
+    for r in p:
+        assert r["snapshot_date"] == b.snapshot_date
+        assert (r["street_code"], r["county_code"]) == (r["region_code"][:9], r["region_code"][:6])
+        assert r["working_age"] == (r["alive"] and t.working_age_min <= r["age"] <= t.working_age_max)
+        assert r["wage_last3_avg"] == (r["wage_last3_total"] / 3).quantize(Decimal("0.01"))
+        assert r["wage_prev9_avg"] == (r["wage_prev9_total"] / 9).quantize(Decimal("0.01"))
+        assert r["serious_illness"] == (r["id_no"] in serious)
+        assert r["severe_disability"] == (r["disability_grade"] in t.severe_disability_grades)
+
+
+def test_a_person_step_and_published_table_that_disagree_are_named():
+    stored = [c for c in outputs.PERSON if c not in monitoring.PERSON_DERIVED and c != "person_key"]
+    params = {"snapshot": SNAP, "wa_min": 16, "wa_max": 59, "severe_grades": [1, 2]}
+    assert "FROM monitoring_person_stored" in monitoring.person_view(params, stored)
+    with pytest.raises(RuntimeError, match="extra_column"):
+        monitoring.person_view(params, [*stored, "extra_column"])
+    with pytest.raises(RuntimeError, match="employer_name"):
+        monitoring.person_view(params, [c for c in stored if c != "employer_name"])
