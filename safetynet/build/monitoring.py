@@ -281,7 +281,7 @@ PUBLISHED = {"monitoring_person": ("household_no", "id_no"), "monitoring_househo
 
 #: The person table's columns computed from its other columns of the same row. Its step does not
 #: store them — every stored column costs the sort and the copy of 10 M rows (the step 62 s against
-#: 68 s without these 8) — the view `monitoring_person` over the stored table (`STORED`) adds them,
+#: 68 s without these 8) — the view `monitoring_person` over the stored table (`PERSON_STORED`) adds them,
 #: in the published order (`schemas.outputs.PERSON`). Each is the expression the step computed, over
 #: the stored columns; `{name}` is that build parameter as an SQL literal (a view binds none).
 PERSON_DERIVED = {
@@ -296,8 +296,8 @@ PERSON_DERIVED = {
     "severe_disability": "coalesce(list_contains({severe_grades}, disability_grade), false)",
 }
 
-#: the step stored under another name, with a view of the step's name over it (`person_view`)
-STORED = {"monitoring_person": "monitoring_person_stored"}
+#: the table the person step is stored in; `monitoring_person` is the view over it (`person_view`)
+PERSON_STORED = "monitoring_person_stored"
 
 
 def person_view(params: dict, stored: Sequence[str]) -> str:
@@ -312,7 +312,7 @@ def person_view(params: dict, stored: Sequence[str]) -> str:
            "wa_min": int(params["wa_min"]), "wa_max": int(params["wa_max"]),
            "severe_grades": f"CAST([{', '.join(str(int(g)) for g in params['severe_grades'])}] AS INTEGER[])"}
     cols = ", ".join(f"{PERSON_DERIVED[c].format(**lit)} AS {_q(c)}" if c in PERSON_DERIVED else _q(c) for c in published)
-    return f"SELECT {cols} FROM {STORED['monitoring_person']}"
+    return f"SELECT {cols} FROM {PERSON_STORED}"
 
 
 #: Rows per Arrow chunk of a published table. The Parquet writer's bytes depend on how a table is
@@ -444,12 +444,13 @@ def build(con: duckdb.DuckDBPyConnection, snapshot: dt.date, pol: Policy) -> Bui
         log.debug("monitoring step %s", name, extra={"event": "sql_step", "step": name, "sql": sql})
         if name in PUBLISHED:  # sorted, so the published bytes are the same on every run
             sql = f"SELECT * FROM ({sql}) ORDER BY {', '.join(PUBLISHED[name])}"
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {STORED.get(name, name)} AS {sql}", used)
-        if name in STORED:
-            con.execute(f"CREATE TEMP VIEW {name} AS {person_view(params, con.table(STORED[name]).columns)}")
+        person = name == "monitoring_person"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {PERSON_STORED if person else name} AS {sql}", used)
+        if person:
+            con.execute(f"CREATE TEMP VIEW {name} AS {person_view(params, con.table(PERSON_STORED).columns)}")
         for done in _last_read_by(i):  # its memory to the steps and rules after it
             con.execute(f"DROP TABLE {done}")
-        if name == "monitoring_person":  # holds every person_base column: the rest read them there
+        if person:  # holds every person_base column: the rest read them there
             cols = ", ".join(con.table("person_base").columns)
             con.execute("DROP TABLE person_base")
             con.execute(f"CREATE TEMP VIEW person_base AS SELECT {cols} FROM monitoring_person")
