@@ -8,10 +8,13 @@ households; warning ids against re-runs and changed facts.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pytest
 
 from quality import evaluation, policy
@@ -121,8 +124,8 @@ def test_the_window_is_the_12_months_ended_on_or_before_the_snapshot_date():
 
 def test_build_frees_its_intermediates_and_builds_again_on_the_same_connection(district, built):
     """The per-person aggregates are dropped once `monitoring_person` has read them, `person_base`
-    becomes a view of its columns there, and a second build on the same connection (the
-    incremental build's case) gives the same tables and warnings."""
+    (a view over the register, never a table) becomes a view of its columns there, and a second
+    build on the same connection (the incremental build's case) gives the same tables and warnings."""
     b, pol, w = built
     tables = {r[0] for r in b.con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()}
     views = {r[0] for r in b.con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()}
@@ -193,6 +196,25 @@ def test_employer_of_the_latest_month_is_the_same_in_any_scan_order():
     assert len(got) == 1 and next(iter(got))[0] in {"甲公司", "乙公司"} and next(iter(got))[1] == "2026-10"
 
 
+def test_enrolment_is_the_latest_months_row_with_its_blank_fields_kept():
+    """A person's medical scheme and status are both those of their latest enrolment month, a field
+    left blank that month included (not an earlier month's value), in any input order."""
+    pol = policy.for_region("430103", 2026)
+    sql = dict(monitoring.STEPS)["enrollment_person"]
+    rows = [{"id_no": "P", "month": "2026-09", "scheme": "职工医保", "status": "参保缴费"},
+            {"id_no": "P", "month": "2026-10", "scheme": None, "status": "终止参保"},
+            {"id_no": "Q", "month": "2026-10", "scheme": "城乡居民医保", "status": None},
+            {"id_no": "Q", "month": "2026-08", "scheme": "职工医保", "status": "暂停缴费"},
+            {"id_no": "R", "month": "2026-07", "scheme": "城乡居民医保", "status": "参保缴费"}]
+    params = {k: v for k, v in monitoring.parameters(SNAP, pol).items() if f"${k}" in sql}
+    for order in (rows, rows[::-1], [rows[3], rows[0], rows[4], rows[2], rows[1]]):
+        for threads in (1, 2):
+            con = normalise.connect(threads=threads)
+            con.register("enrollment", pa.Table.from_pylist(order))
+            assert sorted(con.execute(sql, params).fetchall()) == [
+                ("P", None, "终止参保"), ("Q", "城乡居民医保", None), ("R", "城乡居民医保", "参保缴费")]
+
+
 def test_the_person_tables_derived_columns_are_those_the_step_would_compute(built):
     """`PERSON_DERIVED` (added by the view, not stored) computed straight from the build's own
     inputs: the snapshot, the register's region, the policy's working ages and severe grades, the
@@ -223,3 +245,62 @@ def test_a_person_step_and_published_table_that_disagree_are_named():
         monitoring.person_view(params, [*stored, "extra_column"])
     with pytest.raises(RuntimeError, match="employer_name"):
         monitoring.person_view(params, [c for c in stored if c != "employer_name"])
+
+
+def test_the_person_step_probes_with_the_register_whatever_duckdb_estimates(district, built):
+    """A register DuckDB estimates at one row (an Arrow dataset, as a store on S3 gives): the person
+    step still builds its hash tables of the per-person steps and probes them with the persons — no
+    RIGHT join (hash tables of the persons ran out of memory at 1 M under 4 GB) — leaves the
+    connection's own disabled optimizers as it found them, and gives the same tables."""
+    con = normalise.connect()
+    con.execute("SET disabled_optimizers = 'top_n'")
+    for fid, name in monitoring.sources().items():
+        t = district.table(fid)
+        con.register(name, ds.dataset(t) if name == "person" else t)
+    plans = []
+
+    class Spy:  # the person step's plan, as the build runs it
+        def __init__(self, c):
+            self.c = c
+
+        def __getattr__(self, k):
+            return getattr(self.c, k)
+
+        def execute(self, sql, *args):
+            if sql.startswith(f"CREATE OR REPLACE TEMP TABLE {monitoring.PERSON_STORED} "):
+                plans.append(json.loads(self.c.execute("EXPLAIN (FORMAT json) " + sql.split(" AS ", 1)[1],
+                                                       *args).fetchall()[0][1]))
+            return self.c.execute(sql, *args)
+
+    pol = policy.for_region("430103", 2026)
+    b = monitoring.build(Spy(con), SNAP, pol)
+    def joins(node):
+        here = [node["extra_info"]["Join Type"]] if node["name"] == "HASH_JOIN" else []
+        return here + [j for c in node["children"] for j in joins(c)]
+
+    assert len(plans) == 1
+    n = dict(monitoring.STEPS)["monitoring_person"].count("LEFT JOIN")
+    assert n >= 10 and joins(plans[0][0]) == ["LEFT"] * n  # the persons the probe (left) side of every join
+    assert con.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0][0] == "top_n"
+    assert b.person.equals(built[0].person) and b.household.equals(built[0].household)
+
+
+def test_a_parameter_inlined_in_a_view_has_the_value_and_type_it_binds_with():
+    """`sql_literal`: each build parameter a view or the person view uses (`VIEWS`' steps,
+    `PERSON_DERIVED`) is, as a literal, the value and DuckDB type it has when bound; quotes are
+    escaped; an unknown parameter is an error."""
+    pol = policy.for_region("430103", 2026)
+    params = monitoring.parameters(SNAP, pol)
+    steps = dict(monitoring.STEPS)
+    names = {m for v in monitoring.VIEWS for m in re.findall(r"\$(\w+)", steps[v])}
+    names |= {m for e in monitoring.PERSON_DERIVED.values() for m in re.findall(r"\{(\w+)\}", e)}
+    assert {"snapshot", "wa_min", "wa_max", "severe_grades"} <= names
+    con = normalise.connect()
+    for k in sorted(names) + ["months12", "serious_pattern"]:
+        bound = con.execute("SELECT $v, typeof($v)", {"v": params[k]}).fetchall()
+        assert con.execute(f"SELECT {monitoring.sql_literal(params[k])} AS v, typeof(v)").fetchall() == bound, k
+    quoted = monitoring.sql_literal("O'Brien")
+    assert con.execute(f"SELECT {quoted}").fetchall() == [("O'Brien",)]
+    assert monitoring.inline("SELECT $wa_min + 1", params) == f"SELECT {params['wa_min']} + 1"
+    with pytest.raises(KeyError, match="nope"):
+        monitoring.inline("SELECT $nope", params)
