@@ -18,10 +18,11 @@ warning rules and the synthetic district's planted households, `safetynet.demo.s
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import duckdb
@@ -484,27 +485,32 @@ def build(con: duckdb.DuckDBPyConnection, snapshot: dt.date, pol: Policy) -> Bui
         log.debug("monitoring step %s", name, extra={"event": "sql_step", "step": name, "sql": sql})
         if name in PUBLISHED:  # sorted, so the published bytes are the same on every run
             sql = f"SELECT * FROM ({sql}) ORDER BY {', '.join(PUBLISHED[name])}"
-        person = name == "monitoring_person"
         if name in VIEWS:
             con.execute(f"CREATE TEMP VIEW {name} AS {inline(sql, used)}")
-        elif person:
-            off = con.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0][0]
-            con.execute(f"SET disabled_optimizers = {_lit(','.join(x for x in (off, PERSON_STEP_OFF) if x))}")
-            try:
+        elif name == "monitoring_person":
+            with _optimizer_off(con, PERSON_STEP_OFF):
                 con.execute(f"CREATE OR REPLACE TEMP TABLE {PERSON_STORED} AS {sql}", used)
-            finally:
-                con.execute(f"SET disabled_optimizers = {_lit(off)}")
-        else:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", used)
-        if person:
             con.execute(f"CREATE TEMP VIEW {name} AS {person_view(params, con.table(PERSON_STORED).columns)}")
-        for done in _last_read_by(i):  # its memory to the steps and rules after it
-            con.execute(f"DROP {'VIEW' if done in VIEWS else 'TABLE'} {done}")
-        if person:  # holds every person_base column: the rest read them there
+            # it holds every person_base column: the rest read them there
             cols = ", ".join(con.table("person_base").columns)
             con.execute("DROP VIEW person_base")
             con.execute(f"CREATE TEMP VIEW person_base AS SELECT {cols} FROM monitoring_person")
+        else:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", used)
+        for done in _last_read_by(i):  # its memory to the steps and rules after it
+            con.execute(f"DROP {'VIEW' if done in VIEWS else 'TABLE'} {done}")
     return Build(snapshot, con, params)
+
+
+@contextlib.contextmanager
+def _optimizer_off(con: duckdb.DuckDBPyConnection, name: str) -> Iterator[None]:
+    """DuckDB's optimizer `name` disabled on `con` for the block; the connection's own list after."""
+    off = con.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0][0]
+    con.execute(f"SET disabled_optimizers = {_lit(','.join(x for x in (off, name) if x))}")
+    try:
+        yield
+    finally:
+        con.execute(f"SET disabled_optimizers = {_lit(off)}")
 
 
 #: the steps the warning rules and the publisher read (kept with the build)
