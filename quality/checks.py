@@ -183,7 +183,7 @@ class Ascending:
         return self.ok
 
     def _ascending(self, b: pa.RecordBatch | pa.Table, n: int) -> bool:
-        cols = [plain(b.column(k)) for k in self.key]
+        cols = [_one_chunk(b.column(k)) for k in self.key]
         if any(c.null_count for c in cols):
             return False
         first = tuple(c[0].as_py() for c in cols)
@@ -192,14 +192,35 @@ class Ascending:
         if n > 1:
             up = np.zeros(n - 1, dtype=bool)  # row i+1 is above row i
             same = np.ones(n - 1, dtype=bool)  # …equal on every key column so far
-            for c in cols:
-                a, z = c.slice(1), c.slice(0, n - 1)
-                up |= same & pc.greater(a, z).to_numpy(zero_copy_only=False)
-                same &= pc.equal(a, z).to_numpy(zero_copy_only=False)
+            for c in map(_ordered, cols):
+                if isinstance(c, np.ndarray):
+                    a, z = c[1:], c[:-1]
+                    up |= same & (a > z)
+                    same &= a == z
+                else:
+                    a, z = c.slice(1), c.slice(0, n - 1)
+                    up |= same & pc.greater(a, z).to_numpy(zero_copy_only=False)
+                    same &= pc.equal(a, z).to_numpy(zero_copy_only=False)
             if not up.all():
                 return False
         self._last = tuple(c[n - 1].as_py() for c in cols)
         return True
+
+
+def _one_chunk(a: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(a, pa.ChunkedArray):
+        a = a.combine_chunks() if a.num_chunks != 1 else a.chunk(0)
+    return a.cast(pa.string()) if pa.types.is_large_string(a.type) else a
+
+
+def _ordered(a: pa.Array) -> pa.Array | np.ndarray:
+    """Values that order and compare as `a`'s do: a dictionary-encoded column (a code read as the
+    file stores it) as the dense ranks of its dictionary's values (its few values sorted once,
+    not every row decoded); any other as it is."""
+    if not pa.types.is_dictionary(a.type):
+        return a
+    ranks = pc.rank(a.dictionary, sort_keys="ascending", tiebreaker="dense").to_numpy()
+    return ranks[a.indices.to_numpy(zero_copy_only=False)]
 
 
 def strictly_ascending(batches: Iterable[pa.RecordBatch | pa.Table], key: Sequence[str]) -> bool:

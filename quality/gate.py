@@ -14,9 +14,10 @@ validates the suite on a pandas frame of at most `exact.SAMPLE_ROWS` rows (a fix
 plus the first failing rows, read by position; the exact counts go into GX's results (what the
 report and Data Docs show) and GX's verdict on its frame must agree with the exact one, else the
 expectation fails as a GX error (`_reconcile`). GX runs on pandas (pyarrow-backed `ArrowDtype`
-columns): its SQL data source cannot validate DuckDB. Three threads share the work, each taking the
-suites in order: making the targets (helper columns in Arrow), preparing them (the exact SQL, the
-frames), GX.
+columns): its SQL data source cannot validate DuckDB. Three stages share the work, each taking the
+suites in one order (the cross-feed links and the outputs first: the longest to prepare): making the
+targets (helper columns in Arrow), preparing them (the exact SQL, the frames; two threads), GX; the
+report lists them in its own order (feeds, health, cross-feed, outputs).
 
 PII: validation runs with `exclude_unexpected_values` and `partial_unexpected_count = 0`, so GX
 itself never copies a data value into a result. The gate computes up to `MAX_EXAMPLES` example
@@ -52,7 +53,16 @@ from quality import exact
 from quality.exact import Metric
 from quality.report import MAX_EXAMPLES, Failure, QualityReport, SuiteResult, scrub
 from quality.sources import ParquetSource, Reader, Source, snapshot_file, sweep
-from quality.suites import Target, cross_targets, feed_target, health_target, output_targets, source_of, suite_for
+from quality.suites import (
+    Shared,
+    Target,
+    cross_targets,
+    feed_target,
+    health_target,
+    output_targets,
+    source_of,
+    suite_for,
+)
 from safetynet.core import paths
 from safetynet.core.store import ObjectStore
 from safetynet.intake.clean import clean_path
@@ -247,8 +257,10 @@ def _prepare(t: Target, con: duckdb.DuckDBPyConnection, sample_rows: int) -> _Pr
     """Every row, exactly, in DuckDB; then the frame of the sample and the rows that fail. No GX:
     this runs on the gate's second thread while GX validates the target before."""
     t0 = time.perf_counter()
+    # a shared relation first: computing it registers (and then unregisters) its own relations
+    refs = {name: table.table(con) if isinstance(table, Shared) else table for name, table in t.refs.items()}
     try:
-        for name, table in t.refs.items():
+        for name, table in refs.items():
             con.register(name, table)
         for src in t.sources:
             src.register(con)
@@ -534,40 +546,63 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
                      extra={"event": "quality_suite", "suite": sr.name, "success": sr.success,
                             "critical_ok": sr.critical_ok})
 
-    def feed(fid: str) -> Made:
-        """A feed's step: from a store, its clean file linked (or downloaded) and hashed, and its
+    carried: dict[str, SuiteResult] = {}
+
+    def locate(fid: str) -> None:
+        """A feed's source: from a store, its clean file linked (or downloaded) and hashed, and its
         recorded result carried over when the file and the suite are unchanged (`reuse`)."""
         c = contracts()[fid]
-        if store is not None:
-            if not store.exists(clean_path(c)):
-                missing.append(fid)
-                sources[fid] = source_of(f"feed.{fid}", c.arrow_schema().empty_table())
-            else:
-                path, clean_sha[fid] = snapshot_file(store, clean_path(c), scratch)
-                # here, not when the result is recorded: the GX thread is the busiest on a small district
-                suite_shas[fid] = _suite_sha(c)
-                sources[fid] = ParquetSource(path, reader)
-                if reuse and (prior := _recorded_feed_suite(store, c, clean_sha[fid], suite_shas[fid])) is not None:
-                    return prior
+        if store is None:
+            return
+        if not store.exists(clean_path(c)):
+            missing.append(fid)
+            sources[fid] = source_of(f"feed.{fid}", c.arrow_schema().empty_table())
+            return
+        path, clean_sha[fid] = snapshot_file(store, clean_path(c), scratch)
+        # here, not when the result is recorded: the GX thread is the busiest on a small district
+        suite_shas[fid] = _suite_sha(c)
+        sources[fid] = ParquetSource(path, reader)
+        if reuse and (prior := _recorded_feed_suite(store, c, clean_sha[fid], suite_shas[fid])) is not None:
+            carried[fid] = prior
+
+    def feed(fid: str) -> Made:
+        """A feed's step (its source located by `cross`, which runs first)."""
+        if fid in carried:
+            return carried[fid]
         if fid not in sources:
             return None
-        return make(partial(_feed_targets, c, sources[fid], store is not None), f"feed.{fid}", "feed", fid)
+        return make(partial(_feed_targets, contracts()[fid], sources[fid], store is not None), f"feed.{fid}",
+                    "feed", fid)
+
+    def cross() -> Made:
+        """The cross-feed step: every feed located first (it reads every feed's source)."""
+        for fid in wanted:
+            locate(fid)
+        return make(lambda: cross_targets(sources), "cross", "cross", "cross")
 
     suite_shas: dict[str, str] = {}
+    # the steps in the report's order: each feed, the health, the cross-feed links, the outputs...
     steps: list[tuple[str | None, Callable[[], Made]]] = [(fid, partial(feed, fid)) for fid in wanted]
     if health:
         steps.append((None, partial(make, lambda: [health_target(health)], "health", "health", "feeds")))
-    steps.append((None, partial(make, lambda: cross_targets(sources), "cross", "cross", "cross")))
+    steps.append((None, cross))
     if outputs:
         steps.append((None, partial(make, lambda: output_targets(_output_sources(outputs, reader), snap, county),
                                     "output", "output", "outputs")))
+    # ... run in another: the cross-feed links first (they locate every feed first: linking and
+    # hashing, under a second at 10 M persons) and the outputs, the two longest to prepare (at 10 M
+    # about 6 s each alone), so the preparers start on them while the maker computes the feeds'
+    # helper columns (10 s at 10 M) instead of waiting for it: the 10 M gate took 26 s in the
+    # report's order, 23 s in this one (`bench/build.py`)
+    first = [len(wanted) + bool(health), *([len(steps) - 1] if outputs else [])]
+    run = [*first, *(i for i in range(len(steps)) if i not in first)]
 
-    # three stages on their own threads, each taking the steps in order: making the targets (files
-    # linked, helper columns: Arrow, one core), preparing them (every exact count in DuckDB, the
-    # frames), GX validating the frames (Python, one core), so that each stage works while the
+    # three stages on their own threads, each taking the steps in `run` order: making the targets
+    # (files linked, helper columns: Arrow, one core), preparing them (every exact count in DuckDB,
+    # the frames), GX validating the frames (Python, one core), so that each stage works while the
     # others do. What runs ahead is small, and kept to the end: helper columns of booleans, frames of
-    # at most 5,000 rows and the failing ones. The cross
-    # step is made after every feed's: it finds every feed's source.
+    # at most 5,000 rows and the failing ones.
+    ran: dict[int, list[SuiteResult]] = {}
     futures: list[Future] = []
     with contextlib.ExitStack() as held:  # closed in reverse: threads, the scratch folder, cursors
         db = normalise.connect() if con is None else con.cursor()
@@ -579,15 +614,19 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
         makers = held.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality-make"))
         preparers = held.enter_context(ThreadPoolExecutor(max_workers=PREPARERS, thread_name_prefix="quality-prepare"))
         try:
-            for _, step in steps:
-                futures.append(made := makers.submit(step))
+            prepared: dict[int, Future] = {}
+            for i in run:
+                futures.append(made := makers.submit(steps[i][1]))
                 futures.append(preparers.submit(prepare, made))
-            for i, (fid, _) in enumerate(steps):
-                got = futures[2 * i + 1].result()
+                prepared[i] = futures[-1]
+            for i in run:
+                got = prepared[i].result()
                 before = len(suites)
                 finish(got)
+                ran[i] = suites[before:]
+                fid = steps[i][0]
                 if store is not None and fid in clean_sha:
-                    _record_feed_suites(store, contracts()[fid], clean_sha[fid], suite_shas[fid], snap, suites[before:])
+                    _record_feed_suites(store, contracts()[fid], clean_sha[fid], suite_shas[fid], snap, ran[i])
         finally:
             for f in futures:  # on an error: what has not started never will; what runs ends first
                 f.cancel()
@@ -595,6 +634,8 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
                 if not f.cancelled():
                     with contextlib.suppress(Exception):
                         f.result()
+    suites = [sr for i in range(len(steps)) for sr in ran.get(i, [])]  # the report's order
+    results = {sr.name: results[sr.name] for sr in suites if sr.name in results}
     report = QualityReport(snap, suites, time.perf_counter() - t_start,
                            dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), county, missing, ctx, results)
     log.info("quality gate %s: %s (%d critical, %d warnings) in %.1fs", snap, "ok" if report.ok else "BLOCKED",

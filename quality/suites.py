@@ -31,6 +31,7 @@ them masked (`schemas.idno.mask_value`); `quality.gate` runs the targets.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -214,7 +215,8 @@ class Target:
     pii: dict[str, str] = field(default_factory=dict)
     shows: dict[str, str] = field(default_factory=dict)  # helper column → the column to show instead
     record: Callable[[str, int], str] | None = None  # (feed, row) → masked key of a source record
-    refs: dict[str, pa.Table] = field(default_factory=dict)  # more relations of `sql` (registered by the gate)
+    #: more relations of `sql` (registered by the gate): Arrow tables, or `Shared` ones computed once
+    refs: dict[str, pa.Table | Shared] = field(default_factory=dict)
     #: (column, regex) → a boolean column of `sql` (not of the frame) that says whether the value
     #: matches: the exact count of that regex expectation, computed vectorised (`quality.exact`)
     matches: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -227,6 +229,33 @@ class Target:
     #: SQL of the source's own columns of `sql` and `__pos`, without the helper columns (what a
     #: uniqueness or null check scans: no join a helper needs), or None
     plain: str | None = None
+
+
+class Shared:
+    """A relation that several targets' SQL reads, computed once: by the first of them prepared
+    (`table(con)`, on that preparer's cursor; the others wait for it), then held as Arrow. `sql`
+    reads `sources` and `refs` (Arrow tables), registered for it."""
+
+    def __init__(self, sql: str, sources: Sequence[Source], refs: Mapping[str, pa.Table]):
+        self.sql, self.sources, self.refs = sql, list(sources), dict(refs)
+        self._lock = threading.Lock()
+        self._table: pa.Table | None = None
+
+    def table(self, con: Any) -> pa.Table:
+        with self._lock:
+            if self._table is None:
+                try:
+                    for name, t in self.refs.items():
+                        con.register(name, t)
+                    for src in self.sources:
+                        src.register(con)
+                    self._table = con.sql(self.sql).to_arrow_table()
+                finally:  # unregistering what was not registered is no error
+                    for name in self.refs:
+                        con.unregister(name)
+                    for src in self.sources:
+                        src.unregister(con)
+            return self._table
 
 
 def _ref(name: str) -> str:
@@ -364,14 +393,12 @@ def _stack(parts: Sequence[tuple[str, str, np.ndarray, pa.Array | pa.ChunkedArra
 
 def _stacked_target(name: str, subject: str, suite: Any, parts: Sequence[Part], value: str, cast: pa.DataType,
                     helper: str, derived: Mapping[str, Callable[[pa.Array], pa.Array]], sources: Sequence[Source],
-                    **how: Any) -> Target:
+                    shared: Mapping[str, Shared] | None = None, **how: Any) -> Target:
     """A target over feeds' columns stacked (`_stack`), without stacking them: in SQL a UNION ALL of
     each part (`v`, with its position) and `helper`, the SQL of the derived columns over `v`;
-    the frame stacks only the rows asked for."""
+    the frame stacks only the rows asked for. `shared`: relations `helper` reads besides."""
     offsets = np.cumsum([0] + [p.rows for p in parts])
-    union = " UNION ALL ".join(f"SELECT {int(off)} + __i AS __pos, v FROM ({p.sql})"
-                               for off, p in zip(offsets, parts, strict=False))
-    sql = f"SELECT __pos, {helper} FROM ({union or 'SELECT NULL::BIGINT AS __pos, NULL::VARCHAR AS v WHERE FALSE'})"
+    sql = f"SELECT __pos, {helper} FROM ({_union(parts, offsets)})"
 
     def frame_of(pos: np.ndarray) -> pd.DataFrame:
         sub = []
@@ -381,8 +408,19 @@ def _stacked_target(name: str, subject: str, suite: Any, parts: Sequence[Part], 
         return to_frame(_stack(sub, value, cast, derived))
 
     used = list({id(s): s for s in [*sources, *(s for p in parts for s in p.sources)]}.values())
-    refs = {k: v for p in parts for k, v in p.refs.items()}
-    return Target(name, "cross", subject, suite, int(offsets[-1]), sql, used, frame_of, refs=refs, **how)
+    refs: dict[str, pa.Table | Shared] = {k: v for p in parts for k, v in p.refs.items()}
+    return Target(name, "cross", subject, suite, int(offsets[-1]), sql, used, frame_of, refs={**refs, **(shared or {})},
+                  **how)
+
+
+def _union(parts: Sequence[Part], offsets: Sequence[int] | np.ndarray | None = None) -> str:
+    """SQL of the parts' values `v` one under the other, each with its position `__pos` in the
+    stack (`offsets`: where each part starts; None: values only)."""
+    if offsets is None:
+        return " UNION ALL ".join(f"SELECT v FROM ({p.sql})" for p in parts) or "SELECT NULL::VARCHAR AS v WHERE FALSE"
+    return (" UNION ALL ".join(f"SELECT {int(off)} + __i AS __pos, v FROM ({p.sql})"
+                               for off, p in zip(offsets, parts, strict=False))
+            or "SELECT NULL::BIGINT AS __pos, NULL::VARCHAR AS v WHERE FALSE")
 
 
 def _link_suite(name: str, critical: bool, check: str, feed: str, meta: dict) -> Any:
@@ -411,15 +449,30 @@ def _membership(universe: Callable[[], pa.ChunkedArray | pa.Array]) -> Callable[
     return exists
 
 
-def _link_target(name: str, subject: str, suite: Any, parts: Sequence[Part], universe: Source, column: str,
-                 exists: Callable[[pa.Array], pa.Array], value: str, fmt: Callable[[str, int], str]) -> Target:
-    """`__exists`: each value is in the `column` of `universe` (null stays null) — a semi-join in SQL,
-    `exists` (the same over Arrow) in the frame."""
-    return _stacked_target(name, subject, suite, parts, value, pa.string(),
-                           f"v AS {value}, v IN (SELECT {exact.ident(column)} FROM {universe.relation} "
-                           f"WHERE {exact.ident(column)} IS NOT NULL) AS __exists",
-                           {"__exists": exists}, [universe], keys=("__feed", "__row"),
+def _link_target(name: str, subject: str, suite: Any, parts: Sequence[Part], exists_sql: str, used: Sequence[Source],
+                 exists: Callable[[pa.Array], pa.Array], value: str, fmt: Callable[[str, int], str],
+                 shared: Mapping[str, Shared] | None = None) -> Target:
+    """`__exists`: each value `v` is in the universe (null stays null) — `exists_sql` in SQL (over
+    `used` and `shared`), `exists` (the same over Arrow) in the frame."""
+    return _stacked_target(name, subject, suite, parts, value, pa.string(), f"v AS {value}, {exists_sql} AS __exists",
+                           {"__exists": exists}, used, shared, keys=("__feed", "__row"),
                            pii={"id_no": "direct", "case_no": "none"}, shows={"__exists": value}, record=fmt)
+
+
+def _semi_join(universe: Source, column: str) -> str:
+    """SQL: `v` is among the non-null values of `universe`'s `column` (null stays null)."""
+    return f"v IN (SELECT {exact.ident(column)} FROM {universe.relation} WHERE {exact.ident(column)} IS NOT NULL)"
+
+
+def _missing_ids(registry: Source, parts: Sequence[Part]) -> Shared:
+    """The distinct ID numbers of `parts` that are not in the register: one semi-join of every
+    person link against the register (10 M ID numbers hashed once, not once per suite), after
+    which each suite looks its values up among the few missing (`NOT (v IN missing)`: null stays
+    null, exactly as against the register)."""
+    refs = {k: v for p in parts for k, v in p.refs.items()}
+    used = list({id(s): s for s in [registry, *(s for p in parts for s in p.sources)]}.values())
+    return Shared(f"SELECT DISTINCT v FROM ({_union(parts)}) WHERE v IS NOT NULL AND NOT ({_semi_join(registry, 'id_no')})",
+                  used, refs)
 
 
 def cross_targets(sources: Mapping[str, Source]) -> list[Target]:
@@ -441,29 +494,29 @@ def cross_targets(sources: Mapping[str, Source]) -> list[Target]:
                     parts.append(_column_part(feed, fld, src))
             return parts
 
-        def person_link(name: str, subject: str, critical: bool, parts: list[Part], links: str) -> Target:
-            return _link_target(name, subject, _link_suite(name, critical, "person_exists", subject, {"links": links}),
-                                parts, registry, "id_no", person_exists, "id_no", fmt)
-
+        links: list[tuple[str, str, bool, list[Part], str]] = []
         for feed, fields in _CRITICAL_PERSON_LINKS.items():
             if feed in sources:
-                name = f"cross.{feed.split('.')[1]}_person"
-                out.append(person_link(name, feed, True, parts_of(feed, fields),
-                                       f"{feed}.{'/'.join(fields)} → {PERSON}.id_no"))
+                links.append((f"cross.{feed.split('.')[1]}_person", feed, True, parts_of(feed, fields),
+                              f"{feed}.{'/'.join(fields)} → {PERSON}.id_no"))
         owners = [p for feed, fld in _OWNER_LINKS.items() if feed in sources for p in parts_of(feed, [fld])]
-        out.append(person_link("cross.owner_person", "owners", False, owners,
-                               "vehicle/property owner_id_no → person (owners may live elsewhere)"))
+        links.append(("cross.owner_person", "owners", False, owners,
+                      "vehicle/property owner_id_no → person (owners may live elsewhere)"))
         others = [p for feed, c in contracts().items()
                   if feed in sources and feed != PERSON and feed not in _CRITICAL_PERSON_LINKS and feed not in _OWNER_LINKS
                   for p in parts_of(feed, c.id_fields)]
-        out.append(person_link("cross.person_links", "person_links", False, others,
-                               "other person-linked feeds → person"))
+        links.append(("cross.person_links", "person_links", False, others, "other person-linked feeds → person"))
+        missing = {_ref("cross.missing_person_ids"): _missing_ids(registry, [p for *_, parts, _ in links for p in parts])}
+        for name, subject, critical, parts, what in links:
+            suite = _link_suite(name, critical, "person_exists", subject, {"links": what})
+            out.append(_link_target(name, subject, suite, parts, f"NOT (v IN (SELECT v FROM {next(iter(missing))}))",
+                                    [], person_exists, "id_no", fmt, missing))
     if _CASE_FEED in sources:
         parts = [_column_part(feed, "case_no", sources[feed]) for feed in _CASE_LINKS if feed in sources]
         suite = _link_suite("cross.case_links", False, "case_exists", "case_links",
                             {"links": "payments / income checks → assistance_case.case_no"})
         cases = sources[_CASE_FEED]
-        out.append(_link_target("cross.case_links", "case_links", suite, parts, cases, "case_no",
+        out.append(_link_target("cross.case_links", "case_links", suite, parts, _semi_join(cases, "case_no"), [cases],
                                 _membership(lambda: cases.column("case_no")), "case_no", fmt))
     # no negative money anywhere (critical): every money value of every feed
     money = [_column_part(feed, f.name, sources[feed]) for feed, c in contracts().items() if feed in sources
@@ -559,9 +612,9 @@ def output_suite(name: str, table: pa.Table | None = None, *, county: str | None
 
 
 def output_frame(name: str, table: pa.Table, snapshot_date: dt.date, *,
-                 household: Callable[[], pa.ChunkedArray | pa.Array] | None = None) -> pd.DataFrame:
-    """The frame an output suite validates: the table plus its helper columns (`household`: the
-    household table's household numbers, read when needed)."""
+                 household: Callable[[pa.Array], pa.Array] | None = None) -> pd.DataFrame:
+    """The frame an output suite validates: the table plus its helper columns (`household`: whether
+    each household number is in the household table, `_membership`)."""
 
     name = _OUTPUT_ALIASES.get(name, name)
     t = table
@@ -576,7 +629,7 @@ def output_frame(name: str, table: pa.Table, snapshot_date: dt.date, *,
         t = t.append_column("__rule_ok", pa.array([x in known for x in triples], pa.bool_()))
         t = t.append_column(_helper("subject_id_no"), id_ok(t["subject_id_no"]))
     if household is not None and name in ("monitoring.person", "warnings"):
-        t = t.append_column("__household_exists", found_in(t["household_no"], household(), distinct=True))
+        t = t.append_column("__household_exists", household(t["household_no"]))
     nums = {"monitoring.person": ["age"], "monitoring.household": ["members_total"], "warnings": ["score"]}.get(name, [])
     return to_frame(with_num(t, nums + [f.name for f in table.schema if pa.types.is_decimal(f.type)]))
 
@@ -590,13 +643,8 @@ def output_targets(outputs: Mapping[str, Source], snapshot_date: dt.date, county
     pii = {"id_no": "direct", "name": "direct", "subject_id_no": "direct", "address": "direct"}
     q = exact.ident
     known = ", ".join(exact.literal(f"{r.id}\x1f{r.version}\x1f{r.severity}") for r in RULES)
-    held: list = []
-
-    def households(hh: Source) -> pa.Array:  # the household numbers, read once for every frame
-        if not held:
-            held.append(plain(hh.column("household_no")).drop_null().unique())
-        return held[0]
-
+    # the household numbers, read once for every frame, scanned against each frame's few
+    household_exists = _membership(lambda: hh.column("household_no")) if hh is not None else None
     out = []
     for name in OUTPUTS:
         if name not in outs:
@@ -630,7 +678,7 @@ def output_targets(outputs: Mapping[str, Source], snapshot_date: dt.date, county
                                output_suite(name, src.schema.empty_table(), county=county, has_household=hh is not None),
                                checked, src.names, helpers,
                                partial(output_frame, name, snapshot_date=snapshot_date,
-                                       household=partial(households, hh) if hh is not None else None),
+                                       household=household_exists),
                                keys=keys[name], pii=pii,
                                shows={_helper("id_no"): "id_no", _helper("subject_id_no"): "subject_id_no",
                                       "__household_exists": "household_no", "__rule_ok": "rule_id",

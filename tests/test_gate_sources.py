@@ -173,6 +173,20 @@ def test_a_strictly_ascending_key_is_unique(rows, want):
     assert checks.strictly_ascending([t], ["k", "n"]) is want
     # the same rows cut into blocks of one: every comparison is then across a block boundary
     assert checks.strictly_ascending(t.to_batches(max_chunksize=1), ["k", "n"]) is want
+    # a column read dictionary-encoded (a code) compares by its dictionary's ranks: the same verdict,
+    # whatever order the dictionary holds its values in (here reversed from first appearance)
+    for k in (t["k"].dictionary_encode(), _reversed_dictionary(t["k"])):
+        d = t.set_column(0, "k", k)
+        assert checks.strictly_ascending([d], ["k", "n"]) is want
+        assert checks.strictly_ascending(d.to_batches(max_chunksize=1), ["k", "n"]) is want
+
+
+def _reversed_dictionary(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    values = list(dict.fromkeys(v for v in col.to_pylist() if v is not None))[::-1]
+    index = {v: i for i, v in enumerate(values)}
+    return pa.chunked_array([pa.DictionaryArray.from_arrays(
+        pa.array([None if v is None else index[v] for v in col.to_pylist()], pa.int32()),
+        pa.array(values, pa.string()))])
 
 
 def test_strictly_ascending_agrees_with_sorting_and_counting(tmp_path):
@@ -193,6 +207,9 @@ def test_strictly_ascending_agrees_with_sorting_and_counting(tmp_path):
         pq.write_table(t, path, row_group_size=3)
         want = all(a < b for a, b in itertools.pairwise(rows))  # Python compares str by code point
         assert ParquetSource(path, Reader(normalise.connect())).ascending(["k", "n"]) is want, rows
+        # read as a code column is (dictionary-encoded, a row group's dictionary per batch)
+        coded = pq.ParquetFile(path, read_dictionary=["k"]).iter_batches(batch_size=2, columns=["k", "n"])
+        assert checks.strictly_ascending(coded, ["k", "n"]) is want, rows
 
 
 # ---- what a second pair of eyes asked for: S3, copies, leftovers, statistics, keys Arrow cannot order ----

@@ -314,6 +314,53 @@ def test_assistance_member_and_owner_links(tables):
     assert [x.suite for x in r.critical_failures] == ["cross.assistance_case_person"]
 
 
+def test_person_links_look_the_register_up_once_and_count_as_a_semi_join_does(tables, monkeypatch):
+    """The person-link suites share one set of the ID numbers missing from the register (computed
+    once); each suite's counts are what its own semi-join against the register gives, nulls as
+    missing, not unexpected; a number missing in one link and present in none."""
+    known = set(tables[PERSON]["id_no"].to_pylist())
+    a = _valid_unknown_id(known)
+    b = _valid_unknown_id(known | {a})
+    claim = _set(_set(tables[CLAIM], "id_no", 3, a), "id_no", 8, a)
+    vehicle = _set(tables["public_security.vehicle"], "owner_id_no", 1, b)
+    emp = _set(_set(tables["human_resources.employment"], "id_no", 0, None), "id_no", 5, b)
+    given = {**tables, CLAIM: claim, "public_security.vehicle": vehicle, "human_resources.employment": emp}
+    computed = []
+    table = suites.Shared.table
+
+    def counted(self, con):
+        computed.append(self._table is None)
+        return table(self, con)
+
+    monkeypatch.setattr(suites.Shared, "table", counted)
+    feeds = [PERSON, CLAIM, "public_security.vehicle", "housing.property", "human_resources.employment",
+             "civil_affairs.assistance_case"]
+    r = gate.validate(given, SNAP, feeds=feeds)
+    assert computed.count(True) == 1 and len(computed) == 4  # four link suites, one lookup
+    con = normalise.connect()
+    con.register("register", given[PERSON])
+
+    def semi_join(parts: list[tuple[str, str]]) -> tuple[int, int]:  # (unexpected, missing) as SQL counts them
+        for i, (fid, _) in enumerate(parts):
+            con.register(f"t{i}", given[fid].select([parts[i][1]]))
+        union = " UNION ALL ".join(f"SELECT {c} AS v FROM t{i}" for i, (_, c) in enumerate(parts))
+        return con.execute(f"SELECT count(*) FILTER (WHERE v IS NOT NULL AND v NOT IN (SELECT id_no FROM register)), "
+                           f"count(*) FILTER (WHERE v IS NULL) FROM ({union})").fetchall()[0]
+
+    for suite, parts, critical in [
+            ("cross.claim_person", [(CLAIM, "id_no")], True),
+            ("cross.owner_person", [("public_security.vehicle", "owner_id_no"), ("housing.property", "owner_id_no")], False),
+            ("cross.person_links", [("human_resources.employment", "id_no")], False)]:
+        bad, missing = semi_join(parts)
+        assert bad >= 1
+        [f] = _failures(r, suite, "person_exists")
+        assert (f.unexpected_count, f.critical) == (bad, critical)
+        res = next(x for x in r._results[suite][1].results if x.expectation_config.kwargs["column"] == "__exists")
+        assert res.result["missing_count"] == missing
+    assert semi_join([(CLAIM, "id_no")]) == (2, 0) and semi_join([("human_resources.employment", "id_no")]) == (1, 1)
+    assert r.suite("cross.assistance_case_person").success
+
+
 def test_negative_amount_warns_in_the_feed_and_blocks_in_the_money_check(tables):
     claim = tables[CLAIM]
     r = gate.validate({**tables, CLAIM: _set(claim, "out_of_pocket", 4, Decimal("-12.50"))}, SNAP, feeds=[PERSON, CLAIM])
