@@ -419,6 +419,10 @@ def _output_sources(outputs: Mapping[str, pa.Table | str | Path], reader: Reader
 #: of a target's work (its frame, its examples, the small feeds' queries)
 PREPARERS = 2
 
+#: targets made at once: the feeds' helper columns (Arrow, mostly one core each) were the 10 M gate's
+#: last second-core-idle stretch with one maker (4-5 s after the preparers were done)
+MAKERS = 2
+
 #: the gate's scratch folders (`_scratch`), and how long one is kept when its gate did not remove it
 _SCRATCH = ".tmp-quality-"
 _SCRATCH_KEPT_S = 6 * 3600
@@ -565,8 +569,15 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
         if reuse and (prior := _recorded_feed_suite(store, c, clean_sha[fid], suite_shas[fid])) is not None:
             carried[fid] = prior
 
+    def locate_all() -> None:
+        for fid in wanted:
+            locate(fid)
+
+    located: list[Future] = []  # `locate_all`: the first task of the makers
+
     def feed(fid: str) -> Made:
-        """A feed's step (its source located by `cross`, which runs first)."""
+        """A feed's step, once every feed is located."""
+        located[0].result()
         if fid in carried:
             return carried[fid]
         if fid not in sources:
@@ -575,9 +586,8 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
                     "feed", fid)
 
     def cross() -> Made:
-        """The cross-feed step: every feed located first (it reads every feed's source)."""
-        for fid in wanted:
-            locate(fid)
+        """The cross-feed step, once every feed is located (it reads every feed's source)."""
+        located[0].result()
         return make(lambda: cross_targets(sources), "cross", "cross", "cross")
 
     suite_shas: dict[str, str] = {}
@@ -589,19 +599,18 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
     if outputs:
         steps.append((None, partial(make, lambda: output_targets(_output_sources(outputs, reader), snap, county),
                                     "output", "output", "outputs")))
-    # ... run in another: the cross-feed links first (they locate every feed first: linking and
-    # hashing, under a second at 10 M persons) and the outputs, the two longest to prepare (at 10 M
-    # about 6 s each alone), so the preparers start on them while the maker computes the feeds'
-    # helper columns (10 s at 10 M) instead of waiting for it: the 10 M gate took 26 s in the
-    # report's order, 23 s in this one (`bench/build.py`)
-    first = [len(wanted) + bool(health), *([len(steps) - 1] if outputs else [])]
+    # ... run in another: the outputs and the cross-feed links first, the two longest to prepare
+    # (at 10 M persons about 6 s each alone), so the preparers start on them while the makers compute
+    # the feeds' helper columns (10 s at 10 M) instead of waiting for them. (Every feed is located
+    # before: linking and hashing, under a second at 10 M.)
+    first = [*([len(steps) - 1] if outputs else []), len(wanted) + bool(health)]
     run = [*first, *(i for i in range(len(steps)) if i not in first)]
 
     # three stages on their own threads, each taking the steps in `run` order: making the targets
-    # (files linked, helper columns: Arrow, one core), preparing them (every exact count in DuckDB,
-    # the frames), GX validating the frames (Python, one core), so that each stage works while the
-    # others do. What runs ahead is small, and kept to the end: helper columns of booleans, frames of
-    # at most 5,000 rows and the failing ones.
+    # (files linked, helper columns: Arrow, `MAKERS` threads), preparing them (every exact count in
+    # DuckDB, the frames; `PREPARERS` threads), GX validating the frames (Python, one core), so that
+    # each stage works while the others do. What runs ahead is small, and kept to the end: helper
+    # columns of booleans, frames of at most 5,000 rows and the failing ones.
     ran: dict[int, list[SuiteResult]] = {}
     futures: list[Future] = []
     with contextlib.ExitStack() as held:  # closed in reverse: threads, the scratch folder, cursors
@@ -611,9 +620,11 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
         reader = Reader(db)
         held.callback(reader.close)
         scratch = held.enter_context(_scratch(store))
-        makers = held.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality-make"))
+        makers = held.enter_context(ThreadPoolExecutor(max_workers=MAKERS, thread_name_prefix="quality-make"))
         preparers = held.enter_context(ThreadPoolExecutor(max_workers=PREPARERS, thread_name_prefix="quality-prepare"))
         try:
+            located.append(makers.submit(locate_all))
+            futures.append(located[0])
             prepared: dict[int, Future] = {}
             for i in run:
                 futures.append(made := makers.submit(steps[i][1]))

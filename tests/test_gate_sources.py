@@ -304,3 +304,34 @@ def test_null_counts_come_only_from_writers_known_to_count_them(claims_file):
 def test_a_key_arrow_cannot_order_is_left_to_the_grouped_count():
     t = pa.table({"k": pa.array([[1], [2]], pa.list_(pa.int64()))})
     assert checks.strictly_ascending([t], ["k"]) is False
+
+
+def test_no_feed_suite_runs_before_every_feed_is_located_and_the_report_keeps_its_order(tmp_path, monkeypatch):
+    """Several makers: a feed's or the cross-feed step waits for every feed to be located (here the
+    locating is slow), so no suite is skipped for a source not yet found; the report lists the
+    suites in its own order (feeds, cross-feed), whatever order they ran in."""
+    import time
+
+    from safetynet.intake.clean import clean_path
+    from schemas.registry import contracts
+
+    store = ObjectStore.from_settings(Settings(store=str(tmp_path / "store")))
+    claim, vehicle = "medical_insurance.claim", "public_security.vehicle"
+    store.write_parquet(clean_path(contracts()[claim]), _claims(pa.table({
+        "claim_id": [f"YB{i:07d}" for i in range(N)], "id_no": [_id(i) for i in range(N)],
+        "out_of_pocket": pa.array([Decimal(1)] * N, pa.decimal128(14, 2))})))
+    located = sources.snapshot_file
+
+    def slow(store, rel, into):
+        time.sleep(0.3)
+        return located(store, rel, into)
+
+    monkeypatch.setattr(gate, "snapshot_file", slow)
+    monkeypatch.setattr(gate, "MAKERS", 3)  # one free to take a feed's step while another locates
+    feeds = [claim, "public_security.person", vehicle]  # the person register and vehicles are missing
+    r = gate.validate(store, SNAP, feeds=feeds)
+    names = [s.name for s in r.suites]
+    assert names[:3] == [f"feed.{f}" for f in feeds]  # each feed's suite ran: none skipped
+    assert names[3:] == [n for n in names[3:] if n.startswith("cross.")] and "cross.claim_person" in names
+    assert r.missing == ["public_security.person", vehicle]
+    assert r.suite(f"feed.{claim}").rows == N and not r.suite("cross.claim_person").success  # nobody registered
