@@ -16,8 +16,8 @@ report and Data Docs show) and GX's verdict on its frame must agree with the exa
 expectation fails as a GX error (`_reconcile`). GX runs on pandas (pyarrow-backed `ArrowDtype`
 columns): its SQL data source cannot validate DuckDB. Three stages share the work, each taking the
 suites in one order (the cross-feed links and the outputs first: the longest to prepare): making the
-targets (helper columns in Arrow), preparing them (the exact SQL, the frames; two threads), GX; the
-report lists them in its own order (feeds, health, cross-feed, outputs).
+targets (helper columns in Arrow), preparing them (the exact SQL, the frames; two threads), GX (as
+each is prepared); the report lists them in its own order (feeds, health, cross-feed, outputs).
 
 PII: validation runs with `exclude_unexpected_values` and `partial_unexpected_count = 0`, so GX
 itself never copies a data value into a result. The gate computes up to `MAX_EXAMPLES` example
@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
@@ -606,10 +606,10 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
     first = [*([len(steps) - 1] if outputs else []), len(wanted) + bool(health)]
     run = [*first, *(i for i in range(len(steps)) if i not in first)]
 
-    # three stages on their own threads, each taking the steps in `run` order: making the targets
-    # (files linked, helper columns: Arrow, `MAKERS` threads), preparing them (every exact count in
-    # DuckDB, the frames; `PREPARERS` threads), GX validating the frames (Python, one core), so that
-    # each stage works while the others do. What runs ahead is small, and kept to the end: helper
+    # three stages on their own threads, the first two taking the steps in `run` order: making the
+    # targets (files linked, helper columns: Arrow, `MAKERS` threads), preparing them (every exact
+    # count in DuckDB, the frames; `PREPARERS` threads), GX validating the frames (Python, one core)
+    # as each step is prepared, so that each stage works while the others do. What runs ahead is small, and kept to the end: helper
     # columns of booleans, frames of at most 5,000 rows and the failing ones.
     ran: dict[int, list[SuiteResult]] = {}
     futures: list[Future] = []
@@ -630,8 +630,10 @@ def validate(store_or_tables: ObjectStore | Mapping[str, pa.Table], snapshot_dat
                 futures.append(made := makers.submit(steps[i][1]))
                 futures.append(preparers.submit(prepare, made))
                 prepared[i] = futures[-1]
-            for i in run:
-                got = prepared[i].result()
+            step_of = {f: i for i, f in prepared.items()}
+            for done in as_completed(step_of):  # GX takes each step as soon as it is prepared
+                i = step_of[done]
+                got = done.result()
                 before = len(suites)
                 finish(got)
                 ran[i] = suites[before:]
