@@ -30,13 +30,8 @@ _BLOCK = 1 << 18
 
 def plain(a: pa.ChunkedArray | pa.Array) -> pa.Array:
     """One contiguous, dictionary-decoded array."""
-    if isinstance(a, pa.ChunkedArray):
-        a = a.combine_chunks() if a.num_chunks != 1 else a.chunk(0)
-    if pa.types.is_dictionary(a.type):
-        a = a.dictionary_decode()
-    if pa.types.is_large_string(a.type):
-        a = a.cast(pa.string())
-    return a
+    a = _one_chunk(a)
+    return _one_chunk(a.dictionary_decode()) if pa.types.is_dictionary(a.type) else a
 
 
 def id_ok(values: pa.ChunkedArray | pa.Array) -> pa.Array | pa.ChunkedArray:
@@ -208,6 +203,7 @@ class Ascending:
 
 
 def _one_chunk(a: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One contiguous array (large strings as strings), dictionary-encoded still if it was."""
     if isinstance(a, pa.ChunkedArray):
         a = a.combine_chunks() if a.num_chunks != 1 else a.chunk(0)
     return a.cast(pa.string()) if pa.types.is_large_string(a.type) else a

@@ -52,7 +52,7 @@ import pyarrow.fs as pafs
 from quality import exact
 from quality.exact import Metric
 from quality.report import MAX_EXAMPLES, Failure, QualityReport, SuiteResult, scrub
-from quality.sources import ParquetSource, Reader, Source, snapshot_file, sweep
+from quality.sources import ParquetSource, Reader, Source, registered, snapshot_file, sweep
 from quality.suites import (
     Shared,
     Target,
@@ -259,18 +259,9 @@ def _prepare(t: Target, con: duckdb.DuckDBPyConnection, sample_rows: int) -> _Pr
     t0 = time.perf_counter()
     # a shared relation first: computing it registers (and then unregisters) its own relations
     refs = {name: table.table(con) if isinstance(table, Shared) else table for name, table in t.refs.items()}
-    try:
-        for name, table in refs.items():
-            con.register(name, table)
-        for src in t.sources:
-            src.register(con)
+    with registered(con, refs, t.sources):
         exps = [(e.expectation_type, dict(e.configuration.kwargs)) for e in t.suite.expectations]
         metrics = exact.measure(con, t.sql, t.rows, exps, MAX_EXAMPLES, t.matches, t.nulls, t.unique, t.plain)
-    finally:  # unregistering what was not registered is no error
-        for name in t.refs:
-            con.unregister(name)
-        for src in t.sources:
-            src.unregister(con)
     pos = exact.sample_positions(t.name, t.rows, sample_rows, t.blocks)
     evidence = [p for m in metrics.values() if isinstance(m, Metric) for p in m.examples + m.companions]
     if evidence:

@@ -286,6 +286,24 @@ class Helped(Source):
         return self.base.batches(columns, dictionary)
 
 
+@contextlib.contextmanager
+def registered(con: duckdb.DuckDBPyConnection, tables: Mapping[str, pa.Table],
+               sources: Sequence[Source]) -> Iterator[None]:
+    """Arrow `tables` (name → table) and `sources` registered on `con` for the block, unregistered
+    after it whatever happens (unregistering what was not registered is no error)."""
+    try:
+        for name, table in tables.items():
+            con.register(name, table)
+        for src in sources:
+            src.register(con)
+        yield
+    finally:
+        for name in tables:
+            con.unregister(name)
+        for src in sources:
+            src.unregister(con)
+
+
 def _trusted_statistics(created_by: str) -> bool:
     """Whether a Parquet writer's null counts are exact: Arrow's C++ writer from version 5 (earlier
     ones counted no nulls in dictionary columns, ARROW-12513) and DuckDB's; any other, unknown."""

@@ -57,7 +57,7 @@ from quality.checks import (
 )
 from quality.evaluation import SCHEMA
 from quality.rules import RULES
-from quality.sources import ArrowSource, Helper, Source
+from quality.sources import ArrowSource, Helper, Source, registered
 from schemas.contract import Contract
 from schemas.idno import mask_value
 from schemas.registry import contracts
@@ -244,17 +244,8 @@ class Shared:
     def table(self, con: Any) -> pa.Table:
         with self._lock:
             if self._table is None:
-                try:
-                    for name, t in self.refs.items():
-                        con.register(name, t)
-                    for src in self.sources:
-                        src.register(con)
+                with registered(con, self.refs, self.sources):
                     self._table = con.sql(self.sql).to_arrow_table()
-                finally:  # unregistering what was not registered is no error
-                    for name in self.refs:
-                        con.unregister(name)
-                    for src in self.sources:
-                        src.unregister(con)
             return self._table
 
 
