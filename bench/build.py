@@ -45,7 +45,7 @@ OUTPUTS = "_bench_output_"  # the hub's outputs, for the gate (files at the scra
 
 HAND = """
 
-WITH p AS (SELECT id_no, household_no, status, status_date,
+WITH p AS (SELECT id_no, household_no, status, status_date, birth_date,
                   date_diff('year', birth_date, $snap::DATE)
                   - CASE WHEN strftime(birth_date, '%m-%d') > strftime($snap::DATE, '%m-%d') THEN 1 ELSE 0 END AS age,
                   region_code, hukou_type, relation_to_head FROM read_parquet($person)),
@@ -75,8 +75,7 @@ hh AS MATERIALIZED (SELECT household_no, coalesce(min(hukou_type) FILTER (WHERE 
               count(*) FILTER (WHERE status = '正常' AND age BETWEEN $wa_min AND $wa_max) AS working_age_members,
               count(*) FILTER (WHERE status = '死亡' AND status_date >= $win12::DATE) AS deceased_12m,
               sum(income) FILTER (WHERE status = '正常') AS income,
-              coalesce(sum(income3) FILTER (WHERE status = '正常'), 0) AS income3,
-              coalesce(sum(income), 0) AS income_all
+              coalesce(sum(income3) FILTER (WHERE status = '正常'), 0) AS income3
        FROM pi GROUP BY household_no),
 cla AS MATERIALIZED (SELECT c.id_no, p.household_no, c.settle_date, c.out_of_pocket, c.total_amount, c.serious_illness,
               c.diagnosis_code, c.settle_date >= $win12::DATE AS in12
@@ -103,7 +102,7 @@ risk AS MATERIALIZED (SELECT h.household_no FROM h LEFT JOIN agg_claim c USING (
          WHERE ((h.income3 - coalesce(c.oop_12m, 0) / 12) / nullif(h.alive, 0))::DECIMAL(14,2) < $risk * h.dibao
          UNION SELECT household_no FROM cm WHERE active),
 f_medical AS (SELECT c.household_no FROM agg_claim c JOIN hh USING (household_no) SEMI JOIN risk USING (household_no)
-              WHERE c.oop_12m >= $oop OR c.oop_12m >= $min_oop AND c.oop_12m >= $share * hh.income_all * 12),
+              WHERE c.oop_12m >= $oop OR c.oop_12m >= $min_oop AND c.oop_12m >= $share * coalesce(hh.income, 0) * 12),
 -- the rule's own comparison (3 × last 3 ≤ (1 − r) × previous 9): averages divided first round
 -- differently at the threshold (at 10 M one household disagreed)
 f_drop AS (SELECT household_no FROM agg_wage SEMI JOIN risk USING (household_no)
@@ -116,9 +115,13 @@ f_unemp AS (SELECT household_no FROM (
                 AND un.registered_date >= $event_since::DATE AND un.registered_date < $snap::DATE
                 AND NOT EXISTS (SELECT 1 FROM ep e WHERE e.id_no = un.id_no AND e.last_month > strftime(un.registered_date, '%Y-%m')))
             WHERE household_no IN (SELECT household_no FROM risk)),
+-- working age when they died
 f_death AS (SELECT DISTINCT p.household_no FROM p WHERE status = '死亡' AND status_date >= $event_since::DATE
             AND status_date < $snap::DATE
-            AND age BETWEEN $wa_min AND $wa_max AND id_no IN (SELECT id_no FROM ep)),
+            AND date_diff('year', birth_date, status_date)
+                - CASE WHEN strftime(birth_date, '%m-%d') > strftime(status_date, '%m-%d') THEN 1 ELSE 0 END
+                BETWEEN $wa_min AND $wa_max
+            AND id_no IN (SELECT id_no FROM ep)),
 f_serious AS (SELECT DISTINCT x.household_no FROM cla x SEMI JOIN low USING (household_no)
               WHERE coalesce(x.serious_illness, false)
                      OR regexp_matches(x.diagnosis_code, $pattern)
@@ -150,7 +153,7 @@ f_prop AS (SELECT DISTINCT household_no FROM recip WHERE case_no IN (
 f_rich AS (SELECT DISTINCT household_no FROM recip WHERE case_no IN (
            SELECT r.case_no FROM recip r JOIN pi USING (id_no) WHERE pi.status = '正常' GROUP BY r.case_no
            HAVING avg(pi.income) > any_value(CASE WHEN r.urban_rural = '城镇' THEN $urban ELSE $rural END) * $high)),
-f_dup AS (SELECT DISTINCT p.household_no FROM cm JOIN p USING (id_no) WHERE cm.active
+f_dup AS (SELECT DISTINCT p.household_no FROM cm JOIN p USING (id_no) WHERE cm.active AND list_contains($dup_categories, cm.category)
           GROUP BY p.household_no, cm.id_no HAVING count(DISTINCT cm.case_no) > 1),
 f_disaster AS (SELECT p.household_no FROM read_parquet($disaster) x JOIN p USING (id_no)
                WHERE x.disaster_date >= $disaster_since::DATE AND x.disaster_date < $snap::DATE
@@ -270,7 +273,8 @@ def _hand(root: str, memory_limit: str, q: mp.Queue) -> None:
               "risk": t.risk_income_multiple, "temp_since": rp["temp_since"],
               "temp_count": t.repeat_temporary_aid_count, "expiry": rp["expiry"],
               "grades": list(t.severe_disability_grades), "exempt": list(t.recipient_vehicle_exempt_types),
-              "max_res": t.recipient_property_max_residences, "high": t.recipient_high_income_multiple}
+              "max_res": t.recipient_property_max_residences, "high": t.recipient_high_income_multiple,
+              "dup_categories": list(t.duplicate_enrolment_categories)}
     t0 = time.perf_counter()
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{memory_limit}'")

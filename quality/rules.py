@@ -64,7 +64,7 @@ _HOUSEHOLD_INCOME_AGG = _fact("monitoring.household", "any_value(h.household_no)
                               "any_value(h.income_per_capita)", "$snapshot")
 
 RULES: tuple[Rule, ...] = (
-    Rule("medical_burden", 3, "大额医疗支出", "S2", "forward",
+    Rule("medical_burden", 4, "大额医疗支出", "S2", "forward",
          ("medical_burden_oop_12m", "medical_burden_income_share", "medical_burden_min_oop", "risk_income_multiple"), f"""
         -- only households that can fire: at risk, and their 12-month out-of-pocket (the household
         -- table's sum of the same claims) reaching the lower of the two amounts
@@ -75,7 +75,9 @@ RULES: tuple[Rule, ...] = (
              pg AS MATERIALIZED (SELECT id_no, household_no FROM person_base SEMI JOIN g0 USING (household_no)),
              c AS (SELECT pg.household_no, cl.* FROM claim cl JOIN pg USING (id_no)
                    WHERE cl.settle_date >= $win12::DATE AND cl.settle_date < $snapshot::DATE),
-             hi AS (SELECT household_no, sum(income_monthly) * 12 AS income12 FROM monitoring_person
+             -- the living members' income, as the household's income is everywhere (a member who died
+             -- took theirs: their wages must not lift the bar of the share test)
+             hi AS (SELECT household_no, sum(income_monthly) FILTER (WHERE alive) * 12 AS income12 FROM monitoring_person
                     SEMI JOIN g0 USING (household_no) GROUP BY household_no),
              h AS (SELECT c.household_no, sum(c.out_of_pocket) AS oop, any_value(hi.income12) AS income12
                    FROM c LEFT JOIN hi USING (household_no) GROUP BY c.household_no)
@@ -139,18 +141,24 @@ RULES: tuple[Rule, ...] = (
                1.0 AS magnitude
         FROM f JOIN monitoring_household g USING (household_no) WHERE g.at_risk
         GROUP BY household_no, id_no""", scope="person"),
-    Rule("earner_death", 2, "劳动力成员死亡", "S1", "forward",
+    Rule("earner_death", 3, "劳动力成员死亡", "S1", "forward",
          ("event_lookback_months", "working_age_min", "working_age_max"), f"""
+        -- working age when they died, not on the snapshot date: an earner who died at 59 and would
+        -- have turned 60 since is a working-age death
+        WITH mp AS (SELECT *, CAST(date_diff('year', birth_date, status_date)
+                                   - CASE WHEN strftime(birth_date, '%m-%d') > strftime(status_date, '%m-%d') THEN 1 ELSE 0 END
+                                   AS INTEGER) AS age_at_death
+                    FROM monitoring_person
+                    WHERE status = '死亡' AND status_date >= $event_since::DATE AND status_date < $snapshot::DATE
+                      AND wage_months_12m > 0)
         SELECT mp.household_no, mp.id_no AS subject_id_no,
                [{_fact('public_security.person', "'status'", 'mp.id_no', 'status', 'mp.status', 'mp.status_date')},
                 {_fact('human_resources.employment', 'mp.last_wage_month', 'mp.id_no', 'wage_12m_avg', 'mp.wage_12m_avg', "mp.last_wage_month || '-01'")}] AS facts,
-               printf('有收入的劳动年龄成员（%d 岁）于 %s 死亡（回溯 %d 个月）', mp.age,
+               printf('有收入的劳动年龄成员（%d 岁）于 %s 死亡（回溯 %d 个月）', mp.age_at_death,
                       strftime(mp.status_date, '%Y-%m-%d'), $event_lookback_months) AS summary_zh,
                1.0 AS magnitude
-        FROM monitoring_person mp
-        WHERE mp.status = '死亡' AND mp.status_date >= $event_since::DATE AND mp.status_date < $snapshot::DATE
-          AND mp.wage_months_12m > 0
-          AND mp.age BETWEEN $working_age_min AND $working_age_max""", scope="person"),
+        FROM mp
+        WHERE mp.age_at_death BETWEEN $working_age_min AND $working_age_max""", scope="person"),
     Rule("serious_illness", 2, "低收入家庭成员患重特大疾病", "S2", "forward",
          ("event_lookback_months", "serious_illness_prefixes", "low_income_multiple"), f"""
         WITH sc AS (SELECT pb.household_no, cl.* FROM claim cl JOIN person_base pb USING (id_no)
@@ -315,14 +323,16 @@ RULES: tuple[Rule, ...] = (
                max(rc.income / rc.members / (rc.standard * $recipient_high_income_multiple)) AS magnitude
         FROM ({_CASE_HOUSEHOLDS}) ch JOIN rc USING (case_no)
         GROUP BY ch.household_no""", scope="case"),
-    Rule("duplicate_enrolment", 1, "重复享受救助", "S1", "reverse", (), f"""
-        WITH d AS (SELECT id_no FROM case_member WHERE active GROUP BY id_no HAVING count(DISTINCT case_no) > 1)
+    Rule("duplicate_enrolment", 2, "重复享受救助", "S1", "reverse", ("duplicate_enrolment_categories",), f"""
+        -- only the exclusive categories count: 临时救助 is an award on top of a 低保 case, not a second enrolment
+        WITH ex AS (SELECT * FROM case_member WHERE active AND list_contains($duplicate_enrolment_categories, category)),
+             d AS (SELECT id_no FROM ex GROUP BY id_no HAVING count(DISTINCT case_no) > 1)
         SELECT pb.household_no, d.id_no AS subject_id_no,
                list({_fact('civil_affairs.assistance_case', 'cm.case_no', 'd.id_no', 'category', 'cm.category', 'cm.start_date')}) AS facts,
                printf('同一人同时在 %d 个在保救助案件中（%s）', count(DISTINCT cm.case_no),
                       string_agg(DISTINCT cm.category, '、' ORDER BY cm.category)) AS summary_zh,
                1.0 AS magnitude
-        FROM d JOIN case_member cm ON cm.id_no = d.id_no AND cm.active JOIN person_base pb ON pb.id_no = d.id_no
+        FROM d JOIN ex cm ON cm.id_no = d.id_no JOIN person_base pb ON pb.id_no = d.id_no
         GROUP BY pb.household_no, d.id_no""", scope="person"),
 )
 

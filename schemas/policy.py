@@ -117,6 +117,11 @@ class Thresholds(_Strict):
     recipient_high_income_multiple: float = Field(
         1.5, ge=1, le=10, title="收入超标倍数",
         description="a recipient household's per-capita income above this multiple of its 低保 standard")
+    duplicate_enrolment_categories: tuple[str, ...] = Field(
+        ("低保", "特困", "低保边缘", "低收入", "刚性支出困难"), title="互斥救助类别",
+        description="case categories of which a person may be on one active case only: two such cases at once "
+        "(the same category twice, or two of them) are a duplicate enrolment; a category not listed (临时救助, "
+        "an award on top of any case) never is")
     death_grace_days: int = Field(
         60, ge=0, le=366, title="死亡后仍在保的宽限天数",
         description="a case without payment records still active this long after a death")
@@ -128,6 +133,16 @@ class Thresholds(_Strict):
     disaster_loss_min: Yuan = Field(
         10000.0, title="家庭直接经济损失阈值（元）",
         description="… or a direct loss of at least this much (元, summed per household)")
+
+    @field_validator("duplicate_enrolment_categories")
+    @classmethod
+    def _categories(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from schemas.civil_affairs.assistance_case import CONTRACT
+
+        known = next(f.values for f in CONTRACT.fields if f.name == "category")  # the roster's categories
+        if set(v) - set(known):
+            raise ValueError(f"unknown case categories {sorted(set(v) - set(known))}: the roster's are {', '.join(known)}")
+        return v
 
     @field_validator("disaster_house_damage")
     @classmethod

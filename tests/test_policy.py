@@ -26,12 +26,14 @@ def test_invalid_file_reports_every_problem(tmp_path):
     f = tmp_path / "x.toml"
     f.write_text('[policy]\nregion_code = "4301"\nregion_name = "某区"\nyear = 2026\nversion = "v"\n'
                  '[standards]\nurban_dibao = -5\nrural_dibao = 600\n[thresholds]\nincome_drop_ratio = 1.7\n'
-                 'dangerous_house_ratings = ["E"]\nsurprise = 1\n', encoding="utf-8")
+                 'dangerous_house_ratings = ["E"]\nduplicate_enrolment_categories = ["低保", "五保"]\nsurprise = 1\n',
+                 encoding="utf-8")
     with pytest.raises(policy.PolicyError) as e:
         policy.load(f)
     msg = str(e.value)
     for part in ("policy.region_code", "standards.urban_dibao", "thresholds.income_drop_ratio",
-                 "thresholds.dangerous_house_ratings", "thresholds.surprise"):
+                 "thresholds.dangerous_house_ratings", "thresholds.duplicate_enrolment_categories", "五保",
+                 "thresholds.surprise"):
         assert part in msg, msg
 
 

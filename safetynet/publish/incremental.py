@@ -103,8 +103,11 @@ MAX_FRACTION = 0.05
 #: sha256 of the steps' and rules' SQL (`sql_text()`) the dependency review of this module's
 #: docstring was made for. A change of any step or rule SQL turns the incremental build off (full
 #: builds) until the review is redone for the new SQL — the LINKS, the affected set and the
-#: filtered inputs — and this value updated.
-REVIEWED_SQL = "6932c9413145b9cc114909c40cc5205b903174472c1b4fd7291fa92fb8c82dd6"
+#: filtered inputs — and this value updated. (Last: `medical_burden` v4 sums its household's living
+#: members' income — a column of the same rows; `duplicate_enrolment` v2 counts a person's cases of the
+#: exclusive categories — a column of the same cases; `earner_death` v3 takes the age at death from
+#: the person's own row: no new link between households.)
+REVIEWED_SQL = "314473ca611cc2f3e1bbc96916effe514b4c9368e86a8ca1104a61a90bbe1279"
 
 
 @dataclass(frozen=True)
