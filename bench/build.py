@@ -78,7 +78,7 @@ hh AS MATERIALIZED (SELECT household_no, coalesce(min(hukou_type) FILTER (WHERE 
               coalesce(sum(income3) FILTER (WHERE status = '正常'), 0) AS income3
        FROM pi GROUP BY household_no),
 cla AS MATERIALIZED (SELECT c.id_no, p.household_no, c.settle_date, c.out_of_pocket, c.total_amount, c.serious_illness,
-              c.diagnosis_code, c.settle_date >= $win12::DATE AS in12
+              c.diagnosis_code, c.settle_date >= $win12::DATE AS in12, p.status = '正常' AS alive
               FROM read_parquet($claim) c JOIN p USING (id_no) WHERE c.settle_date < $snap::DATE),
 agg_claim AS MATERIALIZED (SELECT household_no, sum(out_of_pocket) AS oop_12m, sum(total_amount) AS medical_total_12m
               FROM cla WHERE in12 GROUP BY household_no),
@@ -115,16 +115,16 @@ f_unemp AS (SELECT household_no FROM (
                 AND un.registered_date >= $event_since::DATE AND un.registered_date < $snap::DATE
                 AND NOT EXISTS (SELECT 1 FROM ep e WHERE e.id_no = un.id_no AND e.last_month > strftime(un.registered_date, '%Y-%m')))
             WHERE household_no IN (SELECT household_no FROM risk)),
--- working age when they died
-f_death AS (SELECT DISTINCT p.household_no FROM p WHERE status = '死亡' AND status_date >= $event_since::DATE
-            AND status_date < $snap::DATE
-            AND date_diff('year', birth_date, status_date)
-                - CASE WHEN strftime(birth_date, '%m-%d') > strftime(status_date, '%m-%d') THEN 1 ELSE 0 END
+-- working age when they died (no date in the register: recent, as they had wages; the age today)
+f_death AS (SELECT DISTINCT p.household_no FROM p WHERE status = '死亡'
+            AND (status_date IS NULL OR status_date >= $event_since::DATE AND status_date < $snap::DATE)
+            AND date_diff('year', birth_date, coalesce(status_date, $snap::DATE))
+                - CASE WHEN strftime(birth_date, '%m-%d') > strftime(coalesce(status_date, $snap::DATE), '%m-%d') THEN 1 ELSE 0 END
                 BETWEEN $wa_min AND $wa_max
             AND id_no IN (SELECT id_no FROM ep)),
 f_serious AS (SELECT DISTINCT x.household_no FROM cla x SEMI JOIN low USING (household_no)
-              WHERE coalesce(x.serious_illness, false)
-                     OR regexp_matches(x.diagnosis_code, $pattern)
+              WHERE x.alive AND (coalesce(x.serious_illness, false)
+                     OR regexp_matches(x.diagnosis_code, $pattern))
               GROUP BY x.household_no, x.id_no HAVING min(x.settle_date) >= $event_since::DATE),
 f_uncovered AS (SELECT household_no FROM h WHERE pc < dibao
                 AND household_no NOT IN (SELECT household_no FROM cm WHERE active)),
@@ -136,14 +136,16 @@ f_temp AS (SELECT household_no FROM cm WHERE category = '临时救助' AND start
 f_phase AS (SELECT DISTINCT household_no FROM cm WHERE case_no IN (SELECT case_no FROM cm WHERE status = '渐退期'
             AND end_date >= $snap::DATE AND end_date <= $expiry::DATE)),
 f_disab AS (SELECT DISTINCT p.household_no FROM read_parquet($disability) d JOIN p USING (id_no)
-            WHERE list_contains($grades, d.grade) AND p.status = '正常' AND p.household_no IN (SELECT household_no FROM low)),
+            WHERE list_contains($grades, d.grade) AND p.status = '正常' AND p.household_no IN (SELECT household_no FROM low)
+              AND (d.issued_date >= $event_since::DATE AND d.issued_date < $snap::DATE
+                   OR NOT coalesce(array_to_string(d.subsidies, ',') LIKE '%护理补贴%', false))),
 recip AS (SELECT * FROM cm WHERE active AND category IN ('低保', '特困')),
 pay AS (SELECT case_no, max(month) AS last_month FROM read_parquet($assistance_payment) GROUP BY case_no),
 f_dead AS (SELECT DISTINCT household_no FROM cm WHERE case_no IN (
            SELECT cm.case_no FROM cm JOIN p USING (id_no) LEFT JOIN pay USING (case_no)
-           WHERE cm.active AND p.status = '死亡'
+           WHERE cm.active AND p.status IN ('死亡', '注销')
              AND (pay.last_month > strftime(coalesce(p.status_date, DATE '1900-01-01'), '%Y-%m')
-                  OR (pay.case_no IS NULL AND p.status_date <= $grace_until::DATE)))),
+                  OR (pay.case_no IS NULL AND coalesce(p.status_date < $grace_until::DATE, true))))),
 f_car AS (SELECT DISTINCT household_no FROM recip WHERE case_no IN (
           SELECT r.case_no FROM recip r JOIN read_parquet($vehicle) v ON v.owner_id_no = r.id_no
           WHERE v.status = '正常' AND NOT list_contains($exempt, v.vehicle_type))),

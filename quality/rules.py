@@ -141,28 +141,33 @@ RULES: tuple[Rule, ...] = (
                1.0 AS magnitude
         FROM f JOIN monitoring_household g USING (household_no) WHERE g.at_risk
         GROUP BY household_no, id_no""", scope="person"),
-    Rule("earner_death", 3, "劳动力成员死亡", "S1", "forward",
+    Rule("earner_death", 4, "劳动力成员死亡", "S1", "forward",
          ("event_lookback_months", "working_age_min", "working_age_max"), f"""
         -- working age when they died, not on the snapshot date: an earner who died at 59 and would
-        -- have turned 60 since is a working-age death
-        WITH mp AS (SELECT *, CAST(date_diff('year', birth_date, status_date)
-                                   - CASE WHEN strftime(birth_date, '%m-%d') > strftime(status_date, '%m-%d') THEN 1 ELSE 0 END
-                                   AS INTEGER) AS age_at_death
+        -- have turned 60 since is a working-age death. A death the register dates nowhere (its
+        -- `status_date` is optional) is recent enough to visit, since the person had wages in the
+        -- last 12 months: their age on the snapshot date stands in
+        WITH mp AS (SELECT *, CASE WHEN status_date IS NULL THEN age
+                                   ELSE sn_age(birth_date, status_date) END AS age_at_death
                     FROM monitoring_person
-                    WHERE status = '死亡' AND status_date >= $event_since::DATE AND status_date < $snapshot::DATE
-                      AND wage_months_12m > 0)
+                    WHERE status = '死亡' AND wage_months_12m > 0
+                      AND (status_date IS NULL OR status_date >= $event_since::DATE AND status_date < $snapshot::DATE))
         SELECT mp.household_no, mp.id_no AS subject_id_no,
                [{_fact('public_security.person', "'status'", 'mp.id_no', 'status', 'mp.status', 'mp.status_date')},
                 {_fact('human_resources.employment', 'mp.last_wage_month', 'mp.id_no', 'wage_12m_avg', 'mp.wage_12m_avg', "mp.last_wage_month || '-01'")}] AS facts,
-               printf('有收入的劳动年龄成员（%d 岁）于 %s 死亡（回溯 %d 个月）', mp.age_at_death,
-                      strftime(mp.status_date, '%Y-%m-%d'), $event_lookback_months) AS summary_zh,
+               printf('有收入的劳动年龄成员（%d 岁）%s（回溯 %d 个月）', mp.age_at_death,
+                      coalesce(printf('于 %s 死亡', strftime(mp.status_date, '%Y-%m-%d')),
+                               '死亡，户籍登记无死亡日期（近 12 个月仍有工资）'),
+                      $event_lookback_months) AS summary_zh,
                1.0 AS magnitude
         FROM mp
         WHERE mp.age_at_death BETWEEN $working_age_min AND $working_age_max""", scope="person"),
-    Rule("serious_illness", 2, "低收入家庭成员患重特大疾病", "S2", "forward",
+    Rule("serious_illness", 3, "低收入家庭成员患重特大疾病", "S2", "forward",
          ("event_lookback_months", "serious_illness_prefixes", "low_income_multiple"), f"""
+        -- a living member (a member who has died since is no case for 单人户 enrolment; the household's
+        -- medical costs stay with `medical_burden`)
         WITH sc AS (SELECT pb.household_no, cl.* FROM claim cl JOIN person_base pb USING (id_no)
-                    WHERE cl.settle_date < $snapshot::DATE
+                    WHERE cl.settle_date < $snapshot::DATE AND pb.alive
                       AND (coalesce(cl.serious_illness, false)
                            OR regexp_matches(cl.diagnosis_code, $serious_pattern))),
              -- a new illness: the person's first serious-illness claim falls within the lookback
@@ -236,46 +241,68 @@ RULES: tuple[Rule, ...] = (
                1.0 AS magnitude
         FROM ({_CASE_HOUSEHOLDS}) ch JOIN case_member cm USING (case_no)
         GROUP BY ch.household_no""", scope="case"),
-    Rule("severe_disability", 2, "低收入家庭重度残疾", "S2", "forward", ("severe_disability_grades", "low_income_multiple"), f"""
+    Rule("severe_disability", 3, "低收入家庭重度残疾", "S2", "forward",
+         ("severe_disability_grades", "event_lookback_months", "low_income_multiple"), f"""
+        -- a certificate issued within the lookback (a new one: its 两项补贴 and 单人户 review are due), or
+        -- one of any age whose holder has no 护理补贴 (重度残疾人护理补贴, 应补尽补); a holder already
+        -- paid it on an old certificate is known to the bureau, not news
         SELECT pb.household_no, d.id_no AS subject_id_no,
                [{_fact('disabled_persons_federation.disability', "'certificate'", 'd.id_no', 'grade', "d.category || ' ' || d.grade || '级'", 'd.issued_date')},
+                {_fact('disabled_persons_federation.disability', "'certificate'", 'd.id_no', 'subsidies', "coalesce(array_to_string(d.subsidies, '、'), '')", 'd.issued_date')},
                 {_HOUSEHOLD_INCOME}] AS facts,
-               printf('成员持%s残疾 %d 级证，家庭人均月收入 %.2f 元（低收入线 %.2f 元）或属低保边缘/低收入家庭',
-                      d.category, d.grade, coalesce(h.income_per_capita, 0), h.low_income_line) AS summary_zh,
+               printf('成员%s%s残疾 %d 级证%s，家庭人均月收入 %.2f 元（低收入线 %.2f 元）或属低保边缘/低收入家庭',
+                      CASE WHEN d.issued_date >= $event_since::DATE THEN printf('于 %s 新领', strftime(d.issued_date, '%Y-%m-%d'))
+                           ELSE '持' END,
+                      d.category, d.grade, CASE WHEN d.nursing THEN '' ELSE '，未享受重度残疾人护理补贴' END,
+                      coalesce(h.income_per_capita, 0), h.low_income_line) AS summary_zh,
                1.0 AS magnitude
-        FROM disability d JOIN person_base pb USING (id_no) JOIN monitoring_household h ON h.household_no = pb.household_no
-        WHERE list_contains($severe_disability_grades, d.grade) AND pb.alive AND pb.household_no IN {_LOW_OR_EDGE}""",
+        FROM (SELECT *, coalesce(array_to_string(subsidies, ',') LIKE '%护理补贴%', false) AS nursing FROM disability) d
+        JOIN person_base pb USING (id_no) JOIN monitoring_household h ON h.household_no = pb.household_no
+        WHERE list_contains($severe_disability_grades, d.grade) AND pb.alive AND pb.household_no IN {_LOW_OR_EDGE}
+          AND (d.issued_date >= $event_since::DATE AND d.issued_date < $snapshot::DATE OR NOT d.nursing)""",
          scope="person"),
-    Rule("deceased_recipient", 2, "死亡人员仍在保", "S1", "reverse", ("death_grace_days",), f"""
-        WITH dead AS (SELECT cm.case_no, cm.category, pb.id_no, pb.status_date
-                      FROM case_member cm JOIN person_base pb USING (id_no) WHERE cm.active AND pb.status = '死亡'),
+    Rule("deceased_recipient", 3, "死亡或注销人员仍在保", "S1", "reverse", ("death_grace_days",), f"""
+        -- dead, or the register record cancelled (注销: domain RV-01 counts either); its date may be unknown
+        WITH dead AS (SELECT cm.case_no, cm.category, pb.id_no, pb.status, pb.status_date
+                      FROM case_member cm JOIN person_base pb USING (id_no) WHERE cm.active AND pb.status IN ('死亡', '注销')),
              -- 冒领: paid for a month after the month of death (unknown date: any payment)
              after AS (SELECT d.case_no, d.id_no, p.month, p.amount FROM dead d JOIN assistance_payment p
                        ON p.case_no = d.case_no
                        AND p.month > strftime(coalesce(d.status_date, DATE '1900-01-01'), '%Y-%m')),
-             -- no payment records to judge by: still active longer than the grace after the death
-             unpaid AS (SELECT d.* FROM dead d WHERE d.status_date <= $death_grace_until::DATE
+             -- no payment records to judge by: still active more than the grace after the death (an
+             -- unknown date, as for payments: the grace is long past)
+             unpaid AS (SELECT d.* FROM dead d WHERE coalesce(d.status_date < $death_grace_until::DATE, true)
                         AND NOT EXISTS (SELECT 1 FROM assistance_payment p WHERE p.case_no = d.case_no)),
              hit AS (SELECT case_no, id_no FROM after UNION SELECT case_no, id_no FROM unpaid),
              sel AS (SELECT DISTINCT case_no FROM hit),
+             -- cases paying living members too: only the dead member's share of a payment is owed
+             shared AS (SELECT DISTINCT cm.case_no FROM case_member cm JOIN person_base pb USING (id_no)
+                        WHERE cm.case_no IN (SELECT case_no FROM sel) AND pb.alive),
              h AS (SELECT ch.household_no, dead.* FROM ({_CASE_HOUSEHOLDS}) ch
                    JOIN dead USING (case_no) JOIN hit USING (case_no, id_no)),
              pay AS (SELECT case_no, count(*) AS n, sum(amount) AS total
                      FROM (SELECT DISTINCT case_no, month, amount FROM after) GROUP BY case_no),
-             hp AS (SELECT household_no, coalesce(sum(n), 0) AS n, coalesce(sum(total), 0) AS total
+             hp AS (SELECT household_no, coalesce(sum(n), 0) AS n, coalesce(sum(total), 0) AS total,
+                           bool_or(case_no IN (SELECT case_no FROM shared)) AS shared
                     FROM (SELECT DISTINCT household_no, case_no FROM h) LEFT JOIN pay USING (case_no)
                     GROUP BY household_no)
         SELECT h.household_no, min(h.id_no) AS subject_id_no,
-               list(DISTINCT {_fact('public_security.person', "'status'", 'h.id_no', 'status', "'死亡'", 'h.status_date')})
+               list(DISTINCT {_fact('public_security.person', "'status'", 'h.id_no', 'status', 'h.status', 'h.status_date')})
                || coalesce(list(DISTINCT {_fact('civil_affairs.assistance_payment', "a.case_no || '|' || a.month", 'NULL', 'amount', 'a.amount', "CAST(a.month || '-01' AS DATE)")})
                            FILTER (WHERE a.case_no IS NOT NULL), [])
                || list(DISTINCT {_fact('civil_affairs.assistance_case', 'h.case_no', 'NULL', 'status', "'在保/渐退期'", '$snapshot')}) AS facts,
-               CASE WHEN any_value(hp.n) > 0
-                    THEN printf('救助对象（%s）已于 %s 死亡，其后仍发放救助金 %d 个月，合计 %.2f 元（应追回）', min(h.category),
-                                coalesce(strftime(min(h.status_date), '%Y-%m-%d'), '（日期不详）'),
-                                any_value(hp.n), any_value(hp.total))
-                    ELSE printf('救助对象（%s）已于 %s 死亡，已超过 %d 天，救助仍在保（无发放记录可核）', min(h.category),
-                                strftime(min(h.status_date), '%Y-%m-%d'), $death_grace_days) END AS summary_zh,
+               printf('救助对象（%s）%s，', min(h.category),
+                      CASE WHEN bool_or(h.status = '死亡')
+                           THEN coalesce(printf('已于 %s 死亡', strftime(min(h.status_date) FILTER (WHERE h.status = '死亡'), '%Y-%m-%d')),
+                                         '已死亡（日期不详）')
+                           ELSE coalesce(printf('户籍已于 %s 注销', strftime(min(h.status_date), '%Y-%m-%d')),
+                                         '户籍已注销（日期不详）') END)
+               || CASE WHEN any_value(hp.n) > 0
+                       THEN printf('其后仍发放救助金 %d 个月，合计 %.2f 元%s', any_value(hp.n), any_value(hp.total),
+                                   CASE WHEN any_value(hp.shared) THEN '（含仍健在成员的救助金：应核减并追回其本人部分）'
+                                        ELSE '（应追回）' END)
+                       WHEN min(h.status_date) IS NULL THEN '救助仍在保（无发放记录可核）'
+                       ELSE printf('已超过 %d 天，救助仍在保（无发放记录可核）', $death_grace_days) END AS summary_zh,
                greatest(1.0, any_value(hp.n)) AS magnitude
         FROM h JOIN hp USING (household_no) LEFT JOIN after a ON a.case_no = h.case_no AND a.id_no = h.id_no
         GROUP BY h.household_no""", scope="case"),

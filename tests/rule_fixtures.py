@@ -18,7 +18,9 @@ monitoring build and warning rules — no synthetic generator, no reference impl
     disaster_date = "2026-08-12"
     ...
 
-A value `@n` is the ID number of the case's n-th person, `@hh` its household number.
+A value `@n` is the ID number of the case's n-th person, `@hh` its household number. A case that
+fires may list `summary_has`: text the warning's Chinese summary must contain (what the street
+worker reads), e.g. `summary_has = ["日期不详"]`.
 
 Monthly wages (人社 `human_resources.employment`, one record per person, month and employer) have a
 shorthand: a case's `wages` list, each entry expanding to one employment record per month from
@@ -96,8 +98,9 @@ def expand_wages(wages: list[dict]) -> list[dict]:
     return out
 
 
-def run(fixture: dict, root: Path) -> dict[str, set[str]]:
-    """Ingest the fixture into a store at `root`, build the snapshot; rule id → households it fired on."""
+def run(fixture: dict, root: Path) -> dict[str, dict[str, list[str]]]:
+    """Ingest the fixture into a store at `root`, build the snapshot; rule id → the households it fired
+    on → the Chinese summaries of those warnings."""
     store = ObjectStore.from_settings(Settings(store=str(root)))
     records: dict[str, list[dict]] = {fid: [] for fid in contracts()}
     for n, case in enumerate(fixture["case"], 1):
@@ -134,7 +137,7 @@ def run(fixture: dict, root: Path) -> dict[str, set[str]]:
         w = evaluation.evaluate(b, pol)
     finally:
         con.close()
-    out: dict[str, set[str]] = {}
-    for r in w.select(["rule_id", "household_no"]).to_pylist():
-        out.setdefault(r["rule_id"], set()).add(r["household_no"])
+    out: dict[str, dict[str, list[str]]] = {}
+    for r in w.select(["rule_id", "household_no", "summary_zh"]).to_pylist():
+        out.setdefault(r["rule_id"], {}).setdefault(r["household_no"], []).append(r["summary_zh"])
     return out

@@ -208,14 +208,16 @@ def reference_fired(d) -> dict[str, set[str]]:
     reg = un[un.status.isin(["登记", "领取中"]) & un.id_no.isin(wa) & (un.registered_date >= since)
              & (un.id_no.map(last_wage).fillna("") <= un.registered_date.dt.strftime("%Y-%m"))]
     out["unemployment"] = (set(stopped.index.map(hh_of)) | set(reg.id_no.map(hh_of))) & at_risk
-    dead = p[(p.status == "死亡") & (p.status_date >= since) & (p.status_date < as_of)
-             & p.age.between(th["working_age_min"], th["working_age_max"]) & p.id_no.isin(emp.id_no)]
+    # working age at the death (an undated death: recent, as they had wages; the age today)
+    at_death = ((p.status_date.fillna(as_of) - p["birth_date"]).dt.days / 365.2425).astype(int)
+    dead = p[(p.status == "死亡") & (p.status_date.isna() | (p.status_date >= since) & (p.status_date < as_of))
+             & at_death.between(th["working_age_min"], th["working_age_max"]) & p.id_no.isin(emp.id_no)]
     out["earner_death"] = set(dead.household_no)
     pfx = tuple(pol["diagnoses"]["serious_illness_prefixes"])
     sc = df["claim"][(df["claim"].settle_date < as_of)
                      & ((df["claim"].serious_illness == True) | df["claim"].diagnosis_code.str.startswith(pfx))]  # noqa: E712
     first = sc.groupby("id_no").settle_date.min()
-    sick = sc[sc.id_no.map(first) >= since]
+    sick = sc[(sc.id_no.map(first) >= since) & sc.id_no.isin(alive_ids)]
     out["serious_illness"] = {h for h in sick.id_no.map(hh_of) if h in low or h in edge_hh}
     out["uncovered_low_income"] = set(pc[pc < dibao].index) - set(active.hh)
     ds = df["disaster"].assign(hh=lambda x: x.id_no.map(hh_of))
@@ -233,16 +235,18 @@ def reference_fired(d) -> dict[str, set[str]]:
     expiry = as_of + pd.Timedelta(days=th["phase_out_expiry_days"])
     ph = active[(active.status == "渐退期") & (active.end_date >= as_of) & (active.end_date <= expiry)]
     out["phase_out_risk"] = set(ph.hh)
-    dis = df["disability"][df["disability"].grade.isin(th["severe_disability_grades"])
-                           & df["disability"].id_no.isin(alive_ids)]
+    dis = df["disability"]
+    nursing = dis.subsidies.map(lambda s: s is not None and any("护理补贴" in x for x in s))
+    dis = dis[dis.grade.isin(th["severe_disability_grades"]) & dis.id_no.isin(alive_ids)
+              & ((dis.issued_date >= since) & (dis.issued_date < as_of) | ~nursing)]
     out["severe_disability"] = {h for h in dis.id_no.map(hh_of) if h in low or h in edge_hh}
-    dead = p[p.status == "死亡"].set_index("id_no").status_date
+    dead = p[p.status.isin(["死亡", "注销"])].set_index("id_no").status_date
     ad = active[active.id_no.isin(dead.index)].assign(died=lambda x: x.id_no.map(dead))
     pay = df["assistance_payment"]
     paid_cases = set(pay.case_no)
     last_paid = pay.groupby("case_no").month.max()
-    after = ad.case_no.map(last_paid).fillna("") > ad.died.dt.strftime("%Y-%m")
-    unpaid = ~ad.case_no.isin(paid_cases) & (ad.died <= as_of - pd.Timedelta(days=th["death_grace_days"]))
+    after = ad.case_no.map(last_paid).fillna("") > ad.died.dt.strftime("%Y-%m").fillna("")
+    unpaid = ~ad.case_no.isin(paid_cases) & ((ad.died < as_of - pd.Timedelta(days=th["death_grace_days"])) | ad.died.isna())
     dc = set(ad[after | unpaid].case_no)
     out["deceased_recipient"] = set(active[active.case_no.isin(dc)].hh)
     v = df["vehicle"]

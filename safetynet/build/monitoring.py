@@ -100,14 +100,22 @@ def parameters(snapshot: dt.date, pol: Policy) -> dict:
     }
 
 
+#: The macros the steps and the rules call, made on the build's connection by `build` (any DuckDB
+#: connection with the clean tables registered, not only `schemas.normalise.connect`'s): name →
+#: its parameters and body.
+MACROS = {
+    # whole years of age on `d` (a birthday later in the year than `d` not yet reached; 29 February's
+    # birthday reached on 1 March)
+    "sn_age": "(birth, d) AS CAST(date_diff('year', birth, d) "
+              "- CASE WHEN strftime(birth, '%m-%d') > strftime(d, '%m-%d') THEN 1 ELSE 0 END AS INTEGER)",
+}
+
 #: (step name, SQL over the clean feeds and the steps before it, binding `parameters` as `$name`).
 #: Each is made a temporary table (`build`) but `VIEWS`.
 STEPS: list[tuple[str, str]] = [
     ("person_base", """
         SELECT id_no, name, gender, birth_date,
-               CAST(date_diff('year', birth_date, $snapshot::DATE)
-                    - CASE WHEN strftime(birth_date, '%m-%d') > strftime($snapshot::DATE, '%m-%d') THEN 1 ELSE 0 END
-                    AS INTEGER) AS age,
+               sn_age(birth_date, $snapshot::DATE) AS age,
                household_no, relation_to_head, region_code, substr(region_code, 1, 9) AS street_code,
                substr(region_code, 1, 6) AS county_code, hukou_type, status, status_date,
                status = '正常' AS alive
@@ -476,6 +484,8 @@ def build(con: duckdb.DuckDBPyConnection, snapshot: dt.date, pol: Policy) -> Bui
     fetched only when asked.
     """
     params = parameters(snapshot, pol)
+    for name, body in MACROS.items():
+        con.execute(f"CREATE OR REPLACE TEMP MACRO {name}{body}")
     views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()}
     for name, _ in STEPS:  # an earlier build's views (`person_base`, `monitoring_person`) are made again
         if name in views:

@@ -100,14 +100,16 @@ log = logging.getLogger(__name__)
 #: the largest share of households an incremental build re-evaluates; more: a full build
 MAX_FRACTION = 0.05
 
-#: sha256 of the steps' and rules' SQL (`sql_text()`) the dependency review of this module's
-#: docstring was made for. A change of any step or rule SQL turns the incremental build off (full
+#: sha256 of the macros', steps' and rules' SQL (`sql_text()`) the dependency review of this module's
+#: docstring was made for. A change of any macro, step or rule SQL turns the incremental build off (full
 #: builds) until the review is redone for the new SQL — the LINKS, the affected set and the
-#: filtered inputs — and this value updated. (Last: `medical_burden` v4 sums its household's living
-#: members' income — a column of the same rows; `duplicate_enrolment` v2 counts a person's cases of the
-#: exclusive categories — a column of the same cases; `earner_death` v3 takes the age at death from
-#: the person's own row: no new link between households.)
-REVIEWED_SQL = "314473ca611cc2f3e1bbc96916effe514b4c9368e86a8ca1104a61a90bbe1279"
+#: filtered inputs — and this value updated. (Last: the age macro `sn_age` — a function of one row's
+#: columns; `earner_death` v4 and `serious_illness` v3 read more columns of the person's own row
+#: (an undated death, `alive`); `severe_disability` v3 the certificate row's own `issued_date` and
+#: `subsidies`; `deceased_recipient` v3 a cancelled (注销) member and whether any member of the same
+#: case is alive — person-level facts of every member of the household's cases, which the affected
+#: set already covers: no new link between households.)
+REVIEWED_SQL = "05649fd431eaa19709c068c1027ce61c7e7bc285b0ffb65b48703a8064edc032"
 
 
 @dataclass(frozen=True)
@@ -167,8 +169,9 @@ _IDENT = re.compile(r"\b[a-z_][a-z0-9_]*\b")
 
 
 def sql_text() -> str:
-    """The SQL of every step, derived person column and rule, as the dependency review reads it."""
-    return "\n".join([f"-- step {n}\n{sql}" for n, sql in monitoring.STEPS]
+    """The SQL of every macro, step, derived person column and rule, as the dependency review reads it."""
+    return "\n".join([f"-- macro {n}{body}" for n, body in monitoring.MACROS.items()]
+                     + [f"-- step {n}\n{sql}" for n, sql in monitoring.STEPS]
                      + [f"-- derived monitoring_person.{c}\n{e}" for c, e in monitoring.PERSON_DERIVED.items()]
                      + [f"-- rule {r.id}\n{r.sql}" for r in RULES])
 

@@ -60,9 +60,10 @@ repeat_temporary_aid P: `count` 临时救助 awards inside the window; count+1 w
 phase_out_risk      P: 渐退期 ending in 30 and in 10 days.
                     N: 渐退期 ending in expiry+90 days; 在保 case with an end date in 20 days;
                     a case that stopped 20 days ago.
-severe_disability   P: grade 1 under the low-income line; grade 2 on a 低收入 case above the line.
+severe_disability   P: a new grade 1 certificate (3 months ago, both 两项补贴) under the low-income line;
+                    an old grade 2 on a 低收入 case above the line, no 护理补贴 (应补尽补).
                     N: grade 3 under the line; grade 1 above the line without a case; grade 2 above
-                    the line on a stopped 低收入 case.
+                    the line on a stopped 低收入 case; an old grade 1 under the line, 护理补贴 paid.
 deceased_recipient  P: applicant dead (在保 低保), paid after; a listed parent dead (渐退期), paid after; a
                        低保边缘 case without payment records, active 3 months after a death.
                     N (also): a 特困 person who died last month, payments stopped in that month.
@@ -423,12 +424,15 @@ def specs(policy: dict) -> list[HH]:
 
     # -- severe_disability ------------------------------------------------------------------------
     pc_u = round(dibao * 0.7)
-    add(HH("severe_disability", "planted", f"grade {severe[0]} certificate, per-capita income under the low-income line",
-           [M("户主", 44, True, wage=2 * pc_u), M("子女", 16, True, disability=("肢体", severe[0], dt.date(2019, 8, 1), 3))]))
-    add(HH("severe_disability", "planted", f"grade {severe[-1]} on a 低收入 case, income now above the line",
+    add(HH("severe_disability", "planted", f"a new grade {severe[0]} certificate, per-capita income under the low-income line",
+           [M("户主", 44, True, wage=2 * pc_u), M("子女", 16, True, disability=("肢体", severe[0], months_ago(3, 1), 3))]))
+    add(HH("severe_disability", "planted", f"grade {severe[-1]} since 2012 on a 低收入 case, income now above the line, "
+           "no 护理补贴",
            [M("户主", 52, False, wage=2 * pc_above),
-            M("子女", 23, True, disability=("智力", severe[-1], dt.date(2012, 6, 1), 2))],
+            M("子女", 23, True, disability=("智力", severe[-1], dt.date(2012, 6, 1), 1))],
            cases=[Case("低收入", "在保", months_ago(16, 20), check_income=round(line * 0.95))]))
+    add(HH("severe_disability", "near_miss", f"grade {severe[0]} since 2019 under the line, 护理补贴 paid (known, not news)",
+           [M("户主", 43, True, wage=2 * pc_u), M("子女", 15, True, disability=("肢体", severe[0], dt.date(2019, 8, 1), 3))]))
     add(HH("severe_disability", "near_miss", f"grade {not_severe} certificate under the line",
            [M("户主", 45, False, wage=2 * pc_u), M("配偶", 47, True, disability=("视力", not_severe, dt.date(2015, 3, 1), 1))]))
     add(HH("severe_disability", "near_miss", f"grade {severe[0]} certificate, income well above the line, no case",
