@@ -115,13 +115,14 @@ f_unemp AS (SELECT household_no FROM (
                 AND un.registered_date >= $event_since::DATE AND un.registered_date < $snap::DATE
                 AND NOT EXISTS (SELECT 1 FROM ep e WHERE e.id_no = un.id_no AND e.last_month > strftime(un.registered_date, '%Y-%m')))
             WHERE household_no IN (SELECT household_no FROM risk)),
--- working age when they died (no date in the register: recent, as they had wages; the age today)
-f_death AS (SELECT DISTINCT p.household_no FROM p WHERE status = '死亡'
-            AND (status_date IS NULL OR status_date >= $event_since::DATE AND status_date < $snap::DATE)
-            AND date_diff('year', birth_date, coalesce(status_date, $snap::DATE))
-                - CASE WHEN strftime(birth_date, '%m-%d') > strftime(coalesce(status_date, $snap::DATE), '%m-%d') THEN 1 ELSE 0 END
-                BETWEEN $wa_min AND $wa_max
-            AND id_no IN (SELECT id_no FROM ep)),
+-- working age when they died (no date in the register: the last wages within the lookback, the age then)
+f_death AS (SELECT DISTINCT p.household_no FROM p JOIN ep USING (id_no, household_no) WHERE p.status = '死亡'
+            AND (p.status_date IS NULL AND ep.last_month >= strftime($event_since::DATE, '%Y-%m')
+                 OR p.status_date >= $event_since::DATE AND p.status_date < $snap::DATE)
+            AND date_diff('year', p.birth_date, coalesce(p.status_date, CAST(ep.last_month || '-01' AS DATE)))
+                - CASE WHEN strftime(p.birth_date, '%m-%d') > strftime(coalesce(p.status_date, CAST(ep.last_month || '-01' AS DATE)), '%m-%d')
+                  THEN 1 ELSE 0 END
+                BETWEEN $wa_min AND $wa_max),
 f_serious AS (SELECT DISTINCT x.household_no FROM cla x SEMI JOIN low USING (household_no)
               WHERE x.alive AND (coalesce(x.serious_illness, false)
                      OR regexp_matches(x.diagnosis_code, $pattern))
@@ -138,7 +139,7 @@ f_phase AS (SELECT DISTINCT household_no FROM cm WHERE case_no IN (SELECT case_n
 f_disab AS (SELECT DISTINCT p.household_no FROM read_parquet($disability) d JOIN p USING (id_no)
             WHERE list_contains($grades, d.grade) AND p.status = '正常' AND p.household_no IN (SELECT household_no FROM low)
               AND (d.issued_date >= $event_since::DATE AND d.issued_date < $snap::DATE
-                   OR NOT coalesce(array_to_string(d.subsidies, ',') LIKE '%护理补贴%', false))),
+                   OR NOT list_bool_or(list_transform(d.subsidies, lambda x: contains(x, '护理') OR contains(x, '两项补贴'))))),
 recip AS (SELECT * FROM cm WHERE active AND category IN ('低保', '特困')),
 pay AS (SELECT case_no, max(month) AS last_month FROM read_parquet($assistance_payment) GROUP BY case_no),
 f_dead AS (SELECT DISTINCT household_no FROM cm WHERE case_no IN (

@@ -58,6 +58,13 @@ def _gate_zh(h: str) -> str:
             f"any_value({h}.risk_income_per_capita), any_value({h}.dibao_standard), $risk_income_multiple) END")
 
 
+def _low_or_edge_zh(income: str, line: str) -> str:
+    """Which of `_LOW_OR_EDGE`'s two conditions holds, in Chinese (per-capita income `income`, the
+    low-income line `line`): under the line, or else (NULL income too) on a 低保边缘/低收入 case."""
+    return (f"CASE WHEN {income} < {line} THEN printf('家庭人均月收入 %.2f 元，低于低收入线 %.2f 元', {income}, {line}) "
+            f"ELSE printf('家庭属低保边缘/低收入救助家庭（人均月收入 %.2f 元）', coalesce({income}, 0)) END")
+
+
 _HOUSEHOLD_INCOME = _fact("monitoring.household", "h.household_no", "NULL", "income_per_capita", "h.income_per_capita",
                           "$snapshot")
 _HOUSEHOLD_INCOME_AGG = _fact("monitoring.household", "any_value(h.household_no)", "NULL", "income_per_capita",
@@ -145,20 +152,20 @@ RULES: tuple[Rule, ...] = (
          ("event_lookback_months", "working_age_min", "working_age_max"), f"""
         -- working age when they died, not on the snapshot date: an earner who died at 59 and would
         -- have turned 60 since is a working-age death. A death the register dates nowhere (its
-        -- `status_date` is optional) is recent enough to visit, since the person had wages in the
-        -- last 12 months: their age on the snapshot date stands in
-        WITH mp AS (SELECT *, CASE WHEN status_date IS NULL THEN age
-                                   ELSE sn_age(birth_date, status_date) END AS age_at_death
+        -- `status_date` is optional) counts as within the lookback when the last wages are: the age
+        -- in the month of the last wages stands in for the age at death
+        WITH mp AS (SELECT *, sn_age(birth_date, coalesce(status_date, CAST(last_wage_month || '-01' AS DATE))) AS age_at_death
                     FROM monitoring_person
                     WHERE status = '死亡' AND wage_months_12m > 0
-                      AND (status_date IS NULL OR status_date >= $event_since::DATE AND status_date < $snapshot::DATE))
+                      AND CASE WHEN status_date IS NULL THEN last_wage_month >= strftime($event_since::DATE, '%Y-%m')
+                               ELSE status_date >= $event_since::DATE AND status_date < $snapshot::DATE END)
         SELECT mp.household_no, mp.id_no AS subject_id_no,
                [{_fact('public_security.person', "'status'", 'mp.id_no', 'status', 'mp.status', 'mp.status_date')},
                 {_fact('human_resources.employment', 'mp.last_wage_month', 'mp.id_no', 'wage_12m_avg', 'mp.wage_12m_avg', "mp.last_wage_month || '-01'")}] AS facts,
-               printf('有收入的劳动年龄成员（%d 岁）%s（回溯 %d 个月）', mp.age_at_death,
-                      coalesce(printf('于 %s 死亡', strftime(mp.status_date, '%Y-%m-%d')),
-                               '死亡，户籍登记无死亡日期（近 12 个月仍有工资）'),
-                      $event_lookback_months) AS summary_zh,
+               coalesce(printf('有收入的劳动年龄成员（%d 岁）于 %s 死亡（回溯 %d 个月）', mp.age_at_death,
+                               strftime(mp.status_date, '%Y-%m-%d'), $event_lookback_months),
+                        printf('有收入的劳动年龄成员（约 %d 岁）死亡，户籍登记无死亡日期，末次工资 %s（回溯 %d 个月）',
+                               mp.age_at_death, mp.last_wage_month, $event_lookback_months)) AS summary_zh,
                1.0 AS magnitude
         FROM mp
         WHERE mp.age_at_death BETWEEN $working_age_min AND $working_age_max""", scope="person"),
@@ -176,9 +183,9 @@ RULES: tuple[Rule, ...] = (
         SELECT s.household_no, s.id_no AS subject_id_no,
                list({_fact('medical_insurance.claim', 's.claim_id', 's.id_no', 'diagnosis_code', "s.diagnosis_code || ' ' || coalesce(s.diagnosis_name, '')", 's.settle_date')})
                || [{_HOUSEHOLD_INCOME_AGG}] AS facts,
-               printf('成员确诊重特大疾病（%s），家庭人均月收入 %.2f 元，低于低收入线 %.2f 元或属低保边缘/低收入家庭',
-                      arg_max(s.diagnosis_code, {{'d': s.settle_date, 'k': s.claim_id}}), coalesce(any_value(h.income_per_capita), 0),
-                      any_value(h.low_income_line)) AS summary_zh,
+               printf('成员确诊重特大疾病（%s），%s',
+                      arg_max(s.diagnosis_code, {{'d': s.settle_date, 'k': s.claim_id}}),
+                      {_low_or_edge_zh('any_value(h.income_per_capita)', 'any_value(h.low_income_line)')}) AS summary_zh,
                1.0 AS magnitude
         FROM s JOIN monitoring_household h USING (household_no)
         WHERE s.household_no IN {_LOW_OR_EDGE}
@@ -244,67 +251,81 @@ RULES: tuple[Rule, ...] = (
     Rule("severe_disability", 3, "低收入家庭重度残疾", "S2", "forward",
          ("severe_disability_grades", "event_lookback_months", "low_income_multiple"), f"""
         -- a certificate issued within the lookback (a new one: its 两项补贴 and 单人户 review are due), or
-        -- one of any age whose holder has no 护理补贴 (重度残疾人护理补贴, 应补尽补); a holder already
-        -- paid it on an old certificate is known to the bureau, not news
+        -- one of any age whose holder's reported subsidies hold no 护理补贴 (重度残疾人护理补贴, 应补尽补);
+        -- a holder already paid it on an old certificate is known to the bureau, not news
         SELECT pb.household_no, d.id_no AS subject_id_no,
                [{_fact('disabled_persons_federation.disability', "'certificate'", 'd.id_no', 'grade', "d.category || ' ' || d.grade || '级'", 'd.issued_date')},
                 {_fact('disabled_persons_federation.disability', "'certificate'", 'd.id_no', 'subsidies', "coalesce(array_to_string(d.subsidies, '、'), '')", 'd.issued_date')},
                 {_HOUSEHOLD_INCOME}] AS facts,
-               printf('成员%s%s残疾 %d 级证%s，家庭人均月收入 %.2f 元（低收入线 %.2f 元）或属低保边缘/低收入家庭',
-                      CASE WHEN d.issued_date >= $event_since::DATE THEN printf('于 %s 新领', strftime(d.issued_date, '%Y-%m-%d'))
-                           ELSE '持' END,
-                      d.category, d.grade, CASE WHEN d.nursing THEN '' ELSE '，未享受重度残疾人护理补贴' END,
-                      coalesce(h.income_per_capita, 0), h.low_income_line) AS summary_zh,
+               printf('成员%s%s残疾 %d 级证%s，%s',
+                      CASE WHEN d.new THEN printf('于 %s 新领', strftime(d.issued_date, '%Y-%m-%d')) ELSE '持' END,
+                      d.category, d.grade, CASE WHEN d.nursing = false THEN '，享受补贴中无重度残疾人护理补贴' ELSE '' END,
+                      {_low_or_edge_zh('h.income_per_capita', 'h.low_income_line')}) AS summary_zh,
                1.0 AS magnitude
-        FROM (SELECT *, coalesce(array_to_string(subsidies, ',') LIKE '%护理补贴%', false) AS nursing FROM disability) d
+        FROM (SELECT *, issued_date >= $event_since::DATE AND issued_date < $snapshot::DATE AS new,
+                     -- the care subsidy among the reported ones (any element naming 护理, or 两项补贴 —
+                     -- both); NULL: the feed reported none (a county that does not send the column),
+                     -- which is no evidence of a missing subsidy. Other names: a `[values.subsidies]` mapping
+                     list_bool_or(list_transform(subsidies, lambda x: contains(x, '护理') OR contains(x, '两项补贴'))) AS nursing
+              FROM disability) d
         JOIN person_base pb USING (id_no) JOIN monitoring_household h ON h.household_no = pb.household_no
         WHERE list_contains($severe_disability_grades, d.grade) AND pb.alive AND pb.household_no IN {_LOW_OR_EDGE}
-          AND (d.issued_date >= $event_since::DATE AND d.issued_date < $snapshot::DATE OR NOT d.nursing)""",
+          AND (d.new OR d.nursing = false)""",
          scope="person"),
     Rule("deceased_recipient", 3, "死亡或注销人员仍在保", "S1", "reverse", ("death_grace_days",), f"""
-        -- dead, or the register record cancelled (注销: domain RV-01 counts either); its date may be unknown
+        -- dead, or the register record cancelled (注销: domain RV-01 counts either; it has other causes
+        -- than death, so the summary asks why); the register's date may be missing
         WITH dead AS (SELECT cm.case_no, cm.category, pb.id_no, pb.status, pb.status_date
                       FROM case_member cm JOIN person_base pb USING (id_no) WHERE cm.active AND pb.status IN ('死亡', '注销')),
-             -- 冒领: paid for a month after the month of death (unknown date: any payment)
+             last_paid AS (SELECT case_no, max(month) AS month FROM assistance_payment
+                           WHERE case_no IN (SELECT case_no FROM dead) GROUP BY case_no),
+             -- 冒领: paid for a month after the month of death; an undated record: its case's latest
+             -- payment, the one to check (which payments came after is unknown)
              after AS (SELECT d.case_no, d.id_no, p.month, p.amount FROM dead d JOIN assistance_payment p
-                       ON p.case_no = d.case_no
-                       AND p.month > strftime(coalesce(d.status_date, DATE '1900-01-01'), '%Y-%m')),
+                       ON p.case_no = d.case_no AND p.month > strftime(d.status_date, '%Y-%m')
+                       UNION ALL
+                       SELECT d.case_no, d.id_no, p.month, p.amount FROM dead d JOIN last_paid l ON l.case_no = d.case_no
+                       JOIN assistance_payment p ON p.case_no = l.case_no AND p.month = l.month
+                       WHERE d.status_date IS NULL),
              -- no payment records to judge by: still active more than the grace after the death (an
-             -- unknown date, as for payments: the grace is long past)
+             -- undated one: on the register's word)
              unpaid AS (SELECT d.* FROM dead d WHERE coalesce(d.status_date < $death_grace_until::DATE, true)
-                        AND NOT EXISTS (SELECT 1 FROM assistance_payment p WHERE p.case_no = d.case_no)),
+                        AND d.case_no NOT IN (SELECT case_no FROM last_paid)),
              hit AS (SELECT case_no, id_no FROM after UNION SELECT case_no, id_no FROM unpaid),
              sel AS (SELECT DISTINCT case_no FROM hit),
-             -- cases paying living members too: only the dead member's share of a payment is owed
+             -- cases paying living members too: what is owed is not the whole payment
              shared AS (SELECT DISTINCT cm.case_no FROM case_member cm JOIN person_base pb USING (id_no)
                         WHERE cm.case_no IN (SELECT case_no FROM sel) AND pb.alive),
-             h AS (SELECT ch.household_no, dead.* FROM ({_CASE_HOUSEHOLDS}) ch
-                   JOIN dead USING (case_no) JOIN hit USING (case_no, id_no)),
-             pay AS (SELECT case_no, count(*) AS n, sum(amount) AS total
-                     FROM (SELECT DISTINCT case_no, month, amount FROM after) GROUP BY case_no),
-             hp AS (SELECT household_no, coalesce(sum(n), 0) AS n, coalesce(sum(total), 0) AS total,
-                           bool_or(case_no IN (SELECT case_no FROM shared)) AS shared
-                    FROM (SELECT DISTINCT household_no, case_no FROM h) LEFT JOIN pay USING (case_no)
-                    GROUP BY household_no)
+             -- one line per member and case, from that member's own record and payments
+             per AS (SELECT d.case_no, d.id_no, any_value(d.category) AS category, any_value(d.status) AS status,
+                            any_value(d.status_date) AS status_date, count(DISTINCT a.month) AS n,
+                            coalesce(sum(a.amount), 0) AS total, max(a.month) AS last_month
+                     FROM dead d JOIN hit USING (case_no, id_no) LEFT JOIN after a USING (case_no, id_no)
+                     GROUP BY d.case_no, d.id_no),
+             line AS (SELECT per.*, printf('救助对象（%s）', category)
+                          || CASE WHEN status = '死亡' THEN coalesce(printf('已于 %s 死亡', strftime(status_date, '%Y-%m-%d')), '已死亡（日期不详）')
+                                  ELSE coalesce(printf('户籍已于 %s 注销（请核实注销原因）', strftime(status_date, '%Y-%m-%d')),
+                                                '户籍已注销（日期不详，请核实注销原因）') END
+                          || CASE WHEN n > 0 AND status_date IS NULL
+                                       THEN printf('，救助金发放至 %s，请核实%s日期后确定应追回金额', last_month,
+                                                   CASE WHEN status = '死亡' THEN '死亡' ELSE '注销' END)
+                                  WHEN n > 0
+                                       THEN printf('，其后仍发放救助金 %d 个月，合计 %.2f 元', n, total)
+                                            || CASE WHEN case_no IN (SELECT case_no FROM shared)
+                                                    THEN '（含仍健在成员的救助金：请核减该成员并核实应追回金额）'
+                                                    WHEN status = '死亡' THEN '（应追回）' ELSE '（请核实应追回金额）' END
+                                  WHEN status_date IS NULL THEN '，救助仍在保（无发放记录可核）'
+                                  ELSE printf('，已超过 %d 天，救助仍在保（无发放记录可核）', $death_grace_days) END AS zh
+                      FROM per),
+             h AS (SELECT ch.household_no, line.* FROM ({_CASE_HOUSEHOLDS}) ch JOIN line USING (case_no))
         SELECT h.household_no, min(h.id_no) AS subject_id_no,
                list(DISTINCT {_fact('public_security.person', "'status'", 'h.id_no', 'status', 'h.status', 'h.status_date')})
                || coalesce(list(DISTINCT {_fact('civil_affairs.assistance_payment', "a.case_no || '|' || a.month", 'NULL', 'amount', 'a.amount', "CAST(a.month || '-01' AS DATE)")})
                            FILTER (WHERE a.case_no IS NOT NULL), [])
                || list(DISTINCT {_fact('civil_affairs.assistance_case', 'h.case_no', 'NULL', 'status', "'在保/渐退期'", '$snapshot')}) AS facts,
-               printf('救助对象（%s）%s，', min(h.category),
-                      CASE WHEN bool_or(h.status = '死亡')
-                           THEN coalesce(printf('已于 %s 死亡', strftime(min(h.status_date) FILTER (WHERE h.status = '死亡'), '%Y-%m-%d')),
-                                         '已死亡（日期不详）')
-                           ELSE coalesce(printf('户籍已于 %s 注销', strftime(min(h.status_date), '%Y-%m-%d')),
-                                         '户籍已注销（日期不详）') END)
-               || CASE WHEN any_value(hp.n) > 0
-                       THEN printf('其后仍发放救助金 %d 个月，合计 %.2f 元%s', any_value(hp.n), any_value(hp.total),
-                                   CASE WHEN any_value(hp.shared) THEN '（含仍健在成员的救助金：应核减并追回其本人部分）'
-                                        ELSE '（应追回）' END)
-                       WHEN min(h.status_date) IS NULL THEN '救助仍在保（无发放记录可核）'
-                       ELSE printf('已超过 %d 天，救助仍在保（无发放记录可核）', $death_grace_days) END AS summary_zh,
-               greatest(1.0, any_value(hp.n)) AS magnitude
-        FROM h JOIN hp USING (household_no) LEFT JOIN after a ON a.case_no = h.case_no AND a.id_no = h.id_no
+               string_agg(DISTINCT h.zh, '；' ORDER BY h.zh) AS summary_zh,
+               greatest(1.0, max(h.n)) AS magnitude
+        FROM h LEFT JOIN after a ON a.case_no = h.case_no AND a.id_no = h.id_no
         GROUP BY h.household_no""", scope="case"),
     Rule("recipient_vehicle", 1, "救助对象家庭有机动车", "S2", "reverse", ("recipient_vehicle_exempt_types",), f"""
         WITH cars AS (SELECT cm.case_no, v.* FROM case_member cm JOIN vehicle v ON v.owner_id_no = cm.id_no

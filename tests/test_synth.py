@@ -208,10 +208,12 @@ def reference_fired(d) -> dict[str, set[str]]:
     reg = un[un.status.isin(["登记", "领取中"]) & un.id_no.isin(wa) & (un.registered_date >= since)
              & (un.id_no.map(last_wage).fillna("") <= un.registered_date.dt.strftime("%Y-%m"))]
     out["unemployment"] = (set(stopped.index.map(hh_of)) | set(reg.id_no.map(hh_of))) & at_risk
-    # working age at the death (an undated death: recent, as they had wages; the age today)
-    at_death = ((p.status_date.fillna(as_of) - p["birth_date"]).dt.days / 365.2425).astype(int)
-    dead = p[(p.status == "死亡") & (p.status_date.isna() | (p.status_date >= since) & (p.status_date < as_of))
-             & at_death.between(th["working_age_min"], th["working_age_max"]) & p.id_no.isin(emp.id_no)]
+    # working age at the death (an undated death: the last wages within the lookback, the age then)
+    last_pay = pd.to_datetime(p.id_no.map(emp.groupby("id_no").month.max()) + "-01")
+    at_death = ((p.status_date.fillna(last_pay) - p["birth_date"]).dt.days / 365.2425)
+    dead = p[(p.status == "死亡") & at_death.between(th["working_age_min"], th["working_age_max"] + 0.999)
+             & (p.status_date.isna() & (last_pay >= since) | (p.status_date >= since) & (p.status_date < as_of))
+             & p.id_no.isin(emp.id_no)]
     out["earner_death"] = set(dead.household_no)
     pfx = tuple(pol["diagnoses"]["serious_illness_prefixes"])
     sc = df["claim"][(df["claim"].settle_date < as_of)
@@ -236,9 +238,10 @@ def reference_fired(d) -> dict[str, set[str]]:
     ph = active[(active.status == "渐退期") & (active.end_date >= as_of) & (active.end_date <= expiry)]
     out["phase_out_risk"] = set(ph.hh)
     dis = df["disability"]
-    nursing = dis.subsidies.map(lambda s: s is not None and any("护理补贴" in x for x in s))
+    # the care subsidy missing from the reported subsidies (none reported: no evidence)
+    no_care = dis.subsidies.map(lambda s: s is not None and len(s) > 0 and not any("护理" in x or "两项补贴" in x for x in s))
     dis = dis[dis.grade.isin(th["severe_disability_grades"]) & dis.id_no.isin(alive_ids)
-              & ((dis.issued_date >= since) & (dis.issued_date < as_of) | ~nursing)]
+              & ((dis.issued_date >= since) & (dis.issued_date < as_of) | no_care)]
     out["severe_disability"] = {h for h in dis.id_no.map(hh_of) if h in low or h in edge_hh}
     dead = p[p.status.isin(["死亡", "注销"])].set_index("id_no").status_date
     ad = active[active.id_no.isin(dead.index)].assign(died=lambda x: x.id_no.map(dead))

@@ -106,10 +106,11 @@ MAX_FRACTION = 0.05
 #: filtered inputs — and this value updated. (Last: the age macro `sn_age` — a function of one row's
 #: columns; `earner_death` v4 and `serious_illness` v3 read more columns of the person's own row
 #: (an undated death, `alive`); `severe_disability` v3 the certificate row's own `issued_date` and
-#: `subsidies`; `deceased_recipient` v3 a cancelled (注销) member and whether any member of the same
-#: case is alive — person-level facts of every member of the household's cases, which the affected
-#: set already covers: no new link between households.)
-REVIEWED_SQL = "05649fd431eaa19709c068c1027ce61c7e7bc285b0ffb65b48703a8064edc032"
+#: `subsidies`; `deceased_recipient` v3 a cancelled (注销) member, the latest payment of the member's
+#: case and whether any member of the same case is alive — a case's payments and the person-level
+#: facts of every member of the household's cases, which the affected set already covers: no new
+#: link between households.)
+REVIEWED_SQL = "b1d5b86b69eda603250b5dc271efc3a4c5caffdd80ae5079b9e888ebc8fd5d15"
 
 
 @dataclass(frozen=True)
