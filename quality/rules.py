@@ -172,14 +172,15 @@ RULES: tuple[Rule, ...] = (
     Rule("serious_illness", 3, "低收入家庭成员患重特大疾病", "S2", "forward",
          ("event_lookback_months", "serious_illness_prefixes", "low_income_multiple"), f"""
         -- a living member (a member who has died since is no case for 单人户 enrolment; the household's
-        -- medical costs stay with `medical_burden`)
-        WITH sc AS (SELECT pb.household_no, cl.* FROM claim cl JOIN person_base pb USING (id_no)
-                    WHERE cl.settle_date < $snapshot::DATE AND pb.alive
+        -- medical costs stay with `medical_burden`): filtered after the claims' join, not in it (in it
+        -- DuckDB plans the join otherwise: 2.05 s against 0.96 s at 10 M persons)
+        WITH sc AS (SELECT pb.household_no, pb.alive, cl.* FROM claim cl JOIN person_base pb USING (id_no)
+                    WHERE cl.settle_date < $snapshot::DATE
                       AND (coalesce(cl.serious_illness, false)
                            OR regexp_matches(cl.diagnosis_code, $serious_pattern))),
              -- a new illness: the person's first serious-illness claim falls within the lookback
-             s AS (SELECT * FROM sc WHERE id_no IN (SELECT id_no FROM sc GROUP BY id_no
-                                                    HAVING min(settle_date) >= $event_since::DATE))
+             s AS (SELECT * FROM sc WHERE alive AND id_no IN (SELECT id_no FROM sc GROUP BY id_no
+                                                              HAVING min(settle_date) >= $event_since::DATE))
         SELECT s.household_no, s.id_no AS subject_id_no,
                list({_fact('medical_insurance.claim', 's.claim_id', 's.id_no', 'diagnosis_code', "s.diagnosis_code || ' ' || coalesce(s.diagnosis_name, '')", 's.settle_date')})
                || [{_HOUSEHOLD_INCOME_AGG}] AS facts,

@@ -110,7 +110,7 @@ MAX_FRACTION = 0.05
 #: case and whether any member of the same case is alive — a case's payments and the person-level
 #: facts of every member of the household's cases, which the affected set already covers: no new
 #: link between households.)
-REVIEWED_SQL = "b1d5b86b69eda603250b5dc271efc3a4c5caffdd80ae5079b9e888ebc8fd5d15"
+REVIEWED_SQL = "b9a3b7b4aed9d4011c9961a96d5528a74d56e7b54599e1b49b7b100a1579f40a"
 
 
 @dataclass(frozen=True)
