@@ -122,7 +122,8 @@ f_death AS (SELECT DISTINCT p.household_no FROM p JOIN ep USING (id_no, househol
             AND date_diff('year', p.birth_date, coalesce(p.status_date, CAST(ep.last_month || '-01' AS DATE)))
                 - CASE WHEN strftime(p.birth_date, '%m-%d') > strftime(coalesce(p.status_date, CAST(ep.last_month || '-01' AS DATE)), '%m-%d')
                   THEN 1 ELSE 0 END
-                BETWEEN $wa_min AND $wa_max),
+                BETWEEN $wa_min AND $wa_max
+            AND p.household_no IN (SELECT household_no FROM hh WHERE alive > 0)),
 f_serious AS (SELECT DISTINCT x.household_no FROM cla x SEMI JOIN low USING (household_no)
               WHERE x.alive AND (coalesce(x.serious_illness, false)
                      OR regexp_matches(x.diagnosis_code, $pattern))
@@ -139,7 +140,9 @@ f_phase AS (SELECT DISTINCT household_no FROM cm WHERE case_no IN (SELECT case_n
 f_disab AS (SELECT DISTINCT p.household_no FROM read_parquet($disability) d JOIN p USING (id_no)
             WHERE list_contains($grades, d.grade) AND p.status = '正常' AND p.household_no IN (SELECT household_no FROM low)
               AND (d.issued_date >= $event_since::DATE AND d.issued_date < $snap::DATE
-                   OR NOT list_bool_or(list_transform(d.subsidies, lambda x: contains(x, '护理') OR contains(x, '两项补贴'))))),
+                   OR len(d.subsidies) = 0
+                   OR NOT list_bool_or(list_transform(d.subsidies, lambda x: contains(x, '两项补贴')
+                          OR contains(x, '护理') AND (contains(x, '残') OR x IN ('护理补贴', '护理补助', '护理费')))))),
 recip AS (SELECT * FROM cm WHERE active AND category IN ('低保', '特困')),
 pay AS (SELECT case_no, max(month) AS last_month FROM read_parquet($assistance_payment) GROUP BY case_no),
 f_dead AS (SELECT DISTINCT household_no FROM cm WHERE case_no IN (

@@ -154,9 +154,11 @@ RULES: tuple[Rule, ...] = (
         -- have turned 60 since is a working-age death. A death the register dates nowhere (its
         -- `status_date` is optional) counts as within the lookback when the last wages are: the age
         -- in the month of the last wages stands in for the age at death
+        -- a household with a living member (an earner who lived alone leaves nobody to visit)
         WITH mp AS (SELECT *, sn_age(birth_date, coalesce(status_date, CAST(last_wage_month || '-01' AS DATE))) AS age_at_death
                     FROM monitoring_person
                     WHERE status = '死亡' AND wage_months_12m > 0
+                      AND household_no IN (SELECT household_no FROM monitoring_household WHERE members_alive > 0)
                       AND CASE WHEN status_date IS NULL THEN last_wage_month >= strftime($event_since::DATE, '%Y-%m')
                                ELSE status_date >= $event_since::DATE AND status_date < $snapshot::DATE END)
         SELECT mp.household_no, mp.id_no AS subject_id_no,
@@ -185,7 +187,7 @@ RULES: tuple[Rule, ...] = (
                list({_fact('medical_insurance.claim', 's.claim_id', 's.id_no', 'diagnosis_code', "s.diagnosis_code || ' ' || coalesce(s.diagnosis_name, '')", 's.settle_date')})
                || [{_HOUSEHOLD_INCOME_AGG}] AS facts,
                printf('成员确诊重特大疾病（%s），%s',
-                      arg_max(s.diagnosis_code, {{'d': s.settle_date, 'k': s.claim_id}}),
+                      arg_max(s.diagnosis_code || coalesce(' ' || s.diagnosis_name, ''), {{'d': s.settle_date, 'k': s.claim_id}}),
                       {_low_or_edge_zh('any_value(h.income_per_capita)', 'any_value(h.low_income_line)')}) AS summary_zh,
                1.0 AS magnitude
         FROM s JOIN monitoring_household h USING (household_no)
@@ -264,10 +266,14 @@ RULES: tuple[Rule, ...] = (
                       {_low_or_edge_zh('h.income_per_capita', 'h.low_income_line')}) AS summary_zh,
                1.0 AS magnitude
         FROM (SELECT *, issued_date >= $event_since::DATE AND issued_date < $snapshot::DATE AS new,
-                     -- the care subsidy among the reported ones (any element naming 护理, or 两项补贴 —
-                     -- both); NULL: the feed reported none (a county that does not send the column),
-                     -- which is no evidence of a missing subsidy. Other names: a `[values.subsidies]` mapping
-                     list_bool_or(list_transform(subsidies, lambda x: contains(x, '护理') OR contains(x, '两项补贴'))) AS nursing
+                     -- the care subsidy among the reported ones: 两项补贴 (both), a 护理 subsidy of the
+                     -- disabled (重度残疾人护理补贴, 重残护理费…) or one named only 护理补贴/护理补助/护理费
+                     -- (not 失能老年人护理补贴); an empty list: none. NULL: the feed reported nothing (a
+                     -- county that does not send the column) — no evidence of a missing subsidy. Other
+                     -- names and codes: a `[values.subsidies]` mapping
+                     CASE WHEN len(subsidies) = 0 THEN false
+                          ELSE list_bool_or(list_transform(subsidies, lambda x: contains(x, '两项补贴')
+                               OR contains(x, '护理') AND (contains(x, '残') OR x IN ('护理补贴', '护理补助', '护理费')))) END AS nursing
               FROM disability) d
         JOIN person_base pb USING (id_no) JOIN monitoring_household h ON h.household_no = pb.household_no
         WHERE list_contains($severe_disability_grades, d.grade) AND pb.alive AND pb.household_no IN {_LOW_OR_EDGE}
@@ -276,7 +282,7 @@ RULES: tuple[Rule, ...] = (
     Rule("deceased_recipient", 3, "死亡或注销人员仍在保", "S1", "reverse", ("death_grace_days",), f"""
         -- dead, or the register record cancelled (注销: domain RV-01 counts either; it has other causes
         -- than death, so the summary asks why); the register's date may be missing
-        WITH dead AS (SELECT cm.case_no, cm.category, pb.id_no, pb.status, pb.status_date
+        WITH dead AS (SELECT cm.case_no, cm.category, cm.relation, pb.id_no, pb.status, pb.status_date
                       FROM case_member cm JOIN person_base pb USING (id_no) WHERE cm.active AND pb.status IN ('死亡', '注销')),
              last_paid AS (SELECT case_no, max(month) AS month FROM assistance_payment
                            WHERE case_no IN (SELECT case_no FROM dead) GROUP BY case_no),
@@ -294,39 +300,62 @@ RULES: tuple[Rule, ...] = (
                         AND d.case_no NOT IN (SELECT case_no FROM last_paid)),
              hit AS (SELECT case_no, id_no FROM after UNION SELECT case_no, id_no FROM unpaid),
              sel AS (SELECT DISTINCT case_no FROM hit),
-             -- cases paying living members too: what is owed is not the whole payment
-             shared AS (SELECT DISTINCT cm.case_no FROM case_member cm JOIN person_base pb USING (id_no)
-                        WHERE cm.case_no IN (SELECT case_no FROM sel) AND pb.alive),
-             -- one line per member and case, from that member's own record and payments
-             per AS (SELECT d.case_no, d.id_no, any_value(d.category) AS category, any_value(d.status) AS status,
-                            any_value(d.status_date) AS status_date, count(DISTINCT a.month) AS n,
-                            coalesce(sum(a.amount), 0) AS total, max(a.month) AS last_month
-                     FROM dead d JOIN hit USING (case_no, id_no) LEFT JOIN after a USING (case_no, id_no)
-                     GROUP BY d.case_no, d.id_no),
-             line AS (SELECT per.*, printf('救助对象（%s）', category)
-                          || CASE WHEN status = '死亡' THEN coalesce(printf('已于 %s 死亡', strftime(status_date, '%Y-%m-%d')), '已死亡（日期不详）')
-                                  ELSE coalesce(printf('户籍已于 %s 注销（请核实注销原因）', strftime(status_date, '%Y-%m-%d')),
-                                                '户籍已注销（日期不详，请核实注销原因）') END
-                          || CASE WHEN n > 0 AND status_date IS NULL
-                                       THEN printf('，救助金发放至 %s，请核实%s日期后确定应追回金额', last_month,
-                                                   CASE WHEN status = '死亡' THEN '死亡' ELSE '注销' END)
-                                  WHEN n > 0
-                                       THEN printf('，其后仍发放救助金 %d 个月，合计 %.2f 元', n, total)
-                                            || CASE WHEN case_no IN (SELECT case_no FROM shared)
-                                                    THEN '（含仍健在成员的救助金：请核减该成员并核实应追回金额）'
-                                                    WHEN status = '死亡' THEN '（应追回）' ELSE '（请核实应追回金额）' END
-                                  WHEN status_date IS NULL THEN '，救助仍在保（无发放记录可核）'
-                                  ELSE printf('，已超过 %d 天，救助仍在保（无发放记录可核）', $death_grace_days) END AS zh
-                      FROM per),
-             h AS (SELECT ch.household_no, line.* FROM ({_CASE_HOUSEHOLDS}) ch JOIN line USING (case_no))
+             -- each payment after the case's first dated death, and whether a member still counted as
+             -- living in its month: one not dead or cancelled before it by the register's date — one
+             -- moved out (迁出), missing from this register or of unknown date counts as living
+             first AS (SELECT case_no, min(strftime(status_date, '%Y-%m')) AS month FROM dead
+                       WHERE status_date IS NOT NULL AND case_no IN (SELECT case_no FROM sel) GROUP BY case_no),
+             paid AS (SELECT DISTINCT p.case_no, p.month, p.amount FROM assistance_payment p JOIN first f
+                      ON f.case_no = p.case_no AND p.month > f.month),
+             gone AS (SELECT d.case_no, d.id_no, strftime(d.status_date, '%Y-%m') AS month FROM dead d
+                      WHERE d.status_date IS NOT NULL AND d.case_no IN (SELECT case_no FROM sel)),
+             members AS (SELECT case_no, count(*) AS n FROM case_member WHERE case_no IN (SELECT case_no FROM sel) GROUP BY case_no),
+             cls AS (SELECT pd.case_no, pd.month, pd.amount,
+                            count(g.id_no) < any_value(m.n) AS living
+                     FROM paid pd JOIN members m USING (case_no)
+                     LEFT JOIN gone g ON g.case_no = pd.case_no AND g.month < pd.month
+                     GROUP BY pd.case_no, pd.month, pd.amount),
+             money AS (SELECT case_no, count(*) AS n, sum(amount) AS total, count(*) FILTER (WHERE NOT living) AS n_owed,
+                              coalesce(sum(amount) FILTER (WHERE NOT living), 0) AS owed
+                       FROM cls GROUP BY case_no),
+             -- one line per case: its dead or cancelled members (by their relation on the case), then the money
+             line AS (SELECT d.case_no, any_value(d.category) AS category,
+                             string_agg(coalesce(d.relation, '成员')
+                                        || CASE WHEN d.status = '死亡'
+                                                THEN coalesce(printf('于 %s 死亡', strftime(d.status_date, '%Y-%m-%d')), '已死亡（日期不详）')
+                                                ELSE coalesce(printf('户籍于 %s 注销', strftime(d.status_date, '%Y-%m-%d')), '户籍已注销（日期不详）') END,
+                                        '、' ORDER BY d.status_date NULLS LAST, d.id_no) AS who,
+                             bool_and(d.status = '死亡') AS all_dead, bool_or(d.status_date IS NULL) AS undated
+                      FROM dead d JOIN hit USING (case_no, id_no) GROUP BY d.case_no),
+             zh AS (SELECT l.case_no, coalesce(m.n, 0) AS n,
+                           printf('救助案件 %s（%s）：', l.case_no, l.category) || l.who
+                           || CASE WHEN l.all_dead THEN '' ELSE '（注销请核实原因）' END || '，'
+                           || CASE WHEN m.n > 0 AND m.n_owed = m.n
+                                   THEN printf('其后仍发放救助金 %d 个月，合计 %.2f 元（%s）', m.n, m.total,
+                                               CASE WHEN l.all_dead THEN '应追回' ELSE '请核实应追回金额' END)
+                                   WHEN m.n > 0 AND m.n_owed = 0
+                                   THEN printf('其后仍发放救助金 %d 个月，合计 %.2f 元（含仍健在成员的救助金：请核减该成员并核实应追回金额）', m.n, m.total)
+                                   WHEN m.n > 0
+                                   THEN printf('其后仍发放救助金 %d 个月，合计 %.2f 元（其中 %d 个月 %.2f 元发放时已无健在成员，%s；其余含仍健在成员的救助金，请核减并核实）',
+                                               m.n, m.total, m.n_owed, m.owed, CASE WHEN l.all_dead THEN '应追回' ELSE '请核实应追回金额' END)
+                                   WHEN lp.month IS NOT NULL
+                                   THEN printf('救助金发放至 %s，请核实%s日期后确定应追回金额', lp.month,
+                                               CASE WHEN l.all_dead THEN '死亡' ELSE '死亡或注销' END)
+                                   WHEN l.undated THEN '救助仍在保（无发放记录可核）'
+                                   ELSE printf('已超过 %d 天，救助仍在保（无发放记录可核）', $death_grace_days) END AS text
+                    FROM line l LEFT JOIN money m USING (case_no) LEFT JOIN last_paid lp USING (case_no)),
+             h AS (SELECT ch.household_no, d.case_no, d.id_no, d.status, d.status_date
+                   FROM ({_CASE_HOUSEHOLDS}) ch JOIN dead d USING (case_no) JOIN hit USING (case_no, id_no)),
+             ev AS (SELECT case_no, month, amount FROM paid
+                    UNION SELECT a.case_no, a.month, a.amount FROM after a WHERE a.case_no NOT IN (SELECT case_no FROM first))
         SELECT h.household_no, min(h.id_no) AS subject_id_no,
                list(DISTINCT {_fact('public_security.person', "'status'", 'h.id_no', 'status', 'h.status', 'h.status_date')})
                || coalesce(list(DISTINCT {_fact('civil_affairs.assistance_payment', "a.case_no || '|' || a.month", 'NULL', 'amount', 'a.amount', "CAST(a.month || '-01' AS DATE)")})
                            FILTER (WHERE a.case_no IS NOT NULL), [])
                || list(DISTINCT {_fact('civil_affairs.assistance_case', 'h.case_no', 'NULL', 'status', "'在保/渐退期'", '$snapshot')}) AS facts,
-               string_agg(DISTINCT h.zh, '；' ORDER BY h.zh) AS summary_zh,
-               greatest(1.0, max(h.n)) AS magnitude
-        FROM h LEFT JOIN after a ON a.case_no = h.case_no AND a.id_no = h.id_no
+               string_agg(DISTINCT z.text, '；' ORDER BY z.text) AS summary_zh,
+               greatest(1.0, max(z.n)) AS magnitude
+        FROM h JOIN zh z USING (case_no) LEFT JOIN ev a ON a.case_no = h.case_no
         GROUP BY h.household_no""", scope="case"),
     Rule("recipient_vehicle", 1, "救助对象家庭有机动车", "S2", "reverse", ("recipient_vehicle_exempt_types",), f"""
         WITH cars AS (SELECT cm.case_no, v.* FROM case_member cm JOIN vehicle v ON v.owner_id_no = cm.id_no

@@ -213,7 +213,7 @@ def reference_fired(d) -> dict[str, set[str]]:
     at_death = ((p.status_date.fillna(last_pay) - p["birth_date"]).dt.days / 365.2425)
     dead = p[(p.status == "死亡") & at_death.between(th["working_age_min"], th["working_age_max"] + 0.999)
              & (p.status_date.isna() & (last_pay >= since) | (p.status_date >= since) & (p.status_date < as_of))
-             & p.id_no.isin(emp.id_no)]
+             & p.id_no.isin(emp.id_no) & p.household_no.isin(living.index)]
     out["earner_death"] = set(dead.household_no)
     pfx = tuple(pol["diagnoses"]["serious_illness_prefixes"])
     sc = df["claim"][(df["claim"].settle_date < as_of)
@@ -239,7 +239,8 @@ def reference_fired(d) -> dict[str, set[str]]:
     out["phase_out_risk"] = set(ph.hh)
     dis = df["disability"]
     # the care subsidy missing from the reported subsidies (none reported: no evidence)
-    no_care = dis.subsidies.map(lambda s: s is not None and len(s) > 0 and not any("护理" in x or "两项补贴" in x for x in s))
+    no_care = dis.subsidies.map(lambda s: s is not None and not any(
+        "两项补贴" in x or ("护理" in x and ("残" in x or x in ("护理补贴", "护理补助", "护理费"))) for x in s))
     dis = dis[dis.grade.isin(th["severe_disability_grades"]) & dis.id_no.isin(alive_ids)
               & ((dis.issued_date >= since) & (dis.issued_date < as_of) | no_care)]
     out["severe_disability"] = {h for h in dis.id_no.map(hh_of) if h in low or h in edge_hh}

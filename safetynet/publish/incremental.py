@@ -106,11 +106,12 @@ MAX_FRACTION = 0.05
 #: filtered inputs — and this value updated. (Last: the age macro `sn_age` — a function of one row's
 #: columns; `earner_death` v4 and `serious_illness` v3 read more columns of the person's own row
 #: (an undated death, `alive`); `severe_disability` v3 the certificate row's own `issued_date` and
-#: `subsidies`; `deceased_recipient` v3 a cancelled (注销) member, the latest payment of the member's
-#: case and whether any member of the same case is alive — a case's payments and the person-level
-#: facts of every member of the household's cases, which the affected set already covers: no new
-#: link between households.)
-REVIEWED_SQL = "b9a3b7b4aed9d4011c9961a96d5528a74d56e7b54599e1b49b7b100a1579f40a"
+#: `subsidies`; `deceased_recipient` v3 a cancelled (注销) member, the payments of the member's case
+#: and, per month paid, which of the case's members were dead or cancelled by then — a case's
+#: payments and members and the person-level facts of every member of the household's cases, which
+#: the affected set already covers; `earner_death` v4 its household's living members (the same
+#: household): no new link between households.)
+REVIEWED_SQL = "909515b3ac88aade3460295137205e046b9ac03709f28ce2cbe8f5999ee9a277"
 
 
 @dataclass(frozen=True)
