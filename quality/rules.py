@@ -303,12 +303,11 @@ RULES: tuple[Rule, ...] = (
              -- each payment after the case's first dated death, and whether a member still counted as
              -- living in its month: one not dead or cancelled before it by the register's date — one
              -- moved out (迁出), missing from this register or of unknown date counts as living
-             first AS (SELECT case_no, min(strftime(status_date, '%Y-%m')) AS month FROM dead
-                       WHERE status_date IS NOT NULL AND case_no IN (SELECT case_no FROM sel) GROUP BY case_no),
-             paid AS (SELECT DISTINCT p.case_no, p.month, p.amount FROM assistance_payment p JOIN first f
-                      ON f.case_no = p.case_no AND p.month > f.month),
              gone AS (SELECT d.case_no, d.id_no, strftime(d.status_date, '%Y-%m') AS month FROM dead d
                       WHERE d.status_date IS NOT NULL AND d.case_no IN (SELECT case_no FROM sel)),
+             first AS (SELECT case_no, min(month) AS month FROM gone GROUP BY case_no),
+             paid AS (SELECT DISTINCT p.case_no, p.month, p.amount FROM assistance_payment p JOIN first f
+                      ON f.case_no = p.case_no AND p.month > f.month),
              members AS (SELECT case_no, count(*) AS n FROM case_member WHERE case_no IN (SELECT case_no FROM sel) GROUP BY case_no),
              cls AS (SELECT pd.case_no, pd.month, pd.amount,
                             count(g.id_no) < any_value(m.n) AS living

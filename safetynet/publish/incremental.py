@@ -111,7 +111,7 @@ MAX_FRACTION = 0.05
 #: payments and members and the person-level facts of every member of the household's cases, which
 #: the affected set already covers; `earner_death` v4 its household's living members (the same
 #: household): no new link between households.)
-REVIEWED_SQL = "909515b3ac88aade3460295137205e046b9ac03709f28ce2cbe8f5999ee9a277"
+REVIEWED_SQL = "53280c0820994203d55acb76c6f276733b62b1edefecd8fc39a2f0ba8d7e73a2"
 
 
 @dataclass(frozen=True)
