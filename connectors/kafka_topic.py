@@ -18,7 +18,6 @@ import bisect
 import datetime as dt
 import json
 import logging
-import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
@@ -49,6 +48,13 @@ class KafkaBatch:
         return f"{self.topic}+{self.partition}+{self.first:020d}+{self.last:020d}"
 
 
+def broker_wait_ms(settings: Settings) -> int:
+    """How long one attempt waits for an unreachable broker (bootstrap, commit): at most the
+    request timeout, at most the ingest's retry window `kafka_retry_s` (at least 2 s) — so a run
+    told to give up after 3 s does not wait 30 s inside one attempt."""
+    return int(min(30.0, max(2.0, settings.kafka_retry_s)) * 1000)
+
+
 def consumer_config(settings: Settings) -> dict:
     """kafka-python settings shared by the connector and the benchmark's baseline."""
     cfg = dict(
@@ -60,6 +66,7 @@ def consumer_config(settings: Settings) -> dict:
         max_partition_fetch_bytes=16 * 1024 * 1024,
         security_protocol=settings.kafka_security_protocol,
         request_timeout_ms=30_000,
+        bootstrap_timeout_ms=broker_wait_ms(settings),
         session_timeout_ms=6_000,
         heartbeat_interval_ms=2_000,
     )
@@ -243,18 +250,14 @@ class KafkaTopicSource:
         return max(left, key=lambda tp: len(pending[tp].values) if tp in pending else -1)
 
     def commit(self, b: KafkaBatch) -> None:
-        """Commit the batch's offsets (call only after its files are durable)."""
+        """Commit the batch's offsets (call only after its files are durable). One attempt,
+        bounded by the request timeout and by `kafka_retry_s`: a lost broker raises here, and the
+        ingest's one retry loop (`ingest._retrying`, within `kafka_retry_s`) reads the topic again
+        from the committed offsets — this batch is read again and rewritten under the same name.
+        (Retrying the commit here as well made a 3 s retry window last over two minutes.)"""
         assert self.consumer is not None
         tp = TopicPartition(b.topic, b.partition)
-        for attempt in range(6):
-            try:
-                self.consumer.commit({tp: OffsetAndMetadata(b.last + 1, "", -1)})
-                return
-            except Exception as e:  # kafka-python raises CommitFailedError/KafkaError subtypes
-                if attempt == 5:
-                    raise
-                log.warning("kafka: commit of %s failed (%s); retrying", b.name, e)
-                time.sleep(0.5 * 2 ** attempt)
+        self.consumer.commit({tp: OffsetAndMetadata(b.last + 1, "", -1)}, timeout_ms=broker_wait_ms(self.settings))
 
 
 def sample(bootstrap: str, topic: str, n: int, poll_timeout_ms: int = 1000, idle_polls: int = 3) -> list[bytes]:

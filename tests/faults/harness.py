@@ -138,6 +138,28 @@ class Rig:
         """Run `safetynet <args>` in its own process and kill it with SIGKILL — a real kill -9 —
         right before or after the `nth` call of `target` ("module:Class.method") whose string
         arguments contain `match`. Returns the finished process (returncode -9 if it was hit)."""
+        p = self._hooked(s, target, args, match, nth, when, "os.kill(os.getpid(), signal.SIGKILL)", env)
+        out, err = p.communicate(timeout=timeout)
+        kill_group(p)  # its writer process too, if the kernel has not stopped it yet
+        return subprocess.CompletedProcess(p.args, p.returncode, out.decode(), err.decode())
+
+    def paused_at(self, s: Settings, target: str, args: list[str], gate: Path, *, nth: int = 1,
+                  **env: str) -> subprocess.Popen:
+        """Start `safetynet <args>` in its own process; right before the `nth` call of `target` it
+        creates `<gate>.reached` and waits (at most 120 s) until `gate` exists — so the test can
+        inject a fault at a known point of the run (e.g. kill the broker before a commit) and
+        then release it. Returns the running process."""
+        wait = (f"open({str(gate)!r} + '.reached', 'w').close()\n"
+                f"    import time\n"
+                f"    for _ in range(6000):\n"
+                f"        if os.path.exists({str(gate)!r}): break\n"
+                f"        time.sleep(0.02)")
+        return self._hooked(s, target, args, "", nth, "before", wait, env)
+
+    def _hooked(self, s: Settings, target: str, args: list[str], match: str, nth: int, when: str, action: str,
+                env: dict[str, str]) -> subprocess.Popen:
+        """`safetynet <args>` in its own process, with `action` run right before or after the
+        `nth` call of `target` whose string arguments contain `match`."""
         code = f"""
 import importlib, os, signal, sys
 owner = importlib.import_module({target.split(":")[0]!r})
@@ -146,24 +168,23 @@ for p in parts[:-1]:
     owner = getattr(owner, p)
 orig = getattr(owner, parts[-1])
 n = [0]
+def act():
+    {action}
 def hook(*a, **k):
     hit = {match!r} in " ".join(x for x in a if isinstance(x, str))
     n[0] += hit
     if hit and n[0] == {nth} and {when!r} == "before":
-        os.kill(os.getpid(), signal.SIGKILL)
+        act()
     r = orig(*a, **k)
-    if hit and n[0] == {nth}:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if hit and n[0] == {nth} and {when!r} == "after":
+        act()
     return r
 setattr(owner, parts[-1], hook)
 from safetynet.cli import main
 sys.exit(main({args!r}))
 """
-        p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=self.env(s, **env), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, start_new_session=True)
-        out, err = p.communicate(timeout=timeout)
-        kill_group(p)  # its writer process too, if the kernel has not stopped it yet
-        return subprocess.CompletedProcess(p.args, p.returncode, out.decode(), err.decode())
+        return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=self.env(s, **env),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
 def wait_for(pred, timeout: float = 120.0, every: float = 0.02) -> bool:

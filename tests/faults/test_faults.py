@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -212,13 +213,18 @@ def _raw_files(st: ObjectStore) -> int:
 
 def test_broker_killed_mid_ingest_and_restarted_within_the_retry_window(rig, durable_broker):
     """The broker dies (kill -9) mid-ingest and is back 3 s later: the ingest retries with backoff,
-    resumes from the committed offsets and completes; nothing lost or doubled."""
+    resumes from the committed offsets and completes; nothing lost or doubled. The ingest is held
+    just before its 6th offset commit while the broker is killed, so that commit — and whatever
+    the other consumers still fetch — meets a dead broker (killing it after some number of files
+    raced the ingest: it could have read everything already)."""
     s = rig.settings("bkill", kafka_bootstrap=durable_broker.bootstrap, kafka_retry_s=90.0)
     st = rig.store(s)
-    p = rig.cli(s, "-v", "ingest")
-    assert wait_for(lambda: _raw_files(st) >= 12 or p.poll() is not None)
-    assert p.poll() is None, "the ingest finished before the broker could be killed"
+    gate = Path(s.work_dir).parent / "release"
+    p = rig.paused_at(s, "connectors.kafka_topic:KafkaTopicSource.commit", ["-v", "ingest"], gate, nth=6)
+    assert wait_for(lambda: Path(f"{gate}.reached").exists() or p.poll() is not None)
+    assert p.poll() is None, "the ingest finished before its 6th commit"
     durable_broker.kill()
+    gate.touch()
     time.sleep(3)
     durable_broker.start()
     _out, err = p.communicate(timeout=300)
@@ -235,14 +241,21 @@ def test_broker_down_past_the_retry_window_fails_clearly_then_resumes(rig, durab
     a run record marked failed; once the broker is back the next run completes exactly once."""
     s = rig.settings("bdown", kafka_bootstrap=durable_broker.bootstrap, kafka_retry_s=3.0)
     st = rig.store(s)
-    p = rig.cli(s, "ingest")
-    assert wait_for(lambda: _raw_files(st) >= 12 or p.poll() is not None)
+    gate = Path(s.work_dir).parent / "release"
+    p = rig.paused_at(s, "connectors.kafka_topic:KafkaTopicSource.commit", ["ingest"], gate, nth=6)
+    assert wait_for(lambda: Path(f"{gate}.reached").exists() or p.poll() is not None)
+    assert p.poll() is None, "the ingest finished before its 6th commit"
     durable_broker.kill()
+    gate.touch()
+    t0 = time.monotonic()
     try:
         _out, err = p.communicate(timeout=300)
     finally:
         durable_broker.start()
     assert p.returncode == 1
+    # the window bounds the whole wait: one attempt (a commit, a bootstrap) waits at most the window
+    # too, not kafka-python's 30 s (before: 135 s to give up on a 3 s window)
+    assert time.monotonic() - t0 < 3.0 + 20, f"gave up after {time.monotonic() - t0:.0f} s on a 3 s window"
     assert "stayed unreachable" in err.decode() and "Traceback" not in err.decode()
     assert [r["status"] for r in _runs(st)] == ["failed"]
     _resume(rig, s, st)
@@ -255,8 +268,10 @@ def test_no_broker_at_start_fails_after_the_retry_window(rig):
 
     s = rig.settings("bnone", kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_retry_s=2.0)
     st = rig.store(s)
+    t0 = time.monotonic()
     with pytest.raises(RuntimeError, match="stayed unreachable for 2 s"):
         run_ingest(s, st)
+    assert time.monotonic() - t0 < 2.0 + 20, f"gave up after {time.monotonic() - t0:.0f} s on a 2 s window"  # was 60 s
     assert not [e for e in st.list("raw/") if "/file+" not in e.path]
     assert [r["status"] for r in _runs(st)] == ["failed"]
     _resume(rig, s.model_copy(update={"kafka_bootstrap": rig.bootstrap}), st)
