@@ -103,7 +103,7 @@ HOUSEHOLD: dict[str, tuple[str, str]] = {
     "wage_prev9_total": ("前9个月工资合计（户）", "household wages of the previous 9 months, total"),
     "oop_12m": ("近12个月医疗个人自付（户）", "household out-of-pocket medical cost over 12 months"),
     "medical_total_12m": ("近12个月医疗总费用（户）", "household medical cost over 12 months"),
-    "serious_ill_members": ("重特大疾病人数", "members with a serious illness"),
+    "serious_ill_members": ("重特大疾病人数", "living members with a serious illness"),
     "severe_disabled_members": ("重度残疾人数", "living members with a severe disability"),
     "unemployed_members": ("失业登记人数", "members registered unemployed (登记/领取中)"),
     "vehicles_non_exempt": ("非豁免机动车数（户）", "non-exempt vehicles of all members"),

@@ -20,7 +20,8 @@ monitoring build and warning rules — no synthetic generator, no reference impl
 
 A value `@n` is the ID number of the case's n-th person, `@hh` its household number. A case that
 fires may list `summary_has`: text the warning's Chinese summary must contain (what the street
-worker reads), e.g. `summary_has = ["日期不详"]`.
+worker reads), e.g. `summary_has = ["日期不详"]`. A case may also list `household_has`: columns of
+its household's published row (`monitoring_household`), e.g. `household_has = {serious_ill_members = 0}`.
 
 Monthly wages (人社 `human_resources.employment`, one record per person, month and employer) have a
 shorthand: a case's `wages` list, each entry expanding to one employment record per month from
@@ -98,9 +99,10 @@ def expand_wages(wages: list[dict]) -> list[dict]:
     return out
 
 
-def run(fixture: dict, root: Path) -> dict[str, dict[str, list[str]]]:
+def run(fixture: dict, root: Path, households: dict[str, dict] | None = None) -> dict[str, dict[str, list[str]]]:
     """Ingest the fixture into a store at `root`, build the snapshot; rule id → the households it fired
-    on → the Chinese summaries of those warnings."""
+    on → the Chinese summaries of those warnings. `households`, if given, is filled with household
+    number → that household's `monitoring_household` row."""
     store = ObjectStore.from_settings(Settings(store=str(root)))
     records: dict[str, list[dict]] = {fid: [] for fid in contracts()}
     for n, case in enumerate(fixture["case"], 1):
@@ -135,6 +137,9 @@ def run(fixture: dict, root: Path) -> dict[str, dict[str, list[str]]]:
         monitoring.register_clean(con, store)
         b = monitoring.build(con, snap, pol)
         w = evaluation.evaluate(b, pol)
+        if households is not None:
+            households.update({r["household_no"]: r for r in
+                               con.sql("SELECT * FROM monitoring_household").to_arrow_table().to_pylist()})
     finally:
         con.close()
     out: dict[str, dict[str, list[str]]] = {}

@@ -254,7 +254,7 @@ STEPS: list[tuple[str, str]] = [
                    sum(wage_prev9_total)::DECIMAL(16,2) AS wage_prev9_total,
                    sum(oop_12m)::DECIMAL(14,2) AS oop_12m,
                    sum(medical_total_12m)::DECIMAL(14,2) AS medical_total_12m,
-                   CAST(count(*) FILTER (WHERE serious_illness) AS INTEGER) AS serious_ill_members,
+                   CAST(count(*) FILTER (WHERE serious_illness AND alive) AS INTEGER) AS serious_ill_members,
                    CAST(count(*) FILTER (WHERE severe_disability AND alive) AS INTEGER) AS severe_disabled_members,
                    CAST(count(*) FILTER (WHERE unemployment_status IN ('登记', '领取中')) AS INTEGER) AS unemployed_members,
                    CAST(sum(vehicles_non_exempt) AS INTEGER) AS vehicles_non_exempt,
