@@ -96,8 +96,8 @@ h AS (SELECT *, (income / nullif(alive, 0))::DECIMAL(14,2) AS pc,
 cm AS (SELECT c.case_no, c.category, c.status, c.start_date, c.end_date, c.urban_rural, m.id_no, p.household_no,
               c.status IN ('在保', '渐退期') AS active
        FROM read_parquet($assistance_case) c, unnest(c.members) AS u(m) JOIN p ON p.id_no = m.id_no),
-edge AS (SELECT DISTINCT household_no FROM cm WHERE active AND category IN ('低保边缘', '低收入')),
-low AS (SELECT household_no FROM h WHERE pc < dibao * $multiple UNION SELECT household_no FROM edge),
+low_case AS (SELECT DISTINCT household_no FROM cm WHERE active AND category IN ('低保', '特困', '低保边缘', '低收入', '刚性支出困难')),
+low AS (SELECT household_no FROM h WHERE pc < dibao * $multiple UNION SELECT household_no FROM low_case),
 risk AS MATERIALIZED (SELECT h.household_no FROM h LEFT JOIN agg_claim c USING (household_no)
          WHERE ((h.income3 - coalesce(c.oop_12m, 0) / 12) / nullif(h.alive, 0))::DECIMAL(14,2) < $risk * h.dibao
          UNION SELECT household_no FROM cm WHERE active),

@@ -47,9 +47,17 @@ def _fact(feed: str, key: str, id_no: str, field: str, value: str, date: str) ->
 # households of every member of the cases selected by a CTE `sel(case_no)`
 _CASE_HOUSEHOLDS = "SELECT DISTINCT sel.case_no, pb.household_no FROM sel JOIN case_member cm USING (case_no) JOIN person_base pb USING (id_no)"
 
-_LOW_OR_EDGE = """(SELECT household_no FROM monitoring_household WHERE income_per_capita < low_income_line
-                   UNION SELECT pb.household_no FROM case_member cm JOIN person_base pb USING (id_no)
-                   WHERE cm.active AND cm.category IN ('低保边缘', '低收入'))"""
+#: the low-income population's assistance categories (低收入人口: 低保, 特困, 低保边缘, 低收入 and
+#: 刚性支出困难 households — domain EW-02/EW-08's "低边 or low-income household"); 临时救助 is not one
+_LOW_INCOME_CATEGORIES = "['低保', '特困', '低保边缘', '低收入', '刚性支出困难']"
+
+#: the households of EW-02/EW-08: per-capita income under the low-income line, or a member on an
+#: active case of a low-income category (the household's active cases, as the household table
+#: lists them). A 低保/特困 household above the line counts too: it is low-income by definition, and
+#: its 两项补贴 (困难残疾人生活补贴 is the 低保 family's) and medical aid are due all the same
+_LOW_INCOME = f"""(SELECT household_no FROM monitoring_household
+                  WHERE income_per_capita < low_income_line OR list_has_any(active_categories, {_LOW_INCOME_CATEGORIES}))"""
+
 
 def _gate_zh(h: str) -> str:
     """Why a gated forward rule's household counts as at risk (inside an aggregate over `h`)."""
@@ -58,11 +66,14 @@ def _gate_zh(h: str) -> str:
             f"any_value({h}.risk_income_per_capita), any_value({h}.dibao_standard), $risk_income_multiple) END")
 
 
-def _low_or_edge_zh(income: str, line: str) -> str:
-    """Which of `_LOW_OR_EDGE`'s two conditions holds, in Chinese (per-capita income `income`, the
-    low-income line `line`): under the line, or else (NULL income too) on a 低保边缘/低收入 case."""
+def _low_income_zh(income: str, line: str, categories: str) -> str:
+    """Why `_LOW_INCOME` holds, in Chinese (per-capita income `income`, the low-income line `line`,
+    the household's active categories `categories`): the income against the line, and the
+    low-income categories it is on, e.g. "家庭人均月收入 1400.00 元，有在保低保边缘救助"."""
+    cats = f"list_sort(list_intersect({categories}, {_LOW_INCOME_CATEGORIES}))"
     return (f"CASE WHEN {income} < {line} THEN printf('家庭人均月收入 %.2f 元，低于低收入线 %.2f 元', {income}, {line}) "
-            f"ELSE printf('家庭属低保边缘/低收入救助家庭（人均月收入 %.2f 元）', coalesce({income}, 0)) END")
+            f"WHEN {income} IS NULL THEN '家庭无收入记录' ELSE printf('家庭人均月收入 %.2f 元', {income}) END "
+            f"|| CASE WHEN len({cats}) > 0 THEN '，有在保' || array_to_string({cats}, '、') || '救助' ELSE '' END")
 
 
 _HOUSEHOLD_INCOME = _fact("monitoring.household", "h.household_no", "NULL", "income_per_capita", "h.income_per_capita",
@@ -188,10 +199,10 @@ RULES: tuple[Rule, ...] = (
                || [{_HOUSEHOLD_INCOME_AGG}] AS facts,
                printf('成员确诊重特大疾病（%s），%s',
                       arg_max(s.diagnosis_code || coalesce(' ' || s.diagnosis_name, ''), {{'d': s.settle_date, 'k': s.claim_id}}),
-                      {_low_or_edge_zh('any_value(h.income_per_capita)', 'any_value(h.low_income_line)')}) AS summary_zh,
+                      {_low_income_zh('any_value(h.income_per_capita)', 'any_value(h.low_income_line)', 'any_value(h.active_categories)')}) AS summary_zh,
                1.0 AS magnitude
         FROM s JOIN monitoring_household h USING (household_no)
-        WHERE s.household_no IN {_LOW_OR_EDGE}
+        WHERE s.household_no IN {_LOW_INCOME}
         GROUP BY s.household_no, s.id_no""", scope="person"),
     Rule("uncovered_low_income", 1, "低收入未纳入救助", "S2", "forward", ("urban_dibao", "rural_dibao"), f"""
         SELECT h.household_no, NULL AS subject_id_no, [{_HOUSEHOLD_INCOME}] AS facts,
@@ -263,7 +274,7 @@ RULES: tuple[Rule, ...] = (
                printf('成员%s%s残疾 %d 级证%s，%s',
                       CASE WHEN d.new THEN printf('于 %s 新领', strftime(d.issued_date, '%Y-%m-%d')) ELSE '持' END,
                       d.category, d.grade, CASE WHEN d.nursing = false THEN '，享受补贴中无重度残疾人护理补贴' ELSE '' END,
-                      {_low_or_edge_zh('h.income_per_capita', 'h.low_income_line')}) AS summary_zh,
+                      {_low_income_zh('h.income_per_capita', 'h.low_income_line', 'h.active_categories')}) AS summary_zh,
                1.0 AS magnitude
         FROM (SELECT *, issued_date >= $event_since::DATE AND issued_date < $snapshot::DATE AS new,
                      -- the care subsidy among the reported ones: 两项补贴 (both), a 护理 subsidy of the
@@ -276,7 +287,7 @@ RULES: tuple[Rule, ...] = (
                                OR contains(x, '护理') AND (contains(x, '残') OR x IN ('护理补贴', '护理补助', '护理费')))) END AS nursing
               FROM disability) d
         JOIN person_base pb USING (id_no) JOIN monitoring_household h ON h.household_no = pb.household_no
-        WHERE list_contains($severe_disability_grades, d.grade) AND pb.alive AND pb.household_no IN {_LOW_OR_EDGE}
+        WHERE list_contains($severe_disability_grades, d.grade) AND pb.alive AND pb.household_no IN {_LOW_INCOME}
           AND (d.new OR d.nursing = false)""",
          scope="person"),
     Rule("deceased_recipient", 3, "死亡或注销人员仍在保", "S1", "reverse", ("death_grace_days",), f"""

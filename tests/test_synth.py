@@ -182,7 +182,7 @@ def reference_fired(d) -> dict[str, set[str]]:
     cases["hh"] = cases.id_no.map(hh_of)
     active = cases[cases.status.isin(["在保", "渐退期"])]
     recip = active[active.category.isin(["低保", "特困"])]
-    edge_hh = set(active[active.category.isin(["低保边缘", "低收入"])].hh)
+    low_case_hh = set(active[active.category.isin(["低保", "特困", "低保边缘", "低收入", "刚性支出困难"])].hh)
     low = set(pc[pc < line].index)
     out: dict[str, set[str]] = {}
     cl = df["claim"][(df["claim"].settle_date >= win) & (df["claim"].settle_date < as_of)].assign(
@@ -220,7 +220,7 @@ def reference_fired(d) -> dict[str, set[str]]:
                      & ((df["claim"].serious_illness == True) | df["claim"].diagnosis_code.str.startswith(pfx))]  # noqa: E712
     first = sc.groupby("id_no").settle_date.min()
     sick = sc[(sc.id_no.map(first) >= since) & sc.id_no.isin(alive_ids)]
-    out["serious_illness"] = {h for h in sick.id_no.map(hh_of) if h in low or h in edge_hh}
+    out["serious_illness"] = {h for h in sick.id_no.map(hh_of) if h in low or h in low_case_hh}
     out["uncovered_low_income"] = set(pc[pc < dibao].index) - set(active.hh)
     ds = df["disaster"].assign(hh=lambda x: x.id_no.map(hh_of))
     ds = ds[(ds.disaster_date >= as_of - pd.DateOffset(months=th["disaster_lookback_months"]))
@@ -243,7 +243,7 @@ def reference_fired(d) -> dict[str, set[str]]:
         "两项补贴" in x or ("护理" in x and ("残" in x or x in ("护理补贴", "护理补助", "护理费"))) for x in s))
     dis = dis[dis.grade.isin(th["severe_disability_grades"]) & dis.id_no.isin(alive_ids)
               & ((dis.issued_date >= since) & (dis.issued_date < as_of) | no_care)]
-    out["severe_disability"] = {h for h in dis.id_no.map(hh_of) if h in low or h in edge_hh}
+    out["severe_disability"] = {h for h in dis.id_no.map(hh_of) if h in low or h in low_case_hh}
     dead = p[p.status.isin(["死亡", "注销"])].set_index("id_no").status_date
     ad = active[active.id_no.isin(dead.index)].assign(died=lambda x: x.id_no.map(dead))
     pay = df["assistance_payment"]

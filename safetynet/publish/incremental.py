@@ -103,9 +103,11 @@ MAX_FRACTION = 0.05
 #: sha256 of the macros', steps' and rules' SQL (`sql_text()`) the dependency review of this module's
 #: docstring was made for. A change of any macro, step or rule SQL turns the incremental build off (full
 #: builds) until the review is redone for the new SQL — the LINKS, the affected set and the
-#: filtered inputs — and this value updated. (Last: the household column
-#: `serious_ill_members` counts living members only — the `alive` column of the household's own
-#: persons: no new link. Before it: the age macro `sn_age` — a function of one row's
+#: filtered inputs — and this value updated. (Last: `serious_illness` and
+#: `severe_disability` gate on the household row's own `active_categories` (any low-income
+#: category) instead of joining the case members again — the same cases' members' households the
+#: household table already lists: no new link; the household column `serious_ill_members` counts
+#: living members only — the `alive` column of the household's own persons. Before them: the age macro `sn_age` — a function of one row's
 #: columns; `earner_death` v4 and `serious_illness` v3 read more columns of the person's own row
 #: (an undated death, `alive`); `severe_disability` v3 the certificate row's own `issued_date` and
 #: `subsidies`; `deceased_recipient` v3 a cancelled (注销) member, the payments of the member's case
@@ -113,7 +115,7 @@ MAX_FRACTION = 0.05
 #: payments and members and the person-level facts of every member of the household's cases, which
 #: the affected set already covers; `earner_death` v4 its household's living members (the same
 #: household): no new link between households.)
-REVIEWED_SQL = "411a5a9736bf129a022ccc2868693270579bf2f3208f6beed52bfd20091d4dd1"
+REVIEWED_SQL = "ad4890181427f08d615ded01c8b259fd670844c0b85b85f8478a901059c19465"
 
 
 @dataclass(frozen=True)
