@@ -149,19 +149,21 @@ class Rig:
         creates `<gate>.reached` and waits (at most 120 s) until `gate` exists — so the test can
         inject a fault at a known point of the run (e.g. kill the broker before a commit) and
         then release it. Returns the running process."""
-        wait = (f"open({str(gate)!r} + '.reached', 'w').close()\n"
-                f"    import time\n"
-                f"    for _ in range(6000):\n"
-                f"        if os.path.exists({str(gate)!r}): break\n"
-                f"        time.sleep(0.02)")
-        return self._hooked(s, target, args, "", nth, "before", wait, env)
+        return self._hooked(s, target, args, "", nth, "before", f"pause({str(gate)!r})", env)
 
     def _hooked(self, s: Settings, target: str, args: list[str], match: str, nth: int, when: str, action: str,
                 env: dict[str, str]) -> subprocess.Popen:
-        """`safetynet <args>` in its own process, with `action` run right before or after the
-        `nth` call of `target` whose string arguments contain `match`."""
+        """`safetynet <args>` in its own process, with `action` (a line of Python: `os.kill(…)`,
+        `pause(gate)`) run right before or after the `nth` call of `target` whose string arguments
+        contain `match`."""
         code = f"""
-import importlib, os, signal, sys
+import importlib, os, signal, sys, time
+def pause(gate):
+    open(gate + ".reached", "w").close()
+    for _ in range(6000):
+        if os.path.exists(gate):
+            return
+        time.sleep(0.02)
 owner = importlib.import_module({target.split(":")[0]!r})
 parts = {target.split(":")[1]!r}.split(".")
 for p in parts[:-1]:
