@@ -214,7 +214,8 @@ class Target:
     keys: tuple[str, ...] = ()
     pii: dict[str, str] = field(default_factory=dict)
     shows: dict[str, str] = field(default_factory=dict)  # helper column → the column to show instead
-    record: Callable[[str, int], str] | None = None  # (feed, row) → masked key of a source record
+    #: (feed, rows) → the masked keys of those source records, in order
+    record: Callable[[str, Sequence[int]], list[str]] | None = None
     #: more relations of `sql` (registered by the gate): Arrow tables, or `Shared` ones computed once
     refs: dict[str, pa.Table | Shared] = field(default_factory=dict)
     #: (column, regex) → a boolean column of `sql` (not of the frame) that says whether the value
@@ -280,12 +281,16 @@ def as_contract(c: Contract, table: pa.Table) -> pa.Table:
                                  for n in names], schema=pa.schema([schema.field(n) for n in names]))
 
 
-def _record_formatter(sources: Mapping[str, Source]) -> Callable[[str, int], str]:
-    def fmt(feed: str, row: int) -> str:
+def _record_formatter(sources: Mapping[str, Source]) -> Callable[[str, Sequence[int]], list[str]]:
+    def fmt(feed: str, rows: Sequence[int]) -> list[str]:
+        """The masked keys of the feed's records at `rows`, in that order: one read of the feed
+        (a read per record cost ~0.1 s each on a 1 M-person district)."""
         c = contracts()[feed]
-        r = sources[feed].at(np.array([row]), list(c.key)).to_pylist()[0]
+        at = np.unique(np.asarray(rows, dtype=np.int64))
+        got = sources[feed].at(at, list(c.key)).to_pylist()
         pii = {f.name: f.pii for f in c.fields}
-        return f"{feed}: " + " ".join(f"{k}={mask_value(r[k], pii.get(k, 'none'))}" for k in c.key)
+        text = [f"{feed}: " + " ".join(f"{k}={mask_value(r[k], pii.get(k, 'none'))}" for k in c.key) for r in got]
+        return [text[i] for i in np.searchsorted(at, np.asarray(rows, dtype=np.int64))]
     return fmt
 
 
@@ -441,7 +446,7 @@ def _membership(universe: Callable[[], pa.ChunkedArray | pa.Array]) -> Callable[
 
 
 def _link_target(name: str, subject: str, suite: Any, parts: Sequence[Part], exists_sql: str, used: Sequence[Source],
-                 exists: Callable[[pa.Array], pa.Array], value: str, fmt: Callable[[str, int], str],
+                 exists: Callable[[pa.Array], pa.Array], value: str, fmt: Callable[[str, Sequence[int]], list[str]],
                  shared: Mapping[str, Shared] | None = None) -> Target:
     """`__exists`: each value `v` is in the universe (null stays null) — `exists_sql` in SQL (over
     `used` and `shared`), `exists` (the same over Arrow) in the frame."""
