@@ -260,12 +260,12 @@ class KafkaTopicSource:
         self.consumer.commit({tp: OffsetAndMetadata(b.last + 1, "", -1)}, timeout_ms=broker_wait_ms(self.settings))
 
 
-def sample(bootstrap: str, topic: str, n: int, poll_timeout_ms: int = 1000, idle_polls: int = 3) -> list[bytes]:
+def sample(settings: Settings, topic: str, n: int, poll_timeout_ms: int = 1000, idle_polls: int = 3) -> list[bytes]:
     """Up to `n` message values of a topic, from the beginning of its partitions, without a
     consumer group (nothing is committed) — for profiling. Bounded: stops at each partition's
-    high watermark seen after a fetch, at `n`, or after `idle_polls` empty polls."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                      auto_offset_reset="earliest", request_timeout_ms=30_000)
+    high watermark seen after a fetch, at `n`, or after `idle_polls` empty polls. Connects as the
+    connector does (`consumer_config`: the security settings, the retry window's bootstrap wait)."""
+    c = KafkaConsumer(**{**consumer_config(settings), "group_id": None})
     try:
         parts = c.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

@@ -382,12 +382,11 @@ def cmd_feeds_profile(args: argparse.Namespace) -> int:
     c = get(args.feed)
     mapping = connectors()[c.feed_id].load_mapping(s.mappings)
     if args.kafka is not None:
-        bootstrap = args.kafka or s.kafka_bootstrap
-        if not bootstrap:
+        if not s.kafka_bootstrap:  # `--kafka HOST:PORT` is in `s` already (`_settings`)
             raise UsageError("--kafka needs HOST:PORT or SAFETYNET_KAFKA_BOOTSTRAP")
         from connectors.kafka_topic import sample
 
-        p = profile.profile_values(c, mapping, sample(bootstrap, c.topic, args.sample), c.topic)
+        p = profile.profile_values(c, mapping, sample(s, c.topic, args.sample), c.topic)
     else:
         files = []
         for raw in args.paths:

@@ -269,3 +269,35 @@ def test_another_departments_habits_headers_tombstones_gzip_reach_raw_or_quarant
     assert reason.startswith(f"{CLAIM.feed_id}: record — tombstone: a Kafka message without a value"), reason
     assert "op \"delete\"" in reason and reason.endswith(f"[{topic}/1@6]"), reason  # topic/partition@offset
     assert committed(broker.bootstrap, s.kafka_group, topic) == {0: 6, 1: 7, 2: None}
+
+
+def test_profile_samples_the_topic_as_the_connector_connects(broker, topic, tmp_path, monkeypatch):
+    """`safetynet feeds profile --kafka` reads a bounded sample from the beginning of the topic,
+    commits nothing, and connects with the connector's settings (security, bootstrap wait): it
+    once built a bare consumer from the address alone, so a SASL cluster refused it."""
+    from connectors import kafka_topic
+    from safetynet import cli
+
+    msgs, _ = claim_events(40)
+    publish(broker.bootstrap, topic, msgs)
+    s = Settings(store=str(tmp_path / "store"), kafka_bootstrap=broker.bootstrap, kafka_retry_s=5)
+    assert len(kafka_topic.sample(s, topic, 25)) == 25
+    assert sorted(v or b"" for v in kafka_topic.sample(s, topic, 1000)) == sorted(v or b"" for _, v in msgs)
+
+    seen = {}
+    real = kafka_topic.KafkaConsumer
+
+    def spy(**kw):
+        seen.update(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(kafka_topic, "KafkaConsumer", spy)
+    out = tmp_path / "claim.suggested.toml"
+    monkeypatch.setenv("SAFETYNET_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    monkeypatch.setenv("SAFETYNET_KAFKA_RETRY_S", "5")
+    monkeypatch.setenv("SAFETYNET_STORE", str(tmp_path / "store"))
+    assert cli.main(["feeds", "profile", "--feed", CLAIM.feed_id, "--kafka", broker.bootstrap, "--sample", "30",
+                     "--out", str(out)]) == 0
+    assert out.exists() and seen["bootstrap_servers"] == broker.bootstrap and seen["group_id"] is None
+    assert seen["bootstrap_timeout_ms"] == kafka_topic.broker_wait_ms(Settings(kafka_retry_s=5))
+    assert seen["security_protocol"] == "PLAINTEXT" and not seen["enable_auto_commit"]
