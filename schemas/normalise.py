@@ -41,8 +41,9 @@ QUARANTINE_RULES: dict[str, str] = {
     "credit_code_format": "not an 18-character unified social credit code",
     "date_format": "not a date in an accepted format (YYYY-MM-DD, YYYY/M/D, YYYYMMDD, YYYY年M月D日)",
     "datetime_format": "not a date-time in an accepted format (YYYY-MM-DD HH:MM:SS[+08:00])",
-    "month_format": "not a month (YYYY-MM, YYYYMM, YYYY年M月)",
-    "money_format": "not an amount in yuan with at most 2 decimals (1234.50, 1,234.50, 1234.5元)",
+    "month_format": "not a month (YYYY-MM, YYYYMM, YYYY年M月, or a date) in 1900–2100",
+    "money_format": ("not an amount in yuan with at most 2 decimals (1234.50, 1,234.50, 1 234.50, 1234.5元; "
+                     "separators only between groups of three digits)"),
     "decimal_format": "not a decimal number",
     "int_format": "not a whole number",
     "bool_format": "not a yes/no value (true/false, 是/否, 1/0, Y/N)",
@@ -73,11 +74,14 @@ MACROS = [
     "CASE WHEN coalesce(CAST(try_strptime(substr(n, 7, 8), '%Y%m%d') AS DATE) NOT BETWEEN DATE '1900-01-01' AND ref, true) "
     "THEN 'id_no_birth_date' END, "
     "CASE WHEN sn_idcheck(substr(n, 1, 17)) <> substr(n, 18, 1) THEN 'id_no_checksum' END)",
+    # digits only, but not exactly `n` of them: a compact date of 7 digits (2026115: 11-05 or 01-15?)
+    # or a month of 5 (20261, or the Excel serial number 46082 of a date) is ambiguous, not guessed
+    "CREATE OR REPLACE MACRO sn_digits_not(y, n) AS regexp_full_match(y, '[0-9]+') AND length(y) <> n",
     # ISO dates (nearly all of them) take the fast cast; coalesce evaluates the formats only for the rest
     "CREATE OR REPLACE MACRO sn_date(x) AS coalesce("
     "CASE WHEN length(x) = 10 AND substr(x, 5, 1) = '-' AND substr(x, 8, 1) = '-' THEN TRY_CAST(x AS DATE) END, "
-    "CAST(try_strptime(sn_fw(x), "
-    "['%Y-%m-%d', '%Y/%m/%d', '%Y%m%d', '%Y年%m月%d日', '%Y.%m.%d', '%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%S']) AS DATE))",
+    "CASE WHEN NOT sn_digits_not(sn_fw(x), 8) THEN CAST(try_strptime(sn_fw(x), "
+    "['%Y-%m-%d', '%Y/%m/%d', '%Y%m%d', '%Y年%m月%d日', '%Y.%m.%d', '%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%S']) AS DATE) END)",
     "CREATE OR REPLACE MACRO sn_date_ok(d) AS d IS NOT NULL AND year(d) BETWEEN 1900 AND 2100",
     # an ISO instant with its offset (every event envelope) takes the fast cast
     # to the millisecond: the contracts' (and Parquet's) unit; a source's microseconds would make the
@@ -91,9 +95,22 @@ MACROS = [
     # trim only values with white space at an edge (most have none; trim with a set is slow)
     f"CREATE OR REPLACE MACRO sn_trim(x) AS CASE WHEN contains('{_WS}', left(x, 1)) "
     f"OR contains('{_WS}', right(x, 1)) THEN trim(x, '{_WS}') ELSE x END",
-    "CREATE OR REPLACE MACRO sn_month(x) AS strftime(try_strptime(sn_fw(x), ['%Y-%m', '%Y%m', '%Y/%m', '%Y年%m月']), '%Y-%m')",
-    "CREATE OR REPLACE MACRO sn_money_pre(x) AS "
-    "replace(replace(replace(replace(replace(replace(sn_fw(x), ',', ''), '，', ''), '元', ''), '￥', ''), '¥', ''), ' ', '')",
+    # a month: YYYY-MM (nearly all: the fast parse), YYYYMM (6 digits exactly), YYYY/M, YYYY.M, YYYY年M月,
+    # or a date in a date format (a spreadsheet's date cell in a month column): its month
+    "CREATE OR REPLACE MACRO sn_month_other(y) AS CASE "
+    "WHEN sn_digits_not(y, 6) AND length(y) <> 8 THEN NULL "
+    "WHEN regexp_full_match(y, '[0-9]{4}(-|/|\\.|年)[0-9]{1,2}月?|[0-9]{6}') "
+    "THEN strftime(try_strptime(regexp_replace(y, '^([0-9]{4})(?:-|/|\\.|年)?([0-9]{1,2})月?$', '\\1-\\2'), '%Y-%m'), '%Y-%m') "
+    "ELSE strftime(sn_date(y), '%Y-%m') END",
+    "CREATE OR REPLACE MACRO sn_month(x) AS CASE WHEN length(x) = 7 AND substr(x, 5, 1) = '-' "
+    "THEN strftime(try_strptime(x, '%Y-%m'), '%Y-%m') ELSE sn_month_other(sn_fw(x)) END",
+    # an amount: yuan signs and spaces at the edges dropped; thousands separators (, ， or a space)
+    # only where they group the digits by three — 1 234,50 or 1,23 is no amount, not 123450 or 123
+    "CREATE OR REPLACE MACRO sn_money_groups(s) AS CASE "
+    "WHEN regexp_full_match(s, '[-+]?[0-9]{1,3}([,， ][0-9]{3})+(\\.[0-9]*)?') THEN regexp_replace(s, '[,， ]', '', 'g') "
+    "ELSE s END",
+    "CREATE OR REPLACE MACRO sn_money_pre(x) AS sn_money_groups(trim(replace(replace(replace(sn_fw(x), '元', ''), "
+    "'￥', ''), '¥', '')))",
     "CREATE OR REPLACE MACRO sn_bool(x) AS CASE WHEN lower(x) IN ('true', '1', '是', 'y', 'yes', 't') THEN true "
     "WHEN lower(x) IN ('false', '0', '否', 'n', 'no', 'f') THEN false END",
     "CREATE OR REPLACE MACRO sn_urban(x) AS CASE WHEN x IN ('城镇', '城市', 'urban', '城镇户口', '非农业') THEN '城镇' "
@@ -157,7 +174,8 @@ def field_sql(f: Field) -> FieldSQL:
         return FieldSQL("{t}", "sn_datetime({p})",
                         "CASE WHEN {v} IS NULL OR year({v}) NOT BETWEEN 1900 AND 2100 THEN 'datetime_format' END")
     if k == "month":
-        return FieldSQL("{t}", "sn_month({p})", "CASE WHEN {v} IS NULL OR {v} < '1900' THEN 'month_format' END")
+        return FieldSQL("{t}", "sn_month({p})", "CASE WHEN {v} IS NULL OR {v} NOT BETWEEN '1900-01' AND '2100-12' "
+                        "THEN 'month_format' END")
     if k in ("money", "decimal"):
         scale, typ, rule = (2, "DECIMAL(14,2)", "money_format") if k == "money" else (4, "DECIMAL(12,4)", "decimal_format")
         intd = 12 if k == "money" else 8

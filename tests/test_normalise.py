@@ -172,6 +172,25 @@ def test_booleans_urban_rural_lists_and_months(con):
         ("2026-10", None), ("2026-10", None), ("2026-10", None), (None, "month_format")]
 
 
+def test_ambiguous_months_dates_and_amounts_are_quarantined_not_guessed(con):
+    """Another county's exports: an Excel serial number (46082) or an unpadded YYYYM (20261) in a
+    month column, an unpadded compact date (2026115: 11-05 or 01-15?), a decimal comma or a
+    separator that does not group by three (1 234,50 · 1,23) — each once read as a wrong value
+    (month 4608-02, amounts 123450.00 and 123.00, day 2026-11-05) and accepted."""
+    months = ["46082", "20261", "46113", "2026/3", "2026.3", "2026年3月", "2026-04-01", "2026/4/15", "20260401",
+              "2026-3"]
+    assert run(con, "month", months) == [(None, "month_format")] * 3 + [
+        ("2026-03", None)] * 3 + [("2026-04", None)] * 3 + [("2026-03", None)]
+    assert run(con, "month", ["2101-01"])[0][1] == "month_format"
+    assert run(con, "date", ["2026115", "2026111", "46082", "20261105"]) == [(None, "date_format")] * 3 + [
+        (dt.date(2026, 11, 5), None)]
+    bad = ["1 234,50", "1,23", "1,2,3,4", "1,234,5", "12 34", "1234,50"]
+    assert run(con, "money", bad) == [(None, "money_format")] * len(bad)
+    good = ["1 234.50", "1234.5 元", "-1,000.00", "1，234.00", "12,345,678.90"]
+    assert [v for v, _ in run(con, "money", good)] == [Decimal(x) for x in ("1234.50", "1234.50", "-1000.00", "1234.00",
+                                                                            "12345678.90")]
+
+
 def test_members_need_valid_ids(con):
     s17 = "43010319800101123"
     good = s17 + idno.check_char(s17)
