@@ -16,6 +16,8 @@ import json
 import re
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 
 import duckdb
 import pyarrow as pa
@@ -54,10 +56,11 @@ class FileFormatError(ValueError):
     records; None when not even that is possible (an unreadable workbook: one record).
     """
 
-    def __init__(self, rule: str, message: str, records: list[str] | None = None):
+    def __init__(self, rule: str, message: str, records: list[str] | None = None, first_row: int | None = None):
         super().__init__(mask_text(message))  # it becomes the records' reason
         self.rule = rule
         self.records = records
+        self.first_row = first_row  # the row number of `records[0]`, where it is not the one after a header
 
 
 def _lines(data: bytes) -> list[str]:
@@ -305,7 +308,7 @@ def _odd_quotes(text: str, dialect: type[csv.Dialect] | csv.Dialect) -> bool:
     return text.count(getattr(dialect, "quotechar", None) or '"') % 2 == 1
 
 
-def read_rows(name: str, data: bytes) -> tuple[list[str], list[list[str | None]], str]:
+def read_rows(name: str, data: bytes) -> tuple[list[str], Sequence[list[str | None]], str]:
     """(header, data rows, detected format) of a CSV, XLSX or JSON Lines file.
 
     Data rows are `Row`s: every non-blank physical line of a CSV or JSON Lines file after the
@@ -419,53 +422,149 @@ def _count_rows(open_sheet: Callable[[], io.BufferedIOBase], block: int) -> int:
     return last
 
 
-def _read_xlsx(data: bytes) -> tuple[list[str], list[list[str | None]]]:
-    """Header and data rows of the first sheet, streamed (openpyxl read-only) up to the last row
-    that holds a value; empty rows before it are skipped, rows after it never read. The sheet's
-    stated dimensions are ignored (they may claim a million rows or columns); a row has as
-    many cells as the sheet gives it, and at least as many as the header."""
+def _read_xlsx(data: bytes) -> tuple[list[str], list[Row]]:
+    """Header and data rows of the first sheet (`read_sheets`)."""
+    sheets = read_sheets(data)
+    return (sheets[0].header, sheets[0].rows) if sheets else ([], [])
+
+
+@dataclass
+class Table:
+    """One table of a file: a text file's, or one worksheet's (`sheet`: its name, `index`: its
+    place in the workbook). `header` is its header row's cells, `rows` the data rows after it;
+    `skipped`: the lines (rows) above the header that are not data — a title, a unit, a blank
+    merged row (`locate_header`)."""
+
+    header: list[str]
+    rows: list[Row]
+    sheet: str | None = None
+    index: int = 0
+    header_line: int = 1
+    skipped: list[int] = field(default_factory=list)
+
+
+def read_sheets(data: bytes) -> list[Table]:
+    """Every worksheet that holds a value, in workbook order: its first non-empty row as the
+    header, the rest as data rows — streamed (openpyxl read-only) up to the sheet's last row that
+    holds a value; empty rows before it are skipped, rows after it never read. A sheet's stated
+    dimensions are ignored (they may claim a million rows or columns); a row has as many cells as
+    the sheet gives it, and at least as many as the header."""
     import openpyxl
 
     try:
         wb = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except Exception as e:  # openpyxl raises many types for a broken file
         raise FileFormatError("file_encoding", f"not a readable XLSX workbook ({type(e).__name__})") from None
+    out: list[Table] = []
     try:
-        ws = wb.worksheets[0]
-        try:
-            # openpyxl's private zip archive and sheet path (not in its stubs): the sheet's XML, streamed
-            last = last_value_row(lambda: wb._archive.open(ws._worksheet_path))  # type: ignore[attr-defined]
-        except (KeyError, OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
-            raise FileFormatError("file_encoding", f"not a readable XLSX workbook ({type(e).__name__})") from None
-        if last == 0:
-            return [], []
-        ws.reset_dimensions()
-        header: list[str] | None = None
-        rows: list[list[str | None]] = []
-        # without dimensions, openpyxl yields every row from 1 on (an empty one for a gap): n is the row number
-        for n, r in enumerate(ws.iter_rows(max_row=last, values_only=True), 1):
-            if not any(v is not None and v != "" for v in r):
+        for index, ws in enumerate(wb.worksheets):
+            try:
+                # openpyxl's private zip archive and sheet path (not in its stubs): the sheet's XML, streamed
+                last = last_value_row(partial(wb._archive.open, ws._worksheet_path))  # type: ignore[attr-defined]
+            except (KeyError, OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
+                raise FileFormatError("file_encoding", f"not a readable XLSX workbook ({type(e).__name__})") from None
+            if last == 0:
                 continue
-            if header is None:
-                header = [str(h).strip() if h is not None else "" for h in r]
-                continue
-            cells = [_cell(v) for v in r]
-            if len(cells) < len(header):
-                cells += [None] * (len(header) - len(cells))
-            rows.append(Row(cells, n))
+            ws.reset_dimensions()
+            header: list[str] | None = None
+            header_line = 1
+            rows: list[Row] = []
+            # without dimensions, openpyxl yields every row from 1 on (an empty one for a gap): n is the row number
+            for n, r in enumerate(ws.iter_rows(max_row=last, values_only=True), 1):
+                if not any(v is not None and v != "" for v in r):
+                    continue
+                if header is None:
+                    header, header_line = [str(h).strip() if h is not None else "" for h in r], n
+                    continue
+                cells = [_cell(v) for v in r]
+                if len(cells) < len(header):
+                    cells += [None] * (len(header) - len(cells))
+                rows.append(Row(cells, n))
+            out.append(Table(header or [], rows, ws.title, index, header_line))
     finally:
         wb.close()
-    return header or [], rows
+    return out
+
+
+#: how many rows after the first a header is looked for in (titles, units, blank merged rows above it)
+HEADER_SEARCH_ROWS = 10
+
+
+def _known(c: Contract, cells: Sequence[object], headers: dict[str, str] | None) -> tuple[int, bool]:
+    """(how many cells are columns of the feed, whether they include every required one)."""
+    mapped, missing = c.map_headers(["" if v is None else str(v).strip() for v in cells], headers)
+    return sum(m is not None for m in mapped), not missing
+
+
+def locate_header(c: Contract, t: Table, headers: dict[str, str] | None = None) -> Table:
+    """`t` with its header where the feed's columns are: when its first row lacks a required
+    column and one of the next `HEADER_SEARCH_ROWS` rows has them all, that row is the header and
+    the rows above it are `skipped` (a report title, a unit line, a merged blank row — not data).
+    Otherwise `t` as it is (a missing column is then reported against its first row)."""
+    if _known(c, t.header, headers)[1]:
+        return t
+    for k, r in enumerate(t.rows[:HEADER_SEARCH_ROWS]):
+        if getattr(r, "rule", None) is None and _known(c, r, headers)[1]:
+            header = ["" if v is None else str(v).strip() for v in r]
+            width = len(header)
+            rows = [Row([*x, *([None] * (width - len(x)))], x.line, x.rule, x.text) if len(x) < width else x
+                    for x in t.rows[k + 1:]] if t.sheet is not None else t.rows[k + 1:]
+            return Table(header, rows, t.sheet, t.index, r.line, [t.header_line, *(x.line for x in t.rows[:k])])
+    return t
+
+
+def read_tables(name: str, data: bytes, c: Contract, headers: dict[str, str] | None = None
+                ) -> tuple[list[Table], str, list[str]]:
+    """(the file's data tables, detected format, notes for the operator) — `read_rows` with the
+    feed's header found (`locate_header`) and, in a workbook, every sheet read: the sheets with
+    a column of the feed are data (one without all the required columns then fails the file,
+    naming the sheet); the others (notes, a cover sheet) are skipped with a note naming them.
+    A workbook none of whose sheets has a column of the feed is its first sheet, as a text file
+    (its missing columns reported). JSON Lines: one table of lines."""
+    if not name.lower().endswith((".xlsx", ".xlsm")):
+        header, rows, fmt = read_rows(name, data)
+        t = Table(header, rows)  # type: ignore[arg-type]
+        if not fmt.startswith("jsonl") and header:
+            t = locate_header(c, t, headers)
+        return [t], fmt, _skipped_note(t)
+    sheets = [locate_header(c, s, headers) for s in read_sheets(data)]
+    if not sheets:
+        return [Table([], [])], "xlsx", []
+    data_sheets = [s for s in sheets if _known(c, s.header, headers)[0] > 0]
+    if not data_sheets:
+        others = [s.sheet or "" for s in sheets[1:]]
+        notes = [f"sheet {sheets[0].sheet!r} read; no sheet has a column of the feed"
+                 + (f" (the others: {', '.join(repr(o) for o in others)})" if others else "")]
+        return [sheets[0]], "xlsx", notes
+    notes = [f"sheet {s.sheet!r} skipped: no column of the feed ({len(s.rows) + 1} non-empty rows)"
+             for s in sheets if s not in data_sheets]
+    for s in data_sheets:
+        notes += _skipped_note(s)
+    return data_sheets, "xlsx", notes
+
+
+def _skipped_note(t: Table) -> list[str]:
+    if not t.skipped:
+        return []
+    where = f"sheet {t.sheet!r} " if t.sheet is not None else ""
+    return [f"{where}header found on row {t.header_line}; the {len(t.skipped)} row(s) above it "
+            f"(row {', '.join(map(str, t.skipped))}) are not data (a title or notes) and were skipped"]
 
 
 def _row_json(header: list[str], r: list[str | None]) -> str:
-    d: dict[str, object] = dict(zip(header, r, strict=False))
+    # a blank or repeated header cell gets its column number: its cells are kept, not merged into one key
+    keys, seen = [], set()
+    for i, h in enumerate(header, 1):
+        k = h if h and h not in seen else f"{h or ''}(column {i})"
+        seen.add(k)
+        keys.append(k)
+    d: dict[str, object] = dict(zip(keys, r, strict=False))
     if len(r) > len(header):  # cells beyond the header are kept too (a `row_shape` record is shown whole)
         d["_extra_cells"] = list(r[len(header):])
     return json.dumps(d, ensure_ascii=False)
 
 
-def rows_to_records(c: Contract, header: list[str], rows: list[list[str | None]], mapping: Mapping | None = None,
+def rows_to_records(c: Contract, header: list[str], rows: Sequence[list[str | None]], mapping: Mapping | None = None,
                     *, strict: bool = True) -> pa.Table:
     """Map a tabular file's columns to contract fields → text records with `_raw`, `_pre`, `_row_number`.
 
@@ -486,8 +585,13 @@ def rows_to_records(c: Contract, header: list[str], rows: list[list[str | None]]
     if missing and strict:
         labels = ", ".join(f"{m} ({c.field(m).label_zh})" for m in missing)
         found = ", ".join(h for h in header if h) or "none"  # ID-shaped ones masked (FileFormatError)
+        records = [_raw(header, r) for r in rows]
+        first = None
+        if looks_like_data(header, mapped):  # a name or an address is no header to print; the row is a record
+            found = f"none — the first row looks like data, not a header ({len(header)} cells, not shown)"
+            records, first = [json.dumps(header, ensure_ascii=False), *records], 1
         raise FileFormatError("file_header", f"{c.feed_id}: the file lacks required column(s) {labels}; "
-                              f"headers found: {found}", [_raw(header, r) for r in rows])
+                              f"headers found: {found}", records, first)
     unknown = [h for h, m in zip(header, mapped, strict=True) if m is None and h]
     if unknown and c.evolution == "frozen" and strict:
         raise FileFormatError("file_header", f"{c.feed_id}: unknown column(s) under frozen evolution: {unknown}",
@@ -517,6 +621,19 @@ def rows_to_records(c: Contract, header: list[str], rows: list[list[str | None]]
     t = t.append_column("_raw", pa.array(raws, pa.string()))
     t = t.append_column("_pre", pre)
     return t.append_column("_row_number", pa.array(lines, pa.int64()))
+
+
+#: a cell no header holds: a run of 6 digits (an ID number, a phone number, an account) or a date
+_DATA_CELL = re.compile(r"[0-9０-９]{6}|[0-9]{4}\s*[-/.年]\s*[0-9]{1,2}\s*[-/.月]")
+
+
+def looks_like_data(header: Sequence[object], mapped: Sequence[str | None] | None = None) -> bool:
+    """Whether a file's first row is a data row rather than a header: none of its cells is a
+    column of the feed (`mapped`) and one holds what no header holds (`_DATA_CELL`). Its cells
+    are then never printed — they are a person's name, ID number, address."""
+    if mapped is not None and any(m is not None for m in mapped):
+        return False
+    return any(_DATA_CELL.search(str(v)) for v in header if v)
 
 
 def is_blank(data: bytes) -> bool:

@@ -19,10 +19,12 @@ import pyarrow.compute as pc
 
 from connectors.formats import (
     FileFormatError,
+    Table,
     decode_json_values,
     json_records_sql,
+    looks_like_data,
     map_values_sql,
-    read_rows,
+    read_tables,
     rows_to_records,
 )
 from connectors.mapping import Mapping, allowed_values, names_code_value, template
@@ -48,6 +50,7 @@ class Profile:
     bad_formats: dict[str, tuple[str, int, list[str]]] = field(default_factory=dict)  # field → (rule, n, examples)
     rules: Counter = field(default_factory=Counter)  # rule → records that would be quarantined
     file_errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how files were read: title rows, sheets skipped
     envelopes: int = 0  # JSON records that are event envelopes
 
     def suggested_mapping(self, c: Contract, current: Mapping | None = None) -> str:
@@ -83,36 +86,51 @@ def profile_files(c: Contract, mapping: Mapping, files: list[tuple[str, bytes]])
         for name, data in files:
             p.sources.append(name)
             try:
-                header, rows, fmt = read_rows(name, data)
+                tables, fmt, notes = read_tables(name, data, c, mapping.headers)
             except FileFormatError as e:
                 p.file_errors.append(f"{name}: {e.rule}: {e}")
                 continue
-            if fmt.startswith("jsonl"):
-                lines = pa.table({"_row_number": pa.array(range(1, len(rows) + 1), pa.int64()),
-                                  "_value": pa.array([r[0] for r in rows], pa.string())})
-                con.register("__lines", lines)
-                recs = con.sql(json_records_sql(c, "__lines", envelope=None, mapping=mapping)).to_arrow_table()
-                con.unregister("__lines")
-                p.envelopes += recs.num_rows - recs["_event_id"].null_count
-                json_seen = True
-                for k in {k for r in rows[:200] for k in _keys(r[0] or "")}:  # (a JSON Lines row is its line)
-                    p.columns.setdefault(k, _field_of(c, mapping, k))
-            else:
-                mapped, missing = c.map_headers(header, mapping.headers)
-                p.columns.update(dict(zip(header, mapped, strict=True)))
-                p.missing = sorted(set(p.missing) | set(missing))
-                recs = rows_to_records(c, header, rows, mapping, strict=False)
-                recs = recs.append_column("_occurred_at", pa.nulls(recs.num_rows, pa.string()))
-                recs = recs.append_column("_op", pa.array(["upsert"] * recs.num_rows, pa.string()))
-            con.register("__rec", recs)
-            _collect(c, p, con, "__rec", mapping)
-            con.unregister("__rec")
+            p.notes += [f"{name}: {n}" for n in notes]
+            for t in tables:
+                json_seen |= _profile_table(c, p, con, mapping, name, t, fmt)
     finally:
         con.close()
     if json_seen:  # JSON keys: a required field no key provides
         found = {f for f in p.columns.values() if f}
         p.missing = sorted(set(p.missing) | {f.name for f in c.fields if f.required and f.name not in found})
     return p
+
+
+def _profile_table(c: Contract, p: Profile, con: duckdb.DuckDBPyConnection, mapping: Mapping, name: str, t: Table,
+                   fmt: str) -> bool:
+    """Profile one table of a file into `p`; whether it was JSON Lines."""
+    header, rows = t.header, t.rows
+    json_seen = False
+    if fmt.startswith("jsonl"):
+        lines = pa.table({"_row_number": pa.array(range(1, len(rows) + 1), pa.int64()),
+                          "_value": pa.array([r[0] for r in rows], pa.string())})
+        con.register("__lines", lines)
+        recs = con.sql(json_records_sql(c, "__lines", envelope=None, mapping=mapping)).to_arrow_table()
+        con.unregister("__lines")
+        p.envelopes += recs.num_rows - recs["_event_id"].null_count
+        json_seen = True
+        for k in {k for r in rows[:200] for k in _keys(r[0] or "")}:  # (a JSON Lines row is its line)
+            p.columns.setdefault(k, _field_of(c, mapping, k))
+    else:
+        mapped, missing = c.map_headers(header, mapping.headers)
+        if looks_like_data(header, mapped):  # no header row: its cells are a person's data, never shown
+            p.file_errors.append(f"{name}: file_header: the first row looks like data, not a header "
+                                 f"({len(header)} cells, not shown): the export needs its header row")
+        else:
+            p.columns.update(dict(zip(header, mapped, strict=True)))
+        p.missing = sorted(set(p.missing) | set(missing))
+        recs = rows_to_records(c, header, rows, mapping, strict=False)
+        recs = recs.append_column("_occurred_at", pa.nulls(recs.num_rows, pa.string()))
+        recs = recs.append_column("_op", pa.array(["upsert"] * recs.num_rows, pa.string()))
+    con.register("__rec", recs)
+    _collect(c, p, con, "__rec", mapping)
+    con.unregister("__rec")
+    return json_seen
 
 
 def profile_values(c: Contract, mapping: Mapping, values: list[bytes], source: str) -> Profile:
@@ -151,6 +169,7 @@ def render(c: Contract, p: Profile) -> list[str]:
     out = [f"{c.feed_id} ({c.department_zh} {c.title_zh}): {p.records:,} records in {len(p.sources)} source(s)"
            + (f", {p.envelopes:,} of them event envelopes" if p.envelopes else "")]
     out += [f"  ✗ file {e}" for e in p.file_errors]
+    out += [f"  ! {n}" for n in p.notes]
     if p.columns:
         out.append("  columns → fields:")
         for h, f in p.columns.items():

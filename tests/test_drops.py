@@ -153,3 +153,98 @@ def test_quarantine_keeps_raw_text_but_reasons_never_show_personal_values(local_
     [q] = local_store.dataset("quarantine/medical_insurance/claim/").to_table().to_pylist()
     assert bad in q["_raw"]  # the record is kept as received, for the department to fix
     assert bad not in q["_reason"] and "row 2" in q["_reason"] and "id_no" in q["_reason"]
+
+
+def _claim_row(claim_id: str, inpatient: str = "是") -> list[str]:
+    return [claim_id, ID, "2026-09-03", "长沙市第一医院", inpatient, "I10", "100.00", "80.00", "20.00"]
+
+
+def test_every_data_sheet_of_a_workbook_is_read_and_a_notes_sheet_is_said_to_be_skipped(local_settings, local_store,
+                                                                                        caplog):
+    """Another county's workbook: a notes sheet first, a month per sheet after it, a title row
+    above one sheet's header. Only the first sheet used to be read: a notes sheet first lost the
+    file as `file_header`, and a second month's claims were never seen (and counted nowhere)."""
+    wb = openpyxl.Workbook()
+    notes = wb.active
+    notes.title = "填表说明"
+    notes.append(["本表由区医保局按月报送，金额单位：元"])
+    march = wb.create_sheet("2026年3月")
+    march.append(["2026年3月医疗费用结算明细"])  # a title above the header
+    march.append([])
+    march.append(ZH)
+    march.append(_claim_row("M1"))
+    march.append(_claim_row("M2", inpatient="也许"))  # quarantined, naming its sheet
+    april = wb.create_sheet("2026年4月")
+    april.append(ZH[::-1])  # the same columns in another order
+    april.append(_claim_row("A1")[::-1])
+    april.append(_claim_row("A2")[::-1])
+    buf = io.BytesIO()
+    wb.save(buf)
+    local_store.write_bytes("landing/medical_insurance/claim/claims_q2.xlsx", buf.getvalue())
+    with caplog.at_level("WARNING"):
+        fc = run(local_settings, local_store)
+    assert (fc.input, fc.accepted, dict(fc.quarantined)) == (4, 3, {"bool_format": 1})
+    said = caplog.text
+    assert "sheet '填表说明' skipped" in said and "header found on row 3" in said
+    [q] = local_store.dataset("quarantine/medical_insurance/claim/").to_table().to_pylist()
+    assert "sheet '2026年3月' row 5" in q["_reason"]
+    raw = local_store.dataset("raw/medical_insurance/claim/").to_table().to_pylist()
+    ids = {r["claim_id"]: r["_event_id"] for r in raw}
+    assert set(ids) == {"M1", "A1", "A2"} and len(set(ids.values())) == 3  # rows 2 of two sheets: two ids
+    clean_feed(local_store, CLAIM)
+    assert {r["claim_id"] for r in read_clean(local_store, CLAIM).to_pylist()} == {"M1", "A1", "A2"}
+
+
+def test_title_lines_above_a_csv_header_are_skipped_not_taken_for_the_header(local_settings, local_store):
+    title = ["长沙市医疗费用结算明细表（2026年9月）", *[""] * 8]
+    local_store.write_bytes("landing/medical_insurance/claim/c.csv",
+                            csv_bytes([["单位：元", *[""] * 8], ZH, _claim_row("T1")], header=title))
+    fc = run(local_settings, local_store)
+    assert (fc.input, fc.accepted, fc.quarantined_total) == (1, 1, 0)
+
+
+def test_a_file_without_its_header_row_is_quarantined_without_printing_the_person(local_settings, local_store, caplog):
+    """A header-less export: its first row is a person's claim, and the `file_header` reason
+    (and the log) once listed its cells as the "headers found" — the hospital, the ID number's
+    neighbours, a name in the person feed."""
+    row = ["C9", ID, "2026-09-03", "王小明诊所", "是", "I10", "100.00", "80.00", "20.00"]
+    local_store.write_bytes("landing/medical_insurance/claim/noheader.csv", csv_bytes([row], header=row))
+    with caplog.at_level("INFO"):
+        fc = run(local_settings, local_store)
+    assert dict(fc.quarantined) == {"file_header": 2}
+    reasons = [q["_reason"] for q in local_store.dataset("quarantine/medical_insurance/claim/").to_table().to_pylist()]
+    assert all("looks like data, not a header" in r and "王小明" not in r for r in reasons)
+    assert "王小明" not in caplog.text and ID not in caplog.text
+
+
+def test_blank_and_repeated_header_cells_keep_their_cells_in_the_quarantined_record(local_settings, local_store):
+    header = [*ZH, "", "", "备注", "备注"]
+    row = [*_claim_row("B1", inpatient="也许"), "x", "y", "甲", "乙"]
+    local_store.write_bytes("landing/medical_insurance/claim/b.csv", csv_bytes([row], header=header))
+    run(local_settings, local_store)
+    [q] = local_store.dataset("quarantine/medical_insurance/claim/").to_table().to_pylist()
+    assert sorted(json.loads(q["_raw"]).values()) == sorted(row)
+
+
+def test_profile_reads_every_sheet_past_the_title_and_never_lists_a_data_row_as_columns():
+    """`feeds profile` decodes a drop as ingest does: the workbook's data sheets past their titles,
+    notes on what was skipped — and a header-less file's first row (a person) is not listed as
+    "columns" nor written into the suggested mapping."""
+    from connectors.mapping import Mapping
+    from connectors.profile import profile_files, render
+
+    wb = openpyxl.Workbook()
+    wb.active.title = "说明"
+    wb.active.append(["金额单位：元"])
+    data = wb.create_sheet("明细")
+    data.append(["医疗费用结算明细"])
+    data.append(ZH)
+    data.append(_claim_row("P1"))
+    buf = io.BytesIO()
+    wb.save(buf)
+    row = ["C9", ID, "2026-09-03", "王小明诊所", "是", "I10", "100.00", "80.00", "20.00"]
+    m = Mapping(CLAIM.feed_id)
+    p = profile_files(CLAIM, m, [("q.xlsx", buf.getvalue()), ("noheader.csv", csv_bytes([row], header=row))])
+    text = "\n".join(render(CLAIM, p)) + p.suggested_mapping(CLAIM, m)
+    assert p.columns["结算单号"] == "claim_id" and "sheet '说明' skipped" in text and "header found on row 2" in text
+    assert "looks like data, not a header" in text and "王小明" not in text and ID not in text

@@ -48,7 +48,7 @@ from connectors.formats import (
     json_records_sql,
     json_text,
     map_values_sql,
-    read_rows,
+    read_tables,
     rows_to_records,
 )
 from connectors.kafka_topic import KafkaBatch, KafkaTopicSource, partition_lags
@@ -951,10 +951,14 @@ def ingest_drop(store: ZoneWriter, con: duckdb.DuckDBPyConnection, c: Contract, 
     today = at.date().isoformat()
     name = f"file+{d.name.replace('/', '_')}+{d.version}"
     occurred = d.stamp or today
+    sheets: dict[str, str] = {}  # a workbook of several data sheets: event-id marker → sheet name
     try:
-        header, rows, fmt = read_rows(d.name, d.data)
+        tables, fmt, notes = read_tables(d.name, d.data, c, mapping.headers if mapping else None)
+        for note in notes:  # skipped title rows or sheets: said, not silently left out
+            log.warning("drop %s/%s: %s", c.feed_id, d.name, mask_text(note),
+                        extra={"event": "drop_layout", "feed": c.feed_id, "file": d.name})
         if fmt.startswith("jsonl"):
-            values = [r[0] for r in rows]
+            values = [r[0] for r in tables[0].rows]
             meta = pa.table({"_row_number": pa.array(range(1, len(values) + 1), pa.int64())})
             con.register("__lines", meta.append_column("_value", pa.array(values, pa.string())))
             try:
@@ -962,14 +966,33 @@ def ingest_drop(store: ZoneWriter, con: duckdb.DuckDBPyConnection, c: Contract, 
             finally:
                 con.unregister("__lines")
         else:
-            recs = rows_to_records(c, header, rows, mapping)
+            parts = []
+            for k, t in enumerate(tables):
+                try:
+                    part = rows_to_records(c, t.header, t.rows, mapping)
+                except FileFormatError as e:
+                    if t.sheet is not None and len(tables) > 1:
+                        e.args, e.first_row = (mask_text(f"sheet {t.sheet!r}: {e}"),), None
+                        e.records = [r for x in tables for r in rows_to_records(c, x.header, x.rows, mapping,
+                                                                                 strict=False)["_raw"].to_pylist()]
+                    raise
+                if len(tables) > 1:  # each row's id and reason name its sheet (rows are numbered per sheet)
+                    marker = "" if k == 0 else f"sheet{t.index}:"
+                    sheets[marker] = t.sheet or ""
+                    part = part.append_column("_sheet", pa.repeat(pa.scalar(marker), part.num_rows))
+                parts.append(part)
+            recs = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     except FileFormatError as e:
         return _quarantine_file(store, c, d, e, name, at)
     if recs.num_rows == 0:
         log.warning("drop: %s/%s has no data rows", c.feed_id, d.name)
         return BatchResult(0, Counter(), [])
     m = recs.num_rows
-    file_ids = pc.binary_join_element_wise(f"file:{d.version}:", pc.cast(recs["_row_number"], pa.string()), "")
+    rows_at = pc.cast(recs["_row_number"], pa.string())
+    if "_sheet" in recs.column_names:  # the first data sheet's ids as a one-sheet file's, the others marked
+        rows_at = pc.binary_join_element_wise(recs["_sheet"], rows_at, "")
+        recs = recs.drop_columns(["_sheet"])
+    file_ids = pc.binary_join_element_wise(f"file:{d.version}:", rows_at, "")
     if "_event_id" in recs.column_names:  # JSON Lines: envelope lines carry their own
         env = pc.is_valid(recs["_event_id"])
         recs = recs.set_column(recs.column_names.index("_event_id"), "_event_id",
@@ -984,10 +1007,19 @@ def ingest_drop(store: ZoneWriter, con: duckdb.DuckDBPyConnection, c: Contract, 
     try:
         return validate_and_write(store, con, c, "__rec", name=name, ingest_date=today,
                                   lineage={"_source": "file", "_source_file": d.path},
-                                  where=lambda r: f"file {d.name}, row {r['_row_number']}", mapping=mapping,
+                                  where=lambda r: _drop_where(d.name, r, sheets), mapping=mapping,
                                   ingested_at=at)
     finally:
         con.unregister("__rec")
+
+
+def _drop_where(name: str, r: dict, sheets: MappingT[str, str]) -> str:
+    """Where a drop's record is: its file and row, and its sheet in a workbook of several data sheets."""
+    if not sheets:
+        return f"file {name}, row {r['_row_number']}"
+    eid = str(r.get("_event_id") or "")
+    marker = next((m for m in sheets if m and f":{m}" in eid), "")
+    return f"file {name}, sheet {sheets[marker]!r} row {r['_row_number']}"
 
 
 def _quarantine_file(store: ZoneWriter, c: Contract, d: Drop, e: FileFormatError, name: str, now: dt.datetime
@@ -1002,7 +1034,8 @@ def _quarantine_file(store: ZoneWriter, c: Contract, d: Drop, e: FileFormatError
     why = mask_text(f"{c.feed_id}: file {d.name} — {e.rule}: {e}")
     records = e.records or [f"(whole file kept at {qfile}, {len(d.data)} bytes)"]
     # spreadsheet-style row numbers: CSV/XLSX data start at row 2 (after the header), JSON Lines at 1
-    first = 0 if not e.records else 1 if d.name.lower().endswith((".jsonl", ".ndjson")) else 2
+    first = (0 if not e.records else e.first_row if e.first_row is not None
+             else 1 if d.name.lower().endswith((".jsonl", ".ndjson")) else 2)
     rows = [{"_raw": raw, "_rule": e.rule, "_field": "", "_reason": f"{why} [file {d.name}, row {first + i}]",
              "_event_id": f"file:{d.version}:{first + i}", "_op": "upsert", "_occurred_at": d.stamp,
              "_source": "file", "_kafka_topic": None, "_kafka_partition": None, "_kafka_offset": None,
