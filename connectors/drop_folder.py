@@ -71,7 +71,8 @@ class DropFolderSource:
 
     def waiting(self, mapping: str | None = None, headers: dict[str, str] | None = None) -> Iterator[Drop]:
         """Drops not yet taken in. A drop held as unhealthy (ledger `held`) is offered again
-        once the feed's mapping checksum differs from the one it was held under. `headers`: the
+        once the feed's mapping (`Mapping.retake_key`: its checksum and its own quarantine
+        threshold) differs from the one it was held under. `headers`: the
         mapping in force's department columns (a `.txt` naming them is data, not a note)."""
         for e in self.store.list(self.landing):
             name = e.path[len(self.landing):]
@@ -91,8 +92,8 @@ class DropFolderSource:
             if sha in seen:
                 continue
             if any(v["sha256"] == sha for v in ledger):
-                log.warning("drop: %s/%s was held as unhealthy; the feed's mapping changed since, so it is "
-                            "taken in again", self.c.feed_id, name)
+                log.warning("drop: %s/%s was held as unhealthy; the feed's mapping (or its quarantine threshold) "
+                            "changed since, so it is taken in again", self.c.feed_id, name)
                 yield Drop(e.path, name, data, sha, None)
                 continue
             if is_blank(data):

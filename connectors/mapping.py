@@ -73,6 +73,16 @@ class Mapping:
         """The short form recorded on every `raw/` row (`_mapping`)."""
         return self.sha256[:16]
 
+    @property
+    def retake_key(self) -> str:
+        """What a held drop is held under (`connectors.drop_folder.DropFolderSource.waiting`): the
+        checksum, and the feed's own quarantine threshold when the file sets one — raising it
+        takes the held drops in again, as a changed header or value mapping does. Without a
+        threshold it is the checksum itself (the ledgers written before keep their meaning)."""
+        if self.max_quarantine_rate is None:
+            return self.checksum
+        return hashlib.sha256(f"{self.sha256}|{self.max_quarantine_rate!r}".encode()).hexdigest()[:16]
+
     def keys_for(self, field_name: str) -> list[str]:
         """Department column names / JSON keys that map to `field_name` (as written, for JSON paths)."""
         return [h for h, f in self.raw_headers if f == field_name]
@@ -86,8 +96,10 @@ def allowed_values(f: Field) -> tuple[str, ...] | None:
 
 def names_code_value(f: Field, rule: str) -> bool:
     """Whether a rejected value of `f` under `rule` is a department code worth naming (in drift
-    lines, profiles, suggested mappings): a value outside a closed set, of a non-personal field."""
-    return rule in ("enum_value", "bool_format") and f.pii == "none" and allowed_values(f) is not None
+    lines, profiles, suggested mappings): a value outside a closed set, of a field that does not
+    identify a person by itself — a quasi-identifier's code too (gender 1/2, M/F, 未知: what a
+    county must map), never a direct identifier's value."""
+    return rule in ("enum_value", "bool_format") and f.pii != "direct" and allowed_values(f) is not None
 
 
 def parse(c: Contract, text: str, source: str) -> tuple[dict, list[str]]:

@@ -21,6 +21,7 @@ from connectors.formats import (
     FileFormatError,
     Table,
     decode_json_values,
+    is_blank,
     json_records_sql,
     looks_like_data,
     map_values_sql,
@@ -85,6 +86,9 @@ def profile_files(c: Contract, mapping: Mapping, files: list[tuple[str, bytes]])
     try:
         for name, data in files:
             p.sources.append(name)
+            if is_blank(data):  # as ingest says it: an empty delivery, not a file missing its columns
+                p.file_errors.append(f"{name}: an empty file ({len(data)} bytes): no header, no records")
+                continue
             try:
                 tables, fmt, notes = read_tables(name, data, c, mapping.headers)
             except FileFormatError as e:

@@ -333,16 +333,21 @@ def test_profile_suggests_the_mapping_that_then_ingests_cleanly(tmp_path, monkey
     assert "medical_insurance.enrollment: sha256" in capsys.readouterr().out
 
 
+def _unhealthy_property_drop(store, c) -> None:
+    """A property drop of 10 records, 4 of them with a status the contract does not know (40 %)."""
+    rows = [",".join(f.label_zh for f in c.fields)]
+    for i in range(10):
+        s17 = f"430103197001{i + 1:02d}123"
+        rows.append(f"P{i},{s17 + idno.check_char(s17)},1,住宅,80,某地,2020-01-01,{'现势' if i < 6 else '正常'}")
+    store.write_bytes("landing/housing/property/p_20261101.csv", ("\n".join(rows) + "\n").encode())
+
+
 def test_release_accepts_a_held_delivery(local_settings, local_store, capsys):
     """An unhealthy delivery is held; the operator releases it: its accepted records join clean/."""
     from safetynet.intake.clean import clean_feed
 
     c = get("housing.property")
-    rows = [",".join(f.label_zh for f in c.fields)]
-    for i in range(10):
-        s17 = f"430103197001{i + 1:02d}123"
-        rows.append(f"P{i},{s17 + idno.check_char(s17)},1,住宅,80,某地,2020-01-01,{'现势' if i < 6 else '正常'}")
-    local_store.write_bytes("landing/housing/property/p_20261101.csv", ("\n".join(rows) + "\n").encode())
+    _unhealthy_property_drop(local_store, c)
     r = ingest.ingest(local_settings, local_store, [c.feed_id], kafka=False)
     assert r.unhealthy == [c.feed_id]
     clean_feed(local_store, c)
@@ -354,3 +359,20 @@ def test_release_accepts_a_held_delivery(local_settings, local_store, capsys):
     h = health.latest(local_store, [c])[c.feed_id]
     assert h["unhealthy"] is False and h["released"]["files"] and "4 of 10" in h["released"]["problems"][0]
     assert health.unhealthy(local_store, [c]) == {}
+
+
+def test_raising_a_feeds_quarantine_threshold_takes_its_held_drops_in_again(local_settings, local_store, tmp_path):
+    """The README's promise — held drops are taken in again when the feed's mapping changes — held
+    for headers and values only: a mapping file raising `[health] max_quarantine_rate` left the
+    drops held (its checksum ignores [health]), and only `feeds release` moved them."""
+    c = get("housing.property")
+    _unhealthy_property_drop(local_store, c)
+    assert ingest.ingest(local_settings, local_store, [c.feed_id], kafka=False).unhealthy == [c.feed_id]
+    again = ingest.ingest(local_settings, local_store, [c.feed_id], kafka=False)
+    assert again.feeds[c.feed_id].input == 0  # held, not offered again under the same mapping
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "housing.property.toml").write_text("[health]\nmax_quarantine_rate = 0.5\n", encoding="utf-8")
+    s = local_settings.model_copy(update={"mappings": maps})
+    r = ingest.ingest(s, local_store, [c.feed_id], kafka=False)
+    assert (r.feeds[c.feed_id].input, r.feeds[c.feed_id].accepted, r.unhealthy) == (10, 6, [])

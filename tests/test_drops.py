@@ -244,7 +244,24 @@ def test_profile_reads_every_sheet_past_the_title_and_never_lists_a_data_row_as_
     wb.save(buf)
     row = ["C9", ID, "2026-09-03", "王小明诊所", "是", "I10", "100.00", "80.00", "20.00"]
     m = Mapping(CLAIM.feed_id)
-    p = profile_files(CLAIM, m, [("q.xlsx", buf.getvalue()), ("noheader.csv", csv_bytes([row], header=row))])
+    p = profile_files(CLAIM, m, [("q.xlsx", buf.getvalue()), ("noheader.csv", csv_bytes([row], header=row)),
+                                 ("empty.csv", b"")])
     text = "\n".join(render(CLAIM, p)) + p.suggested_mapping(CLAIM, m)
     assert p.columns["结算单号"] == "claim_id" and "sheet '说明' skipped" in text and "header found on row 2" in text
     assert "looks like data, not a header" in text and "王小明" not in text and ID not in text
+    assert "empty.csv: an empty file (0 bytes)" in text
+
+
+def test_profile_names_a_quasi_identifiers_unknown_codes_so_they_can_be_mapped():
+    """Gender is a quasi-identifier with a closed set (男/女): a county's codes (1/2, 未知) were
+    shown as "**" and left out of the suggested mapping, so nobody could see what to map."""
+    from connectors.mapping import Mapping
+    from connectors.profile import profile_files
+
+    person = get("public_security.person")
+    header = ["公民身份号码", "姓名", "性别", "出生日期", "户号", "与户主关系", "行政区划代码", "户口性质", "人员状态"]
+    rows = [[ID, "测试", g, "1980-01-01", "4301030001", "户主", "430103001001", "城镇", "正常"] for g in ("1", "2", "未知")]
+    m = Mapping(person.feed_id)
+    p = profile_files(person, m, [("p.csv", csv_bytes(rows, header=header))])
+    assert dict(p.unknown_values["gender"]) == {"1": 1, "2": 1, "未知": 1}
+    assert "[values.gender]" in p.suggested_mapping(person, m) and "测试" not in p.suggested_mapping(person, m)

@@ -928,14 +928,14 @@ def ingest_drops(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract
     records; the caller marks them done once the feed's health is known (`DropFolderSource.mark_done`)."""
     src = DropFolderSource(store, c)
     done: list[tuple[Drop, dict]] = []
-    for d in src.waiting(mapping.checksum if mapping else None, mapping.headers if mapping else None):
+    for d in src.waiting(mapping.retake_key if mapping else None, mapping.headers if mapping else None):
         r = ingest_drop(store, con, c, d, mapping)
         counts.add(r, kafka=False)
         if r.accepted + sum(r.rejected.values()) == 0 and c.mode == "snapshot":
             counts.empty_snapshots.append(d.name)
         done.append((d, {"run_id": run_id, "ingested_at": _now().isoformat(), "accepted": r.accepted,
                          "quarantined": dict(r.rejected), "files": r.files,
-                         "mapping": mapping.checksum if mapping else None}))
+                         "mapping": mapping.retake_key if mapping else None}))
         if progress:
             progress(c.feed_id, r.accepted + sum(r.rejected.values()))
     return done
