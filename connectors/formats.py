@@ -187,8 +187,14 @@ def decode_json_values(con: duckdb.DuckDBPyConnection, c: Contract, values: list
 
 
 # ---- text files -------------------------------------------------------------------------------
+#: characters no department's Chinese text holds, which GB18030 makes of another encoding's bytes
+#: (Big5 read as GBK): the private-use area, kana, half-width katakana
+_UNLIKELY = re.compile("[\ue000-\uf8ff\u3040-\u30ff\uff61-\uff9f]")
+
+
 def decode_text(data: bytes) -> tuple[str, str]:
-    """Detect the encoding (UTF-8 with/without BOM, GBK/GB18030) → (text, encoding name)."""
+    """Detect the encoding (UTF-8 with/without BOM, UTF-16 with BOM, GBK/GB18030, Big5 where
+    GB18030 yields only unlikely characters) → (text, encoding name)."""
     if data.startswith(codecs.BOM_UTF8):
         return data[3:].decode("utf-8"), "utf-8-sig"
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -201,9 +207,20 @@ def decode_text(data: bytes) -> tuple[str, str]:
     except UnicodeDecodeError:
         pass
     try:
-        return data.decode("gb18030"), "gb18030"
+        text = data.decode("gb18030")
     except UnicodeDecodeError:
         raise FileFormatError("file_encoding", "the file is neither UTF-8 nor GBK/GB18030") from None
+    if not _UNLIKELY.search(text):
+        return text, "gb18030"
+    # GB18030 decodes nearly any bytes: private-use characters or kana mean another encoding
+    try:
+        big5 = data.decode("big5")
+    except UnicodeDecodeError:
+        big5 = None
+    if big5 is not None and not _UNLIKELY.search(big5):
+        return big5, "big5"
+    raise FileFormatError("file_encoding", "the file decodes as GBK/GB18030 only into unlikely characters "
+                          "(private-use, kana): it is in another encoding — export it as UTF-8 or GBK")
 
 
 class Row(list):
@@ -212,14 +229,16 @@ class Row(list):
     `line`: the physical line (CSV) or sheet row (XLSX) it came from, 1-based, as an editor or
     spreadsheet shows it; `rule`: a record-level rule (`quote_unbalanced`, `row_shape`) when the
     line could not be read as one well-formed row; `text`: the physical line as received, kept
-    as the record's `_raw` where its cells are not trustworthy.
+    as the record's `_raw` where its cells are not trustworthy; `lossy`: the columns of a sheet
+    row whose cell is a number too long for a spreadsheet to hold exactly (`_lossy`).
     """
 
-    __slots__ = ("line", "rule", "text")
+    __slots__ = ("line", "lossy", "rule", "text")
 
-    def __init__(self, cells, line: int, rule: str | None = None, text: str | None = None):
+    def __init__(self, cells, line: int, rule: str | None = None, text: str | None = None,
+                 lossy: tuple[int, ...] = ()):
         super().__init__(cells)
-        self.line, self.rule, self.text = line, rule, text
+        self.line, self.rule, self.text, self.lossy = line, rule, text, lossy
 
 
 def physical_lines(text: str) -> list[str]:
@@ -354,6 +373,13 @@ def _cell(v: object) -> str | None:
     return str(v)
 
 
+def _lossy(v: object) -> bool:
+    """A number cell of 16 or more digits: a spreadsheet keeps 15 significant digits (an ID number
+    typed as a number loses its last ones — 431302197003125004 is stored as …125000, or read back
+    as …124992), so its value is not what was meant, whatever it reads as."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and abs(v) >= 1e15
+
+
 # the last value element (a cell's `<v>`, an inline string's `<is>`) / row start tag in a buffer:
 # a greedy prefix makes the search start from the end, at C speed
 _LAST_VALUE = re.compile(rb"(?s:.*)<(?:[A-Za-z_][\w.-]*:)?(?:v|is)[\s>]")
@@ -424,7 +450,7 @@ def _count_rows(open_sheet: Callable[[], io.BufferedIOBase], block: int) -> int:
 
 def _read_xlsx(data: bytes) -> tuple[list[str], list[Row]]:
     """Header and data rows of the first sheet (`read_sheets`)."""
-    sheets = read_sheets(data)
+    sheets, _ = read_sheets(data)
     return (sheets[0].header, sheets[0].rows) if sheets else ([], [])
 
 
@@ -443,9 +469,10 @@ class Table:
     skipped: list[int] = field(default_factory=list)
 
 
-def read_sheets(data: bytes) -> list[Table]:
-    """Every worksheet that holds a value, in workbook order: its first non-empty row as the
-    header, the rest as data rows — streamed (openpyxl read-only) up to the sheet's last row that
+def read_sheets(data: bytes) -> tuple[list[Table], list[str]]:
+    """(every visible worksheet that holds a value, in workbook order; the hidden sheets' names —
+    not data to take in unseen). A sheet's first non-empty row is its header, the rest its data
+    rows — streamed (openpyxl read-only) up to the sheet's last row that
     holds a value; empty rows before it are skipped, rows after it never read. A sheet's stated
     dimensions are ignored (they may claim a million rows or columns); a row has as many cells as
     the sheet gives it, and at least as many as the header."""
@@ -456,8 +483,12 @@ def read_sheets(data: bytes) -> list[Table]:
     except Exception as e:  # openpyxl raises many types for a broken file
         raise FileFormatError("file_encoding", f"not a readable XLSX workbook ({type(e).__name__})") from None
     out: list[Table] = []
+    hidden: list[str] = []
     try:
         for index, ws in enumerate(wb.worksheets):
+            if ws.sheet_state != "visible":  # hidden: old data, deleted records, lookups — said, not read
+                hidden.append(ws.title)
+                continue
             try:
                 # openpyxl's private zip archive and sheet path (not in its stubs): the sheet's XML, streamed
                 last = last_value_row(partial(wb._archive.open, ws._worksheet_path))  # type: ignore[attr-defined]
@@ -479,11 +510,11 @@ def read_sheets(data: bytes) -> list[Table]:
                 cells = [_cell(v) for v in r]
                 if len(cells) < len(header):
                     cells += [None] * (len(header) - len(cells))
-                rows.append(Row(cells, n))
+                rows.append(Row(cells, n, lossy=tuple(i for i, v in enumerate(r) if _lossy(v))))
             out.append(Table(header or [], rows, ws.title, index, header_line))
     finally:
         wb.close()
-    return out
+    return out, hidden
 
 
 #: how many rows after the first a header is looked for in (titles, units, blank merged rows above it)
@@ -507,7 +538,7 @@ def locate_header(c: Contract, t: Table, headers: dict[str, str] | None = None) 
         if getattr(r, "rule", None) is None and _known(c, r, headers)[1]:
             header = ["" if v is None else str(v).strip() for v in r]
             width = len(header)
-            rows = [Row([*x, *([None] * (width - len(x)))], x.line, x.rule, x.text) if len(x) < width else x
+            rows = [Row([*x, *([None] * (width - len(x)))], x.line, x.rule, x.text, x.lossy) if len(x) < width else x
                     for x in t.rows[k + 1:]] if t.sheet is not None else t.rows[k + 1:]
             return Table(header, rows, t.sheet, t.index, r.line, [t.header_line, *(x.line for x in t.rows[:k])])
     return t
@@ -527,16 +558,18 @@ def read_tables(name: str, data: bytes, c: Contract, headers: dict[str, str] | N
         if not fmt.startswith("jsonl") and header:
             t = locate_header(c, t, headers)
         return [t], fmt, _skipped_note(t)
-    sheets = [locate_header(c, s, headers) for s in read_sheets(data)]
+    read, hid = read_sheets(data)
+    hidden = [f"hidden sheet {h!r} not read (hidden sheets are not data: unhide it to deliver it)" for h in hid]
+    sheets = [locate_header(c, s, headers) for s in read]
     if not sheets:
-        return [Table([], [])], "xlsx", []
+        return [Table([], [])], "xlsx", hidden
     data_sheets = [s for s in sheets if _known(c, s.header, headers)[0] > 0]
     if not data_sheets:
         others = [s.sheet or "" for s in sheets[1:]]
         notes = [f"sheet {sheets[0].sheet!r} read; no sheet has a column of the feed"
                  + (f" (the others: {', '.join(repr(o) for o in others)})" if others else "")]
-        return [sheets[0]], "xlsx", notes
-    notes = [f"sheet {s.sheet!r} skipped: no column of the feed ({len(s.rows) + 1} non-empty rows)"
+        return [sheets[0]], "xlsx", hidden + notes
+    notes = hidden + [f"sheet {s.sheet!r} skipped: no column of the feed ({len(s.rows) + 1} non-empty rows)"
              for s in sheets if s not in data_sheets]
     for s in data_sheets:
         notes += _skipped_note(s)
@@ -564,6 +597,10 @@ def _row_json(header: list[str], r: list[str | None]) -> str:
     return json.dumps(d, ensure_ascii=False)
 
 
+#: a total or subtotal row's label (合计, 小计, 总计, 累计, 合 计：): a sum, not a record
+_TOTAL = re.compile(r"[\s\u3000]*(?:合|总|小|累)[\s\u3000]*计[\s\u3000:：]*")
+
+
 def rows_to_records(c: Contract, header: list[str], rows: Sequence[list[str | None]], mapping: Mapping | None = None,
                     *, strict: bool = True) -> pa.Table:
     """Map a tabular file's columns to contract fields → text records with `_raw`, `_pre`, `_row_number`.
@@ -575,8 +612,9 @@ def rows_to_records(c: Contract, header: list[str], rows: Sequence[list[str | No
 
     Record-level rules (`_pre`): a line the reader could not split (`quote_unbalanced`; its
     `_raw` is the line as received), a row with more non-empty cells than the header or fewer
-    cells than its last named column (`row_shape`), a control character in a text field
-    (`control_char:<field>`, naming the field).
+    cells than its last named column (`row_shape`), a sheet's number cell too long to be exact
+    in a field's column (`number_precision:<field>`), a total row (`total_row`: a cell 合计,
+    小计, 总计 or 累计), a control character in a text field (`control_char:<field>`, naming the field).
     """
     if not header and not rows:  # an empty file (or sheet) holds no records: an empty delivery, not a bad header
         return pa.table({**{n: pa.array([], pa.string()) for n in c.names}, "_raw": pa.array([], pa.string()),
@@ -608,6 +646,10 @@ def rows_to_records(c: Contract, header: list[str], rows: Sequence[list[str | No
         rule = getattr(r, "rule", None)
         if rule is None and (len(r) < named or (len(r) > width and any(v not in (None, "") for v in r[width:]))):
             rule = "row_shape"
+        if rule is None and (lossy := [mapped[i] for i in getattr(r, "lossy", ()) if i < width and mapped[i]]):
+            rule = f"number_precision:{lossy[0]}"
+        if rule is None and any(isinstance(v, str) and _TOTAL.fullmatch(v) for v in r):
+            rule = "total_row"
         raws.append(_raw(header, r))
         pres.append(rule)
         lines.append(getattr(r, "line", None) or k + 2)  # no line known: the header is row 1

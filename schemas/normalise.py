@@ -48,9 +48,12 @@ QUARANTINE_RULES: dict[str, str] = {
     "int_format": "not a whole number",
     "bool_format": "not a yes/no value (true/false, 是/否, 1/0, Y/N)",
     "enum_value": "not one of the contract's values",
-    "members_format": "not a JSON array of {id_no, relation} with valid ID numbers",
+    "members_format": "not a JSON array of {id_no, relation}: each member a valid ID number, once, with a relation",
     "out_of_range": "outside the contract's allowed range",
     "row_shape": "the row has more or fewer cells than the header",
+    "number_precision": ("a number of 16 or more digits stored as a spreadsheet number: its last digits are lost "
+                         "(format the column as text in the export)"),
+    "total_row": "a total or subtotal row (合计, 小计, 总计, 累计), not a record",
     "quote_unbalanced": "a quote opened in this line is not closed in it (no field may span lines)",
     "control_char": "a control character (other than tab) in a text field",
     "file_header": "the file lacks a required column",
@@ -202,7 +205,10 @@ def field_sql(f: Field) -> FieldSQL:
         parsed = ("CASE WHEN json_valid({t}) AND json_type({t}) = 'ARRAY' "
                   "THEN from_json({t}, '[{{\"id_no\":\"VARCHAR\",\"relation\":\"VARCHAR\"}}]') END")
         value = "list_transform({p}, lambda e: struct_pack(id_no := sn_id_up(sn_id_pre(e.id_no)), relation := e.relation))"
-        bad = "len(list_filter({v}, lambda e: e.id_no IS NULL OR sn_id_rule(e.id_no, __ref) IS NOT NULL)) > 0"
+        # each member: a valid ID number, once; a relation that is a word (not empty, not a JSON object or list)
+        bad = ("len(list_filter({v}, lambda e: e.id_no IS NULL OR sn_id_rule(e.id_no, __ref) IS NOT NULL "
+               "OR coalesce(trim(e.relation), '') = '' OR regexp_matches(e.relation, '^\\s*[\\[{{]'))) > 0 "
+               "OR len(list_distinct(list_transform({v}, lambda e: e.id_no))) < len({v})")
         return FieldSQL(parsed, value, f"CASE WHEN {{p}} IS NULL OR len({{p}}) = 0 OR {bad} THEN 'members_format' END")
     raise ValueError(f"{f.name}: unknown kind {k!r}")
 

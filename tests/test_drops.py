@@ -265,3 +265,38 @@ def test_profile_names_a_quasi_identifiers_unknown_codes_so_they_can_be_mapped()
     p = profile_files(person, m, [("p.csv", csv_bytes(rows, header=header))])
     assert dict(p.unknown_values["gender"]) == {"1": 1, "2": 1, "未知": 1}
     assert "[values.gender]" in p.suggested_mapping(person, m) and "测试" not in p.suggested_mapping(person, m)
+
+
+def test_excel_numbers_too_long_hidden_sheets_total_rows_and_big5_are_not_taken_as_data(local_settings, local_store,
+                                                                                        caplog):
+    """A second county's quirks: an ID number typed as an Excel number (its last digits lost — one
+    in eleven still has a valid check character, and reached clean/ as another person), a hidden
+    sheet of old or deleted records (read as current data), a 合计 row (accepted as a claim), a
+    Big5 file (read as GB18030 into nonsense and accepted)."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(ZH)
+    ws.append([*_claim_row("N1")[:1], int(ID[:17] + "0"), *_claim_row("N1")[2:]])  # a number of 18 digits
+    ws.append(_claim_row("N2"))
+    ws.append(["合计", None, None, None, None, None, "200.00", "160.00", "40.00"])
+    old = wb.create_sheet("旧数据")
+    old.append(ZH)
+    old.append(_claim_row("OLD1"))
+    old.sheet_state = "hidden"
+    buf = io.BytesIO()
+    wb.save(buf)
+    local_store.write_bytes("landing/medical_insurance/claim/q.xlsx", buf.getvalue())
+    big5 = ",".join(["claim_id", "id_no", "settle_date", "hospital_name", "inpatient", "diagnosis_code",
+                     "total_amount", "fund_paid", "out_of_pocket"]) + "\r\n" + ",".join(
+        ["B1", ID, "2026-09-03", "臺北榮民總醫院", "是", "I10", "100.00", "80.00", "20.00"]) + "\r\n"
+    local_store.write_bytes("landing/medical_insurance/claim/b.csv", big5.encode("big5"))
+    with caplog.at_level("WARNING"):
+        fc = run(local_settings, local_store)
+    assert (fc.input, fc.accepted) == (4, 2)
+    assert dict(fc.quarantined) == {"number_precision": 1, "total_row": 1}
+    assert "hidden sheet '旧数据' not read" in caplog.text
+    clean_feed(local_store, CLAIM)
+    got = {r["claim_id"]: r for r in read_clean(local_store, CLAIM).to_pylist()}
+    assert set(got) == {"N2", "B1"} and got["B1"]["hospital_name"] == "臺北榮民總醫院"
+    q = {r["_rule"]: r["_reason"] for r in local_store.dataset("quarantine/medical_insurance/claim/").to_table().to_pylist()}
+    assert "field id_no" in q["number_precision"] and "row 2" in q["number_precision"]

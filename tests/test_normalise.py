@@ -198,6 +198,16 @@ def test_members_need_valid_ids(con):
     assert ok[1] is None and ok[0] == [{"id_no": good, "relation": "户主"}]
     assert run(con, "members", ['[{"id_no": "123", "relation": "户主"}]'])[0][1] == "members_format"
     assert run(con, "members", ["not json"])[0][1] == "members_format"
+    # a member without a relation, one twice, a relation that is an object: once accepted as they came
+    s17b = "43010319850101123"
+    other = s17b + idno.check_char(s17b)
+    for bad in (f'[{{"id_no": "{good}", "relation": "户主"}}, {{"id_no": "{other}"}}]',
+                f'[{{"id_no": "{good}", "relation": "户主"}}, {{"id_no": "{other}", "relation": " "}}]',
+                f'[{{"id_no": "{good}", "relation": "户主"}}, {{"id_no": "{good}", "relation": "配偶"}}]',
+                f'[{{"id_no": "{good}", "relation": {{"x": "户主"}}}}]'):
+        assert run(con, "members", [bad])[0][1] == "members_format", bad
+    two = f'[{{"id_no": "{good}", "relation": "户主"}}, {{"id_no": "{other}", "relation": "配偶"}}]'
+    assert run(con, "members", [two])[0][1] is None
 
 
 def test_mask_keeps_first_six_and_last_four():
