@@ -300,3 +300,18 @@ def test_excel_numbers_too_long_hidden_sheets_total_rows_and_big5_are_not_taken_
     assert set(got) == {"N2", "B1"} and got["B1"]["hospital_name"] == "臺北榮民總醫院"
     q = {r["_rule"]: r["_reason"] for r in local_store.dataset("quarantine/medical_insurance/claim/").to_table().to_pylist()}
     assert "field id_no" in q["number_precision"] and "row 2" in q["number_precision"]
+
+
+def test_a_snapshot_split_into_files_of_one_date_is_said_to_keep_one(local_settings, local_store, caplog):
+    """A county splits its snapshot by category (城市 / 农村): the feed's clean state is one file, so
+    the other's records were left out with only a count in the catalog. Now the ingest says so."""
+    prop = get("housing.property")
+    hdr = ["不动产单元号", "权利人证件号码", "共有份额", "房屋用途", "建筑面积", "登记日期", "权属状态"]
+    local_store.write_bytes("landing/housing/property/城镇_20261101.csv",
+                            csv_bytes([["P1", ID, "1", "住宅", "80.5", "2010-01-01", "现势"]], hdr))
+    local_store.write_bytes("landing/housing/property/农村_20261101.csv",
+                            csv_bytes([["P2", ID, "1", "住宅", "60", "2015-01-01", "现势"]], hdr))
+    with caplog.at_level("WARNING"):
+        ingest(local_settings, local_store, [prop.feed_id], kafka=False)
+    assert "2 files of the same data date (农村_20261101.csv, 城镇_20261101.csv)" in caplog.text
+    assert "Deliver a snapshot as one file" in caplog.text
