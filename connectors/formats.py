@@ -85,7 +85,11 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
     topic and keeps its event id, op and time. A field is read from its own name and from every
     key the feed's mapping maps to it. The envelope's SQL is generated from `schemas.envelope`.
     """
-    keys = {n: [n, *(mapping.keys_for(n) if mapping else [])] for n in c.names}
+    # a JSON Lines drop may name a field by its Chinese label too, as a CSV header may (a topic's
+    # payload uses the contract's names: feeds.md)
+    labels = {} if envelope else {f.name: [f.label_zh] for f in c.fields if f.label_zh and f.label_zh != f.name}
+    keys = {n: list(dict.fromkeys([n, *labels.get(n, []), *(mapping.keys_for(n) if mapping else [])]))
+            for n in c.names}
     # the envelope header is extracted first: x[field] is its element of the extracted list __x
     paths = [json_path(f) for f in HEADER]
     x = {f: f"__x[{i}]" for i, f in enumerate(HEADER, 1)}
@@ -109,10 +113,12 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
     else:
         cols = ", ".join(f"CASE WHEN __env THEN {fld(pl, n)} ELSE {fld('$', n)} END AS {_q(n)}"
                          for n in c.names)
+    # an empty event id would make every such event a redelivery of one; a time in the future
+    # would outrank every later correction of the record
     envelope_bad = (
-        f"{x[EVENT_ID]} IS NULL OR coalesce({x[OP]}, '') NOT IN ({', '.join(_lit(o) for o in OPS)}) "
+        f"coalesce(trim({x[EVENT_ID]}), '') = '' OR coalesce({x[OP]}, '') NOT IN ({', '.join(_lit(o) for o in OPS)}) "
         f"OR __pt IS DISTINCT FROM 'OBJECT' OR {x[SOURCE]} IS DISTINCT FROM {_lit(c.department)} "
-        f"OR {x[FEED]} IS DISTINCT FROM {_lit(c.feed)} OR __ts IS NULL "
+        f"OR {x[FEED]} IS DISTINCT FROM {_lit(c.feed)} OR __ts IS NULL OR __ts > now() + INTERVAL 1 DAY "
         f"OR TRY_CAST(coalesce({x[SCHEMA_VERSION]}, '{c.version}') AS INTEGER) IS DISTINCT FROM {c.version}")
     pre = ("CASE WHEN _value IS NULL THEN 'tombstone' WHEN NOT __ok THEN 'json_malformed' "
            + ("" if envelope else "WHEN __top IS DISTINCT FROM 'OBJECT' THEN 'json_malformed' ")
@@ -139,6 +145,15 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
         f"SELECT * EXCLUDE (__ok, __x, __pt, __top, __env, __ts, _value), _value AS _raw, {meta}, {cols}, "
         f"{pre} AS _pre FROM __d"
     )
+    # a field holds one value: an object or a list (other than the members and list kinds') is no
+    # value of it; an ID number sent as a JSON number of 16+ digits has lost its last ones (a
+    # float's precision: JavaScript's), whatever its check character says — its text is not quoted
+    # in the record
+    shape = [f"CASE WHEN left({_q(f.name)}, 1) IN ('{{', '[') AND json_valid({_q(f.name)}) "
+             f"THEN {_lit('json_structure:' + f.name)} END" for f in c.fields if f.kind not in ("members", "text_list")]
+    shape += [f"CASE WHEN length({_q(f.name)}) >= 16 AND NOT contains(_raw, '\"' || {_q(f.name)} || '\"') "
+              f"THEN {_lit('number_precision:' + f.name)} END" for f in c.fields if f.kind == "id_no"]
+    sql = f"SELECT * REPLACE (coalesce(_pre, {', '.join(shape)}) AS _pre) FROM ({sql})" if shape else sql
     text = [f.name for f in c.fields if f.kind in TEXT_KINDS]
     if not text:
         return sql
@@ -168,11 +183,14 @@ def json_text(values: Sequence[bytes | None]) -> pa.Array:
     """Message values (bytes; None for a null value) as the text column `json_records_sql` reads (`_value`)."""
     arr = pa.array(values, pa.binary())
     try:
-        return arr.cast(pa.string())
+        text = arr.cast(pa.string())
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         # Not UTF-8 somewhere: decode one by one; an undecodable value keeps its text (replaced
         # characters) and fails JSON validation only if it is not JSON.
-        return pa.array([None if v is None else v.decode("utf-8", "replace") for v in values], pa.string())
+        text = pa.array([None if v is None else v.decode("utf-8", "replace") for v in values], pa.string())
+    if pc.any(pc.starts_with(text, "\ufeff")).as_py():  # a byte-order mark, as a JSON Lines file may have
+        text = pc.replace_substring_regex(text, "^\ufeff", "")
+    return text
 
 
 def decode_json_values(con: duckdb.DuckDBPyConnection, c: Contract, values: list[bytes], meta: pa.Table,

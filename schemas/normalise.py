@@ -31,7 +31,9 @@ QUARANTINE_RULES: dict[str, str] = {
     "json_malformed": "the message is not valid JSON",
     "tombstone": ("a Kafka message without a value (its key naming a record to delete): this hub takes deletes "
                   "as envelopes with op \"delete\", so it is kept here, not applied"),
-    "envelope_invalid": "the event envelope is incomplete or wrong (event_id, op, payload, source/feed)",
+    "envelope_invalid": ("the event envelope is incomplete or wrong (a non-empty event_id, op, an object payload, "
+                         "source/feed, schema_version, occurred_at a time not in the future)"),
+    "json_structure": "a JSON object or list where the field holds one value",
     "unknown_field": "a field the contract does not know (the feed's evolution mode is frozen)",
     "required_missing": "a required field is missing or empty",
     "id_no_format": "not an 18-digit (or legacy 15-digit) ID number",
@@ -92,6 +94,8 @@ MACROS = [
     "CREATE OR REPLACE MACRO sn_datetime(x) AS date_trunc('millisecond', coalesce("
     "CASE WHEN length(x) = 25 AND substr(x, 11, 1) = 'T' AND substr(x, 20, 1) IN ('+', '-') "
     "THEN TRY_CAST(x AS TIMESTAMPTZ) END, "
+    # UTC written as Z (JavaScript's and Java's toISOString)
+    "CASE WHEN right(x, 1) IN ('Z', 'z') AND substr(x, 5, 1) = '-' THEN TRY_CAST(x AS TIMESTAMPTZ) END, "
     "timezone('Asia/Shanghai', try_strptime(sn_fw(x), ['%Y-%m-%d %H:%M:%S', '%Y-%m-%dT%H:%M:%S', '%Y/%m/%d %H:%M:%S', "
     "'%Y-%m-%d %H:%M', '%Y-%m-%d'])), "
     "try_strptime(sn_fw(x), ['%Y-%m-%dT%H:%M:%S%z', '%Y-%m-%d %H:%M:%S%z', '%Y-%m-%dT%H:%M:%S.%f%z'])))",

@@ -315,3 +315,34 @@ def test_a_snapshot_split_into_files_of_one_date_is_said_to_keep_one(local_setti
         ingest(local_settings, local_store, [prop.feed_id], kafka=False)
     assert "2 files of the same data date (农村_20261101.csv, 城镇_20261101.csv)" in caplog.text
     assert "Deliver a snapshot as one file" in caplog.text
+
+
+def test_json_lines_envelopes_and_values_a_third_county_sends(local_settings, local_store):
+    """JSON exports as other systems write them: an empty event id (every such event was taken for
+    a redelivery of one, and all but one silently left out), an event dated 2099 (it outranked every
+    later correction), UTC as `Z` (refused), an object where a field holds one value (kept as its
+    JSON text), an ID number as a JSON number (its last digits a float's), Chinese keys (refused)."""
+    def env(eid, claim_id, when="2026-09-03T08:00:00+08:00", **payload):
+        body = {"claim_id": claim_id, "id_no": ID, "settle_date": "2026-09-03", "hospital_name": "长沙市第一医院",
+                "inpatient": "是", "diagnosis_code": "I10", "total_amount": "100.00", "fund_paid": "80.00",
+                "out_of_pocket": "20.00", **payload}
+        return json.dumps({"event_id": eid, "source": "medical_insurance", "feed": "claim", "op": "upsert",
+                           "occurred_at": when, "schema_version": 1, "payload": body}, ensure_ascii=False)
+
+    lines = [env("", "E1"), env("  ", "E2"), env("f1", "F1", when="2099-01-01T00:00:00+08:00"),
+             env("z1", "Z1", when="2026-09-03T00:00:00.000Z"), env("o1", "O1", hospital_name={"name": "医院"}),
+             env("n1", "N1").replace(f'"id_no": "{ID}"', f'"id_no": {int(ID[:17] + "0")}'),
+             json.dumps({"结算单号": "K1", "公民身份号码": ID, "结算日期": "2026-09-03", "定点医疗机构": "医院",
+                         "是否住院": "否", "疾病诊断编码": "I10", "医疗费用总额": "10.00", "基金支付": "8.00",
+                         "个人自付": "2.00"}, ensure_ascii=False)]
+    local_store.write_bytes("landing/medical_insurance/claim/events.jsonl", ("\n".join(lines) + "\n").encode())
+    fc = run(local_settings, local_store)
+    assert dict(fc.quarantined) == {"envelope_invalid": 3, "json_structure": 1, "number_precision": 1}
+    raw = local_store.dataset("raw/medical_insurance/claim/").to_table().to_pylist()
+    assert {r["claim_id"] for r in raw} == {"Z1", "K1"}  # (held: 5 of 7 quarantined make the feed unhealthy)
+
+
+def test_a_kafka_value_with_a_byte_order_mark_is_json():
+    from connectors.formats import json_text
+
+    assert json_text([b'\xef\xbb\xbf{"a": 1}', b'{"b": 2}', None]).to_pylist() == ['{"a": 1}', '{"b": 2}', None]
