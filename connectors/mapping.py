@@ -89,8 +89,15 @@ class Mapping:
 
 
 
+#: a whole-number field with at most this many allowed values (a grade 1–4, a level) is a closed set:
+#: its departments' words for them (一级, 1级, 壹级) are codes to map
+_SMALL_INT_RANGE = 20
+
+
 def allowed_values(f: Field) -> tuple[str, ...] | None:
     """The contract values a field may be mapped to, when its kind has a closed set (else None)."""
+    if f.kind == "int" and f.min is not None and f.max is not None and 0 <= f.max - f.min < _SMALL_INT_RANGE:
+        return tuple(str(int(v)) for v in range(int(f.min), int(f.max) + 1))
     return f.values if f.kind == "enum" else _CLOSED.get(f.kind)
 
 
@@ -99,7 +106,8 @@ def names_code_value(f: Field, rule: str) -> bool:
     lines, profiles, suggested mappings): a value outside a closed set, of a field that does not
     identify a person by itself — a quasi-identifier's code too (gender 1/2, M/F, 未知: what a
     county must map), never a direct identifier's value."""
-    return rule in ("enum_value", "bool_format") and f.pii != "direct" and allowed_values(f) is not None
+    return (rule in ("enum_value", "bool_format", "int_format", "out_of_range") and f.pii != "direct"
+            and allowed_values(f) is not None)
 
 
 def parse(c: Contract, text: str, source: str) -> tuple[dict, list[str]]:

@@ -346,3 +346,19 @@ def test_a_kafka_value_with_a_byte_order_mark_is_json():
     from connectors.formats import json_text
 
     assert json_text([b'\xef\xbb\xbf{"a": 1}', b'{"b": 2}', None]).to_pylist() == ['{"a": 1}', '{"b": 2}', None]
+
+
+def test_profile_offers_a_small_whole_number_fields_words_for_mapping():
+    """A disability grade is 1–4: a county writing 1级, 壹级 or 三 saw them as examples, but the
+    suggested mapping had no line for them (only enum and yes/no fields got one)."""
+    from connectors.mapping import Mapping, allowed_values
+    from connectors.profile import profile_files
+
+    dis = get("disabled_persons_federation.disability")
+    assert allowed_values(dis.field("grade")) == ("1", "2", "3", "4")
+    rows = [[ID, "肢体", g, "2020-01-01"] for g in ("1级", "壹级", "2", "9")]
+    m = Mapping(dis.feed_id)
+    p = profile_files(dis, m, [("d.csv", csv_bytes(rows, header=["公民身份号码", "残疾类别", "残疾等级", "发证日期"]))])
+    assert dict(p.unknown_values["grade"]) == {"1级": 1, "壹级": 1, "9": 1}
+    suggested = p.suggested_mapping(dis, m)
+    assert "[values.grade]" in suggested and '"1级" = "?"' in suggested
