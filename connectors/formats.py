@@ -80,8 +80,8 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
     `envelope=True` (Kafka): every value is an event envelope (`schemas.envelope`); fields come
     from its payload and the envelope is checked (event_id, op, occurred_at, source/feed,
     schema_version). `envelope=None` (JSON Lines drops): per line, a flat record (fields at the
-    top level) or an envelope (an export of the department's outbox, `schemas.envelope.is_envelope`:
-    `payload` is an object and `event_id` is present), which is checked like an event on the
+    top level) or an envelope (an export of the department's outbox: `event_id` and `payload` are
+    present, the payload an object or not), which is checked like an event on the
     topic and keeps its event id, op and time. A field is read from its own name and from every
     key the feed's mapping maps to it. The envelope's SQL is generated from `schemas.envelope`.
     """
@@ -106,8 +106,9 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
         idx = pos[f"{base}|{n}"]
         return f"__x[{idx[0]}]" if len(idx) == 1 else "coalesce(" + ", ".join(f"__x[{i}]" for i in idx) + ")"
 
-    # a JSON Lines line is an envelope when its payload is an object and it has an event id
-    env = "true" if envelope else f"coalesce(__pt = 'OBJECT' AND {x[EVENT_ID]} IS NOT NULL, false)"
+    # a JSON Lines line is an envelope when it has an event id and a payload (of any JSON type: a
+    # payload that is null or a string is a broken envelope — a delete read as a flat upsert was lost)
+    env = "true" if envelope else f"coalesce(__pt IS NOT NULL AND {x[EVENT_ID]} IS NOT NULL, false)"
     if envelope:
         cols = ", ".join(f"{fld(pl, n)} AS {_q(n)}" for n in c.names)
     else:

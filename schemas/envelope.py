@@ -10,7 +10,8 @@ Every message value on a feed topic (`dept.<department>.<feed>.v<version>`) is o
 "delete" removes the record its payload's key names (`op` may be left out: "upsert");
 `occurred_at` orders versions of one key; `schema_version` may be left out (the contract's
 version). A JSON Lines drop may hold envelopes too (an export of the department's outbox): a line
-is an envelope when its `payload` is an object and it has an `event_id` (`is_envelope`).
+is an envelope when it has an `event_id` and a `payload` (`is_envelope`; a payload that is no
+object makes it an invalid envelope, not a flat record).
 
 Declared once here: the field names, `wrap` (used by the demo's emitter, tests and benchmarks to
 write events), and `is_envelope` / `unwrap` plus the JSON paths (`json_path`, `HEADER`) from
@@ -54,10 +55,10 @@ def encode(envelope: dict[str, Any]) -> bytes:
 
 
 def is_envelope(obj: object) -> bool:
-    """Whether a decoded JSON value is an envelope (rather than a flat record): an object whose
-    `payload` is an object, with an `event_id`. Whether the envelope is *valid* (op, source, feed,
-    time, version) is checked by the connectors' SQL."""
-    return isinstance(obj, dict) and isinstance(obj.get(PAYLOAD), dict) and EVENT_ID in obj
+    """Whether a decoded JSON value is an envelope (rather than a flat record): an object with an
+    `event_id` and a `payload` (an object, or a broken one: null, a string). Whether the envelope
+    is *valid* (an object payload, op, source, feed, time, version) is checked by the connectors' SQL."""
+    return isinstance(obj, dict) and PAYLOAD in obj and EVENT_ID in obj
 
 
 def unwrap(obj: object) -> object:

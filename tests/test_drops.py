@@ -362,3 +362,19 @@ def test_profile_offers_a_small_whole_number_fields_words_for_mapping():
     assert dict(p.unknown_values["grade"]) == {"1级": 1, "壹级": 1, "9": 1}
     suggested = p.suggested_mapping(dis, m)
     assert "[values.grade]" in suggested and '"1级" = "?"' in suggested
+
+
+def test_a_json_lines_envelope_with_a_broken_payload_is_an_invalid_envelope_not_a_flat_record(local_settings,
+                                                                                                local_store):
+    """An outbox line with an event id and `"payload": null` (a delete) was read as a flat upsert of
+    the fields beside it (the delete lost); a payload given as a JSON string was `required_missing`."""
+    base = {"source": "medical_insurance", "feed": "claim", "occurred_at": "2026-09-03T08:00:00+08:00",
+            "schema_version": 1, "claim_id": "D1", "id_no": ID, "settle_date": "2026-09-03", "hospital_name": "医院",
+            "inpatient": "是", "diagnosis_code": "I10", "total_amount": "1.00", "fund_paid": "1.00",
+            "out_of_pocket": "0.00"}
+    lines = [json.dumps({**base, "event_id": "d1", "op": "delete", "payload": None}, ensure_ascii=False),
+             json.dumps({**base, "event_id": "s1", "op": "upsert", "payload": json.dumps({"claim_id": "D1"})},
+                        ensure_ascii=False)]
+    local_store.write_bytes("landing/medical_insurance/claim/broken.jsonl", ("\n".join(lines) + "\n").encode())
+    fc = run(local_settings, local_store)
+    assert dict(fc.quarantined) == {"envelope_invalid": 2} and fc.accepted == 0
