@@ -148,11 +148,12 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
     )
     # a field holds one value: an object or a list (other than the members and list kinds') is no
     # value of it; an ID number sent as a JSON number of 16+ digits has lost its last ones (a
-    # float's precision: JavaScript's), whatever its check character says — its text is not quoted
-    # in the record
+    # float's precision: JavaScript's), whatever its check character says — its text follows a
+    # colon unquoted (the same number quoted elsewhere, e.g. among a case's members, is no excuse)
     shape = [f"CASE WHEN left({_q(f.name)}, 1) IN ('{{', '[') AND json_valid({_q(f.name)}) "
              f"THEN {_lit('json_structure:' + f.name)} END" for f in c.fields if f.kind not in ("members", "text_list")]
-    shape += [f"CASE WHEN length({_q(f.name)}) >= 16 AND NOT contains(_raw, '\"' || {_q(f.name)} || '\"') "
+    shape += [f"CASE WHEN length({_q(f.name)}) >= 16 AND (contains(_raw, ':' || {_q(f.name)}) "
+              f"OR contains(_raw, ': ' || {_q(f.name)})) "
               f"THEN {_lit('number_precision:' + f.name)} END" for f in c.fields if f.kind == "id_no"]
     sql = f"SELECT * REPLACE (coalesce(_pre, {', '.join(shape)}) AS _pre) FROM ({sql})" if shape else sql
     text = [f.name for f in c.fields if f.kind in TEXT_KINDS]

@@ -175,6 +175,13 @@ def applicable_rules(c: Contract, channels: tuple[Channel, ...]) -> list[str]:
             rules.append("control_char")  # a vertical tab pasted into a text cell
     if c.evolution == "frozen" and chans & {"kafka", "jsonl"}:
         rules.append("unknown_field")
+    # other systems' habits (after the rules above: their draws stay as they were)
+    if chans & {"kafka", "jsonl"} and any(f.kind == "string" and f.required for f in c.fields):
+        rules.append("json_structure")  # an object where a name belongs
+    if chans & {"kafka", "jsonl", "xlsx"} and any(f.kind == "id_no" for f in c.fields):
+        rules.append("number_precision")  # an ID number sent as a number (a JSON number, an Excel number cell)
+    if chans & {"csv", "xlsx"} and any(f.required for f in c.fields):
+        rules.append("total_row")  # a 合计 row at the end of an export
     return rules
 
 
@@ -185,8 +192,12 @@ def _channel_ok(rule: str, ch: Channel) -> bool:
         return ch.kind in ("kafka", "jsonl")
     if rule in ("row_shape", "quote_unbalanced", "control_char"):
         return ch.kind == "csv"
-    if rule == "unknown_field":
+    if rule in ("unknown_field", "json_structure"):
         return ch.kind in ("kafka", "jsonl")
+    if rule == "number_precision":
+        return ch.kind in ("kafka", "jsonl", "xlsx")
+    if rule == "total_row":
+        return ch.kind in ("csv", "xlsx")
     return True
 
 
@@ -289,6 +300,16 @@ def _breaker(c: Contract, rule: str, rec: dict, rng: np.random.Generator) -> dic
         f = pick(lambda f: f.kind == "string" and f.required)
         v = str(rec[f.name])
         r[f.name] = v[:1] + "\x0b" + v[1:]
+    elif rule == "json_structure":
+        f = pick(lambda f: f.kind == "string" and f.required)
+        r[f.name] = {"名称": rec[f.name]}
+    elif rule == "number_precision":  # typed as a number: an X has no number, its place a 0
+        f = pick(lambda f: f.kind == "id_no" and rec[f.name] is not None)
+        s = rec[f.name]
+        r[f.name] = int(s[:17] + (s[17] if s[17] != "X" else "0"))
+    elif rule == "total_row":
+        f = pick(lambda f: f.required)
+        r[f.name] = "合计"
     elif rule == "out_of_range":
         f = pick(lambda f: f.min is not None or f.max is not None)
         r[f.name] = "-100.00" if (f.min is not None and f.min >= 0 and f.kind == "money") else (
