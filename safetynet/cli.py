@@ -557,6 +557,11 @@ def print_summary(report, cleaned, expected=None) -> bool:
         if h is not None:
             notes += [Text(f"✗ {x}", "red") for x in h.problems]
             notes += [Text.assemble("  ", ("drift", "yellow"), f": {x}") for x in h.drift]
+        if cc is not None and cc.reused_event_ids:
+            notes.append(Text.assemble("  ", ("event ids reused", "yellow"), f": {fid}: {cc.reused_event_ids:,} record(s) "
+                                       "came under an event id an earlier record of other content holds "
+                                       f"(e.g. {', '.join(cc.reused_examples) or '-'}); kept as events of their own, "
+                                       "not as redeliveries — the producer must give every event its own event_id"))
         for i, v in enumerate((fc.kafka_records, fc.file_records, fc.input, fc.accepted, fc.quarantined_total,
                                cc.rows if cc else 0)):
             tot[i] += v

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -216,15 +217,18 @@ def test_kafka_appends_of_each_kind_equal_the_full_rebuild(claim):
     p.kafka([("delete", 8, 0, occ(8))])  # a deleted key deleted again
     c = p.check(incremental=True)
     assert (c.rows, c.deleted, c.superseded) == (24, 1, 9)
-    # redeliveries: of a row in force, of a superseded row, of a deletion; twice within one batch
+    # redeliveries: of a row in force, of a superseded row, of a deletion; twice within one batch (the
+    # same content: "dup2"); an id used again for other content ("dup": key 30's version 1) is an event
+    # of its own, not a redelivery — it supersedes version 0 — and counted as reused
     p.kafka([("upsert", 0, 0, occ(1), "ev0"), ("upsert", 5, 9, occ(1, 7), p.event_ids[27]),
              ("delete", 8, 0, occ(6), p.event_ids[30]), ("upsert", 30, 0, occ(3), "dup"),
-             ("upsert", 30, 1, occ(4), "dup")])
+             ("upsert", 30, 1, occ(4), "dup"), ("upsert", 32, 0, occ(3), "dup2"), ("upsert", 32, 0, occ(3), "dup2")])
     c = p.check(incremental=True)
-    assert c.redelivered == 4 and c.rows == 25
+    assert (c.redelivered, c.reused_event_ids, c.rows) == (4, 1, 26) and c.reused_examples == ("dup",)
+    assert str(read_row(p, "CL00030")["total_amount"]) == "1001.50"
     p.kafka([("upsert", 31, 0, occ(3)), ("delete", 31, 0, occ(3))])  # same time: the later offset (delete) wins
     p.kafka([("upsert", 40 + i, 0, occ(1 + i % 9)) for i in range(30)], partition=2)
-    assert p.check(incremental=True).rows == 55
+    assert p.check(incremental=True).rows == 56
 
 
 def read_row(p: Pair, claim_id: str) -> dict:
@@ -263,7 +267,8 @@ def test_event_ids_shaped_like_drop_rows_in_a_json_lines_drop(claim):
     p.kafka([("upsert", k, 0, occ(1), f"e{k}") for k in range(6)])
     p.check()
     at = p._tick(None)
-    rows = [{**payload(CLAIM, k, 1), "_event_id": f"e{k}" if k < 3 else f"x{k}", "_op": "upsert",
+    # e0–e2 again with their fields (a later `occurred_at` does not make another event): redeliveries
+    rows = [{**payload(CLAIM, k, 0 if k < 3 else 1), "_event_id": f"e{k}" if k < 3 else f"x{k}", "_op": "upsert",
              "_occurred_at": occ(2), "_source": "file", "_kafka_topic": None, "_kafka_partition": None,
              "_kafka_offset": None, "_source_file": f"landing/{CLAIM.prefix}/outbox.jsonl", "_row_number": r,
              "_ingested_at": at, "_mapping": None} for r, k in enumerate(range(8), start=1)]
@@ -309,7 +314,7 @@ def test_invalid_raw_rows_are_counted_alike(claim):
     p = claim
     p.kafka([("upsert", k, 0, occ(1)) for k in range(4)])
     p.check()
-    p.kafka([("upsert", 1, 1, occ(2), None, {"settle_date": "不是日期"}), ("upsert", 9, 0, occ(2), "ev0")])
+    p.kafka([("upsert", 1, 1, occ(2), None, {"settle_date": "不是日期"}), ("upsert", 0, 0, occ(2), "ev0")])
     c = p.check(incremental=True)
     assert (c.invalid, c.redelivered, c.rows) == (1, 1, 4)
 
@@ -327,10 +332,11 @@ def test_every_feed_kafka_appends(tmp_path, feed_id):
     p.kafka([("upsert", 1, 2, occ(1, 6)), ("upsert", 2, 2, occ(1)), ("delete", 3, 0, occ(3))])
     c1 = p.check(incremental=True)
     assert c1.rows == 9 and c1.deleted == 1
-    p.kafka([("upsert", 3, 4, occ(4)), ("delete", 5, 0, occ(4)), ("upsert", 0, 5, occ(1), "ev0"),
-             ("upsert", 11, 5, occ(9), p.event_ids[3])])
+    # redeliveries of key 0's and key 3's first events; key 4's event id used again for a new key
+    p.kafka([("upsert", 3, 4, occ(4)), ("delete", 5, 0, occ(4)), ("upsert", 0, 0, occ(1), "ev0"),
+             ("upsert", 3, 0, occ(1), p.event_ids[3]), ("upsert", 11, 5, occ(9), p.event_ids[4])])
     c2 = p.check(incremental=True)
-    assert c2.rows == 9 and c2.redelivered == 2
+    assert (c2.rows, c2.redelivered, c2.reused_event_ids) == (10, 2, 1)
 
 
 # ---- fallbacks -------------------------------------------------------------------------------------
@@ -417,7 +423,7 @@ def test_event_id_segments_are_merged(claim, monkeypatch):
     monkeypatch.setattr(clean_incremental, "MAX_SEGMENTS", 3)
     p = claim
     for i in range(7):
-        p.kafka([("upsert", i, 0, occ(1)), ("upsert", i + 100, 0, occ(1), "ev0")])
+        p.kafka([("upsert", i, 0, occ(1)), ("upsert", 0, 0, occ(1), "ev0")])  # ev0: key 0's first event
         p.check(incremental=None if i == 0 else True)
         st = json.loads(p.inc.read_bytes(paths.clean_state(CLAIM.prefix) + "state.json"))
         assert 1 <= len(st["segments"]) <= 3
@@ -496,3 +502,27 @@ def test_random_sequences_equal_the_full_rebuild(tmp_path_factory, feed, steps, 
             p.drop(name, f"{drops:012d}", [(k, v) for k, v, _ in files], stamp=f"2026-10-0{files[0][2]}")
         got = p.check()
         event("incremental" if got.incremental else f"full: {got.fallback}")  # --hypothesis-show-statistics
+
+
+def test_an_event_id_reused_for_other_content_is_kept_and_warned_once(claim, caplog):
+    """A producer that reuses event ids (a counter reset, an outbox re-export of a changed row): the
+    later record is another event, not a redelivery — a new key's row was left out of clean/ without
+    a word. Kept, counted as `reused_event_ids` (not part of the sum), warned once with the id."""
+    p = claim
+    p.kafka([("upsert", 1, 0, occ(1), "e1"), ("upsert", 2, 0, occ(1), "e2")])
+    p.check()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="safetynet.intake.clean"):
+        p.kafka([("upsert", 7, 0, occ(2), "e1"), ("upsert", 2, 3, occ(2), "e2"), ("upsert", 1, 0, occ(3), "e1")])
+        got = clean_feed(p.inc, p.c)
+    assert (got.rows, got.redelivered, got.reused_event_ids, got.superseded) == (3, 1, 2, 1) and got.reconciles
+    assert got.incremental and got.reused_examples == ("e1", "e2")
+    warned = [r.getMessage() for r in caplog.records if "event id" in r.getMessage()]
+    assert len(warned) == 1 and "2 record(s)" in warned[0] and "e1, e2" in warned[0]
+    assert str(read_row(p, "CL00002")["total_amount"]) == "1003.50"  # the later event of key 2 in force
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="safetynet.intake.clean"):
+        p.kafka([("upsert", 8, 0, occ(2))])
+        again = clean_feed(p.inc, p.c)
+    assert again.reused_event_ids == 2 and not [r for r in caplog.records if "event id" in r.getMessage()]
+    assert manifest(p.inc, p.c)["counts"]["reused_event_ids"] == 2

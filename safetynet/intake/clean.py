@@ -40,15 +40,19 @@ class CleanCounts:
     feed_id: str
     raw_rows: int = 0
     invalid: int = 0  # raw rows that fail the contract (never expected: raw is validated on entry)
-    redelivered: int = 0
+    redelivered: int = 0  # the same event again (same event id, same fields and op): the first delivery kept
     superseded_file_versions: int = 0
     older_snapshots: int = 0
     superseded: int = 0
     deleted: int = 0
     rows: int = 0
+    # rows whose event id an earlier row of other content holds (a producer reusing ids): kept as events
+    # of their own — not redeliveries — so they are in the counts above; a note, not part of the sum
+    reused_event_ids: int = 0
     # how `clean_feed` got there — plain attributes, not fields: `asdict` (the manifest) leaves them out
     incremental = False  # True: new raw files added to the clean state; False: rebuilt from all raw files
     fallback = ""  # why not incremental (empty when it was)
+    reused_examples = tuple[str, ...]()  # a few of the reused event ids this clean found (not personal)
 
     @property
     def reconciles(self) -> bool:
@@ -85,12 +89,14 @@ def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection |
             assert att.counts is not None and att.side is not None
             counts = CleanCounts(**att.counts)
             counts.incremental = True
+            counts.reused_examples = att.reused_examples
             side = att.side
             if att.table is not None:
                 data = parquet_bytes(att.table.cast(c.arrow_schema()).combine_chunks())
             else:  # nothing new: the clean file as it is
                 assert att.data is not None
                 data = att.data
+        _warn_reused(store, c, counts)
         store.write_bytes(clean_path(c), data)
         watermarks = _watermarks(store, c, held, entries=included)
         sha = hashlib.sha256(data).hexdigest()
@@ -120,6 +126,23 @@ def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection |
     finally:
         if own:
             con.close()
+
+
+def _warn_reused(store: ObjectStore, c: Contract, counts: CleanCounts) -> None:
+    """A warning when this clean found rows reusing an event id with other content (more than the
+    clean state in force counted): kept as events of their own, but the producer breaks the contract."""
+    try:
+        before = json.loads(store.read_bytes(paths.clean_manifest(c.prefix))).get("counts", {}).get("reused_event_ids", 0)
+    except (FileNotFoundError, ValueError, AttributeError):
+        before = 0
+    new = counts.reused_event_ids - (before if isinstance(before, int) else 0)
+    if new > 0:
+        log.warning("clean %s: %d record(s) came under an event id an earlier record of other content holds "
+                    "(e.g. %s): kept as events of their own, not as redeliveries — the producer must give every "
+                    "event its own event_id (feeds.md); counted as reused_event_ids in the clean manifest",
+                    c.feed_id, new, ", ".join(counts.reused_examples) or "-",
+                    extra={"event": "reused_event_ids", "feed": c.feed_id, "rows": new,
+                           "examples": list(counts.reused_examples)})
 
 
 def _kind_of(path: str) -> tuple[str, str] | None:
@@ -152,9 +175,12 @@ def _clean(con: duckdb.DuckDBPyConnection, c: Contract, raw: object | None, with
         agg = con.execute("SELECT count(*), count(*) FILTER (__why = 'invalid'), "
                           "count(*) FILTER (__why = 'redelivered'), count(*) FILTER (__why = 'file_version'), "
                           "count(*) FILTER (__why = 'older_snapshot'), count(*) FILTER (__why = 'superseded'), "
-                          "count(*) FILTER (__why = 'deleted'), count(*) FILTER (__why IS NULL) FROM __flagged").fetchall()[0]
+                          "count(*) FILTER (__why = 'deleted'), count(*) FILTER (__why IS NULL), "
+                          "count(*) FILTER (__reused) FROM __flagged").fetchall()[0]
         (counts.raw_rows, counts.invalid, counts.redelivered, counts.superseded_file_versions,
-         counts.older_snapshots, counts.superseded, counts.deleted, counts.rows) = agg
+         counts.older_snapshots, counts.superseded, counts.deleted, counts.rows, counts.reused_event_ids) = agg
+        if counts.reused_event_ids:
+            counts.reused_examples = clean_incremental.reused_examples(con, "__flagged")
         cols = ", ".join(_q(n) for n in c.names)
         order = ", ".join(_q(k) for k in c.key)
         table = con.sql(f"SELECT {cols}, _event_id, __ts AS _occurred_at FROM __flagged WHERE __why IS NULL "
@@ -181,7 +207,8 @@ def _flag_sql(c: Contract) -> str:
         FROM t WHERE __ver IS NOT NULL),
     f AS (
         SELECT t.*,
-          row_number() OVER (PARTITION BY _event_id ORDER BY _ingested_at, _kafka_offset, _row_number) AS __n,
+          -- the n-th delivery of this event id, and what its first delivery said (one window, one sort)
+          row_number() OVER w AS __n_id, first_value(__h) OVER w AS __h1,
           CASE
             WHEN _rule IS NOT NULL THEN 'invalid'
             WHEN __ver IS NOT NULL AND __ver <> v.__latest_ver THEN 'file_version'
@@ -189,15 +216,18 @@ def _flag_sql(c: Contract) -> str:
                  (__ver IS NOT NULL AND _source_file <> s.__snap_file)
                  OR (__ver IS NULL AND __ts <= s.__snap_ts)) THEN 'older_snapshot'
           END AS __pre_why
-        FROM t LEFT JOIN versions v USING (_source_file) CROSS JOIN snap s),
+        FROM t LEFT JOIN versions v USING (_source_file) CROSS JOIN snap s
+        WINDOW w AS (PARTITION BY _event_id ORDER BY _ingested_at, _kafka_offset, _row_number)),
     g AS (
-        SELECT *, CASE WHEN __pre_why IS NOT NULL THEN __pre_why WHEN __n > 1 THEN 'redelivered' END AS __why0
+        SELECT *, CASE WHEN __pre_why IS NOT NULL THEN __pre_why WHEN {clean_incremental.REDELIVERED} THEN 'redelivered'
+                  END AS __why0,
+               {clean_incremental.REUSED} AS __reused
         FROM f),
     r AS (
         SELECT *, row_number() OVER (PARTITION BY {key} ORDER BY (__why0 IS NULL) DESC, __ts DESC{tiebreak},
                                      _ingested_at DESC, _kafka_offset DESC NULLS LAST, _row_number DESC NULLS LAST) AS __rank
         FROM g)
-    SELECT * EXCLUDE (__why0, __pre_why, __n, __rank),
+    SELECT * EXCLUDE (__why0, __pre_why, __h1, __rank),
       CASE WHEN __why0 IS NOT NULL THEN __why0
            WHEN __rank > 1 THEN 'superseded'
            WHEN _op = 'delete' THEN 'deleted' END AS __why

@@ -17,8 +17,10 @@ O ∪ N:
 * `snap` (snapshot feeds: the newest snapshot drop) is unchanged as long as N holds no drop file
   of a snapshot feed (else: full rebuild — a new snapshot replaces the state anyway); new event
   rows are compared with the recorded snapshot time;
-* `__n` (the n-th delivery of an event id, in ingest order) is unchanged for O, and for a new row
-  it is its rank among N's copies plus one if O holds the id: the side state keeps O's event ids;
+* `__n_id` (the n-th delivery of an event id, in ingest order) is unchanged for O, and for a new
+  row it is its rank among N's copies plus one if O holds the id; `__h1` (the content hash of the
+  id's first delivery: a later row is a redelivery if it says the same, else it reuses the id) is
+  O's if O holds the id, else N's first: the side state keeps O's event ids with that hash;
 * the winner per key: an O row that lost keeps losing; the new winner is the best of O's winner
   (in the clean file if an upsert, in the side state's `deleted` table if a delete — its event
   time and `order_by` fields are all the comparison needs, as N rows win every remaining tie by
@@ -35,8 +37,9 @@ Side state (all rewritten by a full clean, extended by an incremental one):
 * `state.json` — the fingerprint, the clean file's sha256 and counts, the raw files covered (path →
   size, mtime), the held files, the drop names, the latest `_ingested_at`, the snapshot in force,
   whether a NULL event id was seen, and the files below;
-* `<generation>-ids.parquet` — segments of event ids (one per clean that added some; together the
-  set of every cleaned row's id; merged into one, deduplicated, past `MAX_SEGMENTS`);
+* `<generation>-ids.parquet` — segments of event ids, each with its first delivery's content hash
+  (one per clean that added some; together every cleaned row's id, each once; merged into one past
+  `MAX_SEGMENTS`);
 * `<generation>-deleted.parquet` — per key whose latest version is a delete: the key, `__ts` and
   the `order_by` fields.
 
@@ -65,22 +68,26 @@ from schemas.normalise import _q
 log = logging.getLogger(__name__)
 
 #: The side state's format; part of the fingerprint (a change makes the next clean full).
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: event-id segments hold each id once, with its first delivery's content hash (`__h`)
 #: Event-id segments kept before an incremental clean merges them into one.
 MAX_SEGMENTS = 24
 STATE = "state.json"
 
 COUNT_FIELDS = ("raw_rows", "invalid", "redelivered", "superseded_file_versions", "older_snapshots",
-                "superseded", "deleted", "rows")
+                "superseded", "deleted", "rows", "reused_event_ids")
 
 
 def typed_ctes(c: Contract, source: str) -> str:
     """The CTEs `typed`, `t` (each row typed, with `__ts` and a drop row's version `__ver`) and
     `versions` (the newest ingested version of every drop-file name) over `source`."""
     typed = normalise.validate_sql(c, source, typed=True, record_date=True)
+    fields = ", ".join(_q(n) for n in c.names)
     return f"""typed AS ({typed}),
     t AS (
         SELECT *, coalesce(sn_datetime(_occurred_at), _ingested_at) AS __ts,
+               -- what a delivery of an event says (its fields and op, not its time): the same event id
+               -- with another `__h` is another event, not a redelivery (a producer reusing ids)
+               CASE WHEN _event_id IS NOT NULL THEN hash(_op, {fields}) END AS __h,
                -- a row of a tabular drop (event id file:<version>:<row>); JSON Lines envelope
                -- rows keep their own event ids and are treated as events, like Kafka's
                CASE WHEN _source = 'file' AND starts_with(_event_id, 'file:') THEN split_part(_event_id, ':', 2) END AS __ver
@@ -88,6 +95,21 @@ def typed_ctes(c: Contract, source: str) -> str:
     versions AS (  -- the newest ingested version of every drop-file name
         SELECT _source_file, arg_max(__ver, _ingested_at) AS __latest_ver FROM t
         WHERE __ver IS NOT NULL GROUP BY _source_file)"""
+
+
+#: Over the n-th delivery of an event id in ingest order (`__n_id`) and its first delivery's content
+#: hash (`__h1`), in `clean._flag_sql` and `_add` alike: a redelivery repeats the first delivery's
+#: fields and op (NULL ids, all one id, compare NULL with NULL); a later row of other content reuses
+#: the id — another event, kept — unless left out for another reason first.
+REDELIVERED = "(__n_id > 1 AND __h IS NOT DISTINCT FROM __h1)"
+REUSED = "(__pre_why IS NULL AND _event_id IS NOT NULL AND __n_id > 1 AND __h IS DISTINCT FROM __h1)"
+
+
+def reused_examples(con: duckdb.DuckDBPyConnection, table: str, n: int = 3) -> tuple[str, ...]:
+    """Up to `n` event ids that rows of `table` reuse (its `__reused` column), smallest first: event
+    ids name no person, so they may be logged."""
+    return tuple(r[0] for r in con.execute(
+        f"SELECT DISTINCT _event_id FROM {table} WHERE __reused ORDER BY 1 LIMIT {int(n)}").fetchall())
 
 
 def fingerprint(c: Contract, flag_sql: str) -> str:
@@ -105,7 +127,7 @@ def fingerprint(c: Contract, flag_sql: str) -> str:
 class Side:
     """What a clean learned that the next incremental one needs (besides the clean file)."""
 
-    ids: pa.Table | None  # non-NULL event ids to add as a segment (a full clean: all; duplicates allowed)
+    ids: pa.Table | None  # new non-NULL event ids with their first delivery's content hash, to add as a segment
     deleted: pa.Table  # keys whose latest version is a delete: key, __ts, order_by fields
     max_ingested_us: int | None
     null_event_id: bool
@@ -126,6 +148,7 @@ class Attempt:
     new_files: int = 0
     new_rows: int = 0
     data: bytes | None = None  # nothing new: the clean file's bytes as they are
+    reused_examples: tuple[str, ...] = ()  # a few event ids the new rows reuse with other content
 
 
 def side_sql(c: Contract) -> tuple[str, str]:
@@ -145,7 +168,7 @@ def full_side(con: duckdb.DuckDBPyConnection, c: Contract) -> Side:
     summary, deleted = side_sql(c)
     null_id, max_ing, snap_file, snap_ts = con.execute(summary).fetchall()[0]
     # every row's id (a set once read: `hit` takes DISTINCT), neither deduplicated nor sorted here: cheaper
-    ids = con.sql("SELECT _event_id FROM __flagged WHERE _event_id IS NOT NULL").to_arrow_table()
+    ids = con.sql("SELECT _event_id, __h FROM __flagged WHERE _event_id IS NOT NULL AND __n_id = 1").to_arrow_table()
     return Side(ids, con.sql(deleted).to_arrow_table(), max_ing, bool(null_id), snap_file, snap_ts)
 
 
@@ -275,7 +298,7 @@ def _add(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, clean_
     raw = ds.dataset([store.full(e.path) for e in new], schema=c.raw_schema(), format="parquet",
                      filesystem=store.fs)
     seg = (ds.dataset([store.full(s) for s in side.segments], format="parquet", filesystem=store.fs)
-           if side.segments else pa.table({"_event_id": pa.array([], pa.string())}))
+           if side.segments else pa.table({"_event_id": pa.array([], pa.string()), "__h": pa.array([], pa.uint64())}))
     clean_tbl = pq.read_table(clean_buf)
     con.register("__raw", raw)
     con.register("__ids", seg)
@@ -284,26 +307,31 @@ def _add(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, clean_
     try:
         con.execute(f"""CREATE OR REPLACE TEMP TABLE __new AS
         WITH {t_sql('__raw')},
-        hit AS (SELECT DISTINCT _event_id FROM __ids WHERE _event_id IN (SELECT _event_id FROM t)),
+        -- an id the old rows hold, with its first delivery's content hash (segments hold each id once)
+        hit AS (SELECT DISTINCT _event_id, __h AS __h_old FROM __ids WHERE _event_id IN (SELECT _event_id FROM t)),
         f AS (
             SELECT t.*,
-              row_number() OVER (PARTITION BY t._event_id ORDER BY _ingested_at, _kafka_offset, _row_number)
+              row_number() OVER w
                 + CASE WHEN h._event_id IS NOT NULL OR (t._event_id IS NULL AND {str(side.null_event_id).lower()})
-                       THEN 1 ELSE 0 END AS __n,
+                       THEN 1 ELSE 0 END AS __n_id,
+              CASE WHEN h._event_id IS NOT NULL THEN h.__h_old ELSE first_value(t.__h) OVER w END AS __h1,
               CASE
                 WHEN _rule IS NOT NULL THEN 'invalid'
                 WHEN __ver IS NOT NULL AND __ver <> v.__latest_ver THEN 'file_version'
                 WHEN {snap_sql} THEN 'older_snapshot'
               END AS __pre_why
-            FROM t LEFT JOIN versions v USING (_source_file) LEFT JOIN hit h ON t._event_id = h._event_id)
-        SELECT * EXCLUDE (__n, __pre_why),
-               CASE WHEN __pre_why IS NOT NULL THEN __pre_why WHEN __n > 1 THEN 'redelivered' END AS __why0
+            FROM t LEFT JOIN versions v USING (_source_file) LEFT JOIN hit h ON t._event_id = h._event_id
+            WINDOW w AS (PARTITION BY t._event_id ORDER BY _ingested_at, _kafka_offset, _row_number))
+        SELECT * EXCLUDE (__h1, __pre_why),
+               CASE WHEN __pre_why IS NOT NULL THEN __pre_why WHEN {REDELIVERED} THEN 'redelivered' END AS __why0,
+               {REUSED} AS __reused
         FROM f""")
-        (n_new, min_ing, max_ing, null_id, invalid, redelivered, file_version, older, cand_new) = con.execute(
+        (n_new, min_ing, max_ing, null_id, invalid, redelivered, file_version, older, cand_new, reused) = con.execute(
             "SELECT count(*), epoch_us(min(_ingested_at)), epoch_us(max(_ingested_at)), bool_or(_event_id IS NULL), "
             "count(*) FILTER (__why0 = 'invalid'), count(*) FILTER (__why0 = 'redelivered'), "
             "count(*) FILTER (__why0 = 'file_version'), count(*) FILTER (__why0 = 'older_snapshot'), "
-            "count(*) FILTER (__why0 IS NULL) FROM __new").fetchall()[0]
+            "count(*) FILTER (__why0 IS NULL), count(*) FILTER (__reused) FROM __new").fetchall()[0]
+        examples = reused_examples(con, "__new") if reused else ()
         if n_new and side.max_ingested_us is not None and min_ing <= side.max_ingested_us:
             return Attempt("new raw rows not ingested after every cleaned one")
         # the winner per key touched: the old winner (kept in the clean file, or deleted) or a new row
@@ -338,11 +366,11 @@ def _add(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, clean_
             UNION ALL
             SELECT {heads} FROM __win WHERE _op = 'delete'""").to_arrow_table()
         # the new rows' ids (an id already in a segment may be written again: segments are a set together)
-        ids = con.sql("SELECT _event_id FROM __new WHERE _event_id IS NOT NULL").to_arrow_table()
+        ids = con.sql("SELECT _event_id, __h FROM __new WHERE _event_id IS NOT NULL AND __n_id = 1").to_arrow_table()
         segments = side.segments
         if ids.num_rows and len(segments) + 1 > MAX_SEGMENTS:  # merge every segment into one
-            ids = con.sql("SELECT DISTINCT _event_id FROM (SELECT _event_id FROM __ids UNION ALL "
-                          "SELECT _event_id FROM __new WHERE _event_id IS NOT NULL)").to_arrow_table()
+            ids = con.sql("SELECT _event_id, __h FROM __ids UNION ALL "
+                          "SELECT _event_id, __h FROM __new WHERE _event_id IS NOT NULL AND __n_id = 1").to_arrow_table()
             segments = []
     finally:
         for name in ("__raw", "__ids", "__clean", "__deleted"):
@@ -358,9 +386,11 @@ def _add(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, clean_
     counts["superseded"] += (cand_new - wins) + old_kept + old_del
     counts["deleted"] += win_del - old_del
     counts["rows"] += (wins - win_del) - old_kept
+    counts["reused_event_ids"] = counts.get("reused_event_ids", 0) + reused
     if counts["rows"] != table.num_rows:  # cannot happen; never write a state that does not add up
         return Attempt("incremental counts do not match the table (bug): full rebuild")
     latest = [x for x in (side.max_ingested_us, max_ing) if x is not None]
     new_side = Side(ids, deleted, max(latest) if latest else None, side.null_event_id or bool(null_id),
                     side.snap_file, side.snap_ts_us, segments=segments, generation=side.generation)
-    return Attempt(table=table, counts=counts, side=new_side, new_files=len(new), new_rows=n_new)
+    return Attempt(table=table, counts=counts, side=new_side, new_files=len(new), new_rows=n_new,
+                   reused_examples=examples)
