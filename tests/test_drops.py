@@ -302,19 +302,29 @@ def test_excel_numbers_too_long_hidden_sheets_total_rows_and_big5_are_not_taken_
     assert "field id_no" in q["number_precision"] and "row 2" in q["number_precision"]
 
 
-def test_a_snapshot_split_into_files_of_one_date_is_said_to_keep_one(local_settings, local_store, caplog):
-    """A county splits its snapshot by category (城市 / 农村): the feed's clean state is one file, so
-    the other's records were left out with only a count in the catalog. Now the ingest says so."""
+def test_a_snapshot_split_into_files_of_one_date_is_read_as_one(local_settings, local_store, caplog):
+    """A county splits its snapshot by category (城镇 / 农村): the feed's state was one file — the last
+    by name — and the other's records were left out with only a count in the catalog (half of a
+    低保 roster). Every file of the newest data date is now the snapshot; an older date's are not."""
     prop = get("housing.property")
     hdr = ["不动产单元号", "权利人证件号码", "共有份额", "房屋用途", "建筑面积", "登记日期", "权属状态"]
+    local_store.write_bytes("landing/housing/property/全部_20261001.csv",
+                            csv_bytes([["P0", ID, "1", "住宅", "70", "2009-01-01", "现势"]], hdr))
     local_store.write_bytes("landing/housing/property/城镇_20261101.csv",
                             csv_bytes([["P1", ID, "1", "住宅", "80.5", "2010-01-01", "现势"]], hdr))
     local_store.write_bytes("landing/housing/property/农村_20261101.csv",
-                            csv_bytes([["P2", ID, "1", "住宅", "60", "2015-01-01", "现势"]], hdr))
-    with caplog.at_level("WARNING"):
+                            csv_bytes([["P2", ID, "1", "住宅", "60", "2015-01-01", "现势"],
+                                       ["P1", ID, "1", "住宅", "81", "2010-01-01", "现势"]], hdr))
+    with caplog.at_level("INFO"):
         ingest(local_settings, local_store, [prop.feed_id], kafka=False)
+        counts = clean_feed(local_store, prop)
     assert "2 files of the same data date (农村_20261101.csv, 城镇_20261101.csv)" in caplog.text
-    assert "Deliver a snapshot as one file" in caplog.text
+    got = {r["property_id"]: r for r in read_clean(local_store, prop).to_pylist()}
+    assert set(got) == {"P1", "P2"}
+    assert (counts.older_snapshots, counts.superseded, counts.rows) == (1, 1, 2) and counts.reconciles
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "snapshot" in r.getMessage()]
+    assert len(warned) == 1 and "1 key(s) are in more than one file of the snapshot" in warned[0]
+    assert "(农村_20261101.csv, 城镇_20261101.csv)" in warned[0]
 
 
 def test_json_lines_envelopes_and_values_a_third_county_sends(local_settings, local_store):

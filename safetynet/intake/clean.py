@@ -2,9 +2,10 @@
 
 Named SQL steps over every raw file of a feed (DuckDB reading the store through pyarrow):
 `typed` types and normalises each record with the contract's SQL (the same SQL that admitted it
-into `raw/`); `fresh` drops redelivered events (same `event_id`), superseded versions of a
-changed drop file, and — for snapshot feeds — rows of older snapshots; `current` keeps the latest
-version per key (event time, then offset/row) and applies deletes. Every row dropped is counted
+into `raw/`); `fresh` drops redelivered events (same `event_id` and content), superseded versions of
+a changed drop file, and — for snapshot feeds — rows of older snapshots (a snapshot: every drop file
+of its data date); `current` keeps the latest version per key (event time, then offset/row) and
+applies deletes. Every row dropped is counted
 by reason in the clean manifest (`_catalog/clean/<department>/<feed>.json`), written after the
 data, so a reader can reconcile raw → clean.
 
@@ -181,6 +182,8 @@ def _clean(con: duckdb.DuckDBPyConnection, c: Contract, raw: object | None, with
          counts.older_snapshots, counts.superseded, counts.deleted, counts.rows, counts.reused_event_ids) = agg
         if counts.reused_event_ids:
             counts.reused_examples = clean_incremental.reused_examples(con, "__flagged")
+        if c.mode == "snapshot":
+            _snapshot_files(con, c)
         cols = ", ".join(_q(n) for n in c.names)
         order = ", ".join(_q(k) for k in c.key)
         table = con.sql(f"SELECT {cols}, _event_id, __ts AS _occurred_at FROM __flagged WHERE __why IS NULL "
@@ -195,6 +198,29 @@ def _clean(con: duckdb.DuckDBPyConnection, c: Contract, raw: object | None, with
     return table.cast(c.arrow_schema()), counts, side
 
 
+def _snapshot_files(con: duckdb.DuckDBPyConnection, c: Contract) -> None:
+    """Say when the snapshot in force (`__flagged`) is several drop files of one data date, read
+    together; a warning if a key is in more than one of them (one row kept: the later ingest, then
+    the later row)."""
+    key = ", ".join(_q(k) for k in c.key)
+    files, shared = con.execute(f"""
+        WITH s AS (SELECT {key}, _source_file FROM __flagged
+                   WHERE __ver IS NOT NULL AND coalesce(__why, '') NOT IN ('older_snapshot', 'file_version', 'invalid'))
+        SELECT (SELECT list(DISTINCT _source_file ORDER BY _source_file) FROM s),
+               (SELECT count(*) FROM (SELECT {key} FROM s GROUP BY ALL HAVING count(DISTINCT _source_file) > 1))
+        """).fetchall()[0]
+    if not files or len(files) < 2:
+        return
+    names = [f.rsplit("/", 1)[-1] for f in files]
+    log.info("clean %s: the snapshot in force is %d files of one data date, read together: %s", c.feed_id,
+             len(names), ", ".join(names), extra={"event": "snapshot_files", "feed": c.feed_id, "files": names})
+    if shared:
+        log.warning("clean %s: %d key(s) are in more than one file of the snapshot (%s): one row kept for each "
+                    "(the later ingest, then the later row), the others counted as superseded — if one file "
+                    "corrects another, deliver it under the same name", c.feed_id, shared, ", ".join(names),
+                    extra={"event": "snapshot_files_overlap", "feed": c.feed_id, "keys": shared, "files": names})
+
+
 def _flag_sql(c: Contract) -> str:
     """Each raw row with `__why`: NULL if it is in the clean state, else why it is not."""
     key = ", ".join(_q(k) for k in c.key)
@@ -202,9 +228,9 @@ def _flag_sql(c: Contract) -> str:
     snapshot = c.mode == "snapshot"
     return f"""
     WITH {clean_incremental.typed_ctes(c, "__raw")},
-    snap AS (  -- the newest snapshot drop (by its data date, then name)
-        SELECT max(__ts) AS __snap_ts, arg_max(_source_file, (__ts, _source_file)) AS __snap_file
-        FROM t WHERE __ver IS NOT NULL),
+    snap AS (  -- the newest snapshot: every drop file of the newest data date, read together (a county
+               -- may split one snapshot into files: 城镇 and 农村, or one per street)
+        SELECT max(__ts) AS __snap_ts FROM t WHERE __ver IS NOT NULL),
     f AS (
         SELECT t.*,
           -- the n-th delivery of this event id, and what its first delivery said (one window, one sort)
@@ -212,8 +238,8 @@ def _flag_sql(c: Contract) -> str:
           CASE
             WHEN _rule IS NOT NULL THEN 'invalid'
             WHEN __ver IS NOT NULL AND __ver <> v.__latest_ver THEN 'file_version'
-            WHEN {str(snapshot).lower()} AND s.__snap_file IS NOT NULL AND (
-                 (__ver IS NOT NULL AND _source_file <> s.__snap_file)
+            WHEN {str(snapshot).lower()} AND s.__snap_ts IS NOT NULL AND (
+                 (__ver IS NOT NULL AND __ts < s.__snap_ts)
                  OR (__ver IS NULL AND __ts <= s.__snap_ts)) THEN 'older_snapshot'
           END AS __pre_why
         FROM t LEFT JOIN versions v USING (_source_file) CROSS JOIN snap s

@@ -14,7 +14,7 @@ O ∪ N:
 * `typed`, `__ts`, `__ver` are per row; `invalid` is unchanged for O and computed for N;
 * `versions` (the newest version of a drop name) is unchanged for O and computable from N alone as
   long as no new file is another version of a name O holds (else: full rebuild);
-* `snap` (snapshot feeds: the newest snapshot drop) is unchanged as long as N holds no drop file
+* `snap` (snapshot feeds: the newest snapshot's data date) is unchanged as long as N holds no drop file
   of a snapshot feed (else: full rebuild — a new snapshot replaces the state anyway); new event
   rows are compared with the recorded snapshot time;
 * `__n_id` (the n-th delivery of an event id, in ingest order) is unchanged for O, and for a new
@@ -292,8 +292,8 @@ def _add(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, clean_
     obs = "".join(f", {_q(f)}" for f in ob)
     tiebreak = "".join(f", {_q(f)} DESC NULLS LAST" for f in c.order_by)
     cols = ", ".join(_q(n) for n in c.names)
-    snap = c.mode == "snapshot" and side.snap_file is not None
-    snap_sql = (f"(__ver IS NOT NULL AND _source_file <> {normalise._lit(side.snap_file or '')}) "
+    snap = c.mode == "snapshot" and side.snap_ts_us is not None
+    snap_sql = (f"(__ver IS NOT NULL AND epoch_us(__ts) < {int(side.snap_ts_us or 0)}) "
                 f"OR (__ver IS NULL AND epoch_us(__ts) <= {int(side.snap_ts_us or 0)})") if snap else "false"
     raw = ds.dataset([store.full(e.path) for e in new], schema=c.raw_schema(), format="parquet",
                      filesystem=store.fs)

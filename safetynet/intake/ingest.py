@@ -940,12 +940,11 @@ def ingest_drops(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract
             progress(c.feed_id, r.accepted + sum(r.rejected.values()))
     newest = max((d.stamp or "" for d, _ in done), default=None)
     names = sorted(d.name for d, _ in done if (d.stamp or "") == newest)
-    if c.mode == "snapshot" and len(names) > 1:  # e.g. 城市低保.csv and 农村低保.csv of one date: one is kept
-        log.warning("drop %s: %d files of the same data date (%s), but the feed is a snapshot: one file replaces "
-                    "the feed's whole state — the last by name — and the others' records are left out of clean/ "
-                    "(counted as older_snapshots). Deliver a snapshot as one file",
-                    c.feed_id, len(names), ", ".join(names),
-                    extra={"event": "snapshot_files", "feed": c.feed_id, "files": names})
+    if c.mode == "snapshot" and len(names) > 1:  # e.g. 城市低保.csv and 农村低保.csv of one date
+        log.info("drop %s: %d files of the same data date (%s): the feed is a snapshot, read together as one "
+                 "(a key in more than one of them is kept once, with a warning at the clean)",
+                 c.feed_id, len(names), ", ".join(names),
+                 extra={"event": "snapshot_files", "feed": c.feed_id, "files": names})
     return done
 
 
