@@ -116,14 +116,19 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
                          for n in c.names)
     # an empty event id would make every such event a redelivery of one; a time in the future
     # would outrank every later correction of the record
+    # the first envelope field at fault names the rule (`envelope_invalid:<field>`): the reason says which
     envelope_bad = (
-        f"coalesce(trim({x[EVENT_ID]}), '') = '' OR coalesce({x[OP]}, '') NOT IN ({', '.join(_lit(o) for o in OPS)}) "
-        f"OR __pt IS DISTINCT FROM 'OBJECT' OR {x[SOURCE]} IS DISTINCT FROM {_lit(c.department)} "
-        f"OR {x[FEED]} IS DISTINCT FROM {_lit(c.feed)} OR __ts IS NULL OR __ts > now() + INTERVAL 1 DAY "
-        f"OR TRY_CAST(coalesce({x[SCHEMA_VERSION]}, '{c.version}') AS INTEGER) IS DISTINCT FROM {c.version}")
+        f"CASE WHEN coalesce(trim({x[EVENT_ID]}), '') = '' THEN {_lit(EVENT_ID)} "
+        f"WHEN coalesce({x[OP]}, '') NOT IN ({', '.join(_lit(o) for o in OPS)}) THEN {_lit(OP)} "
+        f"WHEN __pt IS DISTINCT FROM 'OBJECT' THEN {_lit(PAYLOAD)} "
+        f"WHEN {x[SOURCE]} IS DISTINCT FROM {_lit(c.department)} THEN {_lit(SOURCE)} "
+        f"WHEN {x[FEED]} IS DISTINCT FROM {_lit(c.feed)} THEN {_lit(FEED)} "
+        f"WHEN __ts IS NULL OR __ts > now() + INTERVAL 1 DAY THEN {_lit(OCCURRED_AT)} "
+        f"WHEN TRY_CAST(coalesce({x[SCHEMA_VERSION]}, '{c.version}') AS INTEGER) IS DISTINCT FROM {c.version} "
+        f"THEN {_lit(SCHEMA_VERSION)} END")
     pre = ("CASE WHEN _value IS NULL THEN 'tombstone' WHEN NOT __ok THEN 'json_malformed' "
            + ("" if envelope else "WHEN __top IS DISTINCT FROM 'OBJECT' THEN 'json_malformed' ")
-           + f"WHEN __env AND ({envelope_bad}) THEN 'envelope_invalid' ")
+           + f"WHEN __env AND ({envelope_bad}) IS NOT NULL THEN 'envelope_invalid:' || ({envelope_bad}) ")
     meta = (f"CASE WHEN __env THEN {x[EVENT_ID]} END AS _event_id, "
             f"CASE WHEN __env THEN coalesce({x[OP]}, {_lit(UPSERT)}) ELSE {_lit(UPSERT)} END AS _op, "
             f"CASE WHEN __env THEN {x[OCCURRED_AT]} END AS _occurred_at")

@@ -284,9 +284,11 @@ def reason(c: Contract, rule: str, field: str, where: str) -> str:
     """One readable line naming feed, field, rule and a non-personal key — never a value (and
     anything ID-shaped that reached it anyway, e.g. in a file name, is masked)."""
     what = QUARANTINE_RULES.get(rule, rule)
-    if field:
+    if field in c.names:
         f = c.field(field)
         return mask_text(f"{c.feed_id}: field {field} ({f.label_zh}) — {rule}: {what} [{where}]")
+    if field:  # an envelope field (`envelope_invalid`): the event's, not the record's
+        return mask_text(f"{c.feed_id}: envelope field {field} — {rule}: {what} [{where}]")
     return mask_text(f"{c.feed_id}: record — {rule}: {what} [{where}]")
 
 

@@ -350,6 +350,10 @@ def test_json_lines_envelopes_and_values_a_third_county_sends(local_settings, lo
     assert dict(fc.quarantined) == {"envelope_invalid": 3, "json_structure": 1, "number_precision": 1}
     raw = local_store.dataset("raw/medical_insurance/claim/").to_table().to_pylist()
     assert {r["claim_id"] for r in raw} == {"Z1", "K1"}  # (held: 5 of 7 quarantined make the feed unhealthy)
+    q = local_store.dataset("quarantine/medical_insurance/claim/").to_table().to_pylist()
+    env_fields = sorted(r["_field"] for r in q if r["_rule"] == "envelope_invalid")
+    assert env_fields == ["event_id", "event_id", "occurred_at"]  # the reason says which envelope field
+    assert any("envelope field occurred_at — envelope_invalid" in r["_reason"] for r in q)
 
 
 def test_a_kafka_value_with_a_byte_order_mark_is_json():
@@ -388,3 +392,5 @@ def test_a_json_lines_envelope_with_a_broken_payload_is_an_invalid_envelope_not_
     local_store.write_bytes("landing/medical_insurance/claim/broken.jsonl", ("\n".join(lines) + "\n").encode())
     fc = run(local_settings, local_store)
     assert dict(fc.quarantined) == {"envelope_invalid": 2} and fc.accepted == 0
+    q = local_store.dataset("quarantine/medical_insurance/claim/").to_table().to_pylist()
+    assert sorted(r["_field"] for r in q) == ["payload", "payload"]

@@ -110,6 +110,10 @@ def drift_lines(c: Contract, drift: Counter, total: int) -> list[str]:
         if not f:  # a record-level rule, or a whole file (value = its explanation)
             lines.append(f"{c.feed_id}: {value or rule} — {n:,} of {total:,} records")
             continue
+        if f not in c.names:  # an envelope field (`envelope_invalid:<field>`)
+            lines.append(f"{c.feed_id}: envelope field {f}: {rule} in {n:,} of {total:,} records "
+                         f"— {QUARANTINE_RULES.get(rule, rule)}")
+            continue
         label = c.field(f).label_zh
         what = f"value {value} in" if value else f"{rule} in"
         hint = _HINT.get(rule, "").format(f=f) or f"— {QUARANTINE_RULES.get(rule, rule)}"
