@@ -413,6 +413,33 @@ _ROW_TAG = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?(row|v|is)(?=[\s>/])([^>]*)>")
 _ROW_R = re.compile(rb"""\sr\s*=\s*["']([0-9.]+)["']""")
 
 
+_NS = rb"(?:[A-Za-z_][\w.-]*:)?"
+#: a formula cell with no saved result: its `<f>` and no `<v>`, or an empty one (a file written by a
+#: program that does not compute formulas: openpyxl, many exporters) — read as an empty cell
+_FORMULA_EMPTY = re.compile(rb"<" + _NS + rb"c\b([^>]*)>\s*<" + _NS + rb"f\b[^>]*(?:/>|>[^<]*</" + _NS + rb"f>)\s*"
+                            rb"(?:<" + _NS + rb"v\s*/>|<" + _NS + rb"v>\s*</" + _NS + rb"v>)?\s*</" + _NS + rb"c>")
+_CELL_REF = re.compile(rb"""\sr\s*=\s*["']([A-Z]{1,3}[0-9]+)["']""")
+_CELL_END = re.compile(rb"(?s:.*)</" + _NS + rb"c>")
+
+
+def formulas_without_value(open_sheet: Callable[[], io.BufferedIOBase], block: int = 1 << 22) -> list[str]:
+    """The references (`B5`) of a worksheet's formula cells that hold no saved value, in one
+    streaming pass: a block without an `f` element is skipped at memchr speed."""
+    out: list[str] = []
+    tail = b""
+    with open_sheet() as sheet:
+        for buf in _chunks(sheet, block):
+            buf = tail + buf
+            end = _CELL_END.match(buf)  # a cell may straddle two blocks: the text after the last cell waits
+            done, tail = (buf[:end.end()], buf[end.end():]) if end else (b"", buf)
+            if b"f>" not in done and b"f " not in done:
+                continue
+            for m in _FORMULA_EMPTY.finditer(done):
+                r = _CELL_REF.search(m.group(1))
+                out.append(r.group(1).decode() if r else "?")
+    return out
+
+
 def _chunks(sheet: io.BufferedIOBase, size: int) -> Iterator[bytes]:
     """The XML in blocks that end just before a "<" (so no tag is cut: "<" never occurs inside one)."""
     tail = b""
@@ -492,6 +519,7 @@ class Table:
     index: int = 0
     header_line: int = 1
     skipped: list[int] = field(default_factory=list)
+    formulas: list[str] = field(default_factory=list)  # formula cells without a saved value (`B5`)
 
 
 def read_sheets(data: bytes) -> tuple[list[Table], list[str]]:
@@ -521,6 +549,7 @@ def read_sheets(data: bytes) -> tuple[list[Table], list[str]]:
                 raise FileFormatError("file_encoding", f"not a readable XLSX workbook ({type(e).__name__})") from None
             if last == 0:
                 continue
+            formulas = formulas_without_value(partial(wb._archive.open, ws._worksheet_path))  # type: ignore[attr-defined]
             ws.reset_dimensions()
             header: list[str] | None = None
             header_line = 1
@@ -536,7 +565,7 @@ def read_sheets(data: bytes) -> tuple[list[Table], list[str]]:
                 if len(cells) < len(header):
                     cells += [None] * (len(header) - len(cells))
                 rows.append(Row(cells, n, lossy=tuple(i for i, v in enumerate(r) if _lossy(v))))
-            out.append(Table(header or [], rows, ws.title, index, header_line))
+            out.append(Table(header or [], rows, ws.title, index, header_line, formulas=formulas))
     finally:
         wb.close()
     return out, hidden
@@ -565,7 +594,7 @@ def locate_header(c: Contract, t: Table, headers: dict[str, str] | None = None) 
             width = len(header)
             rows = [Row([*x, *([None] * (width - len(x)))], x.line, x.rule, x.text, x.lossy) if len(x) < width else x
                     for x in t.rows[k + 1:]] if t.sheet is not None else t.rows[k + 1:]
-            return Table(header, rows, t.sheet, t.index, r.line, [t.header_line, *(x.line for x in t.rows[:k])])
+            return Table(header, rows, t.sheet, t.index, r.line, [t.header_line, *(x.line for x in t.rows[:k])], t.formulas)
     return t
 
 
@@ -602,10 +631,14 @@ def read_tables(name: str, data: bytes, c: Contract, headers: dict[str, str] | N
 
 
 def _skipped_note(t: Table) -> list[str]:
-    if not t.skipped:
-        return []
     where = f"sheet {t.sheet!r} " if t.sheet is not None else ""
-    return [f"{where}header found on row {t.header_line}; the {len(t.skipped)} row(s) above it "
+    notes = [] if not t.formulas else [
+        f"{where}{len(t.formulas)} formula cell(s) without a saved value ({', '.join(t.formulas[:5])}"
+        f"{', …' if len(t.formulas) > 5 else ''}) read as empty: the file was written by a program that does "
+        "not compute formulas — open and save it in Excel or WPS, or export values, and deliver it again"]
+    if not t.skipped:
+        return notes
+    return notes + [f"{where}header found on row {t.header_line}; the {len(t.skipped)} row(s) above it "
             f"(row {', '.join(map(str, t.skipped))}) are not data (a title or notes) and were skipped"]
 
 

@@ -159,6 +159,15 @@ def _claim_row(claim_id: str, inpatient: str = "是") -> list[str]:
     return [claim_id, ID, "2026-09-03", "长沙市第一医院", inpatient, "I10", "100.00", "80.00", "20.00"]
 
 
+def _run_workbook(settings, store, caplog, wb: openpyxl.Workbook, name: str):
+    """`wb` dropped as a claims file and ingested, warnings captured."""
+    buf = io.BytesIO()
+    wb.save(buf)
+    store.write_bytes(f"landing/medical_insurance/claim/{name}", buf.getvalue())
+    with caplog.at_level("WARNING"):
+        return run(settings, store)
+
+
 def test_every_data_sheet_of_a_workbook_is_read_and_a_notes_sheet_is_said_to_be_skipped(local_settings, local_store,
                                                                                         caplog):
     """Another county's workbook: a notes sheet first, a month per sheet after it, a title row
@@ -178,11 +187,7 @@ def test_every_data_sheet_of_a_workbook_is_read_and_a_notes_sheet_is_said_to_be_
     april.append(ZH[::-1])  # the same columns in another order
     april.append(_claim_row("A1")[::-1])
     april.append(_claim_row("A2")[::-1])
-    buf = io.BytesIO()
-    wb.save(buf)
-    local_store.write_bytes("landing/medical_insurance/claim/claims_q2.xlsx", buf.getvalue())
-    with caplog.at_level("WARNING"):
-        fc = run(local_settings, local_store)
+    fc = _run_workbook(local_settings, local_store, caplog, wb, "claims_q2.xlsx")
     assert (fc.input, fc.accepted, dict(fc.quarantined)) == (4, 3, {"bool_format": 1})
     said = caplog.text
     assert "sheet '填表说明' skipped" in said and "header found on row 3" in said
@@ -193,6 +198,31 @@ def test_every_data_sheet_of_a_workbook_is_read_and_a_notes_sheet_is_said_to_be_
     assert set(ids) == {"M1", "A1", "A2"} and len(set(ids.values())) == 3  # rows 2 of two sheets: two ids
     clean_feed(local_store, CLAIM)
     assert {r["claim_id"] for r in read_clean(local_store, CLAIM).to_pylist()} == {"M1", "A1", "A2"}
+
+
+def test_formula_cells_without_a_saved_value_are_said(local_settings, local_store, caplog):
+    """A workbook written by a program that does not compute formulas (openpyxl, many exporters)
+    holds `=H2+I2` with no saved result: the amount was `required_missing` without a word about
+    why. Now the drop's warning names the sheet and the cells, and how to deliver it again."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "结算"
+    ws.append(ZH)
+    ws.append(_claim_row("F1")[:6] + ["=H2+I2", "80.00", "20.00"])
+    ws.append(_claim_row("F2"))
+    fc = _run_workbook(local_settings, local_store, caplog, wb, "formulas.xlsx")
+    assert (fc.input, fc.accepted, dict(fc.quarantined)) == (2, 1, {"required_missing": 1})
+    assert "sheet '结算' 1 formula cell(s) without a saved value (G2) read as empty" in caplog.text
+
+
+def test_formula_scan_finds_cells_across_blocks_and_namespaces():
+    from connectors.formats import formulas_without_value
+
+    xml = (b'<x:worksheet><x:sheetData><x:row r="1"><x:c r="A1"><x:f>1+1</x:f></x:c>'
+           + b'<x:c r="B1"><x:f>2+2</x:f><x:v>4</x:v></x:c>' * 50
+           + b'<x:c r="C1" t="n"><x:f t="shared" si="0"/><x:v></x:v></x:c></x:row></x:sheetData></x:worksheet>')
+    for block in (7, 64, 1 << 20):  # cells cut across blocks
+        assert formulas_without_value(lambda: io.BytesIO(xml), block) == ["A1", "C1"]
 
 
 def test_title_lines_above_a_csv_header_are_skipped_not_taken_for_the_header(local_settings, local_store):
