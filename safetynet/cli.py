@@ -558,10 +558,7 @@ def print_summary(report, cleaned, expected=None) -> bool:
             notes += [Text(f"✗ {x}", "red") for x in h.problems]
             notes += [Text.assemble("  ", ("drift", "yellow"), f": {x}") for x in h.drift]
         if cc is not None and cc.reused_event_ids:
-            notes.append(Text.assemble("  ", ("event ids reused", "yellow"), f": {fid}: {cc.reused_event_ids:,} record(s) "
-                                       "came under an event id an earlier record of other content holds "
-                                       f"(e.g. {', '.join(cc.reused_examples) or '-'}); kept as events of their own, "
-                                       "not as redeliveries — the producer must give every event its own event_id"))
+            notes.append(Text.assemble("  ", ("event ids reused", "yellow"), f": {fid}: {cc.reused_note()}"))
         for i, v in enumerate((fc.kafka_records, fc.file_records, fc.input, fc.accepted, fc.quarantined_total,
                                cc.rows if cc else 0)):
             tot[i] += v

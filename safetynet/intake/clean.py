@@ -55,6 +55,12 @@ class CleanCounts:
     fallback = ""  # why not incremental (empty when it was)
     reused_examples = tuple[str, ...]()  # a few of the reused event ids this clean found (not personal)
 
+    def reused_note(self, rows: int | None = None) -> str:
+        """What the log and the ingest summary say of `rows` (default all) reused event ids."""
+        return (f"{self.reused_event_ids if rows is None else rows:,} record(s) came under an event id an earlier "
+                f"record of other content holds (e.g. {', '.join(self.reused_examples) or '-'}): kept as events of "
+                "their own, not as redeliveries — the producer must give every event its own event_id (feeds.md)")
+
     @property
     def reconciles(self) -> bool:
         return self.raw_rows == (self.invalid + self.redelivered + self.superseded_file_versions
@@ -138,10 +144,8 @@ def _warn_reused(store: ObjectStore, c: Contract, counts: CleanCounts) -> None:
         before = 0
     new = counts.reused_event_ids - (before if isinstance(before, int) else 0)
     if new > 0:
-        log.warning("clean %s: %d record(s) came under an event id an earlier record of other content holds "
-                    "(e.g. %s): kept as events of their own, not as redeliveries — the producer must give every "
-                    "event its own event_id (feeds.md); counted as reused_event_ids in the clean manifest",
-                    c.feed_id, new, ", ".join(counts.reused_examples) or "-",
+        log.warning("clean %s: %s; counted as reused_event_ids in the clean manifest", c.feed_id,
+                    counts.reused_note(new),
                     extra={"event": "reused_event_ids", "feed": c.feed_id, "rows": new,
                            "examples": list(counts.reused_examples)})
 

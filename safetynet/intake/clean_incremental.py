@@ -73,8 +73,6 @@ STATE_FORMAT = 2  # 2: event-id segments hold each id once, with its first deliv
 MAX_SEGMENTS = 24
 STATE = "state.json"
 
-COUNT_FIELDS = ("raw_rows", "invalid", "redelivered", "superseded_file_versions", "older_snapshots",
-                "superseded", "deleted", "rows", "reused_event_ids")
 
 
 def typed_ctes(c: Contract, source: str) -> str:
