@@ -16,7 +16,7 @@ import json
 import re
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import duckdb
@@ -422,21 +422,54 @@ _CELL_REF = re.compile(rb"""\sr\s*=\s*["']([A-Z]{1,3}[0-9]+)["']""")
 _CELL_END = re.compile(rb"(?s:.*)</" + _NS + rb"c>")
 
 
-def formulas_without_value(open_sheet: Callable[[], io.BufferedIOBase], block: int = 1 << 22) -> list[str]:
-    """The references (`B5`) of a worksheet's formula cells that hold no saved value, in one
-    streaming pass: a block without an `f` element is skipped at memchr speed."""
-    out: list[str] = []
+#: a merged range (`<mergeCell ref="A3:A5"/>`, after the sheet's cells): its corners
+_MERGE = re.compile(rb"<" + _NS + rb"""mergeCell\b[^>]*?\sref\s*=\s*["']([A-Z]{1,3})([0-9]+):([A-Z]{1,3})([0-9]+)["']""")
+
+
+@dataclass
+class SheetMarks:
+    """What a worksheet's XML says beside its cells' values (`sheet_marks`)."""
+
+    formulas: list[str] = field(default_factory=list)  # formula cells without a saved value (`B5`)
+    merges: list[tuple[int, int, int, int]] = field(default_factory=list)  # (first col, first row, last col, last row), 0-based cols
+
+
+def column_index(letters: str) -> int:
+    """`A` → 0, `Z` → 25, `AA` → 26."""
+    n = 0
+    for ch in letters:
+        n = n * 26 + ord(ch) - 64
+    return n - 1
+
+
+def column_letters(i: int) -> str:
+    """0 → `A`, 26 → `AA` (`column_index`'s inverse)."""
+    out = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        out = chr(65 + r) + out
+    return out
+
+
+def sheet_marks(open_sheet: Callable[[], io.BufferedIOBase], block: int = 1 << 22) -> SheetMarks:
+    """A worksheet's formula cells that hold no saved value, and its merged ranges, in one
+    streaming pass: a block without an `f` or a `mergeCell` element is skipped at memchr speed."""
+    out = SheetMarks()
     tail = b""
     with open_sheet() as sheet:
-        for buf in _chunks(sheet, block):
-            buf = tail + buf
+        for chunk in _chunks(sheet, block):
+            if b"mergeCell" in chunk:  # a chunk ends before a "<": no tag is cut
+                out.merges += [(column_index(a.decode()), int(r1), column_index(b.decode()), int(r2))
+                               for a, r1, b, r2 in _MERGE.findall(chunk)]
+            buf = tail + chunk
             end = _CELL_END.match(buf)  # a cell may straddle two blocks: the text after the last cell waits
             done, tail = (buf[:end.end()], buf[end.end():]) if end else (b"", buf)
             if b"f>" not in done and b"f " not in done:
                 continue
             for m in _FORMULA_EMPTY.finditer(done):
                 r = _CELL_REF.search(m.group(1))
-                out.append(r.group(1).decode() if r else "?")
+                out.formulas.append(r.group(1).decode() if r else "?")
     return out
 
 
@@ -519,7 +552,8 @@ class Table:
     index: int = 0
     header_line: int = 1
     skipped: list[int] = field(default_factory=list)
-    formulas: list[str] = field(default_factory=list)  # formula cells without a saved value (`B5`)
+    merges: list[tuple[int, int, int, int]] = field(default_factory=list)  # `SheetMarks.merges`, until `fill_merged`
+    notes: list[str] = field(default_factory=list)  # for the operator (formula cells without a value, merges filled)
 
 
 def read_sheets(data: bytes) -> tuple[list[Table], list[str]]:
@@ -549,7 +583,7 @@ def read_sheets(data: bytes) -> tuple[list[Table], list[str]]:
                 raise FileFormatError("file_encoding", f"not a readable XLSX workbook ({type(e).__name__})") from None
             if last == 0:
                 continue
-            formulas = formulas_without_value(partial(wb._archive.open, ws._worksheet_path))  # type: ignore[attr-defined]
+            marks = sheet_marks(partial(wb._archive.open, ws._worksheet_path))  # type: ignore[attr-defined]
             ws.reset_dimensions()
             header: list[str] | None = None
             header_line = 1
@@ -565,7 +599,11 @@ def read_sheets(data: bytes) -> tuple[list[Table], list[str]]:
                 if len(cells) < len(header):
                     cells += [None] * (len(header) - len(cells))
                 rows.append(Row(cells, n, lossy=tuple(i for i, v in enumerate(r) if _lossy(v))))
-            out.append(Table(header or [], rows, ws.title, index, header_line, formulas=formulas))
+            notes = [] if not marks.formulas else [
+                f"sheet {ws.title!r} {len(marks.formulas)} formula cell(s) without a saved value ("
+                f"{_listed(marks.formulas)}) read as empty: the file was written by a program that does not compute "
+                "formulas — open and save it in Excel or WPS, or export values, and deliver it again"]
+            out.append(Table(header or [], rows, ws.title, index, header_line, merges=marks.merges, notes=notes))
     finally:
         wb.close()
     return out, hidden
@@ -594,8 +632,55 @@ def locate_header(c: Contract, t: Table, headers: dict[str, str] | None = None) 
             width = len(header)
             rows = [Row([*x, *([None] * (width - len(x)))], x.line, x.rule, x.text, x.lossy) if len(x) < width else x
                     for x in t.rows[k + 1:]] if t.sheet is not None else t.rows[k + 1:]
-            return Table(header, rows, t.sheet, t.index, r.line, [t.header_line, *(x.line for x in t.rows[:k])], t.formulas)
+            return replace(t, header=header, rows=rows, header_line=r.line,
+                           skipped=[t.header_line, *(x.line for x in t.rows[:k])])
     return t
+
+
+def fill_merged(t: Table) -> Table:
+    """`t` (a sheet, its header located) with each merged range of one column in its data rows
+    filled down: a roster that merges a person's 身份证号 over their claims, or a household's 户号
+    over its members, holds the value in the range's first cell only, and every other row of it
+    lost the field (`required_missing`). A range over several columns is not filled (which column
+    would the value belong to?): said, since its other cells read as empty. Ranges of the header
+    and the rows above it are not data. The rows are changed in place; the notes say what was done."""
+    if not t.merges:
+        return t
+    at = {r.line: r for r in t.rows}
+    filled: list[str] = []
+    across: list[str] = []
+    for c0, r0, c1, r1 in t.merges:
+        if r0 <= t.header_line:  # the header's own, or a title's
+            continue
+        ref = f"{column_letters(c0)}{r0}:{column_letters(c1)}{r1}"
+        if c0 != c1:
+            across.append(ref)
+            continue
+        top = at.get(r0)
+        if top is None or c0 >= len(top) or top[c0] is None or top[c0] == "":
+            continue
+        value = top[c0]
+        n = 0
+        for line in range(r0 + 1, r1 + 1):
+            row = at.get(line)
+            if row is not None and c0 < len(row) and (row[c0] is None or row[c0] == ""):
+                row[c0] = value
+                if c0 in top.lossy:  # a number too long to be exact stays one in every row it fills
+                    row.lossy = (*row.lossy, c0)
+                n += 1
+        if n:
+            name = t.header[c0] if c0 < len(t.header) and t.header[c0] else f"column {column_letters(c0)}"
+            filled.append(f"{ref} ({name})")
+    where = f"sheet {t.sheet!r} " if t.sheet is not None else ""
+    notes = ([f"{where}{len(filled)} merged range(s) filled down from their first cell ({_listed(filled)}): "
+              "each row of a range took its value"] if filled else [])
+    notes += ([f"{where}{len(across)} merged range(s) over several columns ({_listed(across)}) read in their "
+               "first cell only: their other cells are empty"] if across else [])
+    return replace(t, merges=[], notes=[*t.notes, *notes])
+
+
+def _listed(items: Sequence[str], most: int = 5) -> str:
+    return ", ".join(items[:most]) + (", …" if len(items) > most else "")
 
 
 def read_tables(name: str, data: bytes, c: Contract, headers: dict[str, str] | None = None
@@ -614,7 +699,7 @@ def read_tables(name: str, data: bytes, c: Contract, headers: dict[str, str] | N
         return [t], fmt, _skipped_note(t)
     read, hid = read_sheets(data)
     hidden = [f"hidden sheet {h!r} not read (hidden sheets are not data: unhide it to deliver it)" for h in hid]
-    sheets = [locate_header(c, s, headers) for s in read]
+    sheets = [fill_merged(locate_header(c, s, headers)) for s in read]
     if not sheets:
         return [Table([], [])], "xlsx", hidden
     data_sheets = [s for s in sheets if _known(c, s.header, headers)[0] > 0]
@@ -632,10 +717,7 @@ def read_tables(name: str, data: bytes, c: Contract, headers: dict[str, str] | N
 
 def _skipped_note(t: Table) -> list[str]:
     where = f"sheet {t.sheet!r} " if t.sheet is not None else ""
-    notes = [] if not t.formulas else [
-        f"{where}{len(t.formulas)} formula cell(s) without a saved value ({', '.join(t.formulas[:5])}"
-        f"{', …' if len(t.formulas) > 5 else ''}) read as empty: the file was written by a program that does "
-        "not compute formulas — open and save it in Excel or WPS, or export values, and deliver it again"]
+    notes = list(t.notes)
     if not t.skipped:
         return notes
     return notes + [f"{where}header found on row {t.header_line}; the {len(t.skipped)} row(s) above it "

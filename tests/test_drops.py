@@ -215,14 +215,59 @@ def test_formula_cells_without_a_saved_value_are_said(local_settings, local_stor
     assert "sheet '结算' 1 formula cell(s) without a saved value (G2) read as empty" in caplog.text
 
 
-def test_formula_scan_finds_cells_across_blocks_and_namespaces():
-    from connectors.formats import formulas_without_value
+def test_formula_and_merge_scan_finds_them_across_blocks_and_namespaces():
+    from connectors.formats import sheet_marks
 
     xml = (b'<x:worksheet><x:sheetData><x:row r="1"><x:c r="A1"><x:f>1+1</x:f></x:c>'
            + b'<x:c r="B1"><x:f>2+2</x:f><x:v>4</x:v></x:c>' * 50
-           + b'<x:c r="C1" t="n"><x:f t="shared" si="0"/><x:v></x:v></x:c></x:row></x:sheetData></x:worksheet>')
-    for block in (7, 64, 1 << 20):  # cells cut across blocks
-        assert formulas_without_value(lambda: io.BytesIO(xml), block) == ["A1", "C1"]
+           + b'<x:c r="C1" t="n"><x:f t="shared" si="0"/><x:v></x:v></x:c></x:row></x:sheetData>'
+           + b'<x:mergeCells count="2"><x:mergeCell ref="B2:B40"/><x:mergeCell ref="AA7:AC7"/></x:mergeCells>'
+           + b'</x:worksheet>')
+    for block in (7, 64, 1 << 20):  # cells and merges cut across blocks
+        marks = sheet_marks(lambda: io.BytesIO(xml), block)
+        assert (marks.formulas, marks.merges) == (["A1", "C1"], [(1, 2, 1, 40), (26, 7, 28, 7)])
+
+
+def test_merged_cells_down_a_column_are_filled_and_said(local_settings, local_store, caplog):
+    """Another county's settlement roster groups a person's claims and merges their 公民身份号码
+    over them; its total row is merged over the first columns. Only a range's first cell holds
+    the value: the person's other claims were `required_missing`, nothing said why."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "结算明细"
+    ws.append(["2026年9月医疗费用结算明细"])  # a title merged over the header's width: not data
+    ws.merge_cells("A1:I1")
+    ws.append(ZH)
+    for claim_id in ("G1", "G2", "G3"):
+        ws.append(_claim_row(claim_id))
+    for r in (4, 5):
+        ws.cell(row=r, column=2).value = None
+    ws.merge_cells("B3:B5")
+    ws.append(_claim_row("G4"))
+    ws.append(["合计", None, None, None, None, None, "400.00", "320.00", "80.00"])
+    ws.merge_cells("A7:F7")
+    fc = _run_workbook(local_settings, local_store, caplog, wb, "merged.xlsx")
+    assert (fc.input, fc.accepted, dict(fc.quarantined)) == (5, 4, {"total_row": 1})
+    said = caplog.text
+    assert "sheet '结算明细' 1 merged range(s) filled down from their first cell (B3:B5 (公民身份号码))" in said
+    assert "1 merged range(s) over several columns (A7:F7) read in their first cell only" in said
+    assert "A1:I1" not in said
+    clean_feed(local_store, CLAIM)
+    got = {r["claim_id"]: r["id_no"] for r in read_clean(local_store, CLAIM).to_pylist()}
+    assert got == dict.fromkeys(("G1", "G2", "G3", "G4"), ID)
+
+
+def test_a_merged_number_too_long_to_be_exact_is_refused_in_every_row_it_fills():
+    from connectors.formats import Row, Table, fill_merged
+
+    t = Table(["结算单号", "公民身份号码"], [Row(["A", "431302197003125000"], 2, lossy=(1,)), Row(["B", None], 3),
+                                           Row(["C", None], 5)], sheet="s", merges=[(1, 2, 1, 5), (0, 1, 0, 3)])
+    out = fill_merged(t)
+    assert [list(r) for r in out.rows] == [["A", "431302197003125000"], ["B", "431302197003125000"],
+                                           ["C", "431302197003125000"]]
+    assert [r.lossy for r in out.rows] == [(1,), (1,), (1,)] and out.merges == []
+    assert out.notes == ["sheet 's' 1 merged range(s) filled down from their first cell (B2:B5 (公民身份号码)): "
+                         "each row of a range took its value"]
 
 
 def test_title_lines_above_a_csv_header_are_skipped_not_taken_for_the_header(local_settings, local_store):

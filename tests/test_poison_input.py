@@ -14,7 +14,7 @@ import openpyxl
 import pyarrow as pa
 import pytest
 
-from connectors.formats import csv_rows, last_value_row, physical_lines, read_rows
+from connectors.formats import column_letters, csv_rows, last_value_row, physical_lines, read_rows
 from safetynet.intake.ingest import ingest
 from schemas import idno
 from schemas.normalise import QUARANTINE_RULES
@@ -208,15 +208,6 @@ def test_control_characters_in_json_lines_and_xlsx(local_settings, local_store):
 
 
 # ---- XLSX: a million empty rows ------------------------------------------------------------------
-def _col(i: int) -> str:
-    s = ""
-    i += 1
-    while i:
-        i, r = divmod(i - 1, 26)
-        s = chr(65 + r) + s
-    return s
-
-
 _PARTS = {
     "[Content_Types].xml": '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
     '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
@@ -241,7 +232,7 @@ def padded_xlsx(rows: dict[int, list[str]], total: int, width: int, dimension: s
     """A workbook written as Excel writes a formatted sheet: every row up to `total` spelled out
     with empty styled cells, `rows` (row number → values) holding the only data. The sheet XML
     is streamed straight into the zip."""
-    cols = [_col(j) for j in range(width)]
+    cols = [column_letters(j) for j in range(width)]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         for name, xml in _PARTS.items():
@@ -254,7 +245,7 @@ def padded_xlsx(rows: dict[int, list[str]], total: int, width: int, dimension: s
             block: list[str] = []
             for n in range(1, total + 1):
                 if n in rows:
-                    cells = "".join(f'<c r="{_col(j)}{n}" t="inlineStr"><is><t>{escape(v)}</t></is></c>'
+                    cells = "".join(f'<c r="{column_letters(j)}{n}" t="inlineStr"><is><t>{escape(v)}</t></is></c>'
                                     for j, v in enumerate(rows[n]))
                     block.append(f'<row r="{n}" spans="1:{width}">{cells}</row>')
                 else:
