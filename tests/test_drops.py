@@ -9,6 +9,8 @@ import json
 import openpyxl
 import pytest
 
+from safetynet.core import paths
+from safetynet.intake import health
 from safetynet.intake.clean import clean_feed, read_clean
 from safetynet.intake.ingest import ingest
 from schemas import idno
@@ -400,6 +402,38 @@ def test_a_snapshot_split_into_files_of_one_date_is_read_as_one(local_settings, 
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "snapshot" in r.getMessage()]
     assert len(warned) == 1 and "1 key(s) are in more than one file of the snapshot" in warned[0]
     assert "(农村_20261101.csv, 城镇_20261101.csv)" in warned[0]
+
+
+def test_a_held_part_of_a_split_snapshot_keeps_the_previous_snapshot_in_force(local_settings, local_store, caplog):
+    """The 农村 file of a split snapshot is held as unhealthy: the 城镇 file alone was the newest
+    snapshot, and the previous snapshot's 农村 keys were dropped as older until the held file was
+    released. Now the incomplete date's other files wait, and the whole previous snapshot stays."""
+    prop = get("housing.property")
+    hdr = ["不动产单元号", "权利人证件号码", "共有份额", "房屋用途", "建筑面积", "登记日期", "权属状态"]
+    rows = {"城镇": [["P1", ID, "1", "住宅", "80.5", "2010-01-01", "现势"]],
+            "农村": [["P2", ID, "1", "住宅", "60", "2015-01-01", "现势"]]}
+    for part, r in rows.items():
+        local_store.write_bytes(f"landing/housing/property/{part}_20261001.csv", csv_bytes(r, hdr))
+    ingest(local_settings, local_store, [prop.feed_id], kafka=False)
+    for part in rows:
+        local_store.write_bytes(f"landing/housing/property/{part}_20261101.csv",
+                                csv_bytes([[r[0] + "n", *r[1:]] for r in rows[part]], hdr))
+    ingest(local_settings, local_store, [prop.feed_id], kafka=False)
+    [rural] = [e.path for e in local_store.list(f"raw/{prop.prefix}/", ".parquet") if "农村_20261101" in e.path]
+    health.set_held(local_store, prop, {rural: {"why": "test: unhealthy"}}, [])
+    with caplog.at_level("WARNING"):
+        counts = clean_feed(local_store, prop)
+    assert {r["property_id"] for r in read_clean(local_store, prop).to_pylist()} == {"P1", "P2"}
+    assert (counts.raw_rows, counts.older_snapshots, counts.rows) == (2, 0, 2) and counts.reconciles
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("the snapshot of 2026-11-01 is incomplete — 农村_20261101.csv held as unhealthy; its other file(s) "
+               "(城镇_20261101.csv) wait and the snapshot of 2026-10-01 stays in force" in m for m in said)
+    manifest = json.loads(local_store.read_bytes(paths.clean_manifest(prop.prefix)))
+    assert manifest["held_files"] == [rural] and len(manifest["waiting_files"]) == 1
+    health.release(local_store, prop)  # the operator accepts it: the new snapshot, both halves
+    counts = clean_feed(local_store, prop)
+    assert {r["property_id"] for r in read_clean(local_store, prop).to_pylist()} == {"P1n", "P2n"}
+    assert (counts.older_snapshots, counts.rows) == (2, 2) and counts.reconciles
 
 
 def test_json_lines_envelopes_and_values_a_third_county_sends(local_settings, local_store):

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
+from zoneinfo import ZoneInfo
 
 import duckdb
 import pyarrow as pa
@@ -34,6 +35,7 @@ from schemas.contract import Contract
 from schemas.normalise import _q
 
 log = logging.getLogger(__name__)
+SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 @dataclass
@@ -81,6 +83,10 @@ def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection |
     try:
         held = health.held(store, c)  # unhealthy deliveries: the previous clean state stays in force
         included = [e for e in store.list(paths.raw(c.prefix), ".parquet") if e.path not in held]
+        waiting = _waiting_parts(store, con, c, held, included)
+        if waiting:  # left out as held files are (they are not in the state in force)
+            held = {**held, **waiting}
+            included = [e for e in included if e.path not in waiting]
         fp = clean_incremental.fingerprint(c, _flag_sql(c))
         att = (clean_incremental.attempt(store, con, c, fp, included, sorted(held), _kind_of,
                                          lambda src: clean_incremental.typed_ctes(c, src))
@@ -110,7 +116,9 @@ def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection |
         manifest = {"feed_id": c.feed_id, "contract_version": c.version, "path": clean_path(c),
                     "written_at": dt.datetime.now(dt.UTC).isoformat(), "counts": asdict(counts),
                     "sha256": sha, "bytes": len(data),
-                    "reconciles": counts.reconciles, "watermarks": watermarks, "held_files": sorted(held)}
+                    "reconciles": counts.reconciles, "watermarks": watermarks,
+                    "held_files": sorted(p for p in held if p not in waiting),
+                    "waiting_files": {p: waiting[p]["why"] for p in sorted(waiting)}}
         store.write_bytes(paths.clean_manifest(c.prefix), json.dumps(manifest, ensure_ascii=False, indent=1).encode())
         try:
             clean_incremental.save_state(store, c, fp, side, sha, asdict(counts), included, sorted(held),
@@ -133,6 +141,61 @@ def clean_feed(store: ObjectStore, c: Contract, con: duckdb.DuckDBPyConnection |
     finally:
         if own:
             con.close()
+
+
+def _waiting_parts(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, held: dict,
+                   included: list[Entry]) -> dict[str, dict]:
+    """A snapshot feed's drop files that wait for a held part of their snapshot: path → why.
+
+    A county splits a snapshot into files of one data date (城镇 and 农村). With one of them held
+    as unhealthy, the others alone were the newest snapshot, and every key of the held file's
+    share — the previous snapshot's 农村 households — was dropped as `older_snapshots` until the
+    held file was released. Now a data date with a held file (whose name has no version in the
+    clean) is incomplete: while it is newer than every complete date, its other files wait, and
+    the complete snapshot before it stays in force, as it does when a whole snapshot is held."""
+    if c.mode != "snapshot" or not held:
+        return {}
+    drops = {e.path: f.name for e in included if (f := raw_file(e.path)) is not None and f.kind == "file"}
+    missing = sorted(p for p in held if (f := raw_file(p)) is not None and f.kind == "file"
+                     and f.name not in drops.values())
+    if not missing:
+        return {}
+    held_dates = _file_dates(store, con, c, missing)
+    dates = _file_dates(store, con, c, list(drops))
+    complete = [d for d in dates.values() if d is not None and d not in held_dates.values()]
+    newest = max(complete, default=None)
+    waiting = sorted(p for p, d in dates.items() if d in held_dates.values() and (newest is None or d > newest))
+    if not waiting:
+        return {}
+    day = max(dates[p] for p in waiting)
+    held_names = [raw_file(p).name for p in missing if held_dates[p] == day]  # type: ignore[union-attr]
+    names = sorted(drops[p] for p in waiting)
+    before = f"the snapshot of {_day(newest)} stays in force" if newest else "no earlier snapshot is in force"
+    log.warning("clean %s: the snapshot of %s is incomplete — %s held as unhealthy; its other file(s) (%s) wait and %s, "
+                "until the held file is released (`feeds release %s`) or delivered again", c.feed_id,
+                _day(day), ", ".join(held_names), ", ".join(names), before, c.feed_id,
+                extra={"event": "snapshot_incomplete", "feed": c.feed_id, "held": held_names, "waiting": names})
+    why = f"waits for the held part of its snapshot of {_day(day)}: {', '.join(held_names)}"
+    return {p: {"why": why, "waiting": True} for p in waiting}
+
+
+def _day(ts: dt.datetime) -> str:
+    """A row time (`__ts`, UTC) as the data date a department wrote (Asia/Shanghai)."""
+    return (ts if ts.tzinfo else ts.replace(tzinfo=dt.UTC)).astimezone(SHANGHAI).date().isoformat()
+
+
+def _file_dates(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, files: list[str]) -> dict:
+    """Each raw drop file's data date (its rows' `__ts`, `clean_incremental.TS`); None: no drop rows."""
+    out = {}
+    for p in files:
+        con.register("__file_rows", ds.dataset([store.full(p)], schema=c.raw_schema(), format="parquet",
+                                               filesystem=store.fs))
+        try:
+            out[p] = con.sql(f"SELECT max({clean_incremental.TS}) FROM __file_rows "
+                             "WHERE starts_with(_event_id, 'file:')").fetchall()[0][0]
+        finally:
+            con.unregister("__file_rows")
+    return out
 
 
 def _warn_reused(store: ObjectStore, c: Contract, counts: CleanCounts) -> None:

@@ -75,6 +75,11 @@ STATE = "state.json"
 
 
 
+#: a raw row's time (`__ts`): its event time, else when it was ingested; a drop file's rows all have
+#: the file's data date
+TS = "coalesce(sn_datetime(_occurred_at), _ingested_at)"
+
+
 def typed_ctes(c: Contract, source: str) -> str:
     """The CTEs `typed`, `t` (each row typed, with `__ts` and a drop row's version `__ver`) and
     `versions` (the newest ingested version of every drop-file name) over `source`."""
@@ -82,7 +87,7 @@ def typed_ctes(c: Contract, source: str) -> str:
     fields = ", ".join(_q(n) for n in c.names)
     return f"""typed AS ({typed}),
     t AS (
-        SELECT *, coalesce(sn_datetime(_occurred_at), _ingested_at) AS __ts,
+        SELECT *, {TS} AS __ts,
                -- what a delivery of an event says (its fields and op, not its time): the same event id
                -- with another `__h` is another event, not a redelivery (a producer reusing ids)
                CASE WHEN _event_id IS NOT NULL THEN hash(_op, {fields}) END AS __h,
