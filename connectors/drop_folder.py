@@ -55,6 +55,12 @@ class Drop:
         return f"{m.group(1)}-{m.group(2)}-{m.group(3) or '01'}"
 
 
+def stamp_free(name: str) -> str:
+    """A drop file's name without its data date (`城镇_20261101.csv` → `城镇_.csv`): which part of a
+    split delivery it is, whatever its date."""
+    return _STAMP.sub("", name)
+
+
 class DropFolderSource:
     """Waiting drops of one feed, in name order (departments stamp names with dates)."""
 

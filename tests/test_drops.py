@@ -436,6 +436,37 @@ def test_a_held_part_of_a_split_snapshot_keeps_the_previous_snapshot_in_force(lo
     assert (counts.older_snapshots, counts.rows) == (2, 2) and counts.reconciles
 
 
+def test_a_part_of_a_split_snapshot_exported_on_another_day_is_warned_about(local_settings, local_store, caplog):
+    """A county exports its 城镇 and 农村 files on different days: the later date was the snapshot
+    alone, and the other part's keys fell out of the state in force, counted as older snapshots,
+    said nowhere. A warning names the missing part and how many keys left with it."""
+    prop = get("housing.property")
+    hdr = ["不动产单元号", "权利人证件号码", "共有份额", "房屋用途", "建筑面积", "登记日期", "权属状态"]
+
+    def drop(name: str, *ids: str) -> None:
+        local_store.write_bytes(f"landing/housing/property/{name}",
+                                csv_bytes([[i, ID, "1", "住宅", "60", "2015-01-01", "现势"] for i in ids], hdr))
+
+    def warned() -> list[str]:
+        with caplog.at_level("WARNING"):
+            caplog.clear()
+            ingest(local_settings, local_store, [prop.feed_id], kafka=False)
+            clean_feed(local_store, prop)
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "snapshot" in r.getMessage()]
+
+    drop("城镇_20261001.csv", "P1", "P4")
+    drop("农村_20261001.csv", "P2")
+    assert warned() == []
+    drop("农村_20261102.csv", "P2", "P3")  # 城镇 comes a day later
+    [said] = warned()
+    assert ("the snapshot of 2026-11-02 (农村_20261102.csv) has no part matching 城镇_20261001.csv of the snapshot "
+            "of 2026-10-01, which was split into 2 files: 2 key(s) of it are not in the state in force") in said
+    assert {r["property_id"] for r in read_clean(local_store, prop).to_pylist()} == {"P2", "P3"}
+    drop("城镇_20261102.csv", "P1")  # the part delivered with the same date: whole again, nothing said
+    assert warned() == []
+    assert {r["property_id"] for r in read_clean(local_store, prop).to_pylist()} == {"P1", "P2", "P3"}
+
+
 def test_json_lines_envelopes_and_values_a_third_county_sends(local_settings, local_store):
     """JSON exports as other systems write them: an empty event id (every such event was taken for
     a redelivery of one, and all but one silently left out), an event dated 2099 (it outranked every

@@ -27,12 +27,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from connectors.drop_folder import stamp_free
 from safetynet.core import paths
 from safetynet.core.store import Entry, ObjectStore, parquet_bytes
 from safetynet.intake import clean_incremental, health
 from schemas import normalise
 from schemas.contract import Contract
-from schemas.normalise import _q
+from schemas.normalise import _lit, _q
 
 log = logging.getLogger(__name__)
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -251,6 +252,7 @@ def _clean(con: duckdb.DuckDBPyConnection, c: Contract, raw: object | None, with
             counts.reused_examples = clean_incremental.reused_examples(con, "__flagged")
         if c.mode == "snapshot":
             _snapshot_files(con, c)
+            _snapshot_parts(con, c)
         cols = ", ".join(_q(n) for n in c.names)
         order = ", ".join(_q(k) for k in c.key)
         table = con.sql(f"SELECT {cols}, _event_id, __ts AS _occurred_at FROM __flagged WHERE __why IS NULL "
@@ -286,6 +288,37 @@ def _snapshot_files(con: duckdb.DuckDBPyConnection, c: Contract) -> None:
                     "(the later ingest, then the later row), the others counted as superseded — if one file "
                     "corrects another, deliver it under the same name", c.feed_id, shared, ", ".join(names),
                     extra={"event": "snapshot_files_overlap", "feed": c.feed_id, "keys": shared, "files": names})
+
+
+def _snapshot_parts(con: duckdb.DuckDBPyConnection, c: Contract) -> None:
+    """Warn when the snapshot before the newest was split into files (城镇 and 农村) and the newest
+    has no file of one of those parts: a county that exports its parts on different days
+    (农村_20261102 after 城镇_20261101) makes the later date the snapshot alone, and every key of
+    the missing part falls out of the state in force — counted as `older_snapshots`, said nowhere.
+    A part is a file name without its date (`drop_folder.stamp_free`)."""
+    key = ", ".join(_q(k) for k in c.key)
+    live = "__ver IS NOT NULL AND coalesce(__why, '') NOT IN ('file_version', 'invalid')"
+    by_date: dict[dt.datetime, list[str]] = {}
+    for f, ts in con.execute(f"SELECT _source_file, max(__ts) FROM __flagged WHERE {live} GROUP BY 1 ORDER BY 1").fetchall():
+        by_date.setdefault(ts, []).append(f)
+    if len(by_date) < 2:
+        return
+    new, prev = sorted(by_date)[-1], sorted(by_date)[-2]
+    parts = {stamp_free(f.rsplit("/", 1)[-1]) for f in by_date[new]}
+    gone = [f for f in by_date[prev] if stamp_free(f.rsplit("/", 1)[-1]) not in parts]
+    if len(by_date[prev]) < 2 or not gone:
+        return
+    listed = ", ".join(_lit(f) for f in gone)
+    lost = con.execute(f"""SELECT count(*) FROM (
+        SELECT {key} FROM __flagged WHERE {live} AND _source_file IN ({listed})
+        EXCEPT SELECT {key} FROM __flagged WHERE {live} AND __ts = $new)""", {"new": new}).fetchall()[0][0]
+    names = [f.rsplit("/", 1)[-1] for f in gone]
+    log.warning("clean %s: the snapshot of %s (%s) has no part matching %s of the snapshot of %s, which was split into "
+                "%d files: %d key(s) of it are not in the state in force — if that part is still to come, deliver it "
+                "with the date %s (a file of another date is another snapshot)", c.feed_id, _day(new),
+                ", ".join(f.rsplit("/", 1)[-1] for f in by_date[new]), ", ".join(names), _day(prev),
+                len(by_date[prev]), lost, _day(new),
+                extra={"event": "snapshot_part_missing", "feed": c.feed_id, "files": names, "keys": lost})
 
 
 def _flag_sql(c: Contract) -> str:
