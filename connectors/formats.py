@@ -696,6 +696,7 @@ def read_tables(name: str, data: bytes, c: Contract, headers: dict[str, str] | N
         t = Table(header, rows)  # type: ignore[arg-type]
         if not fmt.startswith("jsonl") and header:
             t = locate_header(c, t, headers)
+            return [t], fmt, _skipped_note(t) + _absent_note(c, t, headers)
         return [t], fmt, _skipped_note(t)
     read, hid = read_sheets(data)
     hidden = [f"hidden sheet {h!r} not read (hidden sheets are not data: unhide it to deliver it)" for h in hid]
@@ -711,8 +712,24 @@ def read_tables(name: str, data: bytes, c: Contract, headers: dict[str, str] | N
     notes = hidden + [f"sheet {s.sheet!r} skipped: no column of the feed ({len(s.rows) + 1} non-empty rows)"
              for s in sheets if s not in data_sheets]
     for s in data_sheets:
-        notes += _skipped_note(s)
+        notes += _skipped_note(s) + _absent_note(c, s, headers)
     return data_sheets, "xlsx", notes
+
+
+def _absent_note(c: Contract, t: Table, headers: dict[str, str] | None) -> list[str]:
+    """Optional fields with no column while some column is no field of the feed: a county that
+    names a column its own way (大病标识 for 是否大病) had the field empty in every row, and the
+    rules reading it blind, without a word (a required one fails the file; an optional one is
+    simply absent)."""
+    mapped, _ = c.map_headers(t.header, headers)
+    absent = [f for f in c.fields if not f.required and f.name not in mapped]
+    others = [h for h, m in zip(t.header, mapped, strict=True) if m is None and h]
+    if not absent or not others or looks_like_data(t.header, mapped):
+        return []
+    where = f"sheet {t.sheet!r} " if t.sheet is not None else ""
+    return [f"{where}optional field(s) {', '.join(f'{f.name} ({f.label_zh})' for f in absent)} have no column and "
+            f"are read as empty in every row; column(s) not of the feed: {_listed(others)} — if one of them is such "
+            f"a field, name it in the feed's mapping [headers] (`safetynet feeds profile` writes one to fill in)"]
 
 
 def _skipped_note(t: Table) -> list[str]:

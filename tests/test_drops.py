@@ -272,6 +272,25 @@ def test_a_merged_number_too_long_to_be_exact_is_refused_in_every_row_it_fills()
                          "each row of a range took its value"]
 
 
+def test_an_optional_field_under_a_name_of_the_countys_own_is_said(local_settings, local_store, caplog):
+    """Another county calls 大病/特殊慢病 "大病标识": the column matched no field, and serious_illness
+    was empty in every row — the serious-illness rule blind for the county — without a word."""
+    local_store.write_bytes("landing/medical_insurance/claim/c_20261001.csv",
+                            csv_bytes([[*_claim_row("S1"), "是", "1"]], header=[*ZH, "大病标识", "序号"]))
+    with caplog.at_level("WARNING"):
+        fc = run(local_settings, local_store)
+    assert (fc.input, fc.accepted) == (1, 1)
+    assert ("optional field(s) diagnosis_name (疾病诊断名称), serious_illness (大病/特殊慢病) have no column and are "
+            "read as empty in every row; column(s) not of the feed: 大病标识, 序号") in caplog.text
+    caplog.clear()  # every field has its column (a mapping names it): nothing to say
+    local_store.write_bytes("landing/medical_insurance/claim/c_20261002.csv",
+                            csv_bytes([[*_claim_row("S2"), "是", "I10 高血压", "2"]],
+                                      header=[*ZH, "大病/特殊慢病", "疾病诊断名称", "序号"]))
+    with caplog.at_level("WARNING"):
+        run(local_settings, local_store)
+    assert "optional field" not in caplog.text
+
+
 def test_title_lines_above_a_csv_header_are_skipped_not_taken_for_the_header(local_settings, local_store):
     title = ["长沙市医疗费用结算明细表（2026年9月）", *[""] * 8]
     local_store.write_bytes("landing/medical_insurance/claim/c.csv",
