@@ -74,7 +74,8 @@ def _json_key(base: str, key: str) -> str:
     return f'{base}."' + key.replace('"', '') + '"'
 
 
-def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping: Mapping | None = None) -> str:
+def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping: Mapping | None = None,
+                     spellings: dict[str, list[str]] | None = None) -> str:
     """SQL extracting contract fields as text from a `_value` JSON text column of `source`.
 
     `envelope=True` (Kafka): every value is an event envelope (`schemas.envelope`); fields come
@@ -83,12 +84,15 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
     top level) or an envelope (an export of the department's outbox: `event_id` and `payload` are
     present, the payload an object or not), which is checked like an event on the
     topic and keeps its event id, op and time. A field is read from its own name and from every
-    key the feed's mapping maps to it. The envelope's SQL is generated from `schemas.envelope`.
+    key the feed's mapping maps to it, and every key of `spellings` (field → the keys of a JSON Lines
+    file that name it in another case or spacing, `json_spellings`). The envelope's SQL is generated
+    from `schemas.envelope`.
     """
     # a JSON Lines drop may name a field by its Chinese label too, as a CSV header may (a topic's
     # payload uses the contract's names: feeds.md)
     labels = {} if envelope else {f.name: [f.label_zh] for f in c.fields if f.label_zh and f.label_zh != f.name}
-    keys = {n: list(dict.fromkeys([n, *labels.get(n, []), *(mapping.keys_for(n) if mapping else [])]))
+    keys = {n: list(dict.fromkeys([n, *labels.get(n, []), *(mapping.keys_for(n) if mapping else []),
+                                   *(spellings or {}).get(n, [])]))
             for n in c.names}
     # the envelope header is extracted first: x[field] is its element of the extracted list __x
     paths = [json_path(f) for f in HEADER]
@@ -717,19 +721,58 @@ def read_tables(name: str, data: bytes, c: Contract, headers: dict[str, str] | N
 
 
 def _absent_note(c: Contract, t: Table, headers: dict[str, str] | None) -> list[str]:
-    """Optional fields with no column while some column is no field of the feed: a county that
-    names a column its own way (大病标识 for 是否大病) had the field empty in every row, and the
-    rules reading it blind, without a word (a required one fails the file; an optional one is
-    simply absent)."""
+    """`absent_note` of a table's header."""
     mapped, _ = c.map_headers(t.header, headers)
-    absent = [f for f in c.fields if not f.required and f.name not in mapped]
-    others = [h for h, m in zip(t.header, mapped, strict=True) if m is None and h]
-    if not absent or not others or looks_like_data(t.header, mapped):
+    if looks_like_data(t.header, mapped):
         return []
-    where = f"sheet {t.sheet!r} " if t.sheet is not None else ""
-    return [f"{where}optional field(s) {', '.join(f'{f.name} ({f.label_zh})' for f in absent)} have no column and "
-            f"are read as empty in every row; column(s) not of the feed: {_listed(others)} — if one of them is such "
+    others = [h for h, m in zip(t.header, mapped, strict=True) if m is None and h]
+    return absent_note(c, {m for m in mapped if m}, others, f"sheet {t.sheet!r} " if t.sheet is not None else "")
+
+
+def absent_note(c: Contract, present: set[str], others: Sequence[str], where: str = "", what: str = "column"
+                ) -> list[str]:
+    """Optional fields with no column (JSON key) while some column is no field of the feed: a
+    county that names a column its own way (大病标识 for 大病/特殊慢病) had the field empty in every
+    row, and the rules reading it blind, without a word (a required one fails the file; an
+    optional one is simply absent)."""
+    absent = [f for f in c.fields if not f.required and f.name not in present]
+    if not absent or not others:
+        return []
+    return [f"{where}optional field(s) {', '.join(f'{f.name} ({f.label_zh})' for f in absent)} have no {what} and "
+            f"are read as empty in every row; {what}(s) not of the feed: {_listed(others)} — if one of them is such "
             f"a field, name it in the feed's mapping [headers] (`safetynet feeds profile` writes one to fill in)"]
+
+
+def json_spellings(con: duckdb.DuckDBPyConnection, source: str, c: Contract, headers: dict[str, str] | None
+                   ) -> tuple[dict[str, list[str]], list[str], set[str]]:
+    """The keys of JSON Lines records (`source`'s `_value`: flat records, or envelopes' payloads), as
+    a CSV header is matched — case and white space aside, Chinese labels, the mapping's `[headers]`:
+    (field → the keys naming it in another spelling than `json_records_sql` reads by itself, the
+    keys that are no field, the fields some key names). A county's export writes `ID_NO` or
+    `Claim Id`: a required field was missing in every record, an optional one empty, unsaid."""
+    hm = c.header_map(headers)
+    pl = json_path(PAYLOAD)
+    rows = con.execute(f"""
+        SELECT DISTINCT k, envelope FROM (
+            SELECT unnest(json_keys(_value)) AS k, false AS envelope FROM {source}
+            WHERE json_valid(_value) AND json_type(_value) = 'OBJECT' AND json_type(_value, {_lit(pl)}) IS NULL
+            UNION ALL
+            SELECT unnest(json_keys(_value, {_lit(pl)})), true FROM {source}
+            WHERE json_valid(_value) AND json_type(_value, {_lit(pl)}) = 'OBJECT') ORDER BY k""").fetchall()
+    spellings: dict[str, list[str]] = {}
+    others: list[str] = []
+    present: set[str] = set()
+    envelope_keys = set(HEADER) | {PAYLOAD}
+    for k, in_payload in rows:
+        f = hm.get(norm_header(k))
+        if f is None:
+            if in_payload or k not in envelope_keys:
+                others.append(k)
+            continue
+        present.add(f)
+        if k != f and k != c.field(f).label_zh:  # a mapping's own spelling again is harmless: read once
+            spellings.setdefault(f, []).append(k)
+    return spellings, sorted(set(others)), present
 
 
 def _skipped_note(t: Table) -> list[str]:

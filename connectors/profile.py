@@ -20,9 +20,11 @@ import pyarrow.compute as pc
 from connectors.formats import (
     FileFormatError,
     Table,
+    absent_note,
     decode_json_values,
     is_blank,
     json_records_sql,
+    json_spellings,
     looks_like_data,
     map_values_sql,
     read_tables,
@@ -114,7 +116,10 @@ def _profile_table(c: Contract, p: Profile, con: duckdb.DuckDBPyConnection, mapp
         lines = pa.table({"_row_number": pa.array(range(1, len(rows) + 1), pa.int64()),
                           "_value": pa.array([r[0] for r in rows], pa.string())})
         con.register("__lines", lines)
-        recs = con.sql(json_records_sql(c, "__lines", envelope=None, mapping=mapping)).to_arrow_table()
+        spellings, others, present = json_spellings(con, "__lines", c, mapping.headers)  # as ingest reads them
+        p.notes += [f"{name}: {n}" for n in absent_note(c, present, others, what="key")]
+        recs = con.sql(json_records_sql(c, "__lines", envelope=None, mapping=mapping,
+                                        spellings=spellings)).to_arrow_table()
         con.unregister("__lines")
         p.envelopes += recs.num_rows - recs["_event_id"].null_count
         json_seen = True

@@ -515,6 +515,28 @@ def test_json_lines_envelopes_and_values_a_third_county_sends(local_settings, lo
     assert any("envelope field occurred_at — envelope_invalid" in r["_reason"] for r in q)
 
 
+def test_json_lines_keys_are_matched_as_csv_headers_are(local_settings, local_store, caplog):
+    """A county's JSON export writes `Claim_ID`, `ID_NO`, `total_amount ` (a space) (a CSV header is matched
+    whatever its case and spacing; a JSON key was not): every record was `required_missing`. An
+    optional field under a key of the county's own was empty in every record, unsaid."""
+    flat = {"Claim_ID": "U1", "ID_NO": ID, "SETTLE_DATE": "2026-09-03", "HOSPITAL_NAME": "长沙市第一医院",
+            "Inpatient": "是", "diagnosis_CODE": "I10", "total_amount ": "100.00", "Fund_Paid": "80.00",
+            "out_of_pocket": "20.00", "大病标识": "是"}
+    payload = {**flat, "Claim_ID": "U2"}
+    envelope = {"event_id": "u2", "source": "medical_insurance", "feed": "claim", "op": "upsert",
+                "occurred_at": "2026-09-03T08:00:00+08:00", "schema_version": 1, "payload": payload}
+    lines = [json.dumps(x, ensure_ascii=False) for x in (flat, envelope)]
+    local_store.write_bytes("landing/medical_insurance/claim/upper_20261001.jsonl", ("\n".join(lines) + "\n").encode())
+    with caplog.at_level("WARNING"):
+        fc = run(local_settings, local_store)
+    assert (fc.input, fc.accepted, dict(fc.quarantined)) == (2, 2, {})
+    raw = {r["claim_id"]: r for r in local_store.dataset("raw/medical_insurance/claim/").to_table().to_pylist()}
+    assert set(raw) == {"U1", "U2"} and {r["id_no"] for r in raw.values()} == {ID}
+    assert raw["U2"]["_event_id"] == "u2"  # the envelope line is still an event
+    assert ("optional field(s) diagnosis_name (疾病诊断名称), serious_illness (大病/特殊慢病) have no key and are read "
+            "as empty in every row; key(s) not of the feed: 大病标识") in caplog.text
+
+
 def test_a_kafka_value_with_a_byte_order_mark_is_json():
     from connectors.formats import json_text
 

@@ -45,7 +45,9 @@ from connectors.base import load_mappings
 from connectors.drop_folder import Drop, DropFolderSource
 from connectors.formats import (
     FileFormatError,
+    absent_note,
     json_records_sql,
+    json_spellings,
     json_text,
     map_values_sql,
     read_tables,
@@ -969,7 +971,12 @@ def ingest_drop(store: ZoneWriter, con: duckdb.DuckDBPyConnection, c: Contract, 
             meta = pa.table({"_row_number": pa.array(range(1, len(values) + 1), pa.int64())})
             con.register("__lines", meta.append_column("_value", pa.array(values, pa.string())))
             try:
-                recs = con.sql(json_records_sql(c, "__lines", envelope=None, mapping=mapping)).to_arrow_table()
+                spellings, others, present = json_spellings(con, "__lines", c, mapping.headers if mapping else None)
+                for note in absent_note(c, present, others, what="key"):
+                    log.warning("drop %s/%s: %s", c.feed_id, d.name, mask_text(note),
+                                extra={"event": "drop_layout", "feed": c.feed_id, "file": d.name})
+                recs = con.sql(json_records_sql(c, "__lines", envelope=None, mapping=mapping,
+                                                spellings=spellings)).to_arrow_table()
             finally:
                 con.unregister("__lines")
         else:
