@@ -638,7 +638,44 @@ def locate_header(c: Contract, t: Table, headers: dict[str, str] | None = None) 
                     for x in t.rows[k + 1:]] if t.sheet is not None else t.rows[k + 1:]
             return replace(t, header=header, rows=rows, header_line=r.line,
                            skipped=[t.header_line, *(x.line for x in t.rows[:k])])
+    # a header of two rows (多级表头): a group title over its columns' names, the other names merged
+    # down both rows — no single row holds every required column
+    first = Row(t.header, t.header_line)
+    cand = [first, *t.rows[:HEADER_SEARCH_ROWS]]
+    for k in range(len(cand) - 1):
+        upper, lower = cand[k], cand[k + 1]
+        if getattr(upper, "rule", None) is not None or getattr(lower, "rule", None) is not None:
+            continue
+        header = _two_row_header(c, upper, lower, headers)
+        if _known(c, header, headers)[1]:
+            width = len(header)
+            after = t.rows[k + 1:]  # the rows after `lower` (cand[k + 1] is t.rows[k])
+            rows = [Row([*x, *([None] * (width - len(x)))], x.line, x.rule, x.text, x.lossy) if len(x) < width else x
+                    for x in after] if t.sheet is not None else after
+            where = f"sheet {t.sheet!r} " if t.sheet is not None else ""
+            note = (f"{where}a header of two rows (row {upper.line} and {lower.line}) read as one: each column "
+                    "named by its lower cell, or by the upper one where that names a field or the lower is empty")
+            return replace(t, header=header, rows=rows, header_line=lower.line,
+                           skipped=[t.header_line, *(x.line for x in t.rows[:k - 1])] if k else [],
+                           notes=[*t.notes, note])
     return t
+
+
+def _two_row_header(c: Contract, upper: Sequence[object], lower: Sequence[object],
+                    headers: dict[str, str] | None) -> list[str]:
+    """One header of two rows: per column the first of (lower, upper, upper + lower) that names a
+    field of the feed, else the lower cell, else the upper (a name merged down both rows)."""
+    hm = c.header_map(headers)
+
+    def cell(r: Sequence[object], j: int) -> str:
+        return "" if j >= len(r) or r[j] is None else str(r[j]).strip()
+
+    out = []
+    for j in range(max(len(upper), len(lower))):
+        u, lo = cell(upper, j), cell(lower, j)
+        named = [x for x in (lo, u, u + lo) if x and norm_header(x) in hm]
+        out.append(named[0] if named else lo or u)
+    return out
 
 
 def fill_merged(t: Table) -> Table:

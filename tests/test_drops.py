@@ -217,6 +217,40 @@ def test_formula_cells_without_a_saved_value_are_said(local_settings, local_stor
     assert "sheet '结算' 1 formula cell(s) without a saved value (G2) read as empty" in caplog.text
 
 
+def test_a_header_of_two_rows_is_read_as_one(local_settings, local_store, caplog):
+    """Another county's form (多级表头): the amounts under a group title 费用情况 in a second header
+    row, the other names merged down both rows. No single row held every required column: the
+    whole file was `file_header`."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "结算"
+    ws.append(["2026年9月医疗费用结算"])
+    ws.merge_cells("A1:I1")
+    ws.append([*ZH[:6], "费用情况", None, None])
+    ws.append([None] * 6 + ZH[6:])
+    for col in "ABCDEF":
+        ws.merge_cells(f"{col}2:{col}3")
+    ws.merge_cells("G2:I2")
+    ws.append(_claim_row("H1"))
+    ws.append(_claim_row("H2"))
+    fc = _run_workbook(local_settings, local_store, caplog, wb, "two_rows.xlsx")
+    assert (fc.input, fc.accepted, fc.quarantined_total) == (2, 2, 0)
+    assert "sheet '结算' a header of two rows (row 2 and 3) read as one" in caplog.text
+    assert "the 1 row(s) above it (row 1) are not data" in caplog.text and "merged range" not in caplog.text
+    clean_feed(local_store, CLAIM)
+    got = {r["claim_id"]: r for r in read_clean(local_store, CLAIM).to_pylist()}
+    assert set(got) == {"H1", "H2"} and str(got["H1"]["out_of_pocket"]) == "20.00"
+
+
+def test_a_two_row_header_in_a_csv_file_too():
+    from connectors.formats import Row, Table, locate_header
+
+    t = Table([*ZH[:6], "费用情况（元）", "", ""], [Row([""] * 6 + ZH[6:], 2), Row(_claim_row("X"), 3)])
+    out = locate_header(CLAIM, t)
+    assert out.header == ZH and [list(r) for r in out.rows] == [_claim_row("X")] and out.skipped == []
+    assert out.header_line == 2
+
+
 def test_formula_and_merge_scan_finds_them_across_blocks_and_namespaces():
     from connectors.formats import sheet_marks
 
