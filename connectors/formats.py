@@ -661,6 +661,31 @@ def locate_header(c: Contract, t: Table, headers: dict[str, str] | None = None) 
     return t
 
 
+def without_repeated_headers(c: Contract, t: Table, headers: dict[str, str] | None = None) -> Table:
+    """`t` without the rows that repeat its header (exports joined one after another, each with its
+    header): not records, said. They were quarantined as records, a format error in every field.
+    Only a header holding every required column counts (a header-less file's first row is data)."""
+    cells = [norm_header(h) for h in t.header]
+    j = next((i for i, h in enumerate(cells) if h), None)
+    if j is None or not _known(c, t.header, headers)[1]:
+        return t
+    want = cells
+
+    def repeats(r: Sequence[object]) -> bool:
+        got = [norm_header("" if v is None else str(v)) for v in r[:len(want)]]
+        return got + [""] * (len(want) - len(got)) == want and not any(v not in (None, "") for v in r[len(want):])
+
+    core = str(t.header[j]).strip()  # a cheap first test: a row of 1 M is looked at once, at C speed
+    again = [r.line for r in t.rows if j < len(r) and r[j] and core in r[j] and repeats(r)]
+    if not again:
+        return t
+    where = f"sheet {t.sheet!r} " if t.sheet is not None else ""
+    note = (f"{where}{len(again)} row(s) repeat the header (row {_listed([str(x) for x in again])}): exports joined "
+            "one after another — not records, skipped")
+    drop = set(again)
+    return replace(t, rows=[r for r in t.rows if r.line not in drop], notes=[*t.notes, note])
+
+
 def _two_row_header(c: Contract, upper: Sequence[object], lower: Sequence[object],
                     headers: dict[str, str] | None) -> list[str]:
     """One header of two rows: per column the first of (lower, upper, upper + lower) that names a
@@ -736,12 +761,12 @@ def read_tables(name: str, data: bytes, c: Contract, headers: dict[str, str] | N
         header, rows, fmt = read_rows(name, data)
         t = Table(header, rows)  # type: ignore[arg-type]
         if not fmt.startswith("jsonl") and header:
-            t = locate_header(c, t, headers)
+            t = without_repeated_headers(c, locate_header(c, t, headers), headers)
             return [t], fmt, _skipped_note(t) + _absent_note(c, t, headers)
         return [t], fmt, _skipped_note(t)
     read, hid = read_sheets(data)
     hidden = [f"hidden sheet {h!r} not read (hidden sheets are not data: unhide it to deliver it)" for h in hid]
-    sheets = [fill_merged(locate_header(c, s, headers)) for s in read]
+    sheets = [without_repeated_headers(c, fill_merged(locate_header(c, s, headers)), headers) for s in read]
     if not sheets:
         return [Table([], [])], "xlsx", hidden
     data_sheets = [s for s in sheets if _known(c, s.header, headers)[0] > 0]

@@ -242,6 +242,17 @@ def test_a_header_of_two_rows_is_read_as_one(local_settings, local_store, caplog
     assert set(got) == {"H1", "H2"} and str(got["H1"]["out_of_pocket"]) == "20.00"
 
 
+def test_a_header_repeated_inside_the_file_is_not_a_record(local_settings, local_store, caplog):
+    """Two months' exports joined one after another, each with its header: the second header was a
+    record, quarantined with a format error in every field (and counted against the feed's health)."""
+    local_store.write_bytes("landing/medical_insurance/claim/joined_20261001.csv",
+                            csv_bytes([_claim_row("J1"), ZH, _claim_row("J2"), [f" {h} " for h in ZH]]))
+    with caplog.at_level("WARNING"):
+        fc = run(local_settings, local_store)
+    assert (fc.input, fc.accepted, fc.quarantined_total) == (2, 2, 0)
+    assert "2 row(s) repeat the header (row 3, 5): exports joined one after another — not records, skipped" in caplog.text
+
+
 def test_a_two_row_header_in_a_csv_file_too():
     from connectors.formats import Row, Table, locate_header
 
