@@ -430,12 +430,17 @@ _CELL_END = re.compile(rb"(?s:.*)</" + _NS + rb"c>")
 _MERGE = re.compile(rb"<" + _NS + rb"""mergeCell\b[^>]*?\sref\s*=\s*["']([A-Z]{1,3})([0-9]+):([A-Z]{1,3})([0-9]+)["']""")
 
 
+#: a row element hidden in the workbook (`<row r="5" hidden="1">`): its attributes
+_HIDDEN_ROW = re.compile(rb"<" + _NS + rb"""row\b([^>]*\shidden\s*=\s*["'](?:1|true)["'][^>]*)>""")
+
+
 @dataclass
 class SheetMarks:
     """What a worksheet's XML says beside its cells' values (`sheet_marks`)."""
 
     formulas: list[str] = field(default_factory=list)  # formula cells without a saved value (`B5`)
     merges: list[tuple[int, int, int, int]] = field(default_factory=list)  # (first col, first row, last col, last row), 0-based cols
+    hidden_rows: list[int] = field(default_factory=list)  # rows hidden in the workbook (a filter, "hide")
 
 
 def column_index(letters: str) -> int:
@@ -466,6 +471,11 @@ def sheet_marks(open_sheet: Callable[[], io.BufferedIOBase], block: int = 1 << 2
             if b"mergeCell" in chunk:  # a chunk ends before a "<": no tag is cut
                 out.merges += [(column_index(a.decode()), int(r1), column_index(b.decode()), int(r2))
                                for a, r1, b, r2 in _MERGE.findall(chunk)]
+            if b"hidden" in chunk:
+                for attrs in _HIDDEN_ROW.findall(chunk):
+                    r = _ROW_R.search(attrs)
+                    if r:  # (a row without `r` is not looked for: Excel and WPS write it)
+                        out.hidden_rows.append(int(float(r.group(1))))
             buf = tail + chunk
             end = _CELL_END.match(buf)  # a cell may straddle two blocks: the text after the last cell waits
             done, tail = (buf[:end.end()], buf[end.end():]) if end else (b"", buf)
@@ -558,6 +568,7 @@ class Table:
     skipped: list[int] = field(default_factory=list)
     merges: list[tuple[int, int, int, int]] = field(default_factory=list)  # `SheetMarks.merges`, until `fill_merged`
     notes: list[str] = field(default_factory=list)  # for the operator (formula cells without a value, merges filled)
+    hidden_rows: list[int] = field(default_factory=list)  # `SheetMarks.hidden_rows`
 
 
 def read_sheets(data: bytes) -> tuple[list[Table], list[str]]:
@@ -607,7 +618,8 @@ def read_sheets(data: bytes) -> tuple[list[Table], list[str]]:
                 f"sheet {ws.title!r} {len(marks.formulas)} formula cell(s) without a saved value ("
                 f"{_listed(marks.formulas)}) read as empty: the file was written by a program that does not compute "
                 "formulas — open and save it in Excel or WPS, or export values, and deliver it again"]
-            out.append(Table(header or [], rows, ws.title, index, header_line, merges=marks.merges, notes=notes))
+            out.append(Table(header or [], rows, ws.title, index, header_line, merges=marks.merges, notes=notes,
+                             hidden_rows=marks.hidden_rows))
     finally:
         wb.close()
     return out, hidden
@@ -840,6 +852,11 @@ def json_spellings(con: duckdb.DuckDBPyConnection, source: str, c: Contract, hea
 def _skipped_note(t: Table) -> list[str]:
     where = f"sheet {t.sheet!r} " if t.sheet is not None else ""
     notes = list(t.notes)
+    hidden = set(t.hidden_rows)
+    shown = [str(r.line) for r in t.rows if r.line in hidden] if hidden else []
+    if shown:  # the counts then differ from what the department sees in Excel: say why
+        notes.append(f"{where}{len(shown)} data row(s) hidden in the workbook (row {_listed(shown)}) read all the "
+                     "same: a filter or \"hide\" does not delete a row — delete it if it is no record")
     if not t.skipped:
         return notes
     return notes + [f"{where}header found on row {t.header_line}; the {len(t.skipped)} row(s) above it "

@@ -267,12 +267,15 @@ def test_formula_and_merge_scan_finds_them_across_blocks_and_namespaces():
 
     xml = (b'<x:worksheet><x:sheetData><x:row r="1"><x:c r="A1"><x:f>1+1</x:f></x:c>'
            + b'<x:c r="B1"><x:f>2+2</x:f><x:v>4</x:v></x:c>' * 50
-           + b'<x:c r="C1" t="n"><x:f t="shared" si="0"/><x:v></x:v></x:c></x:row></x:sheetData>'
+           + b'<x:c r="C1" t="n"><x:f t="shared" si="0"/><x:v></x:v></x:c></x:row>'
+           + b'<x:row r="2" spans="1:3"><x:c r="A2"><x:v>1</x:v></x:c></x:row>'
+           + b'<x:row r="3" spans="1:3" hidden="1" customHeight="1"><x:c r="A3"><x:v>1</x:v></x:c></x:row></x:sheetData>'
            + b'<x:mergeCells count="2"><x:mergeCell ref="B2:B40"/><x:mergeCell ref="AA7:AC7"/></x:mergeCells>'
            + b'</x:worksheet>')
     for block in (7, 64, 1 << 20):  # cells and merges cut across blocks
         marks = sheet_marks(lambda: io.BytesIO(xml), block)
         assert (marks.formulas, marks.merges) == (["A1", "C1"], [(1, 2, 1, 40), (26, 7, 28, 7)])
+        assert marks.hidden_rows == [3]
 
 
 def test_merged_cells_down_a_column_are_filled_and_said(local_settings, local_store, caplog):
@@ -302,6 +305,23 @@ def test_merged_cells_down_a_column_are_filled_and_said(local_settings, local_st
     clean_feed(local_store, CLAIM)
     got = {r["claim_id"]: r["id_no"] for r in read_clean(local_store, CLAIM).to_pylist()}
     assert got == dict.fromkeys(("G1", "G2", "G3", "G4"), ID)
+
+
+def test_rows_hidden_in_the_workbook_are_read_and_said(local_settings, local_store, caplog):
+    """A worker filters the sheet to the claims of one hospital and saves it: the other rows are
+    hidden, not deleted. They are data all the same; the hub took more rows than the department saw
+    in Excel, and nothing said why."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "结算"
+    ws.append(ZH)
+    for claim_id in ("V1", "V2", "V3"):
+        ws.append(_claim_row(claim_id))
+    ws.row_dimensions[3].hidden = True
+    ws.row_dimensions[4].hidden = True
+    fc = _run_workbook(local_settings, local_store, caplog, wb, "filtered.xlsx")
+    assert (fc.input, fc.accepted) == (3, 3)
+    assert "sheet '结算' 2 data row(s) hidden in the workbook (row 3, 4) read all the same" in caplog.text
 
 
 def test_a_merged_number_too_long_to_be_exact_is_refused_in_every_row_it_fills():
