@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.mapping import Mapping
-from schemas.contract import Contract, norm_header
+from schemas.contract import IGNORED, Contract, ignored, norm_header
 from schemas.envelope import (
     EVENT_ID,
     FEED,
@@ -137,7 +137,8 @@ def json_records_sql(c: Contract, source: str, *, envelope: bool | None, mapping
             f"CASE WHEN __env THEN coalesce({x[OP]}, {_lit(UPSERT)}) ELSE {_lit(UPSERT)} END AS _op, "
             f"CASE WHEN __env THEN {x[OCCURRED_AT]} END AS _occurred_at")
     if c.evolution == "frozen":
-        known = ", ".join(_lit(k) for ks in keys.values() for k in ks)
+        ignored_keys = [h for h, f in mapping.raw_headers if f == IGNORED] if mapping else []
+        known = ", ".join(_lit(k) for k in [*(k for ks in keys.values() for k in ks), *ignored_keys])
         body = (f"json_keys(_value, {_lit(pl)})" if envelope else
                 f"CASE WHEN __env THEN json_keys(_value, {_lit(pl)}) ELSE json_keys(_value) END")
         pre += f"WHEN len(list_filter({body}, lambda k: k NOT IN ({known}))) > 0 THEN 'unknown_field' "
@@ -799,7 +800,7 @@ def _absent_note(c: Contract, t: Table, headers: dict[str, str] | None) -> list[
     mapped, _ = c.map_headers(t.header, headers)
     if looks_like_data(t.header, mapped):
         return []
-    others = [h for h, m in zip(t.header, mapped, strict=True) if m is None and h]
+    others = [h for h, m in zip(t.header, mapped, strict=True) if m is None and h and not ignored(h, headers)]
     return absent_note(c, {m for m in mapped if m}, others, f"sheet {t.sheet!r} " if t.sheet is not None else "")
 
 
@@ -840,7 +841,7 @@ def json_spellings(con: duckdb.DuckDBPyConnection, source: str, c: Contract, hea
     for k, in_payload in rows:
         f = hm.get(norm_header(k))
         if f is None:
-            if in_payload or k not in envelope_keys:
+            if (in_payload or k not in envelope_keys) and not ignored(k, headers):
                 others.append(k)
             continue
         present.add(f)
@@ -909,7 +910,8 @@ def rows_to_records(c: Contract, header: list[str], rows: Sequence[list[str | No
             records, first = [json.dumps(header, ensure_ascii=False), *records], 1
         raise FileFormatError("file_header", f"{c.feed_id}: the file lacks required column(s) {labels}; "
                               f"headers found: {found}", records, first)
-    unknown = [h for h, m in zip(header, mapped, strict=True) if m is None and h]
+    unknown = [h for h, m in zip(header, mapped, strict=True)
+               if m is None and h and not ignored(h, mapping.headers if mapping else None)]
     if unknown and c.evolution == "frozen" and strict:
         raise FileFormatError("file_header", f"{c.feed_id}: unknown column(s) under frozen evolution: {unknown}",
                               [_raw(header, r) for r in rows])

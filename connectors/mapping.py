@@ -11,6 +11,7 @@ It is data, in one TOML form used in two places:
 
       [headers]            # the department's column (or JSON key) → contract field
       "权属状态" = "status"
+      "序号" = "-"          # a column that is no field (not mentioned again)
       [values.status]      # the department's value → the contract's value ("" = empty)
       "正常" = "现势"
       "注销" = "已注销"
@@ -30,7 +31,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas.contract import Contract, Field, norm_header
+from schemas.contract import IGNORED, Contract, Field, norm_header
 from schemas.errors import ConfigError
 
 #: What a value may be mapped to, per field kind, when the kind has a closed set.
@@ -122,9 +123,9 @@ def parse(c: Contract, text: str, source: str) -> tuple[dict, list[str]]:
             problems.append(f"{source}: unknown section [{k}] (known: {', '.join(sorted(_SECTIONS))})")
     headers: list[tuple[str, str]] = []
     for h, f in (raw.get("headers") or {}).items():
-        if not isinstance(f, str) or f not in c.names:
+        if not isinstance(f, str) or (f not in c.names and f != IGNORED):
             problems.append(f"{source}: [headers] {h!r} → {f!r}: {c.feed_id} has no field {f!r} "
-                            f"(fields: {', '.join(c.names)})")
+                            f"(fields: {', '.join(c.names)}; {IGNORED!r} for a column that is none)")
         else:
             headers.append((str(h), f))
     values: dict[str, dict[str, str]] = {}
@@ -220,6 +221,8 @@ def template(c: Contract, unmatched: list[str], missing: list[str], unknown: dic
         lines.append("# fields with no column yet: " + ", ".join(f"{m} ({c.field(m).label_zh})" for m in missing))
     q = lambda x: json.dumps(x, ensure_ascii=False)  # noqa: E731 - TOML basic strings are JSON strings
     lines += [f"{q(h)} = {q(f)}" for h, f in (current.raw_headers if current else ())]
+    if unmatched:
+        lines.append(f"# a column that is no field of the feed (序号, 备注): {q(IGNORED)}, and it is not mentioned again")
     lines += [f"{q(h)} = \"\"" for h in unmatched]
     kept = current.values if current else {}
     for fname in sorted(set(unknown) | set(kept), key=c.names.index):

@@ -32,7 +32,7 @@ from connectors.formats import (
 )
 from connectors.mapping import Mapping, allowed_values, names_code_value, template
 from schemas import envelope, idno, normalise
-from schemas.contract import Contract
+from schemas.contract import IGNORED, Contract, ignored
 
 MAX_EXAMPLES = 3
 
@@ -131,7 +131,8 @@ def _profile_table(c: Contract, p: Profile, con: duckdb.DuckDBPyConnection, mapp
             p.file_errors.append(f"{name}: file_header: the first row looks like data, not a header "
                                  f"({len(header)} cells, not shown): the export needs its header row")
         else:
-            p.columns.update(dict(zip(header, mapped, strict=True)))
+            p.columns.update({h: IGNORED if m is None and ignored(h, mapping.headers) else m
+                              for h, m in zip(header, mapped, strict=True)})  # an ignored column is mapped: not offered again
         p.missing = sorted(set(p.missing) | set(missing))
         recs = rows_to_records(c, header, rows, mapping, strict=False)
         recs = recs.append_column("_occurred_at", pa.nulls(recs.num_rows, pa.string()))

@@ -172,12 +172,13 @@ class Contract:
     # ---- headers ----------------------------------------------------------------------------
     def header_map(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """Every accepted header (English name, Chinese label, case/space-insensitive) → field;
-        `extra` (a deployment's mapping, keys already normalised) adds to and overrides them."""
+        `extra` (a deployment's mapping, keys already normalised) adds to and overrides them. A
+        column the mapping marks `IGNORED` names no field."""
         out: dict[str, str] = {}
         for f in self.fields:
             out[norm_header(f.name)] = f.name
             out[norm_header(f.label_zh)] = f.name
-        return {**out, **(extra or {})}
+        return {**out, **{k: v for k, v in (extra or {}).items() if v != IGNORED}}
 
     def map_headers(self, headers: list[str], extra: dict[str, str] | None = None
                     ) -> tuple[list[str | None], list[str]]:
@@ -201,6 +202,17 @@ class Contract:
                         "pii": f.pii, **({"values": list(f.values)} if f.values else {})}
                        for f in self.fields],
         }
+
+
+#: A mapping's `[headers]` target for a column known to be no field of the feed (序号, 备注): not
+#: said as a column the feed lacks a name for (`connectors.formats.absent_note`), allowed under
+#: frozen evolution.
+IGNORED = "-"
+
+
+def ignored(header: str, headers: dict[str, str] | None) -> bool:
+    """Whether a mapping (`headers`, normalised) marks the column `IGNORED`."""
+    return bool(headers) and headers.get(norm_header(header)) == IGNORED  # type: ignore[union-attr]
 
 
 def norm_header(h: str) -> str:

@@ -347,13 +347,25 @@ def test_an_optional_field_under_a_name_of_the_countys_own_is_said(local_setting
     assert (fc.input, fc.accepted) == (1, 1)
     assert ("optional field(s) diagnosis_name (疾病诊断名称), serious_illness (大病/特殊慢病) have no column and are "
             "read as empty in every row; column(s) not of the feed: 大病标识, 序号") in caplog.text
-    caplog.clear()  # every field has its column (a mapping names it): nothing to say
+    caplog.clear()  # every field has its column: nothing to say
     local_store.write_bytes("landing/medical_insurance/claim/c_20261002.csv",
                             csv_bytes([[*_claim_row("S2"), "是", "I10 高血压", "2"]],
                                       header=[*ZH, "大病/特殊慢病", "疾病诊断名称", "序号"]))
     with caplog.at_level("WARNING"):
         run(local_settings, local_store)
     assert "optional field" not in caplog.text
+    # the county's mapping: 大病标识 is serious_illness, 序号 no field ("-"); diagnosis_name it does not export
+    local_settings.mappings.mkdir(parents=True, exist_ok=True)
+    (local_settings.mappings / f"{CLAIM.feed_id}.toml").write_text('[headers]\n"大病标识" = "serious_illness"\n"序号" = "-"\n',
+                                                                   encoding="utf-8")
+    caplog.clear()
+    local_store.write_bytes("landing/medical_insurance/claim/c_20261003.csv",
+                            csv_bytes([[*_claim_row("S3"), "是", "3"]], header=[*ZH, "大病标识", "序号"]))
+    with caplog.at_level("WARNING"):
+        run(local_settings, local_store)
+    assert "optional field" not in caplog.text
+    raw = {r["claim_id"]: r for r in local_store.dataset("raw/medical_insurance/claim/").to_table().to_pylist()}
+    assert raw["S3"]["serious_illness"] is not None and raw["S1"]["serious_illness"] is None
 
 
 def test_title_lines_above_a_csv_header_are_skipped_not_taken_for_the_header(local_settings, local_store):
@@ -622,6 +634,30 @@ def test_profile_offers_a_small_whole_number_fields_words_for_mapping():
     assert dict(p.unknown_values["grade"]) == {"1级": 1, "壹级": 1, "9": 1}
     suggested = p.suggested_mapping(dis, m)
     assert "[values.grade]" in suggested and '"1级" = "?"' in suggested
+
+
+def test_a_column_a_mapping_ignores_is_not_offered_again_and_allowed_under_frozen(tmp_path):
+    """`"序号" = "-"`: a column known to be no field. The suggested mapping offered it again (a
+    duplicate key, invalid TOML once filled in), and a frozen feed refused the file for it."""
+    import dataclasses
+    import tomllib
+
+    from connectors.formats import FileFormatError, rows_to_records
+    from connectors.mapping import load
+    from connectors.profile import profile_files
+
+    (tmp_path / f"{CLAIM.feed_id}.toml").write_text('[headers]\n"序号" = "-"\n', encoding="utf-8")
+    m = load(CLAIM, "", tmp_path)
+    assert m.headers == {"序号": "-"}
+    p = profile_files(CLAIM, m, [("c.csv", csv_bytes([[*_claim_row("P1"), "1", "x"]], header=[*ZH, "序号", "备注"]))])
+    suggested = p.suggested_mapping(CLAIM, m)
+    assert tomllib.loads(suggested.replace('= ""', '= "-"'))["headers"] == {"序号": "-", "备注": "-"}
+    assert "optional field(s) diagnosis_name (疾病诊断名称), serious_illness (大病/特殊慢病)" in " ".join(p.notes)
+    assert "not of the feed: 备注 —" in " ".join(p.notes)  # 序号 is known to be none
+    frozen = dataclasses.replace(CLAIM, evolution="frozen")
+    rows_to_records(frozen, [*ZH, "序号"], [[*_claim_row("P1"), "1"]], m)  # no error: the column is ignored
+    with pytest.raises(FileFormatError, match="备注"):
+        rows_to_records(frozen, [*ZH, "备注"], [[*_claim_row("P1"), "x"]], m)
 
 
 def test_a_json_lines_envelope_with_a_broken_payload_is_an_invalid_envelope_not_a_flat_record(local_settings,
