@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -19,11 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas import idno
+from schemas.contract import LOCAL_TZ
 
 #: a normalised 18-character ID number (GX checks it as a regex too)
 ID_RE = r"^[0-9]{17}[0-9X]$"
 _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
-_SHANGHAI = ZoneInfo("Asia/Shanghai")
 _CHECK_BYTES = np.frombuffer(idno.CHECK.encode("ascii"), np.uint8)
 #: the check character's weights of the 17 digits (int16: every weighted sum is below 2**15, even
 #: of wrapped non-digits: 255 × 100)
@@ -127,7 +126,7 @@ def _id_rows(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _today() -> int:
     """Today in Asia/Shanghai as YYYYMMDD."""
-    return int(dt.datetime.now(_SHANGHAI).strftime("%Y%m%d"))
+    return int(dt.datetime.now(LOCAL_TZ).strftime("%Y%m%d"))
 
 
 def regex_ok(values: pa.ChunkedArray | pa.Array, regex: str) -> pa.ChunkedArray:

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 import pyarrow as pa
+
+#: The departments' time zone: a datetime without an offset, a data date, "today"
+TZ_NAME = "Asia/Shanghai"
+LOCAL_TZ = ZoneInfo(TZ_NAME)
 
 Kind = Literal[
     "string",  # free text, trimmed
@@ -43,7 +48,7 @@ _ARROW: dict[str, pa.DataType] = {
     "region_code": pa.string(),
     "credit_code": pa.string(),
     "date": pa.date32(),
-    "datetime": pa.timestamp("ms", tz="Asia/Shanghai"),  # ms: Parquet has no seconds unit
+    "datetime": pa.timestamp("ms", tz=TZ_NAME),  # ms: Parquet has no seconds unit
     "month": pa.string(),
     "money": MONEY,
     "decimal": pa.decimal128(12, 4),

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
-from zoneinfo import ZoneInfo
 
 import duckdb
 import pyarrow as pa
@@ -32,11 +31,10 @@ from safetynet.core import paths
 from safetynet.core.store import Entry, ObjectStore, parquet_bytes
 from safetynet.intake import clean_incremental, health
 from schemas import normalise
-from schemas.contract import Contract
+from schemas.contract import LOCAL_TZ, Contract
 from schemas.normalise import _lit, _q
 
 log = logging.getLogger(__name__)
-SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 @dataclass
@@ -182,7 +180,7 @@ def _waiting_parts(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contra
 
 def _day(ts: dt.datetime) -> str:
     """A row time (`__ts`, UTC) as the data date a department wrote (Asia/Shanghai)."""
-    return (ts if ts.tzinfo else ts.replace(tzinfo=dt.UTC)).astimezone(SHANGHAI).date().isoformat()
+    return (ts if ts.tzinfo else ts.replace(tzinfo=dt.UTC)).astimezone(LOCAL_TZ).date().isoformat()
 
 
 def _file_dates(store: ObjectStore, con: duckdb.DuckDBPyConnection, c: Contract, files: list[str]) -> dict:
